@@ -1,0 +1,187 @@
+//! Typed errors of the library.
+//!
+//! Every variant carries where the problem is (file, line, byte offset, name) and its `Display` text ends
+//! with what the user can do about it, so the binaries can print the chain as it is.
+
+use std::path::PathBuf;
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a feature `.bin` file was rejected.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CorruptReason {
+    /// The file size is not a multiple of 4 bytes (a torn append, or not a feature file).
+    SizeNotMultipleOf4 { size: u64 },
+    /// The float32 start index at byte 0 is NaN or infinite.
+    StartNotFinite { bits: u32 },
+    /// The start index is negative.
+    StartNegative { value: f32 },
+    /// The start index has a fractional part.
+    StartFractional { value: f32 },
+    /// The start index is at or above 2^24, where float32 stops representing integers exactly.
+    StartTooLarge { value: f32 },
+    /// The data runs past the end of the calendar it belongs to (found by `verify`, not on reads).
+    PastCalendar { end: usize, calendar_len: usize },
+}
+
+impl std::fmt::Display for CorruptReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CorruptReason::SizeNotMultipleOf4 { size } => write!(
+                f,
+                "size {size} bytes is not a multiple of 4 (the last {} bytes are a torn value)",
+                size % 4
+            ),
+            CorruptReason::StartNotFinite { bits } => {
+                write!(
+                    f,
+                    "start index at byte 0 is not a finite number (bits {bits:#010x})"
+                )
+            }
+            CorruptReason::StartNegative { value } => {
+                write!(f, "start index at byte 0 is negative ({value})")
+            }
+            CorruptReason::StartFractional { value } => {
+                write!(f, "start index at byte 0 is not a whole number ({value})")
+            }
+            CorruptReason::StartTooLarge { value } => write!(
+                f,
+                "start index at byte 0 is {value}, at or above 2^24 where float32 loses integer precision"
+            ),
+            CorruptReason::PastCalendar { end, calendar_len } => write!(
+                f,
+                "data runs to calendar index {end} but the calendar has only {calendar_len} entries"
+            ),
+        }
+    }
+}
+
+/// What kind of name was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameKind {
+    Instrument,
+    Field,
+    Market,
+}
+
+impl std::fmt::Display for NameKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NameKind::Instrument => "instrument",
+            NameKind::Field => "field",
+            NameKind::Market => "market",
+        })
+    }
+}
+
+/// The error type of every fallible operation in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O error on a named file.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The store directory does not exist or lacks `calendars/`.
+    #[error(
+        "{} is not a qstore/qlib store ({reason}); create one with `qdump all` or point at a directory \
+         holding calendars/, instruments/ and features/",
+        path.display()
+    )]
+    MissingStore { path: PathBuf, reason: &'static str },
+
+    /// A frequency string that qlib's rules do not accept.
+    #[error("unknown frequency {freq:?}: use day (or 1d), Nmin (1min, 5min ...), week or month")]
+    UnknownFreq { freq: String },
+
+    /// The store has no calendar file for the requested frequency.
+    #[error(
+        "the store has no calendar for frequency {freq} ({} is missing); available: {available}",
+        path.display()
+    )]
+    NoCalendar {
+        freq: String,
+        path: PathBuf,
+        available: String,
+    },
+
+    /// A calendar file line that is not a timestamp, or is out of order.
+    #[error("{}:{line}: {reason}; fix or remove that line", path.display())]
+    Calendar {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+
+    /// A line of an instruments file that does not parse.
+    #[error("{}:{line}: {reason}; each line must be SYMBOL<TAB>START<TAB>END", path.display())]
+    Instruments {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+
+    /// The market has no instruments file.
+    #[error("market {market:?} has no instruments file ({} is missing)", path.display())]
+    NoMarket { market: String, path: PathBuf },
+
+    /// A feature file that breaks the format.
+    #[error("{}: corrupt feature file: {reason}; rebuild it (`qdump all`) or remove it", path.display())]
+    CorruptFeature {
+        path: PathBuf,
+        reason: CorruptReason,
+    },
+
+    /// An instrument, field or market name that is empty or could escape the store directory.
+    #[error("invalid {kind} name {name:?}: {reason}")]
+    InvalidName {
+        kind: NameKind,
+        name: String,
+        reason: &'static str,
+    },
+
+    /// A write whose calendar index does not fit the format.
+    #[error(
+        "{}: cannot write at calendar index {index}: {reason}",
+        path.display()
+    )]
+    IndexOutOfRange {
+        path: PathBuf,
+        index: u64,
+        reason: &'static str,
+    },
+
+    /// A timestamp string that is neither `YYYY-MM-DD` nor `YYYY-MM-DD HH:MM:SS`.
+    #[error("invalid date {text:?}: expected YYYY-MM-DD or YYYY-MM-DD HH:MM:SS")]
+    InvalidDate { text: String },
+
+    /// A destination that a whole-store write refuses to touch.
+    #[error("refusing to write the store to {}: {reason}", path.display())]
+    Target { path: PathBuf, reason: &'static str },
+
+    /// A row of input data that cannot be imported.
+    #[error("{}:{line}: {reason}", path.display())]
+    Input {
+        path: PathBuf,
+        line: u64,
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with the operation and file it concerns.
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}

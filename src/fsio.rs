@@ -1,0 +1,155 @@
+//! The one place for file I/O policy: how qstore publishes bytes so that readers never see a torn state.
+//!
+//! Two ways to change a file, and only two (storage-layout.md, "Publish protocol"):
+//! - [`replace_atomic`]: write a temp file in the same directory, fsync it, rename it over the target,
+//!   fsync the directory. Readers that mapped the old file keep the old inode; new readers see the new one.
+//! - [`append_synced`]: add bytes past the end of an existing file and fsync. Bytes a reader already
+//!   mapped never change; the new bytes become visible only when something else publishes them
+//!   (a longer calendar).
+//!
+//! Nothing here truncates or rewrites a file in place.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Prefix of every temp file qstore creates; `verify`/`check` treat leftovers with it as orphans of a crash.
+pub const TEMP_PREFIX: &str = ".qstore-tmp-";
+
+/// Writes `bytes` to `path` atomically and durably (temp file + fsync + rename + directory fsync).
+pub fn replace_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = parent(path);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("creating a temp file in", dir, e))?;
+    tmp.write_all(bytes)
+        .map_err(|e| Error::io("writing", tmp.path().to_path_buf(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io("syncing", tmp.path().to_path_buf(), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("renaming a temp file over", path, e.error))?;
+    fsync_dir(dir)
+}
+
+/// Appends `bytes` to the existing file at `path` and fsyncs it.
+pub fn append_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io("opening for append", path, e))?;
+    file.write_all(bytes)
+        .map_err(|e| Error::io("appending to", path, e))?;
+    file.sync_data().map_err(|e| Error::io("syncing", path, e))
+}
+
+/// Creates `dir` and any missing parents, fsyncing each parent whose entries changed.
+pub fn create_dir_all_synced(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(p) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_all_synced(p)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => fsync_dir(parent(dir)),
+        // Another writer created it between our check and our call: that is the outcome we wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(Error::io("creating directory", dir, e)),
+    }
+}
+
+/// Makes a rename or file creation inside `dir` durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("syncing directory", dir, e))
+}
+
+/// Swaps two directory entries in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`), then fsyncs the parent.
+///
+/// Used to switch a freshly built store in for an old one, so that the target path never is missing or half
+/// built, even if the process dies between any two instructions.
+pub fn exchange(a: &Path, b: &Path) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+            Error::io(
+                "exchanging",
+                p,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte"),
+            )
+        })
+    };
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: both pointers come from live CStrings (NUL-terminated, no interior NUL) that outlive the call;
+    // renameat2 only reads them.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::io("exchanging", a, std::io::Error::last_os_error()));
+    }
+    fsync_dir(parent(a))?;
+    if parent(a) != parent(b) {
+        fsync_dir(parent(b))?;
+    }
+    Ok(())
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_gives_new_inode_and_leaves_no_temp() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        replace_atomic(&path, b"first").unwrap();
+        let ino1 = std::fs::metadata(&path).unwrap().ino();
+        replace_atomic(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_ne!(std::fs::metadata(&path).unwrap().ino(), ino1);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "a temp file was left behind");
+    }
+
+    #[test]
+    fn append_keeps_inode() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        replace_atomic(&path, b"ab").unwrap();
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        append_synced(&path, b"cd").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"abcd");
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let err = append_synced(Path::new("/nonexistent-qstore/x.bin"), b"x").unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent-qstore/x.bin"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! Markets: `instruments/<market>.txt`, lines of `SYMBOL<TAB>START<TAB>END`, no header.
+//!
+//! A symbol may have several spans (index membership in and out). Symbols are kept as strings: `NA`, `NULL`
+//! and `nan` are symbols, not missing values (qlib's pandas reader turns them into NaN).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::calendar::{Timestamp, format_timestamp, parse_timestamp};
+use crate::error::{Error, NameKind, Result};
+use crate::layout::validate_name;
+
+/// A closed interval `[start, end]` during which an instrument belongs to a market.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span {
+    pub start: Timestamp,
+    pub end: Timestamp,
+}
+
+/// The instruments of one market and their spans, ordered by symbol.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Instruments {
+    spans: BTreeMap<String, Vec<Span>>,
+}
+
+impl Instruments {
+    pub fn new() -> Instruments {
+        Instruments::default()
+    }
+
+    /// Parses the text of an instruments file; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Instruments> {
+        let mut out = Instruments::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.strip_suffix('\r').unwrap_or(raw);
+            if line.trim().is_empty() {
+                continue;
+            }
+            let err = |reason: String| Error::Instruments {
+                path: path.to_path_buf(),
+                line: i + 1,
+                reason,
+            };
+            let cols: Vec<&str> = line.split('\t').collect();
+            let [symbol, start, end] = cols[..] else {
+                return Err(err(format!(
+                    "expected 3 tab-separated columns, found {}",
+                    cols.len()
+                )));
+            };
+            validate_name(NameKind::Instrument, symbol).map_err(|e| err(e.to_string()))?;
+            let start = parse_timestamp(start).map_err(|e| err(format!("start: {e}")))?;
+            let end = parse_timestamp(end).map_err(|e| err(format!("end: {e}")))?;
+            if start > end {
+                return Err(err(format!("start {start} is after end {end}")));
+            }
+            out.push(symbol, Span { start, end })?;
+        }
+        Ok(out)
+    }
+
+    /// Reads `path`.
+    pub fn load(path: &Path) -> Result<Instruments> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        Instruments::parse(&text, path)
+    }
+
+    /// The file text: `SYMBOL\tSTART\tEND\n` per span, by symbol then start. Times of midnight are written as
+    /// dates only (qlib's daily format).
+    pub fn to_text(&self) -> String {
+        let fmt = |t: Timestamp| format_timestamp(t, t.time() == chrono::NaiveTime::MIN);
+        let mut out = String::new();
+        for (symbol, spans) in &self.spans {
+            for s in spans {
+                out.push_str(&format!("{symbol}\t{}\t{}\n", fmt(s.start), fmt(s.end)));
+            }
+        }
+        out
+    }
+
+    /// Adds a span to `symbol`, keeping its spans sorted.
+    pub fn push(&mut self, symbol: &str, span: Span) -> Result<()> {
+        validate_name(NameKind::Instrument, symbol)?;
+        let spans = self.spans.entry(symbol.to_owned()).or_default();
+        let at = spans.partition_point(|s| s < &span);
+        spans.insert(at, span);
+        Ok(())
+    }
+
+    /// Replaces every span of `symbol`.
+    pub fn set(&mut self, symbol: &str, spans: Vec<Span>) -> Result<()> {
+        validate_name(NameKind::Instrument, symbol)?;
+        let mut spans = spans;
+        spans.sort();
+        self.spans.insert(symbol.to_owned(), spans);
+        Ok(())
+    }
+
+    pub fn spans(&self, symbol: &str) -> Option<&[Span]> {
+        self.spans.get(symbol).map(Vec::as_slice)
+    }
+
+    pub fn symbols(&self) -> impl Iterator<Item = &str> {
+        self.spans.keys().map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[Span])> {
+        self.spans.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The spans clipped to `[start, end]`, dropping empty ones and instruments left with none
+    /// (qlib's `list_instruments`).
+    pub fn clipped(&self, start: Timestamp, end: Timestamp) -> Instruments {
+        let mut out = Instruments::new();
+        for (symbol, spans) in &self.spans {
+            let kept: Vec<Span> = spans
+                .iter()
+                .map(|s| Span {
+                    start: s.start.max(start),
+                    end: s.end.min(end),
+                })
+                .filter(|s| s.start <= s.end)
+                .collect();
+            if !kept.is_empty() {
+                out.spans.insert(symbol.clone(), kept);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_span_and_na_symbols() {
+        let text = "SH600000\t2005-01-01\t2005-01-31\nNA\t2020-01-02\t2020-01-03\nSH600000\t2005-02-15\t2005-03-01\nnan\t2020-01-02\t2020-01-02\n";
+        let ins = Instruments::parse(text, Path::new("csi300.txt")).unwrap();
+        assert_eq!(ins.len(), 3);
+        assert_eq!(ins.spans("SH600000").unwrap().len(), 2);
+        assert!(ins.spans("NA").is_some() && ins.spans("nan").is_some());
+        // Written back in SYMBOL, START, END order (qlib's writer puts START, END, SYMBOL).
+        assert_eq!(
+            ins.to_text(),
+            "NA\t2020-01-02\t2020-01-03\nSH600000\t2005-01-01\t2005-01-31\nSH600000\t2005-02-15\t2005-03-01\nnan\t2020-01-02\t2020-01-02\n"
+        );
+        assert_eq!(
+            Instruments::parse(&ins.to_text(), Path::new("x")).unwrap(),
+            ins
+        );
+    }
+
+    #[test]
+    fn bad_lines_name_file_and_line() {
+        for (text, want) in [
+            (
+                "A\t2020-01-02\n",
+                "i.txt:1: expected 3 tab-separated columns, found 2",
+            ),
+            (
+                "A\t2020-01-02\t2020-01-01\n",
+                "i.txt:1: start 2020-01-02 00:00:00 is after end",
+            ),
+            (
+                "A\t2020-01-02\t2020-01-03\nB 2020-01-02 2020-01-03\n",
+                "i.txt:2: expected 3",
+            ),
+            (
+                "A\tyesterday\t2020-01-03\n",
+                "i.txt:1: start: invalid date \"yesterday\"",
+            ),
+            (
+                "..\t2020-01-02\t2020-01-03\n",
+                "i.txt:1: invalid instrument name \"..\"",
+            ),
+        ] {
+            let err = Instruments::parse(text, Path::new("i.txt"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn clipping_drops_empty_spans() {
+        let text =
+            "A\t2020-01-01\t2020-01-10\nA\t2020-02-01\t2020-02-10\nB\t2019-01-01\t2019-02-01\n";
+        let ins = Instruments::parse(text, Path::new("x")).unwrap();
+        let c = ins.clipped(
+            parse_timestamp("2020-01-05").unwrap(),
+            parse_timestamp("2020-01-31").unwrap(),
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.spans("A").unwrap().len(), 1);
+        assert_eq!(
+            c.spans("A").unwrap()[0].start,
+            parse_timestamp("2020-01-05").unwrap()
+        );
+    }
+}

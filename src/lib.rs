@@ -1,0 +1,49 @@
+//! qstore: a qlib-compatible store for market data, read through memory maps.
+//!
+//! A store is a directory laid out exactly like Microsoft qlib's file storage, so qlib reads qstore stores and
+//! qstore reads qlib's (`storage-layout.md` has every byte):
+//!
+//! ```text
+//! calendars/day.txt                    one timestamp per line
+//! instruments/all.txt                  SYMBOL<TAB>START<TAB>END
+//! features/sh600000/close.day.bin      f32 LE: start index into the calendar, then one value per day
+//! ```
+//!
+//! ```
+//! use qstore::{Calendar, Freq, Store, parse_timestamp};
+//!
+//! # fn main() -> qstore::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = Store::create(dir.path())?;
+//! let days = ["2024-01-02", "2024-01-03", "2024-01-04"].map(|d| parse_timestamp(d).unwrap());
+//! store.save_calendar(&Calendar::new(Freq::DAY, days.to_vec())?)?;
+//! store.write_feature("SH600000", "close", Freq::DAY, Some(1), &[10.5, 10.7])?;
+//!
+//! // Zero-copy: `values` borrows straight from the mapped file.
+//! let values = store.read("SH600000", "close", Freq::DAY, 0..3)?;
+//! assert_eq!(values.start(), 1);
+//! assert_eq!(&values[..], &[10.5, 10.7]);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod calendar;
+pub mod error;
+pub mod feature;
+pub mod freq;
+pub mod fsio;
+pub mod import;
+pub mod instruments;
+pub mod layout;
+pub mod panel;
+pub mod store;
+pub mod writer;
+
+pub use calendar::{Calendar, Timestamp, format_timestamp, parse_timestamp};
+pub use error::{CorruptReason, Error, NameKind, Result};
+pub use feature::{FeatureFile, FeatureSlice};
+pub use freq::{Freq, FreqBase};
+pub use instruments::{Instruments, Span};
+pub use panel::Panel;
+pub use store::{Store, StoreOptions};
+pub use writer::WriteKind;

@@ -1,0 +1,369 @@
+//! `Store`: the one API the rest of qstore (import, update, expressions, caches) uses to read and write a store.
+//!
+//! A `Store` reads through a snapshot: the calendar of each frequency is loaded once and every read is clipped to
+//! it, so values appended past the published calendar (an update in progress) stay invisible until
+//! [`Store::refresh`]. Open feature files stay mapped in a bounded LRU of handles; writes made through this
+//! `Store` drop the affected handles, writes by other processes are seen after `refresh` (or once a handle is
+//! evicted and reopened).
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lru::LruCache;
+use parking_lot::{Mutex, RwLock};
+use rayon::prelude::*;
+
+use crate::calendar::{Calendar, Timestamp};
+use crate::error::{CorruptReason, Error, Result};
+use crate::feature::{FeatureFile, FeatureSlice};
+use crate::freq::Freq;
+use crate::fsio;
+use crate::instruments::Instruments;
+use crate::layout::{self, CALENDARS_DIR, FEATURES_DIR, INSTRUMENTS_DIR};
+use crate::panel::{self, Panel};
+use crate::writer::{self, WriteKind};
+
+/// Tuning of an open store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How many feature files stay mapped. Each costs one memory mapping (the kernel allows about 65,000 per
+    /// process by default) and no file descriptor.
+    pub handle_cache: NonZeroUsize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            handle_cache: NonZeroUsize::new(16_384).expect("non-zero"),
+        }
+    }
+}
+
+type Handle = Option<Arc<FeatureFile>>;
+
+/// A qlib-layout store on disk.
+pub struct Store {
+    root: PathBuf,
+    calendars: RwLock<HashMap<Freq, Arc<Calendar>>>,
+    handles: Mutex<LruCache<String, Handle>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
+}
+
+/// Key of the handle cache: the file's path below `features/`, which already folds case and reserved names.
+fn handle_key(instrument: &str, field: &str, freq: Freq) -> String {
+    format!(
+        "{}/{}.{freq}",
+        layout::code_to_fname(instrument).to_lowercase(),
+        field.to_lowercase()
+    )
+}
+
+impl Store {
+    /// Opens an existing store (a directory with `calendars/`).
+    pub fn open(root: impl AsRef<Path>) -> Result<Store> {
+        Store::open_with(root, StoreOptions::default())
+    }
+
+    /// Opens an existing store with options.
+    pub fn open_with(root: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        let root = root.as_ref().to_path_buf();
+        if !root.is_dir() {
+            return Err(Error::MissingStore {
+                path: root,
+                reason: "no such directory",
+            });
+        }
+        if !root.join(CALENDARS_DIR).is_dir() {
+            return Err(Error::MissingStore {
+                path: root,
+                reason: "it has no calendars/ directory",
+            });
+        }
+        Ok(Store {
+            root,
+            calendars: RwLock::new(HashMap::new()),
+            handles: Mutex::new(LruCache::new(options.handle_cache)),
+        })
+    }
+
+    /// Creates the directories of an empty store (if missing) and opens it.
+    pub fn create(root: impl AsRef<Path>) -> Result<Store> {
+        let root = root.as_ref();
+        for dir in [CALENDARS_DIR, INSTRUMENTS_DIR, FEATURES_DIR] {
+            fsio::create_dir_all_synced(&root.join(dir))?;
+        }
+        Store::open(root)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Forgets loaded calendars and open files, so the next reads see what other processes published.
+    pub fn refresh(&self) {
+        self.calendars.write().clear();
+        self.handles.lock().clear();
+    }
+
+    /// The frequencies with a calendar file, sorted.
+    pub fn freqs(&self) -> Result<Vec<Freq>> {
+        let dir = self.root.join(CALENDARS_DIR);
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("listing", &dir, e))?;
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".txt")) else {
+                continue;
+            };
+            if stem.ends_with("_future") {
+                continue;
+            }
+            if let Ok(freq) = stem.parse::<Freq>() {
+                out.push(freq);
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The calendar of `freq`, loaded once per snapshot.
+    pub fn calendar(&self, freq: Freq) -> Result<Arc<Calendar>> {
+        if let Some(c) = self.calendars.read().get(&freq) {
+            return Ok(c.clone());
+        }
+        let path = layout::calendar_path(&self.root, freq, false);
+        if !path.is_file() {
+            let available = self
+                .freqs()?
+                .iter()
+                .map(Freq::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::NoCalendar {
+                freq: freq.to_string(),
+                path,
+                available: if available.is_empty() {
+                    "none".into()
+                } else {
+                    available
+                },
+            });
+        }
+        let cal = Arc::new(Calendar::load(&path, freq)?);
+        Ok(self.calendars.write().entry(freq).or_insert(cal).clone())
+    }
+
+    /// The calendar including future trading days (`<freq>_future.txt`), or the plain calendar when there is
+    /// none (as qlib falls back).
+    pub fn future_calendar(&self, freq: Freq) -> Result<Calendar> {
+        let path = layout::calendar_path(&self.root, freq, true);
+        if path.is_file() {
+            Calendar::load(&path, freq)
+        } else {
+            Ok((*self.calendar(freq)?).clone())
+        }
+    }
+
+    /// The instruments of `market`.
+    pub fn instruments(&self, market: &str) -> Result<Instruments> {
+        let path = layout::instruments_path(&self.root, market)?;
+        if !path.is_file() {
+            return Err(Error::NoMarket {
+                market: market.to_owned(),
+                path,
+            });
+        }
+        Instruments::load(&path)
+    }
+
+    /// The markets with an instruments file, sorted.
+    pub fn markets(&self) -> Result<Vec<String>> {
+        let dir = self.root.join(INSTRUMENTS_DIR);
+        let mut out: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".txt"))
+                        .map(str::to_owned)
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io("listing", &dir, e)),
+        };
+        out.sort();
+        Ok(out)
+    }
+
+    /// The path of a feature file (it may not exist).
+    pub fn feature_path(&self, instrument: &str, field: &str, freq: Freq) -> Result<PathBuf> {
+        layout::feature_path(&self.root, instrument, field, freq)
+    }
+
+    /// The open feature file, from the handle cache when possible; `None` when it does not exist.
+    pub fn feature(
+        &self,
+        instrument: &str,
+        field: &str,
+        freq: Freq,
+    ) -> Result<Option<Arc<FeatureFile>>> {
+        let key = handle_key(instrument, field, freq);
+        if let Some(h) = self.handles.lock().get(&key) {
+            return Ok(h.clone());
+        }
+        let path = self.feature_path(instrument, field, freq)?;
+        let handle = FeatureFile::open(&path)?.map(Arc::new);
+        self.handles.lock().put(key, handle.clone());
+        Ok(handle)
+    }
+
+    /// The values of one field over calendar indexes `range`, clipped to the calendar and to the file's data.
+    pub fn read(
+        &self,
+        instrument: &str,
+        field: &str,
+        freq: Freq,
+        range: Range<usize>,
+    ) -> Result<FeatureSlice> {
+        let cal_len = self.calendar(freq)?.len();
+        let range = range.start.min(cal_len)..range.end.min(cal_len);
+        Ok(FeatureSlice::new(
+            self.feature(instrument, field, freq)?,
+            range,
+        ))
+    }
+
+    /// The values of one field between two dates (inclusive, either optional).
+    pub fn read_dates(
+        &self,
+        instrument: &str,
+        field: &str,
+        freq: Freq,
+        start: Option<Timestamp>,
+        end: Option<Timestamp>,
+    ) -> Result<FeatureSlice> {
+        let range = self.calendar(freq)?.locate(start, end);
+        self.read(instrument, field, freq, range)
+    }
+
+    /// A `time x instrument x field` panel over calendar indexes `range` (clipped to the calendar), filled in
+    /// parallel. Missing files and days without data are NaN.
+    pub fn panel<S: AsRef<str> + Sync>(
+        &self,
+        instruments: &[S],
+        fields: &[S],
+        freq: Freq,
+        range: Range<usize>,
+    ) -> Result<Panel> {
+        let cal_len = self.calendar(freq)?.len();
+        let range = range.start.min(cal_len)..range.end.min(cal_len);
+        let m = fields.len();
+        let files = (0..instruments.len() * m)
+            .into_par_iter()
+            .map(|k| self.feature(instruments[k / m].as_ref(), fields[k % m].as_ref(), freq))
+            .collect::<Result<Vec<_>>>()?;
+        let own = |v: &[S]| v.iter().map(|s| s.as_ref().to_owned()).collect();
+        Ok(panel::fill(&files, range, own(instruments), own(fields)))
+    }
+
+    /// Checks one feature file strictly, including that its data ends within the calendar.
+    ///
+    /// Reads tolerate data past the calendar (it is an update that has not published yet); a file in that state
+    /// when no update runs is what `verify`/`check` report.
+    pub fn verify_feature(&self, instrument: &str, field: &str, freq: Freq) -> Result<()> {
+        let cal_len = self.calendar(freq)?.len();
+        let path = self.feature_path(instrument, field, freq)?;
+        if let Some(f) = FeatureFile::open(&path)?
+            && f.end() > cal_len
+        {
+            return Err(Error::CorruptFeature {
+                path,
+                reason: CorruptReason::PastCalendar {
+                    end: f.end(),
+                    calendar_len: cal_len,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes a calendar (atomic replace) and makes this store read with it.
+    pub fn save_calendar(&self, calendar: &Calendar) -> Result<()> {
+        let path = layout::calendar_path(&self.root, calendar.freq(), false);
+        fsio::create_dir_all_synced(&self.root.join(CALENDARS_DIR))?;
+        fsio::replace_atomic(&path, calendar.to_text().as_bytes())?;
+        self.calendars
+            .write()
+            .insert(calendar.freq(), Arc::new(calendar.clone()));
+        self.handles.lock().clear();
+        Ok(())
+    }
+
+    /// Publishes the instruments of `market` (atomic replace).
+    pub fn save_instruments(&self, market: &str, instruments: &Instruments) -> Result<()> {
+        let path = layout::instruments_path(&self.root, market)?;
+        fsio::create_dir_all_synced(&self.root.join(INSTRUMENTS_DIR))?;
+        fsio::replace_atomic(&path, instruments.to_text().as_bytes())
+    }
+
+    /// Writes values of one field at a calendar index (see [`writer::write`]).
+    pub fn write_feature(
+        &self,
+        instrument: &str,
+        field: &str,
+        freq: Freq,
+        index: Option<usize>,
+        data: &[f32],
+    ) -> Result<WriteKind> {
+        let path = self.feature_path(instrument, field, freq)?;
+        let kind = writer::write(&path, index, data)?;
+        self.forget(instrument, field, freq);
+        Ok(kind)
+    }
+
+    /// Replaces a whole feature file (see [`writer::rewrite`]).
+    pub fn rewrite_feature(
+        &self,
+        instrument: &str,
+        field: &str,
+        freq: Freq,
+        start: usize,
+        data: &[f32],
+    ) -> Result<()> {
+        let path = self.feature_path(instrument, field, freq)?;
+        writer::rewrite(&path, start, data)?;
+        self.forget(instrument, field, freq);
+        Ok(())
+    }
+
+    /// Moves a feature file's range to `[start, end)` (see [`writer::rebase`]).
+    pub fn rebase_feature(
+        &self,
+        instrument: &str,
+        field: &str,
+        freq: Freq,
+        range: Range<usize>,
+    ) -> Result<WriteKind> {
+        let path = self.feature_path(instrument, field, freq)?;
+        let kind = writer::rebase(&path, range.start, range.end)?;
+        self.forget(instrument, field, freq);
+        Ok(kind)
+    }
+
+    fn forget(&self, instrument: &str, field: &str, freq: Freq) {
+        self.handles
+            .lock()
+            .pop(&handle_key(instrument, field, freq));
+    }
+}

@@ -1,0 +1,200 @@
+//! Writes to feature files, with qlib's `FeatureStorage.write` semantics done right.
+//!
+//! | state                        | what [`write`] does                                         | how it publishes |
+//! |------------------------------|-------------------------------------------------------------|------------------|
+//! | file missing or 0 bytes      | create with header = index (0 when none)                    | temp + rename    |
+//! | `index` none or == end       | append after the last value                                 | append in place  |
+//! | `index` > end                | fill the gap with NaN, then append                          | append in place  |
+//! | `index` < end (overlap)      | overlay: new values win, NaN in the new data keeps the old  | temp + rename    |
+//!
+//! qlib crashes on the overlap row (TypeError) and would overwrite the header if it did not. Anything other
+//! than a pure append publishes a new inode, so a reader that mapped the file never sees bytes change under it.
+//! One writer per file at a time: callers serialise writers (the caches and `qdump update` hold locks).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use byteorder::ByteOrder;
+
+use crate::error::{CorruptReason, Error, Result};
+use crate::feature::{self, HEADER_LEN, MAX_START};
+use crate::fsio;
+
+/// What a write did to the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// Nothing to write.
+    Unchanged,
+    /// A new file was published.
+    Created,
+    /// Values were appended past the old end in place.
+    Appended,
+    /// A new version of the file replaced the old one (rename).
+    Replaced,
+}
+
+/// The header and size of an existing file, read without mapping it.
+struct Existing {
+    start: usize,
+    len: usize,
+    /// Bytes past the last whole value: the tail of an append that crashed half-way.
+    torn: bool,
+}
+
+fn existing(path: &Path) -> Result<Option<Existing>> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("opening", path, e)),
+    };
+    let size = file
+        .metadata()
+        .map_err(|e| Error::io("reading metadata of", path, e))?
+        .len();
+    if size == 0 {
+        return Ok(None);
+    }
+    let corrupt = |reason| Error::CorruptFeature {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if size < HEADER_LEN as u64 {
+        return Err(corrupt(CorruptReason::SizeNotMultipleOf4 { size }));
+    }
+    let mut header = [0u8; 4];
+    file.read_exact(&mut header)
+        .map_err(|e| Error::io("reading", path, e))?;
+    let start = feature::decode_start(header).map_err(corrupt)? as usize;
+    Ok(Some(Existing {
+        start,
+        len: (size as usize - HEADER_LEN) / 4,
+        torn: size % 4 != 0,
+    }))
+}
+
+/// The whole values of an existing file (a torn tail is dropped).
+fn read_values(path: &Path, ex: &Existing) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    let whole = (HEADER_LEN + 4 * ex.len).min(bytes.len() / 4 * 4);
+    let mut values = vec![0f32; whole.saturating_sub(HEADER_LEN) / 4];
+    byteorder::LittleEndian::read_f32_into(&bytes[HEADER_LEN..whole], &mut values);
+    Ok(values)
+}
+
+fn check_range(path: &Path, start: usize, end: usize) -> Result<()> {
+    let err = |index: usize, reason| Error::IndexOutOfRange {
+        path: path.to_path_buf(),
+        index: index as u64,
+        reason,
+    };
+    if start >= MAX_START as usize {
+        return Err(err(
+            start,
+            "the start index is stored as float32 and must be below 2^24 (16777216)",
+        ));
+    }
+    if end > u32::MAX as usize {
+        return Err(err(end, "the file would hold more than 2^32 values"));
+    }
+    Ok(())
+}
+
+fn publish_new(path: &Path, start: usize, values: &[f32]) -> Result<()> {
+    check_range(path, start, start + values.len())?;
+    if let Some(dir) = path.parent() {
+        fsio::create_dir_all_synced(dir)?;
+    }
+    fsio::replace_atomic(path, &feature::encode(start as u32, values))
+}
+
+/// Writes `data` at calendar index `index` (`None`: right after the last value). See the module table.
+pub fn write(path: &Path, index: Option<usize>, data: &[f32]) -> Result<WriteKind> {
+    if data.is_empty() {
+        return Ok(WriteKind::Unchanged);
+    }
+    let Some(ex) = existing(path)? else {
+        publish_new(path, index.unwrap_or(0), data)?;
+        return Ok(WriteKind::Created);
+    };
+    let end = ex.start + ex.len;
+    let at = index.unwrap_or(end);
+    check_range(path, ex.start.min(at), at.max(end) + data.len())?;
+    if at >= end && !ex.torn {
+        let mut tail = vec![f32::NAN; at - end];
+        tail.extend_from_slice(data);
+        fsio::append_synced(path, &feature::encode_values(&tail))?;
+        return Ok(WriteKind::Appended);
+    }
+    // Overlap (or a torn tail to heal): build the merged series and publish it as a new file.
+    let old = read_values(path, &ex)?;
+    let old_end = ex.start + old.len();
+    let new_start = ex.start.min(at);
+    let new_end = old_end.max(at + data.len());
+    let mut merged = vec![f32::NAN; new_end - new_start];
+    merged[ex.start - new_start..old_end - new_start].copy_from_slice(&old);
+    for (k, &v) in data.iter().enumerate() {
+        if !v.is_nan() {
+            merged[at + k - new_start] = v;
+        }
+    }
+    publish_new(path, new_start, &merged)?;
+    Ok(WriteKind::Replaced)
+}
+
+/// Replaces the whole file with `data` starting at calendar index `start` (qlib's `rewrite`, without its
+/// truncate-then-fail data loss).
+pub fn rewrite(path: &Path, start: usize, data: &[f32]) -> Result<()> {
+    publish_new(path, start, data)
+}
+
+/// Moves the file's range to `[start, end)`: values outside are cut, new positions are NaN (qlib's `rebase`).
+///
+/// Extending the end alone is an in-place append; anything else publishes a new file.
+pub fn rebase(path: &Path, start: usize, end: usize) -> Result<WriteKind> {
+    if start > end {
+        return Err(Error::IndexOutOfRange {
+            path: path.to_path_buf(),
+            index: start as u64,
+            reason: "rebase start is after its end",
+        });
+    }
+    let Some(ex) = existing(path)? else {
+        return Err(Error::io(
+            "rebasing",
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such feature file"),
+        ));
+    };
+    check_range(path, start, end)?;
+    let old_end = ex.start + ex.len;
+    if start == ex.start && end == old_end && !ex.torn {
+        return Ok(WriteKind::Unchanged);
+    }
+    if start == ex.start && end > old_end && !ex.torn {
+        fsio::append_synced(
+            path,
+            &feature::encode_values(&vec![f32::NAN; end - old_end]),
+        )?;
+        return Ok(WriteKind::Appended);
+    }
+    let old = read_values(path, &ex)?;
+    let values: Vec<f32> = (start..end)
+        .map(|i| {
+            i.checked_sub(ex.start)
+                .and_then(|k| old.get(k).copied())
+                .unwrap_or(f32::NAN)
+        })
+        .collect();
+    publish_new(path, start, &values)?;
+    Ok(WriteKind::Replaced)
+}
+
+/// Deletes the file (a no-op when it is missing). Readers that mapped it keep their mapping.
+pub fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => path.parent().map_or(Ok(()), fsio::fsync_dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("removing", path, e)),
+    }
+}
