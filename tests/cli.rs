@@ -1,0 +1,268 @@
+//! The `qdump` binary, run for real in temp directories.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn qdump(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qdump"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");
+
+/// Every file below `dir` with its bytes, for "nothing changed" assertions.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn all_then_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("store");
+    let out = qdump(&["all", "--csv", SAMPLE, "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("12 symbols"), "{}", text(&out));
+    assert_eq!(
+        entries(dir.path()),
+        vec!["store"],
+        "no staging directory is left"
+    );
+    let cal = std::fs::read_to_string(to.join("calendars/day.txt")).unwrap();
+    assert_eq!(cal.lines().count(), 250);
+    assert!(cal.starts_with("2023-01-03\n2023-01-04\n"));
+
+    let out = qdump(&[
+        "show",
+        to.to_str().unwrap(),
+        "--instruments",
+        "SH600000",
+        "--fields",
+        "close,volume",
+        "--start",
+        "2023-01-03",
+        "--end",
+        "2023-01-05",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let csv = std::fs::read_to_string(Path::new(SAMPLE).join("SH600000.csv")).unwrap();
+    let row = csv.lines().nth(1).unwrap().split(',').collect::<Vec<_>>();
+    let shown = String::from_utf8(out.stdout).unwrap();
+    let first = shown.lines().nth(1).unwrap();
+    assert_eq!(
+        first,
+        format!(
+            "2023-01-03\tSH600000\t{}\t{}",
+            row[4].parse::<f32>().unwrap(),
+            row[5].parse::<f32>().unwrap()
+        )
+    );
+    assert_eq!(shown.lines().count(), 4, "{shown}");
+}
+
+#[test]
+fn existing_store_needs_overwrite_and_is_replaced_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("store");
+    let to_s = to.to_str().unwrap();
+    assert!(
+        qdump(&["all", "--csv", SAMPLE, "--to", to_s])
+            .status
+            .success()
+    );
+    let before = snapshot(&to);
+
+    let out = qdump(&["all", "--csv", SAMPLE, "--to", to_s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("pass --overwrite"), "{}", text(&out));
+    assert_eq!(
+        snapshot(&to),
+        before,
+        "the refused import changed the store"
+    );
+
+    let one = format!("{SAMPLE}/SH600000.csv");
+    let out = qdump(&["all", "--csv", &one, "--to", to_s, "--overwrite"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_dir(to.join("features")).unwrap().count(), 1);
+    assert_eq!(
+        entries(dir.path()),
+        vec!["store"],
+        "the old store was not cleaned up"
+    );
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("store");
+    let to_s = to.to_str().unwrap();
+    assert!(
+        qdump(&["all", "--csv", SAMPLE, "--to", to_s])
+            .status
+            .success()
+    );
+    let before = snapshot(&to);
+
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(
+        bad.join("SH600000.csv"),
+        "date,close\n2020-01-02,1.5\n2020-01-03,abc\n",
+    )
+    .unwrap();
+    let out = qdump(&[
+        "all",
+        "--csv",
+        bad.to_str().unwrap(),
+        "--to",
+        to_s,
+        "--overwrite",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let msg = text(&out);
+    assert!(
+        msg.contains("SH600000.csv:3") && msg.contains("\"close\"") && msg.contains("\"abc\""),
+        "{msg}"
+    );
+
+    std::fs::write(
+        bad.join("SH600000.csv"),
+        "date,close\n2020-01-02,1.5\n2020-01-02,1.6\n",
+    )
+    .unwrap();
+    let out = qdump(&[
+        "all",
+        "--csv",
+        bad.to_str().unwrap(),
+        "--to",
+        to_s,
+        "--overwrite",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("duplicate row for SH600000"),
+        "{}",
+        text(&out)
+    );
+
+    std::fs::write(bad.join("SH600000.csv"), "day,close\n2020-01-02,1.5\n").unwrap();
+    let out = qdump(&[
+        "all",
+        "--csv",
+        bad.to_str().unwrap(),
+        "--to",
+        to_s,
+        "--overwrite",
+    ]);
+    assert!(
+        text(&out).contains("no date column \"date\" (columns: day, close)"),
+        "{}",
+        text(&out)
+    );
+
+    let out = qdump(&[
+        "all",
+        "--csv",
+        "/nonexistent/x",
+        "--to",
+        to_s,
+        "--overwrite",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("/nonexistent/x"), "{}", text(&out));
+
+    assert_eq!(
+        snapshot(&to),
+        before,
+        "a failed import touched the existing store"
+    );
+    assert_eq!(
+        entries(dir.path()),
+        vec!["bad", "store"],
+        "a failed import left files behind"
+    );
+}
+
+#[test]
+fn refuses_to_overwrite_a_directory_that_is_not_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("precious.txt"), "keep me").unwrap();
+    let out = qdump(&[
+        "all",
+        "--csv",
+        SAMPLE,
+        "--to",
+        dir.path().to_str().unwrap(),
+        "--overwrite",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("not a store"), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("precious.txt")).unwrap(),
+        "keep me"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("s");
+    let out = qdump(&[
+        "all",
+        "--csv",
+        SAMPLE,
+        "--to",
+        to.to_str().unwrap(),
+        "--freq",
+        "hourly",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("unknown frequency \"hourly\""),
+        "{}",
+        text(&out)
+    );
+    assert!(!to.exists());
+    let out = qdump(&["show", dir.path().join("missing").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("is not a qstore/qlib store"),
+        "{}",
+        text(&out)
+    );
+}

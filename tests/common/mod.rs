@@ -1,0 +1,49 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use qstore::{Calendar, Freq, Store, Timestamp};
+
+/// `n` consecutive days from 2020-01-01 (weekends included: tests care about indexes, not trading days).
+pub fn days(n: usize) -> Vec<Timestamp> {
+    let first = chrono::NaiveDate::from_ymd_opt(2020, 1, 1).unwrap();
+    (0..n)
+        .map(|k| (first + chrono::Days::new(k as u64)).and_time(chrono::NaiveTime::MIN))
+        .collect()
+}
+
+/// A new store in `dir` with a daily calendar of `n` days.
+pub fn store_with_calendar(dir: &Path, n: usize) -> Store {
+    let store = Store::create(dir).unwrap();
+    store
+        .save_calendar(&Calendar::new(Freq::DAY, days(n)).unwrap())
+        .unwrap();
+    store
+}
+
+/// The bytes qlib's writer produces: `np.hstack([index, values]).astype("<f").tofile(fp)`, built by hand.
+pub fn qlib_bytes(start: u32, values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(start as f32).to_le_bytes());
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Compares float slices treating NaN as equal to NaN.
+pub fn same(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+}
+
+#[macro_export]
+macro_rules! assert_same {
+    ($a:expr, $b:expr) => {{
+        let (a, b): (&[f32], &[f32]) = (&$a, &$b);
+        assert!($crate::common::same(a, b), "left:  {a:?}\nright: {b:?}");
+    }};
+}
