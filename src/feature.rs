@@ -58,7 +58,7 @@ pub fn parse_shape(bytes: &[u8]) -> std::result::Result<Shape, CorruptReason> {
             len: 0,
         });
     }
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(CorruptReason::SizeNotMultipleOf4 {
             size: bytes.len() as u64,
         });

@@ -69,7 +69,7 @@ fn existing(path: &Path) -> Result<Option<Existing>> {
     Ok(Some(Existing {
         start,
         len: (size as usize - HEADER_LEN) / 4,
-        torn: size % 4 != 0,
+        torn: !size.is_multiple_of(4),
     }))
 }
 

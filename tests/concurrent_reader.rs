@@ -17,11 +17,11 @@ fn apply(path: &Path, k: usize) {
     match k % 4 {
         0 => writer::rewrite(path, k % 5, &vec![v; 64 + k % 17]).unwrap(),
         1 => {
-            writer::write(path, None, &vec![v; 20]).unwrap();
+            writer::write(path, None, &[v; 20]).unwrap();
         }
         2 => {
             let start = FeatureFile::open(path).unwrap().unwrap().start();
-            writer::write(path, Some(start + 5), &vec![v; 10]).unwrap();
+            writer::write(path, Some(start + 5), &[v; 10]).unwrap();
         }
         _ => {
             let f = FeatureFile::open(path).unwrap().unwrap();

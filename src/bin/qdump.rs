@@ -156,7 +156,7 @@ fn run(cli: Cli) -> Result<()> {
             let (t_len, n, m) = panel.shape();
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             writeln!(out, "date\tinstrument\t{}", fields.join("\t"))?;
-            for i in 0..n {
+            for (i, instrument) in instruments.iter().enumerate().take(n) {
                 for t in 0..t_len {
                     let row: Vec<f32> = (0..m).map(|f| panel.get(t, i, f)).collect();
                     if row.iter().all(|v| v.is_nan()) {
@@ -169,7 +169,7 @@ fn run(cli: Cli) -> Result<()> {
                         out,
                         "{}\t{}",
                         format_timestamp(date, freq.date_only()),
-                        instruments[i]
+                        instrument
                     )?;
                     for v in row {
                         write!(out, "\t{v}")?;
