@@ -193,7 +193,8 @@ fn bytes_identical_to_qlib_writer_and_qlib_files_read() {
 #[test]
 fn corrupt_files_give_typed_errors_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, Vec<u8>, fn(&CorruptReason) -> bool)> = vec![
+    type Case = (&'static str, Vec<u8>, fn(&CorruptReason) -> bool);
+    let cases: Vec<Case> = vec![
         ("size7", vec![0; 7], |r| {
             matches!(r, CorruptReason::SizeNotMultipleOf4 { size: 7 })
         }),
