@@ -1,0 +1,53 @@
+//! The README's library walk-through, compiled and run by the test suite:
+//! `cargo run --example quickstart [STORE]` (default: a store built from fixtures/sample in a temp directory).
+
+use qstore::{Freq, Store, import, parse_timestamp};
+
+fn main() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let root = match std::env::args().nth(1) {
+        Some(path) => std::path::PathBuf::from(path),
+        None => {
+            let root = tmp.path().join("store");
+            let set = import::read_csv(std::path::Path::new("fixtures/sample"), "date")?;
+            import::publish_new_store(&root, false, |s| {
+                import::write_store(s, &set, Freq::DAY, "all")
+            })?;
+            root
+        }
+    };
+
+    let store = Store::open(&root)?;
+    let cal = store.calendar(Freq::DAY)?;
+
+    // One field over a date range: zero-copy, borrowed from the mapped file.
+    let (march, end) = (
+        parse_timestamp("2023-03-01")?,
+        parse_timestamp("2023-03-31")?,
+    );
+    let close = store.read_dates("SH600000", "close", Freq::DAY, Some(march), Some(end))?;
+    let valid: Vec<f32> = close.iter().copied().filter(|v| !v.is_nan()).collect();
+    let mean = valid.iter().sum::<f32>() / valid.len().max(1) as f32;
+    println!(
+        "SH600000 close: {} values from {}, mean {mean:.2}",
+        close.len(),
+        cal.get(close.start()).unwrap()
+    );
+
+    // A training batch: time x instrument x field in one contiguous f32 array, NaN where there is no data.
+    let instruments: Vec<String> = store
+        .instruments("all")?
+        .symbols()
+        .map(String::from)
+        .collect();
+    let fields = vec!["close".to_string(), "volume".to_string()];
+    let panel = store.panel(&instruments, &fields, Freq::DAY, 0..cal.len())?;
+    let (t, n, f) = panel.shape();
+    let x: &[f32] = panel.data(); // element (t, i, f) at (t * n + i) * f_len + f
+    let missing = x.iter().filter(|v| v.is_nan()).count();
+    println!(
+        "panel {t} days x {n} instruments x {f} fields, {missing} of {} cells missing",
+        x.len()
+    );
+    Ok(())
+}
