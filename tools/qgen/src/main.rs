@@ -202,14 +202,12 @@ fn write_symbol(plan: &Plan, days: &[NaiveDate], rng: &mut Rng) -> String {
         };
         let _ = writeln!(
             out,
-            "{day},{},{},{},{},{},{},{}",
+            "{day},{},{},{},{close:.2},{},{},{factor:.6}",
             cell(open, 2),
             cell(high, 2),
             cell(low, 2),
-            format!("{close:.2}"),
             cell(volume, 0),
             cell(amount, 2),
-            format!("{factor:.6}"),
         );
     }
     out
@@ -219,7 +217,7 @@ fn write_symbol(plan: &Plan, days: &[NaiveDate], rng: &mut Rng) -> String {
 fn rng_missing(k: usize, v: f64) -> bool {
     let h = (v.to_bits() ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
         .wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    h >> 56 < 2 && k % 5 != 0
+    h >> 56 < 2 && !k.is_multiple_of(5)
 }
 
 fn main() -> Result<()> {
