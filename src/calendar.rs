@@ -49,6 +49,13 @@ pub struct Calendar {
 impl Calendar {
     /// A calendar from timestamps, which must be strictly increasing.
     pub fn new(freq: Freq, dates: Vec<Timestamp>) -> Result<Calendar> {
+        if let Some(i) = dates.iter().position(|&d| !fits(freq, d)) {
+            return Err(Error::Calendar {
+                path: "<memory>".into(),
+                line: i + 1,
+                reason: time_reason(freq, dates[i]),
+            });
+        }
         if let Some(i) = dates.windows(2).position(|w| w[0] >= w[1]) {
             return Err(Error::Calendar {
                 path: "<memory>".into(),
@@ -76,6 +83,9 @@ impl Calendar {
                 reason,
             };
             let t = parse_timestamp(line).map_err(|e| err(e.to_string()))?;
+            if !fits(freq, t) {
+                return Err(err(time_reason(freq, t)));
+            }
             if let Some(&prev) = dates.last()
                 && prev >= t
             {
@@ -153,6 +163,15 @@ impl Calendar {
     pub fn extend(&mut self, more: impl IntoIterator<Item = Timestamp>) -> Result<()> {
         let old = self.dates.len();
         self.dates.extend(more);
+        if let Some(i) = self.dates[old..].iter().position(|&d| !fits(self.freq, d)) {
+            let reason = time_reason(self.freq, self.dates[old + i]);
+            self.dates.truncate(old);
+            return Err(Error::Calendar {
+                path: "<memory>".into(),
+                line: old + i + 1,
+                reason,
+            });
+        }
         if let Some(i) = self.dates[old.saturating_sub(1)..]
             .windows(2)
             .position(|w| w[0] >= w[1])
@@ -168,6 +187,17 @@ impl Calendar {
         }
         Ok(())
     }
+}
+
+/// Whether `t` can be written in the calendar format of `freq` without losing its time of day.
+fn fits(freq: Freq, t: Timestamp) -> bool {
+    !freq.date_only() || t.time() == NaiveTime::MIN
+}
+
+fn time_reason(freq: Freq, t: Timestamp) -> String {
+    format!(
+        "timestamp {t} has a time of day, which a {freq} calendar cannot hold; use a minute frequency such as 1min"
+    )
 }
 
 fn order_reason(prev: Timestamp, t: Timestamp) -> String {
@@ -264,6 +294,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.to_text(), "2020-01-02 09:31:00\n2020-01-02 09:32:00\n");
+    }
+
+    #[test]
+    fn daily_calendars_reject_times_of_day() {
+        let err = Calendar::parse(
+            "2020-01-02\n2020-01-03 09:30:00\n",
+            Path::new("d.txt"),
+            Freq::DAY,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("d.txt:2: timestamp 2020-01-03 09:30:00 has a time of day"),
+            "{err}"
+        );
+        assert!(Calendar::parse("2020-01-02 00:00:00\n", Path::new("d.txt"), Freq::DAY).is_ok());
+        assert!(Calendar::new(Freq::DAY, vec![ts("2020-01-02 09:30:00")]).is_err());
+        assert!(Calendar::new(Freq::MINUTE, vec![ts("2020-01-02 09:30:00")]).is_ok());
+        let mut c = cal();
+        assert!(c.extend([ts("2020-01-08 09:30:00")]).is_err());
+        assert_eq!(c.len(), 4);
     }
 
     #[test]

@@ -101,6 +101,15 @@ fn read_csv_file(path: &Path, date_column: &str) -> Result<(String, Vec<String>,
         }
         let name = h.to_lowercase();
         validate_name(NameKind::Field, &name).map_err(|e| input_err(path, 1, e.to_string()))?;
+        if fields.contains(&name) {
+            return Err(input_err(
+                path,
+                1,
+                format!(
+                    "two columns are named {name:?} (field names are case-insensitive); rename one"
+                ),
+            ));
+        }
         fields.push(name);
         field_at.push(i);
     }

@@ -266,3 +266,45 @@ fn usage_errors_exit_2() {
         text(&out)
     );
 }
+
+#[test]
+fn minute_bars_import_with_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(
+        input.join("600000.SH.csv"),
+        "date,close\n2020-01-02 09:31:00,1.5\n2020-01-02 09:33:00,1.7\n",
+    )
+    .unwrap();
+    std::fs::write(
+        input.join("000001.SZ.csv"),
+        "date,close\n2020-01-02 09:32:00,9\n",
+    )
+    .unwrap();
+    let to = dir.path().join("store");
+    let out = qdump(&[
+        "all",
+        "--csv",
+        input.to_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+        "--freq",
+        "1min",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(to.join("calendars/1min.txt")).unwrap(),
+        "2020-01-02 09:31:00\n2020-01-02 09:32:00\n2020-01-02 09:33:00\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(to.join("instruments/all.txt")).unwrap(),
+        "SH600000\t2020-01-02 09:31:00\t2020-01-02 09:33:00\nSZ000001\t2020-01-02 09:32:00\t2020-01-02 09:32:00\n"
+    );
+    let bin = std::fs::read(to.join("features/sh600000/close.1min.bin")).unwrap();
+    let want: Vec<u8> = [0f32, 1.5, f32::NAN, 1.7]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    assert_eq!(bin, want);
+}
