@@ -15,19 +15,43 @@ use crate::freq::Freq;
 /// A timestamp of the calendar (no time zone: exchange-local time, as qlib stores it).
 pub type Timestamp = NaiveDateTime;
 
-/// Parses `YYYY-MM-DD` (midnight) or `YYYY-MM-DD HH:MM:SS`.
+/// Parses `YYYY-MM-DD` (midnight) or `YYYY-MM-DD HH:MM:SS`, after trimming white space.
+///
+/// Strict about the byte pattern (four-digit year, two-digit fields, `-`, ` `, `:`): anything it accepts is
+/// written back identically by [`format_timestamp`].
 pub fn parse_timestamp(text: &str) -> Result<Timestamp> {
     let bad = || Error::InvalidDate {
         text: text.to_owned(),
     };
-    let t = text.trim();
-    match t.len() {
-        10 => NaiveDate::parse_from_str(t, "%Y-%m-%d")
-            .map(|d| d.and_time(NaiveTime::MIN))
-            .map_err(|_| bad()),
-        19 => NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S").map_err(|_| bad()),
-        _ => Err(bad()),
+    let b = text.trim().as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    if !(b.len() == 10 || (b.len() == 19 && b[10] == b' ' && b[13] == b':' && b[16] == b':')) {
+        return Err(bad());
     }
+    if b[4] != b'-' || b[7] != b'-' {
+        return Err(bad());
+    }
+    let (y, m, d) = (
+        num(0..4).ok_or_else(bad)?,
+        num(5..7).ok_or_else(bad)?,
+        num(8..10).ok_or_else(bad)?,
+    );
+    let date = NaiveDate::from_ymd_opt(y as i32, m, d).ok_or_else(bad)?;
+    let time = if b.len() == 10 {
+        NaiveTime::MIN
+    } else {
+        let (h, mi, sec) = (
+            num(11..13).ok_or_else(bad)?,
+            num(14..16).ok_or_else(bad)?,
+            num(17..19).ok_or_else(bad)?,
+        );
+        NaiveTime::from_hms_opt(h, mi, sec).ok_or_else(bad)?
+    };
+    Ok(date.and_time(time))
 }
 
 /// Formats a timestamp as qlib writes it: date only for daily and longer bars, with the time otherwise.
@@ -225,6 +249,32 @@ mod tests {
             Freq::DAY,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn timestamps_are_strict() {
+        assert_eq!(format_timestamp(ts("2020-02-29"), true), "2020-02-29");
+        assert_eq!(
+            format_timestamp(ts(" 2020-02-29 23:59:59 "), false),
+            "2020-02-29 23:59:59"
+        );
+        for bad in [
+            "-023-02-17",
+            "+023-02-17",
+            "2020-1-02",
+            "2020-01-2",
+            "2020/01/02",
+            "2021-02-29",
+            "2020-13-01",
+            "2020-01-02T09:30:00",
+            "2020-01-02 24:00:00",
+            "2020-01-02 9:30:000",
+            "20200102",
+            "",
+            "２020-01-02",
+        ] {
+            assert!(parse_timestamp(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
