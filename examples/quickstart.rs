@@ -9,10 +9,8 @@ fn main() -> anyhow::Result<()> {
         Some(path) => std::path::PathBuf::from(path),
         None => {
             let root = tmp.path().join("store");
-            let set = import::read_csv(std::path::Path::new("fixtures/sample"), "date")?;
-            import::publish_new_store(&root, false, |s| {
-                import::write_store(s, &set, Freq::DAY, "all")
-            })?;
+            let csv = import::CsvSource::open("fixtures/sample".as_ref(), Default::default())?;
+            import::import(&csv, &root, false, &Default::default(), &|_| {})?;
             root
         }
     };

@@ -166,6 +166,14 @@ pub enum Error {
     #[error("refusing to write the store to {}: {reason}", path.display())]
     Target { path: PathBuf, reason: &'static str },
 
+    /// An import in which every symbol failed; nothing was published.
+    #[error("no symbol could be imported; the target was not changed")]
+    NothingImported,
+
+    /// A configuration or connection problem with a data source (MySQL, CSV layout).
+    #[error("{source_name}: {reason}")]
+    Source { source_name: String, reason: String },
+
     /// A row of input data that cannot be imported.
     #[error("{}:{line}: {reason}", path.display())]
     Input {

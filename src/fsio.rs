@@ -107,6 +107,48 @@ pub fn exchange(a: &Path, b: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes a new file without fsync, for stores that are not published yet: the caller makes the whole tree
+/// durable with [`sync_filesystem`] before publishing it.
+pub fn write_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::io("writing", path, e))
+}
+
+/// Flushes every dirty page and inode of the file system holding `path` (`syncfs(2)`): one call instead of an
+/// fsync per file when a whole staging store was written.
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    let dir = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the duration of the call.
+    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
+    if rc != 0 {
+        return Err(Error::io(
+            "syncing the file system of",
+            path,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Total size in bytes of the regular files below `dir`.
+pub fn tree_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(|e| Error::io("listing", &d, e))? {
+            let entry = entry.map_err(|e| Error::io("listing", &d, e))?;
+            let meta = entry
+                .metadata()
+                .map_err(|e| Error::io("reading metadata of", entry.path(), e))?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
 fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

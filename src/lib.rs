@@ -29,6 +29,7 @@
 
 pub mod calendar;
 pub mod error;
+pub mod failpoint;
 pub mod feature;
 pub mod freq;
 pub mod fsio;

@@ -347,6 +347,32 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a whole feature file without fsync, for a store being built that nobody reads yet (the staging
+    /// store of `qdump all`). The builder syncs the file system once before publishing the store.
+    pub fn bulk_put_feature(
+        &self,
+        instrument: &str,
+        field: &str,
+        freq: Freq,
+        start: usize,
+        data: &[f32],
+    ) -> Result<()> {
+        let path = self.feature_path(instrument, field, freq)?;
+        if start >= crate::feature::MAX_START as usize {
+            return Err(Error::IndexOutOfRange {
+                path,
+                index: start as u64,
+                reason: "the start index is stored as float32 and must be below 2^24 (16777216)",
+            });
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
+        }
+        fsio::write_unsynced(&path, &crate::feature::encode(start as u32, data))?;
+        self.forget(instrument, field, freq);
+        Ok(())
+    }
+
     /// Moves a feature file's range to `[start, end)` (see [`writer::rebase`]).
     pub fn rebase_feature(
         &self,

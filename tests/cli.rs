@@ -56,7 +56,11 @@ fn all_then_show() {
     let to = dir.path().join("store");
     let out = qdump(&["all", "--csv", SAMPLE, "--to", to.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("12 symbols"), "{}", text(&out));
+    assert!(
+        text(&out).contains("12 of 12 symbols imported, 0 failed"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(
         entries(dir.path()),
         vec!["store"],
@@ -153,7 +157,7 @@ fn bad_input_changes_nothing() {
         to_s,
         "--overwrite",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     let msg = text(&out);
     assert!(
         msg.contains("SH600000.csv:3") && msg.contains("\"close\"") && msg.contains("\"abc\""),
@@ -173,9 +177,9 @@ fn bad_input_changes_nothing() {
         to_s,
         "--overwrite",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     assert!(
-        text(&out).contains("duplicate row for SH600000"),
+        text(&out).contains("two rows dated 2020-01-02"),
         "{}",
         text(&out)
     );

@@ -11,11 +11,12 @@ fn fixtures() -> &'static Path {
 }
 
 /// Builds a store from the sample CSVs.
-fn sample_store(dir: &Path) -> (Store, import::KlineSet) {
-    let set = import::read_csv(fixtures(), "date").unwrap();
-    let store = Store::create(dir).unwrap();
-    import::write_store(&store, &set, Freq::DAY, "all").unwrap();
-    (store, set)
+fn sample_store(dir: &Path) -> Store {
+    let csv = import::CsvSource::open(fixtures(), Default::default()).unwrap();
+    let root = dir.join("store");
+    let summary = import::import(&csv, &root, false, &Default::default(), &|_| {}).unwrap();
+    assert!(summary.failed.is_empty(), "{:?}", summary.failed);
+    Store::open(root).unwrap()
 }
 
 /// Every CSV cell, parsed independently of the importer: (symbol, date, field) -> value text.
@@ -45,7 +46,7 @@ fn csv_cells() -> Vec<(String, String, String, String)> {
 #[test]
 fn sample_import_reads_back_every_cell() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = sample_store(dir.path());
+    let store = sample_store(dir.path());
     let cal = store.calendar(Freq::DAY).unwrap();
     let cells = csv_cells();
     assert!(cells.len() > 15_000, "the sample has {} cells", cells.len());
@@ -95,8 +96,13 @@ fn sample_import_reads_back_every_cell() {
 #[test]
 fn panel_equals_single_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, set) = sample_store(dir.path());
-    let mut instruments: Vec<String> = set.symbols.iter().map(|s| s.symbol.clone()).collect();
+    let store = sample_store(dir.path());
+    let mut instruments: Vec<String> = store
+        .instruments("all")
+        .unwrap()
+        .symbols()
+        .map(String::from)
+        .collect();
     instruments.push("SH999999".into()); // no files: all NaN
     let fields = vec![
         "close".to_string(),

@@ -1,16 +1,22 @@
 //! `qdump`: build and inspect qstore stores.
 //!
-//! Exit codes: 0 success; 1 the command failed (bad input, I/O, corrupt data; nothing was changed);
-//! 2 bad command-line usage.
+//! Exit codes: 0 success; 1 the command failed and nothing was changed (bad input, unreachable server, I/O);
+//! 2 bad command-line usage; 3 `all` imported some symbols and skipped others (listed); 4 `all` could import no
+//! symbol, so the target was left as it was.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
-use qstore::{Freq, Store, format_timestamp, import, parse_timestamp};
+use clap::{Args, Parser, Subcommand};
+use parking_lot::Mutex;
+use qstore::import::{
+    self, CsvSource, ImportOptions, ImportSummary, MysqlSource, OnDuplicate, Source, SymbolFormat,
+};
+use qstore::{Freq, Store, Timestamp, format_timestamp, parse_timestamp};
 
 #[derive(Parser)]
 #[command(
@@ -25,27 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Import K-lines into a new store, switched in atomically at the end.
-    All {
-        /// A directory of per-symbol CSV files (file stem = symbol), or one such file.
-        #[arg(long)]
-        csv: PathBuf,
-        /// The store directory to create (or replace, with --overwrite).
-        #[arg(long)]
-        to: PathBuf,
-        /// Bar frequency: day, 1min, 5min, week, month.
-        #[arg(long, default_value = "day")]
-        freq: Freq,
-        /// Name of the instruments file written (instruments/<market>.txt).
-        #[arg(long, default_value = "all")]
-        market: String,
-        /// Name of the date column in the input.
-        #[arg(long, default_value = "date")]
-        date_column: String,
-        /// Replace an existing store at --to.
-        #[arg(long)]
-        overwrite: bool,
-    },
+    /// Import K-lines from MySQL or CSV into a new store, switched in atomically at the end.
+    All(AllArgs),
     /// Print values of a store as tab-separated text: date, instrument, then one column per field.
     Show {
         /// The store directory.
@@ -69,10 +56,73 @@ enum Command {
     },
 }
 
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["mysql", "csv"])))]
+struct AllArgs {
+    /// mysql://user[:password]@host[:port]/database (password also from QSTORE_MYSQL_PASSWORD or --ask-password).
+    #[arg(long)]
+    mysql: Option<String>,
+    /// A directory of per-symbol CSV files (file stem = symbol), or one CSV file (with a symbol column, or of
+    /// one symbol).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// The store directory to create (or replace, with --overwrite).
+    #[arg(long)]
+    to: PathBuf,
+    /// The K-line table (MySQL).
+    #[arg(long, default_value = "stock_kline_data")]
+    table: String,
+    /// The symbol column.
+    #[arg(long, default_value = "symbol")]
+    symbol_column: String,
+    /// The date column [default: trade_date for MySQL, date for CSV].
+    #[arg(long)]
+    date_column: Option<String>,
+    /// Comma-separated field columns [default: every numeric column but symbol, date and auto-increment ids].
+    #[arg(long, value_delimiter = ',')]
+    fields: Option<Vec<String>>,
+    /// `all`, a comma-separated list (600000.SH,000001.SZ), or @FILE with one symbol per line.
+    #[arg(long, default_value = "all")]
+    symbols: String,
+    /// First date to import (YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    start_date: Option<String>,
+    /// Last date to import (YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    end_date: Option<String>,
+    /// Import only the first N symbols (to try things out).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Bar frequency: day, 1min, 5min ... (minute data needs a datetime column).
+    #[arg(long, default_value = "day")]
+    freq: Freq,
+    /// Name of the instruments file written (instruments/<market>.txt).
+    #[arg(long, default_value = "all")]
+    market: String,
+    /// qlib: 600000.SH -> SH600000; raw: keep the source's spelling.
+    #[arg(long, value_enum, default_value_t = SymbolFormat::Qlib)]
+    symbol_format: SymbolFormat,
+    /// Two rows of one symbol on one date: fail the symbol, or keep the first or last row.
+    #[arg(long, value_enum, default_value_t = OnDuplicate::Error)]
+    on_duplicate: OnDuplicate,
+    /// MySQL connections streaming in parallel, each over its own range of symbols.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Prompt for the MySQL password.
+    #[arg(long)]
+    ask_password: bool,
+    /// Replace an existing store at --to.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print the summary as JSON on stdout (for scripts).
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             // A closed pipe (`qdump show ... | head`) is not a failure.
             if e.chain().any(|c| {
@@ -87,36 +137,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::All {
-            csv,
-            to,
-            freq,
-            market,
-            date_column,
-            overwrite,
-        } => {
-            let t0 = Instant::now();
-            let set = import::read_csv(&csv, &date_column)
-                .with_context(|| format!("reading CSV input {}", csv.display()))?;
-            let summary = import::publish_new_store(&to, overwrite, |store| {
-                import::write_store(store, &set, freq, &market)
-            })
-            .with_context(|| format!("writing the store {}", to.display()))?;
-            let secs = t0.elapsed().as_secs_f64();
-            println!(
-                "qdump all: {} symbols, {} rows, {} fields, {} files, calendar of {} {freq} bars -> {} in {secs:.2} s ({:.0} rows/s)",
-                summary.symbols,
-                summary.rows,
-                set.fields.len(),
-                summary.files,
-                summary.calendar_len,
-                to.display(),
-                summary.rows as f64 / secs.max(1e-9),
-            );
-            Ok(())
-        }
+        Command::All(args) => all(args),
         Command::Show {
             store,
             instruments,
@@ -178,7 +201,198 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             out.flush()?;
-            Ok(())
+            Ok(0)
+        }
+    }
+}
+
+fn date_arg(s: &Option<String>, what: &str) -> Result<Option<Timestamp>> {
+    s.as_deref()
+        .map(|s| parse_timestamp(s).with_context(|| format!("--{what}")))
+        .transpose()
+}
+
+fn symbols_arg(s: &str) -> Result<Option<Vec<String>>> {
+    if s == "all" {
+        return Ok(None);
+    }
+    let text = match s.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading --symbols file {path}"))?,
+        None => s.to_owned(),
+    };
+    let list: Vec<String> = text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|x| !x.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if list.is_empty() {
+        bail!("--symbols names no symbol");
+    }
+    Ok(Some(list))
+}
+
+fn all(a: AllArgs) -> Result<u8> {
+    let (start, end) = (
+        date_arg(&a.start_date, "start-date")?,
+        date_arg(&a.end_date, "end-date")?,
+    );
+    let symbols = symbols_arg(&a.symbols)?;
+    let source: Box<dyn Source> = if let Some(url) = &a.mysql {
+        let password = match std::env::var("QSTORE_MYSQL_PASSWORD") {
+            Ok(p) => Some(p),
+            Err(_) if a.ask_password => Some(
+                rpassword::prompt_password("MySQL password: ").context("reading the password")?,
+            ),
+            Err(_) => None,
+        };
+        let conn = import::mysql::Connection::parse(url, password)?;
+        let opts = import::mysql::MysqlOptions {
+            table: a.table.clone(),
+            symbol_column: a.symbol_column.clone(),
+            date_column: a.date_column.clone().unwrap_or_else(|| "trade_date".into()),
+            fields: a.fields.clone(),
+            symbols,
+            start,
+            end,
+            limit: a.limit,
+            connections: a.connections,
+        };
+        Box::new(MysqlSource::open(conn, opts)?)
+    } else {
+        let path = a.csv.clone().expect("clap requires --mysql or --csv");
+        let opts = import::csv::CsvOptions {
+            date_column: a.date_column.clone().unwrap_or_else(|| "date".into()),
+            symbol_column: a.symbol_column.clone(),
+            fields: a.fields.clone(),
+            symbols,
+            start,
+            end,
+            limit: a.limit,
+        };
+        Box::new(
+            CsvSource::open(&path, opts)
+                .with_context(|| format!("reading CSV input {}", path.display()))?,
+        )
+    };
+    let opts = ImportOptions {
+        freq: a.freq,
+        market: a.market.clone(),
+        on_duplicate: a.on_duplicate,
+        symbol_format: a.symbol_format,
+    };
+    let progress = Progress::new(source.symbol_count() as u64, a.json);
+    let summary = import::import(source.as_ref(), &a.to, a.overwrite, &opts, &|rows| {
+        progress.tick(rows)
+    })
+    .with_context(|| format!("importing into {}", a.to.display()))?;
+    progress.finish();
+    let code = if !summary.published {
+        4
+    } else if summary.failed.is_empty() {
+        0
+    } else {
+        3
+    };
+    if a.json {
+        let mut v = serde_json::to_value(&summary)?;
+        v["store"] = serde_json::Value::from(a.to.display().to_string());
+        v["exit_code"] = serde_json::Value::from(code);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_summary(&summary, &a.to);
+    }
+    Ok(code)
+}
+
+fn print_summary(s: &ImportSummary, to: &std::path::Path) {
+    let total = s.symbols_ok + s.failed.len();
+    println!(
+        "qdump all: {} of {total} symbols imported, {} failed; {} rows, {} fields, {} files",
+        s.symbols_ok,
+        s.failed.len(),
+        s.rows,
+        s.fields.len(),
+        s.files
+    );
+    if let (Some(a), Some(b)) = (&s.calendar_first, &s.calendar_last) {
+        println!("calendar: {} bars, {a} .. {b}", s.calendar_len);
+    }
+    for f in &s.failed {
+        println!("  failed {}: {}", f.symbol, f.reason);
+    }
+    if s.published {
+        println!(
+            "store: {} ({:.1} MB), {:.2} s, {:.0} rows/s",
+            to.display(),
+            s.store_bytes as f64 / 1e6,
+            s.elapsed_s,
+            s.rows as f64 / s.elapsed_s.max(1e-9)
+        );
+    } else {
+        if total == 0 {
+            println!("no rows matched the selection (symbols, dates)");
+        }
+        println!("nothing was imported; {} was left as it was", to.display());
+    }
+}
+
+/// Progress on stderr: a bar on a terminal, a line every 5 s otherwise, nothing with --json.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    rows: AtomicU64,
+    done: AtomicU64,
+    total: u64,
+    t0: Instant,
+    last_line: Mutex<Instant>,
+    quiet: bool,
+}
+
+impl Progress {
+    fn new(total: u64, quiet: bool) -> Progress {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} symbols  {msg}  ETA {eta}",
+                )
+                .expect("valid template"),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            rows: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            total,
+            t0: Instant::now(),
+            last_line: Mutex::new(Instant::now()),
+            quiet,
+        }
+    }
+
+    fn tick(&self, rows: u64) {
+        let rows = self.rows.fetch_add(rows, Ordering::Relaxed) + rows;
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        let rate = rows as f64 / self.t0.elapsed().as_secs_f64().max(1e-9);
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            bar.set_message(format!("{rows} rows, {rate:.0} rows/s"));
+        } else if !self.quiet {
+            let mut last = self.last_line.lock();
+            if last.elapsed() >= Duration::from_secs(5) {
+                *last = Instant::now();
+                eprintln!(
+                    "qdump: {done}/{} symbols, {rows} rows, {rate:.0} rows/s",
+                    self.total
+                );
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
     }
 }

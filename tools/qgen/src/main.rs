@@ -4,8 +4,10 @@
 //! (Shanghai main, STAR, Shenzhen main, ChiNext, Beijing) with their price limits, late listings, suspensions
 //! (days with no row), missing cells (empty in CSV), a delisting, and adjustment-factor steps.
 //!
-//! `qgen csv --out fixtures/sample --symbols 10 --days 250` writes one CSV per symbol in the layout qlib's
+//! `qgen csv --out fixtures/sample --symbols 12 --days 250` writes one CSV per symbol in the layout qlib's
 //! `dump_bin.py` reads: file stem = symbol, columns date,open,high,low,close,volume,amount,factor.
+//! `qgen mysql --url mysql://root@127.0.0.1/test --table stock_kline_data ...` fills a table with the same rows
+//! (symbols as `600000.SH`, DECIMAL prices, BIGINT volume, DOUBLE amount and factor, a text `name` column).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -23,20 +25,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write one CSV file per symbol.
+    /// Write one CSV file per symbol (the layout qlib's dump_bin.py reads).
     Csv {
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 10)]
-        symbols: usize,
-        #[arg(long, default_value_t = 250)]
-        days: usize,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// First calendar day (weekends and listed holidays are skipped).
-        #[arg(long, default_value = "2023-01-03")]
-        start: NaiveDate,
+        /// Name files by exchange-style symbol (`600000.SH.csv`) instead of qlib style (`SH600000.csv`).
+        #[arg(long)]
+        raw_symbols: bool,
+        #[command(flatten)]
+        spec: Spec,
     },
+    /// Create (or replace) a K-line table in MySQL/MariaDB and fill it.
+    Mysql {
+        /// mysql://user[:password]@host[:port]/db
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "stock_kline_data")]
+        table: String,
+        #[command(flatten)]
+        spec: Spec,
+    },
+}
+
+/// What to generate.
+#[derive(clap::Args)]
+struct Spec {
+    #[arg(long, default_value_t = 10)]
+    symbols: usize,
+    #[arg(long, default_value_t = 250)]
+    days: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// First calendar day (weekends and listed holidays are skipped).
+    #[arg(long, default_value = "2023-01-03")]
+    start: NaiveDate,
+    /// Add a symbol whose every value is missing.
+    #[arg(long)]
+    pathological: bool,
 }
 
 /// splitmix64: tiny, fast and stable forever, which a fixture generator needs more than statistical polish.
@@ -137,7 +162,12 @@ const BOARDS: &[(&str, u32, f64)] = &[
 
 /// What happens to one symbol over the period.
 struct Plan {
+    /// qlib style, `SH600000`.
     symbol: String,
+    /// Exchange style, `600000.SH`, as K-line tables usually store it.
+    raw: String,
+    /// Every value missing: a symbol the importer must report and skip.
+    all_null: bool,
     limit: f64,
     listed: usize,
     delisted: Option<usize>,
@@ -146,10 +176,9 @@ struct Plan {
 
 fn plan(i: usize, days: usize, rng: &mut Rng) -> Plan {
     let (prefix, base, limit) = BOARDS[i % BOARDS.len()];
-    let symbol = format!(
-        "{prefix}{:06}",
-        base + (i / BOARDS.len()) as u32 * 7 + i as u32 % 3
-    );
+    let code = base + (i / BOARDS.len()) as u32 * 7 + i as u32 % 3;
+    let symbol = format!("{prefix}{code:06}");
+    let raw = format!("{code:06}.{prefix}");
     // Every fourth symbol lists late, one in seven is delisted, most have a suspension.
     let listed = if i % 4 == 3 {
         days / 5 + rng.below(days / 5 + 1)
@@ -164,6 +193,8 @@ fn plan(i: usize, days: usize, rng: &mut Rng) -> Plan {
     }
     Plan {
         symbol,
+        raw,
+        all_null: false,
         limit,
         listed,
         delisted,
@@ -171,8 +202,15 @@ fn plan(i: usize, days: usize, rng: &mut Rng) -> Plan {
     }
 }
 
-fn write_symbol(plan: &Plan, days: &[NaiveDate], rng: &mut Rng) -> String {
-    let mut out = String::from("date,open,high,low,close,volume,amount,factor\n");
+/// Column names of the generated data, after the symbol.
+const COLUMNS: [&str; 8] = [
+    "date", "open", "high", "low", "close", "volume", "amount", "factor",
+];
+
+/// One symbol's rows as text cells in [`COLUMNS`] order; an empty cell is a missing value (NULL in SQL).
+/// Both outputs print exactly these strings, so a CSV import and a MySQL import see the same numbers.
+fn bars(plan: &Plan, days: &[NaiveDate], rng: &mut Rng) -> Vec<[String; 8]> {
+    let mut out = Vec::new();
     let mut close = 5.0 + rng.unit() * 60.0;
     let mut factor = 1.0;
     let end = plan.delisted.unwrap_or(days.len());
@@ -194,21 +232,32 @@ fn write_symbol(plan: &Plan, days: &[NaiveDate], rng: &mut Rng) -> String {
         }
         let cell = |v: f64, decimals: usize| -> String {
             // About one cell in 150 is missing, as NULLs are in real tables.
-            if rng_missing(k, v) {
+            if plan.all_null || rng_missing(k, v) {
                 String::new()
             } else {
                 format!("{v:.decimals$}")
             }
         };
-        let _ = writeln!(
-            out,
-            "{day},{},{},{},{close:.2},{},{},{factor:.6}",
+        let fixed = |v: String| if plan.all_null { String::new() } else { v };
+        out.push([
+            day.to_string(),
             cell(open, 2),
             cell(high, 2),
             cell(low, 2),
+            fixed(format!("{close:.2}")),
             cell(volume, 0),
             cell(amount, 2),
-        );
+            fixed(format!("{factor:.6}")),
+        ]);
+    }
+    out
+}
+
+fn csv_text(rows: &[[String; 8]]) -> String {
+    let mut out = COLUMNS.join(",");
+    out.push('\n');
+    for r in rows {
+        let _ = writeln!(out, "{}", r.join(","));
     }
     out
 }
@@ -220,29 +269,128 @@ fn rng_missing(k: usize, v: f64) -> bool {
     h >> 56 < 2 && !k.is_multiple_of(5)
 }
 
+/// Every symbol's plan and rows, in order; `pathological` adds a symbol whose every value is missing.
+fn generate(
+    spec: &Spec,
+    mut emit: impl FnMut(&Plan, Vec<[String; 8]>) -> Result<()>,
+) -> Result<usize> {
+    let days = trading_days(spec.start, spec.days);
+    let mut rng = Rng(spec.seed);
+    for i in 0..spec.symbols {
+        let p = plan(i, days.len(), &mut rng);
+        let rows = bars(&p, &days, &mut rng);
+        emit(&p, rows)?;
+    }
+    if spec.pathological {
+        let p = Plan {
+            symbol: "SZ009999".into(),
+            raw: "009999.SZ".into(),
+            all_null: true,
+            limit: 0.1,
+            listed: 0,
+            delisted: Some(days.len().min(20)),
+            suspended: Vec::new(),
+        };
+        let rows = bars(&p, &days, &mut rng);
+        emit(&p, rows)?;
+    }
+    Ok(days.len())
+}
+
+fn write_mysql(url: &str, table: &str, spec: &Spec) -> Result<()> {
+    use mysql::prelude::Queryable;
+    anyhow::ensure!(
+        !table.is_empty()
+            && table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "--table must be a plain identifier"
+    );
+    let pool = mysql::Pool::new(mysql::Opts::from_url(url).context("parsing --url")?)?;
+    let mut conn = pool.get_conn().context("connecting to MySQL")?;
+    conn.query_drop(format!("DROP TABLE IF EXISTS `{table}`"))?;
+    conn.query_drop(format!(
+        "CREATE TABLE `{table}` (
+           id BIGINT AUTO_INCREMENT PRIMARY KEY,
+           symbol VARCHAR(16) NOT NULL,
+           trade_date DATE NOT NULL,
+           open DECIMAL(12,2), high DECIMAL(12,2), low DECIMAL(12,2), close DECIMAL(12,2),
+           volume BIGINT, amount DOUBLE, factor DOUBLE,
+           name VARCHAR(32),
+           UNIQUE KEY uk_symbol_date (symbol, trade_date)
+         ) ENGINE=InnoDB"
+    ))?;
+    let mut batch: Vec<String> = Vec::with_capacity(2000);
+    let flush = |conn: &mut mysql::PooledConn, batch: &mut Vec<String>| -> Result<()> {
+        if !batch.is_empty() {
+            conn.query_drop(format!(
+                "INSERT INTO `{table}` (symbol, trade_date, open, high, low, close, volume, amount, factor, name) VALUES {}",
+                batch.join(",")
+            ))?;
+            batch.clear();
+        }
+        Ok(())
+    };
+    conn.query_drop("SET autocommit=0")?;
+    generate(spec, |p, rows| {
+        for r in rows {
+            let v = |c: &String| {
+                if c.is_empty() {
+                    "NULL".to_string()
+                } else {
+                    c.clone()
+                }
+            };
+            batch.push(format!(
+                "('{}','{}',{},{},{},{},{},{},{},'{} Co.')",
+                p.raw,
+                r[0],
+                v(&r[1]),
+                v(&r[2]),
+                v(&r[3]),
+                v(&r[4]),
+                v(&r[5]),
+                v(&r[6]),
+                v(&r[7]),
+                p.symbol
+            ));
+            if batch.len() >= 2000 {
+                flush(&mut conn, &mut batch)?;
+            }
+        }
+        Ok(())
+    })?;
+    flush(&mut conn, &mut batch)?;
+    conn.query_drop("COMMIT")?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Csv {
             out,
-            symbols,
-            days,
-            seed,
-            start,
+            raw_symbols,
+            spec,
         } => {
-            let days = trading_days(start, days);
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            let mut rng = Rng(seed);
-            for i in 0..symbols {
-                let p = plan(i, days.len(), &mut rng);
-                let text = write_symbol(&p, &days, &mut rng);
-                let path = out.join(format!("{}.csv", p.symbol));
-                std::fs::write(&path, text)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            let days = generate(&spec, |p, rows| {
+                let name = if raw_symbols { &p.raw } else { &p.symbol };
+                let path = out.join(format!("{name}.csv"));
+                std::fs::write(&path, csv_text(&rows))
+                    .with_context(|| format!("writing {}", path.display()))
+            })?;
             eprintln!(
-                "qgen: wrote {symbols} symbols x {} days to {}",
-                days.len(),
+                "qgen: wrote {} symbols x {days} days to {}",
+                spec.symbols,
                 out.display()
+            );
+            Ok(())
+        }
+        Command::Mysql { url, table, spec } => {
+            write_mysql(&url, &table, &spec)?;
+            eprintln!(
+                "qgen: filled table {table} with {} symbols x {} days",
+                spec.symbols, spec.days
             );
             Ok(())
         }

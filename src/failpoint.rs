@@ -1,0 +1,32 @@
+//! Crash-test hook: with `QSTORE_FAILPOINT=<name>[:<n>]` in the environment, the process aborts (as if killed)
+//! the n-th time (default: the first) it passes the point `<name>`. Unset, a point costs one relaxed atomic load.
+//!
+//! Points: `import:after-calendar`, `import:symbol` (after each symbol's files), `import:before-publish`,
+//! `import:after-exchange` (the new store is in place, the old one not yet removed).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+static PASSED: AtomicU64 = AtomicU64::new(0);
+
+/// Aborts the process if this is the armed point and its count is reached.
+pub fn hit(name: &str) {
+    let armed = ARMED.get_or_init(|| {
+        let spec = std::env::var("QSTORE_FAILPOINT").ok()?;
+        let (point, n) = match spec.rsplit_once(':') {
+            Some((p, n)) if n.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty() => {
+                (p.to_owned(), n.parse().ok()?)
+            }
+            _ => (spec, 1),
+        };
+        Some((point, n))
+    });
+    if let Some((point, n)) = armed
+        && point == name
+        && PASSED.fetch_add(1, Ordering::Relaxed) + 1 == *n
+    {
+        eprintln!("qstore: failpoint {name} reached, aborting");
+        std::process::abort();
+    }
+}

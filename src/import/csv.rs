@@ -1,0 +1,438 @@
+//! The CSV source, the embedded default that needs no server.
+//!
+//! Two layouts: a directory of one file per symbol (file stem = symbol, the layout qlib's `dump_bin.py` reads), or
+//! one file with a symbol column. Either way there is a date column and one numeric column per field; a cell that
+//! is empty, `nan`, `null` or `none` is missing. Per-symbol files are read twice (dates, then rows) and never held
+//! together in memory; a single combined file is grouped by symbol in memory, so use per-symbol files for data
+//! larger than memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+use rayon::prelude::*;
+
+use super::{Failure, Source, SymbolRows, qlib_symbol};
+use crate::calendar::{Timestamp, parse_timestamp};
+use crate::error::{Error, NameKind, Result};
+use crate::layout::validate_name;
+
+/// Which rows and columns to import.
+#[derive(Debug, Clone)]
+pub struct CsvOptions {
+    pub date_column: String,
+    pub symbol_column: String,
+    /// Only these fields (default: every column but the date and symbol columns).
+    pub fields: Option<Vec<String>>,
+    /// Only these symbols, in either spelling (`600000.SH` or `SH600000`).
+    pub symbols: Option<Vec<String>>,
+    pub start: Option<Timestamp>,
+    pub end: Option<Timestamp>,
+    /// Only the first N symbols (by file name, or by symbol for a combined file).
+    pub limit: Option<usize>,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            date_column: "date".into(),
+            symbol_column: "symbol".into(),
+            fields: None,
+            symbols: None,
+            start: None,
+            end: None,
+            limit: None,
+        }
+    }
+}
+
+enum Input {
+    /// One symbol's file, read when needed.
+    File { path: PathBuf, raw_symbol: String },
+    /// One symbol's rows from a combined file, already read (or why they could not be).
+    Loaded(std::result::Result<SymbolRows, Failure>),
+}
+
+/// K-lines from CSV files.
+pub struct CsvSource {
+    inputs: Vec<Input>,
+    fields: Vec<String>,
+    opts: CsvOptions,
+    /// Files whose dates could not be read in pass 1, reported again in pass 2.
+    pass1_failures: Mutex<HashMap<usize, String>>,
+}
+
+fn source_err(path: &Path, reason: String) -> Error {
+    Error::Source {
+        source_name: path.display().to_string(),
+        reason,
+    }
+}
+
+/// The column names of a CSV file.
+fn headers(path: &Path) -> Result<Vec<String>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| source_err(path, e.to_string()))?;
+    Ok(rdr
+        .headers()
+        .map_err(|e| source_err(path, e.to_string()))?
+        .iter()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Parses one cell: empty, `nan`, `null` and `none` (any case) are missing values.
+fn parse_cell(cell: &str) -> Option<f32> {
+    let c = cell.trim();
+    if c.is_empty()
+        || ["nan", "null", "none", "\\n"]
+            .iter()
+            .any(|m| c.eq_ignore_ascii_case(m))
+    {
+        return Some(f32::NAN);
+    }
+    c.parse::<f64>().ok().map(|v| v as f32)
+}
+
+impl CsvSource {
+    /// Opens a directory of per-symbol files, one per-symbol file, or one file with a symbol column.
+    pub fn open(path: &Path, opts: CsvOptions) -> Result<CsvSource> {
+        let wanted = opts.symbols.as_ref().map(|s| {
+            s.iter()
+                .map(|x| qlib_symbol(x))
+                .collect::<std::collections::HashSet<_>>()
+        });
+        let keep = |raw: &str| {
+            wanted
+                .as_ref()
+                .is_none_or(|w| w.contains(&qlib_symbol(raw)))
+        };
+        let files: Vec<PathBuf> = if path.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| Error::io("listing", path, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("csv")))
+                .collect();
+            v.sort();
+            if v.is_empty() {
+                return Err(source_err(path, "no .csv files in this directory".into()));
+            }
+            v
+        } else if path.is_file() {
+            vec![path.to_path_buf()]
+        } else {
+            return Err(Error::io(
+                "reading",
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            ));
+        };
+
+        // Fields: the union of the columns of every file, in first-seen order.
+        let mut all_fields: Vec<String> = Vec::new();
+        let mut combined = false;
+        for f in &files {
+            let cols = headers(f)?;
+            if !cols
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(&opts.date_column))
+            {
+                return Err(source_err(
+                    f,
+                    format!(
+                        "no date column {:?} (columns: {}); name it with --date-column",
+                        opts.date_column,
+                        cols.join(", ")
+                    ),
+                ));
+            }
+            combined |= files.len() == 1
+                && cols
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case(&opts.symbol_column));
+            let mut here = Vec::new();
+            for c in &cols {
+                if c.eq_ignore_ascii_case(&opts.date_column)
+                    || c.eq_ignore_ascii_case(&opts.symbol_column)
+                {
+                    continue;
+                }
+                let name = c.to_lowercase();
+                validate_name(NameKind::Field, &name)
+                    .map_err(|e| source_err(f, format!("column {c:?}: {e}")))?;
+                if here.contains(&name) {
+                    return Err(source_err(
+                        f,
+                        format!(
+                            "two columns are named {name:?} (field names are case-insensitive); rename one"
+                        ),
+                    ));
+                }
+                here.push(name.clone());
+                if !all_fields.contains(&name) {
+                    all_fields.push(name);
+                }
+            }
+        }
+        let fields = match &opts.fields {
+            None => all_fields,
+            Some(list) => {
+                let mut out = Vec::new();
+                for f in list {
+                    let f = f.to_lowercase();
+                    if !all_fields.contains(&f) {
+                        return Err(source_err(
+                            path,
+                            format!(
+                                "no column {f:?} in the input (columns: {})",
+                                all_fields.join(", ")
+                            ),
+                        ));
+                    }
+                    out.push(f);
+                }
+                out
+            }
+        };
+
+        let inputs = if combined {
+            load_combined(&files[0], &fields, &opts, &keep)?
+        } else {
+            let mut v: Vec<Input> = files
+                .into_iter()
+                .filter_map(|path| {
+                    let raw_symbol = path.file_stem()?.to_str()?.to_owned();
+                    keep(&raw_symbol).then_some(Input::File { path, raw_symbol })
+                })
+                .collect();
+            v.truncate(opts.limit.unwrap_or(usize::MAX));
+            v
+        };
+        Ok(CsvSource {
+            inputs,
+            fields,
+            opts,
+            pass1_failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn in_range(&self, d: Timestamp) -> bool {
+        self.opts.start.is_none_or(|s| d >= s) && self.opts.end.is_none_or(|e| d <= e)
+    }
+}
+
+/// Reads a per-symbol file: its dates only (`fields` empty) or everything.
+fn read_file(
+    path: &Path,
+    raw_symbol: &str,
+    fields: &[String],
+    opts: &CsvOptions,
+    in_range: &dyn Fn(Timestamp) -> bool,
+) -> std::result::Result<SymbolRows, Failure> {
+    let fail = |line: u64, reason: String| Failure {
+        symbol: raw_symbol.to_owned(),
+        reason: format!("{}:{line}: {reason}", path.display()),
+    };
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| fail(0, e.to_string()))?;
+    let cols: Vec<String> = rdr
+        .headers()
+        .map_err(|e| fail(1, e.to_string()))?
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let date_at = cols
+        .iter()
+        .position(|c| c.eq_ignore_ascii_case(&opts.date_column))
+        .ok_or_else(|| fail(1, format!("no date column {:?}", opts.date_column)))?;
+    let at: Vec<Option<usize>> = fields
+        .iter()
+        .map(|f| cols.iter().position(|c| c.eq_ignore_ascii_case(f)))
+        .collect();
+    let mut dates = Vec::new();
+    let mut columns: Vec<Option<Vec<f32>>> = at.iter().map(|a| a.map(|_| Vec::new())).collect();
+    for record in rdr.records() {
+        let record =
+            record.map_err(|e| fail(e.position().map_or(0, |p| p.line()), e.to_string()))?;
+        let line = record.position().map_or(0, |p| p.line());
+        let d = parse_timestamp(record.get(date_at).unwrap_or(""))
+            .map_err(|e| fail(line, e.to_string()))?;
+        if !in_range(d) {
+            continue;
+        }
+        dates.push(d);
+        for ((a, col), name) in at.iter().zip(&mut columns).zip(fields) {
+            if let (Some(a), Some(col)) = (a, col) {
+                let cell = record.get(*a).unwrap_or("");
+                col.push(parse_cell(cell).ok_or_else(|| {
+                    fail(
+                        line,
+                        format!("column {name:?} holds {cell:?}, which is not a number; fix the cell or leave it empty"),
+                    )
+                })?);
+            }
+        }
+    }
+    Ok(SymbolRows {
+        raw_symbol: raw_symbol.to_owned(),
+        origin: path.display().to_string(),
+        dates,
+        columns,
+    })
+}
+
+/// Reads a combined file (with a symbol column) into per-symbol rows.
+fn load_combined(
+    path: &Path,
+    fields: &[String],
+    opts: &CsvOptions,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Input>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| source_err(path, e.to_string()))?;
+    let cols: Vec<String> = rdr
+        .headers()
+        .map_err(|e| source_err(path, e.to_string()))?
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let pos = |name: &str| cols.iter().position(|c| c.eq_ignore_ascii_case(name));
+    let (sym_at, date_at) = (pos(&opts.symbol_column), pos(&opts.date_column));
+    let (Some(sym_at), Some(date_at)) = (sym_at, date_at) else {
+        return Err(source_err(path, "no symbol or date column".into()));
+    };
+    let at: Vec<usize> = fields
+        .iter()
+        .map(|f| pos(f).expect("fields come from these headers"))
+        .collect();
+    let mut groups: BTreeMap<String, std::result::Result<SymbolRows, Failure>> = BTreeMap::new();
+    for record in rdr.records() {
+        let record = record.map_err(|e| source_err(path, e.to_string()))?;
+        let line = record.position().map_or(0, |p| p.line());
+        let raw = record.get(sym_at).unwrap_or("").to_owned();
+        if !keep(&raw) {
+            continue;
+        }
+        let entry = groups.entry(raw.clone()).or_insert_with(|| {
+            Ok(SymbolRows {
+                raw_symbol: raw.clone(),
+                origin: path.display().to_string(),
+                dates: Vec::new(),
+                columns: vec![Some(Vec::new()); fields.len()],
+            })
+        });
+        let Ok(rows) = entry else { continue };
+        let fail = |reason: String| Failure {
+            symbol: raw.clone(),
+            reason: format!("{}:{line}: {reason}", path.display()),
+        };
+        let parsed = (|| {
+            let d = parse_timestamp(record.get(date_at).unwrap_or(""))
+                .map_err(|e| fail(e.to_string()))?;
+            let mut vals = Vec::with_capacity(at.len());
+            for (&a, name) in at.iter().zip(fields) {
+                let cell = record.get(a).unwrap_or("");
+                vals.push(parse_cell(cell).ok_or_else(|| {
+                    fail(format!(
+                        "column {name:?} holds {cell:?}, which is not a number"
+                    ))
+                })?);
+            }
+            Ok((d, vals))
+        })();
+        match parsed {
+            Ok((d, vals)) => {
+                if opts.start.is_none_or(|s| d >= s) && opts.end.is_none_or(|e| d <= e) {
+                    rows.dates.push(d);
+                    for (c, v) in rows.columns.iter_mut().zip(vals) {
+                        c.as_mut().expect("combined files have every field").push(v);
+                    }
+                }
+            }
+            Err(f) => *entry = Err(f),
+        }
+    }
+    let mut out: Vec<Input> = groups.into_values().map(Input::Loaded).collect();
+    out.truncate(opts.limit.unwrap_or(usize::MAX));
+    Ok(out)
+}
+
+impl Source for CsvSource {
+    fn fields(&self) -> &[String] {
+        &self.fields
+    }
+
+    fn symbol_count(&self) -> usize {
+        self.inputs.len()
+    }
+
+    fn dates(&self) -> Result<Vec<Timestamp>> {
+        let per_input: Vec<Vec<Timestamp>> = self
+            .inputs
+            .par_iter()
+            .enumerate()
+            .map(|(k, input)| match input {
+                Input::File { path, raw_symbol } => {
+                    match read_file(path, raw_symbol, &[], &self.opts, &|d| self.in_range(d)) {
+                        Ok(rows) => rows.dates,
+                        Err(f) => {
+                            self.pass1_failures.lock().insert(k, f.reason);
+                            Vec::new()
+                        }
+                    }
+                }
+                Input::Loaded(Ok(rows)) => rows.dates.clone(),
+                Input::Loaded(Err(_)) => Vec::new(),
+            })
+            .collect();
+        Ok(per_input.into_iter().flatten().collect())
+    }
+
+    fn stream(
+        &self,
+        sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
+    ) -> Result<()> {
+        self.inputs
+            .par_iter()
+            .enumerate()
+            .for_each(|(k, input)| match input {
+                Input::File { path, raw_symbol } => {
+                    if let Some(reason) = self.pass1_failures.lock().get(&k).cloned() {
+                        return sink(Err(Failure {
+                            symbol: raw_symbol.clone(),
+                            reason,
+                        }));
+                    }
+                    sink(read_file(
+                        path,
+                        raw_symbol,
+                        &self.fields,
+                        &self.opts,
+                        &|d| self.in_range(d),
+                    ))
+                }
+                Input::Loaded(item) => sink(item.clone()),
+            });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells() {
+        assert_eq!(parse_cell("1.5"), Some(1.5));
+        assert!(parse_cell("").unwrap().is_nan());
+        assert!(parse_cell("NULL").unwrap().is_nan());
+        assert!(parse_cell("NaN").unwrap().is_nan());
+        assert_eq!(parse_cell("abc"), None);
+    }
+}

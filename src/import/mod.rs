@@ -1,0 +1,485 @@
+//! Building a whole store from K-line rows (`qdump all`).
+//!
+//! Every source (CSV files, a MySQL table) implements [`Source`]: pass 1 lists every timestamp (the calendar is
+//! their union), pass 2 streams the rows one symbol at a time. The [`SymbolWriter`] turns each symbol's rows
+//! into feature files, so every source produces byte-identical stores from the same data, and memory holds only
+//! the symbols in flight, never the table.
+
+pub mod csv;
+pub mod mysql;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::calendar::{Calendar, Timestamp};
+use crate::error::{Error, NameKind, Result};
+use crate::freq::Freq;
+use crate::fsio;
+use crate::instruments::{Instruments, Span};
+use crate::layout::validate_name;
+use crate::store::Store;
+
+pub use self::csv::CsvSource;
+pub use self::mysql::MysqlSource;
+
+/// The rows of one symbol as a source delivers them (not necessarily sorted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SymbolRows {
+    /// The symbol as the source spells it (`600000.SH`, or a file stem).
+    pub raw_symbol: String,
+    /// Where the rows came from, for messages (a file path, or `table.column = value`).
+    pub origin: String,
+    pub dates: Vec<Timestamp>,
+    /// One column per field of the source; `None` when this symbol's input lacks that field.
+    pub columns: Vec<Option<Vec<f32>>>,
+}
+
+/// A symbol that could not be imported, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub symbol: String,
+    pub reason: String,
+}
+
+/// Where K-lines come from.
+pub trait Source: Sync {
+    /// Field names, lower-case, in output order.
+    fn fields(&self) -> &[String];
+    /// How many symbols pass 2 will deliver (for progress).
+    fn symbol_count(&self) -> usize;
+    /// Pass 1: every timestamp of the rows to import (any order, duplicates allowed).
+    fn dates(&self) -> Result<Vec<Timestamp>>;
+    /// Pass 2: each symbol's rows, or why a symbol cannot be read. May call `sink` from several threads.
+    fn stream(
+        &self,
+        sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
+    ) -> Result<()>;
+}
+
+/// What to do with two rows of one symbol on the same date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnDuplicate {
+    /// The symbol fails, naming the date.
+    #[default]
+    Error,
+    /// Keep the first row delivered.
+    First,
+    /// Keep the last row delivered.
+    Last,
+}
+
+/// How symbols are named in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SymbolFormat {
+    /// qlib's convention: `600000.SH` -> `SH600000`, everything upper-case.
+    #[default]
+    Qlib,
+    /// As the source spells it.
+    Raw,
+}
+
+impl SymbolFormat {
+    pub fn apply(self, raw: &str) -> String {
+        match self {
+            SymbolFormat::Qlib => qlib_symbol(raw),
+            SymbolFormat::Raw => raw.to_owned(),
+        }
+    }
+}
+
+/// qlib's symbol convention: `600000.SH` -> `SH600000` (`SS` is Shanghai too); anything else is upper-cased.
+pub fn qlib_symbol(raw: &str) -> String {
+    let raw = raw.trim();
+    if let Some((code, exch)) = raw.rsplit_once('.') {
+        let exch = exch.to_ascii_uppercase();
+        let exch = if exch == "SS" { "SH".to_owned() } else { exch };
+        if !code.is_empty()
+            && code.bytes().all(|b| b.is_ascii_digit())
+            && matches!(exch.as_str(), "SH" | "SZ" | "BJ")
+        {
+            return format!("{exch}{code}");
+        }
+    }
+    raw.to_ascii_uppercase()
+}
+
+/// Options of an import.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub freq: Freq,
+    pub market: String,
+    pub on_duplicate: OnDuplicate,
+    pub symbol_format: SymbolFormat,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            freq: Freq::DAY,
+            market: "all".into(),
+            on_duplicate: OnDuplicate::Error,
+            symbol_format: SymbolFormat::Qlib,
+        }
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportSummary {
+    /// Whether the new store was switched in (false when no symbol could be imported).
+    pub published: bool,
+    pub symbols_ok: usize,
+    pub failed: Vec<Failure>,
+    pub rows: u64,
+    pub fields: Vec<String>,
+    pub files: u64,
+    pub calendar_len: usize,
+    pub calendar_first: Option<String>,
+    pub calendar_last: Option<String>,
+    pub store_bytes: u64,
+    pub elapsed_s: f64,
+}
+
+/// One imported symbol.
+struct Written {
+    symbol: String,
+    span: Span,
+    rows: u64,
+    files: u64,
+}
+
+/// Writes each symbol's files into a store that is not yet published.
+pub struct SymbolWriter<'a> {
+    store: &'a Store,
+    calendar: &'a Calendar,
+    fields: &'a [String],
+    opts: &'a ImportOptions,
+    /// Store symbol -> the raw symbol that produced it, to catch two spellings of one symbol.
+    seen: Mutex<HashMap<String, String>>,
+}
+
+impl SymbolWriter<'_> {
+    fn write(&self, mut rows: SymbolRows) -> std::result::Result<Written, Failure> {
+        let raw = rows.raw_symbol.clone();
+        let fail = |reason: String| Failure {
+            symbol: raw.clone(),
+            reason,
+        };
+        let symbol = self.opts.symbol_format.apply(&rows.raw_symbol);
+        validate_name(NameKind::Instrument, &symbol).map_err(|e| fail(e.to_string()))?;
+        if rows.dates.is_empty() {
+            return Err(fail("no rows in the requested range".into()));
+        }
+        if let Some(prev) = self
+            .seen
+            .lock()
+            .insert(symbol.clone(), rows.raw_symbol.clone())
+        {
+            return Err(fail(format!(
+                "{} maps to {symbol}, which {prev:?} already produced; use --symbol-format raw to keep both",
+                rows.raw_symbol
+            )));
+        }
+        dedup(&mut rows, self.opts.on_duplicate).map_err(fail)?;
+        let present: Vec<(usize, &Vec<f32>)> = rows
+            .columns
+            .iter()
+            .enumerate()
+            .filter_map(|(f, c)| c.as_ref().map(|c| (f, c)))
+            .collect();
+        if present.iter().all(|(_, c)| c.iter().all(|v| v.is_nan())) {
+            return Err(fail(format!(
+                "every value of every field is missing in {} rows ({})",
+                rows.dates.len(),
+                rows.origin
+            )));
+        }
+        let mut index = Vec::with_capacity(rows.dates.len());
+        for &d in &rows.dates {
+            index.push(self.calendar.index_of(d).ok_or_else(|| {
+                fail(format!(
+                    "row dated {d} is not in the calendar (the source changed during the import?); rerun"
+                ))
+            })?);
+        }
+        let first = index[0];
+        let len = index[index.len() - 1] - first + 1;
+        for &(f, col) in &present {
+            let mut values = vec![f32::NAN; len];
+            for (&i, &v) in index.iter().zip(col) {
+                values[i - first] = v;
+            }
+            self.store
+                .bulk_put_feature(&symbol, &self.fields[f], self.opts.freq, first, &values)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        Ok(Written {
+            span: Span {
+                start: rows.dates[0],
+                end: rows.dates[rows.dates.len() - 1],
+            },
+            symbol,
+            rows: rows.dates.len() as u64,
+            files: present.len() as u64,
+        })
+    }
+}
+
+/// Sorts a symbol's rows by date and resolves duplicate dates by `policy`.
+fn dedup(rows: &mut SymbolRows, policy: OnDuplicate) -> std::result::Result<(), String> {
+    let n = rows.dates.len();
+    let sorted = rows.dates.windows(2).all(|w| w[0] < w[1]);
+    if sorted {
+        return Ok(());
+    }
+    // Stable order by date keeps the delivery order among duplicates, which First/Last rely on.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&k| rows.dates[k]);
+    let mut keep: Vec<usize> = Vec::with_capacity(n);
+    for k in order {
+        match keep.last() {
+            Some(&prev) if rows.dates[prev] == rows.dates[k] => match policy {
+                OnDuplicate::Error => {
+                    return Err(format!(
+                        "two rows dated {} ({}); pass --on-duplicate first|last to keep one",
+                        rows.dates[k], rows.origin
+                    ));
+                }
+                OnDuplicate::First => {}
+                OnDuplicate::Last => *keep.last_mut().expect("non-empty") = k,
+            },
+            _ => keep.push(k),
+        }
+    }
+    rows.dates = keep.iter().map(|&k| rows.dates[k]).collect();
+    for col in rows.columns.iter_mut().flatten() {
+        *col = keep.iter().map(|&k| col[k]).collect();
+    }
+    Ok(())
+}
+
+/// Imports everything `source` delivers into a new store at `target` (see [`publish_new_store`]).
+///
+/// Symbols that fail are reported in the summary and skipped. When none succeeds, nothing is published and
+/// `target` is left as it was. `progress` is called after each symbol with the rows it had.
+pub fn import(
+    source: &dyn Source,
+    target: &Path,
+    overwrite: bool,
+    opts: &ImportOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ImportSummary> {
+    let t0 = Instant::now();
+    let mut summary = None;
+    let built = publish_new_store(target, overwrite, |store| {
+        let mut dates = source.dates()?;
+        dates.sort_unstable();
+        dates.dedup();
+        let calendar = Calendar::new(opts.freq, dates)?;
+        store.save_calendar(&calendar)?;
+        crate::failpoint::hit("import:after-calendar");
+        let writer = SymbolWriter {
+            store,
+            calendar: &calendar,
+            fields: source.fields(),
+            opts,
+            seen: Mutex::new(HashMap::new()),
+        };
+        let ok: Mutex<Vec<Written>> = Mutex::new(Vec::new());
+        let failed: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
+        let rows = AtomicU64::new(0);
+        source.stream(&|item| {
+            let n = item.as_ref().map_or(0, |r| r.dates.len() as u64);
+            match item.and_then(|r| writer.write(r)) {
+                Ok(w) => {
+                    rows.fetch_add(w.rows, Ordering::Relaxed);
+                    ok.lock().push(w);
+                    crate::failpoint::hit("import:symbol");
+                }
+                Err(f) => failed.lock().push(f),
+            }
+            progress(n);
+        })?;
+        let ok = ok.into_inner();
+        let mut failed = failed.into_inner();
+        failed.sort_by(|a, b| a.symbol.cmp(&b.symbol));
+        let fmt = |t: Option<Timestamp>| {
+            t.map(|t| crate::calendar::format_timestamp(t, opts.freq.date_only()))
+        };
+        let s = ImportSummary {
+            published: !ok.is_empty(),
+            symbols_ok: ok.len(),
+            failed,
+            rows: rows.into_inner(),
+            fields: source.fields().to_vec(),
+            files: ok.iter().map(|w| w.files).sum(),
+            calendar_len: calendar.len(),
+            calendar_first: fmt(calendar.first()),
+            calendar_last: fmt(calendar.last()),
+            store_bytes: 0,
+            elapsed_s: 0.0,
+        };
+        if ok.is_empty() {
+            summary = Some(s);
+            return Err(Error::NothingImported);
+        }
+        let mut instruments = Instruments::new();
+        for w in &ok {
+            instruments.push(&w.symbol, w.span)?;
+        }
+        store.save_instruments(&opts.market, &instruments)?;
+        // The feature files were written without fsync; one syncfs makes the whole staging store durable
+        // before it is renamed into place.
+        fsio::sync_filesystem(store.root())?;
+        summary = Some(ImportSummary {
+            store_bytes: fsio::tree_size(store.root())?,
+            ..s
+        });
+        Ok(())
+    });
+    let mut summary = match built {
+        Ok(()) | Err(Error::NothingImported) => summary.expect("set before the build returns"),
+        Err(e) => return Err(e),
+    };
+    summary.elapsed_s = t0.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Builds a new store next to `target` with `build` and switches it in atomically.
+///
+/// The store is built in a hidden sibling directory (`.<name>.qstore-staging-<pid>`), and then renamed onto
+/// `target`, or, when `target` already holds a store and `overwrite` is set, exchanged with it in one
+/// `renameat2(RENAME_EXCHANGE)` before the old store is deleted. A failure or a kill at any point leaves
+/// `target` exactly as it was; a staging directory left by a kill is not a store anyone opens.
+pub fn publish_new_store<T>(
+    target: &Path,
+    overwrite: bool,
+    build: impl FnOnce(&Store) -> Result<T>,
+) -> Result<T> {
+    let refuse = |reason| Error::Target {
+        path: target.to_path_buf(),
+        reason,
+    };
+    let non_empty = match std::fs::read_dir(target) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) if target.exists() => return Err(refuse("it exists and is not a directory")),
+        Err(e) => return Err(Error::io("listing", target, e)),
+    };
+    if non_empty && !overwrite {
+        return Err(refuse(
+            "it is not empty; pass --overwrite to replace the store in it",
+        ));
+    }
+    if non_empty && !target.join(crate::layout::CALENDARS_DIR).is_dir() {
+        return Err(refuse(
+            "it is not empty and not a store (no calendars/), so --overwrite will not replace it",
+        ));
+    }
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| refuse("it has no final path component"))?;
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fsio::create_dir_all_synced(parent)?;
+    remove_stale_staging(parent, name)?;
+    let staging = parent.join(format!(".{name}.qstore-staging-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| Error::io("removing", &staging, e))?;
+    }
+    let built = Store::create(&staging).and_then(|store| build(&store));
+    let out = match built {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    crate::failpoint::hit("import:before-publish");
+    if non_empty {
+        fsio::exchange(&staging, target)?;
+        crate::failpoint::hit("import:after-exchange");
+        std::fs::remove_dir_all(&staging)
+            .map_err(|e| Error::io("removing the old store at", &staging, e))?;
+    } else {
+        // rename(2) replaces an empty directory atomically.
+        std::fs::rename(&staging, target)
+            .map_err(|e| Error::io("renaming the new store to", target, e))?;
+        fsio::fsync_dir(parent)?;
+    }
+    Ok(out)
+}
+
+/// Removes staging directories for `name` left by processes that no longer run (killed imports, or an old
+/// store left behind by a kill between the exchange and its removal).
+fn remove_stale_staging(parent: &Path, name: &str) -> Result<()> {
+    let prefix = format!(".{name}.qstore-staging-");
+    let entries = std::fs::read_dir(parent).map_err(|e| Error::io("listing", parent, e))?;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 sends nothing; it only asks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path)
+                .map_err(|e| Error::io("removing the stale staging directory", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbol_convention() {
+        assert_eq!(qlib_symbol("600000.SH"), "SH600000");
+        assert_eq!(qlib_symbol("600000.ss"), "SH600000");
+        assert_eq!(qlib_symbol("000001.SZ"), "SZ000001");
+        assert_eq!(qlib_symbol("830799.BJ"), "BJ830799");
+        assert_eq!(qlib_symbol("sh600000"), "SH600000");
+        assert_eq!(qlib_symbol("AAPL.O"), "AAPL.O");
+    }
+
+    fn rows(dates: &[&str], values: &[f32]) -> SymbolRows {
+        SymbolRows {
+            raw_symbol: "X".into(),
+            origin: "test".into(),
+            dates: dates
+                .iter()
+                .map(|d| crate::parse_timestamp(d).unwrap())
+                .collect(),
+            columns: vec![Some(values.to_vec())],
+        }
+    }
+
+    #[test]
+    fn duplicates_follow_the_policy() {
+        let d = ["2020-01-03", "2020-01-02", "2020-01-03"];
+        let err = dedup(&mut rows(&d, &[1., 2., 3.]), OnDuplicate::Error).unwrap_err();
+        assert!(err.starts_with("two rows dated 2020-01-03"), "{err}");
+        let mut r = rows(&d, &[1., 2., 3.]);
+        dedup(&mut r, OnDuplicate::First).unwrap();
+        assert_eq!(r.columns[0].as_deref(), Some(&[2., 1.][..]));
+        let mut r = rows(&d, &[1., 2., 3.]);
+        dedup(&mut r, OnDuplicate::Last).unwrap();
+        assert_eq!(r.columns[0].as_deref(), Some(&[2., 3.][..]));
+        assert_eq!(r.dates.len(), 2);
+    }
+}

@@ -1,0 +1,546 @@
+//! The MySQL/MariaDB source.
+//!
+//! Pass 1 asks the server for the distinct dates; pass 2 streams `ORDER BY symbol, date` over several
+//! connections, each on a disjoint, contiguous range of the sorted symbol list, with the binary protocol
+//! (`exec_iter`): rows arrive one packet at a time and only one symbol per connection is held in memory.
+//! Table and column names are checked against `information_schema` and quoted; symbols and dates are always
+//! bound parameters. No raw SQL comes from flags. The password never appears in messages.
+
+use std::collections::BTreeSet;
+
+use chrono::{NaiveDate, NaiveTime};
+use mysql::prelude::Queryable;
+use mysql::{Conn, Opts, OptsBuilder, Value};
+
+use super::{Failure, Source, SymbolRows};
+use crate::calendar::{Timestamp, parse_timestamp};
+use crate::error::{Error, Result};
+
+/// What to import from which table.
+#[derive(Debug, Clone)]
+pub struct MysqlOptions {
+    pub table: String,
+    pub symbol_column: String,
+    pub date_column: String,
+    /// Only these columns (default: every numeric column but the symbol, the date and auto-increment ids).
+    pub fields: Option<Vec<String>>,
+    /// Only these symbols, spelled as in the table.
+    pub symbols: Option<Vec<String>>,
+    pub start: Option<Timestamp>,
+    pub end: Option<Timestamp>,
+    /// Only the first N symbols in the server's order.
+    pub limit: Option<usize>,
+    /// Connections streaming in parallel (each over its own symbol range).
+    pub connections: usize,
+}
+
+impl Default for MysqlOptions {
+    fn default() -> Self {
+        MysqlOptions {
+            table: "stock_kline_data".into(),
+            symbol_column: "symbol".into(),
+            date_column: "trade_date".into(),
+            fields: None,
+            symbols: None,
+            start: None,
+            end: None,
+            limit: None,
+            connections: 2,
+        }
+    }
+}
+
+/// Connection settings parsed from a `mysql://user[:password]@host[:port]/db` URL.
+#[derive(Clone)]
+pub struct Connection {
+    opts: Opts,
+    /// The URL without its password, for messages.
+    display: String,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+impl Connection {
+    /// Parses the URL; `password` (from the environment or a prompt) replaces a password missing from it.
+    ///
+    /// Errors never repeat the URL, which may hold a password.
+    pub fn parse(url: &str, password: Option<String>) -> Result<Connection> {
+        let bad = |reason: &str| Error::Source {
+            source_name: "--mysql".into(),
+            reason: format!("{reason}; expected mysql://user[:password]@host[:port]/database"),
+        };
+        let opts = Opts::from_url(url).map_err(|_| bad("not a valid MySQL URL"))?;
+        if opts.get_db_name().is_none_or(str::is_empty) {
+            return Err(bad("the URL names no database"));
+        }
+        let opts: Opts = match (opts.get_pass(), password) {
+            (None, Some(p)) => OptsBuilder::from_opts(opts).pass(Some(p)).into(),
+            _ => opts,
+        };
+        let display = format!(
+            "mysql://{}@{}:{}/{}",
+            opts.get_user().unwrap_or(""),
+            opts.get_ip_or_hostname(),
+            opts.get_tcp_port(),
+            opts.get_db_name().unwrap_or("")
+        );
+        Ok(Connection { opts, display })
+    }
+
+    fn connect(&self) -> Result<Conn> {
+        Conn::new(self.opts.clone()).map_err(|e| self.err(format!("cannot connect: {e}")))
+    }
+
+    fn err(&self, reason: String) -> Error {
+        Error::Source {
+            source_name: self.display.clone(),
+            reason,
+        }
+    }
+
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+}
+
+/// A table or column name we are willing to quote into SQL.
+fn identifier(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Source {
+            source_name: format!("--{kind}"),
+            reason: format!(
+                "{name:?} is not a plain identifier (letters, digits and _, at most 64 characters)"
+            ),
+        })
+    }
+}
+
+const NUMERIC: [&str; 9] = [
+    "tinyint",
+    "smallint",
+    "mediumint",
+    "int",
+    "integer",
+    "bigint",
+    "decimal",
+    "float",
+    "double",
+];
+
+/// K-lines from one MySQL table.
+pub struct MysqlSource {
+    conn: Connection,
+    table: String,
+    symbol_column: String,
+    date_column: String,
+    /// Column names as in the table, and the field names (lower-case) they become.
+    columns: Vec<String>,
+    fields: Vec<String>,
+    /// The symbols to import, in the server's order.
+    symbols: Vec<String>,
+    /// An auto-increment column, which orders rows of one symbol and date by insertion for --on-duplicate.
+    row_id: Option<String>,
+    /// Whether `symbols` is a subset (so queries must name them) rather than the whole table.
+    restricted: bool,
+    start: Option<Timestamp>,
+    end: Option<Timestamp>,
+    connections: usize,
+}
+
+impl MysqlSource {
+    /// Checks the table and columns and lists the symbols; nothing is read or written beyond that.
+    pub fn open(conn: Connection, o: MysqlOptions) -> Result<MysqlSource> {
+        identifier("table", &o.table)?;
+        identifier("symbol-column", &o.symbol_column)?;
+        identifier("date-column", &o.date_column)?;
+        let mut c = conn.connect()?;
+        let db = conn.opts.get_db_name().unwrap_or("").to_owned();
+        let cols: Vec<(String, String, String)> = c
+            .exec(
+                "SELECT COLUMN_NAME, DATA_TYPE, EXTRA FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (&db, &o.table),
+            )
+            .map_err(|e| conn.err(e.to_string()))?;
+        if cols.is_empty() {
+            let tables: Vec<String> = c
+                .exec(
+                    "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? ORDER BY 1 LIMIT 20",
+                    (&db,),
+                )
+                .map_err(|e| conn.err(e.to_string()))?;
+            return Err(conn.err(format!(
+                "table {:?} not found in database {db:?} (tables: {}); name it with --table",
+                o.table,
+                if tables.is_empty() {
+                    "none".into()
+                } else {
+                    tables.join(", ")
+                }
+            )));
+        }
+        let find = |name: &str| cols.iter().find(|c| c.0.eq_ignore_ascii_case(name));
+        let names = || {
+            cols.iter()
+                .map(|c| c.0.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let symbol_column = find(&o.symbol_column)
+            .ok_or_else(|| {
+                conn.err(format!(
+                    "no column {:?} in {} (columns: {}); name it with --symbol-column",
+                    o.symbol_column,
+                    o.table,
+                    names()
+                ))
+            })?
+            .0
+            .clone();
+        let date = find(&o.date_column).ok_or_else(|| {
+            conn.err(format!(
+                "no column {:?} in {} (columns: {}); name it with --date-column",
+                o.date_column,
+                o.table,
+                names()
+            ))
+        })?;
+        if !["date", "datetime", "timestamp", "char", "varchar"]
+            .contains(&date.1.to_lowercase().as_str())
+        {
+            return Err(conn.err(format!(
+                "date column {:?} has type {}; expected DATE, DATETIME or text",
+                date.0, date.1
+            )));
+        }
+        let date_column = date.0.clone();
+        let columns: Vec<String> = match &o.fields {
+            Some(list) => {
+                let mut out = Vec::new();
+                for f in list {
+                    identifier("fields", f)?;
+                    let c = find(f).ok_or_else(|| {
+                        conn.err(format!(
+                            "no column {f:?} in {} (columns: {})",
+                            o.table,
+                            names()
+                        ))
+                    })?;
+                    if !NUMERIC.contains(&c.1.to_lowercase().as_str()) {
+                        return Err(conn.err(format!(
+                            "column {:?} has type {}, which is not numeric; leave it out of --fields",
+                            c.0, c.1
+                        )));
+                    }
+                    out.push(c.0.clone());
+                }
+                out
+            }
+            None => cols
+                .iter()
+                .filter(|c| {
+                    NUMERIC.contains(&c.1.to_lowercase().as_str())
+                        && !c.2.to_lowercase().contains("auto_increment")
+                        && c.0 != symbol_column
+                        && c.0 != date_column
+                })
+                .map(|c| c.0.clone())
+                .collect(),
+        };
+        if columns.is_empty() {
+            return Err(conn.err(format!(
+                "no numeric field columns in {} (columns: {})",
+                o.table,
+                names()
+            )));
+        }
+        let fields: Vec<String> = columns.iter().map(|c| c.to_lowercase()).collect();
+        for f in &fields {
+            crate::layout::validate_name(crate::error::NameKind::Field, f)?;
+        }
+
+        let mut src = MysqlSource {
+            conn,
+            table: o.table,
+            symbol_column,
+            date_column,
+            columns,
+            fields,
+            symbols: Vec::new(),
+            row_id: cols
+                .iter()
+                .find(|c| c.2.to_lowercase().contains("auto_increment"))
+                .map(|c| c.0.clone()),
+            restricted: o.symbols.is_some() || o.limit.is_some(),
+            start: o.start,
+            end: o.end,
+            connections: o.connections.max(1),
+        };
+        src.symbols = match o.symbols {
+            Some(list) => list
+                .into_iter()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            None => {
+                let (cond, params) = src.date_filter();
+                let sql = format!(
+                    "SELECT DISTINCT `{s}` FROM `{t}` WHERE `{s}` IS NOT NULL{cond} ORDER BY `{s}`",
+                    s = src.symbol_column,
+                    t = src.table
+                );
+                c.exec(sql, params)
+                    .map_err(|e| src.conn.err(e.to_string()))?
+            }
+        };
+        src.symbols.truncate(o.limit.unwrap_or(usize::MAX));
+        Ok(src)
+    }
+
+    /// ` AND date >= ? AND date <= ?` for the range, with its parameters.
+    fn date_filter(&self) -> (String, Vec<Value>) {
+        let mut cond = String::new();
+        let mut params = Vec::new();
+        let ts = |t: Timestamp| Value::from(t.format("%Y-%m-%d %H:%M:%S").to_string());
+        if let Some(s) = self.start {
+            cond.push_str(&format!(" AND `{}` >= ?", self.date_column));
+            params.push(ts(s));
+        }
+        if let Some(e) = self.end {
+            cond.push_str(&format!(" AND `{}` <= ?", self.date_column));
+            params.push(ts(e));
+        }
+        (cond, params)
+    }
+
+    /// `WHERE` clause and parameters selecting `symbols` (a contiguous run of the sorted list).
+    fn symbol_filter(&self, symbols: &[String]) -> (String, Vec<Value>) {
+        let s = &self.symbol_column;
+        if self.restricted {
+            let marks = vec!["?"; symbols.len()].join(",");
+            (
+                format!("`{s}` IN ({marks})"),
+                symbols.iter().map(|x| Value::from(x.as_str())).collect(),
+            )
+        } else {
+            (
+                format!("`{s}` BETWEEN ? AND ?"),
+                vec![
+                    Value::from(symbols[0].as_str()),
+                    Value::from(symbols[symbols.len() - 1].as_str()),
+                ],
+            )
+        }
+    }
+
+    /// Streams one contiguous run of symbols on its own connection.
+    fn stream_run(
+        &self,
+        symbols: &[String],
+        sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
+    ) -> Result<()> {
+        let mut c = self.conn.connect()?;
+        let fields = self
+            .columns
+            .iter()
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Queries name at most this many symbols, so IN lists stay far below the 65,535-parameter limit.
+        for part in symbols.chunks(if self.restricted { 2000 } else { usize::MAX }) {
+            let (where_sym, mut params) = self.symbol_filter(part);
+            let (cond, dparams) = self.date_filter();
+            params.extend(dparams);
+            let tie = self
+                .row_id
+                .as_ref()
+                .map(|id| format!(", `{id}`"))
+                .unwrap_or_default();
+            let sql = format!(
+                "SELECT `{s}`, `{d}`, {fields} FROM `{t}` WHERE {where_sym}{cond} ORDER BY `{s}`, `{d}`{tie}",
+                s = self.symbol_column,
+                d = self.date_column,
+                t = self.table
+            );
+            let mut current: Option<std::result::Result<SymbolRows, Failure>> = None;
+            let result = c
+                .exec_iter(sql, params)
+                .map_err(|e| self.conn.err(e.to_string()))?;
+            for row in result {
+                let row = row.map_err(|e| self.conn.err(format!("reading rows: {e}")))?;
+                let mut values = row.unwrap().into_iter();
+                let sym = match values.next() {
+                    Some(Value::Bytes(b)) => String::from_utf8_lossy(&b).into_owned(),
+                    _ => continue, // NULL symbols are not selected by the range or IN filters
+                };
+                let same = match &current {
+                    Some(Ok(r)) => r.raw_symbol == sym,
+                    Some(Err(f)) => f.symbol == sym,
+                    None => false,
+                };
+                if !same {
+                    if let Some(done) = current.take() {
+                        sink(done);
+                    }
+                    current = Some(Ok(SymbolRows {
+                        origin: format!("{}.{} = {sym:?}", self.table, self.symbol_column),
+                        raw_symbol: sym.clone(),
+                        dates: Vec::new(),
+                        columns: vec![Some(Vec::new()); self.columns.len()],
+                    }));
+                }
+                let Some(Ok(rows)) = &mut current else {
+                    continue;
+                };
+                let fail = |reason: String| Failure {
+                    symbol: sym.clone(),
+                    reason,
+                };
+                let date = values.next().unwrap_or(Value::NULL);
+                let Some(date) = to_timestamp(&date) else {
+                    current = Some(Err(fail(format!(
+                        "a row has date {date:?} in column {}, which is not a date",
+                        self.date_column
+                    ))));
+                    continue;
+                };
+                rows.dates.push(date);
+                let mut bad = None;
+                for ((v, col), name) in values.zip(rows.columns.iter_mut()).zip(&self.columns) {
+                    match to_f32(&v) {
+                        Some(x) => col.as_mut().expect("every column is present").push(x),
+                        None => {
+                            bad = Some(format!(
+                                "column {name} holds {v:?} on {date}, which is not a number"
+                            ))
+                        }
+                    }
+                }
+                if let Some(reason) = bad {
+                    current = Some(Err(fail(reason)));
+                }
+            }
+            if let Some(done) = current.take() {
+                sink(done);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A numeric SQL value as f32 (NULL is NaN); `None` when it is not a number.
+fn to_f32(v: &Value) -> Option<f32> {
+    match v {
+        Value::NULL => Some(f32::NAN),
+        Value::Int(i) => Some(*i as f32),
+        Value::UInt(u) => Some(*u as f32),
+        Value::Float(f) => Some(*f),
+        Value::Double(d) => Some(*d as f32),
+        // DECIMAL arrives as text, even in the binary protocol; parsing it as f64 first rounds exactly as a
+        // CSV cell with the same digits does.
+        Value::Bytes(b) => std::str::from_utf8(b)
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .map(|d| d as f32),
+        _ => None,
+    }
+}
+
+fn to_timestamp(v: &Value) -> Option<Timestamp> {
+    match v {
+        Value::Date(y, m, d, h, mi, s, _) => {
+            NaiveDate::from_ymd_opt(i32::from(*y), u32::from(*m), u32::from(*d))?
+                .and_time(NaiveTime::from_hms_opt(
+                    u32::from(*h),
+                    u32::from(*mi),
+                    u32::from(*s),
+                )?)
+                .into()
+        }
+        Value::Bytes(b) => parse_timestamp(std::str::from_utf8(b).ok()?).ok(),
+        _ => None,
+    }
+}
+
+impl Source for MysqlSource {
+    fn fields(&self) -> &[String] {
+        &self.fields
+    }
+
+    fn symbol_count(&self) -> usize {
+        self.symbols.len()
+    }
+
+    fn dates(&self) -> Result<Vec<Timestamp>> {
+        if self.symbols.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn.connect()?;
+        let mut out = Vec::new();
+        let runs: Vec<&[String]> = if self.restricted {
+            self.symbols.chunks(2000).collect()
+        } else {
+            vec![&self.symbols[..]]
+        };
+        for run in runs {
+            let (where_sym, mut params) = self.symbol_filter(run);
+            let (cond, dparams) = self.date_filter();
+            params.extend(dparams);
+            let sql = format!(
+                "SELECT DISTINCT `{d}` FROM `{t}` WHERE {where_sym}{cond}",
+                d = self.date_column,
+                t = self.table
+            );
+            let result = c
+                .exec_iter(sql, params)
+                .map_err(|e| self.conn.err(e.to_string()))?;
+            for row in result {
+                let row = row.map_err(|e| self.conn.err(format!("reading dates: {e}")))?;
+                let v = row.unwrap().into_iter().next().unwrap_or(Value::NULL);
+                // A row whose date does not parse fails its symbol in pass 2; it adds nothing here.
+                if let Some(t) = to_timestamp(&v) {
+                    out.push(t);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn stream(
+        &self,
+        sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
+    ) -> Result<()> {
+        if self.symbols.is_empty() {
+            return Ok(());
+        }
+        let k = self.connections.min(self.symbols.len());
+        let per = self.symbols.len().div_ceil(k);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .symbols
+                .chunks(per)
+                .map(|run| scope.spawn(move || self.stream_run(run, sink)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a streaming thread panicked"))
+                .collect::<Result<Vec<()>>>()
+        })?;
+        Ok(())
+    }
+}

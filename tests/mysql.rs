@@ -1,0 +1,613 @@
+//! `qdump all --mysql` against the real MariaDB (never a mock). A server that cannot be reached fails these
+//! tests: `tools/test.sh` brings it up.
+//!
+//! Each test uses its own tables, named after the test and the process, so tests run in parallel.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mysql::prelude::Queryable;
+use qstore::{Freq, Store, parse_timestamp};
+
+fn url() -> String {
+    std::env::var("QSTORE_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+fn conn() -> mysql::PooledConn {
+    let pool = mysql::Pool::new(mysql::Opts::from_url(&url()).unwrap()).unwrap_or_else(|e| {
+        panic!(
+            "MariaDB at {} is not reachable ({e}); run tools/test.sh, which starts it",
+            url()
+        )
+    });
+    pool.get_conn().unwrap()
+}
+
+fn table(name: &str) -> String {
+    format!("t_{name}_{}", std::process::id())
+}
+
+const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");
+
+/// `SH600000` -> `600000.SH`, the spelling K-line tables use.
+fn raw(symbol: &str) -> String {
+    format!("{}.{}", &symbol[2..], &symbol[..2])
+}
+
+/// Creates `name` with a realistic schema and loads the sample fixtures into it (empty cells as NULL).
+fn load_sample(c: &mut mysql::PooledConn, name: &str, unique: bool) {
+    c.query_drop(format!("DROP TABLE IF EXISTS `{name}`"))
+        .unwrap();
+    let key = if unique {
+        ", UNIQUE KEY uk (symbol, trade_date)"
+    } else {
+        ""
+    };
+    c.query_drop(format!(
+        "CREATE TABLE `{name}` (id BIGINT AUTO_INCREMENT PRIMARY KEY, symbol VARCHAR(16) NOT NULL,
+         trade_date DATE NOT NULL, open DECIMAL(12,2), high DECIMAL(12,2), low DECIMAL(12,2), close DECIMAL(12,2),
+         volume BIGINT, amount DOUBLE, factor DOUBLE, name VARCHAR(32){key})"
+    ))
+    .unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(SAMPLE)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        let symbol = f.file_stem().unwrap().to_str().unwrap().to_owned();
+        let text = std::fs::read_to_string(&f).unwrap();
+        let rows: Vec<String> = text
+            .lines()
+            .skip(1)
+            .map(|line| {
+                let cells: Vec<String> = line
+                    .split(',')
+                    .map(|c| {
+                        if c.is_empty() {
+                            "NULL".into()
+                        } else {
+                            c.to_owned()
+                        }
+                    })
+                    .collect();
+                format!(
+                    "('{}','{}',{},'{symbol} Co.')",
+                    raw(&symbol),
+                    cells[0],
+                    cells[1..].join(",")
+                )
+            })
+            .collect();
+        c.query_drop(format!(
+            "INSERT INTO `{name}` (symbol, trade_date, open, high, low, close, volume, amount, factor, name) VALUES {}",
+            rows.join(",")
+        ))
+        .unwrap();
+    }
+}
+
+fn drop_table(c: &mut mysql::PooledConn, name: &str) {
+    c.query_drop(format!("DROP TABLE IF EXISTS `{name}`"))
+        .unwrap();
+}
+
+fn qdump(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qdump"));
+    cmd.args(args)
+        .env_remove("QSTORE_MYSQL_PASSWORD")
+        .env_remove("QSTORE_FAILPOINT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Every file below `dir` with its bytes.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn import_mysql(t: &str, to: &Path, extra: &[&str]) -> Output {
+    let u = url();
+    let mut args = vec![
+        "all",
+        "--mysql",
+        &u,
+        "--table",
+        t,
+        "--to",
+        to.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    qdump(&args, &[])
+}
+
+#[test]
+fn mysql_import_equals_sql_and_csv() {
+    let mut c = conn();
+    let t = table("equal");
+    load_sample(&mut c, &t, true);
+    let dir = tempfile::tempdir().unwrap();
+    let (from_sql, from_csv, one_conn) = (
+        dir.path().join("sql"),
+        dir.path().join("csv"),
+        dir.path().join("one"),
+    );
+
+    let out = import_mysql(&t, &from_sql, &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["symbols_ok"], 12);
+    assert_eq!(
+        summary["fields"],
+        serde_json::json!(["open", "high", "low", "close", "volume", "amount", "factor"])
+    );
+    let out = qdump(
+        &["all", "--csv", SAMPLE, "--to", from_csv.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        snapshot(&from_sql) == snapshot(&from_csv),
+        "MySQL and CSV imports of the same data differ"
+    );
+    let out = import_mysql(&t, &one_conn, &["--connections", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        snapshot(&one_conn) == snapshot(&from_sql),
+        "1 and 2 connections give different stores"
+    );
+
+    // Every cell equals a direct query of it (NULL <-> NaN).
+    let store = Store::open(&from_sql).unwrap();
+    let cal = store.calendar(Freq::DAY).unwrap();
+    let fields = ["open", "high", "low", "close", "volume", "amount", "factor"];
+    let rows: Vec<mysql::Row> = c
+        .query(format!(
+            "SELECT symbol, DATE_FORMAT(trade_date, '%Y-%m-%d'), {} FROM `{t}`",
+            fields.join(",")
+        ))
+        .unwrap();
+    assert!(rows.len() > 2500);
+    for row in rows {
+        let symbol: String = row.get(0).unwrap();
+        let date: String = row.get(1).unwrap();
+        let i = cal.index_of(parse_timestamp(&date).unwrap()).unwrap();
+        let store_symbol = qstore::import::qlib_symbol(&symbol);
+        for (k, field) in fields.iter().enumerate() {
+            let want: Option<f64> = row.get(k + 2).unwrap();
+            let got = store
+                .read(&store_symbol, field, Freq::DAY, i..i + 1)
+                .unwrap()[0];
+            match want {
+                None => assert!(got.is_nan(), "{symbol} {date} {field}"),
+                Some(v) => assert_eq!(got, v as f32, "{symbol} {date} {field}"),
+            }
+        }
+    }
+    // The calendar is the distinct dates; the instruments the first and last date of each symbol.
+    let dates: Vec<String> = c
+        .query(format!(
+            "SELECT DISTINCT DATE_FORMAT(trade_date, '%Y-%m-%d') FROM `{t}` ORDER BY 1"
+        ))
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(from_sql.join("calendars/day.txt")).unwrap(),
+        dates.join("\n") + "\n"
+    );
+    let spans: Vec<(String, String, String)> = c
+        .query(format!(
+            "SELECT symbol, MIN(trade_date), MAX(trade_date) FROM `{t}` GROUP BY symbol"
+        ))
+        .unwrap();
+    let ins = store.instruments("all").unwrap();
+    assert_eq!(ins.len(), spans.len());
+    for (symbol, first, last) in spans {
+        let s = ins.spans(&qstore::import::qlib_symbol(&symbol)).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            (s[0].start, s[0].end),
+            (
+                parse_timestamp(&first).unwrap(),
+                parse_timestamp(&last).unwrap()
+            )
+        );
+    }
+    drop_table(&mut c, &t);
+}
+
+#[test]
+fn mysql_selection_flags() {
+    let mut c = conn();
+    let t = table("select");
+    load_sample(&mut c, &t, true);
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("s");
+    let list = dir.path().join("symbols.txt");
+    std::fs::write(&list, "600000.SH\n000002.SZ\n").unwrap();
+    let at = format!("@{}", list.display());
+    let out = import_mysql(
+        &t,
+        &to,
+        &[
+            "--symbols",
+            &at,
+            "--start-date",
+            "2023-03-01",
+            "--end-date",
+            "2023-03-31",
+            "--fields",
+            "close,volume",
+            "--symbol-format",
+            "raw",
+            "--market",
+            "mine",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        entries(&to.join("features")),
+        vec!["000002.sz", "600000.sh"]
+    );
+    assert_eq!(
+        entries(&to.join("features/600000.sh")),
+        vec!["close.day.bin", "volume.day.bin"]
+    );
+    let cal = std::fs::read_to_string(to.join("calendars/day.txt")).unwrap();
+    assert!(
+        cal.starts_with("2023-03-01\n") && cal.ends_with("2023-03-31\n"),
+        "{cal}"
+    );
+    assert!(to.join("instruments/mine.txt").is_file());
+
+    let out = import_mysql(&t, &dir.path().join("l"), &["--limit", "3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(entries(&dir.path().join("l/features")).len(), 3);
+    drop_table(&mut c, &t);
+}
+
+#[test]
+fn mysql_bad_input_changes_nothing() {
+    let mut c = conn();
+    let t = table("bad");
+    load_sample(&mut c, &t, true);
+    let victim = table("victim");
+    c.query_drop(format!("CREATE TABLE `{victim}` (x INT)"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("store");
+    let to_s = to.to_str().unwrap().to_owned();
+    assert!(
+        qdump(&["all", "--csv", SAMPLE, "--to", &to_s], &[])
+            .status
+            .success()
+    );
+    let before = snapshot(&to);
+    let u = url();
+    let secret = "s3cr3t-pw";
+    let with_pw = u.replacen("root@", &format!("root:{secret}@"), 1);
+    // (arguments, environment, exit code, text the output must contain)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, i32, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--mysql", "mysql://root@127.0.0.1:1/test", "--table", &t],
+            vec![],
+            1,
+            "cannot connect",
+        ),
+        (
+            vec!["--mysql", &with_pw, "--table", &t],
+            vec![],
+            1,
+            "Access denied",
+        ),
+        (
+            vec!["--mysql", &u, "--table", &t],
+            vec![("QSTORE_MYSQL_PASSWORD", secret)],
+            1,
+            "Access denied",
+        ),
+        (
+            vec!["--mysql", "postgres://x", "--table", &t],
+            vec![],
+            1,
+            "not a valid MySQL URL",
+        ),
+        (
+            vec!["--mysql", &u, "--table", "no_such_table"],
+            vec![],
+            1,
+            "table \"no_such_table\" not found",
+        ),
+        (
+            vec!["--mysql", &u, "--table", &t, "--date-column", "day"],
+            vec![],
+            1,
+            "no column \"day\"",
+        ),
+        (
+            vec!["--mysql", &u, "--table", &t, "--fields", "close,name"],
+            vec![],
+            1,
+            "has type varchar, which is not numeric",
+        ),
+        (
+            vec!["--mysql", &u, "--table", "x; DROP TABLE y"],
+            vec![],
+            1,
+            "is not a plain identifier",
+        ),
+        (
+            vec![
+                "--mysql",
+                &u,
+                "--table",
+                &t,
+                "--fields",
+                "close`; DROP TABLE victim; --",
+            ],
+            vec![],
+            1,
+            "is not a plain identifier",
+        ),
+        (
+            vec!["--mysql", &u, "--table", &t, "--start-date", "2030-01-01"],
+            vec![],
+            4,
+            "nothing was imported",
+        ),
+        (
+            vec![
+                "--mysql",
+                &u,
+                "--table",
+                &t,
+                "--start-date",
+                "2023-05-01",
+                "--end-date",
+                "2023-04-01",
+            ],
+            vec![],
+            4,
+            "nothing was imported",
+        ),
+        (
+            vec!["--mysql", &u, "--table", &t, "--symbols", "999999.SH"],
+            vec![],
+            4,
+            "no rows",
+        ),
+        (
+            vec!["--mysql", &u, "--table", &t, "--start-date", "someday"],
+            vec![],
+            1,
+            "--start-date",
+        ),
+    ];
+    for (args, env, code, want) in cases {
+        let mut full = vec!["all"];
+        full.extend(args.iter().copied());
+        full.extend(["--to", &to_s, "--overwrite"]);
+        let out = qdump(&full, &env);
+        let msg = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {msg}");
+        assert!(msg.contains(want), "{args:?}: expected {want:?} in: {msg}");
+        assert!(
+            !msg.contains(secret),
+            "{args:?}: the password leaked: {msg}"
+        );
+        assert!(
+            snapshot(&to) == before,
+            "{args:?} changed the existing store"
+        );
+        assert_eq!(
+            entries(dir.path()),
+            vec!["store"],
+            "{args:?} left files behind"
+        );
+    }
+    let still: Vec<String> = c.query(format!("SHOW TABLES LIKE '{victim}'")).unwrap();
+    assert_eq!(still.len(), 1, "the victim table was dropped");
+    drop_table(&mut c, &victim);
+    drop_table(&mut c, &t);
+}
+
+#[test]
+fn failing_symbols_are_reported_and_skipped() {
+    let mut c = conn();
+    let t = table("failing");
+    load_sample(&mut c, &t, false);
+    c.query_drop(format!(
+        "INSERT INTO `{t}` (symbol, trade_date, close) VALUES
+         ('009999.SZ', '2023-01-03', NULL), ('009999.SZ', '2023-01-04', NULL),
+         ('../../etc', '2023-01-03', 1.0),
+         ('600000.SH', '2023-01-03', 99.0)"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("store");
+    let out = import_mysql(&t, &to, &["--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["symbols_ok"], 11);
+    let failed: Vec<(String, String)> = s["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["symbol"].as_str().unwrap().to_owned(),
+                f["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(
+        failed[0].0 == "../../etc" && failed[0].1.contains("invalid instrument name"),
+        "{failed:?}"
+    );
+    assert!(
+        failed[1].0 == "009999.SZ"
+            && failed[1]
+                .1
+                .contains("every value of every field is missing"),
+        "{failed:?}"
+    );
+    assert!(
+        failed[2].0 == "600000.SH" && failed[2].1.contains("two rows dated 2023-01-03"),
+        "{failed:?}"
+    );
+    assert!(!dir.path().join("etc").exists() && !to.join("features/..").join("etc").exists());
+    assert!(!to.join("features/sh600000").exists());
+
+    // --on-duplicate last keeps the later row (by the table's auto-increment id).
+    let out = import_mysql(
+        &t,
+        &to,
+        &[
+            "--overwrite",
+            "--on-duplicate",
+            "last",
+            "--symbols",
+            "600000.SH",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let store = Store::open(&to).unwrap();
+    assert_eq!(
+        store.read("SH600000", "close", Freq::DAY, 0..1).unwrap()[0],
+        99.0
+    );
+    let out = import_mysql(
+        &t,
+        &to,
+        &[
+            "--overwrite",
+            "--on-duplicate",
+            "first",
+            "--symbols",
+            "600000.SH",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let first_close: f64 = c
+        .query_first(format!("SELECT close FROM `{t}` WHERE symbol='600000.SH' AND trade_date='2023-01-03' ORDER BY id LIMIT 1"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        Store::open(&to)
+            .unwrap()
+            .read("SH600000", "close", Freq::DAY, 0..1)
+            .unwrap()[0],
+        first_close as f32
+    );
+    drop_table(&mut c, &t);
+}
+
+#[test]
+fn killed_import_leaves_the_old_store_and_a_rerun_succeeds() {
+    let mut c = conn();
+    let t = table("kill");
+    load_sample(&mut c, &t, true);
+    let dir = tempfile::tempdir().unwrap();
+    let (to, want) = (dir.path().join("store"), dir.path().join("want"));
+    let one = format!("{SAMPLE}/SH600000.csv");
+    assert!(
+        qdump(&["all", "--csv", &one, "--to", to.to_str().unwrap()], &[])
+            .status
+            .success()
+    );
+    let old = snapshot(&to);
+    assert!(import_mysql(&t, &want, &[]).status.success());
+    let new = snapshot(&want);
+    std::fs::remove_dir_all(&want).unwrap();
+    let u = url();
+    for point in [
+        "import:after-calendar",
+        "import:symbol:1",
+        "import:symbol:7",
+        "import:before-publish",
+        "import:after-exchange",
+    ] {
+        let args = [
+            "all",
+            "--mysql",
+            &u,
+            "--table",
+            &t,
+            "--to",
+            to.to_str().unwrap(),
+            "--overwrite",
+        ];
+        let out = qdump(&args, &[("QSTORE_FAILPOINT", point)]);
+        assert!(
+            !out.status.success(),
+            "{point}: the failpoint did not fire: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains("failpoint"), "{point}: {}", text(&out));
+        let now = snapshot(&to);
+        if point == "import:after-exchange" {
+            assert!(
+                now == new,
+                "{point}: the exchanged store is not the complete new one"
+            );
+        } else {
+            assert!(now == old, "{point}: the old store changed");
+        }
+        let out = qdump(&args, &[]);
+        assert_eq!(out.status.code(), Some(0), "{point}: rerun: {}", text(&out));
+        assert!(
+            snapshot(&to) == new,
+            "{point}: the rerun differs from a clean import"
+        );
+        assert_eq!(
+            entries(dir.path()),
+            vec!["store"],
+            "{point}: staging left behind"
+        );
+        // back to the old store for the next point
+        std::fs::remove_dir_all(&to).unwrap();
+        assert!(
+            qdump(&["all", "--csv", &one, "--to", to.to_str().unwrap()], &[])
+                .status
+                .success()
+        );
+    }
+    drop_table(&mut c, &t);
+}
