@@ -35,6 +35,13 @@ enum Command {
         #[command(flatten)]
         spec: Spec,
     },
+    /// Baseline for benchmarks: the users' current approach, one query per symbol collected into memory.
+    QueryPerSymbol {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "stock_kline_data")]
+        table: String,
+    },
     /// Create (or replace) a K-line table in MySQL/MariaDB and fill it.
     Mysql {
         /// mysql://user[:password]@host[:port]/db
@@ -365,6 +372,30 @@ fn write_mysql(url: &str, table: &str, spec: &Spec) -> Result<()> {
     Ok(())
 }
 
+fn query_per_symbol(url: &str, table: &str) -> Result<()> {
+    use mysql::prelude::Queryable;
+    anyhow::ensure!(table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "--table must be a plain identifier");
+    let t0 = std::time::Instant::now();
+    let mut conn = mysql::Conn::new(mysql::Opts::from_url(url).context("parsing --url")?)?;
+    let symbols: Vec<String> = conn.query(format!("SELECT DISTINCT symbol FROM `{table}` ORDER BY symbol"))?;
+    let stmt = conn.prep(format!(
+        "SELECT trade_date, open, high, low, close, volume, amount, factor FROM `{table}` WHERE symbol = ? ORDER BY trade_date"
+    ))?;
+    let mut rows = 0usize;
+    let mut kept = Vec::new();
+    for s in &symbols {
+        let frame: Vec<mysql::Row> = conn.exec(&stmt, (s,))?;
+        rows += frame.len();
+        kept.push(frame);
+    }
+    eprintln!(
+        "qgen: {} queries, {rows} rows in {:.2} s",
+        symbols.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Csv {
@@ -386,6 +417,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::QueryPerSymbol { url, table } => query_per_symbol(&url, &table),
         Command::Mysql { url, table, spec } => {
             write_mysql(&url, &table, &spec)?;
             eprintln!(

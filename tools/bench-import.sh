@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Benchmark of `qdump all` (issue #3), all measured in one run on this machine:
+#   (a) qdump all --mysql end to end, at 1, 2 and 4 connections, with peak memory;
+#   (b) the server's own client exporting the same rows: mariadb -B -N --quick ... > /dev/null;
+#   (c) the users' current approach: one query per symbol, rows collected in memory;
+#   (d) qdump all --csv of the same data (one CSV per symbol).
+# Usage: tools/bench-import.sh [SYMBOLS] [DAYS]   (default 5000 x 780, about 3.5M rows; needs MariaDB up)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+symbols=${1:-5000}
+days=${2:-780}
+url=${QSTORE_BENCH_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}
+table=bench_kline_${symbols}_${days}
+work=${QSTORE_BENCH_DIR:-target/bench-import}
+mkdir -p "$work"
+cargo build --release --quiet --bin qdump -p qstore -p qgen
+
+have=$(mariadb -h127.0.0.1 -uroot -N -B test -e "SELECT COUNT(DISTINCT symbol) FROM $table" 2>/dev/null || echo 0)
+if [ "$have" != "$symbols" ]; then
+  echo "generating $table ($symbols symbols x $days days) ..." >&2
+  target/release/qgen mysql --url "$url" --table "$table" --symbols "$symbols" --days "$days"
+fi
+if [ ! -d "$work/csv-$symbols-$days" ]; then
+  target/release/qgen csv --raw-symbols --out "$work/csv-$symbols-$days" --symbols "$symbols" --days "$days"
+fi
+rows=$(mariadb -h127.0.0.1 -uroot -N -B test -e "SELECT COUNT(*) FROM $table")
+echo "rows: $rows   machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+timed() { # label, command...
+  local label=$1; shift
+  /usr/bin/time -f "%e %M" -o "$work/time.txt" "$@" > "$work/out.txt" 2> "$work/err.txt" || { cat "$work/err.txt" >&2; exit 1; }
+  read -r secs kb < "$work/time.txt"
+  printf '%-44s %8.2f s  %8.0f rows/s  peak RSS %6.1f MB\n' "$label" "$secs" "$(echo "$rows / $secs" | bc -l)" "$(echo "$kb / 1024" | bc -l)"
+}
+
+for run in 1 2; do
+  echo "--- run $run"
+  timed "(b) mariadb -B -N --quick > /dev/null" \
+    mariadb -h127.0.0.1 -uroot -B -N --quick test \
+      -e "SELECT symbol, trade_date, open, high, low, close, volume, amount, factor FROM $table"
+  for c in 1 2 4; do
+    timed "(a) qdump all --mysql, $c connection(s)" \
+      target/release/qdump all --mysql "$url" --table "$table" --to "$work/store" --overwrite --connections "$c"
+  done
+  timed "(c) one query per symbol (qgen query-per-symbol)" \
+    target/release/qgen query-per-symbol --url "$url" --table "$table"
+  timed "(d) qdump all --csv ($symbols files)" \
+    target/release/qdump all --csv "$work/csv-$symbols-$days" --to "$work/store-csv" --overwrite
+done
+cmp <(cd "$work/store" && find . -type f -exec md5sum {} + | sort -k2) \
+    <(cd "$work/store-csv" && find . -type f -exec md5sum {} + | sort -k2) \
+  && echo "MySQL and CSV stores are byte-identical"
