@@ -1,9 +1,11 @@
 //! Read-path benchmarks on a store of 5000 instruments x 750 days x 2 fields, each beside a baseline measured in
 //! the same run (see benches/README.md for figures and conditions).
 //!
-//! - `range_250/*`: one 250-value range of a random instrument from a warm store, vs reading the same file with
-//!   `std::fs::read` and vs `pread` of the same 1000 bytes from an already open file.
-//! - `panel_2x5000x750/*`: the whole panel, vs `std::fs::read` of the same 10,000 files.
+//! - `range_250/*`: one 250-value range of a random instrument from a warm store (files read at open, the
+//!   default for small files, or all mapped), vs reading the same file with `std::fs::read` and vs `pread` of
+//!   the same 1000 bytes from an already open file.
+//! - `panel_2x5000x750/*`: the whole panel from a warm store and from a freshly opened one (default, and with
+//!   every file mapped), vs `std::fs::read` of the same 10,000 files.
 
 use std::hint::black_box;
 use std::os::unix::fs::FileExt;
@@ -71,6 +73,11 @@ fn benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let names = build_store(dir.path());
     let store = Store::open(dir.path()).unwrap();
+    let mapped_opts = || qstore::StoreOptions {
+        map_threshold: 0,
+        ..Default::default()
+    };
+    let mapped = Store::open_with(dir.path(), mapped_opts()).unwrap();
     let paths: Vec<PathBuf> = names
         .iter()
         .map(|n| store.feature_path(n, "close", Freq::DAY).unwrap())
@@ -98,6 +105,16 @@ fn benches(c: &mut Criterion) {
             let (i, s) = picks[k % picks.len()];
             k += 1;
             let v = store
+                .read(&names[i], "close", Freq::DAY, s..s + 250)
+                .unwrap();
+            black_box(&v[..]);
+        })
+    });
+    g.bench_function("qstore_read_all_mapped", |b| {
+        b.iter(|| {
+            let (i, s) = picks[k % picks.len()];
+            k += 1;
+            let v = mapped
                 .read(&names[i], "close", Freq::DAY, s..s + 250)
                 .unwrap();
             black_box(&v[..]);
@@ -155,6 +172,16 @@ fn benches(c: &mut Criterion) {
     g.bench_function("qstore_panel_fresh_store", |b| {
         b.iter(|| {
             let fresh = Store::open(dir.path()).unwrap();
+            black_box(
+                fresh
+                    .panel(&names_ref, &fields, Freq::DAY, 0..DAYS)
+                    .unwrap(),
+            );
+        })
+    });
+    g.bench_function("qstore_panel_fresh_store_all_mapped", |b| {
+        b.iter(|| {
+            let fresh = Store::open_with(dir.path(), mapped_opts()).unwrap();
             black_box(
                 fresh
                     .panel(&names_ref, &fields, Freq::DAY, 0..DAYS)

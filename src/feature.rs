@@ -91,11 +91,17 @@ pub fn encode_values(values: &[f32]) -> Vec<u8> {
 enum Backing {
     /// A 0-byte file: no header, no values.
     Empty,
-    /// The mapped file, read in place as `&[f32]` (little-endian hosts).
+    /// The mapped file, read in place as `&[f32]` (large files on little-endian hosts).
     Mapped(memmap2::Mmap),
-    /// Values decoded into memory (big-endian hosts, where casting would read the wrong byte order).
-    Decoded(Vec<f32>),
+    /// The whole file read into memory with one `read`, header included at `[0]` (small files, where mapping
+    /// costs more than reading; and big-endian hosts, where casting would read the wrong byte order).
+    Owned(Vec<f32>),
 }
+
+/// Files smaller than this are read into memory when opened rather than mapped. Mapping a small file costs an
+/// `mmap`, a page fault and, when it is dropped, an `munmap` with a TLB shootdown across threads: about 18 us per
+/// daily-sized file here against about 4 us for one `read` (benches/README.md). Large (intraday) files are mapped.
+pub const DEFAULT_MAP_THRESHOLD: u64 = 64 * 1024;
 
 /// An open, validated feature file. Values are borrowed straight from the mapping.
 pub struct FeatureFile {
@@ -130,36 +136,68 @@ fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
 impl FeatureFile {
     /// Opens and validates `path`; `Ok(None)` when the file does not exist.
     pub fn open(path: &Path) -> Result<Option<FeatureFile>> {
-        let file = match File::open(path) {
+        FeatureFile::open_with(path, DEFAULT_MAP_THRESHOLD)
+    }
+
+    /// Opens `path`, mapping it when it has at least `map_threshold` bytes and reading it otherwise.
+    ///
+    /// Either way the file's content is fixed at its size when opened: bytes appended later are not seen.
+    pub fn open_with(path: &Path, map_threshold: u64) -> Result<Option<FeatureFile>> {
+        let mut file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("opening", path, e)),
         };
-        let map = map_file(&file).map_err(|e| Error::io("mapping", path, e))?;
         let corrupt = |reason| Error::CorruptFeature {
             path: path.to_path_buf(),
             reason,
         };
-        let shape = parse_shape(&map).map_err(corrupt)?;
-        let Some(start) = shape.start else {
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("reading metadata of", path, e))?
+            .len();
+        let empty = || FeatureFile {
+            path: path.to_path_buf(),
+            start: 0,
+            len: 0,
+            backing: Backing::Empty,
+        };
+        if size == 0 {
+            return Ok(Some(empty()));
+        }
+        if size < map_threshold || cfg!(target_endian = "big") {
+            if !size.is_multiple_of(4) {
+                return Err(corrupt(CorruptReason::SizeNotMultipleOf4 { size }));
+            }
+            let mut buf = vec![0f32; (size / 4) as usize];
+            std::io::Read::read_exact(&mut file, bytemuck::cast_slice_mut(&mut buf))
+                .map_err(|e| Error::io("reading", path, e))?;
+            if cfg!(target_endian = "big") {
+                for v in &mut buf {
+                    *v = f32::from_bits(u32::from_le(v.to_bits()));
+                }
+            }
+            let start = decode_start(buf[0].to_le_bytes()).map_err(corrupt)?;
             return Ok(Some(FeatureFile {
                 path: path.to_path_buf(),
-                start: 0,
-                len: 0,
-                backing: Backing::Empty,
+                start: start as usize,
+                len: buf.len() - 1,
+                backing: Backing::Owned(buf),
             }));
+        }
+        let map = map_file(&file).map_err(|e| Error::io("mapping", path, e))?;
+        let shape = parse_shape(&map).map_err(corrupt)?;
+        let Some(start) = shape.start else {
+            return Ok(Some(empty()));
         };
-        let body = &map[HEADER_LEN..];
-        // On little-endian hosts the mapped bytes are already f32 values. The mapping is page-aligned, so the
-        // body at byte 4 is 4-aligned and the cast succeeds; if it ever did not, we decode instead of failing.
-        let backing = if cfg!(target_endian = "little")
-            && bytemuck::try_cast_slice::<u8, f32>(body).is_ok()
-        {
+        // The mapping is page-aligned, so the body at byte 4 is 4-aligned and the cast succeeds; if it ever did
+        // not, we copy instead of failing.
+        let backing = if bytemuck::try_cast_slice::<u8, f32>(&map[HEADER_LEN..]).is_ok() {
             Backing::Mapped(map)
         } else {
-            let mut values = vec![0f32; shape.len];
-            LittleEndian::read_f32_into(body, &mut values);
-            Backing::Decoded(values)
+            let mut buf = vec![0f32; shape.len + 1];
+            LittleEndian::read_f32_into(&map, &mut buf);
+            Backing::Owned(buf)
         };
         Ok(Some(FeatureFile {
             path: path.to_path_buf(),
@@ -167,6 +205,11 @@ impl FeatureFile {
             len: shape.len,
             backing,
         }))
+    }
+
+    /// Whether the values are read in place from a memory mapping (rather than from memory read at open).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.backing, Backing::Mapped(_))
     }
 
     pub fn path(&self) -> &Path {
@@ -204,7 +247,7 @@ impl FeatureFile {
             Backing::Mapped(map) => {
                 bytemuck::cast_slice(&map[HEADER_LEN..HEADER_LEN + 4 * self.len])
             }
-            Backing::Decoded(v) => v,
+            Backing::Owned(buf) => &buf[1..],
         }
     }
 

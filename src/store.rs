@@ -32,12 +32,16 @@ pub struct StoreOptions {
     /// How many feature files stay mapped. Each costs one memory mapping (the kernel allows about 65,000 per
     /// process by default) and no file descriptor.
     pub handle_cache: NonZeroUsize,
+    /// Files of at least this many bytes are memory-mapped; smaller ones are read into memory when opened
+    /// (cheaper for daily-sized files). 0 maps every file.
+    pub map_threshold: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             handle_cache: NonZeroUsize::new(16_384).expect("non-zero"),
+            map_threshold: crate::feature::DEFAULT_MAP_THRESHOLD,
         }
     }
 }
@@ -49,6 +53,7 @@ pub struct Store {
     root: PathBuf,
     calendars: RwLock<HashMap<Freq, Arc<Calendar>>>,
     handles: Mutex<LruCache<String, Handle>>,
+    map_threshold: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -91,6 +96,7 @@ impl Store {
             root,
             calendars: RwLock::new(HashMap::new()),
             handles: Mutex::new(LruCache::new(options.handle_cache)),
+            map_threshold: options.map_threshold,
         })
     }
 
@@ -223,7 +229,7 @@ impl Store {
             return Ok(h.clone());
         }
         let path = self.feature_path(instrument, field, freq)?;
-        let handle = FeatureFile::open(&path)?.map(Arc::new);
+        let handle = FeatureFile::open_with(&path, self.map_threshold)?.map(Arc::new);
         self.handles.lock().put(key, handle.clone());
         Ok(handle)
     }

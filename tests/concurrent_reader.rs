@@ -32,6 +32,15 @@ fn apply(path: &Path, k: usize) {
 
 type Snapshot = (usize, Vec<u32>);
 
+/// Reads the file, mapped (`map` = true) or read into memory.
+fn snapshot_with(path: &Path, map: bool) -> Snapshot {
+    let f = FeatureFile::open_with(path, if map { 0 } else { u64::MAX })
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.is_mapped(), map);
+    (f.start(), f.values().iter().map(|v| v.to_bits()).collect())
+}
+
 fn snapshot(path: &Path) -> Snapshot {
     let f = FeatureFile::open(path).unwrap().unwrap();
     (f.start(), f.values().iter().map(|v| v.to_bits()).collect())
@@ -93,7 +102,8 @@ fn reader_child() {
         states.push((snapshot(&mine), k % 4 == 1));
     }
     // A mapping held for the whole run must never change under us.
-    let held = FeatureFile::open(&path).unwrap().unwrap();
+    let held = FeatureFile::open_with(&path, 0).unwrap().unwrap();
+    assert!(held.is_mapped());
     let held_copy: Vec<u32> = held.values().iter().map(|v| v.to_bits()).collect();
     std::fs::write(dir.join("ready"), b"").unwrap();
 
@@ -101,7 +111,7 @@ fn reader_child() {
     let done = dir.join("done");
     loop {
         let finished = done.exists();
-        let snap = snapshot(&path);
+        let snap = snapshot_with(&path, seen % 2 == 0);
         let ok = states.iter().enumerate().any(|(i, (state, _))| {
             *state == snap
                 // an append seen part-way: the previous state, then some of the appended values

@@ -17,8 +17,18 @@ fn fixture(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn read_table_4_3() {
+    for threshold in [0, u64::MAX] {
+        read_table_4_3_with(threshold);
+    }
+}
+
+/// The §4.3 rows, with the file mapped (threshold 0) or read into memory.
+fn read_table_4_3_with(threshold: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let f = FeatureFile::open(&fixture(dir.path())).unwrap().unwrap();
+    let f = FeatureFile::open_with(&fixture(dir.path()), threshold)
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.is_mapped(), threshold == 0);
     assert_eq!((f.start(), f.len(), f.end()), (3, 8, 11));
     // missing file: no data (qlib: (None, None) / empty Series)
     assert!(
@@ -226,10 +236,13 @@ fn corrupt_files_give_typed_errors_naming_the_file() {
             |r| matches!(r, CorruptReason::StartTooLarge { .. }),
         ),
     ];
-    for (name, bytes, check) in cases {
+    for ((name, bytes, check), threshold) in cases
+        .into_iter()
+        .flat_map(|c| [(c.clone(), 0), (c, u64::MAX)])
+    {
         let p = dir.path().join(format!("{name}.day.bin"));
         std::fs::write(&p, &bytes).unwrap();
-        match FeatureFile::open(&p) {
+        match FeatureFile::open_with(&p, threshold) {
             Err(Error::CorruptFeature { path, reason }) => {
                 assert_eq!(path, p);
                 assert!(check(&reason), "{name}: {reason:?}");

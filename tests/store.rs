@@ -262,10 +262,18 @@ fn reads_are_a_snapshot_until_refresh() {
 
 #[test]
 fn handle_cache_is_bounded_and_correct_under_eviction() {
+    // with every file mapped, and with every file read into memory
+    for map_threshold in [0, u64::MAX] {
+        handle_cache_case(map_threshold);
+    }
+}
+
+fn handle_cache_case(map_threshold: u64) {
     let dir = tempfile::tempdir().unwrap();
     common::store_with_calendar(dir.path(), 4);
     let opts = qstore::StoreOptions {
         handle_cache: std::num::NonZeroUsize::new(3).unwrap(),
+        map_threshold,
     };
     let store = Store::open_with(dir.path(), opts).unwrap();
     for i in 0..10 {
@@ -279,6 +287,7 @@ fn handle_cache_is_bounded_and_correct_under_eviction() {
                 .read(&format!("S{i}"), "close", Freq::DAY, 0..4)
                 .unwrap();
             assert_eq!(&v[..], &[i as f32], "round {round}");
+            assert_eq!(v.file().unwrap().is_mapped(), map_threshold == 0);
         }
     }
 }

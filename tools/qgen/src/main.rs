@@ -374,10 +374,17 @@ fn write_mysql(url: &str, table: &str, spec: &Spec) -> Result<()> {
 
 fn query_per_symbol(url: &str, table: &str) -> Result<()> {
     use mysql::prelude::Queryable;
-    anyhow::ensure!(table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "--table must be a plain identifier");
+    anyhow::ensure!(
+        table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "--table must be a plain identifier"
+    );
     let t0 = std::time::Instant::now();
     let mut conn = mysql::Conn::new(mysql::Opts::from_url(url).context("parsing --url")?)?;
-    let symbols: Vec<String> = conn.query(format!("SELECT DISTINCT symbol FROM `{table}` ORDER BY symbol"))?;
+    let symbols: Vec<String> = conn.query(format!(
+        "SELECT DISTINCT symbol FROM `{table}` ORDER BY symbol"
+    ))?;
     let stmt = conn.prep(format!(
         "SELECT trade_date, open, high, low, close, volume, amount, factor FROM `{table}` WHERE symbol = ? ORDER BY trade_date"
     ))?;
