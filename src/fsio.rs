@@ -129,26 +129,6 @@ pub fn sync_filesystem(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Total size in bytes of the regular files below `dir`.
-pub fn tree_size(dir: &Path) -> Result<u64> {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).map_err(|e| Error::io("listing", &d, e))? {
-            let entry = entry.map_err(|e| Error::io("listing", &d, e))?;
-            let meta = entry
-                .metadata()
-                .map_err(|e| Error::io("reading metadata of", entry.path(), e))?;
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else {
-                total += meta.len();
-            }
-        }
-    }
-    Ok(total)
-}
-
 fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

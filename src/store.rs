@@ -354,7 +354,8 @@ impl Store {
     }
 
     /// Writes a whole feature file without fsync, for a store being built that nobody reads yet (the staging
-    /// store of `qdump all`). The builder syncs the file system once before publishing the store.
+    /// store of `qdump all`); the instrument's directory must exist ([`Store::bulk_create_instrument`]). The
+    /// builder syncs the file system once before publishing the store. Returns the bytes written.
     pub fn bulk_put_feature(
         &self,
         instrument: &str,
@@ -362,7 +363,7 @@ impl Store {
         freq: Freq,
         start: usize,
         data: &[f32],
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let path = self.feature_path(instrument, field, freq)?;
         if start >= crate::feature::MAX_START as usize {
             return Err(Error::IndexOutOfRange {
@@ -371,12 +372,19 @@ impl Store {
                 reason: "the start index is stored as float32 and must be below 2^24 (16777216)",
             });
         }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
+        let bytes = crate::feature::encode(start as u32, data);
+        fsio::write_unsynced(&path, &bytes)?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Creates an instrument's feature directory in a store being built (no fsync; see `bulk_put_feature`).
+    pub fn bulk_create_instrument(&self, instrument: &str) -> Result<()> {
+        let dir = layout::instrument_dir(&self.root, instrument)?;
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(Error::io("creating directory", dir, e)),
         }
-        fsio::write_unsynced(&path, &crate::feature::encode(start as u32, data))?;
-        self.forget(instrument, field, freq);
-        Ok(())
     }
 
     /// Moves a feature file's range to `[start, end)` (see [`writer::rebase`]).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark of `qdump all` (issue #3), all measured in one run on this machine:
-#   (a) qdump all --mysql end to end, at 1, 2 and 4 connections, with peak memory;
+#   (a) qdump all --mysql end to end into a new directory at 1 and 2 connections, with --calendar-table, and
+#       with --overwrite over an existing store; with peak memory;
 #   (b) the server's own client exporting the same rows: mariadb -B -N --quick ... > /dev/null;
 #   (c) the users' current approach: one query per symbol, rows collected in memory;
 #   (d) qdump all --csv of the same data (one CSV per symbol).
@@ -33,19 +34,30 @@ timed() { # label, command...
   printf '%-44s %8.2f s  %8.0f rows/s  peak RSS %6.1f MB\n' "$label" "$secs" "$(echo "$rows / $secs" | bc -l)" "$(echo "$kb / 1024" | bc -l)"
 }
 
+caltab=${table}_days
+mariadb -h127.0.0.1 -uroot test -e "CREATE TABLE IF NOT EXISTS $caltab (trade_date DATE PRIMARY KEY);
+  INSERT IGNORE INTO $caltab SELECT DISTINCT trade_date FROM $table"
+
 for run in 1 2; do
   echo "--- run $run"
   timed "(b) mariadb -B -N --quick > /dev/null" \
     mariadb -h127.0.0.1 -uroot -B -N --quick test \
       -e "SELECT symbol, trade_date, open, high, low, close, volume, amount, factor FROM $table"
-  for c in 1 2 4; do
+  for c in 1 2; do
+    rm -rf "$work/store"; sync
     timed "(a) qdump all --mysql, $c connection(s)" \
-      target/release/qdump all --mysql "$url" --table "$table" --to "$work/store" --overwrite --connections "$c"
+      target/release/qdump all --mysql "$url" --table "$table" --to "$work/store" --connections "$c"
   done
+  rm -rf "$work/store"; sync
+  timed "(a) ... --calendar-table" \
+    target/release/qdump all --mysql "$url" --table "$table" --to "$work/store" --calendar-table "$caltab"
+  timed "(a) ... --overwrite (deletes the old store too)" \
+    target/release/qdump all --mysql "$url" --table "$table" --to "$work/store" --overwrite
   timed "(c) one query per symbol (qgen query-per-symbol)" \
     target/release/qgen query-per-symbol --url "$url" --table "$table"
+  rm -rf "$work/store-csv"; sync
   timed "(d) qdump all --csv ($symbols files)" \
-    target/release/qdump all --csv "$work/csv-$symbols-$days" --to "$work/store-csv" --overwrite
+    target/release/qdump all --csv "$work/csv-$symbols-$days" --to "$work/store-csv"
 done
 cmp <(cd "$work/store" && find . -type f -exec md5sum {} + | sort -k2) \
     <(cd "$work/store-csv" && find . -type f -exec md5sum {} + | sort -k2) \

@@ -105,9 +105,16 @@ struct AllArgs {
     /// Two rows of one symbol on one date: fail the symbol, or keep the first or last row.
     #[arg(long, value_enum, default_value_t = OnDuplicate::Error)]
     on_duplicate: OnDuplicate,
-    /// MySQL connections streaming in parallel, each over its own range of symbols.
-    #[arg(long, default_value_t = 2)]
+    /// MySQL connections streaming in parallel, each over its own range of symbols. One is fastest when the
+    /// server shares this machine's cores (benches/README.md); more help against a server with cores to spare.
+    #[arg(long, default_value_t = 1)]
     connections: usize,
+    /// A MySQL table of trading days to take the calendar from (instead of the distinct dates of the rows).
+    #[arg(long)]
+    calendar_table: Option<String>,
+    /// The date column of --calendar-table [default: --date-column].
+    #[arg(long)]
+    calendar_column: Option<String>,
     /// Prompt for the MySQL password.
     #[arg(long)]
     ask_password: bool,
@@ -257,6 +264,8 @@ fn all(a: AllArgs) -> Result<u8> {
             end,
             limit: a.limit,
             connections: a.connections,
+            calendar_table: a.calendar_table.clone(),
+            calendar_column: a.calendar_column.clone(),
         };
         Box::new(MysqlSource::open(conn, opts)?)
     } else {

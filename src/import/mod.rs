@@ -151,6 +151,7 @@ struct Written {
     span: Span,
     rows: u64,
     files: u64,
+    bytes: u64,
 }
 
 /// Writes each symbol's files into a store that is not yet published.
@@ -203,18 +204,23 @@ impl SymbolWriter<'_> {
         for &d in &rows.dates {
             index.push(self.calendar.index_of(d).ok_or_else(|| {
                 fail(format!(
-                    "row dated {d} is not in the calendar (the source changed during the import?); rerun"
+                    "row dated {d} is not in the calendar (a day missing from the trading-day table, or the source changed during the import)"
                 ))
             })?);
         }
         let first = index[0];
         let len = index[index.len() - 1] - first + 1;
+        self.store
+            .bulk_create_instrument(&symbol)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut bytes = 0;
         for &(f, col) in &present {
             let mut values = vec![f32::NAN; len];
             for (&i, &v) in index.iter().zip(col) {
                 values[i - first] = v;
             }
-            self.store
+            bytes += self
+                .store
                 .bulk_put_feature(&symbol, &self.fields[f], self.opts.freq, first, &values)
                 .map_err(|e| fail(e.to_string()))?;
         }
@@ -226,6 +232,7 @@ impl SymbolWriter<'_> {
             symbol,
             rows: rows.dates.len() as u64,
             files: present.len() as u64,
+            bytes,
         })
     }
 }
@@ -328,6 +335,22 @@ pub fn import(
             summary = Some(s);
             return Err(Error::NothingImported);
         }
+        // A trading-day table may run past the data (future days): the calendar ends at the last imported row.
+        // Only trailing days go, so no file's start index moves.
+        let last = ok.iter().map(|w| w.span.end).max().expect("non-empty");
+        let keep = calendar.dates().partition_point(|&d| d <= last);
+        let calendar = if keep < calendar.len() {
+            let cut = Calendar::new(opts.freq, calendar.dates()[..keep].to_vec())?;
+            store.save_calendar(&cut)?;
+            cut
+        } else {
+            calendar
+        };
+        let s = ImportSummary {
+            calendar_len: calendar.len(),
+            calendar_last: fmt(calendar.last()),
+            ..s
+        };
         let mut instruments = Instruments::new();
         for w in &ok {
             instruments.push(&w.symbol, w.span)?;
@@ -336,8 +359,10 @@ pub fn import(
         // The feature files were written without fsync; one syncfs makes the whole staging store durable
         // before it is renamed into place.
         fsio::sync_filesystem(store.root())?;
+        // Feature bytes as written, plus the calendar and instruments text.
+        let text_bytes = calendar.to_text().len() + instruments.to_text().len();
         summary = Some(ImportSummary {
-            store_bytes: fsio::tree_size(store.root())?,
+            store_bytes: ok.iter().map(|w| w.bytes).sum::<u64>() + text_bytes as u64,
             ..s
         });
         Ok(())
@@ -407,8 +432,7 @@ pub fn publish_new_store<T>(
     if non_empty {
         fsio::exchange(&staging, target)?;
         crate::failpoint::hit("import:after-exchange");
-        std::fs::remove_dir_all(&staging)
-            .map_err(|e| Error::io("removing the old store at", &staging, e))?;
+        remove_tree_parallel(&staging)?;
     } else {
         // rename(2) replaces an empty directory atomically.
         std::fs::rename(&staging, target)
@@ -416,6 +440,19 @@ pub fn publish_new_store<T>(
         fsio::fsync_dir(parent)?;
     }
     Ok(out)
+}
+
+/// Deletes a store directory, its instrument directories in parallel (tens of thousands of unlinks).
+fn remove_tree_parallel(dir: &Path) -> Result<()> {
+    use rayon::prelude::*;
+    let features = dir.join(crate::layout::FEATURES_DIR);
+    if let Ok(entries) = std::fs::read_dir(&features) {
+        let subdirs: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        subdirs
+            .par_iter()
+            .try_for_each(|d| std::fs::remove_dir_all(d).map_err(|e| Error::io("removing", d, e)))?;
+    }
+    std::fs::remove_dir_all(dir).map_err(|e| Error::io("removing the old store at", dir, e))
 }
 
 /// Removes staging directories for `name` left by processes that no longer run (killed imports, or an old

@@ -32,6 +32,10 @@ pub struct MysqlOptions {
     pub limit: Option<usize>,
     /// Connections streaming in parallel (each over its own symbol range).
     pub connections: usize,
+    /// A table of trading days to take the calendar from, instead of the distinct dates of the rows.
+    pub calendar_table: Option<String>,
+    /// The date column of `calendar_table` (default: the same name as the date column).
+    pub calendar_column: Option<String>,
 }
 
 impl Default for MysqlOptions {
@@ -45,7 +49,9 @@ impl Default for MysqlOptions {
             start: None,
             end: None,
             limit: None,
-            connections: 2,
+            connections: 1,
+            calendar_table: None,
+            calendar_column: None,
         }
     }
 }
@@ -158,6 +164,10 @@ pub struct MysqlSource {
     start: Option<Timestamp>,
     end: Option<Timestamp>,
     connections: usize,
+    /// (table, column) of a trading-day table, when the calendar comes from one.
+    calendar: Option<(String, String)>,
+    /// Pass 1's dates when they were fetched together with the symbol list.
+    prefetched: parking_lot::Mutex<Option<Vec<Timestamp>>>,
 }
 
 impl MysqlSource {
@@ -166,6 +176,15 @@ impl MysqlSource {
         identifier("table", &o.table)?;
         identifier("symbol-column", &o.symbol_column)?;
         identifier("date-column", &o.date_column)?;
+        let calendar = match &o.calendar_table {
+            Some(t) => {
+                identifier("calendar-table", t)?;
+                let col = o.calendar_column.clone().unwrap_or_else(|| o.date_column.clone());
+                identifier("calendar-column", &col)?;
+                Some((t.clone(), col))
+            }
+            None => None,
+        };
         let mut c = conn.connect()?;
         let db = conn.opts.get_db_name().unwrap_or("").to_owned();
         let cols: Vec<(String, String, String)> = c
@@ -288,42 +307,87 @@ impl MysqlSource {
             start: o.start,
             end: o.end,
             connections: o.connections.max(1),
+            calendar,
+            prefetched: parking_lot::Mutex::new(None),
         };
         src.symbols = match o.symbols {
-            Some(list) => list
-                .into_iter()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect(),
+            Some(list) => list.into_iter().collect::<BTreeSet<_>>().into_iter().collect(),
             None => {
-                let (cond, params) = src.date_filter();
+                let (cond, params) = src.date_filter(&src.date_column);
                 let sql = format!(
                     "SELECT DISTINCT `{s}` FROM `{t}` WHERE `{s}` IS NOT NULL{cond} ORDER BY `{s}`",
                     s = src.symbol_column,
                     t = src.table
                 );
-                c.exec(sql, params)
-                    .map_err(|e| src.conn.err(e.to_string()))?
+                // Over the whole table, pass 1's scan for dates runs on a second connection meanwhile.
+                let (symbols, dates) = std::thread::scope(|scope| {
+                    let dates = (!src.restricted).then(|| scope.spawn(|| src.query_dates(&[])));
+                    let symbols: Result<Vec<String>> = c.exec(sql, params).map_err(|e| src.conn.err(e.to_string()));
+                    (symbols, dates.map(|h| h.join().expect("the dates query thread panicked")))
+                });
+                if let Some(dates) = dates {
+                    *src.prefetched.lock() = Some(dates?);
+                }
+                symbols?
             }
         };
         src.symbols.truncate(o.limit.unwrap_or(usize::MAX));
         Ok(src)
     }
 
-    /// ` AND date >= ? AND date <= ?` for the range, with its parameters.
-    fn date_filter(&self) -> (String, Vec<Value>) {
+    /// ` AND <column> >= ? AND <column> <= ?` for the range, with its parameters.
+    fn date_filter(&self, column: &str) -> (String, Vec<Value>) {
         let mut cond = String::new();
         let mut params = Vec::new();
         let ts = |t: Timestamp| Value::from(t.format("%Y-%m-%d %H:%M:%S").to_string());
         if let Some(s) = self.start {
-            cond.push_str(&format!(" AND `{}` >= ?", self.date_column));
+            cond.push_str(&format!(" AND `{column}` >= ?"));
             params.push(ts(s));
         }
         if let Some(e) = self.end {
-            cond.push_str(&format!(" AND `{}` <= ?", self.date_column));
+            cond.push_str(&format!(" AND `{column}` <= ?"));
             params.push(ts(e));
         }
         (cond, params)
+    }
+
+    /// Pass 1 on its own connection: the trading-day table's dates, or the distinct dates of the rows of
+    /// `symbols` (all rows when the selection is not restricted).
+    fn query_dates(&self, symbols: &[String]) -> Result<Vec<Timestamp>> {
+        let mut c = self.conn.connect()?;
+        let mut queries: Vec<(String, Vec<Value>)> = Vec::new();
+        if let Some((table, column)) = &self.calendar {
+            let (cond, params) = self.date_filter(column);
+            queries.push((format!("SELECT DISTINCT `{column}` FROM `{table}` WHERE `{column}` IS NOT NULL{cond}"), params));
+        } else {
+            let (cond, dparams) = self.date_filter(&self.date_column);
+            let runs: Vec<&[String]> = if self.restricted { symbols.chunks(2000).collect() } else { vec![&[]] };
+            for run in runs {
+                let (where_sym, mut params) = if self.restricted {
+                    self.symbol_filter(run)
+                } else {
+                    ("1=1".to_string(), Vec::new())
+                };
+                params.extend(dparams.iter().cloned());
+                queries.push((
+                    format!("SELECT DISTINCT `{d}` FROM `{t}` WHERE {where_sym}{cond}", d = self.date_column, t = self.table),
+                    params,
+                ));
+            }
+        }
+        let mut out = Vec::new();
+        for (sql, params) in queries {
+            let result = c.exec_iter(sql, params).map_err(|e| self.conn.err(e.to_string()))?;
+            for row in result {
+                let row = row.map_err(|e| self.conn.err(format!("reading dates: {e}")))?;
+                let v = row.unwrap().into_iter().next().unwrap_or(Value::NULL);
+                // A row whose date does not parse fails its symbol in pass 2; it adds nothing here.
+                if let Some(t) = to_timestamp(&v) {
+                    out.push(t);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// `WHERE` clause and parameters selecting `symbols` (a contiguous run of the sorted list).
@@ -362,7 +426,7 @@ impl MysqlSource {
         // Queries name at most this many symbols, so IN lists stay far below the 65,535-parameter limit.
         for part in symbols.chunks(if self.restricted { 2000 } else { usize::MAX }) {
             let (where_sym, mut params) = self.symbol_filter(part);
-            let (cond, dparams) = self.date_filter();
+            let (cond, dparams) = self.date_filter(&self.date_column);
             params.extend(dparams);
             let tie = self
                 .row_id
@@ -490,35 +554,10 @@ impl Source for MysqlSource {
         if self.symbols.is_empty() {
             return Ok(Vec::new());
         }
-        let mut c = self.conn.connect()?;
-        let mut out = Vec::new();
-        let runs: Vec<&[String]> = if self.restricted {
-            self.symbols.chunks(2000).collect()
-        } else {
-            vec![&self.symbols[..]]
-        };
-        for run in runs {
-            let (where_sym, mut params) = self.symbol_filter(run);
-            let (cond, dparams) = self.date_filter();
-            params.extend(dparams);
-            let sql = format!(
-                "SELECT DISTINCT `{d}` FROM `{t}` WHERE {where_sym}{cond}",
-                d = self.date_column,
-                t = self.table
-            );
-            let result = c
-                .exec_iter(sql, params)
-                .map_err(|e| self.conn.err(e.to_string()))?;
-            for row in result {
-                let row = row.map_err(|e| self.conn.err(format!("reading dates: {e}")))?;
-                let v = row.unwrap().into_iter().next().unwrap_or(Value::NULL);
-                // A row whose date does not parse fails its symbol in pass 2; it adds nothing here.
-                if let Some(t) = to_timestamp(&v) {
-                    out.push(t);
-                }
-            }
+        if let Some(dates) = self.prefetched.lock().take() {
+            return Ok(dates);
         }
-        Ok(out)
+        self.query_dates(&self.symbols)
     }
 
     fn stream(
