@@ -618,23 +618,56 @@ fn calendar_table_gives_the_calendar() {
     let t = table("caltab");
     let cal = table("tradedays");
     load_sample(&mut c, &t, true);
-    c.query_drop(format!("CREATE TABLE `{cal}` (cal_date DATE PRIMARY KEY)")).unwrap();
-    c.query_drop(format!("INSERT INTO `{cal}` SELECT DISTINCT trade_date FROM `{t}`")).unwrap();
+    c.query_drop(format!("CREATE TABLE `{cal}` (cal_date DATE PRIMARY KEY)"))
+        .unwrap();
+    c.query_drop(format!(
+        "INSERT INTO `{cal}` SELECT DISTINCT trade_date FROM `{t}`"
+    ))
+    .unwrap();
     // future trading days past the data
-    c.query_drop(format!("INSERT INTO `{cal}` VALUES ('2030-01-02'), ('2030-01-03')")).unwrap();
+    c.query_drop(format!(
+        "INSERT INTO `{cal}` VALUES ('2030-01-02'), ('2030-01-03')"
+    ))
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (plain, with_cal) = (dir.path().join("plain"), dir.path().join("cal"));
     assert!(import_mysql(&t, &plain, &[]).status.success());
-    let out = import_mysql(&t, &with_cal, &["--calendar-table", &cal, "--calendar-column", "cal_date"]);
+    let out = import_mysql(
+        &t,
+        &with_cal,
+        &["--calendar-table", &cal, "--calendar-column", "cal_date"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(snapshot(&plain) == snapshot(&with_cal), "the trading-day table gave a different store");
+    assert!(
+        snapshot(&plain) == snapshot(&with_cal),
+        "the trading-day table gave a different store"
+    );
 
     // a trading day missing from the table: symbols with rows on it fail, naming the date
-    c.query_drop(format!("DELETE FROM `{cal}` WHERE cal_date = '2023-03-01'")).unwrap();
-    let out = import_mysql(&t, &with_cal, &["--overwrite", "--calendar-table", &cal, "--calendar-column", "cal_date"]);
+    c.query_drop(format!("DELETE FROM `{cal}` WHERE cal_date = '2023-03-01'"))
+        .unwrap();
+    let out = import_mysql(
+        &t,
+        &with_cal,
+        &[
+            "--overwrite",
+            "--calendar-table",
+            &cal,
+            "--calendar-column",
+            "cal_date",
+        ],
+    );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("row dated 2023-03-01 00:00:00 is not in the calendar"), "{}", text(&out));
-    let out = import_mysql(&t, &with_cal, &["--overwrite", "--calendar-table", "no_such"]);
+    assert!(
+        text(&out).contains("row dated 2023-03-01 00:00:00 is not in the calendar"),
+        "{}",
+        text(&out)
+    );
+    let out = import_mysql(
+        &t,
+        &with_cal,
+        &["--overwrite", "--calendar-table", "no_such"],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     drop_table(&mut c, &t);
     drop_table(&mut c, &cal);

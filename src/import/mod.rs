@@ -59,6 +59,11 @@ pub trait Source: Sync {
         &self,
         sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
     ) -> Result<()>;
+    /// Whether pass 1 and pass 2 should run at the same time (a server does both queries while the client waits;
+    /// local files would only compete for the same disk and cores).
+    fn overlap_passes(&self) -> bool {
+        false
+    }
 }
 
 /// What to do with two rows of one symbol on the same date.
@@ -115,6 +120,9 @@ pub struct ImportOptions {
     pub market: String,
     pub on_duplicate: OnDuplicate,
     pub symbol_format: SymbolFormat,
+    /// When a source overlaps its passes, rows streamed before the calendar is known are held up to about this
+    /// many bytes; past it the stream waits for the calendar.
+    pub pending_cap: usize,
 }
 
 impl Default for ImportOptions {
@@ -124,6 +132,7 @@ impl Default for ImportOptions {
             market: "all".into(),
             on_duplicate: OnDuplicate::Error,
             symbol_format: SymbolFormat::Qlib,
+            pending_cap: 128 << 20,
         }
     }
 }
@@ -161,7 +170,7 @@ pub struct SymbolWriter<'a> {
     fields: &'a [String],
     opts: &'a ImportOptions,
     /// Store symbol -> the raw symbol that produced it, to catch two spellings of one symbol.
-    seen: Mutex<HashMap<String, String>>,
+    seen: &'a Mutex<HashMap<String, String>>,
 }
 
 impl SymbolWriter<'_> {
@@ -284,23 +293,18 @@ pub fn import(
     let t0 = Instant::now();
     let mut summary = None;
     let built = publish_new_store(target, overwrite, |store| {
-        let mut dates = source.dates()?;
-        dates.sort_unstable();
-        dates.dedup();
-        let calendar = Calendar::new(opts.freq, dates)?;
-        store.save_calendar(&calendar)?;
-        crate::failpoint::hit("import:after-calendar");
-        let writer = SymbolWriter {
-            store,
-            calendar: &calendar,
-            fields: source.fields(),
-            opts,
-            seen: Mutex::new(HashMap::new()),
-        };
+        let seen = Mutex::new(HashMap::new());
         let ok: Mutex<Vec<Written>> = Mutex::new(Vec::new());
         let failed: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
         let rows = AtomicU64::new(0);
-        source.stream(&|item| {
+        let process = |item: std::result::Result<SymbolRows, Failure>, calendar: &Calendar| {
+            let writer = SymbolWriter {
+                store,
+                calendar,
+                fields: source.fields(),
+                opts,
+                seen: &seen,
+            };
             let n = item.as_ref().map_or(0, |r| r.dates.len() as u64);
             match item.and_then(|r| writer.write(r)) {
                 Ok(w) => {
@@ -311,7 +315,75 @@ pub fn import(
                 Err(f) => failed.lock().push(f),
             }
             progress(n);
-        })?;
+        };
+        let build_calendar = || -> Result<Calendar> {
+            let mut dates = source.dates()?;
+            dates.sort_unstable();
+            dates.dedup();
+            let calendar = Calendar::new(opts.freq, dates)?;
+            store.save_calendar(&calendar)?;
+            crate::failpoint::hit("import:after-calendar");
+            Ok(calendar)
+        };
+
+        let calendar: Calendar = if source.overlap_passes() {
+            // Pass 2 starts at once; symbols that arrive before the calendar wait in `pending` (bounded: a full
+            // buffer makes the stream wait), and are written as soon as the calendar is published.
+            let cell: std::sync::OnceLock<Calendar> = std::sync::OnceLock::new();
+            let pending: Mutex<(Vec<std::result::Result<SymbolRows, Failure>>, usize, bool)> =
+                Mutex::new((Vec::new(), 0, false));
+            let wake = parking_lot::Condvar::new();
+            let sink = |item: std::result::Result<SymbolRows, Failure>| {
+                if cell.get().is_none() {
+                    let mut p = pending.lock();
+                    loop {
+                        if p.2 {
+                            return; // pass 1 failed: the import is over, drop what arrives
+                        }
+                        if cell.get().is_some() {
+                            break;
+                        }
+                        if p.1 < opts.pending_cap {
+                            p.1 += item
+                                .as_ref()
+                                .map_or(0, |r| r.dates.len() * (8 + 4 * r.columns.len()));
+                            p.0.push(item);
+                            return;
+                        }
+                        wake.wait(&mut p);
+                    }
+                }
+                process(item, cell.get().expect("checked above"));
+            };
+            let (cal, streamed) = std::thread::scope(|scope| {
+                let stream = scope.spawn(|| source.stream(&sink));
+                let cal = build_calendar();
+                let held = {
+                    let mut p = pending.lock();
+                    match &cal {
+                        Ok(c) => {
+                            let _ = cell.set(c.clone());
+                        }
+                        Err(_) => p.2 = true,
+                    }
+                    wake.notify_all();
+                    std::mem::take(&mut p.0)
+                };
+                if let Some(c) = cell.get() {
+                    for item in held {
+                        process(item, c);
+                    }
+                }
+                (cal, stream.join().expect("the streaming thread panicked"))
+            });
+            let cal = cal?;
+            streamed?;
+            cal
+        } else {
+            let cal = build_calendar()?;
+            source.stream(&|item| process(item, &cal))?;
+            cal
+        };
         let ok = ok.into_inner();
         let mut failed = failed.into_inner();
         failed.sort_by(|a, b| a.symbol.cmp(&b.symbol));
@@ -448,9 +520,9 @@ fn remove_tree_parallel(dir: &Path) -> Result<()> {
     let features = dir.join(crate::layout::FEATURES_DIR);
     if let Ok(entries) = std::fs::read_dir(&features) {
         let subdirs: Vec<_> = entries.flatten().map(|e| e.path()).collect();
-        subdirs
-            .par_iter()
-            .try_for_each(|d| std::fs::remove_dir_all(d).map_err(|e| Error::io("removing", d, e)))?;
+        subdirs.par_iter().try_for_each(|d| {
+            std::fs::remove_dir_all(d).map_err(|e| Error::io("removing", d, e))
+        })?;
     }
     std::fs::remove_dir_all(dir).map_err(|e| Error::io("removing the old store at", dir, e))
 }
@@ -504,6 +576,113 @@ mod tests {
                 .collect(),
             columns: vec![Some(values.to_vec())],
         }
+    }
+
+    /// A server-like source: pass 1 is slow (it waits until the stream has delivered `wait_for` symbols, or the
+    /// stream is blocked), so pass 2's first symbols must be held, and with a tiny cap the stream must wait.
+    struct Slow {
+        fields: Vec<String>,
+        n: usize,
+        delivered: std::sync::atomic::AtomicUsize,
+        fail_pass1: bool,
+    }
+
+    impl Source for Slow {
+        fn fields(&self) -> &[String] {
+            &self.fields
+        }
+        fn symbol_count(&self) -> usize {
+            self.n
+        }
+        fn dates(&self) -> Result<Vec<Timestamp>> {
+            let t0 = Instant::now();
+            while self.delivered.load(Ordering::SeqCst) < 1
+                && t0.elapsed() < std::time::Duration::from_secs(5)
+            {
+                std::thread::yield_now();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            if self.fail_pass1 {
+                return Err(Error::Source {
+                    source_name: "slow".into(),
+                    reason: "pass 1 failed".into(),
+                });
+            }
+            Ok((0..10)
+                .map(|d| crate::parse_timestamp(&format!("2020-01-{:02}", d + 1)).unwrap())
+                .collect())
+        }
+        fn stream(
+            &self,
+            sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
+        ) -> Result<()> {
+            for i in 0..self.n {
+                let dates = (0..10)
+                    .map(|d| crate::parse_timestamp(&format!("2020-01-{:02}", d + 1)).unwrap())
+                    .collect();
+                self.delivered.fetch_add(1, Ordering::SeqCst);
+                sink(Ok(SymbolRows {
+                    raw_symbol: format!("S{i:03}"),
+                    origin: "slow".into(),
+                    dates,
+                    columns: vec![Some(vec![i as f32; 10])],
+                }));
+            }
+            Ok(())
+        }
+        fn overlap_passes(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn overlapped_passes_hold_and_then_write_every_symbol() {
+        for cap in [1, 1 << 20] {
+            let dir = tempfile::tempdir().unwrap();
+            let src = Slow {
+                fields: vec!["close".into()],
+                n: 40,
+                delivered: Default::default(),
+                fail_pass1: false,
+            };
+            let opts = ImportOptions {
+                pending_cap: cap,
+                ..Default::default()
+            };
+            let s = import(&src, &dir.path().join("s"), false, &opts, &|_| {}).unwrap();
+            assert_eq!(
+                (s.symbols_ok, s.rows, s.failed.len()),
+                (40, 400, 0),
+                "cap {cap}"
+            );
+            let store = Store::open(dir.path().join("s")).unwrap();
+            assert_eq!(
+                &store.read("S039", "close", Freq::DAY, 0..10).unwrap()[..],
+                &[39.0; 10]
+            );
+        }
+    }
+
+    #[test]
+    fn overlapped_pass1_failure_ends_the_import_without_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Slow {
+            fields: vec!["close".into()],
+            n: 40,
+            delivered: Default::default(),
+            fail_pass1: true,
+        };
+        let opts = ImportOptions {
+            pending_cap: 1,
+            ..Default::default()
+        };
+        let err = import(&src, &dir.path().join("s"), false, &opts, &|_| {}).unwrap_err();
+        assert!(err.to_string().contains("pass 1 failed"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing may be left behind"
+        );
     }
 
     #[test]

@@ -166,8 +166,6 @@ pub struct MysqlSource {
     connections: usize,
     /// (table, column) of a trading-day table, when the calendar comes from one.
     calendar: Option<(String, String)>,
-    /// Pass 1's dates when they were fetched together with the symbol list.
-    prefetched: parking_lot::Mutex<Option<Vec<Timestamp>>>,
 }
 
 impl MysqlSource {
@@ -179,7 +177,10 @@ impl MysqlSource {
         let calendar = match &o.calendar_table {
             Some(t) => {
                 identifier("calendar-table", t)?;
-                let col = o.calendar_column.clone().unwrap_or_else(|| o.date_column.clone());
+                let col = o
+                    .calendar_column
+                    .clone()
+                    .unwrap_or_else(|| o.date_column.clone());
                 identifier("calendar-column", &col)?;
                 Some((t.clone(), col))
             }
@@ -308,10 +309,13 @@ impl MysqlSource {
             end: o.end,
             connections: o.connections.max(1),
             calendar,
-            prefetched: parking_lot::Mutex::new(None),
         };
         src.symbols = match o.symbols {
-            Some(list) => list.into_iter().collect::<BTreeSet<_>>().into_iter().collect(),
+            Some(list) => list
+                .into_iter()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
             None => {
                 let (cond, params) = src.date_filter(&src.date_column);
                 let sql = format!(
@@ -319,16 +323,8 @@ impl MysqlSource {
                     s = src.symbol_column,
                     t = src.table
                 );
-                // Over the whole table, pass 1's scan for dates runs on a second connection meanwhile.
-                let (symbols, dates) = std::thread::scope(|scope| {
-                    let dates = (!src.restricted).then(|| scope.spawn(|| src.query_dates(&[])));
-                    let symbols: Result<Vec<String>> = c.exec(sql, params).map_err(|e| src.conn.err(e.to_string()));
-                    (symbols, dates.map(|h| h.join().expect("the dates query thread panicked")))
-                });
-                if let Some(dates) = dates {
-                    *src.prefetched.lock() = Some(dates?);
-                }
-                symbols?
+                c.exec(sql, params)
+                    .map_err(|e| src.conn.err(e.to_string()))?
             }
         };
         src.symbols.truncate(o.limit.unwrap_or(usize::MAX));
@@ -358,10 +354,19 @@ impl MysqlSource {
         let mut queries: Vec<(String, Vec<Value>)> = Vec::new();
         if let Some((table, column)) = &self.calendar {
             let (cond, params) = self.date_filter(column);
-            queries.push((format!("SELECT DISTINCT `{column}` FROM `{table}` WHERE `{column}` IS NOT NULL{cond}"), params));
+            queries.push((
+                format!(
+                    "SELECT DISTINCT `{column}` FROM `{table}` WHERE `{column}` IS NOT NULL{cond}"
+                ),
+                params,
+            ));
         } else {
             let (cond, dparams) = self.date_filter(&self.date_column);
-            let runs: Vec<&[String]> = if self.restricted { symbols.chunks(2000).collect() } else { vec![&[]] };
+            let runs: Vec<&[String]> = if self.restricted {
+                symbols.chunks(2000).collect()
+            } else {
+                vec![&[]]
+            };
             for run in runs {
                 let (where_sym, mut params) = if self.restricted {
                     self.symbol_filter(run)
@@ -370,14 +375,20 @@ impl MysqlSource {
                 };
                 params.extend(dparams.iter().cloned());
                 queries.push((
-                    format!("SELECT DISTINCT `{d}` FROM `{t}` WHERE {where_sym}{cond}", d = self.date_column, t = self.table),
+                    format!(
+                        "SELECT DISTINCT `{d}` FROM `{t}` WHERE {where_sym}{cond}",
+                        d = self.date_column,
+                        t = self.table
+                    ),
                     params,
                 ));
             }
         }
         let mut out = Vec::new();
         for (sql, params) in queries {
-            let result = c.exec_iter(sql, params).map_err(|e| self.conn.err(e.to_string()))?;
+            let result = c
+                .exec_iter(sql, params)
+                .map_err(|e| self.conn.err(e.to_string()))?;
             for row in result {
                 let row = row.map_err(|e| self.conn.err(format!("reading dates: {e}")))?;
                 let v = row.unwrap().into_iter().next().unwrap_or(Value::NULL);
@@ -554,10 +565,11 @@ impl Source for MysqlSource {
         if self.symbols.is_empty() {
             return Ok(Vec::new());
         }
-        if let Some(dates) = self.prefetched.lock().take() {
-            return Ok(dates);
-        }
         self.query_dates(&self.symbols)
+    }
+
+    fn overlap_passes(&self) -> bool {
+        true
     }
 
     fn stream(
