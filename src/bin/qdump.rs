@@ -289,6 +289,7 @@ fn all(a: AllArgs) -> Result<u8> {
         market: a.market.clone(),
         on_duplicate: a.on_duplicate,
         symbol_format: a.symbol_format,
+        ..Default::default()
     };
     let progress = Progress::new(source.symbol_count() as u64, a.json);
     let summary = import::import(source.as_ref(), &a.to, a.overwrite, &opts, &|rows| {

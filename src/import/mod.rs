@@ -154,6 +154,16 @@ pub struct ImportSummary {
     pub elapsed_s: f64,
 }
 
+/// Symbols streamed before the calendar is known.
+#[derive(Default)]
+struct Pending {
+    items: Vec<std::result::Result<SymbolRows, Failure>>,
+    /// Estimated bytes held in `items`.
+    bytes: usize,
+    /// Pass 1 failed: nothing more will be written.
+    abandoned: bool,
+}
+
 /// One imported symbol.
 struct Written {
     symbol: String,
@@ -330,8 +340,7 @@ pub fn import(
             // Pass 2 starts at once; symbols that arrive before the calendar wait in `pending` (bounded: a full
             // buffer makes the stream wait), and are written as soon as the calendar is published.
             let cell: std::sync::OnceLock<Calendar> = std::sync::OnceLock::new();
-            let pending: Mutex<(Vec<std::result::Result<SymbolRows, Failure>>, usize, bool)> =
-                Mutex::new((Vec::new(), 0, false));
+            let pending: Mutex<Pending> = Mutex::new(Pending::default());
             let wake = parking_lot::Condvar::new();
             let sink = |item: std::result::Result<SymbolRows, Failure>| {
                 if cell.get().is_none() {
@@ -364,10 +373,10 @@ pub fn import(
                         Ok(c) => {
                             let _ = cell.set(c.clone());
                         }
-                        Err(_) => p.2 = true,
+                        Err(_) => p.abandoned = true,
                     }
                     wake.notify_all();
-                    std::mem::take(&mut p.0)
+                    std::mem::take(&mut p.items)
                 };
                 if let Some(c) = cell.get() {
                     for item in held {
