@@ -346,17 +346,17 @@ pub fn import(
                 if cell.get().is_none() {
                     let mut p = pending.lock();
                     loop {
-                        if p.2 {
+                        if p.abandoned {
                             return; // pass 1 failed: the import is over, drop what arrives
                         }
                         if cell.get().is_some() {
                             break;
                         }
-                        if p.1 < opts.pending_cap {
-                            p.1 += item
+                        if p.bytes < opts.pending_cap {
+                            p.bytes += item
                                 .as_ref()
                                 .map_or(0, |r| r.dates.len() * (8 + 4 * r.columns.len()));
-                            p.0.push(item);
+                            p.items.push(item);
                             return;
                         }
                         wake.wait(&mut p);
