@@ -105,9 +105,9 @@ struct AllArgs {
     /// Two rows of one symbol on one date: fail the symbol, or keep the first or last row.
     #[arg(long, value_enum, default_value_t = OnDuplicate::Error)]
     on_duplicate: OnDuplicate,
-    /// MySQL connections streaming in parallel, each over its own range of symbols. One is fastest when the
-    /// server shares this machine's cores (benches/README.md); more help against a server with cores to spare.
-    #[arg(long, default_value_t = 1)]
+    /// MySQL connections streaming in parallel, each over its own range of symbols (2 measured fastest with the
+    /// server on the same 2 cores; see benches/README.md).
+    #[arg(long, default_value_t = 2)]
     connections: usize,
     /// A MySQL table of trading days to take the calendar from (instead of the distinct dates of the rows).
     #[arg(long)]
