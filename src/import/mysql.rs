@@ -442,7 +442,13 @@ impl MysqlSource {
             .columns
             .iter()
             .zip(&self.decimal)
-            .map(|(f, &dec)| if dec { format!("CAST(`{f}` AS DOUBLE)") } else { format!("`{f}`") })
+            .map(|(f, &dec)| {
+                if dec {
+                    format!("CAST(`{f}` AS DOUBLE)")
+                } else {
+                    format!("`{f}`")
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ");
         // Queries name at most this many symbols, so IN lists stay far below the 65,535-parameter limit.
