@@ -365,16 +365,7 @@ impl Store {
         data: &[f32],
     ) -> Result<u64> {
         let path = self.feature_path(instrument, field, freq)?;
-        if start >= crate::feature::MAX_START as usize {
-            return Err(Error::IndexOutOfRange {
-                path,
-                index: start as u64,
-                reason: "the start index is stored as float32 and must be below 2^24 (16777216)",
-            });
-        }
-        let bytes = crate::feature::encode(start as u32, data);
-        fsio::write_unsynced(&path, &bytes)?;
-        Ok(bytes.len() as u64)
+        writer::create_unsynced(&path, start, data)
     }
 
     /// Creates an instrument's feature directory in a store being built (no fsync; see `bulk_put_feature`).

@@ -142,6 +142,15 @@ pub fn write(path: &Path, index: Option<usize>, data: &[f32]) -> Result<WriteKin
     Ok(WriteKind::Replaced)
 }
 
+/// Creates a whole file without fsync, for a store that nobody reads yet (a staging store that will be synced
+/// as a whole before it is published). The parent directory must exist. Returns the bytes written.
+pub fn create_unsynced(path: &Path, start: usize, data: &[f32]) -> Result<u64> {
+    check_range(path, start, start + data.len())?;
+    let bytes = feature::encode(start as u32, data);
+    fsio::write_unsynced(path, &bytes)?;
+    Ok(bytes.len() as u64)
+}
+
 /// Replaces the whole file with `data` starting at calendar index `start` (qlib's `rewrite`, without its
 /// truncate-then-fail data loss).
 pub fn rewrite(path: &Path, start: usize, data: &[f32]) -> Result<()> {

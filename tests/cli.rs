@@ -1,7 +1,11 @@
 //! The `qdump` binary, run for real in temp directories.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
+
+use common::{entries, tree};
 
 fn qdump(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qdump"))
@@ -19,36 +23,6 @@ fn text(out: &Output) -> String {
 }
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");
-
-/// Every file below `dir` with its bytes, for "nothing changed" assertions.
-fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((
-                    p.strip_prefix(dir).unwrap().display().to_string(),
-                    std::fs::read(&p).unwrap(),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn all_then_show() {
@@ -108,16 +82,12 @@ fn existing_store_needs_overwrite_and_is_replaced_atomically() {
             .status
             .success()
     );
-    let before = snapshot(&to);
+    let before = tree(&to);
 
     let out = qdump(&["all", "--csv", SAMPLE, "--to", to_s]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("pass --overwrite"), "{}", text(&out));
-    assert_eq!(
-        snapshot(&to),
-        before,
-        "the refused import changed the store"
-    );
+    assert_eq!(tree(&to), before, "the refused import changed the store");
 
     let one = format!("{SAMPLE}/SH600000.csv");
     let out = qdump(&["all", "--csv", &one, "--to", to_s, "--overwrite"]);
@@ -140,86 +110,67 @@ fn bad_input_changes_nothing() {
             .status
             .success()
     );
-    let before = snapshot(&to);
-
+    let before = tree(&to);
     let bad = dir.path().join("bad");
     std::fs::create_dir(&bad).unwrap();
-    std::fs::write(
-        bad.join("SH600000.csv"),
-        "date,close\n2020-01-02,1.5\n2020-01-03,abc\n",
-    )
-    .unwrap();
-    let out = qdump(&[
-        "all",
-        "--csv",
-        bad.to_str().unwrap(),
-        "--to",
-        to_s,
-        "--overwrite",
-    ]);
-    assert_eq!(out.status.code(), Some(4));
-    let msg = text(&out);
-    assert!(
-        msg.contains("SH600000.csv:3") && msg.contains("\"close\"") && msg.contains("\"abc\""),
-        "{msg}"
-    );
-
-    std::fs::write(
-        bad.join("SH600000.csv"),
-        "date,close\n2020-01-02,1.5\n2020-01-02,1.6\n",
-    )
-    .unwrap();
-    let out = qdump(&[
-        "all",
-        "--csv",
-        bad.to_str().unwrap(),
-        "--to",
-        to_s,
-        "--overwrite",
-    ]);
-    assert_eq!(out.status.code(), Some(4));
-    assert!(
-        text(&out).contains("two rows dated 2020-01-02"),
-        "{}",
-        text(&out)
-    );
-
-    std::fs::write(bad.join("SH600000.csv"), "day,close\n2020-01-02,1.5\n").unwrap();
-    let out = qdump(&[
-        "all",
-        "--csv",
-        bad.to_str().unwrap(),
-        "--to",
-        to_s,
-        "--overwrite",
-    ]);
-    assert!(
-        text(&out).contains("no date column \"date\" (columns: day, close)"),
-        "{}",
-        text(&out)
-    );
-
-    let out = qdump(&[
-        "all",
-        "--csv",
-        "/nonexistent/x",
-        "--to",
-        to_s,
-        "--overwrite",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("/nonexistent/x"), "{}", text(&out));
-
-    assert_eq!(
-        snapshot(&to),
-        before,
-        "a failed import touched the existing store"
-    );
-    assert_eq!(
-        entries(dir.path()),
-        vec!["bad", "store"],
-        "a failed import left files behind"
-    );
+    let bad_s = bad.to_str().unwrap();
+    // (content of bad/SH600000.csv, or None for a missing input; exit code; texts the output must contain)
+    let cases: [(Option<&str>, i32, &[&str]); 6] = [
+        (
+            Some("date,close\n2020-01-02,1.5\n2020-01-03,abc\n"),
+            4,
+            &["SH600000.csv:3", "\"close\"", "\"abc\""],
+        ),
+        (
+            Some("date,close\n2020-01-02,1.5\n2020-01-02,1.6\n"),
+            4,
+            &["two rows dated 2020-01-02"],
+        ),
+        (
+            Some("day,close\n2020-01-02,1.5\n"),
+            1,
+            &["no date column \"date\" (columns: day, close)"],
+        ),
+        (
+            Some("date,Close,close\n2020-01-02,1.5,1.5\n"),
+            1,
+            &["two columns are named \"close\""],
+        ),
+        (
+            Some("date,close\n2020-01-02 09:30:00,1.5\n2020-01-02 10:00:00,1.6\n"),
+            1,
+            &["has a time of day, which a day calendar cannot hold"],
+        ),
+        (None, 1, &["/nonexistent/x"]),
+    ];
+    for (content, code, wants) in cases {
+        let input = match content {
+            Some(c) => {
+                std::fs::write(bad.join("SH600000.csv"), c).unwrap();
+                bad_s
+            }
+            None => "/nonexistent/x",
+        };
+        let out = qdump(&["all", "--csv", input, "--to", to_s, "--overwrite"]);
+        let msg = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{content:?}: {msg}");
+        for want in wants {
+            assert!(
+                msg.contains(want),
+                "{content:?}: expected {want:?} in {msg}"
+            );
+        }
+        assert_eq!(
+            tree(&to),
+            before,
+            "{content:?}: a failed import touched the existing store"
+        );
+        assert_eq!(
+            entries(dir.path()),
+            vec!["bad", "store"],
+            "{content:?}: a failed import left files behind"
+        );
+    }
 }
 
 #[test]

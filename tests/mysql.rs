@@ -3,8 +3,12 @@
 //!
 //! Each test uses its own tables, named after the test and the process, so tests run in parallel.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::{entries, tree};
 
 use mysql::prelude::Queryable;
 use qstore::{Freq, Store, parse_timestamp};
@@ -112,36 +116,6 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// Every file below `dir` with its bytes.
-fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((
-                    p.strip_prefix(dir).unwrap().display().to_string(),
-                    std::fs::read(&p).unwrap(),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn import_mysql(t: &str, to: &Path, extra: &[&str]) -> Output {
     let u = url();
     let mut args = vec![
@@ -183,13 +157,18 @@ fn mysql_import_equals_sql_and_csv() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        snapshot(&from_sql) == snapshot(&from_csv),
+        tree(&from_sql) == tree(&from_csv),
         "MySQL and CSV imports of the same data differ"
+    );
+    let on_disk: usize = tree(&from_sql).iter().map(|(_, b)| b.len()).sum();
+    assert_eq!(
+        summary["store_bytes"], on_disk,
+        "the summary's store size is not the bytes on disk"
     );
     let out = import_mysql(&t, &one_conn, &["--connections", "1"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        snapshot(&one_conn) == snapshot(&from_sql),
+        tree(&one_conn) == tree(&from_sql),
         "1 and 2 connections give different stores"
     );
 
@@ -317,7 +296,7 @@ fn mysql_bad_input_changes_nothing() {
             .status
             .success()
     );
-    let before = snapshot(&to);
+    let before = tree(&to);
     let u = url();
     let secret = "s3cr3t-pw";
     let with_pw = u.replacen("root@", &format!("root:{secret}@"), 1);
@@ -431,10 +410,7 @@ fn mysql_bad_input_changes_nothing() {
             !msg.contains(secret),
             "{args:?}: the password leaked: {msg}"
         );
-        assert!(
-            snapshot(&to) == before,
-            "{args:?} changed the existing store"
-        );
+        assert!(tree(&to) == before, "{args:?} changed the existing store");
         assert_eq!(
             entries(dir.path()),
             vec!["store"],
@@ -552,9 +528,9 @@ fn killed_import_leaves_the_old_store_and_a_rerun_succeeds() {
             .status
             .success()
     );
-    let old = snapshot(&to);
+    let old = tree(&to);
     assert!(import_mysql(&t, &want, &[]).status.success());
-    let new = snapshot(&want);
+    let new = tree(&want);
     std::fs::remove_dir_all(&want).unwrap();
     let u = url();
     for point in [
@@ -581,7 +557,7 @@ fn killed_import_leaves_the_old_store_and_a_rerun_succeeds() {
             text(&out)
         );
         assert!(text(&out).contains("failpoint"), "{point}: {}", text(&out));
-        let now = snapshot(&to);
+        let now = tree(&to);
         if point == "import:after-exchange" {
             assert!(
                 now == new,
@@ -593,7 +569,7 @@ fn killed_import_leaves_the_old_store_and_a_rerun_succeeds() {
         let out = qdump(&args, &[]);
         assert_eq!(out.status.code(), Some(0), "{point}: rerun: {}", text(&out));
         assert!(
-            snapshot(&to) == new,
+            tree(&to) == new,
             "{point}: the rerun differs from a clean import"
         );
         assert_eq!(
@@ -639,7 +615,7 @@ fn calendar_table_gives_the_calendar() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        snapshot(&plain) == snapshot(&with_cal),
+        tree(&plain) == tree(&with_cal),
         "the trading-day table gave a different store"
     );
 
