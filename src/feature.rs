@@ -172,11 +172,8 @@ impl FeatureFile {
             let mut buf = vec![0f32; (size / 4) as usize];
             std::io::Read::read_exact(&mut file, bytemuck::cast_slice_mut(&mut buf))
                 .map_err(|e| Error::io("reading", path, e))?;
-            if cfg!(target_endian = "big") {
-                for v in &mut buf {
-                    *v = f32::from_bits(u32::from_le(v.to_bits()));
-                }
-            }
+            // The bytes are little-endian; on a big-endian host this converts them in place (a no-op on LE).
+            LittleEndian::from_slice_f32(&mut buf);
             let start = decode_start(buf[0].to_le_bytes()).map_err(corrupt)?;
             return Ok(Some(FeatureFile {
                 path: path.to_path_buf(),

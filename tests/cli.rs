@@ -263,3 +263,55 @@ fn minute_bars_import_with_times() {
         .collect();
     assert_eq!(bin, want);
 }
+
+#[test]
+fn one_csv_with_a_symbol_column_equals_per_symbol_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // Combine the sample into one file with a symbol column, rows shuffled across symbols.
+    let mut rows = Vec::new();
+    let mut header = String::new();
+    for e in std::fs::read_dir(SAMPLE).unwrap() {
+        let p = e.unwrap().path();
+        let symbol = p.file_stem().unwrap().to_str().unwrap().to_owned();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let mut lines = text.lines();
+        header = format!("symbol,{}", lines.next().unwrap());
+        rows.extend(
+            lines.map(|l| format!("{},{l}", &format!("{}.{}", &symbol[2..], &symbol[..2]))),
+        );
+    }
+    rows.sort_by_key(|r| r.split(',').nth(1).unwrap().to_owned()); // by date: symbols interleave
+    let combined = dir.path().join("all.csv");
+    std::fs::write(&combined, format!("{header}\n{}\n", rows.join("\n"))).unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let out = qdump(&[
+        "all",
+        "--csv",
+        combined.to_str().unwrap(),
+        "--to",
+        a.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        qdump(&["all", "--csv", SAMPLE, "--to", b.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(
+        tree(&a) == tree(&b),
+        "the combined file and the per-symbol files give different stores"
+    );
+    // --symbols and --limit apply to a combined file too
+    let c = dir.path().join("c");
+    let out = qdump(&[
+        "all",
+        "--csv",
+        combined.to_str().unwrap(),
+        "--to",
+        c.to_str().unwrap(),
+        "--symbols",
+        "SH600000,000002.SZ",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(entries(&c.join("features")), vec!["sh600000", "sz000002"]);
+}
