@@ -1,19 +1,21 @@
 //! `Store`: the one API the rest of qstore (import, update, expressions, caches) uses to read and write a store.
 //!
-//! A `Store` reads through a snapshot: the calendar of each frequency is loaded once and every read is clipped to
-//! it, so values appended past the published calendar (an update in progress) stay invisible until
-//! [`Store::refresh`]. Open feature files stay mapped in a bounded LRU of handles; writes made through this
+//! A `Store` reads through a snapshot: the calendar of each frequency is loaded once (kept in an in-memory
+//! [`MemCache`], by default for an hour, as qlib does) and every read is clipped to it, so values appended past
+//! the published calendar (an update in progress) stay invisible until [`Store::refresh`] or the expiry.
+//! Instrument lists are cached the same way. Open feature files stay mapped in a bounded LRU of handles; writes made through this
 //! `Store` drop the affected handles, writes by other processes are seen after `refresh` (or once a handle is
 //! evicted and reopened).
 
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use lru::LruCache;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use rayon::prelude::*;
 
 use crate::calendar::{Calendar, Timestamp};
@@ -23,12 +25,35 @@ use crate::freq::Freq;
 use crate::fsio;
 use crate::instruments::Instruments;
 use crate::layout::{self, CALENDARS_DIR, FEATURES_DIR, INSTRUMENTS_DIR};
+use crate::memcache::{Limit, MemCache};
 use crate::panel::{self, Panel};
 use crate::writer::{self, WriteKind};
+
+/// Bounds of one in-memory cache space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub limit: Limit,
+    /// Entries older than this are reloaded; `None`: never.
+    pub expiry: Option<Duration>,
+}
+
+impl Default for CacheConfig {
+    /// qlib's defaults: 500 entries, expiring after an hour.
+    fn default() -> Self {
+        CacheConfig {
+            limit: Limit::Entries(500),
+            expiry: Some(Duration::from_secs(3600)),
+        }
+    }
+}
 
 /// Tuning of an open store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
+    /// The in-memory cache of calendars (qlib's `H["c"]`).
+    pub calendar_cache: CacheConfig,
+    /// The in-memory cache of instrument lists (qlib's `H["i"]`).
+    pub instrument_cache: CacheConfig,
     /// How many feature files stay mapped. Each costs one memory mapping (the kernel allows about 65,000 per
     /// process by default) and no file descriptor.
     pub handle_cache: NonZeroUsize,
@@ -40,6 +65,8 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
+            calendar_cache: CacheConfig::default(),
+            instrument_cache: CacheConfig::default(),
             handle_cache: NonZeroUsize::new(16_384).expect("non-zero"),
             map_threshold: crate::feature::DEFAULT_MAP_THRESHOLD,
         }
@@ -51,7 +78,8 @@ type Handle = Option<Arc<FeatureFile>>;
 /// A qlib-layout store on disk.
 pub struct Store {
     root: PathBuf,
-    calendars: RwLock<HashMap<Freq, Arc<Calendar>>>,
+    calendars: MemCache<Freq, Arc<Calendar>>,
+    instruments: MemCache<String, Arc<Instruments>>,
     handles: Mutex<LruCache<String, Handle>>,
     map_threshold: u64,
 }
@@ -94,7 +122,11 @@ impl Store {
         }
         Ok(Store {
             root,
-            calendars: RwLock::new(HashMap::new()),
+            calendars: MemCache::new(options.calendar_cache.limit, options.calendar_cache.expiry),
+            instruments: MemCache::new(
+                options.instrument_cache.limit,
+                options.instrument_cache.expiry,
+            ),
             handles: Mutex::new(LruCache::new(options.handle_cache)),
             map_threshold: options.map_threshold,
         })
@@ -115,8 +147,14 @@ impl Store {
 
     /// Forgets loaded calendars and open files, so the next reads see what other processes published.
     pub fn refresh(&self) {
-        self.calendars.write().clear();
+        self.calendars.clear();
+        self.instruments.clear();
         self.handles.lock().clear();
+    }
+
+    /// Counters of the calendar and instrument caches.
+    pub fn cache_stats(&self) -> (crate::memcache::Stats, crate::memcache::Stats) {
+        (self.calendars.stats(), self.instruments.stats())
     }
 
     /// The frequencies with a calendar file, sorted.
@@ -144,8 +182,8 @@ impl Store {
 
     /// The calendar of `freq`, loaded once per snapshot.
     pub fn calendar(&self, freq: Freq) -> Result<Arc<Calendar>> {
-        if let Some(c) = self.calendars.read().get(&freq) {
-            return Ok(c.clone());
+        if let Some(c) = self.calendars.get(&freq) {
+            return Ok(c);
         }
         let path = layout::calendar_path(&self.root, freq, false);
         if !path.is_file() {
@@ -166,7 +204,8 @@ impl Store {
             });
         }
         let cal = Arc::new(Calendar::load(&path, freq)?);
-        Ok(self.calendars.write().entry(freq).or_insert(cal).clone())
+        self.calendars.insert(freq, cal.clone());
+        Ok(cal)
     }
 
     /// The calendar including future trading days (`<freq>_future.txt`), or the plain calendar when there is
@@ -180,8 +219,12 @@ impl Store {
         }
     }
 
-    /// The instruments of `market`.
-    pub fn instruments(&self, market: &str) -> Result<Instruments> {
+    /// The instruments of `market`, from the instrument cache when possible.
+    pub fn instruments(&self, market: &str) -> Result<Arc<Instruments>> {
+        let key = market.to_lowercase();
+        if let Some(i) = self.instruments.get(&key) {
+            return Ok(i);
+        }
         let path = layout::instruments_path(&self.root, market)?;
         if !path.is_file() {
             return Err(Error::NoMarket {
@@ -189,7 +232,9 @@ impl Store {
                 path,
             });
         }
-        Instruments::load(&path)
+        let ins = Arc::new(Instruments::load(&path)?);
+        self.instruments.insert(key, ins.clone());
+        Ok(ins)
     }
 
     /// The markets with an instruments file, sorted.
@@ -310,7 +355,6 @@ impl Store {
         fsio::create_dir_all_synced(&self.root.join(CALENDARS_DIR))?;
         fsio::replace_atomic(&path, calendar.to_text().as_bytes())?;
         self.calendars
-            .write()
             .insert(calendar.freq(), Arc::new(calendar.clone()));
         self.handles.lock().clear();
         Ok(())
@@ -320,7 +364,9 @@ impl Store {
     pub fn save_instruments(&self, market: &str, instruments: &Instruments) -> Result<()> {
         let path = layout::instruments_path(&self.root, market)?;
         fsio::create_dir_all_synced(&self.root.join(INSTRUMENTS_DIR))?;
-        fsio::replace_atomic(&path, instruments.to_text().as_bytes())
+        fsio::replace_atomic(&path, instruments.to_text().as_bytes())?;
+        self.instruments.remove(&market.to_lowercase());
+        Ok(())
     }
 
     /// Writes values of one field at a calendar index (see [`writer::write`]).

@@ -274,6 +274,7 @@ fn handle_cache_case(map_threshold: u64) {
     let opts = qstore::StoreOptions {
         handle_cache: std::num::NonZeroUsize::new(3).unwrap(),
         map_threshold,
+        ..Default::default()
     };
     let store = Store::open_with(dir.path(), opts).unwrap();
     for i in 0..10 {
@@ -325,4 +326,37 @@ fn freqs_and_markets_are_listed() {
         .save_instruments("CSI300", &qstore::Instruments::new())
         .unwrap();
     assert_eq!(store.markets().unwrap(), vec!["csi300".to_string()]);
+}
+
+#[test]
+fn calendars_and_instruments_are_served_from_memory_and_invalidated_by_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::store_with_calendar(dir.path(), 3);
+    let mut ins = qstore::Instruments::new();
+    let span = |a: &str, b: &str| qstore::Span {
+        start: parse_timestamp(a).unwrap(),
+        end: parse_timestamp(b).unwrap(),
+    };
+    ins.push("A", span("2020-01-01", "2020-01-03")).unwrap();
+    store.save_instruments("all", &ins).unwrap();
+    for _ in 0..3 {
+        assert_eq!(store.instruments("all").unwrap().len(), 1);
+        assert_eq!(store.calendar(Freq::DAY).unwrap().len(), 3);
+    }
+    let (c, i) = store.cache_stats();
+    assert_eq!((i.misses, i.hits), (1, 2), "{i:?}");
+    assert!(c.hits >= 2, "{c:?}");
+    // a write through the store is seen at once
+    ins.push("B", span("2020-01-02", "2020-01-03")).unwrap();
+    store.save_instruments("ALL", &ins).unwrap();
+    assert_eq!(store.instruments("all").unwrap().len(), 2);
+    // another process's write is seen after refresh
+    std::fs::write(
+        dir.path().join("instruments/all.txt"),
+        "C\t2020-01-01\t2020-01-02\n",
+    )
+    .unwrap();
+    assert_eq!(store.instruments("all").unwrap().len(), 2);
+    store.refresh();
+    assert!(store.instruments("all").unwrap().spans("C").is_some());
 }
