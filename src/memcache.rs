@@ -9,7 +9,6 @@
 
 use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
@@ -128,23 +127,36 @@ struct Entry<V> {
     inserted: Instant,
 }
 
-struct Inner<K: Hash + Eq, V> {
+/// One independently locked part of the cache, with its share of the limit.
+struct Shard<K: Hash + Eq, V> {
     lru: LruCache<K, Entry<V>>,
     bytes: usize,
+    limit: Limit,
+    /// Counted under the shard's lock: no shared atomics for threads to fight over.
+    stats: Stats,
 }
 
+/// Caches at least this large are split into [`SHARDS`] shards.
+const SHARD_MIN_ENTRIES: usize = 256;
+const SHARD_MIN_BYTES: usize = 64 << 20;
+const SHARDS: usize = 8;
+
 /// A thread-safe LRU cache bounded by [`Limit`], with optional expiry.
+///
+/// A cache of at least 256 entries or 64 MiB is split into 8 shards by key hash, each with its own lock, its
+/// share of the limit and exact LRU order (so eviction is LRU per shard, and with a byte limit an entry larger
+/// than one shard's share is not cached). Smaller caches have one shard: exact LRU over the whole cache.
 pub struct MemCache<K: Hash + Eq, V> {
-    inner: Mutex<Inner<K, V>>,
+    shards: Box<[Padded<Mutex<Shard<K, V>>>]>,
     limit: Limit,
     expiry: Option<Duration>,
     clock: Arc<dyn Clock>,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    evictions: AtomicU64,
-    expired: AtomicU64,
-    oversized: AtomicU64,
+    hasher: lru::DefaultHasher,
 }
+
+/// Keeps each shard's lock on its own cache lines, so two threads on different shards do not contend.
+#[repr(align(128))]
+struct Padded<T>(T);
 
 impl<K: Hash + Eq, V: Clone + Weigh> MemCache<K, V> {
     /// A cache with `limit`, entries expiring `expiry` after insertion (never when `None`).
@@ -154,24 +166,45 @@ impl<K: Hash + Eq, V: Clone + Weigh> MemCache<K, V> {
 
     /// The same with a clock of the caller's (tests).
     pub fn with_clock(limit: Limit, expiry: Option<Duration>, clock: Arc<dyn Clock>) -> Self {
+        let n = match limit {
+            Limit::Entries(e) if e >= SHARD_MIN_ENTRIES => SHARDS,
+            Limit::Bytes(b) if b >= SHARD_MIN_BYTES => SHARDS,
+            _ => 1,
+        };
+        // Spread the limit so that the shares add up to it exactly.
+        let share = |total: usize, i: usize| total / n + usize::from(i < total % n);
+        let shards = (0..n)
+            .map(|i| {
+                Padded(Mutex::new(Shard {
+                    lru: LruCache::unbounded(),
+                    bytes: 0,
+                    limit: match limit {
+                        Limit::Entries(e) => Limit::Entries(share(e, i)),
+                        Limit::Bytes(b) => Limit::Bytes(share(b, i)),
+                    },
+                    stats: Stats::default(),
+                }))
+            })
+            .collect();
         MemCache {
-            inner: Mutex::new(Inner {
-                lru: LruCache::unbounded(),
-                bytes: 0,
-            }),
+            shards,
             limit,
             expiry,
             clock,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
-            expired: AtomicU64::new(0),
-            oversized: AtomicU64::new(0),
+            hasher: Default::default(),
         }
     }
 
     pub fn limit(&self) -> Limit {
         self.limit
+    }
+
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Mutex<Shard<K, V>> {
+        if self.shards.len() == 1 {
+            return &self.shards[0].0;
+        }
+        let h = std::hash::BuildHasher::hash_one(&self.hasher, key);
+        &self.shards[(h >> 32) as usize % self.shards.len()].0
     }
 
     fn is_expired(&self, e: &Entry<V>, now: Instant) -> bool {
@@ -186,23 +219,22 @@ impl<K: Hash + Eq, V: Clone + Weigh> MemCache<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let now = self.clock.now();
-        let mut inner = self.inner.lock();
-        let hit = match inner.lru.get(key) {
+        let mut shard = self.shard(key).lock();
+        let hit = match shard.lru.get(key) {
             Some(e) if !self.is_expired(e, now) => Some(e.value.clone()),
             Some(_) => {
-                if let Some(e) = inner.lru.pop(key) {
-                    inner.bytes -= e.weight;
+                if let Some(e) = shard.lru.pop(key) {
+                    shard.bytes -= e.weight;
                 }
-                self.expired.fetch_add(1, Ordering::Relaxed);
+                shard.stats.expired += 1;
                 None
             }
             None => None,
         };
-        drop(inner);
         match hit {
-            Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
-            None => self.misses.fetch_add(1, Ordering::Relaxed),
-        };
+            Some(_) => shard.stats.hits += 1,
+            None => shard.stats.misses += 1,
+        }
         hit
     }
 
@@ -213,7 +245,7 @@ impl<K: Hash + Eq, V: Clone + Weigh> MemCache<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let now = self.clock.now();
-        self.inner
+        self.shard(key)
             .lock()
             .lru
             .peek(key)
@@ -221,26 +253,25 @@ impl<K: Hash + Eq, V: Clone + Weigh> MemCache<K, V> {
     }
 
     /// Caches `value` under `key` (replacing an older one) and evicts the least recently used entries until the
-    /// limit holds. Returns false, caching nothing, when the value alone exceeds the limit.
+    /// limit holds. Returns false, caching nothing, when the value alone exceeds the limit (of its shard).
     pub fn insert(&self, key: K, value: V) -> bool {
         let weight = value.weight();
-        let mut inner = self.inner.lock();
-        if let Some(old) = inner.lru.pop(&key) {
-            inner.bytes -= old.weight;
-        }
-        if let Limit::Bytes(max) = self.limit
-            && weight > max
-        {
-            drop(inner);
-            self.oversized.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        if self.limit == Limit::Entries(0) {
-            return false;
-        }
-        inner.bytes += weight;
         let inserted = self.clock.now();
-        inner.lru.put(
+        let mut guard = self.shard(&key).lock();
+        let shard = &mut *guard;
+        if let Some(old) = shard.lru.pop(&key) {
+            shard.bytes -= old.weight;
+        }
+        match shard.limit {
+            Limit::Bytes(max) if weight > max => {
+                shard.stats.oversized += 1;
+                return false;
+            }
+            Limit::Entries(0) => return false,
+            _ => {}
+        }
+        shard.bytes += weight;
+        shard.lru.put(
             key,
             Entry {
                 value,
@@ -248,23 +279,20 @@ impl<K: Hash + Eq, V: Clone + Weigh> MemCache<K, V> {
                 inserted,
             },
         );
-        let mut evicted = 0;
         loop {
-            let over = match self.limit {
-                Limit::Entries(n) => inner.lru.len() > n,
-                Limit::Bytes(n) => inner.bytes > n,
+            let over = match shard.limit {
+                Limit::Entries(n) => shard.lru.len() > n,
+                Limit::Bytes(n) => shard.bytes > n,
             };
             if !over {
                 break;
             }
-            let Some((_, e)) = inner.lru.pop_lru() else {
+            let Some((_, e)) = shard.lru.pop_lru() else {
                 break;
             };
-            inner.bytes -= e.weight;
-            evicted += 1;
+            shard.bytes -= e.weight;
+            shard.stats.evictions += 1;
         }
-        drop(inner);
-        self.evictions.fetch_add(evicted, Ordering::Relaxed);
         true
     }
 
@@ -274,9 +302,9 @@ impl<K: Hash + Eq, V: Clone + Weigh> MemCache<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut inner = self.inner.lock();
-        let e = inner.lru.pop(key)?;
-        inner.bytes -= e.weight;
+        let mut shard = self.shard(key).lock();
+        let e = shard.lru.pop(key)?;
+        shard.bytes -= e.weight;
         Some(e.value)
     }
 
@@ -285,38 +313,48 @@ impl<K: Hash + Eq, V: Clone + Weigh> MemCache<K, V> {
     where
         K: Clone,
     {
-        let mut inner = self.inner.lock();
-        let doomed: Vec<K> = inner
-            .lru
-            .iter()
-            .filter(|(k, _)| pred(k))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &doomed {
-            if let Some(e) = inner.lru.pop(k) {
-                inner.bytes -= e.weight;
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.0.lock();
+            let doomed: Vec<K> = shard
+                .lru
+                .iter()
+                .filter(|(k, _)| pred(k))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &doomed {
+                if let Some(e) = shard.lru.pop(k) {
+                    shard.bytes -= e.weight;
+                    n += 1;
+                }
             }
         }
-        doomed.len()
+        n
     }
 
     /// Drops everything.
     pub fn clear(&self) {
-        let mut inner = self.inner.lock();
-        inner.lru.clear();
-        inner.bytes = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.0.lock();
+            shard.lru.clear();
+            shard.bytes = 0;
+        }
     }
 
+    /// Counters and sizes, summed over the shards.
     pub fn stats(&self) -> Stats {
-        let inner = self.inner.lock();
-        Stats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            evictions: self.evictions.load(Ordering::Relaxed),
-            expired: self.expired.load(Ordering::Relaxed),
-            oversized: self.oversized.load(Ordering::Relaxed),
-            entries: inner.lru.len(),
-            bytes: inner.bytes,
+        let mut total = Stats::default();
+        for shard in self.shards.iter() {
+            let shard = shard.0.lock();
+            let s = shard.stats;
+            total.hits += s.hits;
+            total.misses += s.misses;
+            total.evictions += s.evictions;
+            total.expired += s.expired;
+            total.oversized += s.oversized;
+            total.entries += shard.lru.len();
+            total.bytes += shard.bytes;
         }
+        total
     }
 }

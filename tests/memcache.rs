@@ -151,3 +151,29 @@ fn many_threads_never_exceed_the_limit_nor_lose_or_duplicate_entries() {
     );
     assert!(s.hits + s.misses > 0 && s.evictions > 0);
 }
+
+#[test]
+fn a_sharded_cache_keeps_its_total_limits_under_two_threads() {
+    // 512 entries (sharded: 8 locks) and 64 MiB (sharded), filled far past their limits from two threads.
+    let entries: Arc<MemCache<u64, Vec<f32>>> = Arc::new(MemCache::new(Limit::Entries(512), None));
+    let bytes: Arc<MemCache<u64, Vec<f32>>> = Arc::new(MemCache::new(Limit::Bytes(64 << 20), None));
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let (entries, bytes) = (entries.clone(), bytes.clone());
+            s.spawn(move || {
+                for k in 0..5000u64 {
+                    let key = k * 2 + t;
+                    entries.insert(key, v(4));
+                    bytes.insert(key, v(10_000)); // 40 KB each: 5000 of them would be 200 MB
+                    assert_eq!(entries.get(&key), Some(v(4)));
+                }
+            });
+        }
+    });
+    let s = entries.stats();
+    assert!(s.entries <= 512 && s.entries > 400, "{s:?}");
+    assert_eq!(s.evictions as usize + s.entries, 10_000);
+    let b = bytes.stats();
+    assert!(b.bytes <= 64 << 20 && b.bytes > 48 << 20, "{b:?}");
+    assert_eq!(b.oversized, 0);
+}
