@@ -147,12 +147,14 @@ const SHARDS: usize = 8;
 /// share of the limit and exact LRU order (so eviction is LRU per shard, and with a byte limit an entry larger
 /// than one shard's share is not cached). Smaller caches have one shard: exact LRU over the whole cache.
 pub struct MemCache<K: Hash + Eq, V> {
-    shards: Box<[Padded<Mutex<Shard<K, V>>>]>,
+    shards: Box<[LockedShard<K, V>]>,
     limit: Limit,
     expiry: Option<Duration>,
     clock: Arc<dyn Clock>,
     hasher: lru::DefaultHasher,
 }
+
+type LockedShard<K, V> = Padded<Mutex<Shard<K, V>>>;
 
 /// Keeps each shard's lock on its own cache lines, so two threads on different shards do not contend.
 #[repr(align(128))]
