@@ -315,3 +315,40 @@ fn one_csv_with_a_symbol_column_equals_per_symbol_files() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(entries(&c.join("features")), vec!["sh600000", "sz000002"]);
 }
+
+#[test]
+fn non_ascii_field_names_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let per_symbol = dir.path().join("in");
+    std::fs::create_dir(&per_symbol).unwrap();
+    std::fs::write(
+        per_symbol.join("SH600000.csv"),
+        "date,Änderung\n2020-01-02,1.5\n",
+    )
+    .unwrap();
+    let combined = dir.path().join("all.csv");
+    std::fs::write(
+        &combined,
+        "symbol,date,Änderung\n600000.SH,2020-01-02,1.5\n",
+    )
+    .unwrap();
+    for (input, to) in [(&per_symbol, "a"), (&combined, "b")] {
+        let to = dir.path().join(to);
+        let out = qdump(&[
+            "all",
+            "--csv",
+            input.to_str().unwrap(),
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let bin = std::fs::read(to.join("features/sh600000/änderung.day.bin")).unwrap();
+        assert_eq!(
+            bin,
+            [0f32, 1.5]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+        );
+    }
+}

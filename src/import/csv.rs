@@ -251,7 +251,7 @@ fn read_file(
         .ok_or_else(|| fail(1, format!("no date column {:?}", opts.date_column)))?;
     let at: Vec<Option<usize>> = fields
         .iter()
-        .map(|f| cols.iter().position(|c| c.eq_ignore_ascii_case(f)))
+        .map(|f| cols.iter().position(|c| c.to_lowercase() == *f))
         .collect();
     let mut dates = Vec::new();
     let mut columns: Vec<Option<Vec<f32>>> = at.iter().map(|a| a.map(|_| Vec::new())).collect();
@@ -307,10 +307,17 @@ fn load_combined(
     let (Some(sym_at), Some(date_at)) = (sym_at, date_at) else {
         return Err(source_err(path, "no symbol or date column".into()));
     };
-    let at: Vec<usize> = fields
+    // Field names are the headers lower-cased (Unicode), so match them the same way.
+    let Some(at) = fields
         .iter()
-        .map(|f| pos(f).expect("fields come from these headers"))
-        .collect();
+        .map(|f| cols.iter().position(|c| c.to_lowercase() == *f))
+        .collect::<Option<Vec<usize>>>()
+    else {
+        return Err(source_err(
+            path,
+            "a field column disappeared from the header".into(),
+        ));
+    };
     let mut groups: BTreeMap<String, std::result::Result<SymbolRows, Failure>> = BTreeMap::new();
     for record in rdr.records() {
         let record = record.map_err(|e| source_err(path, e.to_string()))?;
