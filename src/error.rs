@@ -174,6 +174,10 @@ pub enum Error {
     #[error("{source_name}: {reason}")]
     Source { source_name: String, reason: String },
 
+    /// A bad setting in a store's `qstore.json` or a `QSTORE_*` environment variable.
+    #[error("configuration {source_name}: {reason}; see the qstore.json section of README.md")]
+    Config { source_name: String, reason: String },
+
     /// A row of input data that cannot be imported.
     #[error("{}:{line}: {reason}", path.display())]
     Input {

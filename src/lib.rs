@@ -28,6 +28,7 @@
 //! ```
 
 pub mod calendar;
+pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod feature;

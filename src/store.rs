@@ -100,12 +100,19 @@ fn handle_key(instrument: &str, field: &str, freq: Freq) -> String {
 }
 
 impl Store {
-    /// Opens an existing store (a directory with `calendars/`).
+    /// Opens an existing store (a directory with `calendars/`), configured by its `qstore.json` and the
+    /// `QSTORE_*` environment variables (see [`crate::config`]).
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
-        Store::open_with(root, StoreOptions::default())
+        let root = root.as_ref();
+        let options = if root.is_dir() {
+            crate::config::load(root)?
+        } else {
+            StoreOptions::default()
+        };
+        Store::open_with(root, options)
     }
 
-    /// Opens an existing store with options.
+    /// Opens an existing store with these options (no configuration file or environment is read).
     pub fn open_with(root: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         let root = root.as_ref().to_path_buf();
         if !root.is_dir() {
