@@ -174,6 +174,14 @@ pub enum Error {
     #[error("{source_name}: {reason}")]
     Source { source_name: String, reason: String },
 
+    /// An expression that does not parse or whose arguments do not fit its operators.
+    #[error("{reason}\n  {expr}\n  {caret}^ at byte {pos}", caret = " ".repeat(expr[..(*pos).min(expr.len())].chars().count()))]
+    Expr {
+        expr: String,
+        pos: usize,
+        reason: String,
+    },
+
     /// A bad setting in a store's `qstore.json` or a `QSTORE_*` environment variable.
     #[error("configuration {source_name}: {reason}; see the qstore.json section of README.md")]
     Config { source_name: String, reason: String },

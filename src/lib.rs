@@ -30,6 +30,7 @@
 pub mod calendar;
 pub mod config;
 pub mod error;
+pub mod expr;
 pub mod failpoint;
 pub mod feature;
 pub mod freq;

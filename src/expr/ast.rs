@@ -1,0 +1,276 @@
+//! The typed expression tree, its canonical text and its extended window.
+
+use std::fmt;
+
+/// How a rolling operator looks back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Window {
+    /// The last `n` rows (`n >= 1`), partial windows at the start (pandas `min_periods=1`).
+    Periods(u32),
+    /// Every row so far (qlib's `N = 0`).
+    Expanding,
+    /// Exponentially weighted with this `alpha` (qlib's `0 < N < 1`).
+    Ewm(f64),
+}
+
+/// Element-wise operators of one argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unary {
+    Neg,
+    Abs,
+    Log,
+    Sign,
+    Not,
+}
+
+/// Element-wise operators of two arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Power,
+    Greater,
+    Less,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+    And,
+    Or,
+}
+
+/// Rolling operators of one series and a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rolling {
+    Mean,
+    Sum,
+    Std,
+    Var,
+    Max,
+    Min,
+    Med,
+    Mad,
+    Count,
+    Skew,
+    Kurt,
+    Rank,
+    IdxMax,
+    IdxMin,
+    Wma,
+    Ema,
+    Delta,
+    Slope,
+    Rsquare,
+    Resi,
+}
+
+/// Rolling operators of two series and a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pair {
+    Corr,
+    Cov,
+}
+
+/// A parsed, validated expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    /// `$name`: a stored field (lower-cased: file names are).
+    Field(String),
+    Const(f64),
+    Unary(Unary, Box<Expr>),
+    Binary(Binary, Box<Expr>, Box<Expr>),
+    If(Box<Expr>, Box<Expr>, Box<Expr>),
+    /// `Ref(x, n)`: `n > 0` looks back, `n < 0` ahead, `n = 0` is `x`.
+    Ref(Box<Expr>, i32),
+    Rolling(Rolling, Box<Expr>, Window),
+    Quantile(Box<Expr>, Window, f64),
+    Pair(Pair, Box<Expr>, Box<Expr>, Window),
+    /// `Mask(x, 'inst')` / `ChangeInstrument('inst', x)`: `x` evaluated for another instrument.
+    Instrument(Box<Expr>, String),
+}
+
+/// How far back an expression needs input before the first row it produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Extent {
+    Rows(u32),
+    /// From the first row of the series (infinite memory: EMA, EWM, expanding windows).
+    All,
+}
+
+impl Extent {
+    fn plus(self, n: u32) -> Extent {
+        match self {
+            Extent::Rows(r) => Extent::Rows(r.saturating_add(n)),
+            Extent::All => Extent::All,
+        }
+    }
+}
+
+/// The rows of input an expression needs around the rows it produces: `(lft, rght)` in qlib's terms, made exact
+/// so that evaluating any sub-range gives the same values as slicing the full evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtWindow {
+    pub left: Extent,
+    /// Rows ahead (look-ahead, from `Ref(x, -n)`).
+    pub right: u32,
+}
+
+impl ExtWindow {
+    const NONE: ExtWindow = ExtWindow {
+        left: Extent::Rows(0),
+        right: 0,
+    };
+
+    fn max(self, o: ExtWindow) -> ExtWindow {
+        ExtWindow {
+            left: self.left.max(o.left),
+            right: self.right.max(o.right),
+        }
+    }
+
+    fn back(self, w: Window) -> ExtWindow {
+        ExtWindow {
+            left: match w {
+                Window::Periods(n) => self.left.plus(n - 1),
+                Window::Expanding | Window::Ewm(_) => Extent::All,
+            },
+            right: self.right,
+        }
+    }
+}
+
+impl Expr {
+    /// The extended window: what input around `[start, end]` the value on every row of it depends on.
+    ///
+    /// qlib's (lft, rght) differ where they make results depend on where a query starts: EMA with an integer
+    /// span keeps only N-1 rows, EWM windows are cut where weights fall below 1e-6, expanding windows keep none,
+    /// and Delta is one row short. Here those are [`Extent::All`] and Delta looks back N rows.
+    pub fn ext_window(&self) -> ExtWindow {
+        match self {
+            Expr::Field(_) | Expr::Const(_) => ExtWindow::NONE,
+            Expr::Unary(_, x) | Expr::Instrument(x, _) => x.ext_window(),
+            Expr::Binary(_, a, b) => a.ext_window().max(b.ext_window()),
+            Expr::If(c, a, b) => c.ext_window().max(a.ext_window()).max(b.ext_window()),
+            Expr::Ref(x, n) => {
+                let w = x.ext_window();
+                if *n >= 0 {
+                    ExtWindow {
+                        left: w.left.plus(n.unsigned_abs()),
+                        right: w.right,
+                    }
+                } else {
+                    ExtWindow {
+                        left: w.left,
+                        right: w.right.saturating_add(n.unsigned_abs()),
+                    }
+                }
+            }
+            Expr::Rolling(Rolling::Ema, x, _) => ExtWindow {
+                left: Extent::All,
+                right: x.ext_window().right,
+            },
+            Expr::Rolling(Rolling::Delta, x, w) => {
+                let inner = x.ext_window();
+                match w {
+                    Window::Periods(n) => ExtWindow {
+                        left: inner.left.plus(*n),
+                        right: inner.right,
+                    },
+                    _ => inner.back(*w),
+                }
+            }
+            Expr::Rolling(_, x, w) | Expr::Quantile(x, w, _) => x.ext_window().back(*w),
+            Expr::Pair(_, a, b, w) => a.ext_window().max(b.ext_window()).back(*w),
+        }
+    }
+
+    /// The fields the expression reads, sorted and de-duplicated.
+    pub fn fields(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        self.visit_fields(&mut out);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn visit_fields<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Expr::Field(f) => out.push(f),
+            Expr::Const(_) => {}
+            Expr::Unary(_, x)
+            | Expr::Ref(x, _)
+            | Expr::Rolling(_, x, _)
+            | Expr::Quantile(x, _, _) => x.visit_fields(out),
+            Expr::Instrument(x, _) => x.visit_fields(out),
+            Expr::Binary(_, a, b) | Expr::Pair(_, a, b, _) => {
+                a.visit_fields(out);
+                b.visit_fields(out);
+            }
+            Expr::If(c, a, b) => {
+                c.visit_fields(out);
+                a.visit_fields(out);
+                b.visit_fields(out);
+            }
+        }
+    }
+}
+
+fn num(f: &mut fmt::Formatter<'_>, v: f64) -> fmt::Result {
+    // Rust's shortest round-trip text: 5, 0.5, 0.000001. Deterministic, which is all a cache key needs.
+    if v == v.trunc() && v.abs() < 1e15 {
+        write!(f, "{}", v as i64)
+    } else {
+        write!(f, "{v}")
+    }
+}
+
+fn window(f: &mut fmt::Formatter<'_>, w: Window) -> fmt::Result {
+    match w {
+        Window::Periods(n) => write!(f, "{n}"),
+        Window::Expanding => f.write_str("0"),
+        Window::Ewm(a) => num(f, a),
+    }
+}
+
+/// The canonical text: every operator as a call without spaces (`Add($close,$open)` for `$close + $open`),
+/// fields lower-case, numbers in shortest form. Spellings that parse to the same tree print the same, so this
+/// is what cache keys hash.
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expr::Field(name) => write!(f, "${name}"),
+            Expr::Const(v) => num(f, *v),
+            Expr::Unary(op, x) => write!(f, "{op:?}({x})"),
+            Expr::Binary(op, a, b) => write!(f, "{op:?}({a},{b})"),
+            Expr::If(c, a, b) => write!(f, "If({c},{a},{b})"),
+            Expr::Ref(x, n) => write!(f, "Ref({x},{n})"),
+            Expr::Rolling(op, x, w) => {
+                let name = match op {
+                    Rolling::Wma => "WMA".to_string(),
+                    Rolling::Ema => "EMA".to_string(),
+                    other => format!("{other:?}"),
+                };
+                write!(f, "{name}({x},")?;
+                window(f, *w)?;
+                f.write_str(")")
+            }
+            Expr::Quantile(x, w, q) => {
+                write!(f, "Quantile({x},")?;
+                window(f, *w)?;
+                f.write_str(",")?;
+                num(f, *q)?;
+                f.write_str(")")
+            }
+            Expr::Pair(op, a, b, w) => {
+                write!(f, "{op:?}({a},{b},")?;
+                window(f, *w)?;
+                f.write_str(")")
+            }
+            Expr::Instrument(x, inst) => write!(f, "Mask({x},'{inst}')"),
+        }
+    }
+}
