@@ -67,7 +67,7 @@ fn precedence_is_documented_and_sane() {
 
 #[test]
 fn bad_expressions_say_what_and_where() {
-    let cases: [(&str, usize, &str); 23] = [
+    let cases: [(&str, usize, &str); 24] = [
         (
             "Foo($close, 5)",
             0,
@@ -88,6 +88,7 @@ fn bad_expressions_say_what_and_where() {
         ("Kurt($a, 3)", 9, "Kurt needs a window of at least 4 rows"),
         ("Ref($a, 1.5)", 8, "offset of Ref must be a whole number"),
         ("Ref($a, 1e0)", 8, "offset of Ref must be a whole number"),
+        ("$a + 12e1222", 5, "too large for a number"),
         ("Quantile($a, 5, 2)", 16, "from 0 to 1"),
         ("$a < $b < $c", 8, "comparisons do not chain"),
         ("$a = 1", 3, "compare with '=='"),

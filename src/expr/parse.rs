@@ -167,6 +167,11 @@ impl Lexer<'_> {
                     let v: f64 = rest[..i].parse().map_err(|_| {
                         self.err(start, format!("{:?} is not a number", &rest[..i]))
                     })?;
+                    if !v.is_finite() {
+                        return Err(
+                            self.err(start, format!("{} is too large for a number", &rest[..i]))
+                        );
+                    }
                     (Tok::Num(v, int), i)
                 }
                 (c, _) if c.is_alphabetic() || c == '_' => {
