@@ -24,6 +24,15 @@ fn text(out: &Output) -> String {
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");
 
+/// A temp directory holding `store`, imported from the sample fixtures.
+fn sample_store() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("store");
+    let out = qdump(&["all", "--csv", SAMPLE, "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    (dir, to)
+}
+
 #[test]
 fn all_then_show() {
     let dir = tempfile::tempdir().unwrap();
@@ -74,14 +83,8 @@ fn all_then_show() {
 
 #[test]
 fn existing_store_needs_overwrite_and_is_replaced_atomically() {
-    let dir = tempfile::tempdir().unwrap();
-    let to = dir.path().join("store");
+    let (dir, to) = sample_store();
     let to_s = to.to_str().unwrap();
-    assert!(
-        qdump(&["all", "--csv", SAMPLE, "--to", to_s])
-            .status
-            .success()
-    );
     let before = tree(&to);
 
     let out = qdump(&["all", "--csv", SAMPLE, "--to", to_s]);
@@ -102,14 +105,8 @@ fn existing_store_needs_overwrite_and_is_replaced_atomically() {
 
 #[test]
 fn bad_input_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let to = dir.path().join("store");
+    let (dir, to) = sample_store();
     let to_s = to.to_str().unwrap();
-    assert!(
-        qdump(&["all", "--csv", SAMPLE, "--to", to_s])
-            .status
-            .success()
-    );
     let before = tree(&to);
     let bad = dir.path().join("bad");
     std::fs::create_dir(&bad).unwrap();
