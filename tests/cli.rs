@@ -349,3 +349,32 @@ fn non_ascii_field_names_import() {
         );
     }
 }
+
+#[test]
+fn a_target_filled_during_the_import_is_not_overwritten() {
+    // Two imports race into the same empty directory: the one that publishes second must fail cleanly,
+    // leaving the winner's store and no staging directory.
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("store");
+    qstore::Store::create(dir.path().join("other")).unwrap();
+    std::fs::create_dir(&to).unwrap();
+    let err = qstore::import::publish_new_store(&to, false, |_| {
+        // the other import wins meanwhile
+        std::fs::rename(dir.path().join("other"), &to).unwrap();
+        Ok(())
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("renaming the new store to"),
+        "{err}"
+    );
+    assert!(
+        to.join("calendars").is_dir(),
+        "the winner's store was touched"
+    );
+    assert_eq!(
+        entries(dir.path()),
+        vec!["store"],
+        "a staging directory was left behind"
+    );
+}

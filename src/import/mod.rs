@@ -193,7 +193,9 @@ impl SymbolWriter<'_> {
         let symbol = self.opts.symbol_format.apply(&rows.raw_symbol);
         validate_name(NameKind::Instrument, &symbol).map_err(|e| fail(e.to_string()))?;
         if rows.dates.is_empty() {
-            return Err(fail("no rows in the requested range".into()));
+            return Err(fail(
+                "no rows (none in the input, or none between --start-date and --end-date)".into(),
+            ));
         }
         if let Some(prev) = self
             .seen
@@ -511,13 +513,18 @@ pub fn publish_new_store<T>(
     };
     crate::failpoint::hit("import:before-publish");
     if non_empty {
-        fsio::exchange(&staging, target)?;
+        if let Err(e) = fsio::exchange(&staging, target) {
+            let _ = remove_tree_parallel(&staging);
+            return Err(e);
+        }
         crate::failpoint::hit("import:after-exchange");
         remove_tree_parallel(&staging)?;
     } else {
-        // rename(2) replaces an empty directory atomically.
-        std::fs::rename(&staging, target)
-            .map_err(|e| Error::io("renaming the new store to", target, e))?;
+        // rename(2) replaces an empty directory atomically; it fails if another import filled it meanwhile.
+        if let Err(e) = std::fs::rename(&staging, target) {
+            let _ = remove_tree_parallel(&staging);
+            return Err(Error::io("renaming the new store to", target, e));
+        }
         fsio::fsync_dir(parent)?;
     }
     Ok(out)
