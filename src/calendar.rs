@@ -74,16 +74,14 @@ impl Calendar {
     /// A calendar from timestamps, which must be strictly increasing.
     pub fn new(freq: Freq, dates: Vec<Timestamp>) -> Result<Calendar> {
         if let Some(i) = dates.iter().position(|&d| !fits(freq, d)) {
-            return Err(Error::Calendar {
-                path: "<memory>".into(),
-                line: i + 1,
+            return Err(Error::CalendarDates {
+                index: i,
                 reason: time_reason(freq, dates[i]),
             });
         }
         if let Some(i) = dates.windows(2).position(|w| w[0] >= w[1]) {
-            return Err(Error::Calendar {
-                path: "<memory>".into(),
-                line: i + 2,
+            return Err(Error::CalendarDates {
+                index: i + 1,
                 reason: order_reason(dates[i], dates[i + 1]),
             });
         }
@@ -190,9 +188,8 @@ impl Calendar {
         if let Some(i) = self.dates[old..].iter().position(|&d| !fits(self.freq, d)) {
             let reason = time_reason(self.freq, self.dates[old + i]);
             self.dates.truncate(old);
-            return Err(Error::Calendar {
-                path: "<memory>".into(),
-                line: old + i + 1,
+            return Err(Error::CalendarDates {
+                index: old + i,
                 reason,
             });
         }
@@ -203,9 +200,8 @@ impl Calendar {
             let i = old.saturating_sub(1) + i;
             let reason = order_reason(self.dates[i], self.dates[i + 1]);
             self.dates.truncate(old);
-            return Err(Error::Calendar {
-                path: "<memory>".into(),
-                line: i + 2,
+            return Err(Error::CalendarDates {
+                index: i + 1,
                 reason,
             });
         }
@@ -229,7 +225,7 @@ fn order_reason(prev: Timestamp, t: Timestamp) -> String {
         format!("duplicate timestamp {t}")
     } else {
         format!(
-            "timestamp {t} is earlier than the line before it ({prev}); calendars must be sorted"
+            "timestamp {t} is earlier than the one before it ({prev}); calendars must be sorted"
         )
     }
 }

@@ -101,6 +101,11 @@ pub enum Error {
     #[error("unknown frequency {freq:?}: use day (or 1d), Nmin (1min, 5min ...), week or month")]
     UnknownFreq { freq: String },
 
+    /// Timestamps given to build or extend a calendar in memory (an import, an update) that no calendar file
+    /// could hold. `index` is the 0-based position among them.
+    #[error("calendar timestamp #{index}: {reason}")]
+    CalendarDates { index: usize, reason: String },
+
     /// The store has no calendar file for the requested frequency.
     #[error(
         "the store has no calendar for frequency {freq} ({} is missing); available: {available}",
