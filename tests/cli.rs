@@ -24,11 +24,18 @@ fn text(out: &Output) -> String {
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");
 
+/// `qdump all --csv <input> --to <to> <extra...>`.
+fn import_csv(input: &str, to: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["all", "--csv", input, "--to", to];
+    args.extend_from_slice(extra);
+    qdump(&args)
+}
+
 /// A temp directory holding `store`, imported from the sample fixtures.
 fn sample_store() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let to = dir.path().join("store");
-    let out = qdump(&["all", "--csv", SAMPLE, "--to", to.to_str().unwrap()]);
+    let out = import_csv(SAMPLE, to.to_str().unwrap(), &[]);
     assert!(out.status.success(), "{}", text(&out));
     (dir, to)
 }
@@ -37,7 +44,7 @@ fn sample_store() -> (tempfile::TempDir, std::path::PathBuf) {
 fn all_then_show() {
     let dir = tempfile::tempdir().unwrap();
     let to = dir.path().join("store");
-    let out = qdump(&["all", "--csv", SAMPLE, "--to", to.to_str().unwrap()]);
+    let out = import_csv(SAMPLE, to.to_str().unwrap(), &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("12 of 12 symbols imported, 0 failed"),
@@ -87,13 +94,13 @@ fn existing_store_needs_overwrite_and_is_replaced_atomically() {
     let to_s = to.to_str().unwrap();
     let before = tree(&to);
 
-    let out = qdump(&["all", "--csv", SAMPLE, "--to", to_s]);
+    let out = import_csv(SAMPLE, to_s, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("pass --overwrite"), "{}", text(&out));
     assert_eq!(tree(&to), before, "the refused import changed the store");
 
     let one = format!("{SAMPLE}/SH600000.csv");
-    let out = qdump(&["all", "--csv", &one, "--to", to_s, "--overwrite"]);
+    let out = import_csv(&one, to_s, &["--overwrite"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(std::fs::read_dir(to.join("features")).unwrap().count(), 1);
     assert_eq!(
@@ -148,7 +155,7 @@ fn bad_input_changes_nothing() {
             }
             None => "/nonexistent/x",
         };
-        let out = qdump(&["all", "--csv", input, "--to", to_s, "--overwrite"]);
+        let out = import_csv(input, to_s, &["--overwrite"]);
         let msg = text(&out);
         assert_eq!(out.status.code(), Some(code), "{content:?}: {msg}");
         for want in wants {
@@ -174,14 +181,7 @@ fn bad_input_changes_nothing() {
 fn refuses_to_overwrite_a_directory_that_is_not_a_store() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("precious.txt"), "keep me").unwrap();
-    let out = qdump(&[
-        "all",
-        "--csv",
-        SAMPLE,
-        "--to",
-        dir.path().to_str().unwrap(),
-        "--overwrite",
-    ]);
+    let out = import_csv(SAMPLE, dir.path().to_str().unwrap(), &["--overwrite"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("not a store"), "{}", text(&out));
     assert_eq!(
@@ -194,15 +194,7 @@ fn refuses_to_overwrite_a_directory_that_is_not_a_store() {
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let to = dir.path().join("s");
-    let out = qdump(&[
-        "all",
-        "--csv",
-        SAMPLE,
-        "--to",
-        to.to_str().unwrap(),
-        "--freq",
-        "hourly",
-    ]);
+    let out = import_csv(SAMPLE, to.to_str().unwrap(), &["--freq", "hourly"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out).contains("unknown frequency \"hourly\""),
@@ -235,15 +227,11 @@ fn minute_bars_import_with_times() {
     )
     .unwrap();
     let to = dir.path().join("store");
-    let out = qdump(&[
-        "all",
-        "--csv",
+    let out = import_csv(
         input.to_str().unwrap(),
-        "--to",
         to.to_str().unwrap(),
-        "--freq",
-        "1min",
-    ]);
+        &["--freq", "1min"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         std::fs::read_to_string(to.join("calendars/1min.txt")).unwrap(),
@@ -281,16 +269,10 @@ fn one_csv_with_a_symbol_column_equals_per_symbol_files() {
     let combined = dir.path().join("all.csv");
     std::fs::write(&combined, format!("{header}\n{}\n", rows.join("\n"))).unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let out = qdump(&[
-        "all",
-        "--csv",
-        combined.to_str().unwrap(),
-        "--to",
-        a.to_str().unwrap(),
-    ]);
+    let out = import_csv(combined.to_str().unwrap(), a.to_str().unwrap(), &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        qdump(&["all", "--csv", SAMPLE, "--to", b.to_str().unwrap()])
+        import_csv(SAMPLE, b.to_str().unwrap(), &[])
             .status
             .success()
     );
@@ -300,15 +282,11 @@ fn one_csv_with_a_symbol_column_equals_per_symbol_files() {
     );
     // --symbols and --limit apply to a combined file too
     let c = dir.path().join("c");
-    let out = qdump(&[
-        "all",
-        "--csv",
+    let out = import_csv(
         combined.to_str().unwrap(),
-        "--to",
         c.to_str().unwrap(),
-        "--symbols",
-        "SH600000,000002.SZ",
-    ]);
+        &["--symbols", "SH600000, 000002.SZ"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(entries(&c.join("features")), vec!["sh600000", "sz000002"]);
 }
@@ -331,13 +309,7 @@ fn non_ascii_field_names_import() {
     .unwrap();
     for (input, to) in [(&per_symbol, "a"), (&combined, "b")] {
         let to = dir.path().join(to);
-        let out = qdump(&[
-            "all",
-            "--csv",
-            input.to_str().unwrap(),
-            "--to",
-            to.to_str().unwrap(),
-        ]);
+        let out = import_csv(input.to_str().unwrap(), to.to_str().unwrap(), &[]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         let bin = std::fs::read(to.join("features/sh600000/änderung.day.bin")).unwrap();
         assert_eq!(
