@@ -84,7 +84,7 @@ pub enum Expr {
     Unary(Unary, Box<Expr>),
     Binary(Binary, Box<Expr>, Box<Expr>),
     If(Box<Expr>, Box<Expr>, Box<Expr>),
-    /// `Ref(x, n)`: `n > 0` looks back, `n < 0` ahead, `n = 0` is `x`.
+    /// `Ref(x, n)`: `n > 0` looks back, `n < 0` ahead, `n = 0` is the series' first value on every row.
     Ref(Box<Expr>, i32),
     Rolling(Rolling, Box<Expr>, Window),
     Quantile(Box<Expr>, Window, f64),
@@ -148,7 +148,8 @@ impl Expr {
     ///
     /// qlib's (lft, rght) differ where they make results depend on where a query starts: EMA with an integer
     /// span keeps only N-1 rows, EWM windows are cut where weights fall below 1e-6, expanding windows keep none,
-    /// and Delta is one row short. Here those are [`Extent::All`] and Delta looks back N rows.
+    /// and Delta is one row short; `Ref(x, 0)` (the first value) keeps none. Here those are [`Extent::All`] and Delta
+    /// looks back N rows.
     pub fn ext_window(&self) -> ExtWindow {
         match self {
             Expr::Field(_) | Expr::Const(_) => ExtWindow::NONE,
@@ -157,7 +158,12 @@ impl Expr {
             Expr::If(c, a, b) => c.ext_window().max(a.ext_window()).max(b.ext_window()),
             Expr::Ref(x, n) => {
                 let w = x.ext_window();
-                if *n >= 0 {
+                if *n == 0 {
+                    ExtWindow {
+                        left: Extent::All,
+                        right: w.right,
+                    }
+                } else if *n > 0 {
                     ExtWindow {
                         left: w.left.plus(n.unsigned_abs()),
                         right: w.right,

@@ -19,10 +19,14 @@
 //! of the problem. The canonical text of an [`Expr`] (its `Display`) is the same for every spelling of the same
 //! tree, which is what caches key on.
 //!
-//! Evaluation is not built yet (issue #4).
+//! [`evaluate`] computes expressions for one instrument (see `eval` for the rules that make results
+//! independent of the rows requested); `Store::features` runs it over many instruments.
 
 mod ast;
+mod eval;
+mod kernels;
 mod parse;
 
 pub use ast::{Binary, Expr, ExtWindow, Extent, Pair, Rolling, Unary, Window};
+pub use eval::{Column, Fields, evaluate};
 pub use parse::parse;

@@ -1,0 +1,496 @@
+//! Evaluation of an expression for one instrument over a range of calendar rows.
+//!
+//! Values are computed in f64 and returned as f32. The series of an instrument starts at the first row any of
+//! the fields it reads has a value (the hull of their stored ranges) and ends at the last; rows outside it do
+//! not exist (rolling windows are cut there, as in qlib where they are absent from the pandas index). The
+//! value on a row depends only on the stored values, never on the rows requested: evaluation starts
+//! [`Expr::ext_window`] rows before the first requested row (or at the series' first row for EMA and expanding
+//! windows) and the kernels are start-independent (see `kernels`).
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::ast::{Binary, Expr, Extent, Pair, Rolling, Unary, Window};
+use super::kernels::{self, CoMoments, Extreme, Moments, Sum, Weighted, order_stats, rolling};
+use crate::error::Result;
+use crate::feature::FeatureFile;
+
+/// Stored values of one field of one instrument: `values()[0]` is calendar row `start()`.
+#[derive(Clone)]
+pub enum Column {
+    File(Arc<FeatureFile>),
+    Memory { start: usize, values: Arc<[f32]> },
+}
+
+impl Column {
+    pub fn start(&self) -> usize {
+        match self {
+            Column::File(f) => f.start(),
+            Column::Memory { start, .. } => *start,
+        }
+    }
+
+    pub fn values(&self) -> &[f32] {
+        match self {
+            Column::File(f) => f.values(),
+            Column::Memory { values, .. } => values,
+        }
+    }
+
+    fn rows(&self) -> Range<usize> {
+        self.start()..self.start() + self.values().len()
+    }
+}
+
+/// Where evaluation reads stored fields (a store, or memory in tests).
+pub trait Fields: Sync {
+    /// The stored values of `field` for `instrument`, `None` when there are none.
+    fn column(&self, instrument: &str, field: &str) -> Result<Option<Column>>;
+}
+
+/// In-memory fields: `(instrument, field) -> (start row, values)`.
+impl Fields for HashMap<(String, String), (usize, Vec<f32>)> {
+    fn column(&self, instrument: &str, field: &str) -> Result<Option<Column>> {
+        Ok(self
+            .get(&(instrument.to_string(), field.to_string()))
+            .map(|(start, v)| Column::Memory {
+                start: *start,
+                values: v.as_slice().into(),
+            }))
+    }
+}
+
+/// Evaluates `exprs` for `instrument` on calendar `rows`: one f32 vector per expression, `rows.len()` long,
+/// NaN where the series has no value.
+pub fn evaluate<F: Fields + ?Sized>(
+    fields: &F,
+    instrument: &str,
+    exprs: &[Expr],
+    rows: Range<usize>,
+) -> Result<Vec<Vec<f32>>> {
+    let mut ev = Evaluator {
+        fields,
+        columns: HashMap::new(),
+    };
+    let nan = || vec![f32::NAN; rows.len()];
+    let mut domain: Option<Range<usize>> = None;
+    for e in exprs {
+        domain = hull(domain, ev.domain(e, instrument)?);
+    }
+    let Some(domain) = domain else {
+        return Ok(exprs.iter().map(|_| nan()).collect());
+    };
+    let mut out = Vec::with_capacity(exprs.len());
+    for e in exprs {
+        let w = e.ext_window();
+        let qs = match w.left {
+            Extent::All => domain.start,
+            Extent::Rows(l) => domain.start.max(rows.start.saturating_sub(l as usize)),
+        };
+        let qe = domain
+            .end
+            .min(rows.end.saturating_add(w.right as usize))
+            .max(qs);
+        let values = ev.eval(e, instrument, qs, qe - qs)?.into_vec(qe - qs);
+        let mut o = nan();
+        for (r, slot) in rows.clone().zip(o.iter_mut()) {
+            if (qs..qe).contains(&r) {
+                *slot = values[r - qs] as f32;
+            }
+        }
+        out.push(o);
+    }
+    Ok(out)
+}
+
+fn hull(a: Option<Range<usize>>, b: Option<Range<usize>>) -> Option<Range<usize>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.start.min(b.start)..a.end.max(b.end)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// A node's value: a constant stays scalar until something needs a series.
+enum Val {
+    Const(f64),
+    Series(Vec<f64>),
+}
+
+impl Val {
+    fn into_vec(self, len: usize) -> Vec<f64> {
+        match self {
+            Val::Const(c) => vec![c; len],
+            Val::Series(v) => v,
+        }
+    }
+}
+
+struct Evaluator<'a, F: ?Sized> {
+    fields: &'a F,
+    columns: HashMap<(String, String), Option<Column>>,
+}
+
+fn truthy(x: f64) -> bool {
+    // numpy's bool(): anything but 0, NaN included.
+    x != 0.0
+}
+
+fn bool_f(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+impl<F: Fields + ?Sized> Evaluator<'_, F> {
+    fn column(&mut self, instrument: &str, field: &str) -> Result<Option<Column>> {
+        let key = (instrument.to_string(), field.to_string());
+        if let Some(c) = self.columns.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = self.fields.column(instrument, field)?;
+        self.columns.insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// The rows where the series of `e` for `instrument` exists.
+    fn domain(&mut self, e: &Expr, instrument: &str) -> Result<Option<Range<usize>>> {
+        Ok(match e {
+            Expr::Field(f) => self
+                .column(instrument, f)?
+                .map(|c| c.rows())
+                .filter(|r| !r.is_empty()),
+            Expr::Const(_) => None,
+            Expr::Instrument(x, other) => self.domain(x, other)?,
+            Expr::Unary(_, x)
+            | Expr::Ref(x, _)
+            | Expr::Rolling(_, x, _)
+            | Expr::Quantile(x, _, _) => self.domain(x, instrument)?,
+            Expr::Binary(_, a, b) | Expr::Pair(_, a, b, _) => {
+                hull(self.domain(a, instrument)?, self.domain(b, instrument)?)
+            }
+            Expr::If(c, a, b) => {
+                let d = hull(self.domain(c, instrument)?, self.domain(a, instrument)?);
+                hull(d, self.domain(b, instrument)?)
+            }
+        })
+    }
+
+    fn series(&mut self, e: &Expr, instrument: &str, base: usize, len: usize) -> Result<Vec<f64>> {
+        Ok(self.eval(e, instrument, base, len)?.into_vec(len))
+    }
+
+    fn eval(&mut self, e: &Expr, inst: &str, base: usize, len: usize) -> Result<Val> {
+        Ok(match e {
+            Expr::Const(c) => Val::Const(*c),
+            Expr::Field(f) => {
+                let mut out = vec![f64::NAN; len];
+                if let Some(c) = self.column(inst, f)? {
+                    let from = c.start().max(base);
+                    let to = c.rows().end.min(base + len);
+                    for r in from..to {
+                        out[r - base] = c.values()[r - c.start()] as f64;
+                    }
+                }
+                Val::Series(out)
+            }
+            Expr::Instrument(x, other) => {
+                let mut out = vec![f64::NAN; len];
+                if let Some(d) = self.domain(x, other)? {
+                    let from = d.start.max(base);
+                    let to = d.end.min(base + len);
+                    if from < to {
+                        let v = self.series(x, other, from, to - from)?;
+                        out[from - base..to - base].copy_from_slice(&v);
+                    }
+                }
+                Val::Series(out)
+            }
+            Expr::Unary(op, x) => {
+                let f: fn(f64) -> f64 = match op {
+                    Unary::Neg => |x| -x,
+                    Unary::Abs => f64::abs,
+                    Unary::Log => f64::ln,
+                    Unary::Sign => |x| {
+                        if x == 0.0 || x.is_nan() {
+                            x
+                        } else {
+                            x.signum()
+                        }
+                    },
+                    Unary::Not => |x| bool_f(!truthy(x)),
+                };
+                match self.eval(x, inst, base, len)? {
+                    Val::Const(c) => Val::Const(f(c)),
+                    Val::Series(mut v) => {
+                        v.iter_mut().for_each(|x| *x = f(*x));
+                        Val::Series(v)
+                    }
+                }
+            }
+            Expr::Binary(op, a, b) => {
+                let f: fn(f64, f64) -> f64 = match op {
+                    Binary::Add => |a, b| a + b,
+                    Binary::Sub => |a, b| a - b,
+                    Binary::Mul => |a, b| a * b,
+                    Binary::Div => |a, b| a / b,
+                    Binary::Power => f64::powf,
+                    // np.maximum/np.minimum: NaN on either side wins.
+                    Binary::Greater => |a, b| {
+                        if a.is_nan() || b.is_nan() {
+                            f64::NAN
+                        } else {
+                            a.max(b)
+                        }
+                    },
+                    Binary::Less => |a, b| {
+                        if a.is_nan() || b.is_nan() {
+                            f64::NAN
+                        } else {
+                            a.min(b)
+                        }
+                    },
+                    Binary::Gt => |a, b| bool_f(a > b),
+                    Binary::Ge => |a, b| bool_f(a >= b),
+                    Binary::Lt => |a, b| bool_f(a < b),
+                    Binary::Le => |a, b| bool_f(a <= b),
+                    Binary::Eq => |a, b| bool_f(a == b),
+                    Binary::Ne => |a, b| bool_f(a != b),
+                    Binary::And => |a, b| bool_f(truthy(a) && truthy(b)),
+                    Binary::Or => |a, b| bool_f(truthy(a) || truthy(b)),
+                };
+                match (
+                    self.eval(a, inst, base, len)?,
+                    self.eval(b, inst, base, len)?,
+                ) {
+                    (Val::Const(x), Val::Const(y)) => Val::Const(f(x, y)),
+                    (Val::Series(mut v), Val::Const(y)) => {
+                        v.iter_mut().for_each(|x| *x = f(*x, y));
+                        Val::Series(v)
+                    }
+                    (Val::Const(x), Val::Series(mut v)) => {
+                        v.iter_mut().for_each(|y| *y = f(x, *y));
+                        Val::Series(v)
+                    }
+                    (Val::Series(mut v), Val::Series(w)) => {
+                        v.iter_mut().zip(&w).for_each(|(x, y)| *x = f(*x, *y));
+                        Val::Series(v)
+                    }
+                }
+            }
+            Expr::If(c, a, b) => {
+                let c = self.series(c, inst, base, len)?;
+                let a = self.series(a, inst, base, len)?;
+                let b = self.series(b, inst, base, len)?;
+                Val::Series(
+                    c.iter()
+                        .zip(a.iter().zip(&b))
+                        .map(|(&c, (&a, &b))| if truthy(c) { a } else { b })
+                        .collect(),
+                )
+            }
+            Expr::Ref(x, n) => {
+                let v = self.series(x, inst, base, len)?;
+                let mut out = vec![f64::NAN; len];
+                match (*n).cmp(&0) {
+                    // The series' first value on every row (evaluation starts there: the extent is All).
+                    std::cmp::Ordering::Equal => out.fill(v.first().copied().unwrap_or(f64::NAN)),
+                    std::cmp::Ordering::Greater => {
+                        let n = *n as usize;
+                        if n < len {
+                            out[n..].copy_from_slice(&v[..len - n]);
+                        }
+                    }
+                    std::cmp::Ordering::Less => {
+                        let n = n.unsigned_abs() as usize;
+                        if n < len {
+                            out[..len - n].copy_from_slice(&v[n..]);
+                        }
+                    }
+                }
+                Val::Series(out)
+            }
+            Expr::Rolling(op, x, w) => {
+                let v = self.series(x, inst, base, len)?;
+                Val::Series(rolling_op(*op, &v, base, *w))
+            }
+            Expr::Quantile(x, w, q) => {
+                let v = self.series(x, inst, base, len)?;
+                let q = *q;
+                Val::Series(order_stats(&v, periods(*w), |os, _| {
+                    kernels::quantile(os, q)
+                }))
+            }
+            Expr::Pair(op, a, b, w) => {
+                let a = self.series(a, inst, base, len)?;
+                let b = self.series(b, inst, base, len)?;
+                Val::Series(pair_op(*op, &a, &b, base, *w))
+            }
+        })
+    }
+}
+
+fn periods(w: Window) -> Option<usize> {
+    match w {
+        Window::Periods(n) => Some(n as usize),
+        Window::Expanding | Window::Ewm(_) => None,
+    }
+}
+
+/// |std| <= 2e-5: qlib's `np.isclose(rolling std, 0, atol=2e-05)`, under which Corr and Rsquare are NaN.
+fn flat(m: &Moments) -> bool {
+    m.var().sqrt() <= 2e-5
+}
+
+fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
+    let len = v.len();
+    let n = periods(w);
+    let sum = |f: fn(&Sum) -> f64| rolling(len, base, n, |i| Sum::one(v[i], 0), |a, _| f(a));
+    let moments =
+        |f: fn(&Moments) -> f64| rolling(len, base, n, |i| Moments::one(v[i], 0), |a, _| f(a));
+    // Regression of the values on their calendar row: the slope and fit do not depend on where x starts.
+    let trend = |f: &dyn Fn(&CoMoments) -> f64| {
+        rolling(
+            len,
+            base,
+            n,
+            |i| CoMoments::pair((base + i) as f64, v[i]),
+            |a, _| f(a),
+        )
+    };
+    match (op, w) {
+        (Rolling::Mean | Rolling::Ema, Window::Ewm(alpha)) => kernels::ewm(v, alpha),
+        (Rolling::Ema, Window::Periods(n)) => kernels::ewm(v, 2.0 / (n as f64 + 1.0)),
+        (Rolling::Ema, _) => kernels::ema_expanding(v),
+        (Rolling::Mean, _) => sum(|a| if a.n == 0 { f64::NAN } else { a.s / a.n as f64 }),
+        (Rolling::Sum, _) => sum(|a| if a.n == 0 { f64::NAN } else { a.s }),
+        (Rolling::Count, _) => sum(|a| a.n as f64),
+        (Rolling::Var, _) => moments(|a| a.var()),
+        (Rolling::Std, _) => moments(|a| a.var().sqrt()),
+        (Rolling::Skew, _) => moments(Moments::skew),
+        (Rolling::Kurt, _) => moments(Moments::kurt),
+        (Rolling::Max, _) => rolling(
+            len,
+            base,
+            n,
+            |i| Extreme::<true>::one(v[i], base + i),
+            |a, _| a.v,
+        ),
+        (Rolling::Min, _) => rolling(
+            len,
+            base,
+            n,
+            |i| Extreme::<false>::one(v[i], base + i),
+            |a, _| a.v,
+        ),
+        (Rolling::IdxMax, _) => rolling(
+            len,
+            base,
+            n,
+            |i| Extreme::<true>::one(v[i], base + i),
+            |a, start| position(a.pos, base + start),
+        ),
+        (Rolling::IdxMin, _) => rolling(
+            len,
+            base,
+            n,
+            |i| Extreme::<false>::one(v[i], base + i),
+            |a, start| position(a.pos, base + start),
+        ),
+        (Rolling::Wma, _) => rolling(
+            len,
+            base,
+            n,
+            |i| Weighted::one(v[i], base + i),
+            |a, start| a.mean(base + start),
+        ),
+        (Rolling::Med, _) => order_stats(v, n, |os, _| kernels::median(os)),
+        (Rolling::Rank, _) => order_stats(v, n, kernels::rank_pct),
+        (Rolling::Mad, _) => kernels::mad(v, n),
+        (Rolling::Delta, _) => match n {
+            Some(n) => (0..len)
+                .map(|i| if i >= n { v[i] - v[i - n] } else { f64::NAN })
+                .collect(),
+            None => v
+                .iter()
+                .map(|x| x - v.first().copied().unwrap_or(f64::NAN))
+                .collect(),
+        },
+        (Rolling::Slope, _) => trend(&|a| a.slope()),
+        (Rolling::Rsquare, _) => {
+            let r2 = trend(&|a| {
+                let r = a.sxy / (a.sxx * a.syy).sqrt();
+                r * r
+            });
+            match n {
+                // qlib blanks windows whose values are (nearly) constant; not for the expanding form.
+                Some(_) => {
+                    let m = moments(|m| if flat(m) { f64::NAN } else { 0.0 });
+                    r2.iter().zip(&m).map(|(r, m)| r + m).collect()
+                }
+                None => r2,
+            }
+        }
+        (Rolling::Resi, _) => {
+            // The newest value minus the fitted line at its row.
+            let mut out = vec![f64::NAN; len];
+            kernels::sliding(
+                len,
+                base,
+                n,
+                |i| CoMoments::pair((base + i) as f64, v[i]),
+                |i, a, _| out[i] = v[i] - (a.my + a.slope() * ((base + i) as f64 - a.mx)),
+            );
+            out
+        }
+    }
+}
+
+/// 1-based position of row `pos` in a window starting at row `first`; NaN for an empty window.
+fn position(pos: usize, first: usize) -> f64 {
+    if pos == usize::MAX {
+        f64::NAN
+    } else {
+        (pos - first + 1) as f64
+    }
+}
+
+fn pair_op(op: Pair, a: &[f64], b: &[f64], base: usize, w: Window) -> Vec<f64> {
+    let len = a.len();
+    let n = periods(w);
+    let co = |f: fn(&CoMoments) -> f64| {
+        rolling(len, base, n, |i| CoMoments::pair(a[i], b[i]), |m, _| f(m))
+    };
+    match op {
+        Pair::Cov => co(|m| {
+            if m.n < 2.0 {
+                f64::NAN
+            } else {
+                m.sxy / (m.n - 1.0)
+            }
+        }),
+        Pair::Corr => {
+            let r = co(|m| {
+                if m.n < 2.0 {
+                    f64::NAN
+                } else {
+                    m.sxy / (m.sxx * m.syy).sqrt()
+                }
+            });
+            // qlib: NaN where either side on its own is (nearly) constant over the window.
+            let side = |s: &[f64]| {
+                rolling(
+                    len,
+                    base,
+                    n,
+                    |i| Moments::one(s[i], 0),
+                    |m, _| bool_f(flat(m)),
+                )
+            };
+            let (fa, fb) = (side(a), side(b));
+            r.iter()
+                .zip(fa.iter().zip(&fb))
+                .map(|(&r, (&x, &y))| if x == 1.0 || y == 1.0 { f64::NAN } else { r })
+                .collect()
+        }
+    }
+}

@@ -1,0 +1,608 @@
+//! Rolling kernels: O(n) in the series length, and bit-identical for a row whatever row the series starts at.
+//!
+//! A cache stores a full-history evaluation and later serves sub-ranges of it, and an incremental update
+//! appends values computed from a short tail; both must equal a fresh evaluation bit for bit. Running sums
+//! (add the new value, subtract the old) cannot promise that: their rounding depends on every value since the
+//! start. So windowed reductions use van Herk/Gil-Werman blocks aligned to absolute calendar positions: the
+//! window ending at row `t` is the merge of a suffix of one block and a prefix of the next, each accumulated
+//! in a fixed order from values inside the window only. Cost is O(1) merges per row for every window size,
+//! and no accumulator ever holds more than one window of values, so there is no drift to compensate.
+//!
+//! Moments are merged with Chan/Pébay's pairwise formulas (stable for prices with a small spread), order
+//! statistics come from a Fenwick tree over the ranks of the values, and exponential means are plain
+//! recurrences from the series' first row (their windows reach it; see `Expr::ext_window`).
+//!
+//! Every kernel takes `xs`, the series over rows `base..base + xs.len()` of the calendar, where `xs[0]` is
+//! either the series' first row or at least one window before the first row whose value is used.
+
+/// A windowed reduction whose accumulators merge (the left one precedes the right one in time).
+pub(crate) trait Acc: Copy {
+    const EMPTY: Self;
+    fn merge(l: &Self, r: &Self) -> Self;
+}
+
+/// Calls `emit(i, acc, start)` for every row `i < len` with the accumulator of the window `[start, i]` (local
+/// indexes): the last `n` rows cut at row 0, or every row so far when `n` is `None`. `one(i)` is the
+/// accumulator of row `i` alone; row `i` is calendar row `base + i`, which fixes the block alignment.
+pub(crate) fn sliding<A: Acc>(
+    len: usize,
+    base: usize,
+    n: Option<usize>,
+    one: impl Fn(usize) -> A,
+    mut emit: impl FnMut(usize, &A, usize),
+) {
+    let Some(n) = n else {
+        let mut acc = A::EMPTY;
+        for i in 0..len {
+            acc = A::merge(&acc, &one(i));
+            emit(i, &acc, 0);
+        }
+        return;
+    };
+    let n = n.max(1);
+    // Each row's accumulator up to the end of its block (blocks of n rows starting at multiples of n).
+    let mut suffix = vec![A::EMPTY; len];
+    for i in (0..len).rev() {
+        let abs = base + i;
+        suffix[i] = if abs % n == n - 1 || i + 1 == len {
+            one(i)
+        } else {
+            A::merge(&one(i), &suffix[i + 1])
+        };
+    }
+    let mut prefix = A::EMPTY;
+    for i in 0..len {
+        let abs = base + i;
+        let block_start = abs - abs % n;
+        prefix = if abs == block_start || i == 0 {
+            one(i)
+        } else {
+            A::merge(&prefix, &one(i))
+        };
+        let prefix_begin = block_start.saturating_sub(base);
+        let start = (i + 1).saturating_sub(n);
+        if start == prefix_begin {
+            emit(i, &prefix, start);
+        } else {
+            // The window starts in the previous block: that block's tail, then this block's head.
+            emit(i, &A::merge(&suffix[start], &prefix), start);
+        }
+    }
+}
+
+/// Count and sum of the valid values: Sum, Mean, Count.
+#[derive(Clone, Copy)]
+pub(crate) struct Sum {
+    pub n: u32,
+    pub s: f64,
+}
+
+impl Acc for Sum {
+    const EMPTY: Self = Sum { n: 0, s: 0.0 };
+    fn merge(l: &Self, r: &Self) -> Self {
+        if l.n == 0 {
+            return *r;
+        }
+        if r.n == 0 {
+            return *l;
+        }
+        Sum {
+            n: l.n + r.n,
+            s: l.s + r.s,
+        }
+    }
+}
+
+impl Sum {
+    pub fn one(x: f64, _: usize) -> Self {
+        if x.is_nan() {
+            Self::EMPTY
+        } else {
+            Sum { n: 1, s: x }
+        }
+    }
+}
+
+/// Central moments up to the fourth (Pébay's pairwise update): Var, Std, Skew, Kurt.
+#[derive(Clone, Copy)]
+pub(crate) struct Moments {
+    pub n: f64,
+    pub mean: f64,
+    pub m2: f64,
+    pub m3: f64,
+    pub m4: f64,
+}
+
+impl Acc for Moments {
+    const EMPTY: Self = Moments {
+        n: 0.0,
+        mean: 0.0,
+        m2: 0.0,
+        m3: 0.0,
+        m4: 0.0,
+    };
+    fn merge(a: &Self, b: &Self) -> Self {
+        if a.n == 0.0 {
+            return *b;
+        }
+        if b.n == 0.0 {
+            return *a;
+        }
+        let (na, nb) = (a.n, b.n);
+        let n = na + nb;
+        let d = b.mean - a.mean;
+        if d == 0.0 {
+            // Equal means (constant windows among them): exact, so a constant window keeps m2 == 0.
+            return Moments {
+                n,
+                mean: a.mean,
+                m2: a.m2 + b.m2,
+                m3: a.m3 + b.m3,
+                m4: a.m4 + b.m4,
+            };
+        }
+        let dn = d / n;
+        let (d2, dn2) = (d * d, dn * dn);
+        let m2 = a.m2 + b.m2 + d2 * na * nb / n;
+        let m3 = a.m3 + b.m3 + d * dn2 * na * nb * (na - nb) + 3.0 * dn * (na * b.m2 - nb * a.m2);
+        let m4 = a.m4
+            + b.m4
+            + d2 * dn2 * na * nb * (na * na - na * nb + nb * nb) / n
+            + 6.0 * dn2 * (na * na * b.m2 + nb * nb * a.m2)
+            + 4.0 * dn * (na * b.m3 - nb * a.m3);
+        Moments {
+            n,
+            mean: a.mean + dn * nb,
+            m2,
+            m3,
+            m4,
+        }
+    }
+}
+
+impl Moments {
+    pub fn one(x: f64, _: usize) -> Self {
+        if x.is_nan() {
+            Self::EMPTY
+        } else {
+            Moments {
+                n: 1.0,
+                mean: x,
+                ..Self::EMPTY
+            }
+        }
+    }
+}
+
+impl Moments {
+    /// Sample variance (ddof 1); NaN below two values.
+    pub fn var(&self) -> f64 {
+        if self.n < 2.0 {
+            f64::NAN
+        } else {
+            (self.m2 / (self.n - 1.0)).max(0.0)
+        }
+    }
+
+    /// pandas' bias-corrected skewness: NaN below 3 values, for a constant window (as pandas 3;
+    /// pandas 2 gave 0) and for a variance at or below 1e-14 (pandas' threshold).
+    pub fn skew(&self) -> f64 {
+        let n = self.n;
+        if n < 3.0 {
+            return f64::NAN;
+        }
+        if self.m2 == 0.0 {
+            return f64::NAN;
+        }
+        let b = self.m2 / n;
+        if b <= 1e-14 {
+            return f64::NAN;
+        }
+        let c = self.m3 / n;
+        (n * (n - 1.0)).sqrt() * c / ((n - 2.0) * b * b.sqrt())
+    }
+
+    /// pandas' bias-corrected excess kurtosis: NaN below 4 values, for a constant window (as pandas
+    /// 3; pandas 2 gave -3) and for a variance at or below 1e-14.
+    pub fn kurt(&self) -> f64 {
+        let n = self.n;
+        if n < 4.0 {
+            return f64::NAN;
+        }
+        if self.m2 == 0.0 {
+            return f64::NAN;
+        }
+        let b = self.m2 / n;
+        if b <= 1e-14 {
+            return f64::NAN;
+        }
+        let d = self.m4 / n;
+        let k = (n * n - 1.0) * d / (b * b) - 3.0 * (n - 1.0) * (n - 1.0);
+        k / ((n - 2.0) * (n - 3.0))
+    }
+}
+
+/// Co-moments of pairs where both sides are valid: Corr, Cov, and (with x = row position) Slope, Rsquare,
+/// Resi.
+#[derive(Clone, Copy)]
+pub(crate) struct CoMoments {
+    pub n: f64,
+    pub mx: f64,
+    pub my: f64,
+    pub sxx: f64,
+    pub syy: f64,
+    pub sxy: f64,
+}
+
+impl Acc for CoMoments {
+    const EMPTY: Self = CoMoments {
+        n: 0.0,
+        mx: 0.0,
+        my: 0.0,
+        sxx: 0.0,
+        syy: 0.0,
+        sxy: 0.0,
+    };
+
+    fn merge(a: &Self, b: &Self) -> Self {
+        if a.n == 0.0 {
+            return *b;
+        }
+        if b.n == 0.0 {
+            return *a;
+        }
+        let n = a.n + b.n;
+        let (dx, dy) = (b.mx - a.mx, b.my - a.my);
+        let f = a.n * b.n / n;
+        CoMoments {
+            n,
+            mx: a.mx + dx * b.n / n,
+            my: a.my + dy * b.n / n,
+            sxx: a.sxx + b.sxx + dx * dx * f,
+            syy: a.syy + b.syy + dy * dy * f,
+            sxy: a.sxy + b.sxy + dx * dy * f,
+        }
+    }
+}
+
+impl CoMoments {
+    /// One pair; a NaN on either side gives the empty accumulator.
+    pub fn pair(x: f64, y: f64) -> Self {
+        if x.is_nan() || y.is_nan() {
+            Self::EMPTY
+        } else {
+            CoMoments {
+                n: 1.0,
+                mx: x,
+                my: y,
+                ..Self::EMPTY
+            }
+        }
+    }
+
+    /// Least-squares slope of y on x; NaN below two points (0/0, as qlib).
+    pub fn slope(&self) -> f64 {
+        self.sxy / self.sxx
+    }
+}
+
+/// The extreme value of a window and its row, first occurrence on ties; NaN never wins.
+#[derive(Clone, Copy)]
+pub(crate) struct Extreme<const MAX: bool> {
+    pub v: f64,
+    pub pos: usize,
+}
+
+impl<const MAX: bool> Acc for Extreme<MAX> {
+    const EMPTY: Self = Extreme {
+        v: f64::NAN,
+        pos: usize::MAX,
+    };
+    fn merge(l: &Self, r: &Self) -> Self {
+        let better = if MAX { r.v > l.v } else { r.v < l.v };
+        if l.pos == usize::MAX || better {
+            *r
+        } else {
+            *l
+        }
+    }
+}
+
+impl<const MAX: bool> Extreme<MAX> {
+    pub fn one(x: f64, pos: usize) -> Self {
+        if x.is_nan() {
+            Self::EMPTY
+        } else {
+            Extreme { v: x, pos }
+        }
+    }
+}
+
+/// Sums for a weighted mean with weights 1..n by position in the window.
+#[derive(Clone, Copy)]
+pub(crate) struct Weighted {
+    n: f64,
+    sx: f64,
+    spx: f64,
+    sp: f64,
+}
+
+impl Acc for Weighted {
+    const EMPTY: Self = Weighted {
+        n: 0.0,
+        sx: 0.0,
+        spx: 0.0,
+        sp: 0.0,
+    };
+    fn merge(l: &Self, r: &Self) -> Self {
+        if l.n == 0.0 {
+            return *r;
+        }
+        if r.n == 0.0 {
+            return *l;
+        }
+        Weighted {
+            n: l.n + r.n,
+            sx: l.sx + r.sx,
+            spx: l.spx + r.spx,
+            sp: l.sp + r.sp,
+        }
+    }
+}
+
+impl Weighted {
+    pub fn one(x: f64, pos: usize) -> Self {
+        if x.is_nan() {
+            Self::EMPTY
+        } else {
+            let p = pos as f64;
+            Weighted {
+                n: 1.0,
+                sx: x,
+                spx: p * x,
+                sp: p,
+            }
+        }
+    }
+}
+
+impl Weighted {
+    /// `Σ w x / Σ w` over the valid values, `w` = position in the window counted from 1 at `first` (absolute).
+    pub fn mean(&self, first: usize) -> f64 {
+        if self.n == 0.0 {
+            return f64::NAN;
+        }
+        let shift = first as f64 - 1.0;
+        (self.spx - shift * self.sx) / (self.sp - shift * self.n)
+    }
+}
+
+/// Applies `f` to each window's accumulator.
+pub(crate) fn rolling<A: Acc>(
+    len: usize,
+    base: usize,
+    n: Option<usize>,
+    one: impl Fn(usize) -> A,
+    f: impl Fn(&A, usize) -> f64,
+) -> Vec<f64> {
+    let mut out = vec![f64::NAN; len];
+    sliding(len, base, n, one, |i, acc, start| out[i] = f(acc, start));
+    out
+}
+
+/// pandas `ewm(alpha, adjust=True, ignore_na=False, min_periods=1).mean()`, step for step: a NaN input repeats
+/// the previous mean but still decays the old weight.
+pub(crate) fn ewm(xs: &[f64], alpha: f64) -> Vec<f64> {
+    let mut out = vec![f64::NAN; xs.len()];
+    let decay = 1.0 - alpha;
+    let mut weighted = f64::NAN;
+    let mut old_wt = 1.0;
+    for (i, &x) in xs.iter().enumerate() {
+        let obs = !x.is_nan();
+        if !weighted.is_nan() {
+            old_wt *= decay;
+            if obs {
+                if weighted != x {
+                    weighted = (old_wt * weighted + x) / (old_wt + 1.0);
+                }
+                old_wt += 1.0;
+            }
+        } else if obs {
+            weighted = x;
+        }
+        out[i] = weighted;
+    }
+    out
+}
+
+/// qlib's `EMA(x, 0)`: at row t (n = t + 1 rows so far) the mean with weights `a^(n-1-i)`, `a = 1 - 2/(n+1)`,
+/// normalised over all n rows, NaN rows adding nothing to the numerator. The decay changes with n, so there is
+/// no recurrence: O(n) per row. Rarely used; kept exact rather than fast.
+pub(crate) fn ema_expanding(xs: &[f64]) -> Vec<f64> {
+    let mut out = vec![f64::NAN; xs.len()];
+    for (t, o) in out.iter_mut().enumerate() {
+        let n = (t + 1) as f64;
+        let a = 1.0 - 2.0 / (1.0 + n);
+        let (mut w, mut num, mut den) = (1.0, 0.0, 0.0);
+        for &x in xs[..=t].iter().rev() {
+            den += w;
+            if !x.is_nan() {
+                num += w * x;
+            }
+            w *= a;
+        }
+        *o = num / den;
+    }
+    out
+}
+
+/// Counts per value rank with O(log n) insert, remove, rank and k-th queries: the order statistics of a
+/// window (Rank, Quantile, Med). Values are ranked once per series; NaN is never inserted.
+pub(crate) struct OrderStats {
+    /// The distinct non-NaN values of the series, ascending.
+    values: Vec<f64>,
+    tree: Vec<u32>,
+    count: Vec<u32>,
+    top: usize,
+    pub len: u32,
+}
+
+impl OrderStats {
+    pub fn new(xs: &[f64]) -> OrderStats {
+        let mut values: Vec<f64> = xs.iter().copied().filter(|x| !x.is_nan()).collect();
+        values.sort_unstable_by(f64::total_cmp);
+        values.dedup();
+        let top = values.len().next_power_of_two();
+        OrderStats {
+            tree: vec![0; values.len() + 1],
+            count: vec![0; values.len()],
+            values,
+            top,
+            len: 0,
+        }
+    }
+
+    /// The rank of a value of the series (which must not be NaN).
+    pub fn rank_of(&self, x: f64) -> usize {
+        self.values.partition_point(|v| v.total_cmp(&x).is_lt())
+    }
+
+    pub fn add(&mut self, r: usize, delta: i32) {
+        self.count[r] = self.count[r].wrapping_add_signed(delta);
+        self.len = self.len.wrapping_add_signed(delta);
+        let mut i = r + 1;
+        while i < self.tree.len() {
+            self.tree[i] = self.tree[i].wrapping_add_signed(delta);
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    /// How many values in the window are below rank `r`.
+    pub fn below(&self, r: usize) -> u32 {
+        let (mut i, mut s) = (r, 0);
+        while i > 0 {
+            s += self.tree[i];
+            i &= i - 1;
+        }
+        s
+    }
+
+    pub fn equal(&self, r: usize) -> u32 {
+        self.count[r]
+    }
+
+    /// The k-th smallest value in the window (0-based; k < len).
+    pub fn kth(&self, k: u32) -> f64 {
+        let (mut pos, mut rem) = (0, k);
+        let mut step = self.top;
+        while step > 0 {
+            let next = pos + step;
+            if next < self.tree.len() && self.tree[next] <= rem {
+                pos = next;
+                rem -= self.tree[next];
+            }
+            step >>= 1;
+        }
+        self.values[pos]
+    }
+}
+
+/// Runs `f` over the order statistics of each window (`None`: expanding), skipping NaN.
+pub(crate) fn order_stats(
+    xs: &[f64],
+    n: Option<usize>,
+    mut f: impl FnMut(&OrderStats, f64) -> f64,
+) -> Vec<f64> {
+    let mut os = OrderStats::new(xs);
+    let ranks: Vec<usize> = xs
+        .iter()
+        .map(|&x| {
+            if x.is_nan() {
+                usize::MAX
+            } else {
+                os.rank_of(x)
+            }
+        })
+        .collect();
+    let mut out = vec![f64::NAN; xs.len()];
+    for i in 0..xs.len() {
+        if ranks[i] != usize::MAX {
+            os.add(ranks[i], 1);
+        }
+        if let Some(n) = n
+            && i >= n
+            && ranks[i - n] != usize::MAX
+        {
+            os.add(ranks[i - n], -1);
+        }
+        out[i] = f(&os, xs[i]);
+    }
+    out
+}
+
+/// pandas' linear-interpolated quantile of the window.
+pub(crate) fn quantile(os: &OrderStats, q: f64) -> f64 {
+    match os.len {
+        0 => f64::NAN,
+        1 => os.kth(0),
+        n => {
+            let at = q * (n - 1) as f64;
+            let lo = at as u32;
+            let low = os.kth(lo);
+            if at == lo as f64 {
+                low
+            } else {
+                let high = os.kth(lo + 1);
+                low + (high - low) * (at - lo as f64)
+            }
+        }
+    }
+}
+
+/// pandas' rolling median: the middle value, or the mean of the two middle values.
+pub(crate) fn median(os: &OrderStats) -> f64 {
+    match os.len {
+        0 => f64::NAN,
+        n if n % 2 == 1 => os.kth(n / 2),
+        n => (os.kth(n / 2) + os.kth(n / 2 - 1)) / 2.0,
+    }
+}
+
+/// pandas' `rank(pct=True)` with average ties of the newest value; NaN when it is NaN.
+pub(crate) fn rank_pct(os: &OrderStats, x: f64) -> f64 {
+    if x.is_nan() || os.len == 0 {
+        return f64::NAN;
+    }
+    let r = os.rank_of(x);
+    let rank = os.below(r) as f64 + (os.equal(r) as f64 + 1.0) / 2.0;
+    rank / os.len as f64
+}
+
+/// Mean absolute deviation around the window mean, over the valid values (qlib's `Mad`). The sum of
+/// deviations is taken over the window in order, O(window) per row: a sliding form would have to subtract
+/// values and lose the bit-identity of sub-range evaluation.
+pub(crate) fn mad(xs: &[f64], n: Option<usize>) -> Vec<f64> {
+    let mut out = vec![f64::NAN; xs.len()];
+    for i in 0..xs.len() {
+        let start = n.map_or(0, |n| (i + 1).saturating_sub(n));
+        let w = &xs[start..=i];
+        let (mut cnt, mut sum) = (0usize, 0.0);
+        for &x in w {
+            if !x.is_nan() {
+                cnt += 1;
+                sum += x;
+            }
+        }
+        if cnt == 0 {
+            continue;
+        }
+        let mean = sum / cnt as f64;
+        let dev: f64 = w
+            .iter()
+            .filter(|x| !x.is_nan())
+            .map(|x| (x - mean).abs())
+            .sum();
+        out[i] = dev / cnt as f64;
+    }
+    out
+}

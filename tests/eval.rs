@@ -1,0 +1,379 @@
+//! Expression evaluation: qlib's golden vectors (qlib-reference.md §11.2, §11.4), our fixes of qlib's bugs,
+//! straightforward reference implementations of every rolling operator, and sub-range evaluation equal to
+//! slicing the full evaluation bit for bit.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use qstore::expr::{evaluate, parse};
+
+const NAN: f64 = f64::NAN;
+/// The reference's 0.707107: the sample std of {1, 2}.
+const R2: f64 = std::f64::consts::FRAC_1_SQRT_2;
+
+type Mem = HashMap<(String, String), (usize, Vec<f32>)>;
+
+fn mem(series: &[(&str, usize, &[f64])]) -> Mem {
+    series
+        .iter()
+        .map(|(f, start, v)| {
+            (
+                ("X".to_string(), f.to_string()),
+                (*start, v.iter().map(|&x| x as f32).collect()),
+            )
+        })
+        .collect()
+}
+
+/// Evaluates `expr` over the whole of `$x` (and `$y` when given), starting at row 0.
+fn eval(expr: &str, x: &[f64]) -> Vec<f32> {
+    eval2(expr, x, &[])
+}
+
+fn eval2(expr: &str, x: &[f64], y: &[f64]) -> Vec<f32> {
+    let m = mem(&[("x", 0, x), ("y", 0, y)]);
+    let e = parse(expr).unwrap_or_else(|e| panic!("{e}"));
+    evaluate(&m, "X", &[e], 0..x.len()).unwrap().remove(0)
+}
+
+#[track_caller]
+fn close(got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_nan() {
+            g.is_nan()
+        } else {
+            (g as f64 - w).abs() <= 1e-6 * w.abs().max(1.0)
+        };
+        assert!(
+            ok,
+            "row {i}: got {g}, want {w}\n got {got:?}\nwant {want:?}"
+        );
+    }
+}
+
+#[test]
+fn golden_vectors_of_the_reference() {
+    let gaps = [NAN, NAN, NAN, 1.0, 2.0, NAN, NAN, NAN, 4.0];
+    close(
+        &eval("Count($x,3)", &gaps),
+        &[0.0, 0.0, 0.0, 1.0, 2.0, 2.0, 1.0, 0.0, 1.0],
+    );
+    close(
+        &eval("Sum($x,3)", &gaps),
+        &[NAN, NAN, NAN, 1.0, 3.0, 3.0, 2.0, NAN, 4.0],
+    );
+    close(
+        &eval("Mean($x,3)", &gaps),
+        &[NAN, NAN, NAN, 1.0, 1.5, 1.5, 2.0, NAN, 4.0],
+    );
+    close(
+        &eval("Std($x,3)", &gaps),
+        &[NAN, NAN, NAN, NAN, R2, R2, NAN, NAN, NAN],
+    );
+    let flat = [1.1, 1.1, 1.1, 1.1, 1.1, 1.1, 2.0];
+    let std = eval("Std($x,3)", &flat);
+    close(&std, &[NAN, 0.0, 0.0, 0.0, 0.0, 0.0, 0.519615]);
+    assert!(
+        std[1..6].iter().all(|&v| v == 0.0),
+        "a constant window is exactly 0: {std:?}"
+    );
+
+    let v = [3.0, NAN, 5.0, 1.0, 5.0];
+    close(&eval("Max($x,3)", &v), &[3.0, 3.0, 5.0, 5.0, 5.0]);
+    close(&eval("Min($x,3)", &v), &[3.0, 3.0, 3.0, 1.0, 1.0]);
+    close(&eval("Med($x,3)", &v), &[3.0, 3.0, 4.0, 3.0, 5.0]);
+    close(&eval("Quantile($x,3,0.5)", &v), &[3.0, 3.0, 4.0, 3.0, 5.0]);
+    close(&eval("Mad($x,3)", &v), &[0.0, 0.0, 1.0, 2.0, 1.777778]);
+    close(&eval("Delta($x,2)", &v), &[NAN, NAN, 2.0, NAN, 0.0]);
+    close(&eval("Rank($x,3)", &v), &[1.0, NAN, 1.0, 0.5, 0.833333]);
+
+    close(
+        &eval("EMA($x,0)", &[1.0, 2.0, NAN, 4.0]),
+        &[1.0, 1.75, 0.714286, 2.268382],
+    );
+    close(
+        &eval("EMA($x,3)", &[1.0, NAN, 3.0, 4.0, NAN, NAN, 2.0]),
+        &[1.0, 1.0, 2.6, 3.461538, 3.461538, 3.461538, 2.246753],
+    );
+
+    let a = [1.0, 2.0, 3.0, 4.0];
+    let b = [2.0, 4.0, 7.0, 8.0];
+    close(
+        &eval2("Corr($x,$y,3)", &a, &b),
+        &[NAN, 1.0, 0.993399, 0.960769],
+    );
+    close(&eval2("Cov($x,$y,3)", &a, &b), &[NAN, 1.0, 2.5, 2.0]);
+
+    let t = [1.0, 2.0, 4.0, NAN, 8.0, 7.0];
+    close(&eval("Slope($x,3)", &t), &[NAN, 1.0, 1.5, 2.0, 2.0, -1.0]);
+    close(
+        &eval("Rsquare($x,3)", &t),
+        &[NAN, 1.0, 0.964286, 1.0, 1.0, 1.0],
+    );
+    close(
+        &eval("Resi($x,3)", &t),
+        &[NAN, 0.0, 0.166667, NAN, 0.0, 0.0],
+    );
+}
+
+#[test]
+fn index_union_of_two_fields_is_nan_where_one_is_missing() {
+    // $x at rows {0, 1}, $y at rows {1, 2}: Add is NaN where either is absent (qlib aligns on the union).
+    let m = mem(&[("x", 0, &[1.0, 2.0]), ("y", 1, &[1.0, 2.0])]);
+    let got = evaluate(&m, "X", &[parse("$x + $y").unwrap()], 0..3).unwrap();
+    close(&got[0], &[NAN, 3.0, NAN]);
+}
+
+#[test]
+fn fixed_qlib_bugs() {
+    // WMA: qlib divides twice (issue #1993) and gives [5, 2.5, 1.67, 1.25, 1] for a constant 5.
+    close(&eval("WMA($x,5)", &[5.0; 5]), &[5.0; 5]);
+    // Weights 1..n by position, renormalised over the valid values: (1*1 + 2*2 + 3*4) / 6 and (1*2 + 3*4)/4.
+    close(
+        &eval("WMA($x,3)", &[1.0, 2.0, 4.0, NAN]),
+        &[1.0, 5.0 / 3.0, 17.0 / 6.0, (2.0 + 2.0 * 4.0) / 3.0],
+    );
+    // IdxMax/IdxMin: qlib returns the position of the first NaN; NaN never wins here.
+    let v = [3.0, NAN, 5.0, 1.0, 5.0];
+    close(&eval("IdxMax($x,3)", &v), &[1.0, 1.0, 3.0, 2.0, 1.0]);
+    close(&eval("IdxMin($x,3)", &v), &[1.0, 1.0, 1.0, 3.0, 2.0]);
+    close(&eval("IdxMax($x,3)", &[NAN, NAN, 1.0]), &[NAN, NAN, 3.0]);
+}
+
+#[test]
+fn results_do_not_depend_on_where_the_query_starts() {
+    // qlib's EMA keeps N-1 rows, N=0 keeps none and Delta is one row short: their values at row 30 change with
+    // the query start. Here every start gives the full-history value.
+    let x: Vec<f64> = (0..60)
+        .map(|i| ((i * 37 % 11) as f64).sin() + 10.0)
+        .collect();
+    let m = mem(&[("x", 5, &x)]);
+    for expr in [
+        "EMA($x,5)",
+        "EMA($x,0.3)",
+        "Mean($x,0)",
+        "Delta($x,4)",
+        "Ref($x,0)",
+        "EMA($x,0)",
+        "Slope($x,0)",
+        "Rank(Std($x,0),7)",
+    ] {
+        let e = parse(expr).unwrap();
+        let full = evaluate(&m, "X", std::slice::from_ref(&e), 0..80)
+            .unwrap()
+            .remove(0);
+        for start in [5, 20, 33, 35, 64] {
+            let part = evaluate(&m, "X", std::slice::from_ref(&e), start..66)
+                .unwrap()
+                .remove(0);
+            assert_eq!(
+                bits(&part),
+                bits(&full[start..66]),
+                "{expr} from row {start}"
+            );
+        }
+    }
+    let delta = evaluate(&m, "X", &[parse("Delta($x,4)").unwrap()], 30..31).unwrap();
+    let stored = |i: usize| x[i] as f32 as f64;
+    assert_eq!(
+        delta[0][0],
+        (stored(25) - stored(21)) as f32,
+        "Delta looks back 4 rows"
+    );
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// The window of `n` rows ending at `i`, cut at row 0 (`n = 0`: everything so far).
+fn window(x: &[f64], i: usize, n: usize) -> &[f64] {
+    let start = if n == 0 { 0 } else { (i + 1).saturating_sub(n) };
+    &x[start..=i]
+}
+
+fn valid(w: &[f64]) -> Vec<f64> {
+    w.iter().copied().filter(|v| !v.is_nan()).collect()
+}
+
+/// Textbook definitions of each rolling operator, one window at a time.
+fn reference(op: &str, w: &[f64]) -> f64 {
+    let v = valid(w);
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let m = |k: i32| v.iter().map(|x| (x - mean).powi(k)).sum::<f64>() / n;
+    let mut sorted = v.clone();
+    sorted.sort_by(f64::total_cmp);
+    let last = *w.last().unwrap();
+    match op {
+        "Sum" if v.is_empty() => NAN,
+        "Sum" => v.iter().sum(),
+        "Mean" => mean,
+        "Count" => n,
+        "Var" | "Std" if v.len() < 2 => NAN,
+        "Var" => m(2) * n / (n - 1.0),
+        "Std" => (m(2) * n / (n - 1.0)).sqrt(),
+        "Max" => sorted.last().copied().unwrap_or(NAN),
+        "Min" => sorted.first().copied().unwrap_or(NAN),
+        "Med" if v.is_empty() => NAN,
+        "Med" => {
+            let k = v.len();
+            if k % 2 == 1 {
+                sorted[k / 2]
+            } else {
+                (sorted[k / 2 - 1] + sorted[k / 2]) / 2.0
+            }
+        }
+        "Mad" => v.iter().map(|x| (x - mean).abs()).sum::<f64>() / n,
+        "Rank" if last.is_nan() => NAN,
+        "Rank" => {
+            let less = v.iter().filter(|&&x| x < last).count() as f64;
+            let eq = v.iter().filter(|&&x| x == last).count() as f64;
+            (less + (eq + 1.0) / 2.0) / n
+        }
+        "IdxMax" | "IdxMin" => {
+            let mut best: Option<(usize, f64)> = None;
+            for (p, &x) in w.iter().enumerate() {
+                if x.is_nan() {
+                    continue;
+                }
+                let better = match best {
+                    None => true,
+                    Some((_, b)) => (op == "IdxMax" && x > b) || (op == "IdxMin" && x < b),
+                };
+                if better {
+                    best = Some((p, x));
+                }
+            }
+            best.map_or(NAN, |(p, _)| (p + 1) as f64)
+        }
+        "WMA" => {
+            let (mut num, mut den) = (0.0, 0.0);
+            for (p, &x) in w.iter().enumerate() {
+                if !x.is_nan() {
+                    num += (p + 1) as f64 * x;
+                    den += (p + 1) as f64;
+                }
+            }
+            num / den
+        }
+        "Skew" if v.len() < 3 || m(2) == 0.0 => NAN,
+        "Skew" => (n * (n - 1.0)).sqrt() / (n - 2.0) * m(3) / m(2).powf(1.5),
+        "Kurt" if v.len() < 4 || m(2) == 0.0 => NAN,
+        "Kurt" => {
+            let g = m(4) / (m(2) * m(2));
+            ((n * n - 1.0) * g - 3.0 * (n - 1.0) * (n - 1.0)) / ((n - 2.0) * (n - 3.0))
+        }
+        "Slope" | "Resi" => {
+            let pts: Vec<(f64, f64)> = w
+                .iter()
+                .enumerate()
+                .filter(|(_, y)| !y.is_nan())
+                .map(|(p, &y)| (p as f64, y))
+                .collect();
+            let k = pts.len() as f64;
+            let mx = pts.iter().map(|p| p.0).sum::<f64>() / k;
+            let my = pts.iter().map(|p| p.1).sum::<f64>() / k;
+            let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+            let sxx: f64 = pts.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
+            let slope = sxy / sxx;
+            if op == "Slope" {
+                slope
+            } else {
+                last - (my + slope * ((w.len() - 1) as f64 - mx))
+            }
+        }
+        _ => unreachable!("{op}"),
+    }
+}
+
+const OPS: [&str; 17] = [
+    "Sum", "Mean", "Count", "Var", "Std", "Max", "Min", "Med", "Mad", "Rank", "IdxMax", "IdxMin",
+    "WMA", "Skew", "Kurt", "Slope", "Resi",
+];
+
+fn agree(got: f32, want: f64, scale: f64) -> bool {
+    if want.is_nan() || got.is_nan() {
+        return want.is_nan() && got.is_nan();
+    }
+    (got as f64 - want).abs() <= 1e-5 * want.abs().max(scale)
+}
+
+/// Series with leading and trailing NaN, gaps, all-NaN stretches and ties.
+fn series() -> impl Strategy<Value = Vec<f64>> {
+    prop::collection::vec(
+        prop_oneof![
+            3 => (-50i32..50).prop_map(|v| 100.0 + v as f64 / 8.0),
+            1 => Just(NAN),
+            1 => Just(100.0),
+        ],
+        1..90,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(120))]
+
+    /// Every rolling kernel equals its textbook definition, window by window, for windows from 1 to past the
+    /// series length and for expanding windows.
+    #[test]
+    fn kernels_match_their_definitions(x in series(), n in prop_oneof![Just(0usize), 1usize..12, 60usize..70]) {
+        for op in OPS {
+            if (op == "Skew" && n != 0 && n < 3) || (op == "Kurt" && n != 0 && n < 4) {
+                continue;
+            }
+            let got = eval(&format!("{op}($x,{n})"), &x);
+            for (i, &g) in got.iter().enumerate() {
+                let want = reference(op, window(&x, i, n));
+                prop_assert!(agree(g, want, 100.0), "{}($x,{}) row {}: got {}, want {} in {:?}", op, n, i, g, want, window(&x, i, n));
+            }
+        }
+    }
+
+    /// Evaluating rows `a..b` gives exactly the bits of rows `a..b` of the full evaluation, for nested
+    /// expressions whose windows reach across blocks, look-ahead, and two fields starting on different rows.
+    #[test]
+    fn sub_range_equals_slice_of_full(
+        x in series(),
+        y in series(),
+        y_start in 0usize..20,
+        expr in expression(),
+        a in 0usize..120,
+        len in 1usize..60,
+    ) {
+        let m = mem(&[("x", 3, &x), ("y", y_start, &y)]);
+        let e = parse(&expr).unwrap();
+        let full = evaluate(&m, "X", std::slice::from_ref(&e), 0..130).unwrap().remove(0);
+        let b = (a + len).min(130);
+        let part = evaluate(&m, "X", std::slice::from_ref(&e), a..b).unwrap().remove(0);
+        prop_assert_eq!(bits(&part), bits(&full[a..b]), "{}", expr);
+    }
+}
+
+fn leaf() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("$x".to_string()),
+        Just("$y".to_string()),
+        Just("Ref($x,-2)".to_string())
+    ]
+}
+
+fn expression() -> impl Strategy<Value = String> {
+    leaf().prop_recursive(3, 12, 2, |inner| {
+        let ops = prop::sample::select(vec![
+            "Mean", "Sum", "Std", "Var", "Max", "Min", "Med", "Mad", "Count", "Skew", "Kurt",
+            "Rank", "IdxMax", "IdxMin", "WMA", "EMA", "Delta", "Slope", "Rsquare", "Resi",
+        ]);
+        let n = prop_oneof![Just(0u32), 4u32..30];
+        prop_oneof![
+            (ops, inner.clone(), n.clone()).prop_map(|(op, x, n)| format!("{op}({x},{n})")),
+            (inner.clone(), inner.clone(), 2u32..20)
+                .prop_map(|(a, b, n)| format!("Corr({a},{b},{n})")),
+            (inner.clone(), 1i32..6).prop_map(|(x, n)| format!("Ref({x},{n})")),
+            (inner.clone(), 3u32..25).prop_map(|(x, n)| format!("Quantile({x},{n},0.3)")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a})/({b})-1")),
+            (inner.clone(), inner).prop_map(|(a, b)| format!("If({a}>{b},{a},Mean({b},0.25))")),
+        ]
+    })
+}
