@@ -4,7 +4,8 @@
 //! {
 //!   "mem_cache": {
 //!     "calendar":    { "limit": 500, "limit_type": "length", "expire_s": 3600 },
-//!     "instruments": { "limit": 64,  "limit_type": "length", "expire_s": 0 }
+//!     "instruments": { "limit": 64,  "limit_type": "length", "expire_s": 0 },
+//!     "features":    { "limit": 268435456, "limit_type": "bytes", "expire_s": 3600 }
 //!   },
 //!   "handle_cache": 16384,
 //!   "map_threshold": 65536
@@ -12,7 +13,7 @@
 //! ```
 //!
 //! `limit_type` is `length` (entries) or `bytes`; `expire_s` 0 means never. Every key is optional. The
-//! environment overrides the file: `QSTORE_MEMCACHE_{CALENDAR,INSTRUMENTS}_{LIMIT,LIMIT_TYPE,EXPIRE_S}`,
+//! environment overrides the file: `QSTORE_MEMCACHE_{CALENDAR,INSTRUMENTS,FEATURES}_{LIMIT,LIMIT_TYPE,EXPIRE_S}`,
 //! `QSTORE_HANDLE_CACHE`, `QSTORE_MAP_THRESHOLD`. Unknown keys and bad values are errors that name the file or
 //! variable, so a typo cannot silently leave the defaults in force.
 
@@ -43,6 +44,7 @@ struct File {
 struct MemCaches {
     calendar: Option<Unit>,
     instruments: Option<Unit>,
+    features: Option<Unit>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -162,6 +164,13 @@ pub fn load_with(root: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<St
             d.instrument_cache,
             file.mem_cache.instruments.as_ref(),
             "QSTORE_MEMCACHE_INSTRUMENTS",
+            &shown,
+            env,
+        )?,
+        feature_cache: unit(
+            d.feature_cache,
+            file.mem_cache.features.as_ref(),
+            "QSTORE_MEMCACHE_FEATURES",
             &shown,
             env,
         )?,

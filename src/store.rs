@@ -29,6 +29,25 @@ use crate::memcache::{Limit, MemCache};
 use crate::panel::{self, Panel};
 use crate::writer::{self, WriteKind};
 
+/// Key of the feature cache space: an expression's canonical text, for one instrument, over calendar rows
+/// `rows` of `freq`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct FeatureKey {
+    pub expr: String,
+    /// Upper case, as instruments files write symbols.
+    pub instrument: String,
+    pub rows: (usize, usize),
+    pub freq: Freq,
+}
+
+/// Counters of the store's in-memory caches.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheStats {
+    pub calendar: crate::memcache::Stats,
+    pub instruments: crate::memcache::Stats,
+    pub features: crate::memcache::Stats,
+}
+
 /// Bounds of one in-memory cache space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheConfig {
@@ -54,6 +73,8 @@ pub struct StoreOptions {
     pub calendar_cache: CacheConfig,
     /// The in-memory cache of instrument lists (qlib's `H["i"]`).
     pub instrument_cache: CacheConfig,
+    /// The in-memory cache of evaluated expressions per instrument and row range (qlib's `H["f"]`).
+    pub feature_cache: CacheConfig,
     /// How many feature files stay mapped. Each costs one memory mapping (the kernel allows about 65,000 per
     /// process by default) and no file descriptor.
     pub handle_cache: NonZeroUsize,
@@ -67,6 +88,7 @@ impl Default for StoreOptions {
         StoreOptions {
             calendar_cache: CacheConfig::default(),
             instrument_cache: CacheConfig::default(),
+            feature_cache: CacheConfig::default(),
             handle_cache: NonZeroUsize::new(16_384).expect("non-zero"),
             map_threshold: crate::feature::DEFAULT_MAP_THRESHOLD,
         }
@@ -80,6 +102,7 @@ pub struct Store {
     root: PathBuf,
     calendars: MemCache<Freq, Arc<Calendar>>,
     instruments: MemCache<String, Arc<Instruments>>,
+    pub(crate) features: MemCache<FeatureKey, Arc<Vec<f32>>>,
     handles: Mutex<LruCache<String, Handle>>,
     map_threshold: u64,
 }
@@ -134,6 +157,7 @@ impl Store {
                 options.instrument_cache.limit,
                 options.instrument_cache.expiry,
             ),
+            features: MemCache::new(options.feature_cache.limit, options.feature_cache.expiry),
             handles: Mutex::new(LruCache::new(options.handle_cache)),
             map_threshold: options.map_threshold,
         })
@@ -156,12 +180,17 @@ impl Store {
     pub fn refresh(&self) {
         self.calendars.clear();
         self.instruments.clear();
+        self.features.clear();
         self.handles.lock().clear();
     }
 
-    /// Counters of the calendar and instrument caches.
-    pub fn cache_stats(&self) -> (crate::memcache::Stats, crate::memcache::Stats) {
-        (self.calendars.stats(), self.instruments.stats())
+    /// Counters of the three in-memory cache spaces.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            calendar: self.calendars.stats(),
+            instruments: self.instruments.stats(),
+            features: self.features.stats(),
+        }
     }
 
     /// The frequencies with a calendar file, sorted.
@@ -363,6 +392,8 @@ impl Store {
         fsio::replace_atomic(&path, calendar.to_text().as_bytes())?;
         self.calendars
             .insert(calendar.freq(), Arc::new(calendar.clone()));
+        // Cached results are keyed by calendar rows; a replaced calendar may renumber them.
+        self.features.clear();
         self.handles.lock().clear();
         Ok(())
     }
@@ -445,9 +476,15 @@ impl Store {
         Ok(kind)
     }
 
+    /// Drops what this process has cached about a feature that was just written: its handle, and every
+    /// evaluated expression of the instrument or naming it (`Mask(x,'SH600000')`).
     fn forget(&self, instrument: &str, field: &str, freq: Freq) {
         self.handles
             .lock()
             .pop(&handle_key(instrument, field, freq));
+        let upper = instrument.to_uppercase();
+        let quoted = format!("'{upper}'");
+        self.features
+            .remove_if(|k| k.instrument == upper || k.expr.contains(&quoted));
     }
 }

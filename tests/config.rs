@@ -25,7 +25,10 @@ fn defaults_then_file_then_environment() {
         limit: Limit::Entries(500),
         expiry: Some(Duration::from_secs(3600)),
     };
-    assert_eq!((o.calendar_cache, o.instrument_cache), (qlib, qlib));
+    assert_eq!(
+        (o.calendar_cache, o.instrument_cache, o.feature_cache),
+        (qlib, qlib, qlib)
+    );
     assert_eq!((o.handle_cache.get(), o.map_threshold), (16_384, 65_536));
 
     std::fs::write(
@@ -124,6 +127,6 @@ fn the_store_uses_its_configuration() {
     for _ in 0..3 {
         assert_eq!(store.calendar(Freq::DAY).unwrap().len(), 2);
     }
-    let (c, _) = store.cache_stats();
+    let c = store.cache_stats().calendar;
     assert_eq!((c.hits, c.misses, c.entries), (0, 3, 0));
 }

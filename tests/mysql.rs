@@ -51,7 +51,7 @@ fn load_sample(c: &mut mysql::PooledConn, name: &str, unique: bool) {
     c.query_drop(format!(
         "CREATE TABLE `{name}` (id BIGINT AUTO_INCREMENT PRIMARY KEY, symbol VARCHAR(16) NOT NULL,
          trade_date DATE NOT NULL, open DECIMAL(12,2), high DECIMAL(12,2), low DECIMAL(12,2), close DECIMAL(12,2),
-         volume BIGINT, amount DOUBLE, factor DOUBLE, name VARCHAR(32){key})"
+         volume BIGINT, amount DOUBLE, vwap DOUBLE, factor DOUBLE, name VARCHAR(32){key})"
     ))
     .unwrap();
     let mut files: Vec<PathBuf> = std::fs::read_dir(SAMPLE)
@@ -85,7 +85,7 @@ fn load_sample(c: &mut mysql::PooledConn, name: &str, unique: bool) {
             })
             .collect();
         c.query_drop(format!(
-            "INSERT INTO `{name}` (symbol, trade_date, open, high, low, close, volume, amount, factor, name) VALUES {}",
+            "INSERT INTO `{name}` (symbol, trade_date, open, high, low, close, volume, amount, vwap, factor, name) VALUES {}",
             rows.join(",")
         ))
         .unwrap();
@@ -149,7 +149,9 @@ fn mysql_import_equals_sql_and_csv() {
     assert_eq!(summary["symbols_ok"], 12);
     assert_eq!(
         summary["fields"],
-        serde_json::json!(["open", "high", "low", "close", "volume", "amount", "factor"])
+        serde_json::json!([
+            "open", "high", "low", "close", "volume", "amount", "vwap", "factor"
+        ])
     );
     let out = qdump(
         &["all", "--csv", SAMPLE, "--to", from_csv.to_str().unwrap()],
@@ -175,7 +177,9 @@ fn mysql_import_equals_sql_and_csv() {
     // Every cell equals a direct query of it (NULL <-> NaN).
     let store = Store::open(&from_sql).unwrap();
     let cal = store.calendar(Freq::DAY).unwrap();
-    let fields = ["open", "high", "low", "close", "volume", "amount", "factor"];
+    let fields = [
+        "open", "high", "low", "close", "volume", "amount", "vwap", "factor",
+    ];
     let rows: Vec<mysql::Row> = c
         .query(format!(
             "SELECT symbol, DATE_FORMAT(trade_date, '%Y-%m-%d'), {} FROM `{t}`",

@@ -343,7 +343,8 @@ fn calendars_and_instruments_are_served_from_memory_and_invalidated_by_writes() 
         assert_eq!(store.instruments("all").unwrap().len(), 1);
         assert_eq!(store.calendar(Freq::DAY).unwrap().len(), 3);
     }
-    let (c, i) = store.cache_stats();
+    let stats = store.cache_stats();
+    let (c, i) = (stats.calendar, stats.instruments);
     assert_eq!((i.misses, i.hits), (1, 2), "{i:?}");
     assert!(c.hits >= 2, "{c:?}");
     // a write through the store is seen at once

@@ -74,15 +74,14 @@ pub fn evaluate<F: Fields + ?Sized>(
         columns: HashMap::new(),
     };
     let nan = || vec![f32::NAN; rows.len()];
-    let mut domain: Option<Range<usize>> = None;
-    for e in exprs {
-        domain = hull(domain, ev.domain(e, instrument)?);
-    }
-    let Some(domain) = domain else {
-        return Ok(exprs.iter().map(|_| nan()).collect());
-    };
     let mut out = Vec::with_capacity(exprs.len());
     for e in exprs {
+        // Each expression's own series: rows outside it are NaN (absent in qlib's pandas index), even when
+        // another column of the same query has values there.
+        let Some(domain) = ev.domain(e, instrument)? else {
+            out.push(nan());
+            continue;
+        };
         let w = e.ext_window();
         let qs = match w.left {
             Extent::All => domain.start,
@@ -95,13 +94,31 @@ pub fn evaluate<F: Fields + ?Sized>(
         let values = ev.eval(e, instrument, qs, qe - qs)?.into_vec(qe - qs);
         let mut o = nan();
         for (r, slot) in rows.clone().zip(o.iter_mut()) {
-            if (qs..qe).contains(&r) {
+            if (qs..qe).contains(&r) && domain.contains(&r) {
                 *slot = values[r - qs] as f32;
             }
         }
         out.push(o);
     }
     Ok(out)
+}
+
+/// The rows where the series of `exprs` for `instrument` exist: the hull of the stored ranges of the fields
+/// they read; `None` when none of them has data.
+pub fn domain<F: Fields + ?Sized>(
+    fields: &F,
+    instrument: &str,
+    exprs: &[Expr],
+) -> Result<Option<Range<usize>>> {
+    let mut ev = Evaluator {
+        fields,
+        columns: HashMap::new(),
+    };
+    let mut d = None;
+    for e in exprs {
+        d = hull(d, ev.domain(e, instrument)?);
+    }
+    Ok(d)
 }
 
 fn hull(a: Option<Range<usize>>, b: Option<Range<usize>>) -> Option<Range<usize>> {
@@ -113,18 +130,35 @@ fn hull(a: Option<Range<usize>>, b: Option<Range<usize>>) -> Option<Range<usize>
 }
 
 /// A node's value: a constant stays scalar until something needs a series.
+///
+/// `narrow` marks series that qlib holds as float32 (raw fields, element-wise results of float32 inputs,
+/// booleans): pandas and numpy compute element-wise operators on those in float32, so the result is rounded
+/// to float32 here too, and numbers match qlib's. Rolling operators give float64 in pandas and here.
 enum Val {
     Const(f64),
-    Series(Vec<f64>),
+    Series { v: Vec<f64>, narrow: bool },
 }
 
 impl Val {
     fn into_vec(self, len: usize) -> Vec<f64> {
         match self {
             Val::Const(c) => vec![c; len],
-            Val::Series(v) => v,
+            Val::Series { v, .. } => v,
         }
     }
+
+    fn wide(v: Vec<f64>) -> Val {
+        Val::Series { v, narrow: false }
+    }
+
+    fn narrow(v: Vec<f64>) -> Val {
+        Val::Series { v, narrow: true }
+    }
+}
+
+/// Rounds to float32 when qlib's dtype would be float32.
+fn round_if(narrow: bool, x: f64) -> f64 {
+    if narrow { x as f32 as f64 } else { x }
 }
 
 struct Evaluator<'a, F: ?Sized> {
@@ -191,19 +225,25 @@ impl<F: Fields + ?Sized> Evaluator<'_, F> {
                         out[r - base] = c.values()[r - c.start()] as f64;
                     }
                 }
-                Val::Series(out)
+                Val::narrow(out)
             }
             Expr::Instrument(x, other) => {
                 let mut out = vec![f64::NAN; len];
+                let mut narrow = true;
                 if let Some(d) = self.domain(x, other)? {
                     let from = d.start.max(base);
                     let to = d.end.min(base + len);
                     if from < to {
-                        let v = self.series(x, other, from, to - from)?;
-                        out[from - base..to - base].copy_from_slice(&v);
+                        match self.eval(x, other, from, to - from)? {
+                            Val::Const(c) => out[from - base..to - base].fill(c),
+                            Val::Series { v, narrow: n } => {
+                                out[from - base..to - base].copy_from_slice(&v);
+                                narrow = n;
+                            }
+                        }
                     }
                 }
-                Val::Series(out)
+                Val::Series { v: out, narrow }
             }
             Expr::Unary(op, x) => {
                 let f: fn(f64) -> f64 = match op {
@@ -221,9 +261,11 @@ impl<F: Fields + ?Sized> Evaluator<'_, F> {
                 };
                 match self.eval(x, inst, base, len)? {
                     Val::Const(c) => Val::Const(f(c)),
-                    Val::Series(mut v) => {
-                        v.iter_mut().for_each(|x| *x = f(*x));
-                        Val::Series(v)
+                    Val::Series { mut v, narrow } => {
+                        // qlib's Sign casts to float32 first; Not gives booleans.
+                        let narrow = narrow || matches!(op, Unary::Sign | Unary::Not);
+                        v.iter_mut().for_each(|x| *x = round_if(narrow, f(*x)));
+                        Val::Series { v, narrow }
                     }
                 }
             }
@@ -258,38 +300,66 @@ impl<F: Fields + ?Sized> Evaluator<'_, F> {
                     Binary::And => |a, b| bool_f(truthy(a) && truthy(b)),
                     Binary::Or => |a, b| bool_f(truthy(a) || truthy(b)),
                 };
+                let boolean = matches!(
+                    op,
+                    Binary::Gt
+                        | Binary::Ge
+                        | Binary::Lt
+                        | Binary::Le
+                        | Binary::Eq
+                        | Binary::Ne
+                        | Binary::And
+                        | Binary::Or
+                );
+                // A Python number next to a float32 series is cast to float32 first (numpy's weak scalars).
+                let scalar = |narrow: bool, c: f64| round_if(narrow && !boolean, c);
                 match (
                     self.eval(a, inst, base, len)?,
                     self.eval(b, inst, base, len)?,
                 ) {
                     (Val::Const(x), Val::Const(y)) => Val::Const(f(x, y)),
-                    (Val::Series(mut v), Val::Const(y)) => {
-                        v.iter_mut().for_each(|x| *x = f(*x, y));
-                        Val::Series(v)
+                    (Val::Series { mut v, narrow }, Val::Const(y)) => {
+                        let y = scalar(narrow, y);
+                        v.iter_mut().for_each(|x| *x = round_if(narrow, f(*x, y)));
+                        Val::Series { v, narrow }
                     }
-                    (Val::Const(x), Val::Series(mut v)) => {
-                        v.iter_mut().for_each(|y| *y = f(x, *y));
-                        Val::Series(v)
+                    (Val::Const(x), Val::Series { mut v, narrow }) => {
+                        let x = scalar(narrow, x);
+                        v.iter_mut().for_each(|y| *y = round_if(narrow, f(x, *y)));
+                        Val::Series { v, narrow }
                     }
-                    (Val::Series(mut v), Val::Series(w)) => {
-                        v.iter_mut().zip(&w).for_each(|(x, y)| *x = f(*x, *y));
-                        Val::Series(v)
+                    (Val::Series { mut v, narrow: n1 }, Val::Series { v: w, narrow: n2 }) => {
+                        let narrow = n1 && n2;
+                        v.iter_mut()
+                            .zip(&w)
+                            .for_each(|(x, y)| *x = round_if(narrow, f(*x, *y)));
+                        Val::Series { v, narrow }
                     }
                 }
             }
             Expr::If(c, a, b) => {
                 let c = self.series(c, inst, base, len)?;
-                let a = self.series(a, inst, base, len)?;
-                let b = self.series(b, inst, base, len)?;
-                Val::Series(
-                    c.iter()
+                let (a, b) = (
+                    self.eval(a, inst, base, len)?,
+                    self.eval(b, inst, base, len)?,
+                );
+                let narrow = [&a, &b]
+                    .iter()
+                    .all(|v| matches!(v, Val::Const(_) | Val::Series { narrow: true, .. }));
+                let (a, b) = (a.into_vec(len), b.into_vec(len));
+                Val::Series {
+                    v: c.iter()
                         .zip(a.iter().zip(&b))
-                        .map(|(&c, (&a, &b))| if truthy(c) { a } else { b })
+                        .map(|(&c, (&a, &b))| round_if(narrow, if truthy(c) { a } else { b }))
                         .collect(),
-                )
+                    narrow,
+                }
             }
             Expr::Ref(x, n) => {
-                let v = self.series(x, inst, base, len)?;
+                let (v, narrow) = match self.eval(x, inst, base, len)? {
+                    Val::Const(c) => (vec![c; len], false),
+                    Val::Series { v, narrow } => (v, narrow),
+                };
                 let mut out = vec![f64::NAN; len];
                 match (*n).cmp(&0) {
                     // The series' first value on every row (evaluation starts there: the extent is All).
@@ -307,23 +377,33 @@ impl<F: Fields + ?Sized> Evaluator<'_, F> {
                         }
                     }
                 }
-                Val::Series(out)
+                Val::Series { v: out, narrow }
+            }
+            Expr::Rolling(Rolling::Delta, x, w) => {
+                // x - x.shift(n): element-wise in pandas, so float32 stays float32.
+                let (v, narrow) = match self.eval(x, inst, base, len)? {
+                    Val::Const(c) => (vec![c; len], false),
+                    Val::Series { v, narrow } => (v, narrow),
+                };
+                let mut d = rolling_op(Rolling::Delta, &v, base, *w);
+                d.iter_mut().for_each(|x| *x = round_if(narrow, *x));
+                Val::Series { v: d, narrow }
             }
             Expr::Rolling(op, x, w) => {
                 let v = self.series(x, inst, base, len)?;
-                Val::Series(rolling_op(*op, &v, base, *w))
+                Val::wide(rolling_op(*op, &v, base, *w))
             }
             Expr::Quantile(x, w, q) => {
                 let v = self.series(x, inst, base, len)?;
                 let q = *q;
-                Val::Series(order_stats(&v, periods(*w), |os, _| {
+                Val::wide(order_stats(&v, periods(*w), |os, _| {
                     kernels::quantile(os, q)
                 }))
             }
             Expr::Pair(op, a, b, w) => {
                 let a = self.series(a, inst, base, len)?;
                 let b = self.series(b, inst, base, len)?;
-                Val::Series(pair_op(*op, &a, &b, base, *w))
+                Val::wide(pair_op(*op, &a, &b, base, *w))
             }
         })
     }

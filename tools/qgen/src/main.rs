@@ -5,7 +5,7 @@
 //! (days with no row), missing cells (empty in CSV), a delisting, and adjustment-factor steps.
 //!
 //! `qgen csv --out fixtures/sample --symbols 12 --days 250` writes one CSV per symbol in the layout qlib's
-//! `dump_bin.py` reads: file stem = symbol, columns date,open,high,low,close,volume,amount,factor.
+//! `dump_bin.py` reads: file stem = symbol, columns date,open,high,low,close,volume,amount,vwap,factor.
 //! `qgen mysql --url mysql://root@127.0.0.1/test --table stock_kline_data ...` fills a table with the same rows
 //! (symbols as `600000.SH`, DECIMAL prices, BIGINT volume, DOUBLE amount and factor, a text `name` column).
 
@@ -210,13 +210,13 @@ fn plan(i: usize, days: usize, rng: &mut Rng) -> Plan {
 }
 
 /// Column names of the generated data, after the symbol.
-const COLUMNS: [&str; 8] = [
-    "date", "open", "high", "low", "close", "volume", "amount", "factor",
+const COLUMNS: [&str; 9] = [
+    "date", "open", "high", "low", "close", "volume", "amount", "vwap", "factor",
 ];
 
 /// One symbol's rows as text cells in [`COLUMNS`] order; an empty cell is a missing value (NULL in SQL).
 /// Both outputs print exactly these strings, so a CSV import and a MySQL import see the same numbers.
-fn bars(plan: &Plan, days: &[NaiveDate], rng: &mut Rng) -> Vec<[String; 8]> {
+fn bars(plan: &Plan, days: &[NaiveDate], rng: &mut Rng) -> Vec<[String; 9]> {
     let mut out = Vec::new();
     let mut close = 5.0 + rng.unit() * 60.0;
     let mut factor = 1.0;
@@ -254,13 +254,14 @@ fn bars(plan: &Plan, days: &[NaiveDate], rng: &mut Rng) -> Vec<[String; 8]> {
             fixed(format!("{close:.2}")),
             cell(volume, 0),
             cell(amount, 2),
+            cell(amount / volume, 4),
             fixed(format!("{factor:.6}")),
         ]);
     }
     out
 }
 
-fn csv_text(rows: &[[String; 8]]) -> String {
+fn csv_text(rows: &[[String; 9]]) -> String {
     let mut out = COLUMNS.join(",");
     out.push('\n');
     for r in rows {
@@ -279,7 +280,7 @@ fn rng_missing(k: usize, v: f64) -> bool {
 /// Every symbol's plan and rows, in order; `pathological` adds a symbol whose every value is missing.
 fn generate(
     spec: &Spec,
-    mut emit: impl FnMut(&Plan, Vec<[String; 8]>) -> Result<()>,
+    mut emit: impl FnMut(&Plan, Vec<[String; 9]>) -> Result<()>,
 ) -> Result<usize> {
     let days = trading_days(spec.start, spec.days);
     let mut rng = Rng(spec.seed);
@@ -322,7 +323,7 @@ fn write_mysql(url: &str, table: &str, spec: &Spec) -> Result<()> {
            symbol VARCHAR(16) NOT NULL,
            trade_date DATE NOT NULL,
            open DECIMAL(12,2), high DECIMAL(12,2), low DECIMAL(12,2), close DECIMAL(12,2),
-           volume BIGINT, amount DOUBLE, factor DOUBLE,
+           volume BIGINT, amount DOUBLE, vwap DOUBLE, factor DOUBLE,
            name VARCHAR(32),
            UNIQUE KEY uk_symbol_date (symbol, trade_date)
          ) ENGINE=InnoDB"
@@ -331,7 +332,7 @@ fn write_mysql(url: &str, table: &str, spec: &Spec) -> Result<()> {
     let flush = |conn: &mut mysql::PooledConn, batch: &mut Vec<String>| -> Result<()> {
         if !batch.is_empty() {
             conn.query_drop(format!(
-                "INSERT INTO `{table}` (symbol, trade_date, open, high, low, close, volume, amount, factor, name) VALUES {}",
+                "INSERT INTO `{table}` (symbol, trade_date, open, high, low, close, volume, amount, vwap, factor, name) VALUES {}",
                 batch.join(",")
             ))?;
             batch.clear();
@@ -349,7 +350,7 @@ fn write_mysql(url: &str, table: &str, spec: &Spec) -> Result<()> {
                 }
             };
             batch.push(format!(
-                "('{}','{}',{},{},{},{},{},{},{},'{} Co.')",
+                "('{}','{}',{},{},{},{},{},{},{},{},'{} Co.')",
                 p.raw,
                 r[0],
                 v(&r[1]),
@@ -359,6 +360,7 @@ fn write_mysql(url: &str, table: &str, spec: &Spec) -> Result<()> {
                 v(&r[5]),
                 v(&r[6]),
                 v(&r[7]),
+                v(&r[8]),
                 p.symbol
             ));
             if batch.len() >= 2000 {
@@ -386,7 +388,7 @@ fn query_per_symbol(url: &str, table: &str) -> Result<()> {
         "SELECT DISTINCT symbol FROM `{table}` ORDER BY symbol"
     ))?;
     let stmt = conn.prep(format!(
-        "SELECT trade_date, open, high, low, close, volume, amount, factor FROM `{table}` WHERE symbol = ? ORDER BY trade_date"
+        "SELECT trade_date, open, high, low, close, volume, amount, vwap, factor FROM `{table}` WHERE symbol = ? ORDER BY trade_date"
     ))?;
     let mut rows = 0usize;
     let mut kept = Vec::new();

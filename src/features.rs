@@ -1,0 +1,283 @@
+//! `Store::features`: expressions evaluated over many instruments into a [`Frame`] (qlib's `D.features`).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::calendar::Timestamp;
+use crate::error::{Error, NameKind, Result};
+use crate::expr::{self, Column, Expr, Fields};
+use crate::featureset::FeatureSet;
+use crate::frame::Frame;
+use crate::freq::Freq;
+use crate::layout::validate_name;
+use crate::store::{FeatureKey, Store};
+
+/// Which instruments a query covers.
+#[derive(Debug, Clone, Copy)]
+pub enum Universe<'a> {
+    /// The instruments of `instruments/<market>.txt`, each on the rows of its spans.
+    Market(&'a str),
+    /// These instruments, each on the rows where its fields have data.
+    List(&'a [String]),
+}
+
+/// A store's fields at one frequency, for the evaluator.
+pub(crate) struct StoreFields<'a> {
+    pub store: &'a Store,
+    pub freq: Freq,
+}
+
+impl Fields for StoreFields<'_> {
+    fn column(&self, instrument: &str, field: &str) -> Result<Option<Column>> {
+        Ok(self
+            .store
+            .feature(instrument, field, self.freq)?
+            .map(Column::File))
+    }
+}
+
+impl Store {
+    /// Evaluates `exprs` (qlib expressions, one column each, named as given) for every instrument of
+    /// `universe` between `start` and `end` (inclusive; `None`: the calendar's ends). Instruments are evaluated
+    /// in parallel; results of an (expression, instrument, rows) already computed by this process come from
+    /// the in-memory feature cache. A field that no instrument of the query has is an error (a typo would
+    /// otherwise be a column of NaN).
+    pub fn features<S: AsRef<str>>(
+        &self,
+        universe: Universe<'_>,
+        exprs: &[S],
+        start: Option<Timestamp>,
+        end: Option<Timestamp>,
+        freq: Freq,
+    ) -> Result<Frame> {
+        let parsed: Vec<Expr> = exprs
+            .iter()
+            .map(|e| expr::parse(e.as_ref()))
+            .collect::<Result<_>>()?;
+        let canonical: Vec<String> = parsed.iter().map(Expr::to_string).collect();
+        let calendar = self.calendar(freq)?;
+        let range = calendar.locate(start, end);
+        let mut frame = Frame::new(
+            exprs.iter().map(|e| e.as_ref().to_string()).collect(),
+            calendar.clone(),
+        );
+        // Each instrument's requested rows: span rows for a market, everything (cut to data later) for a list.
+        let targets: Vec<(String, Option<Vec<Range<usize>>>)> = match universe {
+            Universe::Market(m) => self
+                .instruments(m)?
+                .iter()
+                .map(|(sym, spans)| {
+                    let rows = spans
+                        .iter()
+                        .map(|s| {
+                            let r = calendar.locate(Some(s.start), Some(s.end));
+                            r.start.max(range.start)..r.end.min(range.end)
+                        })
+                        .filter(|r| !r.is_empty())
+                        .collect();
+                    (sym.to_string(), Some(rows))
+                })
+                .collect(),
+            Universe::List(list) => {
+                let mut v = list
+                    .iter()
+                    .map(|s| {
+                        validate_name(NameKind::Instrument, s)?;
+                        Ok((s.clone(), None))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                v.dedup_by(|a, b| a.0 == b.0);
+                v
+            }
+        };
+        self.check_fields(&parsed, exprs, targets.iter().map(|t| t.0.as_str()), freq)?;
+        let fields = StoreFields { store: self, freq };
+        type Rows = (Vec<usize>, Vec<Vec<f32>>);
+        let results: Vec<Result<Rows>> = targets
+            .par_iter()
+            .map(|(inst, spans)| {
+                let spans = match spans {
+                    Some(s) => s.clone(),
+                    None => {
+                        let d = expr::domain(&fields, inst, &parsed)?;
+                        match d {
+                            Some(d) => {
+                                std::iter::once(d.start.max(range.start)..d.end.min(range.end))
+                                    .collect()
+                            }
+                            None => Vec::new(),
+                        }
+                    }
+                };
+                let spans: Vec<Range<usize>> =
+                    spans.into_iter().filter(|r| !r.is_empty()).collect();
+                let (Some(first), Some(last)) = (spans.first(), spans.last()) else {
+                    return Ok((Vec::new(), Vec::new()));
+                };
+                let hull = first.start..last.end;
+                let cols =
+                    self.evaluate_cached(&fields, inst, &parsed, &canonical, hull.clone())?;
+                let rows: Vec<usize> = spans.iter().flat_map(|r| r.clone()).collect();
+                let cols = cols
+                    .iter()
+                    .map(|c| rows.iter().map(|&r| c[r - hull.start]).collect())
+                    .collect();
+                Ok((rows, cols))
+            })
+            .collect();
+        for ((inst, _), res) in targets.into_iter().zip(results) {
+            let (rows, cols) = res?;
+            frame.push_instrument(inst, &rows, &cols);
+        }
+        Ok(frame)
+    }
+
+    /// Evaluates a feature set ([`Store::features`] with the set's expressions, columns named by feature).
+    /// Optional features whose fields no instrument of the query has are left out.
+    pub fn feature_set(
+        &self,
+        universe: Universe<'_>,
+        set: &FeatureSet,
+        start: Option<Timestamp>,
+        end: Option<Timestamp>,
+        freq: Freq,
+    ) -> Result<Frame> {
+        let symbols: Vec<String> = match universe {
+            Universe::Market(m) => self.instruments(m)?.symbols().map(str::to_owned).collect(),
+            Universe::List(l) => l.to_vec(),
+        };
+        let mut chosen = Vec::new();
+        for f in &set.features {
+            if f.optional {
+                let e = expr::parse(&f.expr)?;
+                let mut present = true;
+                for field in e.fields() {
+                    let mut any = false;
+                    for s in &symbols {
+                        if self.feature(s, field, freq)?.is_some() {
+                            any = true;
+                            break;
+                        }
+                    }
+                    present &= any;
+                }
+                if !present {
+                    continue;
+                }
+            }
+            chosen.push(f);
+        }
+        let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
+        let mut frame = self.features(universe, &exprs, start, end, freq)?;
+        frame.rename_columns(chosen.iter().map(|f| f.name.clone()).collect());
+        Ok(frame)
+    }
+
+    /// Evaluates through the feature cache space: cached columns are reused, the rest evaluated together.
+    fn evaluate_cached(
+        &self,
+        fields: &StoreFields<'_>,
+        instrument: &str,
+        parsed: &[Expr],
+        canonical: &[String],
+        rows: Range<usize>,
+    ) -> Result<Vec<Arc<Vec<f32>>>> {
+        let key = |c: &str| FeatureKey {
+            expr: c.to_string(),
+            instrument: instrument.to_uppercase(),
+            rows: (rows.start, rows.end),
+            freq: fields.freq,
+        };
+        let mut out: Vec<Option<Arc<Vec<f32>>>> = canonical
+            .iter()
+            .map(|c| self.features.get(&key(c)))
+            .collect();
+        let missing: Vec<usize> = (0..out.len()).filter(|&i| out[i].is_none()).collect();
+        if !missing.is_empty() {
+            let exprs: Vec<Expr> = missing.iter().map(|&i| parsed[i].clone()).collect();
+            let values = expr::evaluate(fields, instrument, &exprs, rows.clone())?;
+            for (&i, v) in missing.iter().zip(values) {
+                let v = Arc::new(v);
+                self.features.insert(key(&canonical[i]), v.clone());
+                out[i] = Some(v);
+            }
+        }
+        Ok(out.into_iter().map(|v| v.expect("filled above")).collect())
+    }
+
+    /// Fails on a field that none of `instruments` has a file for.
+    fn check_fields<'a, S: AsRef<str>>(
+        &self,
+        parsed: &[Expr],
+        texts: &[S],
+        instruments: impl Iterator<Item = &'a str> + Clone,
+        freq: Freq,
+    ) -> Result<()> {
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, e) in parsed.iter().enumerate() {
+            for f in e.fields() {
+                seen.entry(f).or_insert(i);
+            }
+        }
+        for (field, i) in seen {
+            let mut any = false;
+            let mut example = None;
+            for inst in instruments.clone() {
+                if self.feature(inst, field, freq)?.is_some() {
+                    any = true;
+                    break;
+                }
+                example.get_or_insert(inst);
+            }
+            if any {
+                continue;
+            }
+            let text = texts[i].as_ref();
+            let pos = text.to_lowercase().find(&format!("${field}")).unwrap_or(0);
+            let available = match example {
+                Some(inst) => {
+                    let fields = self.fields_of(inst, freq)?;
+                    if fields.is_empty() {
+                        format!("{inst} has no fields at {freq}")
+                    } else {
+                        format!("fields of {inst}: {}", fields.join(", "))
+                    }
+                }
+                None => "the query has no instruments".to_string(),
+            };
+            return Err(Error::Expr {
+                expr: text.to_string(),
+                pos,
+                reason: format!(
+                    "unknown field ${field}: no instrument of the query has features/<instrument>/{field}.{freq}.bin ({available})"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The fields stored for an instrument at `freq`, sorted.
+    pub fn fields_of(&self, instrument: &str, freq: Freq) -> Result<Vec<String>> {
+        let dir = crate::layout::instrument_dir(self.root(), instrument)?;
+        let suffix = format!(".{freq}.bin");
+        let mut out: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(&suffix))
+                        .map(str::to_owned)
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io("listing", &dir, e)),
+        };
+        out.sort();
+        Ok(out)
+    }
+}

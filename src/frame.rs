@@ -1,0 +1,177 @@
+//! The result of a features query: rows indexed by (instrument, datetime), one f32 column per expression.
+
+use std::io::Write;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::calendar::{Calendar, Timestamp, format_timestamp};
+
+/// Rows sorted by instrument then date (qlib's `D.features` order), values stored row-major so that a row,
+/// the unit a training sample is built from, is one contiguous slice.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    columns: Vec<String>,
+    instruments: Vec<String>,
+    /// Per row: index into `instruments`, calendar row.
+    index: Vec<(u32, u32)>,
+    calendar: Arc<Calendar>,
+    values: Vec<f32>,
+}
+
+impl Frame {
+    pub(crate) fn new(columns: Vec<String>, calendar: Arc<Calendar>) -> Frame {
+        Frame {
+            columns,
+            instruments: Vec::new(),
+            index: Vec::new(),
+            calendar,
+            values: Vec::new(),
+        }
+    }
+
+    /// Appends rows for one instrument: `cols[c][i]` is column `c` on calendar row `rows[i]`.
+    pub(crate) fn push_instrument(
+        &mut self,
+        instrument: String,
+        rows: &[usize],
+        cols: &[Vec<f32>],
+    ) {
+        if rows.is_empty() {
+            return;
+        }
+        let code = self.instruments.len() as u32;
+        self.instruments.push(instrument);
+        self.values.reserve(rows.len() * self.columns.len());
+        for (i, &r) in rows.iter().enumerate() {
+            self.index.push((code, r as u32));
+            self.values.extend(cols.iter().map(|c| c[i]));
+        }
+    }
+
+    pub(crate) fn rename_columns(&mut self, names: Vec<String>) {
+        assert_eq!(names.len(), self.columns.len(), "one name per column");
+        self.columns = names;
+    }
+
+    /// The column names: the expressions (or feature names) as the caller gave them.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// The instruments that have rows, in row order.
+    pub fn instruments(&self) -> &[String] {
+        &self.instruments
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The instrument of row `r`.
+    pub fn instrument(&self, r: usize) -> &str {
+        &self.instruments[self.index[r].0 as usize]
+    }
+
+    /// The calendar row of row `r`.
+    pub fn calendar_row(&self, r: usize) -> usize {
+        self.index[r].1 as usize
+    }
+
+    /// The timestamp of row `r`.
+    pub fn datetime(&self, r: usize) -> Timestamp {
+        self.calendar.dates()[self.calendar_row(r)]
+    }
+
+    /// The values of row `r`, one per column.
+    pub fn row(&self, r: usize) -> &[f32] {
+        let n = self.columns.len();
+        &self.values[r * n..(r + 1) * n]
+    }
+
+    pub fn value(&self, r: usize, c: usize) -> f32 {
+        self.values[r * self.columns.len() + c]
+    }
+
+    /// Column `c` as a vector.
+    pub fn column(&self, c: usize) -> Vec<f32> {
+        (0..self.len()).map(|r| self.value(r, c)).collect()
+    }
+
+    /// The rows of one instrument.
+    pub fn rows_of(&self, instrument: &str) -> Range<usize> {
+        let Some(code) = self.instruments.iter().position(|i| i == instrument) else {
+            return 0..0;
+        };
+        let start = self.index.partition_point(|&(c, _)| c < code as u32);
+        let end = self.index.partition_point(|&(c, _)| c <= code as u32);
+        start..end
+    }
+
+    /// All values, row-major (`len() x columns().len()`).
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// Writes `instrument,datetime,<columns...>` CSV; NaN is an empty cell (as pandas writes it).
+    pub fn write_csv(&self, out: impl Write) -> csv::Result<()> {
+        let mut w = csv::Writer::from_writer(out);
+        let date_only = self.calendar.freq().date_only();
+        let mut header = vec!["instrument".to_string(), "datetime".to_string()];
+        header.extend(self.columns.iter().cloned());
+        w.write_record(&header)?;
+        let mut rec = Vec::with_capacity(header.len());
+        for r in 0..self.len() {
+            rec.clear();
+            rec.push(self.instrument(r).to_string());
+            rec.push(format_timestamp(self.datetime(r), date_only));
+            rec.extend(self.row(r).iter().map(|v| {
+                if v.is_nan() {
+                    String::new()
+                } else {
+                    // Shortest text that reads back to the same f32.
+                    v.to_string()
+                }
+            }));
+            w.write_record(&rec)?;
+        }
+        w.flush()?;
+        Ok(())
+    }
+
+    /// One JSON object per row and line, keys in column order: `{"instrument": .., "datetime": ..,
+    /// "<column>": value}`; NaN and infinities are `null`.
+    pub fn write_json_lines(&self, mut out: impl Write) -> std::io::Result<()> {
+        let date_only = self.calendar.freq().date_only();
+        let keys: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| serde_json::to_string(c).expect("strings serialize"))
+            .collect();
+        let mut line = String::new();
+        for r in 0..self.len() {
+            line.clear();
+            line.push_str("{\"instrument\":");
+            line.push_str(&serde_json::to_string(self.instrument(r)).expect("strings serialize"));
+            line.push_str(",\"datetime\":\"");
+            line.push_str(&format_timestamp(self.datetime(r), date_only));
+            line.push('"');
+            for (k, v) in keys.iter().zip(self.row(r)) {
+                line.push(',');
+                line.push_str(k);
+                line.push(':');
+                if v.is_finite() {
+                    line.push_str(&v.to_string());
+                } else {
+                    line.push_str("null");
+                }
+            }
+            line.push_str("}\n");
+            out.write_all(line.as_bytes())?;
+        }
+        Ok(())
+    }
+}
