@@ -8,11 +8,12 @@ use rayon::prelude::*;
 
 use crate::calendar::Timestamp;
 use crate::error::{Error, NameKind, Result};
-use crate::expr::{self, Column, Expr, Fields};
+use crate::expr::{self, Column, Expr, Fields, Query, Scratch};
 use crate::featureset::FeatureSet;
 use crate::frame::Frame;
 use crate::freq::Freq;
 use crate::layout::validate_name;
+use crate::memcache::Limit;
 use crate::store::{FeatureKey, Store};
 
 /// Which instruments a query covers.
@@ -58,12 +59,10 @@ impl Store {
             .map(|e| expr::parse(e.as_ref()))
             .collect::<Result<_>>()?;
         let canonical: Vec<String> = parsed.iter().map(Expr::to_string).collect();
+        let query = Query::new(parsed.clone());
         let calendar = self.calendar(freq)?;
         let range = calendar.locate(start, end);
-        let mut frame = Frame::new(
-            exprs.iter().map(|e| e.as_ref().to_string()).collect(),
-            calendar.clone(),
-        );
+        let columns: Vec<String> = exprs.iter().map(|e| e.as_ref().to_string()).collect();
         // Each instrument's requested rows: span rows for a market, everything (cut to data later) for a list.
         let targets: Vec<(String, Option<Vec<Range<usize>>>)> = match universe {
             Universe::Market(m) => self
@@ -96,44 +95,93 @@ impl Store {
         };
         self.check_fields(&parsed, exprs, targets.iter().map(|t| t.0.as_str()), freq)?;
         let fields = StoreFields { store: self, freq };
-        type Rows = (Vec<usize>, Vec<Vec<f32>>);
-        let results: Vec<Result<Rows>> = targets
+        // Rows of each instrument first, so the frame is allocated once and filled in place in parallel.
+        let spans: Vec<Vec<Range<usize>>> = targets
             .par_iter()
             .map(|(inst, spans)| {
                 let spans = match spans {
                     Some(s) => s.clone(),
-                    None => {
-                        let d = expr::domain(&fields, inst, &parsed)?;
-                        match d {
-                            Some(d) => {
-                                std::iter::once(d.start.max(range.start)..d.end.min(range.end))
-                                    .collect()
-                            }
-                            None => Vec::new(),
-                        }
-                    }
+                    None => match expr::domain(&fields, inst, &parsed)? {
+                        Some(d) => std::iter::once(d.start.max(range.start)..d.end.min(range.end))
+                            .collect(),
+                        None => Vec::new(),
+                    },
                 };
-                let spans: Vec<Range<usize>> =
-                    spans.into_iter().filter(|r| !r.is_empty()).collect();
-                let (Some(first), Some(last)) = (spans.first(), spans.last()) else {
-                    return Ok((Vec::new(), Vec::new()));
-                };
-                let hull = first.start..last.end;
-                let cols =
-                    self.evaluate_cached(&fields, inst, &parsed, &canonical, hull.clone())?;
-                let rows: Vec<usize> = spans.iter().flat_map(|r| r.clone()).collect();
-                let cols = cols
-                    .iter()
-                    .map(|c| rows.iter().map(|&r| c[r - hull.start]).collect())
-                    .collect();
-                Ok((rows, cols))
+                Ok(spans.into_iter().filter(|r| !r.is_empty()).collect())
             })
+            .collect::<Result<_>>()?;
+        let ncol = parsed.len();
+        let counts: Vec<usize> = spans
+            .iter()
+            .map(|s| s.iter().map(|r| r.len()).sum())
             .collect();
-        for ((inst, _), res) in targets.into_iter().zip(results) {
-            let (rows, cols) = res?;
-            frame.push_instrument(inst, &rows, &cols);
+        // Zeroed pages come lazily from the kernel; the NaN fill then runs on every core.
+        let mut values = vec![0f32; counts.iter().sum::<usize>() * ncol];
+        values
+            .par_chunks_mut(1 << 16)
+            .for_each(|c| c.fill(f32::NAN));
+        let mut slices = Vec::with_capacity(counts.len());
+        let mut rest = values.as_mut_slice();
+        for &c in &counts {
+            let (head, tail) = rest.split_at_mut(c * ncol);
+            slices.push(head);
+            rest = tail;
         }
-        Ok(frame)
+        // A query whose results cannot all fit in the feature cache would only evict everything, itself
+        // included, before anyone asks again: such scans bypass it (as in scan-resistant buffer pools).
+        let cells = counts.iter().filter(|&&c| c > 0).count() * ncol;
+        let use_cache = match self.features.limit() {
+            Limit::Entries(n) => cells <= n,
+            Limit::Bytes(b) => {
+                let rows: usize = spans
+                    .iter()
+                    .map(|s| s.first().zip(s.last()).map_or(0, |(a, z)| z.end - a.start))
+                    .sum();
+                rows * ncol * 4 <= b
+            }
+        };
+        targets
+            .par_iter()
+            .zip(spans.par_iter())
+            .zip(slices.into_par_iter())
+            .try_for_each_init(
+                Scratch::default,
+                |scratch, (((inst, _), spans), out)| -> Result<()> {
+                    let (Some(first), Some(last)) = (spans.first(), spans.last()) else {
+                        return Ok(());
+                    };
+                    let hull = first.start..last.end;
+                    // Output row of each calendar row of the hull (spans may leave gaps).
+                    let mut slot = vec![usize::MAX; hull.len()];
+                    for (i, r) in spans.iter().flat_map(|r| r.clone()).enumerate() {
+                        slot[r - hull.start] = i;
+                    }
+                    let mut put = |c: usize, r: usize, v: f32| {
+                        let i = slot[r - hull.start];
+                        if i != usize::MAX {
+                            out[i * ncol + c] = v;
+                        }
+                    };
+                    if use_cache {
+                        let cols =
+                            self.evaluate_cached(&fields, inst, &query, &canonical, hull.clone())?;
+                        for (c, col) in cols.iter().enumerate() {
+                            for (k, &v) in col.iter().enumerate() {
+                                put(c, hull.start + k, v);
+                            }
+                        }
+                    } else {
+                        query.evaluate_into(&fields, inst, hull.clone(), scratch, put)?;
+                    }
+                    Ok(())
+                },
+            )?;
+        let index = targets
+            .into_iter()
+            .zip(spans)
+            .map(|((inst, _), spans)| (inst, spans.into_iter().flatten().collect()))
+            .collect();
+        Ok(Frame::from_parts(columns, index, calendar, values))
     }
 
     /// Evaluates a feature set ([`Store::features`] with the set's expressions, columns named by feature).
@@ -182,7 +230,7 @@ impl Store {
         &self,
         fields: &StoreFields<'_>,
         instrument: &str,
-        parsed: &[Expr],
+        query: &Query,
         canonical: &[String],
         rows: Range<usize>,
     ) -> Result<Vec<Arc<Vec<f32>>>> {
@@ -198,8 +246,12 @@ impl Store {
             .collect();
         let missing: Vec<usize> = (0..out.len()).filter(|&i| out[i].is_none()).collect();
         if !missing.is_empty() {
-            let exprs: Vec<Expr> = missing.iter().map(|&i| parsed[i].clone()).collect();
-            let values = expr::evaluate(fields, instrument, &exprs, rows.clone())?;
+            let values = if missing.len() == out.len() {
+                query.evaluate(fields, instrument, rows.clone())?
+            } else {
+                let exprs: Vec<Expr> = missing.iter().map(|&i| query.exprs()[i].clone()).collect();
+                expr::evaluate(fields, instrument, &exprs, rows.clone())?
+            };
             for (&i, v) in missing.iter().zip(values) {
                 let v = Arc::new(v);
                 self.features.insert(key(&canonical[i]), v.clone());

@@ -19,32 +19,34 @@ pub struct Frame {
 }
 
 impl Frame {
-    pub(crate) fn new(columns: Vec<String>, calendar: Arc<Calendar>) -> Frame {
+    /// A frame of `values` (row-major) whose rows are, in order, each instrument's calendar rows.
+    pub(crate) fn from_parts(
+        columns: Vec<String>,
+        rows: Vec<(String, Vec<usize>)>,
+        calendar: Arc<Calendar>,
+        values: Vec<f32>,
+    ) -> Frame {
+        let mut instruments = Vec::new();
+        let mut index = Vec::new();
+        for (inst, rs) in rows {
+            if rs.is_empty() {
+                continue;
+            }
+            let code = instruments.len() as u32;
+            instruments.push(inst);
+            index.extend(rs.into_iter().map(|r| (code, r as u32)));
+        }
+        assert_eq!(
+            index.len() * columns.len(),
+            values.len(),
+            "one value per row and column"
+        );
         Frame {
             columns,
-            instruments: Vec::new(),
-            index: Vec::new(),
+            instruments,
+            index,
             calendar,
-            values: Vec::new(),
-        }
-    }
-
-    /// Appends rows for one instrument: `cols[c][i]` is column `c` on calendar row `rows[i]`.
-    pub(crate) fn push_instrument(
-        &mut self,
-        instrument: String,
-        rows: &[usize],
-        cols: &[Vec<f32>],
-    ) {
-        if rows.is_empty() {
-            return;
-        }
-        let code = self.instruments.len() as u32;
-        self.instruments.push(instrument);
-        self.values.reserve(rows.len() * self.columns.len());
-        for (i, &r) in rows.iter().enumerate() {
-            self.index.push((code, r as u32));
-            self.values.extend(cols.iter().map(|c| c[i]));
+            values,
         }
     }
 
@@ -171,6 +173,43 @@ impl Frame {
             }
             line.push_str("}\n");
             out.write_all(line.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Per column: rows, NaN count, mean, min and max of the other values, tab-separated with a header.
+    pub fn write_stats(&self, mut out: impl Write) -> std::io::Result<()> {
+        let n = self.columns.len();
+        let (mut nan, mut sum) = (vec![0usize; n], vec![0.0f64; n]);
+        let (mut lo, mut hi) = (vec![f64::INFINITY; n], vec![f64::NEG_INFINITY; n]);
+        for row in self.values.chunks_exact(n.max(1)) {
+            for (c, &v) in row.iter().enumerate() {
+                if v.is_nan() {
+                    nan[c] += 1;
+                } else {
+                    let v = v as f64;
+                    sum[c] += v;
+                    lo[c] = lo[c].min(v);
+                    hi[c] = hi[c].max(v);
+                }
+            }
+        }
+        writeln!(out, "column\trows\tnan\tmean\tmin\tmax")?;
+        for (c, name) in self.columns.iter().enumerate() {
+            let valid = self.len() - nan[c];
+            let mean = if valid == 0 {
+                f64::NAN
+            } else {
+                sum[c] / valid as f64
+            };
+            writeln!(
+                out,
+                "{name}\t{}\t{}\t{mean}\t{}\t{}",
+                self.len(),
+                nan[c],
+                lo[c],
+                hi[c]
+            )?;
         }
         Ok(())
     }

@@ -350,3 +350,117 @@ fn a_target_filled_during_the_import_is_not_overwritten() {
         "a staging directory was left behind"
     );
 }
+
+fn qcache(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qcache"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn qcache_query_prints_csv_json_and_writes_files() {
+    let (dir, store) = sample_store();
+    let s = store.to_str().unwrap();
+    let out = qcache(&[
+        "query",
+        s,
+        "--instruments",
+        "SH600000,SZ000002",
+        "--fields",
+        "$close",
+        "Mean($close, 5)",
+        "--start",
+        "2023-03-01",
+        "--end",
+        "2023-03-03",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "instrument,datetime,$close,\"Mean($close, 5)\"");
+    assert_eq!(lines.len(), 1 + 2 * 3, "{csv}");
+    assert!(lines[1].starts_with("SH600000,2023-03-01,"), "{csv}");
+    let out = qcache(&[
+        "query",
+        s,
+        "--feature-set",
+        "alpha158",
+        "--instruments",
+        "SH600000",
+        "--end",
+        "2023-01-10",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(first["instrument"], "SH600000");
+    assert!(first["KMID"].is_number() && first["ROC5"].is_null());
+    let file = dir.path().join("out.csv");
+    let out = qcache(&[
+        "query",
+        s,
+        "--fields",
+        "$open",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.stdout.is_empty());
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .starts_with("instrument,datetime,$open\n")
+    );
+    assert_eq!(
+        entries(dir.path()),
+        vec!["out.csv", "store"],
+        "no temp file left"
+    );
+}
+
+#[test]
+fn qcache_query_errors_have_codes_and_positions() {
+    let (dir, store) = sample_store();
+    let s = store.to_str().unwrap();
+    let out = qcache(&["query", s, "--fields", "Mean($close, 5"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("^ at byte 14"), "{}", text(&out));
+    let out = qcache(&["query", s, "--fields", "$vol"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("unknown field $vol"), "{}", text(&out));
+    let out = qcache(&["query", s, "--feature-set", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("alpha158, technical"), "{}", text(&out));
+    let out = qcache(&["query", s]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "neither --fields nor --feature-set"
+    );
+    let file = dir.path().join("keep.csv");
+    std::fs::write(&file, "old").unwrap();
+    let out = qcache(&[
+        "query",
+        s,
+        "--fields",
+        "Foo($close)",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "old",
+        "a failed query leaves --out alone"
+    );
+    let out = qcache(&[
+        "query",
+        dir.path().join("none").to_str().unwrap(),
+        "--fields",
+        "$close",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}

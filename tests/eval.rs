@@ -331,6 +331,31 @@ proptest! {
         }
     }
 
+    /// Long windows keep their order statistics in a Fenwick tree rather than a sorted buffer: same answers.
+    #[test]
+    fn long_window_order_statistics_match_their_definitions(
+        x in prop::collection::vec(prop_oneof![4 => (0i32..300).prop_map(f64::from), 1 => Just(NAN)], 500..1300),
+        n in 513usize..700,
+    ) {
+        for op in ["Med", "Rank"] {
+            let got = eval(&format!("{op}($x,{n})"), &x);
+            for (i, &g) in got.iter().enumerate().step_by(7) {
+                let want = reference(op, window(&x, i, n));
+                prop_assert!(agree(g, want, 100.0), "{}($x,{}) row {}: got {}, want {}", op, n, i, g, want);
+            }
+        }
+        let got = eval(&format!("Quantile($x,{n},0.3)"), &x);
+        let w = window(&x, x.len() - 1, n);
+        let mut v = valid(w);
+        v.sort_by(f64::total_cmp);
+        if !v.is_empty() {
+            let at = 0.3 * (v.len() - 1) as f64;
+            let lo = at.floor() as usize;
+            let want = v[lo] + (v[(lo + 1).min(v.len() - 1)] - v[lo]) * (at - lo as f64);
+            prop_assert!(agree(*got.last().unwrap(), want, 100.0));
+        }
+    }
+
     /// Evaluating rows `a..b` gives exactly the bits of rows `a..b` of the full evaluation, for nested
     /// expressions whose windows reach across blocks, look-ahead, and two fields starting on different rows.
     #[test]

@@ -28,6 +28,8 @@ enum Format {
     Csv,
     /// One JSON object per row and line; NaN is null.
     Json,
+    /// Per column: rows, NaN count, mean, min, max (a quick look at a large query).
+    Stats,
 }
 
 #[derive(Subcommand)]
@@ -121,22 +123,27 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 None => store.features(universe, &fields, start, end, freq)?,
             };
-            let mut buf = Vec::new();
-            write(&frame, format, &mut buf)?;
             match out {
-                Some(path) => qstore::fsio::replace_atomic(&path, &buf)
-                    .with_context(|| format!("writing {}", path.display()))?,
-                None => std::io::stdout().lock().write_all(&buf)?,
+                Some(path) => {
+                    qstore::fsio::replace_atomic_with(&path, |w| write(&frame, format, w))
+                        .with_context(|| format!("writing {}", path.display()))?
+                }
+                None => {
+                    let mut w =
+                        std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+                    write(&frame, format, &mut w)?;
+                    w.flush()?;
+                }
             }
             Ok(())
         }
     }
 }
 
-fn write(frame: &Frame, format: Format, out: &mut Vec<u8>) -> Result<()> {
+fn write(frame: &Frame, format: Format, out: &mut impl Write) -> std::io::Result<()> {
     match format {
-        Format::Csv => frame.write_csv(out)?,
-        Format::Json => frame.write_json_lines(out)?,
+        Format::Csv => frame.write_csv(out).map_err(std::io::Error::other),
+        Format::Json => frame.write_json_lines(out),
+        Format::Stats => frame.write_stats(out),
     }
-    Ok(())
 }

@@ -12,7 +12,9 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::ast::{Binary, Expr, Extent, Pair, Rolling, Unary, Window};
-use super::kernels::{self, CoMoments, Extreme, Moments, Sum, Weighted, order_stats, rolling};
+use super::kernels::{
+    self, CoMoments, Extreme, Moments, Spread, Sum, Weighted, order_stats, rolling,
+};
 use crate::error::Result;
 use crate::feature::FeatureFile;
 
@@ -62,45 +64,131 @@ impl Fields for HashMap<(String, String), (usize, Vec<f32>)> {
 }
 
 /// Evaluates `exprs` for `instrument` on calendar `rows`: one f32 vector per expression, `rows.len()` long,
-/// NaN where the series has no value.
+/// NaN where the series has no value. (For many instruments, build a [`Query`] once.)
 pub fn evaluate<F: Fields + ?Sized>(
     fields: &F,
     instrument: &str,
     exprs: &[Expr],
     rows: Range<usize>,
 ) -> Result<Vec<Vec<f32>>> {
-    let mut ev = Evaluator {
-        fields,
-        columns: HashMap::new(),
-    };
-    let nan = || vec![f32::NAN; rows.len()];
-    let mut out = Vec::with_capacity(exprs.len());
-    for e in exprs {
-        // Each expression's own series: rows outside it are NaN (absent in qlib's pandas index), even when
-        // another column of the same query has values there.
-        let Some(domain) = ev.domain(e, instrument)? else {
-            out.push(nan());
-            continue;
-        };
-        let w = e.ext_window();
-        let qs = match w.left {
-            Extent::All => domain.start,
-            Extent::Rows(l) => domain.start.max(rows.start.saturating_sub(l as usize)),
-        };
-        let qe = domain
-            .end
-            .min(rows.end.saturating_add(w.right as usize))
-            .max(qs);
-        let values = ev.eval(e, instrument, qs, qe - qs)?.into_vec(qe - qs);
-        let mut o = nan();
-        for (r, slot) in rows.clone().zip(o.iter_mut()) {
-            if (qs..qe).contains(&r) && domain.contains(&r) {
-                *slot = values[r - qs] as f32;
+    Query::new(exprs.to_vec()).evaluate(fields, instrument, rows)
+}
+
+/// Expressions prepared for evaluation over many instruments: every distinct sub-expression (by canonical
+/// text) gets one id, so parts shared between expressions (`$close`, `Ref($close,1)`, `Mean($close,5)`) are
+/// computed once per instrument, and the canonical text is built once per query rather than per instrument.
+pub struct Query {
+    exprs: Vec<Expr>,
+    /// Node address -> id of its canonical text.
+    ids: HashMap<usize, u32>,
+}
+
+impl Query {
+    pub fn new(exprs: Vec<Expr>) -> Query {
+        fn walk(e: &Expr, texts: &mut HashMap<String, u32>, ids: &mut HashMap<usize, u32>) {
+            let n = texts.len() as u32;
+            let id = *texts.entry(e.to_string()).or_insert(n);
+            ids.insert(e as *const Expr as usize, id);
+            match e {
+                Expr::Field(_) | Expr::Const(_) => {}
+                Expr::Unary(_, x)
+                | Expr::Ref(x, _)
+                | Expr::Rolling(_, x, _)
+                | Expr::Quantile(x, _, _)
+                | Expr::Instrument(x, _) => walk(x, texts, ids),
+                Expr::Binary(_, a, b) | Expr::Pair(_, a, b, _) => {
+                    walk(a, texts, ids);
+                    walk(b, texts, ids);
+                }
+                Expr::If(c, a, b) => {
+                    walk(c, texts, ids);
+                    walk(a, texts, ids);
+                    walk(b, texts, ids);
+                }
             }
         }
-        out.push(o);
+        let (mut texts, mut ids) = (HashMap::new(), HashMap::new());
+        for e in &exprs {
+            walk(e, &mut texts, &mut ids);
+        }
+        Query { exprs, ids }
     }
-    Ok(out)
+
+    pub fn exprs(&self) -> &[Expr] {
+        &self.exprs
+    }
+
+    /// [`evaluate`] of these expressions.
+    pub fn evaluate<F: Fields + ?Sized>(
+        &self,
+        fields: &F,
+        instrument: &str,
+        rows: Range<usize>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut out = vec![vec![f32::NAN; rows.len()]; self.exprs.len()];
+        self.evaluate_into(
+            fields,
+            instrument,
+            rows.clone(),
+            &mut Scratch::default(),
+            |k, r, v| out[k][r - rows.start] = v,
+        )?;
+        Ok(out)
+    }
+
+    /// Evaluates for one instrument and hands each value inside an expression's series to
+    /// `sink(expression index, calendar row, value)`; rows without a value are not reported. `scratch` carries
+    /// buffers from one call to the next (one per thread), so evaluating thousands of instruments does not
+    /// allocate and free megabytes per instrument.
+    pub fn evaluate_into<F: Fields + ?Sized>(
+        &self,
+        fields: &F,
+        instrument: &str,
+        rows: Range<usize>,
+        scratch: &mut Scratch,
+        mut sink: impl FnMut(usize, usize, f32),
+    ) -> Result<()> {
+        let exprs = &self.exprs;
+        let mut ev = Evaluator::new(fields, Some(&self.ids));
+        ev.pool = std::mem::take(&mut scratch.pool);
+        // Each expression's own series and the rows its requested rows need.
+        let mut plans = Vec::with_capacity(exprs.len());
+        for e in exprs {
+            let plan = ev.domain(e, instrument)?.map(|domain| {
+                let w = e.ext_window();
+                let qs = match w.left {
+                    Extent::All => domain.start,
+                    Extent::Rows(l) => domain.start.max(rows.start.saturating_sub(l as usize)),
+                };
+                let qe = domain.end.min(rows.end.saturating_add(w.right as usize));
+                (domain, qs, qe.max(qs))
+            });
+            plans.push(plan);
+        }
+        // One evaluation range for all: results do not depend on where evaluation starts (as long as it is inside
+        // the series), so shared sub-expressions (`$close`, `Ref($close,1)`, ...) are computed once.
+        let common_qs = plans.iter().flatten().map(|p| p.1).min().unwrap_or(0);
+        let common_qe = plans.iter().flatten().map(|p| p.2).max().unwrap_or(0);
+        for (k, (e, plan)) in exprs.iter().zip(plans).enumerate() {
+            // Rows outside the expression's own series are NaN (absent in qlib's pandas index), even when another
+            // column of the same query has values there.
+            let Some((domain, _, _)) = plan else {
+                continue;
+            };
+            let qs = common_qs.max(domain.start);
+            let qe = common_qe.min(domain.end).max(qs);
+            let values = ev.eval(e, instrument, qs, qe - qs)?;
+            let from = rows.start.max(qs).max(domain.start);
+            let to = rows.end.min(qe).min(domain.end);
+            match &values {
+                Val::Const(c) => (from..to).for_each(|r| sink(k, r, *c as f32)),
+                Val::Series { v, .. } => (from..to).for_each(|r| sink(k, r, v[r - qs] as f32)),
+            }
+            ev.recycle(values);
+        }
+        scratch.pool = ev.finish();
+        Ok(())
+    }
 }
 
 /// The rows where the series of `exprs` for `instrument` exist: the hull of the stored ranges of the fields
@@ -110,10 +198,7 @@ pub fn domain<F: Fields + ?Sized>(
     instrument: &str,
     exprs: &[Expr],
 ) -> Result<Option<Range<usize>>> {
-    let mut ev = Evaluator {
-        fields,
-        columns: HashMap::new(),
-    };
+    let mut ev = Evaluator::new(fields, None);
     let mut d = None;
     for e in exprs {
         d = hull(d, ev.domain(e, instrument)?);
@@ -134,6 +219,7 @@ fn hull(a: Option<Range<usize>>, b: Option<Range<usize>>) -> Option<Range<usize>
 /// `narrow` marks series that qlib holds as float32 (raw fields, element-wise results of float32 inputs,
 /// booleans): pandas and numpy compute element-wise operators on those in float32, so the result is rounded
 /// to float32 here too, and numbers match qlib's. Rolling operators give float64 in pandas and here.
+#[derive(Clone)]
 enum Val {
     Const(f64),
     Series { v: Vec<f64>, narrow: bool },
@@ -156,6 +242,15 @@ impl Val {
     }
 }
 
+/// Buffers kept between evaluations (see [`Query::evaluate_into`]).
+#[derive(Default)]
+pub struct Scratch {
+    pool: Vec<Vec<f64>>,
+}
+
+/// Buffers kept at most, so a huge query does not pin its peak memory.
+const POOL_MAX: usize = 4096;
+
 /// Rounds to float32 when qlib's dtype would be float32.
 fn round_if(narrow: bool, x: f64) -> f64 {
     if narrow { x as f32 as f64 } else { x }
@@ -164,6 +259,12 @@ fn round_if(narrow: bool, x: f64) -> f64 {
 struct Evaluator<'a, F: ?Sized> {
     fields: &'a F,
     columns: HashMap<(String, String), Option<Column>>,
+    /// Ids of the nodes ([`Query`]); without them nothing is memoised.
+    ids: Option<&'a HashMap<usize, u32>>,
+    /// Values of the sub-expressions evaluated so far: (node id, instrument text address, base, len).
+    memo: HashMap<(u32, usize, usize, usize), Val>,
+    /// Free buffers.
+    pool: Vec<Vec<f64>>,
 }
 
 fn truthy(x: f64) -> bool {
@@ -175,7 +276,90 @@ fn bool_f(b: bool) -> f64 {
     if b { 1.0 } else { 0.0 }
 }
 
-impl<F: Fields + ?Sized> Evaluator<'_, F> {
+impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
+    fn new(fields: &'a F, ids: Option<&'a HashMap<usize, u32>>) -> Self {
+        Evaluator {
+            fields,
+            columns: HashMap::new(),
+            ids,
+            memo: HashMap::new(),
+            pool: Vec::new(),
+        }
+    }
+
+    /// A buffer of `len` NaNs, from the pool when it has one.
+    fn nans(&mut self, len: usize) -> Vec<f64> {
+        match self.pool.pop() {
+            Some(mut v) => {
+                v.clear();
+                v.resize(len, f64::NAN);
+                v
+            }
+            None => vec![f64::NAN; len],
+        }
+    }
+
+    fn copy(&mut self, src: &[f64]) -> Vec<f64> {
+        let mut v = self.pool.pop().unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(src);
+        v
+    }
+
+    fn recycle(&mut self, v: Val) {
+        if let Val::Series { v, .. } = v
+            && self.pool.len() < POOL_MAX
+        {
+            self.pool.push(v);
+        }
+    }
+
+    /// Returns every buffer (memoised values included) for the next evaluation.
+    fn finish(mut self) -> Vec<Vec<f64>> {
+        let memo = std::mem::take(&mut self.memo);
+        for (_, v) in memo {
+            self.recycle(v);
+        }
+        self.pool
+    }
+
+    fn eval(&mut self, e: &Expr, inst: &str, base: usize, len: usize) -> Result<Val> {
+        if let Expr::Const(c) = e {
+            return Ok(Val::Const(*c));
+        }
+        let Some(&id) = self
+            .ids
+            .and_then(|ids| ids.get(&(e as *const Expr as usize)))
+        else {
+            return self.compute(e, inst, base, len);
+        };
+        let key = (id, inst.as_ptr() as usize, base, len);
+        if let Some(hit) = self.memo.get(&key) {
+            return Ok(match hit {
+                Val::Const(c) => Val::Const(*c),
+                Val::Series { v, narrow } => {
+                    // Disjoint fields: the memo stays borrowed while a pooled buffer takes the copy.
+                    let mut out = self.pool.pop().unwrap_or_default();
+                    out.clear();
+                    out.extend_from_slice(v);
+                    Val::Series {
+                        v: out,
+                        narrow: *narrow,
+                    }
+                }
+            });
+        }
+        let v = self.compute(e, inst, base, len)?;
+        let kept = match &v {
+            Val::Const(c) => Val::Const(*c),
+            Val::Series { v, narrow } => Val::Series {
+                v: self.copy(v),
+                narrow: *narrow,
+            },
+        };
+        self.memo.insert(key, kept);
+        Ok(v)
+    }
     fn column(&mut self, instrument: &str, field: &str) -> Result<Option<Column>> {
         let key = (instrument.to_string(), field.to_string());
         if let Some(c) = self.columns.get(&key) {
@@ -213,11 +397,11 @@ impl<F: Fields + ?Sized> Evaluator<'_, F> {
         Ok(self.eval(e, instrument, base, len)?.into_vec(len))
     }
 
-    fn eval(&mut self, e: &Expr, inst: &str, base: usize, len: usize) -> Result<Val> {
+    fn compute(&mut self, e: &Expr, inst: &str, base: usize, len: usize) -> Result<Val> {
         Ok(match e {
             Expr::Const(c) => Val::Const(*c),
             Expr::Field(f) => {
-                let mut out = vec![f64::NAN; len];
+                let mut out = self.nans(len);
                 if let Some(c) = self.column(inst, f)? {
                     let from = c.start().max(base);
                     let to = c.rows().end.min(base + len);
@@ -228,7 +412,7 @@ impl<F: Fields + ?Sized> Evaluator<'_, F> {
                 Val::narrow(out)
             }
             Expr::Instrument(x, other) => {
-                let mut out = vec![f64::NAN; len];
+                let mut out = self.nans(len);
                 let mut narrow = true;
                 if let Some(d) = self.domain(x, other)? {
                     let from = d.start.max(base);
@@ -417,7 +601,7 @@ fn periods(w: Window) -> Option<usize> {
 }
 
 /// |std| <= 2e-5: qlib's `np.isclose(rolling std, 0, atol=2e-05)`, under which Corr and Rsquare are NaN.
-fn flat(m: &Moments) -> bool {
+fn flat(m: &Spread) -> bool {
     m.var().sqrt() <= 2e-5
 }
 
@@ -427,6 +611,7 @@ fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
     let sum = |f: fn(&Sum) -> f64| rolling(len, base, n, |i| Sum::one(v[i], 0), |a, _| f(a));
     let moments =
         |f: fn(&Moments) -> f64| rolling(len, base, n, |i| Moments::one(v[i], 0), |a, _| f(a));
+    let spread = |f: fn(&Spread) -> f64| rolling(len, base, n, |i| Spread::one(v[i]), |a, _| f(a));
     // Regression of the values on their calendar row: the slope and fit do not depend on where x starts.
     let trend = |f: &dyn Fn(&CoMoments) -> f64| {
         rolling(
@@ -444,8 +629,8 @@ fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
         (Rolling::Mean, _) => sum(|a| if a.n == 0 { f64::NAN } else { a.s / a.n as f64 }),
         (Rolling::Sum, _) => sum(|a| if a.n == 0 { f64::NAN } else { a.s }),
         (Rolling::Count, _) => sum(|a| a.n as f64),
-        (Rolling::Var, _) => moments(|a| a.var()),
-        (Rolling::Std, _) => moments(|a| a.var().sqrt()),
+        (Rolling::Var, _) => spread(Spread::var),
+        (Rolling::Std, _) => spread(|a| a.var().sqrt()),
         (Rolling::Skew, _) => moments(Moments::skew),
         (Rolling::Kurt, _) => moments(Moments::kurt),
         (Rolling::Max, _) => rolling(
@@ -504,7 +689,7 @@ fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
             match n {
                 // qlib blanks windows whose values are (nearly) constant; not for the expanding form.
                 Some(_) => {
-                    let m = moments(|m| if flat(m) { f64::NAN } else { 0.0 });
+                    let m = spread(|m| if flat(m) { f64::NAN } else { 0.0 });
                     r2.iter().zip(&m).map(|(r, m)| r + m).collect()
                 }
                 None => r2,
@@ -557,15 +742,8 @@ fn pair_op(op: Pair, a: &[f64], b: &[f64], base: usize, w: Window) -> Vec<f64> {
                 }
             });
             // qlib: NaN where either side on its own is (nearly) constant over the window.
-            let side = |s: &[f64]| {
-                rolling(
-                    len,
-                    base,
-                    n,
-                    |i| Moments::one(s[i], 0),
-                    |m, _| bool_f(flat(m)),
-                )
-            };
+            let side =
+                |s: &[f64]| rolling(len, base, n, |i| Spread::one(s[i]), |m, _| bool_f(flat(m)));
             let (fa, fb) = (side(a), side(b));
             r.iter()
                 .zip(fa.iter().zip(&fb))

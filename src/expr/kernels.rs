@@ -103,6 +103,69 @@ impl Sum {
     }
 }
 
+/// Count, mean and sum of squared deviations (Chan's pairwise update): Var, Std.
+#[derive(Clone, Copy)]
+pub(crate) struct Spread {
+    pub n: f64,
+    pub mean: f64,
+    pub m2: f64,
+}
+
+impl Acc for Spread {
+    const EMPTY: Self = Spread {
+        n: 0.0,
+        mean: 0.0,
+        m2: 0.0,
+    };
+    fn merge(a: &Self, b: &Self) -> Self {
+        if a.n == 0.0 {
+            return *b;
+        }
+        if b.n == 0.0 {
+            return *a;
+        }
+        let n = a.n + b.n;
+        let d = b.mean - a.mean;
+        if d == 0.0 {
+            // Exact for equal means, so a constant window keeps m2 == 0.
+            return Spread {
+                n,
+                mean: a.mean,
+                m2: a.m2 + b.m2,
+            };
+        }
+        let dn = d / n;
+        Spread {
+            n,
+            mean: a.mean + dn * b.n,
+            m2: a.m2 + b.m2 + d * d * a.n * b.n / n,
+        }
+    }
+}
+
+impl Spread {
+    pub fn one(x: f64) -> Self {
+        if x.is_nan() {
+            Self::EMPTY
+        } else {
+            Spread {
+                n: 1.0,
+                mean: x,
+                m2: 0.0,
+            }
+        }
+    }
+
+    /// Sample variance (ddof 1); NaN below two values.
+    pub fn var(&self) -> f64 {
+        if self.n < 2.0 {
+            f64::NAN
+        } else {
+            (self.m2 / (self.n - 1.0)).max(0.0)
+        }
+    }
+}
+
 /// Central moments up to the fourth (Pébay's pairwise update): Var, Std, Skew, Kurt.
 #[derive(Clone, Copy)]
 pub(crate) struct Moments {
@@ -175,15 +238,6 @@ impl Moments {
 }
 
 impl Moments {
-    /// Sample variance (ddof 1); NaN below two values.
-    pub fn var(&self) -> f64 {
-        if self.n < 2.0 {
-            f64::NAN
-        } else {
-            (self.m2 / (self.n - 1.0)).max(0.0)
-        }
-    }
-
     /// pandas' bias-corrected skewness: NaN below 3 values, for a constant window (as pandas 3;
     /// pandas 2 gave 0) and for a variance at or below 1e-14 (pandas' threshold).
     pub fn skew(&self) -> f64 {
@@ -507,12 +561,75 @@ impl OrderStats {
     }
 }
 
+/// The order statistics of a window, however kept.
+pub(crate) trait Ordered {
+    fn count(&self) -> u32;
+    /// The k-th smallest value (0-based; k < count).
+    fn kth(&self, k: u32) -> f64;
+    /// How many values are below `x`, and how many equal it.
+    fn below_equal(&self, x: f64) -> (u32, u32);
+}
+
+impl Ordered for OrderStats {
+    fn count(&self) -> u32 {
+        self.len
+    }
+    fn kth(&self, k: u32) -> f64 {
+        OrderStats::kth(self, k)
+    }
+    fn below_equal(&self, x: f64) -> (u32, u32) {
+        let r = self.rank_of(x);
+        (self.below(r), self.equal(r))
+    }
+}
+
+/// A short window kept sorted: binary search and a memmove of at most the window per row, which beats the
+/// Fenwick tree's O(log n) walks for the windows factor libraries use (up to a few hundred rows).
+pub(crate) struct SortedWindow(Vec<f64>);
+
+impl Ordered for SortedWindow {
+    fn count(&self) -> u32 {
+        self.0.len() as u32
+    }
+    fn kth(&self, k: u32) -> f64 {
+        self.0[k as usize]
+    }
+    fn below_equal(&self, x: f64) -> (u32, u32) {
+        let lo = self.0.partition_point(|v| *v < x);
+        let hi = lo + self.0[lo..].partition_point(|v| *v <= x);
+        (lo as u32, (hi - lo) as u32)
+    }
+}
+
+/// Windows up to this many rows use [`SortedWindow`], longer and expanding ones [`OrderStats`].
+const SORTED_WINDOW_MAX: usize = 512;
+
 /// Runs `f` over the order statistics of each window (`None`: expanding), skipping NaN.
 pub(crate) fn order_stats(
     xs: &[f64],
     n: Option<usize>,
-    mut f: impl FnMut(&OrderStats, f64) -> f64,
+    mut f: impl FnMut(&dyn Ordered, f64) -> f64,
 ) -> Vec<f64> {
+    let mut out = vec![f64::NAN; xs.len()];
+    if let Some(n) = n.filter(|&n| n <= SORTED_WINDOW_MAX) {
+        let mut w = SortedWindow(Vec::with_capacity(n + 1));
+        for i in 0..xs.len() {
+            let x = xs[i];
+            if !x.is_nan() {
+                let at = w.0.partition_point(|v| v.total_cmp(&x).is_lt());
+                w.0.insert(at, x);
+            }
+            if i >= n {
+                let old = xs[i - n];
+                if !old.is_nan() {
+                    let at = w.0.partition_point(|v| v.total_cmp(&old).is_lt());
+                    w.0.remove(at);
+                }
+            }
+            out[i] = f(&w, x);
+        }
+        return out;
+    }
     let mut os = OrderStats::new(xs);
     let ranks: Vec<usize> = xs
         .iter()
@@ -524,7 +641,6 @@ pub(crate) fn order_stats(
             }
         })
         .collect();
-    let mut out = vec![f64::NAN; xs.len()];
     for i in 0..xs.len() {
         if ranks[i] != usize::MAX {
             os.add(ranks[i], 1);
@@ -541,8 +657,8 @@ pub(crate) fn order_stats(
 }
 
 /// pandas' linear-interpolated quantile of the window.
-pub(crate) fn quantile(os: &OrderStats, q: f64) -> f64 {
-    match os.len {
+pub(crate) fn quantile(os: &dyn Ordered, q: f64) -> f64 {
+    match os.count() {
         0 => f64::NAN,
         1 => os.kth(0),
         n => {
@@ -560,8 +676,8 @@ pub(crate) fn quantile(os: &OrderStats, q: f64) -> f64 {
 }
 
 /// pandas' rolling median: the middle value, or the mean of the two middle values.
-pub(crate) fn median(os: &OrderStats) -> f64 {
-    match os.len {
+pub(crate) fn median(os: &dyn Ordered) -> f64 {
+    match os.count() {
         0 => f64::NAN,
         n if n % 2 == 1 => os.kth(n / 2),
         n => (os.kth(n / 2) + os.kth(n / 2 - 1)) / 2.0,
@@ -569,13 +685,12 @@ pub(crate) fn median(os: &OrderStats) -> f64 {
 }
 
 /// pandas' `rank(pct=True)` with average ties of the newest value; NaN when it is NaN.
-pub(crate) fn rank_pct(os: &OrderStats, x: f64) -> f64 {
-    if x.is_nan() || os.len == 0 {
+pub(crate) fn rank_pct(os: &dyn Ordered, x: f64) -> f64 {
+    if x.is_nan() || os.count() == 0 {
         return f64::NAN;
     }
-    let r = os.rank_of(x);
-    let rank = os.below(r) as f64 + (os.equal(r) as f64 + 1.0) / 2.0;
-    rank / os.len as f64
+    let (below, equal) = os.below_equal(x);
+    (below as f64 + (equal as f64 + 1.0) / 2.0) / os.count() as f64
 }
 
 /// Mean absolute deviation around the window mean, over the valid values (qlib's `Mad`). The sum of

@@ -28,5 +28,5 @@ mod kernels;
 mod parse;
 
 pub use ast::{Binary, Expr, ExtWindow, Extent, Pair, Rolling, Unary, Window};
-pub use eval::{Column, Fields, domain, evaluate};
+pub use eval::{Column, Fields, Query, Scratch, domain, evaluate};
 pub use parse::parse;

@@ -1,0 +1,305 @@
+//! `Store::features` and feature sets over the sample store and hand-built stores: rows, ranges, the feature
+//! cache and its invalidation, errors, writers.
+
+mod common;
+
+use std::path::Path;
+
+use qstore::expr::{evaluate, parse};
+use qstore::{Error, FeatureSet, Freq, Store, Universe, import, parse_timestamp};
+
+fn sample_store(dir: &Path) -> Store {
+    let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample"));
+    let csv = import::CsvSource::open(fixtures, Default::default()).unwrap();
+    let root = dir.join("store");
+    import::import(&csv, &root, false, &Default::default(), &|_| {}).unwrap();
+    Store::open(root).unwrap()
+}
+
+fn ts(s: &str) -> qstore::Timestamp {
+    parse_timestamp(s).unwrap()
+}
+
+#[test]
+fn market_rows_follow_the_spans_and_values_equal_direct_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sample_store(dir.path());
+    let exprs = ["$close", "Mean($close, 5)", "Ref($close, -1) / $close - 1"];
+    let f = s
+        .features(Universe::Market("all"), &exprs, None, None, Freq::DAY)
+        .unwrap();
+    let cal = s.calendar(Freq::DAY).unwrap();
+    let ins = s.instruments("all").unwrap();
+    assert_eq!(f.instruments().len(), ins.len());
+    assert_eq!(f.columns(), &exprs.map(String::from));
+    for (sym, spans) in ins.iter() {
+        let rows = f.rows_of(sym);
+        let want: Vec<usize> = spans
+            .iter()
+            .flat_map(|sp| cal.locate(Some(sp.start), Some(sp.end)))
+            .collect();
+        let got: Vec<usize> = rows.clone().map(|r| f.calendar_row(r)).collect();
+        assert_eq!(got, want, "{sym}: one row per calendar day of its spans");
+        // The same numbers as evaluating one instrument directly.
+        let fields = qstore_fields(&s);
+        let parsed: Vec<_> = exprs.iter().map(|e| parse(e).unwrap()).collect();
+        let direct = evaluate(&fields, sym, &parsed, want[0]..want[want.len() - 1] + 1).unwrap();
+        for (i, r) in rows.enumerate() {
+            for (c, col) in direct.iter().enumerate() {
+                let (a, b) = (f.value(r, c), col[want[i] - want[0]]);
+                assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+            }
+        }
+    }
+    // SH600009 stops trading in August: its rows stop there, and Ref(.., -1) is NaN on its last day.
+    let r = f.rows_of("SH600009");
+    assert_eq!(f.datetime(r.end - 1), ts("2023-08-24"));
+    assert!(f.value(r.end - 1, 2).is_nan());
+    assert!(!f.value(r.end - 2, 2).is_nan() || f.value(r.end - 2, 0).is_nan());
+}
+
+/// The store's fields as the evaluator reads them, built from the public API.
+fn qstore_fields(s: &Store) -> std::collections::HashMap<(String, String), (usize, Vec<f32>)> {
+    let mut m = std::collections::HashMap::new();
+    for (sym, _) in s.instruments("all").unwrap().iter() {
+        for field in s.fields_of(sym, Freq::DAY).unwrap() {
+            let f = s.feature(sym, &field, Freq::DAY).unwrap().unwrap();
+            m.insert((sym.to_string(), field), (f.start(), f.values().to_vec()));
+        }
+    }
+    m
+}
+
+#[test]
+fn a_date_range_gives_the_same_values_as_the_full_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sample_store(dir.path());
+    let exprs = [
+        "EMA($close, 12)",
+        "Std($close, 20)",
+        "Delta($close, 3)",
+        "Rank($volume, 0)",
+    ];
+    let list = vec!["SH600000".to_string(), "SZ300009".to_string()];
+    let full = s
+        .features(Universe::List(&list), &exprs, None, None, Freq::DAY)
+        .unwrap();
+    let part = s
+        .features(
+            Universe::List(&list),
+            &exprs,
+            Some(ts("2023-06-01")),
+            Some(ts("2023-09-30")),
+            Freq::DAY,
+        )
+        .unwrap();
+    assert!(part.len() > 100 && part.len() < full.len());
+    for r in 0..part.len() {
+        let inst = part.instrument(r);
+        let fr = full
+            .rows_of(inst)
+            .find(|&x| full.calendar_row(x) == part.calendar_row(r))
+            .unwrap();
+        assert!(part.datetime(r) >= ts("2023-06-01") && part.datetime(r) <= ts("2023-09-30"));
+        for c in 0..exprs.len() {
+            assert_eq!(part.value(r, c).to_bits(), full.value(fr, c).to_bits());
+        }
+    }
+}
+
+#[test]
+fn repeated_queries_come_from_memory_and_writes_invalidate_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = common::store_with_calendar(dir.path(), 10);
+    s.write_feature("SH600000", "close", Freq::DAY, Some(0), &[1.0; 10])
+        .unwrap();
+    s.write_feature("SZ000001", "close", Freq::DAY, Some(0), &[2.0; 10])
+        .unwrap();
+    let list = vec!["SH600000".to_string(), "SZ000001".to_string()];
+    let q = |s: &Store| {
+        s.features(
+            Universe::List(&list),
+            &["Mean($close, 3)"],
+            None,
+            None,
+            Freq::DAY,
+        )
+        .unwrap()
+    };
+    let first = q(&s);
+    let before = s.cache_stats().features;
+    let second = q(&s);
+    let after = s.cache_stats().features;
+    assert_eq!(after.hits - before.hits, 2, "both instruments from memory");
+    assert_eq!(after.misses, before.misses);
+    assert_eq!(first.values(), second.values());
+    // A write to one instrument drops its entries only.
+    s.rewrite_feature("SH600000", "close", Freq::DAY, 0, &[4.0; 10])
+        .unwrap();
+    let third = q(&s);
+    let last = s.cache_stats().features;
+    assert_eq!(last.misses - after.misses, 1, "SH600000 recomputed");
+    assert_eq!(last.hits - after.hits, 1, "SZ000001 still cached");
+    assert_eq!(third.value(third.rows_of("SH600000").start, 0), 4.0);
+    assert_eq!(third.value(third.rows_of("SZ000001").start, 0), 2.0);
+}
+
+#[test]
+fn unknown_fields_and_bad_expressions_are_positioned_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sample_store(dir.path());
+    let q = |e: &str| s.features(Universe::Market("all"), &[e], None, None, Freq::DAY);
+    match q("Mean($clsoe, 5) + 1") {
+        Err(Error::Expr { pos, reason, .. }) => {
+            assert_eq!(pos, 5);
+            assert!(reason.contains("unknown field $clsoe"), "{reason}");
+            assert!(
+                reason.contains("close"),
+                "lists the fields there are: {reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    for (bad, pos) in [
+        ("Foo($close, 5)", 0),
+        ("Mean($close)", 0),
+        ("Mean($close, -5)", 13),
+        ("Mean($close, 'x')", 13),
+        ("Corr($close, $open, 0)", 20),
+        ("Kurt($close, 3)", 13),
+    ] {
+        match q(bad) {
+            Err(Error::Expr { pos: p, .. }) => assert_eq!(p, pos, "{bad}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    let err = q("Mean($close, 5").unwrap_err().to_string();
+    assert!(err.contains('^'), "a caret under the position: {err}");
+}
+
+#[test]
+fn feature_sets_name_columns_and_drop_optional_features_without_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sample_store(dir.path());
+    let set = FeatureSet::resolve("technical").unwrap();
+    assert!(set.features.len() >= 45, "{}", set.features.len());
+    let f = s
+        .feature_set(
+            Universe::Market("all"),
+            &set,
+            Some(ts("2023-12-01")),
+            None,
+            Freq::DAY,
+        )
+        .unwrap();
+    assert!(f.columns().contains(&"MACD_DIF".to_string()));
+    assert!(
+        f.columns().contains(&"AMOUNT_MA5".to_string()),
+        "amount exists"
+    );
+    assert!(
+        !f.columns().contains(&"TURNOVER".to_string()),
+        "no turnover in the sample"
+    );
+    // MACD histogram = 2 (DIF - DEA), evaluated independently.
+    let c = |n: &str| f.columns().iter().position(|x| x == n).unwrap();
+    for r in 0..f.len() {
+        let (dif, dea, hist) = (
+            f.value(r, c("MACD_DIF")),
+            f.value(r, c("MACD_DEA")),
+            f.value(r, c("MACD_HIST")),
+        );
+        assert!((2.0 * (dif - dea) - hist).abs() <= 1e-5 * hist.abs().max(1.0));
+    }
+    let alpha = FeatureSet::resolve("alpha158").unwrap();
+    assert_eq!(alpha.features.len(), 158);
+}
+
+#[test]
+fn user_feature_set_files_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("mine.json");
+    std::fs::write(
+        &good,
+        r#"{"name":"mine","features":[{"name":"R","expr":"$close/Ref($close,1)-1"}]}"#,
+    )
+    .unwrap();
+    let set = FeatureSet::resolve(good.to_str().unwrap()).unwrap();
+    assert_eq!(set.features[0].name, "R");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"name":"b","features":[{"name":"X","expr":"Mean($close"}]}"#,
+    )
+    .unwrap();
+    let err = FeatureSet::resolve(bad.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad.json") && err.contains("feature X"),
+        "{err}"
+    );
+    let dup = dir.path().join("dup.json");
+    std::fs::write(
+        &dup,
+        r#"{"name":"d","features":[{"name":"X","expr":"$close"},{"name":"X","expr":"$open"}]}"#,
+    )
+    .unwrap();
+    let err = FeatureSet::resolve(dup.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("appears twice"), "{err}");
+    let err = FeatureSet::resolve("alpha999").unwrap_err().to_string();
+    assert!(err.contains("alpha158, technical"), "{err}");
+}
+
+#[test]
+fn csv_and_json_writers_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sample_store(dir.path());
+    let list = vec!["SH600000".to_string()];
+    let f = s
+        .features(
+            Universe::List(&list),
+            &["$high", "Std($close, 5)"],
+            None,
+            Some(ts("2023-02-01")),
+            Freq::DAY,
+        )
+        .unwrap();
+    let mut csv_out = Vec::new();
+    f.write_csv(&mut csv_out).unwrap();
+    let mut rd = csv::Reader::from_reader(csv_out.as_slice());
+    assert_eq!(
+        rd.headers().unwrap().iter().collect::<Vec<_>>(),
+        ["instrument", "datetime", "$high", "Std($close, 5)"]
+    );
+    let mut json_out = Vec::new();
+    f.write_json_lines(&mut json_out).unwrap();
+    let lines: Vec<serde_json::Value> = json_out
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    for (r, rec) in rd.records().enumerate() {
+        let rec = rec.unwrap();
+        assert_eq!(&rec[1], f.datetime(r).date().to_string());
+        for c in 0..2 {
+            let v = f.value(r, c);
+            let cell = &rec[2 + c];
+            let j = &lines[r][&f.columns()[c]];
+            if v.is_nan() {
+                assert_eq!(cell, "");
+                assert!(j.is_null());
+            } else {
+                assert_eq!(cell.parse::<f32>().unwrap().to_bits(), v.to_bits());
+                assert_eq!(j.as_f64().unwrap() as f32, v);
+            }
+        }
+    }
+    assert_eq!(lines.len(), f.len());
+    assert!(
+        f.column(0).iter().any(|v| v.is_nan()),
+        "the sample has missing highs"
+    );
+}
