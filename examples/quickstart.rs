@@ -1,7 +1,7 @@
 //! The README's library walk-through, compiled and run by the test suite:
 //! `cargo run --example quickstart [STORE]` (default: a store built from fixtures/sample in a temp directory).
 
-use qstore::{Freq, Store, import, parse_timestamp};
+use qstore::{Freq, Store, Universe, import, parse_timestamp};
 
 fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -46,6 +46,23 @@ fn main() -> anyhow::Result<()> {
     println!(
         "panel {t} days x {n} instruments x {f} fields, {missing} of {} cells missing",
         x.len()
+    );
+
+    // Expressions, evaluated for every instrument in parallel (qlib's D.features).
+    let frame = store.features(
+        Universe::Market("all"),
+        &["Mean($close, 5)", "Std($close, 20)"],
+        None,
+        None,
+        Freq::DAY,
+    )?;
+    let row: &[f32] = frame.row(0); // one value per expression for (frame.instrument(0), frame.datetime(0))
+    println!(
+        "{} rows; {} {}: {:?}",
+        frame.len(),
+        frame.instrument(0),
+        frame.datetime(0),
+        row
     );
     Ok(())
 }
