@@ -85,7 +85,11 @@ fn repeated_features(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path(), 50);
     let list: Vec<String> = (0..50).map(|i| format!("SH{:06}", i)).collect();
-    let exprs = ["Mean($close,5)", "Std($close,20)", "Corr($close,Ref($close,1),10)"];
+    let exprs = [
+        "Mean($close,5)",
+        "Std($close,20)",
+        "Corr($close,Ref($close,1),10)",
+    ];
     let q = |s: &Store| {
         s.features(Universe::List(&list), &exprs, None, None, Freq::DAY)
             .unwrap()

@@ -33,10 +33,11 @@ pub(crate) struct StoreFields<'a> {
 
 impl Fields for StoreFields<'_> {
     fn column(&self, instrument: &str, field: &str) -> Result<Option<Column>> {
+        let end = self.store.calendar(self.freq)?.len();
         Ok(self
             .store
             .feature(instrument, field, self.freq)?
-            .map(Column::File))
+            .map(|file| Column::File { file, end }))
     }
 }
 

@@ -127,6 +127,21 @@ pub fn write_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| Error::io("writing", path, e))
 }
 
+/// Publishes `bytes` at `path` by temp file + rename, without fsync: the file appears whole or not at all, and
+/// the caller makes it durable later (one `syncfs` before a commit point).
+pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = parent(path);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("creating a temp file in", dir, e))?;
+    tmp.write_all(bytes)
+        .map_err(|e| Error::io("writing", tmp.path().to_path_buf(), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("renaming a temp file over", path, e.error))?;
+    Ok(())
+}
+
 /// Flushes every dirty page and inode of the file system holding `path` (`syncfs(2)`): one call instead of an
 /// fsync per file when a whole staging store was written.
 pub fn sync_filesystem(path: &Path) -> Result<()> {

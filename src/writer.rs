@@ -151,6 +151,93 @@ pub fn create_unsynced(path: &Path, start: usize, data: &[f32]) -> Result<u64> {
     Ok(bytes.len() as u64)
 }
 
+/// The stored range of a feature file: (start index, whole values), `None` when it does not exist or is
+/// empty. A torn tail (a partial value) is not counted.
+pub fn stored_range(path: &Path) -> Result<Option<(usize, usize)>> {
+    Ok(existing(path)?.map(|e| (e.start, e.len)))
+}
+
+/// The whole values of a feature file and its start (for corrections, which rewrite it).
+pub fn read_all(path: &Path) -> Result<Option<(usize, Vec<f32>)>> {
+    match existing(path)? {
+        Some(ex) => Ok(Some((ex.start, read_values(path, &ex)?))),
+        None => Ok(None),
+    }
+}
+
+/// Writes `data` at calendar index `at` of an existing file whose values from `at` on are not published (an
+/// update's append past the published end), without fsync: the caller syncs the file system once before it
+/// publishes the new calendar. A gap between the file's end and `at` is filled with NaN; bytes past `at` left by
+/// a killed run (or a torn value) are overwritten in place, which no reader sees because they lie past the
+/// published end. Only when such leftovers reach past the new end is the file replaced (temp + rename) instead,
+/// so that it never ends in stale values.
+pub fn put_unpublished(path: &Path, at: usize, data: &[f32]) -> Result<WriteKind> {
+    use std::io::{Seek, SeekFrom, Write};
+    let Some(ex) = existing(path)? else {
+        check_range(path, at, at + data.len())?;
+        fsio::replace_unsynced(path, &feature::encode(at as u32, data))?;
+        return Ok(WriteKind::Created);
+    };
+    if at < ex.start {
+        return Err(Error::IndexOutOfRange {
+            path: path.to_path_buf(),
+            index: at as u64,
+            reason: "an update cannot write before the file's first value",
+        });
+    }
+    let end = ex.start + ex.len;
+    let new_end = at + data.len();
+    check_range(path, ex.start, new_end.max(end))?;
+    if data.is_empty() {
+        return Ok(WriteKind::Unchanged);
+    }
+    // A torn value sits right after the last whole one: a write reaching past `end` covers it.
+    if end > new_end || (ex.torn && end >= new_end) {
+        // Leftovers past the new end: publish a trimmed copy.
+        let old = read_values(path, &ex)?;
+        let mut values = old[..at.min(end) - ex.start].to_vec();
+        values.resize(at - ex.start, f32::NAN);
+        values.extend_from_slice(data);
+        fsio::replace_unsynced(path, &feature::encode(ex.start as u32, &values))?;
+        return Ok(WriteKind::Replaced);
+    }
+    // Write from min(end, at): NaN for the gap, then the data; overwrite leftovers in place.
+    let from = end.min(at);
+    let mut tail = vec![f32::NAN; at - from];
+    tail.extend_from_slice(data);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("opening for update", path, e))?;
+    file.seek(SeekFrom::Start((HEADER_LEN + 4 * (from - ex.start)) as u64))
+        .and_then(|_| file.write_all(&feature::encode_values(&tail)))
+        .map_err(|e| Error::io("writing", path, e))?;
+    Ok(WriteKind::Appended)
+}
+
+/// Cuts a file to the values before calendar index `end` (a killed update's unpublished tail), publishing the
+/// trimmed copy by temp + fsync + rename; a file with nothing before `end` is removed. Returns whether it changed.
+pub fn trim_to(path: &Path, end: usize) -> Result<bool> {
+    let Some(ex) = existing(path)? else {
+        return Ok(false);
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::io("reading metadata of", path, e))?
+        .len();
+    let whole = (HEADER_LEN + 4 * ex.len) as u64;
+    if ex.start + ex.len <= end && size == whole {
+        return Ok(false);
+    }
+    if end <= ex.start {
+        remove(path)?;
+        return Ok(true);
+    }
+    let old = read_values(path, &ex)?;
+    let keep = (end - ex.start).min(old.len());
+    publish_new(path, ex.start, &old[..keep])?;
+    Ok(true)
+}
+
 /// Replaces the whole file with `data` starting at calendar index `start` (qlib's `rewrite`, without its
 /// truncate-then-fail data loss).
 pub fn rewrite(path: &Path, start: usize, data: &[f32]) -> Result<()> {

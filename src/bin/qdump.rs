@@ -1,8 +1,8 @@
 //! `qdump`: build and inspect qstore stores.
 //!
 //! Exit codes: 0 success; 1 the command failed and nothing was changed (bad input, unreachable server, I/O);
-//! 2 bad command-line usage; 3 `all` imported some symbols and skipped others (listed); 4 `all` could import no
-//! symbol, so the target was left as it was.
+//! 2 bad command-line usage; 3 `all` or `update` imported some symbols and skipped others (listed); 4 `all` could
+//! import no symbol, so the target was left as it was. (`update` with nothing new exits 0.)
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -33,6 +33,8 @@ struct Cli {
 enum Command {
     /// Import K-lines from MySQL or CSV into a new store, switched in atomically at the end.
     All(AllArgs),
+    /// Append the days after a store's last date from MySQL or CSV (crash-safe; run it after each close).
+    Update(UpdateArgs),
     /// Print values of a store as tab-separated text: date, instrument, then one column per field.
     Show {
         /// The store directory.
@@ -54,6 +56,19 @@ enum Command {
         #[arg(long, default_value = "all")]
         market: String,
     },
+}
+
+#[derive(Args)]
+struct UpdateArgs {
+    #[command(flatten)]
+    common: AllArgs,
+    /// Also read rows from this date on (YYYY-MM-DD): rows for days already stored are corrections, written
+    /// where their values differ. Default: only the days after the store's last date.
+    #[arg(long)]
+    since: Option<String>,
+    /// Wait for another update of the same store to finish instead of failing.
+    #[arg(long)]
+    wait: bool,
 }
 
 #[derive(Args)]
@@ -147,6 +162,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::All(args) => all(args),
+        Command::Update(args) => update(args),
         Command::Show {
             store,
             instruments,
@@ -244,6 +260,119 @@ fn all(a: AllArgs) -> Result<u8> {
         date_arg(&a.start_date, "start-date")?,
         date_arg(&a.end_date, "end-date")?,
     );
+    let source = open_source(&a, start, end)?;
+    let opts = ImportOptions {
+        freq: a.freq,
+        market: a.market.clone(),
+        on_duplicate: a.on_duplicate,
+        symbol_format: a.symbol_format,
+        ..Default::default()
+    };
+    let progress = Progress::new(source.symbol_count() as u64, a.json);
+    let summary = import::import(source.as_ref(), &a.to, a.overwrite, &opts, &|rows| {
+        progress.tick(rows)
+    })
+    .with_context(|| format!("importing into {}", a.to.display()))?;
+    progress.finish();
+    let code = if !summary.published {
+        4
+    } else if summary.failed.is_empty() {
+        0
+    } else {
+        3
+    };
+    if a.json {
+        let mut v = serde_json::to_value(&summary)?;
+        v["store"] = serde_json::Value::from(a.to.display().to_string());
+        v["exit_code"] = serde_json::Value::from(code);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_summary(&summary, &a.to);
+    }
+    Ok(code)
+}
+
+fn update(u: UpdateArgs) -> Result<u8> {
+    let a = &u.common;
+    if a.overwrite {
+        bail!("--overwrite is for qdump all; qdump update changes the store in place, crash-safe");
+    }
+    if a.start_date.is_some() {
+        bail!(
+            "qdump update reads the days after the store's last date; use --since DATE to also correct stored days"
+        );
+    }
+    let store =
+        Store::open(&a.to).with_context(|| format!("opening the store {}", a.to.display()))?;
+    let last = store
+        .calendar(a.freq)
+        .with_context(|| {
+            format!(
+                "reading the calendar of {} (build the store with qdump all first)",
+                a.to.display()
+            )
+        })?
+        .last();
+    drop(store);
+    let since = date_arg(&u.since, "since")?;
+    // Rows strictly after the last stored bar, or from --since on.
+    let start = match (since, last) {
+        (Some(s), _) => Some(s),
+        (None, Some(l)) => Some(l + chrono::Duration::seconds(1)),
+        (None, None) => None,
+    };
+    let end = date_arg(&a.end_date, "end-date")?;
+    let source = open_source(a, start, end)?;
+    let opts = ImportOptions {
+        freq: a.freq,
+        market: a.market.clone(),
+        on_duplicate: a.on_duplicate,
+        symbol_format: a.symbol_format,
+        ..Default::default()
+    };
+    let progress = Progress::new(source.symbol_count() as u64, a.json);
+    let summary = import::update(source.as_ref(), &a.to, &opts, u.wait, &|rows| {
+        progress.tick(rows)
+    })
+    .with_context(|| format!("updating {}", a.to.display()))?;
+    progress.finish();
+    let code = if summary.failed.is_empty() { 0 } else { 3 };
+    if a.json {
+        let mut v = serde_json::to_value(&summary)?;
+        v["store"] = serde_json::Value::from(a.to.display().to_string());
+        v["exit_code"] = serde_json::Value::from(code);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "qdump update: {} days added ({} .. {}), {} symbols appended, {} new listings, {} corrections, {} rows, {} failed{}",
+            summary.days_added,
+            summary.first_new_day.as_deref().unwrap_or("-"),
+            summary.last_day.as_deref().unwrap_or("-"),
+            summary.symbols_appended,
+            summary.new_listings.len(),
+            summary.corrections,
+            summary.rows,
+            summary.failed.len(),
+            if summary.recovered {
+                "; cleaned up after a killed earlier run"
+            } else {
+                ""
+            }
+        );
+        for f in &summary.failed {
+            println!("  failed {}: {}", f.symbol, f.reason);
+        }
+        println!("elapsed {:.2} s", summary.elapsed_s);
+    }
+    Ok(code)
+}
+
+/// The source named by the flags, restricted to `start..=end`.
+fn open_source(
+    a: &AllArgs,
+    start: Option<Timestamp>,
+    end: Option<Timestamp>,
+) -> Result<Box<dyn Source>> {
     let symbols = symbols_arg(&a.symbols)?;
     let source: Box<dyn Source> = if let Some(url) = &a.mysql {
         let password = match std::env::var("QSTORE_MYSQL_PASSWORD") {
@@ -284,35 +413,7 @@ fn all(a: AllArgs) -> Result<u8> {
                 .with_context(|| format!("reading CSV input {}", path.display()))?,
         )
     };
-    let opts = ImportOptions {
-        freq: a.freq,
-        market: a.market.clone(),
-        on_duplicate: a.on_duplicate,
-        symbol_format: a.symbol_format,
-        ..Default::default()
-    };
-    let progress = Progress::new(source.symbol_count() as u64, a.json);
-    let summary = import::import(source.as_ref(), &a.to, a.overwrite, &opts, &|rows| {
-        progress.tick(rows)
-    })
-    .with_context(|| format!("importing into {}", a.to.display()))?;
-    progress.finish();
-    let code = if !summary.published {
-        4
-    } else if summary.failed.is_empty() {
-        0
-    } else {
-        3
-    };
-    if a.json {
-        let mut v = serde_json::to_value(&summary)?;
-        v["store"] = serde_json::Value::from(a.to.display().to_string());
-        v["exit_code"] = serde_json::Value::from(code);
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        print_summary(&summary, &a.to);
-    }
-    Ok(code)
+    Ok(source)
 }
 
 fn print_summary(s: &ImportSummary, to: &std::path::Path) {

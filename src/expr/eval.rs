@@ -21,21 +21,31 @@ use crate::feature::FeatureFile;
 /// Stored values of one field of one instrument: `values()[0]` is calendar row `start()`.
 #[derive(Clone)]
 pub enum Column {
-    File(Arc<FeatureFile>),
-    Memory { start: usize, values: Arc<[f32]> },
+    /// A feature file, cut at calendar row `end` (values past the calendar are not published yet).
+    File {
+        file: Arc<FeatureFile>,
+        end: usize,
+    },
+    Memory {
+        start: usize,
+        values: Arc<[f32]>,
+    },
 }
 
 impl Column {
     pub fn start(&self) -> usize {
         match self {
-            Column::File(f) => f.start(),
+            Column::File { file, .. } => file.start(),
             Column::Memory { start, .. } => *start,
         }
     }
 
     pub fn values(&self) -> &[f32] {
         match self {
-            Column::File(f) => f.values(),
+            Column::File { file, end } => {
+                let v = file.values();
+                &v[..v.len().min(end.saturating_sub(file.start()))]
+            }
             Column::Memory { values, .. } => values,
         }
     }

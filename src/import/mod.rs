@@ -1,4 +1,4 @@
-//! Building a whole store from K-line rows (`qdump all`).
+//! Building a whole store from K-line rows (`qdump all`), and appending new days to one (`qdump update`).
 //!
 //! Every source (CSV files, a MySQL table) implements [`Source`]: pass 1 lists every timestamp (the calendar is
 //! their union), pass 2 streams the rows one symbol at a time. The [`SymbolWriter`] turns each symbol's rows
@@ -7,6 +7,7 @@
 
 pub mod csv;
 pub mod mysql;
+pub mod update;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,6 +27,7 @@ use crate::store::Store;
 
 pub use self::csv::CsvSource;
 pub use self::mysql::MysqlSource;
+pub use self::update::{UpdateSummary, update};
 
 /// The rows of one symbol as a source delivers them (not necessarily sorted).
 #[derive(Debug, Clone, PartialEq)]

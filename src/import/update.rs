@@ -1,0 +1,526 @@
+//! `qdump update`: append the days after a store's last date, crash-safe (storage-layout.md §7).
+//!
+//! Commit protocol. The calendar is the commit point: readers never look past it.
+//! 1. Under the store's update lock, write a `.qstore-update-pending` marker (synced).
+//! 2. Append every field of every symbol with new rows past its published end (NaN for the days it did not
+//!    trade), without fsync; new files appear by rename. Corrections to stored days replace their file.
+//! 3. `syncfs`, then publish the instruments (spans extended) and then the calendar (temp + fsync + rename +
+//!    directory fsync each). The calendar rename commits the update.
+//! 4. Remove the marker.
+//!
+//! A run that finds the marker knows an earlier run was killed and first puts the store back to what its
+//! calendar and instruments publish: values past a symbol's published end are cut (by replacing the file),
+//! files of symbols nobody published are removed, spans that start after the calendar are dropped, temp files
+//! are deleted. Then it updates as usual, so a killed update followed by a rerun equals an update that was never
+//! interrupted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::{Failure, ImportOptions, Source, SymbolRows, dedup};
+use crate::calendar::{Calendar, format_timestamp};
+use crate::error::{Error, NameKind, Result};
+use crate::fsio;
+use crate::instruments::{Instruments, Span};
+use crate::layout::{self, FEATURES_DIR, validate_name};
+use crate::store::Store;
+use crate::writer;
+
+/// The marker of an update in progress.
+pub const PENDING_MARKER: &str = ".qstore-update-pending";
+/// The lock file that serialises updates of one store.
+pub const LOCK_FILE: &str = ".qstore-update.lock";
+
+/// What an update did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UpdateSummary {
+    /// Calendar days added.
+    pub days_added: usize,
+    pub first_new_day: Option<String>,
+    /// The store's last day after the update.
+    pub last_day: Option<String>,
+    /// Existing symbols that got new rows.
+    pub symbols_appended: usize,
+    /// Symbols seen for the first time (new files, new instruments span).
+    pub new_listings: Vec<String>,
+    /// Stored values changed by rows for days already in the store.
+    pub corrections: u64,
+    /// Rows for days already in the store whose values were already stored.
+    pub unchanged_rows: u64,
+    /// New rows appended.
+    pub rows: u64,
+    pub failed: Vec<Failure>,
+    /// Whether leftovers of a killed earlier run were cleaned up first.
+    pub recovered: bool,
+    pub elapsed_s: f64,
+}
+
+/// The exclusive update lock of a store (`File::lock` on `.qstore-update.lock`), released on drop.
+pub struct UpdateLock {
+    _file: File,
+}
+
+impl UpdateLock {
+    /// Takes the lock, waiting for another update to finish when `wait` is set; otherwise fails at once.
+    pub fn acquire(root: &Path, wait: bool) -> Result<UpdateLock> {
+        let path = root.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("opening the update lock", &path, e))?;
+        if wait {
+            file.lock().map_err(|e| Error::io("locking", &path, e))?;
+        } else {
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::io(
+                        "locking",
+                        &path,
+                        std::io::Error::new(
+                            std::io::ErrorKind::WouldBlock,
+                            "another update of this store is running; wait for it (or pass --wait)",
+                        ),
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("locking", &path, e)),
+            }
+        }
+        Ok(UpdateLock { _file: file })
+    }
+}
+
+/// One symbol's planned writes, checked before anything is written.
+struct Plan {
+    symbol: String,
+    new_listing: bool,
+    /// (field index, calendar row to write at, values)
+    appends: Vec<(usize, usize, Vec<f32>)>,
+    /// (field index, start, whole corrected file)
+    rewrites: Vec<(usize, usize, Vec<f32>)>,
+    corrections: u64,
+    unchanged: u64,
+    rows: u64,
+    span: Option<Span>,
+}
+
+/// Appends what `source` has after the store's last date (the source must already be restricted to those
+/// dates, plus any older days to correct) to the store at `root`. Holds the update lock while it runs.
+pub fn update(
+    source: &dyn Source,
+    root: &Path,
+    opts: &ImportOptions,
+    wait: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<UpdateSummary> {
+    let t0 = Instant::now();
+    let _lock = UpdateLock::acquire(root, wait)?;
+    let store = Store::open(root)?;
+    let mut summary = UpdateSummary::default();
+    let marker = root.join(PENDING_MARKER);
+    let mut instruments = match store.instruments(&opts.market) {
+        Ok(i) => (*i).clone(),
+        Err(Error::NoMarket { .. }) => Instruments::new(),
+        Err(e) => return Err(e),
+    };
+    let calendar = store.calendar(opts.freq)?;
+    if marker.exists() {
+        recover(&store, &calendar, &mut instruments, opts)?;
+        summary.recovered = true;
+    }
+    fsio::replace_atomic(&marker, b"")?;
+
+    let last = calendar.last();
+    let mut dates = source.dates()?;
+    dates.sort_unstable();
+    dates.dedup();
+    let mut new_days = Vec::new();
+    for d in dates {
+        if last.is_some_and(|l| d <= l) {
+            if calendar.index_of(d).is_none() {
+                return Err(Error::Source {
+                    source_name: "the input".into(),
+                    reason: format!(
+                        "it has rows dated {d}, before the store's last day ({}) but not in its calendar; an update only adds days after the last one (rebuild with qdump all)",
+                        last.map(|l| l.to_string()).unwrap_or_default()
+                    ),
+                });
+            }
+        } else {
+            new_days.push(d);
+        }
+    }
+    let mut new_cal = (*calendar).clone();
+    new_cal.extend(new_days.iter().copied())?;
+
+    let seen: Mutex<HashMap<String, String>> = Mutex::new(HashMap::new());
+    let plans: Mutex<Vec<Plan>> = Mutex::new(Vec::new());
+    let failed: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
+    let fields = source.fields();
+    let write_error: Mutex<Option<Error>> = Mutex::new(None);
+    source.stream(&|item| {
+        let n = item.as_ref().map_or(0, |r| r.dates.len() as u64);
+        let planned = item.and_then(|rows| {
+            plan_symbol(
+                &store,
+                &calendar,
+                &new_cal,
+                &instruments,
+                fields,
+                opts,
+                &seen,
+                rows,
+            )
+        });
+        match planned {
+            Ok(Some(p)) => {
+                // Write as symbols arrive (memory holds one symbol per connection); an I/O error stops the
+                // update before its commit.
+                if write_error.lock().is_none()
+                    && let Err(e) = write_plan(&store, fields, opts, &p)
+                {
+                    *write_error.lock() = Some(e);
+                }
+                plans.lock().push(p);
+            }
+            Ok(None) => {}
+            Err(f) => failed.lock().push(f),
+        }
+        progress(n);
+    })?;
+    if let Some(e) = write_error.into_inner() {
+        return Err(e);
+    }
+    let plans = plans.into_inner();
+    let mut failed = failed.into_inner();
+    failed.sort_by(|a, b| a.symbol.cmp(&b.symbol));
+    summary.failed = failed;
+
+    // Spans: extend the last span of each symbol that got rows, or add a new one.
+    for p in &plans {
+        summary.corrections += p.corrections;
+        summary.unchanged_rows += p.unchanged;
+        summary.rows += p.rows;
+        if let Some(span) = p.span {
+            if p.new_listing {
+                summary.new_listings.push(p.symbol.clone());
+                instruments.push(&p.symbol, span)?;
+            } else {
+                let mut spans = instruments
+                    .spans(&p.symbol)
+                    .map(<[Span]>::to_vec)
+                    .unwrap_or_default();
+                match spans.last_mut() {
+                    Some(s) => s.end = s.end.max(span.end),
+                    None => spans.push(span),
+                }
+                instruments.set(&p.symbol, spans)?;
+                summary.symbols_appended += 1;
+            }
+        }
+    }
+    summary.new_listings.sort();
+    // Only days some imported symbol has rows on become calendar days (as qdump all over the whole period).
+    let last_row_day = plans.iter().filter_map(|p| p.span.map(|s| s.end)).max();
+    let keep = match last_row_day {
+        Some(l) => new_days.partition_point(|&d| d <= l),
+        None => 0,
+    };
+    let mut new_cal = (*calendar).clone();
+    new_cal.extend(new_days[..keep].iter().copied())?;
+    summary.days_added = keep;
+    let date_only = opts.freq.date_only();
+    summary.first_new_day = new_days[..keep]
+        .first()
+        .map(|&d| format_timestamp(d, date_only));
+    summary.last_day = new_cal.last().map(|d| format_timestamp(d, date_only));
+
+    fsio::sync_filesystem(root)?;
+    crate::failpoint::hit("update:before-instruments");
+    if summary.days_added > 0 || summary.recovered {
+        store.save_instruments(&opts.market, &instruments)?;
+    }
+    crate::failpoint::hit("update:before-calendar");
+    if summary.days_added > 0 {
+        store.save_calendar(&new_cal)?;
+    }
+    crate::failpoint::hit("update:after-calendar");
+    std::fs::remove_file(&marker).map_err(|e| Error::io("removing", &marker, e))?;
+    fsio::fsync_dir(root)?;
+    summary.elapsed_s = t0.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The calendar row after a symbol's published data: the end of its last span, cut at the calendar's end.
+fn published_end(calendar: &Calendar, instruments: &Instruments, symbol: &str) -> Option<usize> {
+    let spans = instruments.spans(symbol)?;
+    let end = spans.iter().map(|s| s.end).max()?;
+    Some(calendar.locate(None, Some(end)).end)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_symbol(
+    store: &Store,
+    calendar: &Calendar,
+    new_cal: &Calendar,
+    instruments: &Instruments,
+    fields: &[String],
+    opts: &ImportOptions,
+    seen: &Mutex<HashMap<String, String>>,
+    mut rows: SymbolRows,
+) -> std::result::Result<Option<Plan>, Failure> {
+    let raw = rows.raw_symbol.clone();
+    let fail = |reason: String| Failure {
+        symbol: raw.clone(),
+        reason,
+    };
+    let symbol = opts.symbol_format.apply(&rows.raw_symbol);
+    validate_name(NameKind::Instrument, &symbol).map_err(|e| fail(e.to_string()))?;
+    if rows.dates.is_empty() {
+        return Ok(None);
+    }
+    if let Some(prev) = seen.lock().insert(symbol.clone(), raw.clone()) {
+        return Err(fail(format!(
+            "{raw} maps to {symbol}, which {prev:?} already produced; use --symbol-format raw to keep both"
+        )));
+    }
+    dedup(&mut rows, opts.on_duplicate).map_err(fail)?;
+    let old_len = calendar.len();
+    let pub_end = published_end(calendar, instruments, &symbol);
+    let new_listing = pub_end.is_none();
+    let mut plan = Plan {
+        symbol: symbol.clone(),
+        new_listing,
+        appends: Vec::new(),
+        rewrites: Vec::new(),
+        corrections: 0,
+        unchanged: 0,
+        rows: 0,
+        span: None,
+    };
+    let index: Vec<usize> = rows
+        .dates
+        .iter()
+        .map(|&d| {
+            new_cal
+                .index_of(d)
+                .ok_or_else(|| fail(format!("row dated {d} is not in the calendar")))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let split = index.partition_point(|&i| i < old_len);
+    let (old_rows, new_rows) = index.split_at(split);
+    if !new_rows.is_empty() {
+        let present_new = rows
+            .columns
+            .iter()
+            .flatten()
+            .any(|c| c[split..].iter().any(|v| !v.is_nan()));
+        if new_listing && !present_new {
+            return Err(fail(format!(
+                "every value of every field is missing in its {} new rows ({})",
+                new_rows.len(),
+                rows.origin
+            )));
+        }
+        let first_new = new_rows[0];
+        let last_new = new_rows[new_rows.len() - 1];
+        for (f, col) in rows.columns.iter().enumerate() {
+            let Some(col) = col else { continue };
+            let path = store
+                .feature_path(&symbol, &fields[f], opts.freq)
+                .map_err(|e| fail(e.to_string()))?;
+            let stored = writer::stored_range(&path).map_err(|e| fail(e.to_string()))?;
+            // Write from the published end of this file (a field may end before the symbol's span).
+            let at = match (stored, pub_end) {
+                (Some((start, len)), Some(end)) if start < end => (start + len).min(end),
+                _ => first_new,
+            };
+            let mut values = vec![f32::NAN; last_new + 1 - at];
+            for (&i, &v) in new_rows.iter().zip(&col[split..]) {
+                values[i - at] = v;
+            }
+            plan.appends.push((f, at, values));
+        }
+        plan.rows = new_rows.len() as u64;
+        plan.span = Some(Span {
+            start: rows.dates[split],
+            end: rows.dates[rows.dates.len() - 1],
+        });
+    }
+    if !old_rows.is_empty() {
+        let mut changed_rows = vec![false; old_rows.len()];
+        for (f, col) in rows.columns.iter().enumerate() {
+            let Some(col) = col else { continue };
+            let path = store
+                .feature_path(&symbol, &fields[f], opts.freq)
+                .map_err(|e| fail(e.to_string()))?;
+            let Some((start, mut values)) =
+                writer::read_all(&path).map_err(|e| fail(e.to_string()))?
+            else {
+                return Err(fail(format!(
+                    "rows for stored days ({}) but no {} file to correct; rebuild with qdump all",
+                    rows.dates[0], fields[f]
+                )));
+            };
+            let mut changed = 0;
+            for (k, (&i, &v)) in old_rows.iter().zip(&col[..split]).enumerate() {
+                if i < start || i >= start + values.len() {
+                    return Err(fail(format!(
+                        "row dated {} is outside the stored days of {symbol} {} (calendar rows {start}..{}); an update corrects stored days only (rebuild with qdump all)",
+                        rows.dates[k],
+                        fields[f],
+                        start + values.len()
+                    )));
+                }
+                let old = &mut values[i - start];
+                if old.to_bits() != v.to_bits() && !(old.is_nan() && v.is_nan()) {
+                    *old = v;
+                    changed += 1;
+                    changed_rows[k] = true;
+                }
+            }
+            if changed > 0 {
+                plan.corrections += changed;
+                plan.rewrites.push((f, start, values));
+            }
+        }
+        plan.unchanged = changed_rows.iter().filter(|c| !**c).count() as u64;
+    }
+    Ok(Some(plan))
+}
+
+fn write_plan(store: &Store, fields: &[String], opts: &ImportOptions, p: &Plan) -> Result<()> {
+    if !p.appends.is_empty() {
+        let dir = layout::instrument_dir(store.root(), &p.symbol)?;
+        fsio::create_dir_all_synced(&dir)?;
+    }
+    for (f, start, values) in &p.rewrites {
+        store.rewrite_feature(&p.symbol, &fields[*f], opts.freq, *start, values)?;
+    }
+    for (f, at, values) in &p.appends {
+        let path = store.feature_path(&p.symbol, &fields[*f], opts.freq)?;
+        writer::put_unpublished(&path, *at, values)?;
+        crate::failpoint::hit("update:file");
+    }
+    Ok(())
+}
+
+/// Puts the store back to what its calendar and instruments publish after a killed update.
+fn recover(
+    store: &Store,
+    calendar: &Calendar,
+    instruments: &mut Instruments,
+    opts: &ImportOptions,
+) -> Result<()> {
+    // Spans a killed run published ahead of the calendar's commit.
+    let last = calendar.last();
+    let mut cleaned = Instruments::new();
+    for (sym, spans) in instruments.iter() {
+        let kept: Vec<Span> = spans
+            .iter()
+            .filter(|s| last.is_some_and(|l| s.start <= l))
+            .map(|s| Span {
+                start: s.start,
+                end: last.map_or(s.end, |l| s.end.min(l)),
+            })
+            .collect();
+        if !kept.is_empty() {
+            cleaned.set(sym, kept)?;
+        }
+    }
+    *instruments = cleaned;
+    remove_root_temps(store.root())?;
+    let features = store.root().join(FEATURES_DIR);
+    let suffix = format!(".{}.bin", opts.freq);
+    let mut by_dir: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
+    let entries = match std::fs::read_dir(&features) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("listing", &features, e)),
+    };
+    for dir in entries {
+        let dir = dir.map_err(|e| Error::io("listing", &features, e))?.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let files = std::fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
+        for f in files {
+            let f = f.map_err(|e| Error::io("listing", &dir, e))?.path();
+            by_dir.entry(dir.clone()).or_default().push(f);
+        }
+    }
+    let symbols: HashMap<String, String> = instruments
+        .symbols()
+        .map(|s| (layout::code_to_fname(s).to_lowercase(), s.to_string()))
+        .collect();
+    for (dir, files) in by_dir {
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let end = symbols
+            .get(&name)
+            .and_then(|s| published_end(calendar, instruments, s));
+        for f in files {
+            let fname = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if fname.starts_with(fsio::TEMP_PREFIX) {
+                std::fs::remove_file(&f).map_err(|e| Error::io("removing", &f, e))?;
+                continue;
+            }
+            if !fname.ends_with(&suffix) {
+                continue;
+            }
+            match end {
+                Some(end) => {
+                    writer::trim_to(&f, end)?;
+                }
+                None => {
+                    // Not published in this market: remove only what lies wholly past the calendar (made by
+                    // the killed run); other markets' symbols stay.
+                    if let Some((start, _)) = writer::stored_range(&f)?
+                        && start >= calendar.len()
+                    {
+                        writer::remove(&f)?;
+                    }
+                }
+            }
+        }
+        if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_none()) {
+            std::fs::remove_dir(&dir).map_err(|e| Error::io("removing", &dir, e))?;
+            fsio::fsync_dir(&features)?;
+        }
+    }
+    store.refresh();
+    Ok(())
+}
+
+/// Removes temp files a killed run left next to the calendars and instruments.
+fn remove_root_temps(root: &Path) -> Result<()> {
+    for sub in [
+        root.to_path_buf(),
+        root.join("calendars"),
+        root.join("instruments"),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(fsio::TEMP_PREFIX))
+            {
+                let p = e.path();
+                std::fs::remove_file(&p).map_err(|err| Error::io("removing", &p, err))?;
+            }
+        }
+    }
+    Ok(())
+}
