@@ -28,6 +28,7 @@
 //! ```
 
 pub mod calendar;
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod expr;

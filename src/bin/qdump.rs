@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 1 the command failed and nothing was changed (bad input, unreachable server, I/O);
 //! 2 bad command-line usage; 3 `all` or `update` imported some symbols and skipped others (listed); 4 `all` could
-//! import no symbol, so the target was left as it was. (`update` with nothing new exits 0.)
+//! import no symbol, so the target was left as it was. (`update` with nothing new exits 0.) 5 `check` found
+//! problems (listed).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -35,6 +36,35 @@ enum Command {
     All(AllArgs),
     /// Append the days after a store's last date from MySQL or CSV (crash-safe; run it after each close).
     Update(UpdateArgs),
+    /// Find bad data: unreadable files, files past the calendar or not starting at their span, missing fields,
+    /// runs of missing days, price and volume steps, instruments without files and files without instruments.
+    Check {
+        /// The store directory.
+        store: PathBuf,
+        #[arg(long, default_value = "day")]
+        freq: Freq,
+        #[arg(long, default_value = "all")]
+        market: String,
+        /// Fields every instrument must have.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "open,high,low,close,volume"
+        )]
+        required: Vec<String>,
+        /// Report runs of at least this many missing days inside a span.
+        #[arg(long, default_value_t = 5)]
+        nan_run: usize,
+        /// Report day-to-day price changes above this fraction (on prices times `factor` when there is one).
+        #[arg(long, default_value_t = 0.5)]
+        price_step: f64,
+        /// Report day-to-day volume changes above this fraction (3 = +300%).
+        #[arg(long, default_value_t = 3.0)]
+        volume_step: f64,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print values of a store as tab-separated text: date, instrument, then one column per field.
     Show {
         /// The store directory.
@@ -163,6 +193,51 @@ fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::All(args) => all(args),
         Command::Update(args) => update(args),
+        Command::Check {
+            store,
+            freq,
+            market,
+            required,
+            nan_run,
+            price_step,
+            volume_step,
+            json,
+        } => {
+            let s = Store::open(&store)?;
+            let opts = qstore::check::CheckOptions {
+                freq,
+                market,
+                required,
+                nan_run,
+                price_step,
+                volume_step,
+            };
+            let report = qstore::check::check(&s, &opts)
+                .with_context(|| format!("checking {}", store.display()))?;
+            let code = if report.findings.is_empty() { 0 } else { 5 };
+            if json {
+                let mut v = serde_json::to_value(&report)?;
+                v["exit_code"] = serde_json::Value::from(code);
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for f in &report.findings {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        f.instrument,
+                        f.field.as_deref().unwrap_or("-"),
+                        f.kind,
+                        f.detail
+                    );
+                }
+                println!(
+                    "qdump check: {} instruments, {} files, {} findings",
+                    report.instruments,
+                    report.files,
+                    report.findings.len()
+                );
+            }
+            Ok(code)
+        }
         Command::Show {
             store,
             instruments,

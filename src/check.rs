@@ -1,0 +1,277 @@
+//! `qdump check`: finds bad data in a store (qlib's `check_data_health.py`, with its crashes and silent
+//! summary fixed).
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::freq::Freq;
+use crate::layout::{self, FEATURES_DIR};
+use crate::store::Store;
+
+/// What to look for.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    pub freq: Freq,
+    pub market: String,
+    /// Fields every instrument must have.
+    pub required: Vec<String>,
+    /// Report runs of at least this many missing values inside a span.
+    pub nan_run: usize,
+    /// Report day-to-day price changes above this fraction (0.5: 50%), on prices times `factor` when the
+    /// store has one (so that splits and dividends are not steps).
+    pub price_step: f64,
+    /// Report volume changes above this fraction (3: +300%, qlib's default).
+    pub volume_step: f64,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            freq: Freq::DAY,
+            market: "all".into(),
+            required: ["open", "high", "low", "close", "volume"]
+                .map(String::from)
+                .to_vec(),
+            nan_run: 5,
+            price_step: 0.5,
+            volume_step: 3.0,
+        }
+    }
+}
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub instrument: String,
+    /// The field, when the problem is in one.
+    pub field: Option<String>,
+    /// A short stable name: `unreadable`, `past-calendar`, `start-mismatch`, `missing-field`, `nan-run`,
+    /// `price-step`, `volume-step`, `no-files`, `not-listed`.
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+/// Everything `check` found, by instrument then field.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    pub instruments: usize,
+    pub files: usize,
+    pub findings: Vec<Finding>,
+}
+
+const PRICES: [&str; 4] = ["open", "high", "low", "close"];
+
+/// Checks the store against its calendar and the instruments of `opts.market`.
+pub fn check(store: &Store, opts: &CheckOptions) -> Result<CheckReport> {
+    let cal = store.calendar(opts.freq)?;
+    let ins = store.instruments(&opts.market)?;
+    let dates = cal.dates();
+    let day = |r: usize| {
+        dates
+            .get(r)
+            .map(|d| crate::calendar::format_timestamp(*d, opts.freq.date_only()))
+            .unwrap_or_else(|| format!("row {r}"))
+    };
+    let mut report = CheckReport {
+        instruments: ins.len(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let mut listed_dirs = BTreeSet::new();
+    for (sym, spans) in ins.iter() {
+        listed_dirs.insert(layout::code_to_fname(sym).to_lowercase());
+        let finding = |field: Option<&str>, kind, detail: String| Finding {
+            instrument: sym.to_string(),
+            field: field.map(String::from),
+            kind,
+            detail,
+        };
+        let fields = store.fields_of(sym, opts.freq)?;
+        if fields.is_empty() {
+            out.push(finding(
+                None,
+                "no-files",
+                format!(
+                    "listed in instruments/{}.txt but has no feature files",
+                    opts.market
+                ),
+            ));
+            continue;
+        }
+        for r in &opts.required {
+            if !fields.contains(r) {
+                out.push(finding(
+                    Some(r),
+                    "missing-field",
+                    format!("no {r}.{}.bin", opts.freq),
+                ));
+            }
+        }
+        let first_row = spans.first().map(|s| cal.locate(Some(s.start), None).start);
+        let factor = store.feature(sym, "factor", opts.freq).ok().flatten();
+        // Missing runs per field; a run every field has (a suspension) is reported once for the instrument.
+        let mut runs: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
+        for field in &fields {
+            report.files += 1;
+            let f = match store.feature(sym, field, opts.freq) {
+                Ok(Some(f)) => f,
+                Ok(None) => continue,
+                Err(e) => {
+                    out.push(finding(Some(field), "unreadable", e.to_string()));
+                    continue;
+                }
+            };
+            if f.end() > cal.len() {
+                out.push(finding(
+                    Some(field),
+                    "past-calendar",
+                    format!(
+                        "data runs to calendar row {} but the calendar has {} days",
+                        f.end(),
+                        cal.len()
+                    ),
+                ));
+            }
+            if let Some(fr) = first_row
+                && f.start() != fr
+                && !f.is_empty()
+            {
+                out.push(finding(
+                    Some(field),
+                    "start-mismatch",
+                    format!(
+                        "starts on {} (row {}) but the instrument's span starts on {} (row {fr})",
+                        day(f.start()),
+                        f.start(),
+                        day(fr)
+                    ),
+                ));
+            }
+            // NaN runs inside the spans.
+            let mut field_runs = Vec::new();
+            for s in spans.iter() {
+                let rows = cal.locate(Some(s.start), Some(s.end));
+                let mut run_start = None;
+                for r in rows.start..rows.end + 1 {
+                    let missing = r < rows.end && f.get(r).is_none_or(f32::is_nan);
+                    match (missing, run_start) {
+                        (true, None) => run_start = Some(r),
+                        (false, Some(st)) => {
+                            if r - st >= opts.nan_run {
+                                field_runs.push((st, r));
+                            }
+                            run_start = None;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            runs.push((field.clone(), field_runs));
+            let step = if PRICES.contains(&field.as_str()) {
+                Some(("price-step", opts.price_step))
+            } else if field == "volume" {
+                Some(("volume-step", opts.volume_step))
+            } else {
+                None
+            };
+            if let Some((kind, limit)) = step {
+                let adj = |r: usize| -> Option<f64> {
+                    let v = f.get(r)? as f64;
+                    let k = if kind == "price-step" {
+                        factor
+                            .as_ref()
+                            .and_then(|x| x.get(r))
+                            .map_or(1.0, |x| x as f64)
+                    } else {
+                        1.0
+                    };
+                    let v = v * k;
+                    (!v.is_nan()).then_some(v)
+                };
+                let mut prev: Option<(usize, f64)> = None;
+                for r in f.start()..f.end().min(cal.len()) {
+                    let Some(v) = adj(r) else { continue };
+                    if let Some((pr, p)) = prev
+                        && p != 0.0
+                        && ((v - p) / p).abs() > limit
+                    {
+                        out.push(finding(
+                            Some(field),
+                            kind,
+                            format!(
+                                "{:+.0}% from {} ({p}) to {} ({v})",
+                                (v / p - 1.0) * 100.0,
+                                day(pr),
+                                day(r)
+                            ),
+                        ));
+                    }
+                    prev = Some((r, v));
+                }
+            }
+        }
+        let everywhere: Vec<(usize, usize)> = runs
+            .first()
+            .map(|(_, first)| {
+                first
+                    .iter()
+                    .copied()
+                    .filter(|run| runs.iter().all(|(_, rs)| rs.contains(run)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for &(st, r) in &everywhere {
+            out.push(finding(
+                None,
+                "nan-run",
+                format!(
+                    "{} days without any value, {} .. {} (a suspension?)",
+                    r - st,
+                    day(st),
+                    day(r - 1)
+                ),
+            ));
+        }
+        for (field, rs) in &runs {
+            for &(st, r) in rs.iter().filter(|run| !everywhere.contains(run)) {
+                out.push(finding(
+                    Some(field),
+                    "nan-run",
+                    format!("{} missing days, {} .. {}", r - st, day(st), day(r - 1)),
+                ));
+            }
+        }
+    }
+    // Feature directories with no instrument in the market.
+    out.sort_by(|a, b| (&a.instrument, &a.field, a.kind).cmp(&(&b.instrument, &b.field, b.kind)));
+    let dir = store.root().join(FEATURES_DIR);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        let mut unlisted: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .filter(|n| !listed_dirs.contains(n))
+            .collect();
+        unlisted.sort();
+        for n in unlisted {
+            out.push(Finding {
+                instrument: layout::fname_to_code(&n).to_uppercase(),
+                field: None,
+                kind: "not-listed",
+                detail: format!(
+                    "features/{n}/ exists but instruments/{}.txt does not list it",
+                    opts.market
+                ),
+            });
+        }
+    } else if !dir.exists() {
+        return Err(Error::MissingStore {
+            path: store.root().to_path_buf(),
+            reason: "it has no features/ directory",
+        });
+    }
+    report.findings = out;
+    Ok(report)
+}

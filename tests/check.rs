@@ -1,0 +1,175 @@
+//! `qdump check`: every planted defect is found, and a clean store gives nothing (and exit 0).
+
+use std::path::Path;
+use std::process::Command;
+
+use qstore::check::{CheckOptions, check};
+use qstore::{Freq, Instruments, Span, Store, import, parse_timestamp};
+
+fn sample(dir: &Path) -> Store {
+    let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample"));
+    let csv = import::CsvSource::open(fixtures, Default::default()).unwrap();
+    let root = dir.join("s");
+    import::import(&csv, &root, false, &Default::default(), &|_| {}).unwrap();
+    Store::open(root).unwrap()
+}
+
+/// Thresholds under which the generated sample (with its suspensions and volume spikes) is clean.
+fn relaxed() -> CheckOptions {
+    CheckOptions {
+        nan_run: 30,
+        volume_step: 10.0,
+        ..Default::default()
+    }
+}
+
+fn kinds(s: &Store, opts: &CheckOptions) -> Vec<(String, Option<String>, &'static str)> {
+    check(s, opts)
+        .unwrap()
+        .findings
+        .into_iter()
+        .map(|f| (f.instrument, f.field, f.kind))
+        .collect()
+}
+
+#[test]
+fn a_clean_store_has_no_findings_and_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sample(dir.path());
+    assert_eq!(kinds(&s, &relaxed()), vec![]);
+    let out = Command::new(env!("CARGO_BIN_EXE_qdump"))
+        .args([
+            "check",
+            s.root().to_str().unwrap(),
+            "--nan-run",
+            "30",
+            "--volume-step",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The default thresholds report the sample's suspensions once per instrument, not once per field.
+    let found = kinds(&s, &CheckOptions::default());
+    assert!(
+        found.contains(&("SZ000002".into(), None, "nan-run")),
+        "{found:?}"
+    );
+    assert!(
+        !found
+            .iter()
+            .any(|f| f.0 == "SZ000002" && f.2 == "nan-run" && f.1.is_some())
+    );
+}
+
+#[test]
+fn every_planted_defect_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sample(dir.path());
+    let cal = s.calendar(Freq::DAY).unwrap();
+    let root = s.root().to_path_buf();
+    let path = |sym: &str, f: &str| s.feature_path(sym, f, Freq::DAY).unwrap();
+    // Unreadable: 6 bytes.
+    std::fs::write(path("SH600000", "amount"), [0u8; 6]).unwrap();
+    // Past the calendar: three values more than the calendar has.
+    let f = s.feature("SZ000002", "amount", Freq::DAY).unwrap().unwrap();
+    let mut long = f.values().to_vec();
+    long.extend([1.0, 2.0, 3.0]);
+    s.rewrite_feature("SZ000002", "amount", Freq::DAY, f.start(), &long)
+        .unwrap();
+    // Start not at the span's start.
+    let f = s.feature("SZ000008", "vwap", Freq::DAY).unwrap().unwrap();
+    s.rewrite_feature(
+        "SZ000008",
+        "vwap",
+        Freq::DAY,
+        f.start() + 2,
+        &f.values()[2..],
+    )
+    .unwrap();
+    // A required field missing.
+    std::fs::remove_file(path("BJ830800", "low")).unwrap();
+    // A long run of missing values in one field.
+    let f = s.feature("SH600015", "open", Freq::DAY).unwrap().unwrap();
+    let mut v = f.values().to_vec();
+    v[100..140].fill(f32::NAN);
+    s.rewrite_feature("SH600015", "open", Freq::DAY, f.start(), &v)
+        .unwrap();
+    // A price step (close doubles for a day) and a volume step (x20).
+    let f = s.feature("SH688010", "close", Freq::DAY).unwrap().unwrap();
+    let mut v = f.values().to_vec();
+    v[50] *= 2.0;
+    s.rewrite_feature("SH688010", "close", Freq::DAY, f.start(), &v)
+        .unwrap();
+    let f = s.feature("SZ300003", "volume", Freq::DAY).unwrap().unwrap();
+    let mut v = f.values().to_vec();
+    v[60] *= 20.0;
+    s.rewrite_feature("SZ300003", "volume", Freq::DAY, f.start(), &v)
+        .unwrap();
+    // Listed without files, and files without a listing.
+    let mut ins: Instruments = (*s.instruments("all").unwrap()).clone();
+    let d = |t: &str| parse_timestamp(t).unwrap();
+    ins.push(
+        "SH609999",
+        Span {
+            start: d("2023-01-03"),
+            end: d("2023-02-01"),
+        },
+    )
+    .unwrap();
+    s.save_instruments("all", &ins).unwrap();
+    std::fs::create_dir_all(root.join("features/sz009999")).unwrap();
+    s.write_feature("SZ009999", "close", Freq::DAY, Some(0), &[1.0])
+        .unwrap();
+    s.refresh();
+
+    let found = kinds(&s, &relaxed());
+    let want: Vec<(&str, Option<&str>, &str)> = vec![
+        ("BJ830800", Some("low"), "missing-field"),
+        ("SH600000", Some("amount"), "unreadable"),
+        ("SH600015", Some("open"), "nan-run"),
+        ("SH609999", None, "no-files"),
+        ("SH688010", Some("close"), "price-step"),
+        ("SH688010", Some("close"), "price-step"),
+        ("SZ000002", Some("amount"), "past-calendar"),
+        ("SZ000008", Some("vwap"), "start-mismatch"),
+        ("SZ300003", Some("volume"), "volume-step"),
+        ("SZ009999", None, "not-listed"),
+    ];
+    let want: Vec<(String, Option<String>, &str)> = want
+        .into_iter()
+        .map(|(a, b, c)| (a.to_string(), b.map(String::from), c))
+        .collect();
+    assert_eq!(
+        found, want,
+        "(a doubled close is a step up and a step down)"
+    );
+    let report = check(&s, &relaxed()).unwrap();
+    let step = report
+        .findings
+        .iter()
+        .find(|f| f.kind == "price-step")
+        .unwrap();
+    assert!(step.detail.contains("+100%"), "{}", step.detail);
+    assert_eq!(cal.len(), 250);
+    let out = Command::new(env!("CARGO_BIN_EXE_qdump"))
+        .args([
+            "check",
+            root.to_str().unwrap(),
+            "--nan-run",
+            "30",
+            "--volume-step",
+            "10",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["findings"].as_array().unwrap().len(), 10);
+}
