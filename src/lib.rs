@@ -42,6 +42,7 @@ pub mod fsio;
 pub mod import;
 pub mod instruments;
 pub mod layout;
+pub mod loader;
 pub mod memcache;
 pub mod panel;
 pub mod store;

@@ -652,3 +652,70 @@ fn calendar_table_gives_the_calendar() {
     drop_table(&mut c, &t);
     drop_table(&mut c, &cal);
 }
+
+/// `qdump all --mysql` to a date plus `qdump update --mysql` steps equals one `qdump all --mysql`, byte for
+/// byte; and a `KlineLoader` over the same table brings a store forward and backfills a cleared symbol.
+#[test]
+fn mysql_updates_and_loader() {
+    let mut c = conn();
+    let t = table("update");
+    load_sample(&mut c, &t, true);
+    let dir = tempfile::tempdir().unwrap();
+    let (full, inc) = (dir.path().join("full"), dir.path().join("inc"));
+    let out = import_mysql(&t, &full, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = import_mysql(&t, &inc, &["--end-date", "2023-05-19"]);
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
+    let u = url();
+    for end in ["2023-08-24", "2023-08-25", "2024-01-11"] {
+        let out = qdump(
+            &[
+                "update",
+                "--mysql",
+                &u,
+                "--table",
+                &t,
+                "--to",
+                inc.to_str().unwrap(),
+                "--end-date",
+                end,
+            ],
+            &[],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let strip = |v: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
+        v.into_iter()
+            .filter(|(p, _)| !p.starts_with(".qstore-update"))
+            .collect()
+    };
+    assert_eq!(strip(tree(&inc)), strip(tree(&full)));
+
+    // The loader: a store a month behind is brought forward by the first load, and a cleared symbol returns.
+    let behind = dir.path().join("behind");
+    let out = import_mysql(&t, &behind, &["--end-date", "2023-12-01"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let conn = qstore::import::mysql::Connection::parse(&u, None).unwrap();
+    let opts = qstore::import::mysql::MysqlOptions {
+        table: t.clone(),
+        ..Default::default()
+    };
+    let loader = qstore::loader::KlineLoader::new(
+        &behind,
+        Some(qstore::loader::mysql_source(conn, opts)),
+        std::time::Duration::from_secs(3600),
+    );
+    let f = loader.load("SH600000", None, None).unwrap();
+    assert_eq!(
+        f.datetime(f.len() - 1),
+        parse_timestamp("2024-01-11").unwrap()
+    );
+    loader.clear("SZ000002").unwrap();
+    let f = loader.load("SZ000002", None, None).unwrap();
+    let s = Store::open(&full).unwrap();
+    let want = s.read("SZ000002", "close", Freq::DAY, 0..250).unwrap();
+    let col = f.columns().iter().position(|c| c == "close").unwrap();
+    assert_eq!(f.len(), want.len());
+    assert!((0..f.len()).all(|r| f.value(r, col).to_bits() == want[r].to_bits()));
+    drop_table(&mut c, &t);
+}

@@ -49,11 +49,12 @@ fn update(input: &str, to: &Path, extra: &[&str], env: &[(&str, &str)]) -> Outpu
     qdump(&args, env)
 }
 
-/// The store's files, without the update lock file (a lock file stays, as lock files do).
+/// The store's files, without the update lock file (a lock file stays, as lock files do) and the time stamp
+/// of the last update.
 fn store_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     common::tree(dir)
         .into_iter()
-        .filter(|(p, _)| p != ".qstore-update.lock")
+        .filter(|(p, _)| p != ".qstore-update.lock" && p != ".qstore-updated")
         .collect()
 }
 

@@ -99,6 +99,23 @@ impl SymbolFormat {
     }
 }
 
+/// The spellings a source may use for a store symbol: itself, and for `SH600000` also `600000.SH` and
+/// `600000.SS` (the inverse of [`qlib_symbol`]), so a loader can ask a table for a symbol by its store name.
+pub fn source_spellings(symbol: &str) -> Vec<String> {
+    let mut out = vec![symbol.to_string()];
+    let (exch, code) = symbol.split_at(symbol.len().min(2));
+    if matches!(exch, "SH" | "SZ" | "BJ")
+        && !code.is_empty()
+        && code.bytes().all(|b| b.is_ascii_digit())
+    {
+        out.push(format!("{code}.{exch}"));
+        if exch == "SH" {
+            out.push(format!("{code}.SS"));
+        }
+    }
+    out
+}
+
 /// qlib's symbol convention: `600000.SH` -> `SH600000` (`SS` is Shanghai too); anything else is upper-cased.
 pub fn qlib_symbol(raw: &str) -> String {
     let raw = raw.trim();

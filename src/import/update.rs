@@ -35,6 +35,26 @@ use crate::writer;
 pub const PENDING_MARKER: &str = ".qstore-update-pending";
 /// The lock file that serialises updates of one store.
 pub const LOCK_FILE: &str = ".qstore-update.lock";
+/// When the store was last updated: seconds since the Unix epoch, written at the end of every update.
+pub const STAMP_FILE: &str = ".qstore-updated";
+
+/// When the store at `root` was last updated (`None`: never by `qdump update`).
+pub fn last_update(root: &Path) -> Result<Option<std::time::SystemTime>> {
+    let path = root.join(STAMP_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => {
+            let secs: f64 = t.trim().parse().map_err(|_| Error::Target {
+                path: path.clone(),
+                reason: "is not a number of seconds; remove it and run qdump update",
+            })?;
+            Ok(Some(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(secs.max(0.0)),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("reading", &path, e)),
+    }
+}
 
 /// What an update did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -120,8 +140,20 @@ pub fn update(
     wait: bool,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<UpdateSummary> {
+    let lock = UpdateLock::acquire(root, wait)?;
+    update_locked(source, root, opts, &lock, progress)
+}
+
+/// [`update`] for a caller that already holds the store's update lock (a loader that checks, under the lock,
+/// whether someone else just updated).
+pub fn update_locked(
+    source: &dyn Source,
+    root: &Path,
+    opts: &ImportOptions,
+    _lock: &UpdateLock,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<UpdateSummary> {
     let t0 = Instant::now();
-    let _lock = UpdateLock::acquire(root, wait)?;
     let store = Store::open(root)?;
     let mut summary = UpdateSummary::default();
     let marker = root.join(PENDING_MARKER);
@@ -244,7 +276,8 @@ pub fn update(
 
     fsio::sync_filesystem(root)?;
     crate::failpoint::hit("update:before-instruments");
-    if summary.days_added > 0 || summary.recovered {
+    let spans_changed = summary.symbols_appended > 0 || !summary.new_listings.is_empty();
+    if spans_changed || summary.recovered {
         store.save_instruments(&opts.market, &instruments)?;
     }
     crate::failpoint::hit("update:before-calendar");
@@ -252,6 +285,10 @@ pub fn update(
         store.save_calendar(&new_cal)?;
     }
     crate::failpoint::hit("update:after-calendar");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    fsio::replace_atomic(&root.join(STAMP_FILE), format!("{now:.3}\n").as_bytes())?;
     std::fs::remove_file(&marker).map_err(|e| Error::io("removing", &marker, e))?;
     fsio::fsync_dir(root)?;
     summary.elapsed_s = t0.elapsed().as_secs_f64();
@@ -314,7 +351,12 @@ fn plan_symbol(
                 .ok_or_else(|| fail(format!("row dated {d} is not in the calendar")))
         })
         .collect::<std::result::Result<_, _>>()?;
-    let split = index.partition_point(|&i| i < old_len);
+    // A symbol the store does not list yet takes all its rows, stored days included (a backfill).
+    let split = if new_listing {
+        0
+    } else {
+        index.partition_point(|&i| i < old_len)
+    };
     let (old_rows, new_rows) = index.split_at(split);
     if !new_rows.is_empty() {
         let present_new = rows
