@@ -1,0 +1,412 @@
+//! Writer locks for cache entries: one writer per entry, on one machine (file locks) or on every machine that
+//! shares the store (Redis leases). Readers never lock.
+//!
+//! Redis: `SET <prefix>lock:<name> <owner> NX PX <ttl>`; a thread renews the lease (a Lua script that extends it
+//! only while the value is still ours) until the guard is dropped, which deletes the key the same way. A killed
+//! holder's lease runs out after `ttl`. Each grant gets a fencing token from `INCR <prefix>fence`, which the
+//! writer stores in what it publishes; a writer whose token is older than the published one must not publish
+//! (a paused process whose lease expired). Keys live under `qstore:<store id>:`, and nothing outside that
+//! prefix is ever touched.
+//!
+//! File locks (`File::lock` on `<name>.lock` next to the entry) are released by the kernel when the holder
+//! dies; their fencing token is a counter kept in the lock file.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+
+use crate::error::{Error, Result};
+
+/// A held lock. Dropping it releases the lock.
+pub trait Guard: Send {
+    /// The fencing token of this grant: larger than every earlier grant's.
+    fn token(&self) -> u64;
+    /// False once the lease was lost (renewal failed): the holder must not publish.
+    fn held(&self) -> bool;
+}
+
+/// A lock held somewhere, as `reset-lock` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub name: String,
+    /// `host:pid:token` of the holder.
+    pub owner: String,
+    /// Lease left (Redis); `None` for file locks.
+    pub remaining: Option<Duration>,
+    /// Whether the holder is known to be gone (a process of this host that no longer runs).
+    pub holder_gone: bool,
+}
+
+/// The writer lock of cache entries.
+pub trait Lock: Send + Sync {
+    /// Takes the lock `name`, waiting up to `wait` for another holder to finish.
+    fn acquire(&self, name: &str, wait: Duration) -> Result<Box<dyn Guard>>;
+    /// Locks held now.
+    fn list(&self) -> Result<Vec<Held>>;
+    /// Deletes one lock whatever its holder; returns whether it existed.
+    fn remove(&self, name: &str) -> Result<bool>;
+    /// What the lock is, for messages and `qcache info` (`redis://host:port/db`, `file`).
+    fn describe(&self) -> String;
+}
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Whether `owner` (`host:pid:token`) names a process of this host that no longer runs.
+fn owner_gone(owner: &str) -> bool {
+    let mut parts = owner.splitn(3, ':');
+    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    host == this_host()
+        && pid
+            .parse::<u32>()
+            .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Redis leases (see the module docs).
+pub struct RedisLock {
+    client: redis::Client,
+    url: String,
+    prefix: String,
+    ttl: Duration,
+}
+
+const RENEW: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+const RELEASE: &str =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+impl RedisLock {
+    /// Connects (and checks the server answers) for the store whose id is `store_id`. `config_key` names where
+    /// the URL came from, for the error when the server cannot be reached.
+    pub fn connect(url: &str, store_id: &str, ttl: Duration, config_key: &str) -> Result<RedisLock> {
+        let unreachable = |e: &dyn std::fmt::Display| Error::Config {
+            source_name: config_key.to_string(),
+            reason: format!(
+                "Redis at {url} cannot be reached ({e}); start it, fix the URL, or use file locks (--lock file) on a single machine"
+            ),
+        };
+        let client = redis::Client::open(url).map_err(|e| unreachable(&e))?;
+        let mut c = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .map_err(|e| unreachable(&e))?;
+        redis::cmd("PING")
+            .query::<String>(&mut c)
+            .map_err(|e| unreachable(&e))?;
+        Ok(RedisLock {
+            client,
+            url: url.to_string(),
+            prefix: format!("qstore:{store_id}:"),
+            ttl,
+        })
+    }
+
+    fn conn(&self) -> Result<redis::Connection> {
+        self.client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: redis::RedisError) -> Error {
+        Error::Config {
+            source_name: format!("Redis at {}", self.url),
+            reason: format!("{e}; the cache was not changed"),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}lock:{name}", self.prefix)
+    }
+
+    /// The key prefix of this store (`qstore:<id>:`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+struct RedisGuard {
+    client: redis::Client,
+    key: String,
+    owner: String,
+    token: u64,
+    held: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Guard for RedisGuard {
+    fn token(&self) -> u64 {
+        self.token
+    }
+    fn held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RedisGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.renewer.take() {
+            let _ = t.join();
+        }
+        if let Ok(mut c) = self.client.get_connection_with_timeout(Duration::from_secs(2)) {
+            let _: redis::RedisResult<i64> = redis::Script::new(RELEASE)
+                .key(&self.key)
+                .arg(&self.owner)
+                .invoke(&mut c);
+        }
+    }
+}
+
+impl Lock for RedisLock {
+    fn acquire(&self, name: &str, wait: Duration) -> Result<Box<dyn Guard>> {
+        let mut c = self.conn()?;
+        let key = self.key(name);
+        let token: u64 = c
+            .incr(format!("{}fence", self.prefix), 1)
+            .map_err(|e| self.err(e))?;
+        let owner = format!("{}:{}:{token}", this_host(), std::process::id());
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let got: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&owner)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query(&mut c)
+                .map_err(|e| self.err(e))?;
+            if got.is_some() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let holder: Option<String> = c.get(&key).map_err(|e| self.err(e))?;
+                let left: i64 = c.pttl(&key).map_err(|e| self.err(e))?;
+                return Err(Error::Config {
+                    source_name: format!("lock {key} at {}", self.url),
+                    reason: format!(
+                        "held by {} for another {} ms after waiting {:?}; if that process is gone, `qcache reset-lock` clears it",
+                        holder.unwrap_or_else(|| "?".into()),
+                        left,
+                        wait
+                    ),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+        let held = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let renewer = {
+            let (client, key, owner) = (self.client.clone(), key.clone(), owner.clone());
+            let (held, stop) = (held.clone(), stop.clone());
+            let every = self.ttl / 3;
+            std::thread::spawn(move || {
+                let mut last = Instant::now();
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10).min(every));
+                    if last.elapsed() < every {
+                        continue;
+                    }
+                    last = Instant::now();
+                    let renewed = client
+                        .get_connection_with_timeout(Duration::from_secs(2))
+                        .ok()
+                        .and_then(|mut c| {
+                            redis::Script::new(RENEW)
+                                .key(&key)
+                                .arg(&owner)
+                                .arg(ttl_ms)
+                                .invoke::<i64>(&mut c)
+                                .ok()
+                        });
+                    if renewed != Some(1) {
+                        held.store(false, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            })
+        };
+        Ok(Box::new(RedisGuard {
+            client: self.client.clone(),
+            key,
+            owner,
+            token,
+            held,
+            stop,
+            renewer: Some(renewer),
+        }))
+    }
+
+    fn list(&self) -> Result<Vec<Held>> {
+        let mut c = self.conn()?;
+        let pattern = format!("{}lock:*", self.prefix);
+        let keys: Vec<String> = c
+            .scan_match::<_, String>(&pattern)
+            .map_err(|e| self.err(e))?
+            .collect();
+        let mut out = Vec::new();
+        for k in keys {
+            let owner: Option<String> = c.get(&k).map_err(|e| self.err(e))?;
+            let left: i64 = c.pttl(&k).map_err(|e| self.err(e))?;
+            let Some(owner) = owner else { continue };
+            out.push(Held {
+                name: k[self.prefix.len() + 5..].to_string(),
+                holder_gone: owner_gone(&owner),
+                owner,
+                remaining: Some(Duration::from_millis(left.max(0) as u64)),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn remove(&self, name: &str) -> Result<bool> {
+        let mut c = self.conn()?;
+        let n: i64 = c.del(self.key(name)).map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    fn describe(&self) -> String {
+        format!("redis {} (keys {}*)", self.url, self.prefix)
+    }
+}
+
+/// File locks in a directory, for one machine.
+pub struct FileLock {
+    dir: PathBuf,
+}
+
+impl FileLock {
+    pub fn new(dir: impl AsRef<Path>) -> FileLock {
+        FileLock {
+            dir: dir.as_ref().to_path_buf(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.lock"))
+    }
+}
+
+struct FileGuard {
+    _file: std::fs::File,
+    token: u64,
+}
+
+impl Guard for FileGuard {
+    fn token(&self) -> u64 {
+        self.token
+    }
+    fn held(&self) -> bool {
+        true
+    }
+}
+
+impl Lock for FileLock {
+    fn acquire(&self, name: &str, wait: Duration) -> Result<Box<dyn Guard>> {
+        let path = self.path(name);
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::io("creating", d, e))?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("opening the lock", &path, e))?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::Config {
+                        source_name: format!("lock {}", path.display()),
+                        reason: format!("still held by another process after waiting {wait:?}"),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("locking", &path, e)),
+            }
+        }
+        // The fencing counter: `<token> <host>:<pid>` in the lock file, rewritten by each holder.
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .map_err(|e| Error::io("reading", &path, e))?;
+        let token = text
+            .split_whitespace()
+            .next()
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        let line = format!("{token} {}:{}\n", this_host(), std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(line.as_bytes()))
+            .map_err(|e| Error::io("writing", &path, e))?;
+        Ok(Box::new(FileGuard { _file: file, token }))
+    }
+
+    fn list(&self) -> Result<Vec<Held>> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.dir.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let Some(name) = p
+                    .strip_prefix(&self.dir)
+                    .ok()
+                    .and_then(|r| r.to_str())
+                    .and_then(|r| r.strip_suffix(".lock"))
+                else {
+                    continue;
+                };
+                let f = std::fs::File::open(&p).map_err(|e| Error::io("opening", &p, e))?;
+                // Held when someone else has it locked.
+                let busy = matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock));
+                if busy {
+                    let owner = std::fs::read_to_string(&p).unwrap_or_default();
+                    let owner = owner.split_whitespace().nth(1).unwrap_or("?").to_string();
+                    out.push(Held {
+                        name: name.to_string(),
+                        holder_gone: owner_gone(&owner),
+                        owner,
+                        remaining: None,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn remove(&self, name: &str) -> Result<bool> {
+        // A file lock dies with its holder; there is nothing to break. Removing the file would let a second
+        // process lock a new file while the first still holds the old one, so it is left alone.
+        let _ = name;
+        Ok(false)
+    }
+
+    fn describe(&self) -> String {
+        format!("file locks in {}", self.dir.display())
+    }
+}
