@@ -1,8 +1,11 @@
 //! Crash-test hook: with `QSTORE_FAILPOINT=<name>[:<n>]` in the environment, the process aborts (as if killed)
-//! the n-th time (default: the first) it passes the point `<name>`. Unset, a point costs one relaxed atomic load.
+//! the n-th time (default: the first) it passes the point `<name>`; with `QSTORE_FAILPOINT_PAUSE_MS=<ms>` it
+//! sleeps there instead (a writer paused past its lease). Unset, a point costs one relaxed atomic load.
 //!
 //! Points: `import:after-calendar`, `import:symbol` (after each symbol's files), `import:before-publish`,
-//! `import:after-exchange` (the new store is in place, the old one not yet removed).
+//! `import:after-exchange` (the new store is in place, the old one not yet removed); `update:file` (after each
+//! file an update writes), `update:before-instruments`, `update:before-calendar`, `update:after-calendar`;
+//! `cache:before-meta` (a cache entry's data written, its meta not yet).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
 static PASSED: AtomicU64 = AtomicU64::new(0);
 
-/// Aborts the process if this is the armed point and its count is reached.
+/// Aborts (or pauses) the process if this is the armed point and its count is reached.
 pub fn hit(name: &str) {
     let armed = ARMED.get_or_init(|| {
         let spec = std::env::var("QSTORE_FAILPOINT").ok()?;
@@ -26,6 +29,14 @@ pub fn hit(name: &str) {
         && point == name
         && PASSED.fetch_add(1, Ordering::Relaxed) + 1 == *n
     {
+        if let Some(ms) = std::env::var("QSTORE_FAILPOINT_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            eprintln!("qstore: failpoint {name} reached, pausing {ms} ms");
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            return;
+        }
         eprintln!("qstore: failpoint {name} reached, aborting");
         std::process::abort();
     }

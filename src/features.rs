@@ -163,7 +163,34 @@ impl Store {
                             out[i * ncol + c] = v;
                         }
                     };
-                    if use_cache {
+                    if let Some(disk) = &self.expr_cache {
+                        // Expressions current in the disk cache are read; the rest are evaluated here.
+                        let mut missing = Vec::new();
+                        for (c, e) in query.exprs().iter().enumerate() {
+                            let hit = match e {
+                                Expr::Field(_) => None,
+                                _ => disk.read(self, e, inst, freq, hull.clone())?,
+                            };
+                            match hit {
+                                Some(col) => {
+                                    for (k, &v) in col.iter().enumerate() {
+                                        put(c, hull.start + k, v);
+                                    }
+                                }
+                                None => missing.push(c),
+                            }
+                        }
+                        if !missing.is_empty() {
+                            let exprs: Vec<Expr> =
+                                missing.iter().map(|&c| query.exprs()[c].clone()).collect();
+                            let cols = expr::evaluate(&fields, inst, &exprs, hull.clone())?;
+                            for (&c, col) in missing.iter().zip(&cols) {
+                                for (k, &v) in col.iter().enumerate() {
+                                    put(c, hull.start + k, v);
+                                }
+                            }
+                        }
+                    } else if use_cache {
                         let cols =
                             self.evaluate_cached(&fields, inst, &query, &canonical, hull.clone())?;
                         for (c, col) in cols.iter().enumerate() {

@@ -80,13 +80,17 @@ pub struct RedisLock {
 }
 
 const RENEW: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
-const RELEASE: &str =
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+const RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
 impl RedisLock {
     /// Connects (and checks the server answers) for the store whose id is `store_id`. `config_key` names where
     /// the URL came from, for the error when the server cannot be reached.
-    pub fn connect(url: &str, store_id: &str, ttl: Duration, config_key: &str) -> Result<RedisLock> {
+    pub fn connect(
+        url: &str,
+        store_id: &str,
+        ttl: Duration,
+        config_key: &str,
+    ) -> Result<RedisLock> {
         let unreachable = |e: &dyn std::fmt::Display| Error::Config {
             source_name: config_key.to_string(),
             reason: format!(
@@ -146,7 +150,16 @@ impl Guard for RedisGuard {
         self.token
     }
     fn held(&self) -> bool {
+        // The renewal thread's view, confirmed by asking the server: a lock deleted or taken over since the
+        // last renewal is not ours any more.
         self.held.load(Ordering::SeqCst)
+            && self
+                .client
+                .get_connection_with_timeout(Duration::from_secs(2))
+                .ok()
+                .and_then(|mut c| c.get::<_, Option<String>>(&self.key).ok())
+                .flatten()
+                .is_some_and(|v| v == self.owner)
     }
 }
 
@@ -156,7 +169,10 @@ impl Drop for RedisGuard {
         if let Some(t) = self.renewer.take() {
             let _ = t.join();
         }
-        if let Ok(mut c) = self.client.get_connection_with_timeout(Duration::from_secs(2)) {
+        if let Ok(mut c) = self
+            .client
+            .get_connection_with_timeout(Duration::from_secs(2))
+        {
             let _: redis::RedisResult<i64> = redis::Script::new(RELEASE)
                 .key(&self.key)
                 .arg(&self.owner)
@@ -253,7 +269,8 @@ impl Lock for RedisLock {
         let keys: Vec<String> = c
             .scan_match::<_, String>(&pattern)
             .map_err(|e| self.err(e))?
-            .collect();
+            .collect::<redis::RedisResult<_>>()
+            .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for k in keys {
             let owner: Option<String> = c.get(&k).map_err(|e| self.err(e))?;

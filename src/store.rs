@@ -105,6 +105,8 @@ pub struct Store {
     pub(crate) features: MemCache<FeatureKey, Arc<Vec<f32>>>,
     handles: Mutex<LruCache<String, Handle>>,
     map_threshold: u64,
+    /// Read by `features()` when set: computed expressions on disk.
+    pub(crate) expr_cache: Option<Arc<crate::exprcache::DiskExpressionCache>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -160,6 +162,7 @@ impl Store {
             features: MemCache::new(options.feature_cache.limit, options.feature_cache.expiry),
             handles: Mutex::new(LruCache::new(options.handle_cache)),
             map_threshold: options.map_threshold,
+            expr_cache: None,
         })
     }
 
@@ -182,6 +185,12 @@ impl Store {
         self.instruments.clear();
         self.features.clear();
         self.handles.lock().clear();
+    }
+
+    /// Makes `features()` read expressions from this disk cache when it holds them current (it never writes
+    /// there: `DiskExpressionCache::warm` does).
+    pub fn set_expression_cache(&mut self, cache: Arc<crate::exprcache::DiskExpressionCache>) {
+        self.expr_cache = Some(cache);
     }
 
     /// Counters of the three in-memory cache spaces.

@@ -1,15 +1,22 @@
 //! `qcache`: compute and inspect derived data of a qstore store.
 //!
-//! Exit codes: 0 success; 1 the command failed (bad expression, unknown field, missing store, I/O); 2 bad
-//! command-line usage.
+//! Exit codes: 0 success; 1 the command failed (bad expression, unknown field, missing store, unreachable
+//! Redis, I/O); 2 bad command-line usage; 5 `verify` found problems (listed).
 
-use std::io::Write;
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use qstore::expr::Expr;
+use qstore::exprcache::DiskExpressionCache;
+use qstore::lock::{FileLock, Lock, RedisLock};
 use qstore::{FeatureSet, Frame, Freq, Store, Universe, parse_timestamp};
+use rayon::prelude::*;
 
 #[derive(Parser)]
 #[command(
@@ -32,8 +39,92 @@ enum Format {
     Stats,
 }
 
+#[derive(Copy, Clone, ValueEnum, PartialEq)]
+enum LockKind {
+    /// Redis leases (`--redis` or QSTORE_REDIS_URL): every machine that shares the store.
+    Redis,
+    /// File locks next to the entries: one machine.
+    File,
+}
+
+/// Where the expression cache is and how its writers lock.
+#[derive(clap::Args, Clone)]
+struct CacheArgs {
+    /// The store directory.
+    store: PathBuf,
+    /// The cache directory [default: STORE/features_cache].
+    #[arg(long, env = "QSTORE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Writer locks: redis when a Redis URL is configured, else file.
+    #[arg(long, value_enum)]
+    lock: Option<LockKind>,
+    /// Redis for the writer locks, e.g. redis://127.0.0.1:6379/0.
+    #[arg(long, env = "QSTORE_REDIS_URL")]
+    redis: Option<String>,
+    /// Lease of a Redis lock in seconds (renewed while the writer works; a killed writer's runs out).
+    #[arg(long, default_value_t = 30.0)]
+    lease_s: f64,
+    /// How long a writer waits for another writer of the same entry, in seconds.
+    #[arg(long, default_value_t = 600.0)]
+    wait_s: f64,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Compute expressions (or a feature set) for instruments into the disk cache, in parallel.
+    Warm {
+        #[command(flatten)]
+        cache: CacheArgs,
+        #[arg(long, default_value = "all")]
+        instruments: String,
+        #[arg(long, num_args = 1.., required_unless_present = "feature_set", conflicts_with = "feature_set")]
+        fields: Vec<String>,
+        #[arg(long)]
+        feature_set: Option<String>,
+        #[arg(long, default_value = "day")]
+        freq: Freq,
+        #[arg(long, default_value = "all")]
+        market: String,
+    },
+    /// Bring every cache entry forward to the store's calendar (new days, corrected sources).
+    Update {
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Entries, instruments, expressions, size, stale entries, lock backend, in-memory cache settings.
+    Info {
+        #[command(flatten)]
+        cache: CacheArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove entries: of one instrument, of one expression, or all.
+    Clear {
+        #[command(flatten)]
+        cache: CacheArgs,
+        #[arg(long)]
+        instrument: Option<String>,
+        #[arg(long)]
+        expr: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Check every entry (meta, data, checksum, lengths) and find orphans and temp files. Exit 5 on problems.
+    Verify {
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// List this store's writer locks and delete those whose holder is gone (`--all --force`: every one).
+    ResetLock {
+        #[command(flatten)]
+        cache: CacheArgs,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        force: bool,
+    },
     /// Evaluate expressions or a feature set and print the values (rows by instrument, then date).
     Query {
         /// The store directory.
@@ -68,7 +159,7 @@ enum Command {
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             if e.chain().any(|c| {
                 c.downcast_ref::<std::io::Error>()
@@ -82,8 +173,285 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// The cache named by the flags, with its lock.
+fn open_cache(a: &CacheArgs) -> Result<(Store, Arc<DiskExpressionCache>)> {
+    let store = Store::open(&a.store)?;
+    let dir = a
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| a.store.join(qstore::exprcache::CACHE_DIR));
+    let lock: Box<dyn Lock> = match (a.lock, &a.redis) {
+        (Some(LockKind::File), _) | (None, None) => Box::new(FileLock::new(&dir)),
+        (_, Some(url)) => Box::new(RedisLock::connect(
+            url,
+            &qstore::exprcache::store_id(&a.store)?,
+            Duration::from_secs_f64(a.lease_s),
+            "--redis / QSTORE_REDIS_URL",
+        )?),
+        (Some(LockKind::Redis), None) => bail!(
+            "--lock redis needs a Redis URL: pass --redis redis://HOST:PORT/DB or set QSTORE_REDIS_URL"
+        ),
+    };
+    let mut cache = DiskExpressionCache::new(dir, lock);
+    cache.wait = Duration::from_secs_f64(a.wait_s);
+    Ok((store, Arc::new(cache)))
+}
+
+fn progress(n: u64) -> indicatif::ProgressBar {
+    if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(n)
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn run(cli: Cli) -> Result<u8> {
     match cli.command {
+        Command::Warm {
+            cache,
+            instruments,
+            fields,
+            feature_set,
+            freq,
+            market,
+        } => {
+            let (store, cache) = open_cache(&cache)?;
+            let exprs: Vec<String> = match feature_set {
+                Some(name) => FeatureSet::resolve(&name)?
+                    .features
+                    .into_iter()
+                    .map(|f| f.expr)
+                    .collect(),
+                None => fields,
+            };
+            let parsed: Vec<Expr> = exprs
+                .iter()
+                .map(|e| qstore::expr::parse(e))
+                .collect::<qstore::Result<_>>()?;
+            let symbols: Vec<String> = if instruments == "all" {
+                store
+                    .instruments(&market)?
+                    .symbols()
+                    .map(String::from)
+                    .collect()
+            } else {
+                instruments
+                    .split(',')
+                    .map(|s| s.trim().to_uppercase())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            };
+            let per = parsed
+                .iter()
+                .filter(|e| !matches!(e, Expr::Field(_)))
+                .count();
+            let work: Vec<(&String, &Expr)> = symbols
+                .iter()
+                .flat_map(|s| {
+                    parsed
+                        .iter()
+                        .filter(|e| !matches!(e, Expr::Field(_)))
+                        .map(move |e| (s, e))
+                })
+                .collect();
+            let bar = progress(work.len() as u64);
+            let counts = parking_lot::Mutex::new(BTreeMap::<String, usize>::new());
+            work.par_iter().try_for_each(|(s, e)| -> Result<()> {
+                let o = cache
+                    .warm(&store, e, s, freq)
+                    .with_context(|| format!("{e} for {s}"))?;
+                *counts.lock().entry(format!("{o:?}")).or_default() += 1;
+                bar.inc(1);
+                Ok(())
+            })?;
+            bar.finish_and_clear();
+            println!(
+                "qcache warm: {} entries ({} instruments x {per} expressions): {:?}",
+                work.len(),
+                symbols.len(),
+                counts.into_inner()
+            );
+            Ok(0)
+        }
+        Command::Update { cache } => {
+            let (store, cache) = open_cache(&cache)?;
+            let entries = cache.entries()?;
+            let bar = progress(entries.len() as u64);
+            let counts = parking_lot::Mutex::new(BTreeMap::<String, usize>::new());
+            entries
+                .par_iter()
+                .try_for_each(|(path, meta)| -> Result<()> {
+                    let Some(m) = meta else {
+                        *counts
+                            .lock()
+                            .entry("Unreadable (see qcache verify)".into())
+                            .or_default() += 1;
+                        return Ok(());
+                    };
+                    let e =
+                        qstore::expr::parse(&m.expr).with_context(|| path.display().to_string())?;
+                    let freq: Freq = m.freq.parse()?;
+                    let o = cache.warm(&store, &e, &m.instrument, freq)?;
+                    *counts.lock().entry(format!("{o:?}")).or_default() += 1;
+                    bar.inc(1);
+                    Ok(())
+                })?;
+            bar.finish_and_clear();
+            println!(
+                "qcache update: {} entries: {:?}",
+                entries.len(),
+                counts.into_inner()
+            );
+            Ok(0)
+        }
+        Command::Info { cache, json } => {
+            let (store, cache) = open_cache(&cache)?;
+            let entries = cache.entries()?;
+            let mut instruments = std::collections::BTreeSet::new();
+            let mut exprs = std::collections::BTreeSet::new();
+            let (mut stale, mut unreadable) = (0, 0);
+            let mut calendars: BTreeMap<String, usize> = BTreeMap::new();
+            for (_, m) in &entries {
+                let Some(m) = m else {
+                    unreadable += 1;
+                    continue;
+                };
+                instruments.insert(m.instrument.clone());
+                exprs.insert(m.expr.clone());
+                let len = match calendars.get(&m.freq) {
+                    Some(l) => *l,
+                    None => {
+                        let f: Freq = m.freq.parse()?;
+                        let l = store.calendar(f).map(|c| c.len()).unwrap_or(0);
+                        calendars.insert(m.freq.clone(), l);
+                        l
+                    }
+                };
+                if m.calendar_len != len {
+                    stale += 1;
+                }
+            }
+            let size = dir_size(cache.dir());
+            let opts = qstore::config::load(store.root())?;
+            let mem = |c: qstore::store::CacheConfig| serde_json::json!({"limit": format!("{:?}", c.limit), "expire_s": c.expiry.map(|d| d.as_secs())});
+            let v = serde_json::json!({
+                "cache_dir": cache.dir().display().to_string(),
+                "entries": entries.len(),
+                "instruments": instruments.len(),
+                "expressions": exprs.len(),
+                "size_mb": size as f64 / 1e6,
+                "stale_entries": stale,
+                "unreadable_entries": unreadable,
+                "lock": cache.lock_backend().describe(),
+                "memcache": {
+                    "calendar": mem(opts.calendar_cache),
+                    "instruments": mem(opts.instrument_cache),
+                    "features": mem(opts.feature_cache),
+                },
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("cache     {}", cache.dir().display());
+                println!(
+                    "entries   {} ({} instruments, {} expressions), {:.1} MB, {stale} stale, {unreadable} unreadable",
+                    entries.len(),
+                    instruments.len(),
+                    exprs.len(),
+                    size as f64 / 1e6
+                );
+                println!("lock      {}", cache.lock_backend().describe());
+                println!("memcache  {} (per process)", v["memcache"]);
+            }
+            Ok(0)
+        }
+        Command::Clear {
+            cache,
+            instrument,
+            expr,
+            all,
+        } => {
+            if instrument.is_none() && expr.is_none() && !all {
+                bail!("say what to clear: --instrument SYMBOL, --expr EXPRESSION, or --all");
+            }
+            let (_store, cache) = open_cache(&cache)?;
+            let canonical = expr
+                .as_deref()
+                .map(qstore::expr::parse)
+                .transpose()?
+                .map(|e| e.to_string());
+            let inst = instrument.map(|i| i.to_uppercase());
+            let n = cache.clear(|m| {
+                inst.as_ref().is_none_or(|i| &m.instrument == i)
+                    && canonical.as_ref().is_none_or(|c| &m.expr == c)
+            })?;
+            println!("qcache clear: {n} entries removed");
+            Ok(0)
+        }
+        Command::Verify { cache } => {
+            let (_store, cache) = open_cache(&cache)?;
+            let problems = cache.verify()?;
+            for p in &problems {
+                println!("{p}");
+            }
+            println!("qcache verify: {} problems", problems.len());
+            Ok(if problems.is_empty() { 0 } else { 5 })
+        }
+        Command::ResetLock {
+            cache,
+            dry_run,
+            all,
+            force,
+        } => {
+            if all && !force {
+                bail!("--all deletes locks that running writers may hold; add --force to mean it");
+            }
+            let (_store, cache) = open_cache(&cache)?;
+            let lock = cache.lock_backend();
+            let held = lock.list()?;
+            let mut removed = 0;
+            for h in &held {
+                let act = (h.holder_gone || all) && !dry_run;
+                println!(
+                    "{}\t{}\t{}\t{}{}",
+                    h.name,
+                    h.owner,
+                    h.remaining.map_or("-".to_string(), |r| format!(
+                        "{:.1} s left",
+                        r.as_secs_f64()
+                    )),
+                    if h.holder_gone {
+                        "holder gone"
+                    } else {
+                        "holder may be running"
+                    },
+                    if act { " -> deleted" } else { "" }
+                );
+                if act && lock.remove(&h.name)? {
+                    removed += 1;
+                }
+            }
+            println!(
+                "qcache reset-lock: {} locks held, {removed} deleted ({})",
+                held.len(),
+                lock.describe()
+            );
+            Ok(0)
+        }
         Command::Query {
             store,
             instruments,
@@ -135,7 +503,7 @@ fn run(cli: Cli) -> Result<()> {
                     w.flush()?;
                 }
             }
-            Ok(())
+            Ok(0)
         }
     }
 }

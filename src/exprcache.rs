@@ -1,0 +1,614 @@
+//! DiskExpressionCache: computed expressions stored once per (expression, instrument, freq) as a feature file
+//! plus a `.meta` JSON, read back by every process without a lock (storage-layout.md §8).
+//!
+//! Entry files, under the cache directory (`<store>/features_cache` unless configured):
+//! `<instrument lower>/<key>.meta` and `<instrument lower>/<key>.<generation>.bin`. The key is the xxh3-128 of
+//! the canonical expression, the instrument and the frequency (see [`key`]), so every spelling of one tree
+//! shares an entry. The `.bin` is the feature-file format (start index, then f32 values over the expression's
+//! whole series); its generation number changes whenever a file is replaced, so a writer never renames over the
+//! file a reader has open. The `.meta` is the commit point: written last, by temp + fsync + rename.
+//!
+//! A read checks the meta against the store as it is now (calendar length, and a hash of every source field's
+//! stored values over what the entry covered: a corrected file is noticed, an appended one is not stale until
+//! the calendar moves) and the data's checksum, then serves the range. Anything that does not match is a miss;
+//! nothing on the read path writes or locks.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
+
+use crate::error::{Error, Result};
+use crate::expr::{self, Expr, Fields};
+use crate::feature::{self, FeatureFile};
+use crate::features::StoreFields;
+use crate::freq::Freq;
+use crate::fsio;
+use crate::layout;
+use crate::lock::Lock;
+use crate::store::Store;
+use crate::writer;
+
+/// The version of the `.meta` format.
+pub const META_FORMAT: u32 = 1;
+/// The default cache directory inside a store.
+pub const CACHE_DIR: &str = "features_cache";
+
+/// The store's id for lock names (`<store>/.qstore-id`, created by the first writer that needs it): stores on
+/// shared media keep one id whatever path each machine mounts them at.
+pub fn store_id(root: &Path) -> Result<String> {
+    let path = root.join(".qstore-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let seed = format!(
+        "{}\0{}\0{:?}",
+        root.display(),
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    let id = format!("{:016x}", xxh3_64(seed.as_bytes()));
+    // Publish with link(2), which fails when the name exists: of several processes creating the id at once,
+    // exactly one wins and the others read its id (a rename would let each keep its own).
+    let tmp = root.join(format!("{}id-{}", fsio::TEMP_PREFIX, std::process::id()));
+    fsio::replace_atomic(&tmp, format!("{id}\n").as_bytes())?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            fsio::fsync_dir(root)?;
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let id = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+            Ok(id.trim().to_string())
+        }
+        Err(e) => Err(Error::io("creating", &path, e)),
+    }
+}
+
+/// The entry key: 32 hex digits of xxh3-128 over `v1\0<canonical expression>\0<INSTRUMENT>\0<freq>`.
+pub fn key(expr: &Expr, instrument: &str, freq: Freq) -> String {
+    let text = format!("v1\0{expr}\0{}\0{freq}", instrument.to_uppercase());
+    format!("{:032x}", xxh3_128(text.as_bytes()))
+}
+
+/// One source field an entry was computed from, and what its stored values were.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFingerprint {
+    pub instrument: String,
+    pub field: String,
+    pub start: usize,
+    /// Values covered (up to the calendar's end at computation time).
+    pub len: usize,
+    /// xxh3-64 of those values' bytes, hex.
+    pub hash: String,
+}
+
+/// The `.meta` of an entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    pub format: u32,
+    pub instrument: String,
+    pub expr: String,
+    pub freq: String,
+    /// Calendar row of the first value.
+    pub start: usize,
+    /// Published values (the `.bin` may hold more: an append not yet published).
+    pub len: usize,
+    /// Calendar length the entry was computed against, and its last date.
+    pub calendar_len: usize,
+    pub last_date: Option<String>,
+    /// Look-ahead rows of the expression: the last `right` values change when days are added.
+    pub right: u32,
+    pub sources: Vec<SourceFingerprint>,
+    /// Fencing token of the writer that published this generation.
+    pub token: u64,
+    /// Generation of the `.bin` file this meta describes.
+    pub generation: u64,
+    /// xxh3-64 of the published values' bytes, hex.
+    pub checksum: String,
+}
+
+/// Where a cache lives and how its writers lock.
+pub struct DiskExpressionCache {
+    dir: PathBuf,
+    lock: Box<dyn Lock>,
+    /// How long a writer waits for another writer of the same entry.
+    pub wait: Duration,
+    /// Entries validated in this process: key -> (meta, data file).
+    valid: Mutex<HashMap<String, (Meta, Arc<FeatureFile>)>>,
+}
+
+/// What [`DiskExpressionCache::warm`] or `update` did to one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Outcome {
+    /// Already current.
+    Fresh,
+    /// Computed in full (new, corrected source, unreadable entry, or look-ahead rows to redo).
+    Built,
+    /// New rows appended.
+    Appended,
+    /// Another process brought it up to date while this one waited for the lock.
+    DoneByOther,
+}
+
+fn hex64(bytes: &[u8]) -> String {
+    format!("{:016x}", xxh3_64(bytes))
+}
+
+fn value_bytes(v: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}
+
+impl DiskExpressionCache {
+    pub fn new(dir: impl AsRef<Path>, lock: Box<dyn Lock>) -> DiskExpressionCache {
+        DiskExpressionCache {
+            dir: dir.as_ref().to_path_buf(),
+            lock,
+            wait: Duration::from_secs(600),
+            valid: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn lock_backend(&self) -> &dyn Lock {
+        self.lock.as_ref()
+    }
+
+    /// Forgets what this process validated (after other processes may have changed the cache or the store).
+    pub fn refresh(&self) {
+        self.valid.lock().clear();
+    }
+
+    fn paths(&self, instrument: &str, key: &str) -> Result<(PathBuf, PathBuf)> {
+        let dir = self
+            .dir
+            .join(layout::code_to_fname(&instrument.to_uppercase()).to_lowercase());
+        layout::validate_name(crate::error::NameKind::Instrument, instrument)?;
+        Ok((dir.join(format!("{key}.meta")), dir))
+    }
+
+    fn bin_path(dir: &Path, key: &str, generation: u64) -> PathBuf {
+        dir.join(format!("{key}.{generation}.bin"))
+    }
+
+    fn read_meta(path: &Path) -> Option<Meta> {
+        let text = std::fs::read(path).ok()?;
+        let m: Meta = serde_json::from_slice(&text).ok()?;
+        (m.format == META_FORMAT).then_some(m)
+    }
+
+    /// The fingerprints of the fields `e` reads for `instrument`, over calendar rows `..calendar_len`.
+    fn fingerprints(
+        fields: &StoreFields<'_>,
+        e: &Expr,
+        instrument: &str,
+        calendar_len: usize,
+    ) -> Result<Vec<SourceFingerprint>> {
+        let mut pairs = Vec::new();
+        collect_sources(e, &instrument.to_uppercase(), &mut pairs);
+        pairs.sort();
+        pairs.dedup();
+        let mut out = Vec::with_capacity(pairs.len());
+        for (inst, field) in pairs {
+            let (start, len, hash) = match fields.column(&inst, &field)? {
+                Some(c) => {
+                    let v = c.values();
+                    let n = v.len().min(calendar_len.saturating_sub(c.start()));
+                    (c.start(), n, hex64(value_bytes(&v[..n])))
+                }
+                None => (0, 0, hex64(&[])),
+            };
+            out.push(SourceFingerprint {
+                instrument: inst,
+                field,
+                start,
+                len,
+                hash,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The entry of `e` for `instrument` if it is current for the store as it is now: its data over `rows`
+    /// (NaN outside the expression's series). `None` is a miss. No lock, no write.
+    pub fn read(
+        &self,
+        store: &Store,
+        e: &Expr,
+        instrument: &str,
+        freq: Freq,
+        rows: Range<usize>,
+    ) -> Result<Option<Vec<f32>>> {
+        let Some((meta, file)) = self.current(store, e, instrument, freq)? else {
+            return Ok(None);
+        };
+        let mut out = vec![f32::NAN; rows.len()];
+        let values = &file.values()[..meta.len];
+        for (k, r) in rows.clone().enumerate() {
+            if r >= meta.start && r < meta.start + meta.len {
+                out[k] = values[r - meta.start];
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// The validated meta and data of a current entry.
+    fn current(
+        &self,
+        store: &Store,
+        e: &Expr,
+        instrument: &str,
+        freq: Freq,
+    ) -> Result<Option<(Meta, Arc<FeatureFile>)>> {
+        let k = key(e, instrument, freq);
+        let cal_len = store.calendar(freq)?.len();
+        if let Some((m, f)) = self.valid.lock().get(&k)
+            && m.calendar_len == cal_len
+        {
+            return Ok(Some((m.clone(), f.clone())));
+        }
+        let (meta_path, dir) = self.paths(instrument, &k)?;
+        let Some(meta) = Self::read_meta(&meta_path) else {
+            return Ok(None);
+        };
+        if meta.calendar_len != cal_len || meta.expr != e.to_string() {
+            return Ok(None);
+        }
+        let fields = StoreFields { store, freq };
+        if Self::fingerprints(&fields, e, instrument, cal_len)? != meta.sources {
+            return Ok(None);
+        }
+        let Ok(Some(file)) = FeatureFile::open(&Self::bin_path(&dir, &k, meta.generation)) else {
+            return Ok(None);
+        };
+        let empty = meta.len == 0;
+        if !empty
+            && (file.start() != meta.start
+                || file.len() < meta.len
+                || hex64(value_bytes(&file.values()[..meta.len])) != meta.checksum)
+        {
+            return Ok(None);
+        }
+        let file = Arc::new(file);
+        self.valid.lock().insert(k, (meta.clone(), file.clone()));
+        Ok(Some((meta, file)))
+    }
+
+    /// Computes (or brings forward) the entry of `e` for `instrument` under its writer lock.
+    pub fn warm(&self, store: &Store, e: &Expr, instrument: &str, freq: Freq) -> Result<Outcome> {
+        if self.current(store, e, instrument, freq)?.is_some() {
+            return Ok(Outcome::Fresh);
+        }
+        let k = key(e, instrument, freq);
+        let (meta_path, dir) = self.paths(instrument, &k)?;
+        std::fs::create_dir_all(&dir).map_err(|err| Error::io("creating", &dir, err))?;
+        let guard = self.lock.acquire(
+            &format!(
+                "{}/{k}",
+                dir.file_name().and_then(|n| n.to_str()).unwrap_or("_")
+            ),
+            self.wait,
+        )?;
+        // Someone may have built it while this process waited.
+        self.valid.lock().remove(&k);
+        if self.current(store, e, instrument, freq)?.is_some() {
+            return Ok(Outcome::DoneByOther);
+        }
+        let cal = store.calendar(freq)?;
+        let cal_len = cal.len();
+        let fields = StoreFields { store, freq };
+        let sources = Self::fingerprints(&fields, e, instrument, cal_len)?;
+        let old = Self::read_meta(&meta_path);
+        let domain = expr::domain(&fields, &instrument.to_uppercase(), std::slice::from_ref(e))?
+            .map(|d| d.start..d.end.min(cal_len))
+            .filter(|d| !d.is_empty());
+        let right = e.ext_window().right;
+        // Incremental when the old entry's sources are unchanged over what it covered and it starts where the
+        // series starts: only rows past it (and its look-ahead tail) are computed.
+        let reusable = old.as_ref().filter(|m| {
+            domain.as_ref().is_some_and(|d| d.start == m.start)
+                && m.sources.len() == sources.len()
+                && Self::fingerprints(&fields, e, instrument, m.calendar_len)
+                    .is_ok_and(|fp| fp == m.sources)
+                && FeatureFile::open(&Self::bin_path(&dir, &k, m.generation))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|f| {
+                        f.start() == m.start
+                            && f.len() >= m.len
+                            && hex64(value_bytes(&f.values()[..m.len])) == m.checksum
+                    })
+        });
+        let (start, values_from, new_values) = match &domain {
+            None => (0, 0, Vec::new()),
+            Some(d) => {
+                let from = match reusable {
+                    Some(m) => (m.start + m.len)
+                        .saturating_sub(right as usize)
+                        .max(d.start),
+                    None => d.start,
+                };
+                let from = from.min(d.end);
+                let v = expr::evaluate(
+                    &fields,
+                    &instrument.to_uppercase(),
+                    std::slice::from_ref(e),
+                    from..d.end,
+                )?
+                .remove(0);
+                (d.start, from, v)
+            }
+        };
+        let len = domain.as_ref().map_or(0, |d| d.end - d.start);
+        let token = guard.token();
+        let (generation, outcome) = match reusable {
+            Some(m) if right == 0 && values_from == m.start + m.len => {
+                // A pure append past the published length of the current generation.
+                let path = Self::bin_path(&dir, &k, m.generation);
+                if !new_values.is_empty() {
+                    writer::put_unpublished(&path, values_from, &new_values)?;
+                }
+                let f =
+                    std::fs::File::open(&path).map_err(|err| Error::io("opening", &path, err))?;
+                f.sync_all()
+                    .map_err(|err| Error::io("syncing", &path, err))?;
+                (m.generation, Outcome::Appended)
+            }
+            _ => {
+                // A new generation: the old values it keeps, then the new ones, published by rename.
+                let mut values = Vec::with_capacity(len);
+                if let (Some(m), Some(_)) = (reusable, &domain)
+                    && let Ok(Some(old_file)) =
+                        FeatureFile::open(&Self::bin_path(&dir, &k, m.generation))
+                {
+                    values.extend_from_slice(&old_file.values()[..values_from - start]);
+                }
+                values.extend_from_slice(&new_values);
+                let generation = old.as_ref().map_or(1, |m| m.generation + 1).max(token);
+                let path = Self::bin_path(&dir, &k, generation);
+                fsio::replace_atomic(&path, &feature::encode(start as u32, &values))?;
+                (generation, Outcome::Built)
+            }
+        };
+        crate::failpoint::hit("cache:before-meta");
+        // Fencing: a newer writer's generation stays.
+        if let Some(now) = Self::read_meta(&meta_path)
+            && now.token > token
+        {
+            return Err(Error::Config {
+                source_name: format!("cache entry {}", meta_path.display()),
+                reason: format!(
+                    "a newer writer (token {}) published while this one (token {token}) held an expired lease; its result was discarded",
+                    now.token
+                ),
+            });
+        }
+        if !guard.held() {
+            return Err(Error::Config {
+                source_name: format!("cache entry {}", meta_path.display()),
+                reason: "the lock's lease was lost while computing; nothing was published".into(),
+            });
+        }
+        let file = FeatureFile::open(&Self::bin_path(&dir, &k, generation))?;
+        let published = file
+            .as_ref()
+            .map_or(&[][..], |f| &f.values()[..len.min(f.len())]);
+        let meta = Meta {
+            format: META_FORMAT,
+            instrument: instrument.to_uppercase(),
+            expr: e.to_string(),
+            freq: freq.to_string(),
+            start,
+            len,
+            calendar_len: cal_len,
+            last_date: cal
+                .last()
+                .map(|d| crate::calendar::format_timestamp(d, freq.date_only())),
+            right,
+            sources,
+            token,
+            generation,
+            checksum: hex64(value_bytes(published)),
+        };
+        let text = serde_json::to_vec_pretty(&meta).expect("meta serializes");
+        fsio::replace_atomic(&meta_path, &text)?;
+        // Older generations are garbage once the meta no longer names them.
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            let prefix = format!("{k}.");
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if let Some(g) = name
+                    .strip_prefix(&prefix)
+                    .and_then(|r| r.strip_suffix(".bin"))
+                    .and_then(|g| g.parse::<u64>().ok())
+                    && g != generation
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        self.valid.lock().remove(&k);
+        drop(guard);
+        Ok(outcome)
+    }
+
+    /// Every entry's meta path and parsed meta (`None` when unreadable).
+    pub fn entries(&self) -> Result<Vec<(PathBuf, Option<Meta>)>> {
+        let mut out = Vec::new();
+        let Ok(dirs) = std::fs::read_dir(&self.dir) else {
+            return Ok(out);
+        };
+        for d in dirs.flatten() {
+            if !d.path().is_dir() {
+                continue;
+            }
+            let files =
+                std::fs::read_dir(d.path()).map_err(|e| Error::io("listing", d.path(), e))?;
+            for f in files.flatten() {
+                let p = f.path();
+                if p.extension().is_some_and(|x| x == "meta") {
+                    out.push((p.clone(), Self::read_meta(&p)));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Checks every entry: a readable meta, its `.bin` generation present with the published length and
+    /// checksum; and no orphan `.bin` files or temp files. Returns one line per problem.
+    pub fn verify(&self) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let Ok(dirs) = std::fs::read_dir(&self.dir) else {
+            return Ok(problems);
+        };
+        for d in dirs.flatten() {
+            let dir = d.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let mut metas: HashMap<String, Option<Meta>> = HashMap::new();
+            let mut bins: Vec<(String, u64, PathBuf)> = Vec::new();
+            for f in std::fs::read_dir(&dir)
+                .map_err(|e| Error::io("listing", &dir, e))?
+                .flatten()
+            {
+                let p = f.path();
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.starts_with(fsio::TEMP_PREFIX) {
+                    problems.push(format!(
+                        "{}: a temp file left by a killed writer",
+                        p.display()
+                    ));
+                } else if let Some(k) = name.strip_suffix(".meta") {
+                    metas.insert(k.to_string(), Self::read_meta(&p));
+                } else if let Some((k, g)) = name
+                    .strip_suffix(".bin")
+                    .and_then(|r| r.rsplit_once('.'))
+                    .and_then(|(k, g)| g.parse::<u64>().ok().map(|g| (k.to_string(), g)))
+                {
+                    bins.push((k, g, p));
+                }
+            }
+            for (k, m) in &metas {
+                let meta_path = dir.join(format!("{k}.meta"));
+                let Some(m) = m else {
+                    problems.push(format!("{}: unreadable meta", meta_path.display()));
+                    continue;
+                };
+                let bin = Self::bin_path(&dir, k, m.generation);
+                match FeatureFile::open(&bin) {
+                    Ok(Some(f)) => {
+                        if f.len() < m.len || (m.len > 0 && f.start() != m.start) {
+                            problems.push(format!(
+                                "{}: holds {} values from row {}, the meta publishes {} from row {}",
+                                bin.display(),
+                                f.len(),
+                                f.start(),
+                                m.len,
+                                m.start
+                            ));
+                        } else if hex64(value_bytes(&f.values()[..m.len])) != m.checksum {
+                            problems.push(format!("{}: checksum mismatch", bin.display()));
+                        }
+                    }
+                    Ok(None) if m.len == 0 => {}
+                    Ok(None) => problems.push(format!(
+                        "{}: missing (named by {})",
+                        bin.display(),
+                        meta_path.display()
+                    )),
+                    Err(e) => problems.push(format!("{}: {e}", bin.display())),
+                }
+            }
+            for (k, g, p) in bins {
+                match metas.get(&k) {
+                    Some(Some(m)) if m.generation == g => {}
+                    Some(Some(_)) => {
+                        problems.push(format!("{}: an old generation nothing names", p.display()))
+                    }
+                    _ => problems.push(format!("{}: no meta (an orphan)", p.display())),
+                }
+            }
+        }
+        problems.sort();
+        Ok(problems)
+    }
+
+    /// Removes the entries whose meta matches `pred` (under each entry's lock), with their data files.
+    pub fn clear(&self, pred: impl Fn(&Meta) -> bool) -> Result<usize> {
+        let mut n = 0;
+        for (meta_path, meta) in self.entries()? {
+            let remove = meta.as_ref().is_none_or(&pred);
+            if !remove {
+                continue;
+            }
+            let dir = meta_path.parent().expect("in a directory").to_path_buf();
+            let k = meta_path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let _guard = self.lock.acquire(
+                &format!(
+                    "{}/{k}",
+                    dir.file_name().and_then(|n| n.to_str()).unwrap_or("_")
+                ),
+                self.wait,
+            )?;
+            // The meta goes first: without it the data files are orphans no reader looks at.
+            std::fs::remove_file(&meta_path).map_err(|e| Error::io("removing", &meta_path, e))?;
+            for f in std::fs::read_dir(&dir)
+                .map_err(|e| Error::io("listing", &dir, e))?
+                .flatten()
+            {
+                if f.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{k}."))
+                {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+            fsio::fsync_dir(&dir)?;
+            n += 1;
+        }
+        self.refresh();
+        Ok(n)
+    }
+}
+
+/// The (instrument, field) pairs an expression reads.
+fn collect_sources(e: &Expr, inst: &str, out: &mut Vec<(String, String)>) {
+    match e {
+        Expr::Field(f) => out.push((inst.to_string(), f.clone())),
+        Expr::Const(_) => {}
+        Expr::Instrument(x, other) => collect_sources(x, other, out),
+        Expr::Unary(_, x) | Expr::Ref(x, _) | Expr::Rolling(_, x, _) | Expr::Quantile(x, _, _) => {
+            collect_sources(x, inst, out)
+        }
+        Expr::Binary(_, a, b) | Expr::Pair(_, a, b, _) => {
+            collect_sources(a, inst, out);
+            collect_sources(b, inst, out);
+        }
+        Expr::If(c, a, b) => {
+            collect_sources(c, inst, out);
+            collect_sources(a, inst, out);
+            collect_sources(b, inst, out);
+        }
+    }
+}
