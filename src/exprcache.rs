@@ -13,7 +13,7 @@
 //! the calendar moves) and the data's checksum, then serves the range. Anything that does not match is a miss;
 //! nothing on the read path writes or locks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};
 use crate::expr::{self, Expr, Fields};
@@ -77,8 +77,26 @@ pub fn store_id(root: &Path) -> Result<String> {
 
 /// The entry key: 32 hex digits of xxh3-128 over `v1\0<canonical expression>\0<INSTRUMENT>\0<freq>`.
 pub fn key(expr: &Expr, instrument: &str, freq: Freq) -> String {
-    let text = format!("v1\0{expr}\0{}\0{freq}", instrument.to_uppercase());
-    format!("{:032x}", xxh3_128(text.as_bytes()))
+    format!("{:032x}", key128(&expr.to_string(), instrument, freq))
+}
+
+/// [`key`] as a number, from the canonical text (which a query computes once for all instruments).
+fn key128(canonical: &str, instrument: &str, freq: Freq) -> u128 {
+    // The hash of `v1\0<canonical>\0<INSTRUMENT>\0<freq>`, streamed: this runs on every cache hit.
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(b"v1\0");
+    h.update(canonical.as_bytes());
+    h.update(b"\0");
+    for chunk in instrument.as_bytes().chunks(64) {
+        let mut up = [0u8; 64];
+        for (u, b) in up.iter_mut().zip(chunk) {
+            *u = b.to_ascii_uppercase();
+        }
+        h.update(&up[..chunk.len()]);
+    }
+    h.update(b"\0");
+    h.update(freq.to_string().as_bytes());
+    h.digest128()
 }
 
 /// One source field an entry was computed from, and what its stored values were.
@@ -126,11 +144,11 @@ pub struct DiskExpressionCache {
     /// How long a writer waits for another writer of the same entry.
     pub wait: Duration,
     /// Entries validated in this process: key -> (meta, data file).
-    valid: Mutex<HashMap<String, (Meta, Arc<FeatureFile>)>>,
+    valid: Mutex<HashMap<u128, (Arc<Meta>, Arc<FeatureFile>)>>,
 }
 
 /// What [`DiskExpressionCache::warm`] or `update` did to one entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Outcome {
     /// Already current.
     Fresh,
@@ -233,15 +251,37 @@ impl DiskExpressionCache {
         freq: Freq,
         rows: Range<usize>,
     ) -> Result<Option<Vec<f32>>> {
-        let Some((meta, file)) = self.current(store, e, instrument, freq)? else {
+        self.read_canonical(store, &e.to_string(), e, instrument, freq, rows)
+    }
+
+    /// [`read`](Self::read) with the expression's canonical text already at hand (a query over many
+    /// instruments builds it once).
+    pub fn read_canonical(
+        &self,
+        store: &Store,
+        canonical: &str,
+        e: &Expr,
+        instrument: &str,
+        freq: Freq,
+        rows: Range<usize>,
+    ) -> Result<Option<Vec<f32>>> {
+        let Some((meta, file)) = self.current_keyed(
+            store,
+            key128(canonical, instrument, freq),
+            e,
+            instrument,
+            freq,
+        )?
+        else {
             return Ok(None);
         };
         let mut out = vec![f32::NAN; rows.len()];
         let values = &file.values()[..meta.len];
-        for (k, r) in rows.clone().enumerate() {
-            if r >= meta.start && r < meta.start + meta.len {
-                out[k] = values[r - meta.start];
-            }
+        let from = rows.start.max(meta.start);
+        let to = rows.end.min(meta.start + meta.len);
+        if from < to {
+            out[from - rows.start..to - rows.start]
+                .copy_from_slice(&values[from - meta.start..to - meta.start]);
         }
         Ok(Some(out))
     }
@@ -253,14 +293,31 @@ impl DiskExpressionCache {
         e: &Expr,
         instrument: &str,
         freq: Freq,
-    ) -> Result<Option<(Meta, Arc<FeatureFile>)>> {
-        let k = key(e, instrument, freq);
+    ) -> Result<Option<(Arc<Meta>, Arc<FeatureFile>)>> {
+        self.current_keyed(
+            store,
+            key128(&e.to_string(), instrument, freq),
+            e,
+            instrument,
+            freq,
+        )
+    }
+
+    fn current_keyed(
+        &self,
+        store: &Store,
+        id: u128,
+        e: &Expr,
+        instrument: &str,
+        freq: Freq,
+    ) -> Result<Option<(Arc<Meta>, Arc<FeatureFile>)>> {
         let cal_len = store.calendar(freq)?.len();
-        if let Some((m, f)) = self.valid.lock().get(&k)
+        if let Some((m, f)) = self.valid.lock().get(&id)
             && m.calendar_len == cal_len
         {
             return Ok(Some((m.clone(), f.clone())));
         }
+        let k = format!("{id:032x}");
         let (meta_path, dir) = self.paths(instrument, &k)?;
         let Some(meta) = Self::read_meta(&meta_path) else {
             return Ok(None);
@@ -283,8 +340,8 @@ impl DiskExpressionCache {
         {
             return Ok(None);
         }
-        let file = Arc::new(file);
-        self.valid.lock().insert(k, (meta.clone(), file.clone()));
+        let (meta, file) = (Arc::new(meta), Arc::new(file));
+        self.valid.lock().insert(id, (meta.clone(), file.clone()));
         Ok(Some((meta, file)))
     }
 
@@ -304,7 +361,8 @@ impl DiskExpressionCache {
             self.wait,
         )?;
         // Someone may have built it while this process waited.
-        self.valid.lock().remove(&k);
+        let id = key128(&e.to_string(), instrument, freq);
+        self.valid.lock().remove(&id);
         if self.current(store, e, instrument, freq)?.is_some() {
             return Ok(Outcome::DoneByOther);
         }
@@ -442,9 +500,50 @@ impl DiskExpressionCache {
                 }
             }
         }
-        self.valid.lock().remove(&k);
+        self.valid.lock().remove(&id);
         drop(guard);
         Ok(outcome)
+    }
+
+    /// Brings every entry forward to the store as it is now (new days appended, corrected sources rebuilt), in
+    /// parallel. Returns how many entries ended how; unreadable metas are counted under `None`.
+    pub fn update_all(&self, store: &Store) -> Result<BTreeMap<Option<Outcome>, usize>> {
+        use rayon::prelude::*;
+        let entries = self.entries()?;
+        let counts = Mutex::new(BTreeMap::new());
+        entries
+            .par_iter()
+            .try_for_each(|(path, meta)| -> Result<()> {
+                let outcome = match meta {
+                    None => None,
+                    Some(m) => {
+                        let e = expr::parse(&m.expr).map_err(|err| Error::Config {
+                            source_name: path.display().to_string(),
+                            reason: format!("its expression does not parse: {err}"),
+                        })?;
+                        Some(self.warm(store, &e, &m.instrument, m.freq.parse()?)?)
+                    }
+                };
+                *counts.lock().entry(outcome).or_insert(0) += 1;
+                Ok(())
+            })?;
+        Ok(counts.into_inner())
+    }
+
+    /// How many entries were computed against a calendar other than the store's now (they need `update_all`).
+    pub fn behind(&self, store: &Store) -> Result<usize> {
+        let mut n = 0;
+        for (_, m) in self.entries()? {
+            if let Some(m) = m
+                && let Ok(freq) = m.freq.parse::<Freq>()
+                && store
+                    .calendar(freq)
+                    .map_or(true, |c| c.len() != m.calendar_len)
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Every entry's meta path and parsed meta (`None` when unreadable).

@@ -169,7 +169,14 @@ impl Store {
                         for (c, e) in query.exprs().iter().enumerate() {
                             let hit = match e {
                                 Expr::Field(_) => None,
-                                _ => disk.read(self, e, inst, freq, hull.clone())?,
+                                _ => disk.read_canonical(
+                                    self,
+                                    &canonical[c],
+                                    e,
+                                    inst,
+                                    freq,
+                                    hull.clone(),
+                                )?,
                             };
                             match hit {
                                 Some(col) => {

@@ -654,3 +654,59 @@ fn redis_going_away_fails_writers_clearly_and_readers_keep_working() {
     let lock: &dyn Lock = &FileLock::new(dir.path());
     assert!(lock.list().unwrap().is_empty());
 }
+
+#[test]
+fn qdump_update_reports_and_updates_caches() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = store_at(dir.path(), Some("2023-06-30"));
+    let r = root.to_str().unwrap();
+    let out = qcache(&[
+        "warm",
+        r,
+        "--instruments",
+        "SH600000,SZ000002",
+        "--fields",
+        "Mean($close,5)",
+        "Ref($close,-1)",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let update = |end: &str, extra: &[&str]| {
+        let out = bin("qdump")
+            .args([
+                "update",
+                "--csv",
+                SAMPLE,
+                "--to",
+                r,
+                "--end-date",
+                end,
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let v = update("2023-07-31", &[]);
+    assert_eq!(v["expression_cache"]["behind"], 4, "{v}");
+    let v = update("2023-08-31", &["--update-caches"]);
+    assert_eq!(v["expression_cache"]["updated"], 4, "{v}");
+    assert_eq!(v["expression_cache"]["behind"], 0, "{v}");
+    let mut store = Store::open(&root).unwrap();
+    store.set_expression_cache(Arc::new(file_cache(&root)));
+    let cache = file_cache(&root);
+    assert!(
+        cache
+            .read(
+                &store,
+                &parse("Ref($close,-1)").unwrap(),
+                "SZ000002",
+                Freq::DAY,
+                0..10
+            )
+            .unwrap()
+            .is_some(),
+        "current after --update-caches"
+    );
+}

@@ -197,6 +197,18 @@ fn open_cache(a: &CacheArgs) -> Result<(Store, Arc<DiskExpressionCache>)> {
     Ok((store, Arc::new(cache)))
 }
 
+/// `Built: 3, Appended: 40` (unreadable entries as `Unreadable`).
+fn outcomes(counts: &BTreeMap<Option<qstore::exprcache::Outcome>, usize>) -> String {
+    counts
+        .iter()
+        .map(|(o, n)| match o {
+            Some(o) => format!("{o:?}: {n}"),
+            None => format!("Unreadable (see qcache verify): {n}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn progress(n: u64) -> indicatif::ProgressBar {
     if std::io::stderr().is_terminal() {
         indicatif::ProgressBar::new(n)
@@ -289,33 +301,9 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Update { cache } => {
             let (store, cache) = open_cache(&cache)?;
-            let entries = cache.entries()?;
-            let bar = progress(entries.len() as u64);
-            let counts = parking_lot::Mutex::new(BTreeMap::<String, usize>::new());
-            entries
-                .par_iter()
-                .try_for_each(|(path, meta)| -> Result<()> {
-                    let Some(m) = meta else {
-                        *counts
-                            .lock()
-                            .entry("Unreadable (see qcache verify)".into())
-                            .or_default() += 1;
-                        return Ok(());
-                    };
-                    let e =
-                        qstore::expr::parse(&m.expr).with_context(|| path.display().to_string())?;
-                    let freq: Freq = m.freq.parse()?;
-                    let o = cache.warm(&store, &e, &m.instrument, freq)?;
-                    *counts.lock().entry(format!("{o:?}")).or_default() += 1;
-                    bar.inc(1);
-                    Ok(())
-                })?;
-            bar.finish_and_clear();
-            println!(
-                "qcache update: {} entries: {:?}",
-                entries.len(),
-                counts.into_inner()
-            );
+            let counts = cache.update_all(&store)?;
+            let total: usize = counts.values().sum();
+            println!("qcache update: {total} entries: {}", outcomes(&counts));
             Ok(0)
         }
         Command::Info { cache, json } => {

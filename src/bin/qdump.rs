@@ -99,6 +99,10 @@ struct UpdateArgs {
     /// Wait for another update of the same store to finish instead of failing.
     #[arg(long)]
     wait: bool,
+    /// Then bring the store's expression cache (STORE/features_cache) forward too, as `qcache update` does
+    /// (writer locks: Redis when QSTORE_REDIS_URL is set, else file locks).
+    #[arg(long)]
+    update_caches: bool,
 }
 
 #[derive(Args)]
@@ -412,8 +416,33 @@ fn update(u: UpdateArgs) -> Result<u8> {
     .with_context(|| format!("updating {}", a.to.display()))?;
     progress.finish();
     let code = if summary.failed.is_empty() { 0 } else { 3 };
+    // The expression cache: bring it forward, or say how far behind it now is.
+    let cache_dir = a.to.join(qstore::exprcache::CACHE_DIR);
+    let mut caches = serde_json::Value::Null;
+    if cache_dir.is_dir() {
+        let store = Store::open(&a.to)?;
+        let lock: Box<dyn qstore::lock::Lock> = match std::env::var("QSTORE_REDIS_URL") {
+            Ok(url) if u.update_caches => Box::new(qstore::lock::RedisLock::connect(
+                &url,
+                &qstore::exprcache::store_id(&a.to)?,
+                std::time::Duration::from_secs(30),
+                "QSTORE_REDIS_URL",
+            )?),
+            _ => Box::new(qstore::lock::FileLock::new(&cache_dir)),
+        };
+        let cache = qstore::exprcache::DiskExpressionCache::new(&cache_dir, lock);
+        caches = if u.update_caches {
+            let counts = cache
+                .update_all(&store)
+                .context("updating the expression cache")?;
+            serde_json::json!({"updated": counts.values().sum::<usize>(), "behind": cache.behind(&store)?})
+        } else {
+            serde_json::json!({"behind": cache.behind(&store)?})
+        };
+    }
     if a.json {
         let mut v = serde_json::to_value(&summary)?;
+        v["expression_cache"] = caches;
         v["store"] = serde_json::Value::from(a.to.display().to_string());
         v["exit_code"] = serde_json::Value::from(code);
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -436,6 +465,17 @@ fn update(u: UpdateArgs) -> Result<u8> {
         );
         for f in &summary.failed {
             println!("  failed {}: {}", f.symbol, f.reason);
+        }
+        if let Some(n) = caches.get("updated") {
+            println!("expression cache: {n} entries brought forward");
+        } else if let Some(n) = caches
+            .get("behind")
+            .and_then(|n| n.as_u64())
+            .filter(|&n| n > 0)
+        {
+            println!(
+                "expression cache: {n} entries are now behind; run qcache update (or pass --update-caches)"
+            );
         }
         println!("elapsed {:.2} s", summary.elapsed_s);
     }
