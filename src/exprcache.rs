@@ -137,6 +137,9 @@ pub struct Meta {
     pub checksum: String,
 }
 
+/// A validated entry: its meta and its open data file.
+type Entry = (Arc<Meta>, Arc<FeatureFile>);
+
 /// Where a cache lives and how its writers lock.
 pub struct DiskExpressionCache {
     dir: PathBuf,
@@ -144,7 +147,7 @@ pub struct DiskExpressionCache {
     /// How long a writer waits for another writer of the same entry.
     pub wait: Duration,
     /// Entries validated in this process: key -> (meta, data file).
-    valid: Mutex<HashMap<u128, (Arc<Meta>, Arc<FeatureFile>)>>,
+    valid: Mutex<HashMap<u128, Entry>>,
 }
 
 /// What [`DiskExpressionCache::warm`] or `update` did to one entry.
