@@ -42,7 +42,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 cache
-                    .read(&store, &e, "SH600000", Freq::DAY, rows.clone())
+                    .read_canonical(&store, &canonical, &e, "SH600000", Freq::DAY, rows.clone())
                     .unwrap()
                     .unwrap(),
             )
