@@ -416,7 +416,13 @@ impl DiskExpressionCache {
         };
         let len = domain.as_ref().map_or(0, |d| d.end - d.start);
         let token = guard.token();
+        let empty_again = domain.is_none()
+            && old.as_ref().is_some_and(|m| {
+                m.len == 0 && Self::bin_path(&dir, &k, m.generation).exists()
+            });
         let (generation, outcome) = match reusable {
+            // Still no data (a field this instrument lacks): only the meta moves forward.
+            _ if empty_again => (old.as_ref().map_or(0, |m| m.generation), Outcome::Appended),
             Some(m) if right == 0 && values_from == m.start + m.len => {
                 // A pure append past the published length of the current generation.
                 let path = Self::bin_path(&dir, &k, m.generation);
