@@ -417,9 +417,9 @@ impl DiskExpressionCache {
         let len = domain.as_ref().map_or(0, |d| d.end - d.start);
         let token = guard.token();
         let empty_again = domain.is_none()
-            && old.as_ref().is_some_and(|m| {
-                m.len == 0 && Self::bin_path(&dir, &k, m.generation).exists()
-            });
+            && old
+                .as_ref()
+                .is_some_and(|m| m.len == 0 && Self::bin_path(&dir, &k, m.generation).exists());
         let (generation, outcome) = match reusable {
             // Still no data (a field this instrument lacks): only the meta moves forward.
             _ if empty_again => (old.as_ref().map_or(0, |m| m.generation), Outcome::Appended),

@@ -464,3 +464,26 @@ fn qcache_query_errors_have_codes_and_positions() {
     ]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn qcache_query_repeat_shows_feature_cache_hits() {
+    let (_dir, store) = sample_store();
+    let out = qcache(&[
+        "query",
+        store.to_str().unwrap(),
+        "--instruments",
+        "SH600000,SZ000002",
+        "--fields",
+        "Mean($close, 5)",
+        "--repeat",
+        "3",
+        "--format",
+        "stats",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("memcache features: 4 hits, 2 misses"),
+        "the second and third runs come from memory: {err}"
+    );
+}

@@ -154,6 +154,13 @@ enum Command {
         /// Write here (replaced atomically) instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Evaluate the query this many times in one process (a training loop's repeated reads), then print the
+        /// in-memory caches' counters (hits, misses, evictions, bytes) to standard error.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Print the in-memory caches' counters to standard error at the end.
+        #[arg(long)]
+        cache_stats: bool,
     },
 }
 
@@ -307,6 +314,7 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Info { cache, json } => {
+            let cache_lease = cache.lease_s;
             let (store, cache) = open_cache(&cache)?;
             let entries = cache.entries()?;
             let mut instruments = std::collections::BTreeSet::new();
@@ -334,6 +342,17 @@ fn run(cli: Cli) -> Result<u8> {
                 }
             }
             let size = dir_size(cache.dir());
+            // When the oldest and newest entries were published (their metas' modification times).
+            let times: Vec<std::time::SystemTime> = entries
+                .iter()
+                .filter_map(|(p, _)| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+                .collect();
+            let stamp = |t: Option<&std::time::SystemTime>| {
+                t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .and_then(|d| chrono::DateTime::from_timestamp(d.as_secs() as i64, 0))
+                    .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            };
+            let (oldest, newest) = (stamp(times.iter().min()), stamp(times.iter().max()));
             let opts = qstore::config::load(store.root())?;
             let mem = |c: qstore::store::CacheConfig| serde_json::json!({"limit": format!("{:?}", c.limit), "expire_s": c.expiry.map(|d| d.as_secs())});
             let v = serde_json::json!({
@@ -345,6 +364,9 @@ fn run(cli: Cli) -> Result<u8> {
                 "stale_entries": stale,
                 "unreadable_entries": unreadable,
                 "lock": cache.lock_backend().describe(),
+                "lease_s": cache_lease,
+                "oldest": oldest,
+                "newest": newest,
                 "memcache": {
                     "calendar": mem(opts.calendar_cache),
                     "instruments": mem(opts.instrument_cache),
@@ -362,7 +384,15 @@ fn run(cli: Cli) -> Result<u8> {
                     exprs.len(),
                     size as f64 / 1e6
                 );
-                println!("lock      {}", cache.lock_backend().describe());
+                println!(
+                    "lock      {} (lease {cache_lease} s)",
+                    cache.lock_backend().describe()
+                );
+                println!(
+                    "published {} .. {}",
+                    oldest.as_deref().unwrap_or("-"),
+                    newest.as_deref().unwrap_or("-")
+                );
                 println!("memcache  {} (per process)", v["memcache"]);
             }
             Ok(0)
@@ -451,6 +481,8 @@ fn run(cli: Cli) -> Result<u8> {
             market,
             format,
             out,
+            repeat,
+            cache_stats,
         } => {
             let store = Store::open(&store)?;
             let date = |s: Option<String>, what: &str| -> Result<_> {
@@ -472,13 +504,37 @@ fn run(cli: Cli) -> Result<u8> {
                 }
                 Universe::List(&list)
             };
-            let frame = match feature_set {
-                Some(name) => {
-                    let set = FeatureSet::resolve(&name)?;
-                    store.feature_set(universe, &set, start, end, freq)?
-                }
-                None => store.features(universe, &fields, start, end, freq)?,
+            let set = feature_set
+                .as_deref()
+                .map(FeatureSet::resolve)
+                .transpose()?;
+            let run = || match &set {
+                Some(set) => store.feature_set(universe, set, start, end, freq),
+                None => store.features(universe, &fields, start, end, freq),
             };
+            let frame = run()?;
+            for _ in 1..repeat {
+                run()?;
+            }
+            if cache_stats || repeat > 1 {
+                let s = store.cache_stats();
+                for (name, st) in [
+                    ("calendar", s.calendar),
+                    ("instruments", s.instruments),
+                    ("features", s.features),
+                ] {
+                    eprintln!(
+                        "memcache {name}: {} hits, {} misses, {} evictions, {} expired, {} oversized, {} entries, {} bytes",
+                        st.hits,
+                        st.misses,
+                        st.evictions,
+                        st.expired,
+                        st.oversized,
+                        st.entries,
+                        st.bytes
+                    );
+                }
+            }
             match out {
                 Some(path) => {
                     qstore::fsio::replace_atomic_with(&path, |w| write(&frame, format, w))
