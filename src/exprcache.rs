@@ -539,6 +539,36 @@ impl DiskExpressionCache {
         Ok(counts.into_inner())
     }
 
+    /// Computes (or brings forward) every (instrument, expression) pair in parallel; plain fields are skipped
+    /// (they are files already). `progress` is called after each entry.
+    pub fn warm_all(
+        &self,
+        store: &Store,
+        instruments: &[String],
+        exprs: &[Expr],
+        freq: Freq,
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<BTreeMap<Outcome, usize>> {
+        use rayon::prelude::*;
+        let work: Vec<(&String, &Expr)> = instruments
+            .iter()
+            .flat_map(|s| {
+                exprs
+                    .iter()
+                    .filter(|e| !matches!(e, Expr::Field(_)))
+                    .map(move |e| (s, e))
+            })
+            .collect();
+        let counts = Mutex::new(BTreeMap::new());
+        work.par_iter().try_for_each(|(s, e)| -> Result<()> {
+            let o = self.warm(store, e, s, freq)?;
+            *counts.lock().entry(o).or_insert(0) += 1;
+            progress();
+            Ok(())
+        })?;
+        Ok(counts.into_inner())
+    }
+
     /// How many entries were computed against a calendar other than the store's now (they need `update_all`).
     pub fn behind(&self, store: &Store) -> Result<usize> {
         let mut n = 0;

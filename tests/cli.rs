@@ -487,3 +487,24 @@ fn qcache_query_repeat_shows_feature_cache_hits() {
         "the second and third runs come from memory: {err}"
     );
 }
+
+#[test]
+fn qdump_all_warm_fills_the_expression_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("store");
+    let out = import_csv(SAMPLE, to.to_str().unwrap(), &["--warm", "technical"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("expression cache: 528 entries of technical"),
+        "12 instruments x 44 expressions: {}",
+        text(&out)
+    );
+    let out = qcache(&["verify", to.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = qcache(&["info", to.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["entries"], 516,
+        "43 distinct expressions x 12 (MA20 and BOLL_MID are one)"
+    );
+}

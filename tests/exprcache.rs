@@ -360,8 +360,8 @@ fn warm_together(root: &Path, n: usize, lock: &[&str]) -> usize {
         let out = c.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", text(&out));
         let t = text(&out);
-        if let Some(i) = t.find("\"Built\": ") {
-            built += t[i + 9..]
+        if let Some(i) = t.find("Built: ") {
+            built += t[i + 7..]
                 .split(|c: char| !c.is_ascii_digit())
                 .next()
                 .unwrap()

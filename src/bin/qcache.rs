@@ -16,7 +16,6 @@ use qstore::expr::Expr;
 use qstore::exprcache::DiskExpressionCache;
 use qstore::lock::{FileLock, Lock, RedisLock};
 use qstore::{FeatureSet, Frame, Freq, Store, Universe, parse_timestamp};
-use rayon::prelude::*;
 
 #[derive(Parser)]
 #[command(
@@ -278,31 +277,18 @@ fn run(cli: Cli) -> Result<u8> {
                 .iter()
                 .filter(|e| !matches!(e, Expr::Field(_)))
                 .count();
-            let work: Vec<(&String, &Expr)> = symbols
-                .iter()
-                .flat_map(|s| {
-                    parsed
-                        .iter()
-                        .filter(|e| !matches!(e, Expr::Field(_)))
-                        .map(move |e| (s, e))
-                })
-                .collect();
-            let bar = progress(work.len() as u64);
-            let counts = parking_lot::Mutex::new(BTreeMap::<String, usize>::new());
-            work.par_iter().try_for_each(|(s, e)| -> Result<()> {
-                let o = cache
-                    .warm(&store, e, s, freq)
-                    .with_context(|| format!("{e} for {s}"))?;
-                *counts.lock().entry(format!("{o:?}")).or_default() += 1;
-                bar.inc(1);
-                Ok(())
-            })?;
+            let bar = progress((per * symbols.len()) as u64);
+            let counts = cache.warm_all(&store, &symbols, &parsed, freq, &|| bar.inc(1))?;
             bar.finish_and_clear();
             println!(
-                "qcache warm: {} entries ({} instruments x {per} expressions): {:?}",
-                work.len(),
+                "qcache warm: {} entries ({} instruments x {per} expressions): {}",
+                per * symbols.len(),
                 symbols.len(),
-                counts.into_inner()
+                counts
+                    .iter()
+                    .map(|(o, n)| format!("{o:?}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             Ok(0)
         }

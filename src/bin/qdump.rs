@@ -173,6 +173,10 @@ struct AllArgs {
     /// Print the summary as JSON on stdout (for scripts).
     #[arg(long)]
     json: bool,
+    /// `qdump all` only: then compute this feature set (`alpha158`, `technical`, or a JSON file) for every
+    /// instrument into the expression cache (writer locks: Redis when QSTORE_REDIS_URL is set, else files).
+    #[arg(long)]
+    warm: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -368,6 +372,38 @@ fn all(a: AllArgs) -> Result<u8> {
     } else {
         print_summary(&summary, &a.to);
     }
+    if let Some(set) = &a.warm
+        && summary.published
+    {
+        let set = qstore::FeatureSet::resolve(set)?;
+        let store = Store::open(&a.to)?;
+        let cache = expression_cache(&a.to, false)?;
+        let exprs: Vec<qstore::expr::Expr> = set
+            .features
+            .iter()
+            .map(|f| qstore::expr::parse(&f.expr))
+            .collect::<qstore::Result<_>>()?;
+        let symbols: Vec<String> = store
+            .instruments(&a.market)?
+            .symbols()
+            .map(String::from)
+            .collect();
+        let counts = cache
+            .warm_all(&store, &symbols, &exprs, a.freq, &|| {})
+            .context("warming the expression cache")?;
+        if !a.json {
+            println!(
+                "expression cache: {} entries of {} ({})",
+                counts.values().sum::<usize>(),
+                set.name,
+                counts
+                    .iter()
+                    .map(|(o, n)| format!("{o:?}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     Ok(code)
 }
 
@@ -375,6 +411,11 @@ fn update(u: UpdateArgs) -> Result<u8> {
     let a = &u.common;
     if a.overwrite {
         bail!("--overwrite is for qdump all; qdump update changes the store in place, crash-safe");
+    }
+    if a.warm.is_some() {
+        bail!(
+            "--warm is for qdump all; after an update, --update-caches brings the expression cache forward"
+        );
     }
     if a.start_date.is_some() {
         bail!(
@@ -421,16 +462,7 @@ fn update(u: UpdateArgs) -> Result<u8> {
     let mut caches = serde_json::Value::Null;
     if cache_dir.is_dir() {
         let store = Store::open(&a.to)?;
-        let lock: Box<dyn qstore::lock::Lock> = match std::env::var("QSTORE_REDIS_URL") {
-            Ok(url) if u.update_caches => Box::new(qstore::lock::RedisLock::connect(
-                &url,
-                &qstore::exprcache::store_id(&a.to)?,
-                std::time::Duration::from_secs(30),
-                "QSTORE_REDIS_URL",
-            )?),
-            _ => Box::new(qstore::lock::FileLock::new(&cache_dir)),
-        };
-        let cache = qstore::exprcache::DiskExpressionCache::new(&cache_dir, lock);
+        let cache = expression_cache(&a.to, !u.update_caches)?;
         caches = if u.update_caches {
             let counts = cache
                 .update_all(&store)
@@ -480,6 +512,25 @@ fn update(u: UpdateArgs) -> Result<u8> {
         println!("elapsed {:.2} s", summary.elapsed_s);
     }
     Ok(code)
+}
+
+/// The store's expression cache, locking through Redis when QSTORE_REDIS_URL is set (not needed when only
+/// `read_only` counting is done), else through files.
+fn expression_cache(
+    store: &std::path::Path,
+    read_only: bool,
+) -> Result<qstore::exprcache::DiskExpressionCache> {
+    let dir = store.join(qstore::exprcache::CACHE_DIR);
+    let lock: Box<dyn qstore::lock::Lock> = match std::env::var("QSTORE_REDIS_URL") {
+        Ok(url) if !read_only => Box::new(qstore::lock::RedisLock::connect(
+            &url,
+            &qstore::exprcache::store_id(store)?,
+            std::time::Duration::from_secs(30),
+            "QSTORE_REDIS_URL",
+        )?),
+        _ => Box::new(qstore::lock::FileLock::new(&dir)),
+    };
+    Ok(qstore::exprcache::DiskExpressionCache::new(dir, lock))
 }
 
 /// The source named by the flags, restricted to `start..=end`.
