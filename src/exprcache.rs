@@ -734,19 +734,7 @@ impl DiskExpressionCache {
 fn collect_sources(e: &Expr, inst: &str, out: &mut Vec<(String, String)>) {
     match e {
         Expr::Field(f) => out.push((inst.to_string(), f.clone())),
-        Expr::Const(_) => {}
         Expr::Instrument(x, other) => collect_sources(x, other, out),
-        Expr::Unary(_, x) | Expr::Ref(x, _) | Expr::Rolling(_, x, _) | Expr::Quantile(x, _, _) => {
-            collect_sources(x, inst, out)
-        }
-        Expr::Binary(_, a, b) | Expr::Pair(_, a, b, _) => {
-            collect_sources(a, inst, out);
-            collect_sources(b, inst, out);
-        }
-        Expr::If(c, a, b) => {
-            collect_sources(c, inst, out);
-            collect_sources(a, inst, out);
-            collect_sources(b, inst, out);
-        }
+        _ => e.children().for_each(|c| collect_sources(c, inst, out)),
     }
 }

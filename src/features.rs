@@ -350,21 +350,6 @@ impl Store {
     /// The fields stored for an instrument at `freq`, sorted.
     pub fn fields_of(&self, instrument: &str, freq: Freq) -> Result<Vec<String>> {
         let dir = crate::layout::instrument_dir(self.root(), instrument)?;
-        let suffix = format!(".{freq}.bin");
-        let mut out: Vec<String> = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()
-                        .and_then(|n| n.strip_suffix(&suffix))
-                        .map(str::to_owned)
-                })
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::io("listing", &dir, e)),
-        };
-        out.sort();
-        Ok(out)
+        crate::fsio::list_names(&dir, &format!(".{freq}.bin"))
     }
 }

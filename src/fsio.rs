@@ -165,6 +165,41 @@ fn parent(path: &Path) -> &Path {
     }
 }
 
+/// The names of the entries of `dir` that end in `suffix`, with the suffix cut, sorted; none when `dir` does
+/// not exist.
+pub fn list_names(dir: &Path, suffix: &str) -> Result<Vec<String>> {
+    let mut out: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(suffix))
+                    .map(str::to_owned)
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io("listing", dir, e)),
+    };
+    out.sort();
+    Ok(out)
+}
+
+/// Bytes of the files below `dir` (0 when it does not exist; unreadable entries count 0).
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

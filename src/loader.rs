@@ -183,7 +183,7 @@ impl KlineLoader {
         };
         Ok(CacheInfo {
             symbols,
-            size_mb: dir_size(&self.root.join(layout::FEATURES_DIR)) as f64 / 1e6,
+            size_mb: crate::fsio::dir_size(&self.root.join(layout::FEATURES_DIR)) as f64 / 1e6,
             ttl: self.ttl,
             last_update: update::last_update(&self.root)?,
             last_day: store.calendar(self.opts.freq)?.last(),
@@ -249,18 +249,4 @@ pub fn mysql_source(
         }
         Ok(Box::new(crate::import::MysqlSource::open(conn.clone(), opts)?) as Box<dyn Source>)
     })
-}
-
-fn dir_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_size(&e.path()),
-            Ok(_) => e.metadata().map_or(0, |m| m.len()),
-            Err(_) => 0,
-        })
-        .sum()
 }

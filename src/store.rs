@@ -285,21 +285,7 @@ impl Store {
     /// The markets with an instruments file, sorted.
     pub fn markets(&self) -> Result<Vec<String>> {
         let dir = self.root.join(INSTRUMENTS_DIR);
-        let mut out: Vec<String> = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()
-                        .and_then(|n| n.strip_suffix(".txt"))
-                        .map(str::to_owned)
-                })
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::io("listing", &dir, e)),
-        };
-        out.sort();
-        Ok(out)
+        fsio::list_names(&dir, ".txt")
     }
 
     /// The path of a feature file (it may not exist).

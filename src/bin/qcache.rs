@@ -223,20 +223,6 @@ fn progress(n: u64) -> indicatif::ProgressBar {
     }
 }
 
-fn dir_size(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_size(&e.path()),
-            Ok(_) => e.metadata().map_or(0, |m| m.len()),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Warm {
@@ -327,7 +313,7 @@ fn run(cli: Cli) -> Result<u8> {
                     stale += 1;
                 }
             }
-            let size = dir_size(cache.dir());
+            let size = qstore::fsio::dir_size(cache.dir());
             // When the oldest and newest entries were published (their metas' modification times).
             let times: Vec<std::time::SystemTime> = entries
                 .iter()

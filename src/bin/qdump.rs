@@ -344,13 +344,7 @@ fn all(a: AllArgs) -> Result<u8> {
         date_arg(&a.end_date, "end-date")?,
     );
     let source = open_source(&a, start, end)?;
-    let opts = ImportOptions {
-        freq: a.freq,
-        market: a.market.clone(),
-        on_duplicate: a.on_duplicate,
-        symbol_format: a.symbol_format,
-        ..Default::default()
-    };
+    let opts = import_options(&a);
     let progress = Progress::new(source.symbol_count() as u64, a.json);
     let summary = import::import(source.as_ref(), &a.to, a.overwrite, &opts, &|rows| {
         progress.tick(rows)
@@ -443,13 +437,7 @@ fn update(u: UpdateArgs) -> Result<u8> {
     };
     let end = date_arg(&a.end_date, "end-date")?;
     let source = open_source(a, start, end)?;
-    let opts = ImportOptions {
-        freq: a.freq,
-        market: a.market.clone(),
-        on_duplicate: a.on_duplicate,
-        symbol_format: a.symbol_format,
-        ..Default::default()
-    };
+    let opts = import_options(a);
     let progress = Progress::new(source.symbol_count() as u64, a.json);
     let summary = import::update(source.as_ref(), &a.to, &opts, u.wait, &|rows| {
         progress.tick(rows)
@@ -531,6 +519,17 @@ fn expression_cache(
         _ => Box::new(qstore::lock::FileLock::new(&dir)),
     };
     Ok(qstore::exprcache::DiskExpressionCache::new(dir, lock))
+}
+
+/// How rows become files, from the flags `all` and `update` share.
+fn import_options(a: &AllArgs) -> ImportOptions {
+    ImportOptions {
+        freq: a.freq,
+        market: a.market.clone(),
+        on_duplicate: a.on_duplicate,
+        symbol_format: a.symbol_format,
+        ..Default::default()
+    }
 }
 
 /// The source named by the flags, restricted to `start..=end`.

@@ -194,6 +194,21 @@ impl Expr {
         }
     }
 
+    /// The direct sub-expressions, in argument order.
+    pub fn children(&self) -> impl Iterator<Item = &Expr> {
+        let (a, b, c): (Option<&Expr>, Option<&Expr>, Option<&Expr>) = match self {
+            Expr::Field(_) | Expr::Const(_) => (None, None, None),
+            Expr::Unary(_, x)
+            | Expr::Ref(x, _)
+            | Expr::Rolling(_, x, _)
+            | Expr::Quantile(x, _, _)
+            | Expr::Instrument(x, _) => (Some(x), None, None),
+            Expr::Binary(_, a, b) | Expr::Pair(_, a, b, _) => (Some(a), Some(b), None),
+            Expr::If(c, a, b) => (Some(c), Some(a), Some(b)),
+        };
+        [a, b, c].into_iter().flatten()
+    }
+
     /// The fields the expression reads, sorted and de-duplicated.
     pub fn fields(&self) -> Vec<&str> {
         let mut out = Vec::new();
@@ -206,21 +221,7 @@ impl Expr {
     fn visit_fields<'a>(&'a self, out: &mut Vec<&'a str>) {
         match self {
             Expr::Field(f) => out.push(f),
-            Expr::Const(_) => {}
-            Expr::Unary(_, x)
-            | Expr::Ref(x, _)
-            | Expr::Rolling(_, x, _)
-            | Expr::Quantile(x, _, _) => x.visit_fields(out),
-            Expr::Instrument(x, _) => x.visit_fields(out),
-            Expr::Binary(_, a, b) | Expr::Pair(_, a, b, _) => {
-                a.visit_fields(out);
-                b.visit_fields(out);
-            }
-            Expr::If(c, a, b) => {
-                c.visit_fields(out);
-                a.visit_fields(out);
-                b.visit_fields(out);
-            }
+            _ => self.children().for_each(|c| c.visit_fields(out)),
         }
     }
 }

@@ -99,23 +99,7 @@ impl Query {
             let n = texts.len() as u32;
             let id = *texts.entry(e.to_string()).or_insert(n);
             ids.insert(e as *const Expr as usize, id);
-            match e {
-                Expr::Field(_) | Expr::Const(_) => {}
-                Expr::Unary(_, x)
-                | Expr::Ref(x, _)
-                | Expr::Rolling(_, x, _)
-                | Expr::Quantile(x, _, _)
-                | Expr::Instrument(x, _) => walk(x, texts, ids),
-                Expr::Binary(_, a, b) | Expr::Pair(_, a, b, _) => {
-                    walk(a, texts, ids);
-                    walk(b, texts, ids);
-                }
-                Expr::If(c, a, b) => {
-                    walk(c, texts, ids);
-                    walk(a, texts, ids);
-                    walk(b, texts, ids);
-                }
-            }
+            e.children().for_each(|c| walk(c, texts, ids));
         }
         let (mut texts, mut ids) = (HashMap::new(), HashMap::new());
         for e in &exprs {
