@@ -45,6 +45,9 @@ pub struct Held {
 pub trait Lock: Send + Sync {
     /// Takes the lock `name`, waiting up to `wait` for another holder to finish.
     fn acquire(&self, name: &str, wait: Duration) -> Result<Box<dyn Guard>>;
+    /// Takes the lock `name` if it is free now; `None` when someone holds it. A writer that already holds
+    /// locks must not wait for more (two such writers would wait for each other), so batches use this.
+    fn try_acquire(&self, name: &str) -> Result<Option<Box<dyn Guard>>>;
     /// Locks held now.
     fn list(&self) -> Result<Vec<Held>>;
     /// Deletes one lock whatever its holder; returns whether it existed.
@@ -181,8 +184,9 @@ impl Drop for RedisGuard {
     }
 }
 
-impl Lock for RedisLock {
-    fn acquire(&self, name: &str, wait: Duration) -> Result<Box<dyn Guard>> {
+impl RedisLock {
+    /// SET NX until granted (`wait`: up to that long; `None`: one try).
+    fn take(&self, name: &str, wait: Option<Duration>) -> Result<Option<Box<dyn Guard>>> {
         let mut c = self.conn()?;
         let key = self.key(name);
         let token: u64 = c
@@ -190,7 +194,7 @@ impl Lock for RedisLock {
             .map_err(|e| self.err(e))?;
         let owner = format!("{}:{}:{token}", this_host(), std::process::id());
         let ttl_ms = self.ttl.as_millis() as u64;
-        let deadline = Instant::now() + wait;
+        let deadline = Instant::now() + wait.unwrap_or_default();
         let mut pause = Duration::from_millis(20);
         loop {
             let got: Option<String> = redis::cmd("SET")
@@ -204,6 +208,9 @@ impl Lock for RedisLock {
             if got.is_some() {
                 break;
             }
+            if wait.is_none() {
+                return Ok(None);
+            }
             if Instant::now() >= deadline {
                 let holder: Option<String> = c.get(&key).map_err(|e| self.err(e))?;
                 let left: i64 = c.pttl(&key).map_err(|e| self.err(e))?;
@@ -213,7 +220,7 @@ impl Lock for RedisLock {
                         "held by {} for another {} ms after waiting {:?}; if that process is gone, `qcache reset-lock` clears it",
                         holder.unwrap_or_else(|| "?".into()),
                         left,
-                        wait
+                        wait.unwrap_or_default()
                     ),
                 });
             }
@@ -252,7 +259,7 @@ impl Lock for RedisLock {
                 }
             })
         };
-        Ok(Box::new(RedisGuard {
+        Ok(Some(Box::new(RedisGuard {
             client: self.client.clone(),
             key,
             owner,
@@ -260,7 +267,18 @@ impl Lock for RedisLock {
             held,
             stop,
             renewer: Some(renewer),
-        }))
+        })))
+    }
+}
+
+impl Lock for RedisLock {
+    fn acquire(&self, name: &str, wait: Duration) -> Result<Box<dyn Guard>> {
+        self.take(name, Some(wait))?
+            .ok_or_else(|| unreachable!("a waiting acquire returns a guard or an error"))
+    }
+
+    fn try_acquire(&self, name: &str) -> Result<Option<Box<dyn Guard>>> {
+        self.take(name, None)
     }
 
     fn list(&self) -> Result<Vec<Held>> {
@@ -329,8 +347,9 @@ impl Guard for FileGuard {
     }
 }
 
-impl Lock for FileLock {
-    fn acquire(&self, name: &str, wait: Duration) -> Result<Box<dyn Guard>> {
+impl FileLock {
+    /// `flock` until granted (`wait`: up to that long; `None`: one try).
+    fn take(&self, name: &str, wait: Option<Duration>) -> Result<Option<Box<dyn Guard>>> {
         let path = self.path(name);
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(|e| Error::io("creating", d, e))?;
@@ -342,17 +361,21 @@ impl Lock for FileLock {
             .write(true)
             .open(&path)
             .map_err(|e| Error::io("opening the lock", &path, e))?;
-        let deadline = Instant::now() + wait;
+        let deadline = Instant::now() + wait.unwrap_or_default();
         loop {
             match file.try_lock() {
                 Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if wait.is_none() => return Ok(None),
                 Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
                     return Err(Error::Config {
                         source_name: format!("lock {}", path.display()),
-                        reason: format!("still held by another process after waiting {wait:?}"),
+                        reason: format!(
+                            "still held by another process after waiting {:?}",
+                            wait.unwrap_or_default()
+                        ),
                     });
                 }
                 Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("locking", &path, e)),
@@ -373,7 +396,18 @@ impl Lock for FileLock {
             .and_then(|()| file.seek(SeekFrom::Start(0)))
             .and_then(|_| file.write_all(line.as_bytes()))
             .map_err(|e| Error::io("writing", &path, e))?;
-        Ok(Box::new(FileGuard { _file: file, token }))
+        Ok(Some(Box::new(FileGuard { _file: file, token })))
+    }
+}
+
+impl Lock for FileLock {
+    fn acquire(&self, name: &str, wait: Duration) -> Result<Box<dyn Guard>> {
+        self.take(name, Some(wait))?
+            .ok_or_else(|| unreachable!("a waiting acquire returns a guard or an error"))
+    }
+
+    fn try_acquire(&self, name: &str) -> Result<Option<Box<dyn Guard>>> {
+        self.take(name, None)
     }
 
     fn list(&self) -> Result<Vec<Held>> {
