@@ -8,7 +8,8 @@
 //!     "features":    { "limit": 268435456, "limit_type": "bytes", "expire_s": 3600 }
 //!   },
 //!   "handle_cache": 16384,
-//!   "map_threshold": 65536
+//!   "map_threshold": 65536,
+//!   "expression_cache": { "dir": "features_cache", "redis_url": "redis://127.0.0.1:6379/0", "lock": "redis", "lease_s": 30 }
 //! }
 //! ```
 //!
@@ -37,6 +38,23 @@ struct File {
     mem_cache: MemCaches,
     handle_cache: Option<usize>,
     map_threshold: Option<u64>,
+    #[serde(default)]
+    expression_cache: ExpressionCache,
+}
+
+/// Where the expression cache lives and how its writers lock (`qcache`, `qdump --warm/--update-caches`);
+/// command-line flags and `QSTORE_CACHE_DIR` / `QSTORE_REDIS_URL` override these.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpressionCache {
+    /// The cache directory (relative paths are relative to the store).
+    pub dir: Option<std::path::PathBuf>,
+    /// Redis for the writer locks, e.g. `redis://127.0.0.1:6379/0`.
+    pub redis_url: Option<String>,
+    /// `redis` or `file`.
+    pub lock: Option<String>,
+    /// Lease of a Redis lock, seconds.
+    pub lease_s: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,7 +170,17 @@ pub fn load_with(root: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<St
         file.handle_cache.map(|n| n as u64),
         d.handle_cache.get() as u64,
     )?;
+    if let Some(l) = file.expression_cache.lock.as_deref()
+        && l != "redis"
+        && l != "file"
+    {
+        return Err(bad(
+            &shown,
+            format!("expression_cache.lock {l:?}: use \"redis\" or \"file\""),
+        ));
+    }
     Ok(StoreOptions {
+        expression_cache: file.expression_cache.clone(),
         calendar_cache: unit(
             d.calendar_cache,
             file.mem_cache.calendar.as_ref(),

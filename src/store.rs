@@ -81,6 +81,8 @@ pub struct StoreOptions {
     /// Files of at least this many bytes are memory-mapped; smaller ones are read into memory when opened
     /// (cheaper for daily-sized files). 0 maps every file.
     pub map_threshold: u64,
+    /// Settings of the expression cache's directory and writer locks (read by the binaries).
+    pub expression_cache: crate::config::ExpressionCache,
 }
 
 impl Default for StoreOptions {
@@ -89,6 +91,7 @@ impl Default for StoreOptions {
             calendar_cache: CacheConfig::default(),
             instrument_cache: CacheConfig::default(),
             feature_cache: CacheConfig::default(),
+            expression_cache: Default::default(),
             handle_cache: NonZeroUsize::new(16_384).expect("non-zero"),
             map_threshold: crate::feature::DEFAULT_MAP_THRESHOLD,
         }

@@ -710,3 +710,44 @@ fn qdump_update_reports_and_updates_caches() {
         "current after --update-caches"
     );
 }
+
+#[test]
+fn the_cache_is_configured_in_qstore_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = store_at(dir.path(), None);
+    let r = root.to_str().unwrap();
+    let config = |text: &str| std::fs::write(root.join("qstore.json"), text).unwrap();
+    let warm = || {
+        qcache(&[
+            "warm",
+            r,
+            "--instruments",
+            "SH600000",
+            "--fields",
+            "Mean($close,5)",
+        ])
+    };
+    config(r#"{"expression_cache": {"dir": "elsewhere", "redis_url": "redis://127.0.0.1:1/0"}}"#);
+    let out = warm();
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(
+        t.contains("qstore.json expression_cache.redis_url") && t.contains("redis://127.0.0.1:1/0"),
+        "{t}"
+    );
+    config(
+        r#"{"expression_cache": {"dir": "elsewhere", "redis_url": "redis://127.0.0.1:1/0", "lock": "file"}}"#,
+    );
+    let out = warm();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(root.join("elsewhere/sh600000").is_dir());
+    assert!(!root.join("features_cache").exists());
+    config(r#"{"expression_cache": {"lock": "zookeeper"}}"#);
+    let out = warm();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("\"redis\" or \"file\""),
+        "{}",
+        text(&out)
+    );
+}

@@ -60,9 +60,10 @@ struct CacheArgs {
     /// Redis for the writer locks, e.g. redis://127.0.0.1:6379/0.
     #[arg(long, env = "QSTORE_REDIS_URL")]
     redis: Option<String>,
-    /// Lease of a Redis lock in seconds (renewed while the writer works; a killed writer's runs out).
-    #[arg(long, default_value_t = 30.0)]
-    lease_s: f64,
+    /// Lease of a Redis lock in seconds (renewed while the writer works; a killed writer's runs out)
+    /// [default: qstore.json expression_cache.lease_s, else 30].
+    #[arg(long)]
+    lease_s: Option<f64>,
     /// How long a writer waits for another writer of the same entry, in seconds.
     #[arg(long, default_value_t = 600.0)]
     wait_s: f64,
@@ -179,23 +180,36 @@ fn main() -> ExitCode {
     }
 }
 
-/// The cache named by the flags, with its lock.
+/// The cache named by the flags, else by the store's `qstore.json` (`expression_cache`), with its lock.
 fn open_cache(a: &CacheArgs) -> Result<(Store, Arc<DiskExpressionCache>)> {
     let store = Store::open(&a.store)?;
-    let dir = a
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| a.store.join(qstore::exprcache::CACHE_DIR));
-    let lock: Box<dyn Lock> = match (a.lock, &a.redis) {
+    let file = qstore::config::load(&a.store)?.expression_cache;
+    let dir = match (&a.cache_dir, &file.dir) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => a.store.join(d),
+        (None, None) => a.store.join(qstore::exprcache::CACHE_DIR),
+    };
+    let (url, key) = match (&a.redis, &file.redis_url) {
+        (Some(u), _) => (Some(u.clone()), "--redis / QSTORE_REDIS_URL"),
+        (None, Some(u)) => (Some(u.clone()), "qstore.json expression_cache.redis_url"),
+        (None, None) => (None, ""),
+    };
+    let kind = a.lock.or(match file.lock.as_deref() {
+        Some("redis") => Some(LockKind::Redis),
+        Some("file") => Some(LockKind::File),
+        _ => None,
+    });
+    let lease = a.lease_s.or(file.lease_s).unwrap_or(30.0);
+    let lock: Box<dyn Lock> = match (kind, url) {
         (Some(LockKind::File), _) | (None, None) => Box::new(FileLock::new(&dir)),
         (_, Some(url)) => Box::new(RedisLock::connect(
-            url,
+            &url,
             &qstore::exprcache::store_id(&a.store)?,
-            Duration::from_secs_f64(a.lease_s),
-            "--redis / QSTORE_REDIS_URL",
+            Duration::from_secs_f64(lease),
+            key,
         )?),
         (Some(LockKind::Redis), None) => bail!(
-            "--lock redis needs a Redis URL: pass --redis redis://HOST:PORT/DB or set QSTORE_REDIS_URL"
+            "--lock redis needs a Redis URL: pass --redis redis://HOST:PORT/DB, set QSTORE_REDIS_URL, or set expression_cache.redis_url in qstore.json"
         ),
     };
     let mut cache = DiskExpressionCache::new(dir, lock);
@@ -286,7 +300,7 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Info { cache, json } => {
-            let cache_lease = cache.lease_s;
+            let cache_lease = cache.lease_s.unwrap_or(30.0);
             let (store, cache) = open_cache(&cache)?;
             let entries = cache.entries()?;
             let mut instruments = std::collections::BTreeSet::new();

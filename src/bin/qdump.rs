@@ -446,11 +446,10 @@ fn update(u: UpdateArgs) -> Result<u8> {
     progress.finish();
     let code = if summary.failed.is_empty() { 0 } else { 3 };
     // The expression cache: bring it forward, or say how far behind it now is.
-    let cache_dir = a.to.join(qstore::exprcache::CACHE_DIR);
     let mut caches = serde_json::Value::Null;
-    if cache_dir.is_dir() {
+    let cache = expression_cache(&a.to, !u.update_caches)?;
+    if cache.dir().is_dir() {
         let store = Store::open(&a.to)?;
-        let cache = expression_cache(&a.to, !u.update_caches)?;
         caches = if u.update_caches {
             let counts = cache
                 .update_all(&store)
@@ -502,20 +501,33 @@ fn update(u: UpdateArgs) -> Result<u8> {
     Ok(code)
 }
 
-/// The store's expression cache, locking through Redis when QSTORE_REDIS_URL is set (not needed when only
-/// `read_only` counting is done), else through files.
+/// The store's expression cache (qstore.json `expression_cache`, `QSTORE_CACHE_DIR`, `QSTORE_REDIS_URL`),
+/// locking through Redis when a URL is configured (not needed when only `read_only` counting is done), else
+/// through files.
 fn expression_cache(
     store: &std::path::Path,
     read_only: bool,
 ) -> Result<qstore::exprcache::DiskExpressionCache> {
-    let dir = store.join(qstore::exprcache::CACHE_DIR);
-    let lock: Box<dyn qstore::lock::Lock> = match std::env::var("QSTORE_REDIS_URL") {
-        Ok(url) if !read_only => Box::new(qstore::lock::RedisLock::connect(
-            &url,
-            &qstore::exprcache::store_id(store)?,
-            std::time::Duration::from_secs(30),
-            "QSTORE_REDIS_URL",
-        )?),
+    let file = qstore::config::load(store)?.expression_cache;
+    let dir = match (std::env::var_os("QSTORE_CACHE_DIR"), &file.dir) {
+        (Some(d), _) => std::path::PathBuf::from(d),
+        (None, Some(d)) => store.join(d),
+        (None, None) => store.join(qstore::exprcache::CACHE_DIR),
+    };
+    let (url, key) = match (std::env::var("QSTORE_REDIS_URL").ok(), &file.redis_url) {
+        (Some(u), _) => (Some(u), "QSTORE_REDIS_URL"),
+        (None, Some(u)) => (Some(u.clone()), "qstore.json expression_cache.redis_url"),
+        (None, None) => (None, ""),
+    };
+    let lock: Box<dyn qstore::lock::Lock> = match url {
+        Some(url) if !read_only && file.lock.as_deref() != Some("file") => {
+            Box::new(qstore::lock::RedisLock::connect(
+                &url,
+                &qstore::exprcache::store_id(store)?,
+                std::time::Duration::from_secs_f64(file.lease_s.unwrap_or(30.0)),
+                key,
+            )?)
+        }
         _ => Box::new(qstore::lock::FileLock::new(&dir)),
     };
     Ok(qstore::exprcache::DiskExpressionCache::new(dir, lock))
