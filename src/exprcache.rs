@@ -203,6 +203,35 @@ impl DiskExpressionCache {
         }
     }
 
+    /// The expression cache of the store at `root` as its configuration names it (qstore.json
+    /// `expression_cache`, overridden by `QSTORE_CACHE_DIR` and `QSTORE_REDIS_URL`): Redis leases when a URL
+    /// is configured (unless `lock` is `file`, or the caller only reads: `read_only`), else file locks.
+    pub fn for_store(root: &Path, read_only: bool) -> Result<DiskExpressionCache> {
+        let file = crate::config::load(root)?.expression_cache;
+        let dir = match (std::env::var_os("QSTORE_CACHE_DIR"), &file.dir) {
+            (Some(d), _) => PathBuf::from(d),
+            (None, Some(d)) => root.join(d),
+            (None, None) => root.join(CACHE_DIR),
+        };
+        let (url, key) = match (std::env::var("QSTORE_REDIS_URL").ok(), &file.redis_url) {
+            (Some(u), _) => (Some(u), "QSTORE_REDIS_URL"),
+            (None, Some(u)) => (Some(u.clone()), "qstore.json expression_cache.redis_url"),
+            (None, None) => (None, ""),
+        };
+        let lock: Box<dyn Lock> = match url {
+            Some(url) if !read_only && file.lock.as_deref() != Some("file") => {
+                Box::new(crate::lock::RedisLock::connect(
+                    &url,
+                    &store_id(root)?,
+                    Duration::from_secs_f64(file.lease_s.unwrap_or(30.0)),
+                    key,
+                )?)
+            }
+            _ => Box::new(crate::lock::FileLock::new(&dir)),
+        };
+        Ok(DiskExpressionCache::new(dir, lock))
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -5,7 +5,7 @@
 //! under the store's update lock, so that a hundred training processes started together update once: each
 //! re-reads the update time after it gets the lock, and the ones that waited find the store fresh. A symbol the
 //! store does not have is backfilled from the source (all its rows). Without a source it serves what the store
-//! has.
+//! has. After an update it brings the store's expression cache forward too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -151,6 +151,12 @@ impl KlineLoader {
         let last = Store::open(&self.root)?.calendar(self.opts.freq)?.last();
         let src = source(last.map(|l| l + chrono::Duration::seconds(1)), None)?;
         let s = update::update_locked(src.as_ref(), &self.root, &self.opts, &lock, &|_| {})?;
+        drop(lock);
+        // Computed expressions follow the data (as `qdump update --update-caches`).
+        let cache = crate::exprcache::DiskExpressionCache::for_store(&self.root, false)?;
+        if cache.dir().is_dir() {
+            cache.update_all(&Store::open(&self.root)?)?;
+        }
         Ok(Some(s))
     }
 

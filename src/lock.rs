@@ -33,8 +33,10 @@ pub trait Guard: Send {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Held {
     pub name: String,
-    /// `host:pid:token` of the holder.
+    /// `host:pid:token:acquired-ms` of the holder.
     pub owner: String,
+    /// Since when the holder has it (from the owner's acquisition time).
+    pub age: Option<Duration>,
     /// Lease left (Redis); `None` for file locks.
     pub remaining: Option<Duration>,
     /// Whether the holder is known to be gone (a process of this host that no longer runs).
@@ -54,6 +56,18 @@ pub trait Lock: Send + Sync {
     fn remove(&self, name: &str) -> Result<bool>;
     /// What the lock is, for messages and `qcache info` (`redis://host:port/db`, `file`).
     fn describe(&self) -> String;
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// The age of a grant from its owner string's last field (milliseconds since the epoch).
+fn owner_age(owner: &str) -> Option<Duration> {
+    let ms: u128 = owner.rsplit(':').next()?.parse().ok()?;
+    Some(Duration::from_millis(now_ms().saturating_sub(ms) as u64))
 }
 
 fn this_host() -> String {
@@ -192,7 +206,12 @@ impl RedisLock {
         let token: u64 = c
             .incr(format!("{}fence", self.prefix), 1)
             .map_err(|e| self.err(e))?;
-        let owner = format!("{}:{}:{token}", this_host(), std::process::id());
+        let owner = format!(
+            "{}:{}:{token}:{}",
+            this_host(),
+            std::process::id(),
+            now_ms()
+        );
         let ttl_ms = self.ttl.as_millis() as u64;
         let deadline = Instant::now() + wait.unwrap_or_default();
         let mut pause = Duration::from_millis(20);
@@ -297,6 +316,7 @@ impl Lock for RedisLock {
             out.push(Held {
                 name: k[self.prefix.len() + 5..].to_string(),
                 holder_gone: owner_gone(&owner),
+                age: owner_age(&owner),
                 owner,
                 remaining: Some(Duration::from_millis(left.max(0) as u64)),
             });
@@ -391,7 +411,12 @@ impl FileLock {
             .and_then(|t| t.parse::<u64>().ok())
             .unwrap_or(0)
             + 1;
-        let line = format!("{token} {}:{}\n", this_host(), std::process::id());
+        let line = format!(
+            "{token} {}:{}:{token}:{}\n",
+            this_host(),
+            std::process::id(),
+            now_ms()
+        );
         file.set_len(0)
             .and_then(|()| file.seek(SeekFrom::Start(0)))
             .and_then(|_| file.write_all(line.as_bytes()))
@@ -440,6 +465,7 @@ impl Lock for FileLock {
                     out.push(Held {
                         name: name.to_string(),
                         holder_gone: owner_gone(&owner),
+                        age: owner_age(&owner),
                         owner,
                         remaining: None,
                     });

@@ -168,3 +168,26 @@ fn without_a_source_it_serves_what_the_store_has() {
     assert!(err.contains("does not have this symbol"), "{err}");
     assert!(loader.load("../x", None, None).is_err());
 }
+
+#[test]
+fn a_refresh_brings_the_expression_cache_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = build(dir.path(), "2023-06-30");
+    let cache = qstore::exprcache::DiskExpressionCache::for_store(&root, false).unwrap();
+    let e = qstore::expr::parse("Mean($close, 5)").unwrap();
+    let store = Store::open(&root).unwrap();
+    cache.warm(&store, &e, "SH600000", Freq::DAY).unwrap();
+    let today = Arc::new(Mutex::new(d("2023-07-31")));
+    let loader = KlineLoader::new(&root, Some(source(today)), Duration::from_secs(3600));
+    loader.load("SH600000", None, None).unwrap();
+    let store = Store::open(&root).unwrap();
+    let fresh = qstore::exprcache::DiskExpressionCache::for_store(&root, true).unwrap();
+    let got = fresh.read(
+        &store,
+        &e,
+        "SH600000",
+        Freq::DAY,
+        0..store.calendar(Freq::DAY).unwrap().len(),
+    );
+    assert!(got.unwrap().is_some(), "the entry follows the new days");
+}

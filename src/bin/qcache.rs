@@ -431,9 +431,13 @@ fn run(cli: Cli) -> Result<u8> {
             for h in &held {
                 let act = (h.holder_gone || all) && !dry_run;
                 println!(
-                    "{}\t{}\t{}\t{}{}",
+                    "{}\t{}\t{}\t{}\t{}{}",
                     h.name,
                     h.owner,
+                    h.age.map_or("-".to_string(), |a| format!(
+                        "held {:.1} s",
+                        a.as_secs_f64()
+                    )),
                     h.remaining.map_or("-".to_string(), |r| format!(
                         "{:.1} s left",
                         r.as_secs_f64()

@@ -371,7 +371,7 @@ fn all(a: AllArgs) -> Result<u8> {
     {
         let set = qstore::FeatureSet::resolve(set)?;
         let store = Store::open(&a.to)?;
-        let cache = expression_cache(&a.to, false)?;
+        let cache = qstore::exprcache::DiskExpressionCache::for_store(&a.to, false)?;
         let exprs: Vec<qstore::expr::Expr> = set
             .features
             .iter()
@@ -447,7 +447,7 @@ fn update(u: UpdateArgs) -> Result<u8> {
     let code = if summary.failed.is_empty() { 0 } else { 3 };
     // The expression cache: bring it forward, or say how far behind it now is.
     let mut caches = serde_json::Value::Null;
-    let cache = expression_cache(&a.to, !u.update_caches)?;
+    let cache = qstore::exprcache::DiskExpressionCache::for_store(&a.to, !u.update_caches)?;
     if cache.dir().is_dir() {
         let store = Store::open(&a.to)?;
         caches = if u.update_caches {
@@ -499,38 +499,6 @@ fn update(u: UpdateArgs) -> Result<u8> {
         println!("elapsed {:.2} s", summary.elapsed_s);
     }
     Ok(code)
-}
-
-/// The store's expression cache (qstore.json `expression_cache`, `QSTORE_CACHE_DIR`, `QSTORE_REDIS_URL`),
-/// locking through Redis when a URL is configured (not needed when only `read_only` counting is done), else
-/// through files.
-fn expression_cache(
-    store: &std::path::Path,
-    read_only: bool,
-) -> Result<qstore::exprcache::DiskExpressionCache> {
-    let file = qstore::config::load(store)?.expression_cache;
-    let dir = match (std::env::var_os("QSTORE_CACHE_DIR"), &file.dir) {
-        (Some(d), _) => std::path::PathBuf::from(d),
-        (None, Some(d)) => store.join(d),
-        (None, None) => store.join(qstore::exprcache::CACHE_DIR),
-    };
-    let (url, key) = match (std::env::var("QSTORE_REDIS_URL").ok(), &file.redis_url) {
-        (Some(u), _) => (Some(u), "QSTORE_REDIS_URL"),
-        (None, Some(u)) => (Some(u.clone()), "qstore.json expression_cache.redis_url"),
-        (None, None) => (None, ""),
-    };
-    let lock: Box<dyn qstore::lock::Lock> = match url {
-        Some(url) if !read_only && file.lock.as_deref() != Some("file") => {
-            Box::new(qstore::lock::RedisLock::connect(
-                &url,
-                &qstore::exprcache::store_id(store)?,
-                std::time::Duration::from_secs_f64(file.lease_s.unwrap_or(30.0)),
-                key,
-            )?)
-        }
-        _ => Box::new(qstore::lock::FileLock::new(&dir)),
-    };
-    Ok(qstore::exprcache::DiskExpressionCache::new(dir, lock))
 }
 
 /// How rows become files, from the flags `all` and `update` share.
