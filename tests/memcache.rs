@@ -165,7 +165,11 @@ fn a_sharded_cache_keeps_its_total_limits_under_two_threads() {
                     let key = k * 2 + t;
                     entries.insert(key, v(4));
                     bytes.insert(key, v(10_000)); // 40 KB each: 5000 of them would be 200 MB
-                    assert_eq!(entries.get(&key), Some(v(4)));
+                    // The other thread may already have evicted it from the shard (64 entries each); when it
+                    // is there, it is whole.
+                    if let Some(got) = entries.get(&key) {
+                        assert_eq!(got, v(4));
+                    }
                 }
             });
         }
