@@ -511,7 +511,7 @@ fn a_writer_that_lost_its_lease_does_not_publish() {
     let root = store_at(dir.path(), None);
     let r = root.to_str().unwrap().to_string();
     let url = redis_url();
-    // Writer 1 pauses 3 s between its data and its meta.
+    // Writer 1 pauses 5 s between its data and its meta.
     let slow = bin("qcache")
         .args([
             "warm",
@@ -524,12 +524,12 @@ fn a_writer_that_lost_its_lease_does_not_publish() {
             "Mean($close,11)",
         ])
         .env("QSTORE_FAILPOINT", "cache:before-meta")
-        .env("QSTORE_FAILPOINT_PAUSE_MS", "3000")
+        .env("QSTORE_FAILPOINT_PAUSE_MS", "5000")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(1500));
     // Its lock is taken away (an operator's reset-lock), and writer 2 builds and publishes.
     let out = qcache(&["reset-lock", &r, "--redis", &url, "--all", "--force"]);
     assert!(text(&out).contains("1 deleted"), "{}", text(&out));
