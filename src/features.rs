@@ -219,16 +219,14 @@ impl Store {
         Ok(Frame::from_parts(columns, index, calendar, values))
     }
 
-    /// Evaluates a feature set ([`Store::features`] with the set's expressions, columns named by feature).
-    /// Optional features whose fields no instrument of the query has are left out.
-    pub fn feature_set(
+    /// The features of `set` this query computes: all but the optional ones whose fields no instrument of
+    /// `universe` has.
+    pub fn feature_set_columns<'s>(
         &self,
         universe: Universe<'_>,
-        set: &FeatureSet,
-        start: Option<Timestamp>,
-        end: Option<Timestamp>,
+        set: &'s FeatureSet,
         freq: Freq,
-    ) -> Result<Frame> {
+    ) -> Result<Vec<&'s crate::featureset::Feature>> {
         let symbols: Vec<String> = match universe {
             Universe::Market(m) => self.instruments(m)?.symbols().map(str::to_owned).collect(),
             Universe::List(l) => l.to_vec(),
@@ -254,6 +252,20 @@ impl Store {
             }
             chosen.push(f);
         }
+        Ok(chosen)
+    }
+
+    /// Evaluates a feature set ([`Store::features`] with the set's expressions, columns named by feature).
+    /// Optional features whose fields no instrument of the query has are left out.
+    pub fn feature_set(
+        &self,
+        universe: Universe<'_>,
+        set: &FeatureSet,
+        start: Option<Timestamp>,
+        end: Option<Timestamp>,
+        freq: Freq,
+    ) -> Result<Frame> {
+        let chosen = self.feature_set_columns(universe, set, freq)?;
         let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
         let mut frame = self.features(universe, &exprs, start, end, freq)?;
         frame.rename_columns(chosen.iter().map(|f| f.name.clone()).collect());

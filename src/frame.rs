@@ -50,7 +50,9 @@ impl Frame {
         }
     }
 
-    pub(crate) fn rename_columns(&mut self, names: Vec<String>) {
+    /// Renames the columns (a feature set's names for its expressions). Panics unless there is one name per
+    /// column.
+    pub fn rename_columns(&mut self, names: Vec<String>) {
         assert_eq!(names.len(), self.columns.len(), "one name per column");
         self.columns = names;
     }

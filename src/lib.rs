@@ -30,6 +30,7 @@
 pub mod calendar;
 pub mod check;
 pub mod config;
+pub mod datacache;
 pub mod error;
 pub mod expr;
 pub mod exprcache;

@@ -508,3 +508,38 @@ fn qdump_all_warm_fills_the_expression_cache() {
         "43 distinct expressions x 12 (MA20 and BOLL_MID are one)"
     );
 }
+
+#[cfg(feature = "hdf5")]
+#[test]
+fn qcache_query_disk_cache_reads_the_same_values_from_hdf5() {
+    let (_dir, store) = sample_store();
+    let s = store.to_str().unwrap();
+    let q = |mode: &str| {
+        let out = qcache(&[
+            "query",
+            s,
+            "--feature-set",
+            "technical",
+            "--start",
+            "2023-06-01",
+            "--disk-cache",
+            mode,
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        out.stdout
+    };
+    let plain = q("0");
+    assert!(
+        !store.join("dataset_cache").exists(),
+        "mode 0 leaves the cache alone"
+    );
+    assert_eq!(q("1"), plain, "built, then read from HDF5");
+    assert_eq!(q("1"), plain, "read from HDF5");
+    assert_eq!(q("2"), plain, "rebuilt");
+    let n = std::fs::read_dir(store.join("dataset_cache"))
+        .unwrap()
+        .count();
+    assert_eq!(n, 3, ".data, .index, .meta");
+    let out = qcache(&["query", s, "--fields", "$close", "--disk-cache", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -27,6 +27,8 @@ apt_install() {
 command -v cargo >/dev/null || { log "cargo is missing: install Rust (rustup) first"; exit 3; }
 command -v cc >/dev/null || apt_install gcc libc6-dev
 command -v pkg-config >/dev/null || apt_install pkg-config
+# The dataset cache links Debian's libhdf5 (the `hdf5` feature, on by default).
+pkg-config --exists hdf5 2>/dev/null || apt_install libhdf5-dev
 
 wait_for() { # name, seconds, command...
   local name=$1 secs=$2; shift 2
@@ -70,6 +72,8 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+log "cargo clippy --no-default-features (the build without HDF5)"
+cargo clippy --lib --bins --quiet --no-default-features -- -D warnings
 log "cargo test (all targets; benches run once each in test mode)"
 cargo test --workspace --all-targets
 log "doc tests"

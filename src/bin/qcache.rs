@@ -161,6 +161,10 @@ enum Command {
         /// Print the in-memory caches' counters to standard error at the end.
         #[arg(long)]
         cache_stats: bool,
+        /// qlib's `disk_cache`: 0 compute; 1 read the dataset cache (STORE/dataset_cache, HDF5), building the
+        /// dataset first when it is missing or stale; 2 rebuild it, then read.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+        disk_cache: u8,
     },
 }
 
@@ -473,6 +477,7 @@ fn run(cli: Cli) -> Result<u8> {
             out,
             repeat,
             cache_stats,
+            disk_cache,
         } => {
             let store = Store::open(&store)?;
             let date = |s: Option<String>, what: &str| -> Result<_> {
@@ -498,9 +503,26 @@ fn run(cli: Cli) -> Result<u8> {
                 .as_deref()
                 .map(FeatureSet::resolve)
                 .transpose()?;
-            let run = || match &set {
-                Some(set) => store.feature_set(universe, set, start, end, freq),
-                None => store.features(universe, &fields, start, end, freq),
+            let datasets = qstore::datacache::DiskDatasetCache::for_store(store.root());
+            let mode = match disk_cache {
+                1 => Some(qstore::datacache::DiskCacheMode::Use),
+                2 => Some(qstore::datacache::DiskCacheMode::Rebuild),
+                _ => None,
+            };
+            let run = || match (&set, mode) {
+                (Some(set), None) => store.feature_set(universe, set, start, end, freq),
+                (None, None) => store.features(universe, &fields, start, end, freq),
+                (Some(set), Some(mode)) => {
+                    let chosen = store.feature_set_columns(universe, set, freq)?;
+                    let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
+                    let mut frame =
+                        datasets.dataset(&store, universe, &exprs, start, end, freq, mode)?;
+                    frame.rename_columns(chosen.iter().map(|f| f.name.clone()).collect());
+                    Ok(frame)
+                }
+                (None, Some(mode)) => {
+                    datasets.dataset(&store, universe, &fields, start, end, freq, mode)
+                }
             };
             let frame = run()?;
             for _ in 1..repeat {
