@@ -101,7 +101,7 @@ impl DiskDatasetCache {
         let mut fields: Vec<String> = parsed.iter().map(Expr::to_string).collect();
         fields.sort();
         fields.dedup();
-        let norm = normalize(store, universe)?;
+        let norm = normalize(universe);
         let key = key(&norm, &fields, freq);
         let meta_path = self.dir.join(format!("{key}.meta"));
         let fingerprint = fingerprint(store, universe, &parsed, freq)?;
@@ -168,9 +168,8 @@ impl DiskDatasetCache {
 }
 
 /// The normalised universe: `market:<name>`, or the sorted, de-duplicated, upper-case instrument list.
-fn normalize(store: &Store, universe: Universe<'_>) -> Result<Vec<String>> {
-    let _ = store;
-    Ok(match universe {
+fn normalize(universe: Universe<'_>) -> Vec<String> {
+    match universe {
         Universe::Market(m) => vec![format!("market:{}", m.to_lowercase())],
         Universe::List(l) => {
             let mut v: Vec<String> = l.iter().map(|s| s.to_uppercase()).collect();
@@ -178,7 +177,7 @@ fn normalize(store: &Store, universe: Universe<'_>) -> Result<Vec<String>> {
             v.dedup();
             v
         }
-    })
+    }
 }
 
 /// 32 hex digits of xxh3-128 over the universe, the sorted canonical expressions and the frequency, each

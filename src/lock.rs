@@ -45,11 +45,22 @@ pub struct Held {
 
 /// The writer lock of cache entries.
 pub trait Lock: Send + Sync {
+    /// Takes the lock `name`: waiting up to `wait` for another holder to finish (an error after that), or with
+    /// `None` one try only (`Ok(None)` when someone holds it).
+    fn take(&self, name: &str, wait: Option<Duration>) -> Result<Option<Box<dyn Guard>>>;
+
     /// Takes the lock `name`, waiting up to `wait` for another holder to finish.
-    fn acquire(&self, name: &str, wait: Duration) -> Result<Box<dyn Guard>>;
+    fn acquire(&self, name: &str, wait: Duration) -> Result<Box<dyn Guard>> {
+        Ok(self
+            .take(name, Some(wait))?
+            .expect("a waiting take returns a guard or an error"))
+    }
+
     /// Takes the lock `name` if it is free now; `None` when someone holds it. A writer that already holds
     /// locks must not wait for more (two such writers would wait for each other), so batches use this.
-    fn try_acquire(&self, name: &str) -> Result<Option<Box<dyn Guard>>>;
+    fn try_acquire(&self, name: &str) -> Result<Option<Box<dyn Guard>>> {
+        self.take(name, None)
+    }
     /// Locks held now.
     fn list(&self) -> Result<Vec<Held>>;
     /// Deletes one lock whatever its holder; returns whether it existed.
@@ -198,7 +209,7 @@ impl Drop for RedisGuard {
     }
 }
 
-impl RedisLock {
+impl Lock for RedisLock {
     /// SET NX until granted (`wait`: up to that long; `None`: one try).
     fn take(&self, name: &str, wait: Option<Duration>) -> Result<Option<Box<dyn Guard>>> {
         let mut c = self.conn()?;
@@ -288,17 +299,6 @@ impl RedisLock {
             renewer: Some(renewer),
         })))
     }
-}
-
-impl Lock for RedisLock {
-    fn acquire(&self, name: &str, wait: Duration) -> Result<Box<dyn Guard>> {
-        self.take(name, Some(wait))?
-            .ok_or_else(|| unreachable!("a waiting acquire returns a guard or an error"))
-    }
-
-    fn try_acquire(&self, name: &str) -> Result<Option<Box<dyn Guard>>> {
-        self.take(name, None)
-    }
 
     fn list(&self) -> Result<Vec<Held>> {
         let mut c = self.conn()?;
@@ -367,7 +367,7 @@ impl Guard for FileGuard {
     }
 }
 
-impl FileLock {
+impl Lock for FileLock {
     /// `flock` until granted (`wait`: up to that long; `None`: one try).
     fn take(&self, name: &str, wait: Option<Duration>) -> Result<Option<Box<dyn Guard>>> {
         let path = self.path(name);
@@ -422,17 +422,6 @@ impl FileLock {
             .and_then(|_| file.write_all(line.as_bytes()))
             .map_err(|e| Error::io("writing", &path, e))?;
         Ok(Some(Box::new(FileGuard { _file: file, token })))
-    }
-}
-
-impl Lock for FileLock {
-    fn acquire(&self, name: &str, wait: Duration) -> Result<Box<dyn Guard>> {
-        self.take(name, Some(wait))?
-            .ok_or_else(|| unreachable!("a waiting acquire returns a guard or an error"))
-    }
-
-    fn try_acquire(&self, name: &str) -> Result<Option<Box<dyn Guard>>> {
-        self.take(name, None)
     }
 
     fn list(&self) -> Result<Vec<Held>> {
