@@ -1,16 +1,21 @@
 //! DiskDatasetCache: a whole dataset (instruments x expressions over the calendar, e.g. Alpha158 for a market)
 //! computed once and kept in HDF5, read back by date range without recomputing (storage-layout.md §9).
 //!
-//! Files `<store>/dataset_cache/<key>.data` (HDF5: `values` rows x fields f32, chunked; `instrument` u32 codes
-//! into the `instruments` attribute; `row` u32 calendar rows; attribute `fields`), `<key>.index` (HDF5:
-//! `start`, `end` u64 row offsets per calendar row) and `<key>.meta` (JSON, written last: the commit point).
-//! Rows are sorted by calendar row, then instrument, so a date range is one contiguous hyperslab. Files are
-//! published by temp + fsync + rename; readers take no lock. Plain datasets: h5py or any HDF5 tool reads them.
+//! Files in `<store>/dataset_cache`: `<key>.<gen>.data` (HDF5: `values` rows x fields f32; `instrument` u32
+//! codes into the meta's instrument list; `row` u32 calendar rows; chunked, resizable, Fletcher-32 checked),
+//! `<key>.<gen>.index` (HDF5: `start`, `end` u64 row offsets per calendar row) and `<key>.meta` (JSON, the
+//! commit point: it names the generation and how many rows are published). Rows are sorted by calendar row,
+//! so a date range is one contiguous hyperslab. Readers take no lock; writers hold the dataset's lock.
 //!
-//! Not built yet (issue #7): incremental update (a changed store rebuilds the dataset), the DatasetURICache,
-//! and `qcache info/clear/verify` over datasets.
+//! An update computes only the new days (and the look-ahead tail its expressions rewrite) and appends them to
+//! a copy of the published file, which becomes the next generation: HDF5 rewrites its B-trees and dataspaces
+//! in place when a dataset grows, so appending to the published file would let a reader or a crash see a torn
+//! file. The copy is made in the kernel (`copy_file_range`, shared extents where the file system reflinks).
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{Xxh3, xxh3_128};
@@ -18,10 +23,13 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 use crate::calendar::Timestamp;
 use crate::error::{Error, Result};
 use crate::expr::{self, Expr, Fields};
+pub use crate::exprcache::Outcome;
 use crate::features::{StoreFields, Universe};
 use crate::frame::Frame;
 use crate::freq::Freq;
 use crate::fsio;
+use crate::lock::Lock;
+use crate::memcache::{Limit, MemCache, Weigh};
 use crate::store::Store;
 
 /// qlib's `disk_cache` argument.
@@ -29,53 +37,188 @@ use crate::store::Store;
 pub enum DiskCacheMode {
     /// 0: compute, leave the cache alone.
     Skip,
-    /// 1: read the cached dataset, building it first when it is missing or stale.
+    /// 1: read the cached dataset, building or updating it first when it is missing or stale.
     Use,
     /// 2: rebuild it, then read.
     Rebuild,
 }
+
+const META_FORMAT: u32 = 2;
 
 /// The `.meta` of a dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetMeta {
     pub format: u32,
-    /// `market:<name>` or the sorted instrument list.
+    /// `market:<name>`, or the sorted instrument list.
     pub universe: Vec<String>,
     /// Canonical expressions, sorted: the column order of `values`.
     pub fields: Vec<String>,
     pub freq: String,
+    /// The instruments the `.data`'s `instrument` codes index (first appearance order).
+    pub instruments: Vec<String>,
+    /// Calendar length the dataset was computed against (the `.index` has one entry per row), and its last date.
     pub calendar_len: usize,
     pub last_date: Option<String>,
     /// Published rows: readers read no further.
     pub rows: usize,
-    /// xxh3 of every source field's stored values the dataset was computed from.
+    /// Look-ahead rows of the expressions: the last `right` days change when days are added.
+    pub right: u32,
+    /// Each instrument's calendar rows in the dataset (`[start, end)` ranges): a market's spans, or where
+    /// a listed instrument's fields have data. An update compares them to find the first row that changes
+    /// (a suspended instrument that trades again gains rows before the old end).
+    pub spans: BTreeMap<String, Vec<(usize, usize)>>,
+    /// xxh3-128 of the calendar and every source value the dataset was computed from, up to
+    /// `calendar_len` (trailing NaN excluded: missing and NaN read the same): a corrected source makes the
+    /// dataset stale.
     pub fingerprint: String,
+    /// Fencing token of the writer that published this generation.
+    pub token: u64,
+    /// Generation of the `.data` and `.index` files.
+    pub generation: u64,
 }
 
-/// Where datasets live.
+/// A request the DatasetURICache remembers: normalised universe, expressions as given, frequency.
+type UriKey = (Vec<String>, Vec<String>, Freq);
+
+/// What a remembered request resolved to.
+#[derive(Clone)]
+struct Resolved {
+    key: String,
+    meta: Arc<DatasetMeta>,
+    columns: Vec<usize>,
+}
+
+impl Weigh for Resolved {
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Self>() + self.columns.len() * 8 + self.meta.instruments.len() * 32
+    }
+}
+
+/// Where datasets live and how their writers lock.
 pub struct DiskDatasetCache {
     dir: PathBuf,
+    lock: Box<dyn Lock>,
+    /// How long a writer waits for another writer of the same dataset.
+    pub wait: Duration,
+    /// The DatasetURICache: request -> published files, so a repeated request skips parsing, hashing the
+    /// sources and reading the `.meta`. An entry is used only while its generation's files still exist
+    /// (a writer deletes them after publishing the next) and the calendar has not grown.
+    uris: MemCache<UriKey, Arc<Resolved>>,
 }
 
 /// The default directory inside a store.
 pub const DATASET_DIR: &str = "dataset_cache";
 
+/// How long the DatasetURICache trusts a resolved request (a source corrected in place by another process
+/// is noticed after at most this long).
+pub const URI_EXPIRY: Duration = Duration::from_secs(60);
+
+/// A request, parsed and normalised.
+struct Request {
+    universe: Vec<String>,
+    fields: Vec<String>,
+    parsed: Vec<Expr>,
+    key: String,
+    freq: Freq,
+}
+
+impl Request {
+    fn new<S: AsRef<str>>(universe: Universe<'_>, exprs: &[S], freq: Freq) -> Result<Request> {
+        let mut parsed: Vec<Expr> = exprs
+            .iter()
+            .map(|e| expr::parse(e.as_ref()))
+            .collect::<Result<_>>()?;
+        parsed.sort_by_cached_key(Expr::to_string);
+        parsed.dedup_by_key(|e| e.to_string());
+        let fields: Vec<String> = parsed.iter().map(Expr::to_string).collect();
+        let universe = normalize(universe);
+        let key = key(&universe, &fields, freq);
+        Ok(Request {
+            universe,
+            fields,
+            parsed,
+            key,
+            freq,
+        })
+    }
+
+    fn from_meta(m: &DatasetMeta) -> Result<Request> {
+        let freq: Freq = m.freq.parse()?;
+        let u = universe_of(&m.universe);
+        Request::new(u, &m.fields, freq)
+    }
+
+    /// The column of each of `exprs` in the stored `values`.
+    fn columns<S: AsRef<str>>(&self, exprs: &[S]) -> Result<Vec<usize>> {
+        exprs
+            .iter()
+            .map(|e| {
+                let c = expr::parse(e.as_ref())?.to_string();
+                Ok(self
+                    .fields
+                    .binary_search(&c)
+                    .expect("every expression is a field"))
+            })
+            .collect()
+    }
+}
+
 impl DiskDatasetCache {
-    pub fn new(dir: impl AsRef<Path>) -> DiskDatasetCache {
+    pub fn new(dir: impl AsRef<Path>, lock: Box<dyn Lock>) -> DiskDatasetCache {
         DiskDatasetCache {
             dir: dir.as_ref().to_path_buf(),
+            lock,
+            wait: Duration::from_secs(600),
+            uris: MemCache::new(Limit::Entries(1024), Some(URI_EXPIRY)),
         }
     }
 
-    /// The store's dataset cache in `<store>/dataset_cache`.
-    pub fn for_store(root: &Path) -> DiskDatasetCache {
-        DiskDatasetCache::new(root.join(DATASET_DIR))
+    /// The dataset cache in `<store>/dataset_cache`, locking as the store's configuration says (the same
+    /// backend as the expression cache).
+    pub fn for_store(root: &Path) -> Result<DiskDatasetCache> {
+        let dir = root.join(DATASET_DIR);
+        let lock = crate::lock::for_store(root, &dir, &Default::default(), false)?;
+        Ok(DiskDatasetCache::new(dir, lock))
     }
 
     /// Whether this build can read and write datasets (the `hdf5` cargo feature).
     pub fn available() -> bool {
         cfg!(feature = "hdf5")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn lock_backend(&self) -> &dyn Lock {
+        self.lock.as_ref()
+    }
+
+    /// The DatasetURICache's counters.
+    pub fn uri_stats(&self) -> crate::memcache::Stats {
+        self.uris.stats()
+    }
+
+    /// Forgets the requests this process resolved.
+    pub fn refresh(&self) {
+        self.uris.clear();
+    }
+
+    fn meta_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.meta"))
+    }
+
+    fn files(&self, key: &str, generation: u64) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{key}.{generation}.data")),
+            self.dir.join(format!("{key}.{generation}.index")),
+        )
+    }
+
+    fn read_meta(path: &Path) -> Option<DatasetMeta> {
+        let m: DatasetMeta = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        (m.format == META_FORMAT).then_some(m)
     }
 
     /// The dataset of `exprs` for `universe` between `start` and `end`: the frame `Store::features` returns,
@@ -94,89 +237,479 @@ impl DiskDatasetCache {
         if mode == DiskCacheMode::Skip {
             return store.features(universe, exprs, start, end, freq);
         }
-        let parsed: Vec<Expr> = exprs
-            .iter()
-            .map(|e| expr::parse(e.as_ref()))
-            .collect::<Result<_>>()?;
-        let mut fields: Vec<String> = parsed.iter().map(Expr::to_string).collect();
-        fields.sort();
-        fields.dedup();
-        let norm = normalize(universe);
-        let key = key(&norm, &fields, freq);
-        let meta_path = self.dir.join(format!("{key}.meta"));
-        let fingerprint = fingerprint(store, universe, &parsed, freq)?;
         let cal = store.calendar(freq)?;
-        let current = std::fs::read(&meta_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<DatasetMeta>(&b).ok())
-            .filter(|m| {
-                m.calendar_len == cal.len() && m.fingerprint == fingerprint && m.fields == fields
-            });
-        let meta = match (mode, current) {
-            (DiskCacheMode::Use, Some(m)) => m,
-            _ => self.build(store, universe, &norm, &fields, freq, &key, fingerprint)?,
-        };
-        let columns: Vec<usize> = parsed
-            .iter()
-            .map(|e| {
-                let c = e.to_string();
-                fields
-                    .iter()
-                    .position(|f| *f == c)
-                    .expect("every expression is a field")
-            })
-            .collect();
         let range = cal.locate(start, end);
         let names: Vec<String> = exprs.iter().map(|e| e.as_ref().to_string()).collect();
-        imp::read(&self.dir, &key, &meta, &columns, names, range, cal)
+        let uri: UriKey = (normalize(universe), names.clone(), freq);
+        if mode == DiskCacheMode::Use
+            && let Some(r) = self.uris.get(&uri)
+        {
+            if r.meta.calendar_len == cal.len()
+                && let Ok(f) = self.read(&r, names.clone(), range.clone(), cal.clone())
+            {
+                return Ok(f);
+            }
+            self.uris.remove(&uri);
+        }
+        let req = Request::new(universe, exprs, freq)?;
+        let columns = req.columns(exprs)?;
+        let mut broken = false;
+        if mode == DiskCacheMode::Use {
+            let now = State::of(store, &req)?;
+            // A writer may publish (and delete the files this meta names) between reading the meta and
+            // opening the files: then the meta is read again.
+            for _ in 0..5 {
+                let Some(m) = Self::read_meta(&self.meta_path(&req.key))
+                    .filter(|m| is_current(m, &req, &now))
+                else {
+                    break;
+                };
+                let r = Resolved {
+                    key: req.key.clone(),
+                    meta: Arc::new(m),
+                    columns: columns.clone(),
+                };
+                match self.read(&r, names.clone(), range.clone(), cal.clone()) {
+                    Ok(f) => {
+                        self.uris.insert(uri, Arc::new(r));
+                        return Ok(f);
+                    }
+                    Err(_) if !self.files_exist(&r) => continue,
+                    Err(_) => {
+                        broken = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let (meta, _) =
+            self.refresh_locked(store, &req, mode == DiskCacheMode::Rebuild || broken)?;
+        let r = Resolved {
+            key: req.key.clone(),
+            meta: Arc::new(meta),
+            columns,
+        };
+        let frame = self.read(&r, names, range, cal)?;
+        self.uris.insert(uri, Arc::new(r));
+        Ok(frame)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn build(
+    fn files_exist(&self, r: &Resolved) -> bool {
+        let (d, i) = self.files(&r.key, r.meta.generation);
+        d.exists() && i.exists()
+    }
+
+    fn read(
+        &self,
+        r: &Resolved,
+        names: Vec<String>,
+        range: std::ops::Range<usize>,
+        cal: Arc<crate::calendar::Calendar>,
+    ) -> Result<Frame> {
+        let (data, index) = self.files(&r.key, r.meta.generation);
+        imp::read(&data, &index, &r.meta, &r.columns, names, range, cal)
+    }
+
+    /// Builds (or brings forward) the dataset of `exprs` for `universe` under its writer lock; `rebuild`
+    /// computes it in full.
+    pub fn warm<S: AsRef<str>>(
         &self,
         store: &Store,
         universe: Universe<'_>,
-        norm: &[String],
-        fields: &[String],
+        exprs: &[S],
         freq: Freq,
-        key: &str,
-        fingerprint: String,
-    ) -> Result<DatasetMeta> {
+        rebuild: bool,
+    ) -> Result<Outcome> {
+        let req = Request::new(universe, exprs, freq)?;
+        Ok(self.refresh_locked(store, &req, rebuild)?.1)
+    }
+
+    /// Brings every dataset forward to the store as it is now. Returns how many ended how; unreadable
+    /// metas are counted under `None` (see [`verify`](Self::verify)).
+    pub fn update_all(&self, store: &Store) -> Result<BTreeMap<Option<Outcome>, usize>> {
+        let mut out = BTreeMap::new();
+        for (_, meta) in self.entries()? {
+            let o = match meta {
+                Some(m) => Some(
+                    self.refresh_locked(store, &Request::from_meta(&m)?, false)?
+                        .1,
+                ),
+                None => None,
+            };
+            *out.entry(o).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
+    /// How many datasets are behind the store (calendar grown or sources changed).
+    pub fn behind(&self, store: &Store) -> Result<usize> {
+        let mut n = 0;
+        for (_, meta) in self.entries()? {
+            let Some(m) = meta else { continue };
+            let req = Request::from_meta(&m)?;
+            if !is_current(&m, &req, &State::of(store, &req)?) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Under the dataset's lock: nothing if another writer already brought it up to date, else an append of
+    /// the new days when the published rows are still right, else a full build. Returns the published meta.
+    fn refresh_locked(
+        &self,
+        store: &Store,
+        req: &Request,
+        rebuild: bool,
+    ) -> Result<(DatasetMeta, Outcome)> {
+        if !Self::available() {
+            return Err(unavailable());
+        }
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io("creating", &self.dir, e))?;
-        let frame = store.features(universe, fields, None, None, freq)?;
-        let cal = store.calendar(freq)?;
-        // Rows by calendar row, then instrument.
+        let guard = self
+            .lock
+            .acquire(&format!("dataset-{}", req.key), self.wait)?;
+        let token = guard.token();
+        let meta_path = self.meta_path(&req.key);
+        let cal = store.calendar(req.freq)?;
+        let now = State::of(store, req)?;
+        let n_cal = now.cal_len;
+        let old = Self::read_meta(&meta_path).filter(|m| {
+            m.universe == req.universe && m.fields == req.fields && m.freq == req.freq.to_string()
+        });
+        if !rebuild
+            && let Some(m) = &old
+            && is_current(m, req, &now)
+        {
+            let (d, i) = self.files(&req.key, m.generation);
+            if d.exists() && i.exists() {
+                return Ok((m.clone(), Outcome::DoneByOther));
+            }
+        }
+        let right = req
+            .parsed
+            .iter()
+            .map(|e| e.ext_window().right)
+            .max()
+            .unwrap_or(0);
+        // Incremental when the published rows' sources are unchanged over the calendar they covered and the
+        // files read back: only rows from the first one that changes are computed (the look-ahead tail, or
+        // an instrument's rows that changed).
+        let base = old.as_ref().filter(|m| {
+            !rebuild
+                && m.calendar_len <= n_cal
+                && m.right == right
+                && fingerprint(store, req, m.calendar_len).is_ok_and(|f| f == m.fingerprint)
+        });
+        let base = match base {
+            Some(m) => {
+                let (d, i) = self.files(&req.key, m.generation);
+                let changed = first_change(&m.spans, &rows_of(store, req, m.calendar_len)?);
+                imp::read_index(&i)
+                    .ok()
+                    .filter(|(s, e)| s.len() == m.calendar_len && e.len() == m.calendar_len)
+                    .filter(|_| d.exists())
+                    .map(|ix| (m, d, ix, changed))
+            }
+            None => None,
+        };
+        let from = base.as_ref().map_or(0, |(m, _, _, changed)| {
+            m.calendar_len
+                .saturating_sub(m.right as usize)
+                .min(changed.unwrap_or(usize::MAX))
+        });
+        let frame = if from < n_cal {
+            store.features(
+                universe_of(&req.universe),
+                &req.fields,
+                cal.get(from),
+                None,
+                req.freq,
+            )?
+        } else {
+            // No new day and no look-ahead: nothing to compute (a calendar that did not grow).
+            Frame::from_parts(req.fields.clone(), Vec::new(), cal.clone(), Vec::new())
+        };
+        // Index: the kept rows' entries, then the new rows'.
+        let (mut start, mut end) = (Vec::with_capacity(n_cal), Vec::with_capacity(n_cal));
+        let mut instruments: Vec<String> = Vec::new();
+        let keep = match &base {
+            Some((m, _, (s, e), _)) => {
+                start.extend_from_slice(&s[..from]);
+                end.extend_from_slice(&e[..from]);
+                instruments = m.instruments.clone();
+                if from < m.calendar_len {
+                    s[from] as usize
+                } else {
+                    m.rows
+                }
+            }
+            None => 0,
+        };
+        let mut codes: HashMap<String, u32> = instruments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i as u32))
+            .collect();
+        let frame_codes: Vec<u32> = frame
+            .instruments()
+            .iter()
+            .map(|s| {
+                *codes.entry(s.clone()).or_insert_with(|| {
+                    instruments.push(s.clone());
+                    (instruments.len() - 1) as u32
+                })
+            })
+            .collect();
+        // New rows by calendar row, then instrument.
         let mut order: Vec<usize> = (0..frame.len()).collect();
         order.sort_by_key(|&r| (frame.calendar_row(r), r));
+        let mut i = 0;
+        for c in from..n_cal {
+            start.push((keep + i) as u64);
+            while i < order.len() && frame.calendar_row(order[i]) == c {
+                i += 1;
+            }
+            end.push((keep + i) as u64);
+        }
+        let rows = keep + order.len();
+        let generation = old.as_ref().map_or(1, |m| m.generation + 1).max(token);
+        let (data, index) = self.files(&req.key, generation);
+        imp::write_data(
+            &data,
+            base.as_ref().map(|(_, d, _, _)| d.as_path()),
+            keep,
+            &frame,
+            &order,
+            &frame_codes,
+            &req.fields,
+        )?;
+        crate::failpoint::hit("dataset:after-data");
+        imp::write_index(&index, &start, &end)?;
         let meta = DatasetMeta {
-            format: 1,
-            universe: norm.to_vec(),
-            fields: fields.to_vec(),
-            freq: freq.to_string(),
-            calendar_len: cal.len(),
+            format: META_FORMAT,
+            universe: req.universe.clone(),
+            fields: req.fields.clone(),
+            freq: req.freq.to_string(),
+            instruments,
+            calendar_len: n_cal,
             last_date: cal
                 .last()
-                .map(|d| crate::calendar::format_timestamp(d, freq.date_only())),
-            rows: frame.len(),
-            fingerprint,
+                .map(|d| crate::calendar::format_timestamp(d, req.freq.date_only())),
+            rows,
+            right,
+            spans: now.spans,
+            fingerprint: now.fingerprint,
+            token,
+            generation,
         };
-        imp::write(&self.dir, key, &frame, &order, cal.len())?;
+        crate::failpoint::hit("dataset:before-meta");
+        // Fencing: a newer writer's generation stays.
+        if let Some(now) = Self::read_meta(&meta_path)
+            && now.token > token
+        {
+            return Err(Error::Config {
+                source_name: format!("dataset {}", meta_path.display()),
+                reason: format!(
+                    "a newer writer (token {}) published while this one (token {token}) held an expired lease; its result was discarded",
+                    now.token
+                ),
+            });
+        }
+        if !guard.held() {
+            return Err(Error::Config {
+                source_name: format!("dataset {}", meta_path.display()),
+                reason: "the lock's lease was lost while computing; nothing was published".into(),
+            });
+        }
         let text = serde_json::to_vec_pretty(&meta).expect("meta serializes");
-        fsio::replace_atomic(&self.dir.join(format!("{key}.meta")), &text)?;
-        Ok(meta)
+        fsio::replace_atomic(&meta_path, &text)?;
+        self.remove_generations(&req.key, Some(generation));
+        drop(guard);
+        let outcome = if base.is_some() {
+            Outcome::Appended
+        } else {
+            Outcome::Built
+        };
+        Ok((meta, outcome))
     }
+
+    /// Deletes the `.data`/`.index` files of `key` other than generation `keep`, and temp files an
+    /// interrupted writer of `key` left (its lock is held by the caller).
+    fn remove_generations(&self, key: &str, keep: Option<u64>) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let prefix = format!("{key}.");
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let generation = name
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".data").or_else(|| r.strip_suffix(".index")))
+                .and_then(|g| g.parse::<u64>().ok());
+            let temp = name
+                .strip_prefix(fsio::TEMP_PREFIX)
+                .is_some_and(|r| r.starts_with(&prefix));
+            if temp || (generation.is_some() && generation != keep) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Every dataset's meta path and meta (`None`: unreadable).
+    pub fn entries(&self) -> Result<Vec<(PathBuf, Option<DatasetMeta>)>> {
+        Ok(fsio::list_names(&self.dir, ".meta")?
+            .into_iter()
+            .map(|n| {
+                let p = self.dir.join(format!("{n}.meta"));
+                let m = Self::read_meta(&p);
+                (p, m)
+            })
+            .collect())
+    }
+
+    /// Checks every dataset: meta, both files, shapes, every chunk's checksum, codes and calendar rows in
+    /// range, rows sorted by date and matching the index; and finds orphaned files and temp files. One line
+    /// per problem.
+    pub fn verify(&self) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let mut named = std::collections::HashSet::new();
+        for (path, meta) in self.entries()? {
+            let Some(m) = meta else {
+                problems.push(format!(
+                    "{}: unreadable meta (not JSON of format {META_FORMAT}); `qcache clear --datasets` removes it",
+                    path.display()
+                ));
+                continue;
+            };
+            let key = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let (data, index) = self.files(&key, m.generation);
+            named.insert(data.clone());
+            named.insert(index.clone());
+            if let Err(e) = imp::check(&data, &index, &m) {
+                problems.push(format!("{}: {e}", path.display()));
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with(fsio::TEMP_PREFIX) {
+                    problems.push(format!(
+                        "{}: temp file of an interrupted writer (harmless; `qcache clear --datasets` removes it)",
+                        p.display()
+                    ));
+                } else if (name.ends_with(".data") || name.ends_with(".index"))
+                    && !named.contains(&p)
+                {
+                    problems.push(format!(
+                        "{}: orphaned file that no meta names (a writer was interrupted, or a reader still needed it)",
+                        p.display()
+                    ));
+                }
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Removes the datasets whose meta matches `pred` (unreadable ones too when `unreadable`), each under
+    /// its lock, with their files; and temp files of interrupted writers. Returns how many datasets.
+    pub fn clear(&self, pred: impl Fn(&DatasetMeta) -> bool, unreadable: bool) -> Result<usize> {
+        let mut n = 0;
+        for (path, meta) in self.entries()? {
+            if !meta.as_ref().map_or(unreadable, &pred) {
+                continue;
+            }
+            let key = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let _guard = self.lock.acquire(&format!("dataset-{key}"), self.wait)?;
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("removing", &path, e)),
+            }
+            fsio::fsync_dir(&self.dir)?;
+            self.remove_generations(&key, None);
+            n += 1;
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(fsio::TEMP_PREFIX)
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        self.uris.clear();
+        Ok(n)
+    }
+}
+
+/// The error of every dataset operation in a build without HDF5.
+fn unavailable() -> Error {
+    Error::Config {
+        source_name: "the dataset cache".into(),
+        reason: "this build has no HDF5 support (built without the `hdf5` feature); install libhdf5-dev and build with default features".into(),
+    }
+}
+
+/// What a dataset must match to be current: the calendar's length, the sources' fingerprint and each
+/// instrument's rows (an instruments file can change without a new day or a changed value).
+struct State {
+    cal_len: usize,
+    fingerprint: String,
+    spans: BTreeMap<String, Vec<(usize, usize)>>,
+}
+
+impl State {
+    fn of(store: &Store, req: &Request) -> Result<State> {
+        let cal_len = store.calendar(req.freq)?.len();
+        Ok(State {
+            cal_len,
+            fingerprint: fingerprint(store, req, cal_len)?,
+            spans: rows_of(store, req, cal_len)?,
+        })
+    }
+}
+
+fn is_current(m: &DatasetMeta, req: &Request, now: &State) -> bool {
+    m.format == META_FORMAT
+        && m.calendar_len == now.cal_len
+        && m.fingerprint == now.fingerprint
+        && m.spans == now.spans
+        && m.fields == req.fields
+        && m.universe == req.universe
+        && m.freq == req.freq.to_string()
 }
 
 /// The normalised universe: `market:<name>`, or the sorted, de-duplicated, upper-case instrument list.
 fn normalize(universe: Universe<'_>) -> Vec<String> {
     match universe {
-        Universe::Market(m) => vec![format!("market:{}", m.to_lowercase())],
+        Universe::Market(m) => vec![format!("market:{m}")],
         Universe::List(l) => {
             let mut v: Vec<String> = l.iter().map(|s| s.to_uppercase()).collect();
             v.sort();
             v.dedup();
             v
         }
+    }
+}
+
+/// The universe a normalised one names.
+fn universe_of(norm: &[String]) -> Universe<'_> {
+    match norm {
+        [one] if one.starts_with("market:") => Universe::Market(&one["market:".len()..]),
+        list => Universe::List(list),
     }
 }
 
@@ -195,36 +728,118 @@ pub fn key(universe: &[String], fields: &[String], freq: Freq) -> String {
     format!("{:032x}", xxh3_128(&text))
 }
 
-/// A hash of every stored value the dataset reads (its instruments' fields, up to the calendar's end), so a
-/// corrected or appended source makes the dataset stale.
-fn fingerprint(
-    store: &Store,
-    universe: Universe<'_>,
-    exprs: &[Expr],
-    freq: Freq,
-) -> Result<String> {
-    let symbols: Vec<String> = match universe {
-        Universe::Market(m) => store.instruments(m)?.symbols().map(String::from).collect(),
-        Universe::List(l) => l.iter().map(|s| s.to_uppercase()).collect(),
-    };
-    let mut names: Vec<&str> = exprs.iter().flat_map(|e| e.fields()).collect();
-    names.sort_unstable();
-    names.dedup();
-    let cal_len = store.calendar(freq)?.len();
-    let fields = StoreFields { store, freq };
+/// A hash of the values the dataset's first `len` calendar rows are computed from: those dates and the
+/// stored values of every source the expressions read, up to `len` and without trailing NaN (an update
+/// that fills a suspension with NaN and appends after it leaves it unchanged). Sources with nothing before
+/// `len` contribute nothing, so a listing after `len` does not change it.
+fn fingerprint(store: &Store, req: &Request, len: usize) -> Result<String> {
+    let cal = store.calendar(req.freq)?;
+    let len = len.min(cal.len());
     let mut h = Xxh3::new();
-    for s in &symbols {
-        for f in &names {
-            if let Some(c) = fields.column(s, f)? {
-                let v = c.values();
-                let n = v.len().min(cal_len.saturating_sub(c.start()));
-                h.update(&(c.start() as u64).to_le_bytes());
-                h.update(bytemuck::cast_slice(&v[..n]));
-            }
+    for d in &cal.dates()[..len] {
+        h.update(&d.and_utc().timestamp().to_le_bytes());
+    }
+    let symbols: Vec<String> = match universe_of(&req.universe) {
+        Universe::Market(m) => store.instruments(m)?.symbols().map(String::from).collect(),
+        Universe::List(l) => l.to_vec(),
+    };
+    let mut sources = Vec::new();
+    for sym in &symbols {
+        for e in &req.parsed {
+            crate::exprcache::collect_sources(e, sym, &mut sources);
+        }
+    }
+    sources.sort();
+    sources.dedup();
+    let fields = StoreFields {
+        store,
+        freq: req.freq,
+    };
+    for (inst, field) in &sources {
+        let Some(c) = fields.column(inst, field)? else {
+            continue;
+        };
+        let v = c.values();
+        let mut n = v.len().min(len.saturating_sub(c.start()));
+        while n > 0 && v[n - 1].is_nan() {
+            n -= 1;
+        }
+        if n > 0 {
+            h.update(inst.as_bytes());
             h.update(&[0]);
+            h.update(field.as_bytes());
+            h.update(&[0]);
+            h.update(&(c.start() as u64).to_le_bytes());
+            h.update(bytemuck::cast_slice(&v[..n]));
         }
     }
     Ok(format!("{:032x}", h.digest128()))
+}
+
+/// Each instrument's rows in the dataset over the first `len` calendar rows, as `Store::features` chooses
+/// them: a market's spans, or a listed instrument's data domain. Instruments without rows are left out.
+fn rows_of(
+    store: &Store,
+    req: &Request,
+    len: usize,
+) -> Result<BTreeMap<String, Vec<(usize, usize)>>> {
+    let cal = store.calendar(req.freq)?;
+    let fields = StoreFields {
+        store,
+        freq: req.freq,
+    };
+    let mut out = BTreeMap::new();
+    let mut put = |sym: &str, rows: Vec<(usize, usize)>| {
+        let rows: Vec<_> = rows
+            .into_iter()
+            .map(|(a, b)| (a, b.min(len)))
+            .filter(|(a, b)| a < b)
+            .collect();
+        if !rows.is_empty() {
+            out.insert(sym.to_string(), rows);
+        }
+    };
+    match universe_of(&req.universe) {
+        Universe::Market(m) => {
+            for (sym, spans) in store.instruments(m)?.iter() {
+                let rows = spans
+                    .iter()
+                    .map(|sp| {
+                        let r = cal.locate(Some(sp.start), Some(sp.end));
+                        (r.start, r.end)
+                    })
+                    .collect();
+                put(sym, rows);
+            }
+        }
+        Universe::List(list) => {
+            for sym in list {
+                if let Some(d) = expr::domain(&fields, sym, &req.parsed)? {
+                    put(sym, vec![(d.start, d.end)]);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The first row at which two instruments -> row ranges maps differ (`None`: equal). Membership changes only
+/// at range boundaries, so the first difference is a boundary.
+fn first_change(
+    a: &BTreeMap<String, Vec<(usize, usize)>>,
+    b: &BTreeMap<String, Vec<(usize, usize)>>,
+) -> Option<usize> {
+    let within = |v: &[(usize, usize)], r: usize| v.iter().any(|&(s, e)| s <= r && r < e);
+    let empty = Vec::new();
+    a.keys()
+        .chain(b.keys())
+        .filter_map(|k| {
+            let (x, y) = (a.get(k).unwrap_or(&empty), b.get(k).unwrap_or(&empty));
+            let mut points: Vec<usize> = x.iter().chain(y).flat_map(|&(s, e)| [s, e]).collect();
+            points.sort_unstable();
+            points.into_iter().find(|&p| within(x, p) != within(y, p))
+        })
+        .min()
 }
 
 #[cfg(feature = "hdf5")]
@@ -234,6 +849,7 @@ mod imp {
     use std::sync::Arc;
 
     use hdf5::types::VarLenUnicode;
+    use ndarray::ArrayView2;
 
     use super::DatasetMeta;
     use crate::calendar::Calendar;
@@ -241,174 +857,277 @@ mod imp {
     use crate::frame::Frame;
     use crate::fsio;
 
-    fn h5(path: &Path, e: hdf5::Error) -> Error {
-        Error::io("writing HDF5", path, std::io::Error::other(e.to_string()))
+    /// Every open: no HDF5 file locks (our files are immutable once published and writers hold the
+    /// dataset's lock; HDF5's flock would also fail on NFS), and a strong close, so dropping the file
+    /// closes every object and the descriptor at once.
+    fn options() -> hdf5::FileBuilder {
+        let mut b = hdf5::File::with_options();
+        b.with_fapl(|p| {
+            p.file_locking(false)
+                .fclose_degree(hdf5::file::FileCloseDegree::Strong)
+        });
+        b
     }
 
-    fn unicode(s: &str) -> VarLenUnicode {
-        s.parse().expect("no NUL in names")
+    fn h5(what: &'static str, path: &Path, e: hdf5::Error) -> Error {
+        Error::io(what, path, std::io::Error::other(e.to_string()))
     }
 
-    /// Writes `.data` and `.index` by temp + fsync + rename.
-    pub fn write(
-        dir: &Path,
-        key: &str,
+    /// Rows per chunk of `values`: about 1 MiB.
+    fn chunk_rows(ncol: usize) -> usize {
+        ((1 << 20) / (4 * ncol.max(1))).max(1)
+    }
+
+    /// Writes the `.data` of a generation at `path` by temp + fsync + rename: a copy of `base` cut to its
+    /// first `keep` rows (or a new file), then `frame`'s rows in `order`.
+    pub fn write_data(
+        path: &Path,
+        base: Option<&Path>,
+        keep: usize,
         frame: &Frame,
         order: &[usize],
-        cal_len: usize,
+        codes: &[u32],
+        fields: &[String],
     ) -> Result<()> {
-        let ncol = frame.columns().len();
-        let n = order.len();
-        let data_path = dir.join(format!("{key}.data"));
-        let tmp = dir.join(format!("{}{key}.data", fsio::TEMP_PREFIX));
+        let ncol = fields.len();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("utf-8 name");
+        let tmp = path.with_file_name(format!("{}{name}", fsio::TEMP_PREFIX));
+        let w = |e| h5("writing HDF5", &tmp, e);
         {
-            let f = hdf5::File::create(&tmp).map_err(|e| h5(&tmp, e))?;
-            let mut values = Vec::with_capacity(n * ncol);
-            let (mut inst, mut rows) = (Vec::with_capacity(n), Vec::with_capacity(n));
-            let codes: std::collections::HashMap<&str, u32> = frame
-                .instruments()
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (s.as_str(), i as u32))
-                .collect();
-            for &r in order {
-                values.extend_from_slice(frame.row(r));
-                inst.push(codes[frame.instrument(r)]);
-                rows.push(frame.calendar_row(r) as u32);
-            }
-            let chunk = n.clamp(1, 4096);
-            let ds = f
-                .new_dataset::<f32>()
-                .chunk((chunk, ncol.max(1)))
-                .shape((n.., ncol))
-                .create("values")
-                .map_err(|e| h5(&tmp, e))?;
-            ds.write_raw(&values).map_err(|e| h5(&tmp, e))?;
-            let names = frame.columns().join("\n");
-            ds.new_attr::<VarLenUnicode>()
-                .shape(())
-                .create("fields")
-                .and_then(|a| a.write_scalar(&unicode(&names)))
-                .map_err(|e| h5(&tmp, e))?;
-            for (name, v) in [("instrument", &inst), ("row", &rows)] {
-                f.new_dataset::<u32>()
-                    .chunk((chunk,))
-                    .shape((n..,))
-                    .create(name)
-                    .and_then(|d| d.write_raw(v))
-                    .map_err(|e| h5(&tmp, e))?;
-            }
-            f.new_attr::<VarLenUnicode>()
-                .shape(())
-                .create("instruments")
-                .and_then(|a| a.write_scalar(&unicode(&frame.instruments().join("\n"))))
-                .map_err(|e| h5(&tmp, e))?;
-        }
-        sync_rename(&tmp, &data_path)?;
-        // The index: [start, end) rows of each calendar row.
-        let (mut start, mut end) = (vec![0u64; cal_len], vec![0u64; cal_len]);
-        let mut i = 0;
-        for (c, (s, e)) in start.iter_mut().zip(end.iter_mut()).enumerate() {
-            *s = i as u64;
-            while i < n && frame.calendar_row(order[i]) == c {
-                i += 1;
-            }
-            *e = i as u64;
-        }
-        let index_path = dir.join(format!("{key}.index"));
-        let tmp = dir.join(format!("{}{key}.index", fsio::TEMP_PREFIX));
-        {
-            let f = hdf5::File::create(&tmp).map_err(|e| h5(&tmp, e))?;
-            for (name, v) in [("start", &start), ("end", &end)] {
-                f.new_dataset::<u64>()
-                    .chunk((cal_len.clamp(1, 4096),))
-                    .shape((cal_len..,))
-                    .create(name)
-                    .and_then(|d| d.write_raw(v))
-                    .map_err(|e| h5(&tmp, e))?;
+            let f = match base {
+                Some(b) => {
+                    std::fs::copy(b, &tmp).map_err(|e| Error::io("copying", b, e))?;
+                    options().open_rw(&tmp).map_err(w)?
+                }
+                None => {
+                    let f = options().create(&tmp).map_err(w)?;
+                    let rows = chunk_rows(ncol);
+                    f.new_dataset::<f32>()
+                        .chunk((rows, ncol.max(1)))
+                        .fletcher32()
+                        .shape((0.., ncol))
+                        .create("values")
+                        .map_err(w)?;
+                    for name in ["instrument", "row"] {
+                        f.new_dataset::<u32>()
+                            .chunk((rows.max(4096),))
+                            .fletcher32()
+                            .shape((0..,))
+                            .create(name)
+                            .map_err(w)?;
+                    }
+                    let names: VarLenUnicode = fields.join("\n").parse().expect("no NUL");
+                    f.new_attr::<VarLenUnicode>()
+                        .shape(())
+                        .create("fields")
+                        .and_then(|a| a.write_scalar(&names))
+                        .map_err(w)?;
+                    f
+                }
+            };
+            let total = keep + order.len();
+            let values = f.dataset("values").map_err(w)?;
+            let inst = f.dataset("instrument").map_err(w)?;
+            let rows = f.dataset("row").map_err(w)?;
+            values.resize((total, ncol)).map_err(w)?;
+            inst.resize(total).map_err(w)?;
+            rows.resize(total).map_err(w)?;
+            // In blocks, so the reordered copy never holds more than one block.
+            let block = chunk_rows(ncol) * 4;
+            let mut buf = Vec::with_capacity(block * ncol);
+            for (b, part) in order.chunks(block).enumerate() {
+                let at = keep + b * block;
+                buf.clear();
+                for &r in part {
+                    buf.extend_from_slice(frame.row(r));
+                }
+                let view = ArrayView2::from_shape((part.len(), ncol), &buf).expect("shape");
+                values
+                    .write_slice(view, (at..at + part.len(), ..))
+                    .map_err(w)?;
+                let c: Vec<u32> = part
+                    .iter()
+                    .map(|&r| codes[frame.instrument_code(r)])
+                    .collect();
+                inst.write_slice(&c, at..at + part.len()).map_err(w)?;
+                let c: Vec<u32> = part.iter().map(|&r| frame.calendar_row(r) as u32).collect();
+                rows.write_slice(&c, at..at + part.len()).map_err(w)?;
             }
         }
-        sync_rename(&tmp, &index_path)
+        fsio::publish_file(&tmp, path)
     }
 
-    fn sync_rename(tmp: &Path, to: &Path) -> Result<()> {
-        let f = std::fs::File::open(tmp).map_err(|e| Error::io("opening", tmp, e))?;
-        f.sync_all().map_err(|e| Error::io("syncing", tmp, e))?;
-        std::fs::rename(tmp, to).map_err(|e| Error::io("renaming", to, e))?;
-        fsio::fsync_dir(to.parent().expect("in a directory"))
+    /// Writes a `.index` (`start`, `end` per calendar row) by temp + fsync + rename.
+    pub fn write_index(path: &Path, start: &[u64], end: &[u64]) -> Result<()> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("utf-8 name");
+        let tmp = path.with_file_name(format!("{}{name}", fsio::TEMP_PREFIX));
+        {
+            let f = options()
+                .create(&tmp)
+                .map_err(|e| h5("writing HDF5", &tmp, e))?;
+            for (name, v) in [("start", start), ("end", end)] {
+                f.new_dataset::<u64>()
+                    .chunk((v.len().clamp(1, 8192),))
+                    .fletcher32()
+                    .shape((v.len()..,))
+                    .create(name)
+                    .and_then(|d| d.write_raw(v))
+                    .map_err(|e| h5("writing HDF5", &tmp, e))?;
+            }
+        }
+        fsio::publish_file(&tmp, path)
+    }
+
+    pub fn read_index(path: &Path) -> Result<(Vec<u64>, Vec<u64>)> {
+        let r = |e| h5("reading HDF5", path, e);
+        let f = options().open(path).map_err(r)?;
+        let s = f.dataset("start").and_then(|d| d.read_raw()).map_err(r)?;
+        let e = f.dataset("end").and_then(|d| d.read_raw()).map_err(r)?;
+        Ok((s, e))
     }
 
     /// One hyperslab of the rows of calendar `range`, as a frame ordered like `Store::features`.
     pub fn read(
-        dir: &Path,
-        key: &str,
+        data: &Path,
+        index: &Path,
         meta: &DatasetMeta,
         columns: &[usize],
         names: Vec<String>,
         range: Range<usize>,
         cal: Arc<Calendar>,
     ) -> Result<Frame> {
-        let rd = |p: &Path, e: hdf5::Error| {
-            Error::io("reading HDF5", p, std::io::Error::other(e.to_string()))
-        };
-        let index_path = dir.join(format!("{key}.index"));
-        let data_path = dir.join(format!("{key}.data"));
+        let r = |p: &Path, e| h5("reading HDF5", p, e);
+        let range = range.start..range.end.min(meta.calendar_len);
         let (a, b) = if range.is_empty() {
             (0, 0)
         } else {
-            let f = hdf5::File::open(&index_path).map_err(|e| rd(&index_path, e))?;
+            let f = options().open(index).map_err(|e| r(index, e))?;
             let s = f
                 .dataset("start")
                 .and_then(|d| d.read_slice_1d::<u64, _>(range.start..range.start + 1))
-                .map_err(|e| rd(&index_path, e))?[0];
+                .map_err(|e| r(index, e))?[0];
             let e = f
                 .dataset("end")
                 .and_then(|d| d.read_slice_1d::<u64, _>(range.end - 1..range.end))
-                .map_err(|e| rd(&index_path, e))?[0];
+                .map_err(|e| r(index, e))?[0];
             (s as usize, (e as usize).min(meta.rows))
         };
-        let f = hdf5::File::open(&data_path).map_err(|e| rd(&data_path, e))?;
-        let instruments: VarLenUnicode = f
-            .attr("instruments")
-            .and_then(|a| a.read_scalar())
-            .map_err(|e| rd(&data_path, e))?;
-        let instruments: Vec<String> = if instruments.is_empty() {
-            Vec::new()
-        } else {
-            instruments.as_str().split('\n').map(String::from).collect()
-        };
+        let f = options().open(data).map_err(|e| r(data, e))?;
         let ncol = meta.fields.len();
         let (values, inst, rows): (Vec<f32>, Vec<u32>, Vec<u32>) = if a < b {
             let v = f
                 .dataset("values")
                 .and_then(|d| d.read_slice_2d::<f32, _>((a..b, ..)))
-                .map_err(|e| rd(&data_path, e))?;
+                .map_err(|e| r(data, e))?;
             let i = f
                 .dataset("instrument")
                 .and_then(|d| d.read_slice_1d::<u32, _>(a..b))
-                .map_err(|e| rd(&data_path, e))?;
-            let r = f
+                .map_err(|e| r(data, e))?;
+            let rw = f
                 .dataset("row")
                 .and_then(|d| d.read_slice_1d::<u32, _>(a..b))
-                .map_err(|e| rd(&data_path, e))?;
-            (v.iter().copied().collect(), i.to_vec(), r.to_vec())
+                .map_err(|e| r(data, e))?;
+            (v.into_raw_vec_and_offset().0, i.to_vec(), rw.to_vec())
         } else {
             (Vec::new(), Vec::new(), Vec::new())
         };
+        if values.len() != inst.len() * ncol
+            || inst.iter().any(|&c| c as usize >= meta.instruments.len())
+        {
+            return Err(Error::Config {
+                source_name: data.display().to_string(),
+                reason: "values, instrument codes and the meta disagree".into(),
+            });
+        }
         // Back to (instrument, date) order, the user's columns.
         let mut order: Vec<usize> = (0..inst.len()).collect();
-        order.sort_by_key(|&k| (&instruments[inst[k] as usize], rows[k]));
+        order.sort_by_key(|&k| (&meta.instruments[inst[k] as usize], rows[k]));
         let mut out = Vec::with_capacity(order.len() * columns.len());
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
         for &k in &order {
-            let name = &instruments[inst[k] as usize];
+            let name = &meta.instruments[inst[k] as usize];
             if groups.last().is_none_or(|(g, _)| g != name) {
                 groups.push((name.clone(), Vec::new()));
             }
             groups.last_mut().expect("pushed").1.push(rows[k] as usize);
-            out.extend(columns.iter().map(|&c| values[k * ncol + c]));
+            let row = &values[k * ncol..(k + 1) * ncol];
+            out.extend(columns.iter().map(|&c| row[c]));
         }
         Ok(Frame::from_parts(names, groups, cal, out))
+    }
+
+    /// Reads everything (so every chunk's Fletcher-32 is checked) and cross-checks files and meta.
+    pub fn check(data: &Path, index: &Path, m: &DatasetMeta) -> std::result::Result<(), String> {
+        let (start, end) = read_index(index).map_err(|e| e.to_string())?;
+        if start.len() != m.calendar_len || end.len() != m.calendar_len {
+            return Err(format!(
+                "index has {} entries for a calendar of {}",
+                start.len(),
+                m.calendar_len
+            ));
+        }
+        let f = options()
+            .open(data)
+            .map_err(|e| format!("{}: {e}", data.display()))?;
+        let e = |e: hdf5::Error| format!("{}: {e}", data.display());
+        let fields: VarLenUnicode = f.attr("fields").and_then(|a| a.read_scalar()).map_err(e)?;
+        if fields.as_str() != m.fields.join("\n") {
+            return Err("the data's fields differ from the meta's".into());
+        }
+        let values = f.dataset("values").map_err(e)?;
+        if values.shape() != [values.shape()[0], m.fields.len()] || values.shape()[0] < m.rows {
+            return Err(format!(
+                "values has shape {:?}; the meta publishes {} rows x {} fields",
+                values.shape(),
+                m.rows,
+                m.fields.len()
+            ));
+        }
+        let inst: Vec<u32> = f
+            .dataset("instrument")
+            .and_then(|d| d.read_raw())
+            .map_err(e)?;
+        let rows: Vec<u32> = f.dataset("row").and_then(|d| d.read_raw()).map_err(e)?;
+        if inst.len() < m.rows || rows.len() < m.rows {
+            return Err("instrument or row is shorter than the published rows".into());
+        }
+        let block = chunk_rows(m.fields.len()) * 16;
+        let mut at = 0;
+        while at < m.rows {
+            let to = (at + block).min(m.rows);
+            values
+                .read_slice_2d::<f32, _>((at..to, ..))
+                .map_err(|err| format!("{}: rows {at}..{to}: {err}", data.display()))?;
+            at = to;
+        }
+        if let Some(k) = inst[..m.rows]
+            .iter()
+            .position(|&c| c as usize >= m.instruments.len())
+        {
+            return Err(format!("row {k}: instrument code out of range"));
+        }
+        for c in 0..m.calendar_len {
+            let (s, t) = (start[c] as usize, end[c] as usize);
+            if s > t || t > m.rows || (c > 0 && s != end[c - 1] as usize) {
+                return Err(format!("index entry {c} ({s}..{t}) is inconsistent"));
+            }
+            if let Some(k) = (s..t).find(|&k| rows[k] as usize != c) {
+                return Err(format!(
+                    "row {k} is for calendar row {} but the index puts it at {c}",
+                    rows[k]
+                ));
+            }
+        }
+        if end.last().map_or(0, |&e| e as usize) != m.rows {
+            return Err("the index does not cover the published rows".into());
+        }
+        Ok(())
     }
 }
 
@@ -420,23 +1139,34 @@ mod imp {
 
     use super::DatasetMeta;
     use crate::calendar::Calendar;
-    use crate::error::{Error, Result};
+    use crate::error::Result;
     use crate::frame::Frame;
 
-    fn unavailable() -> Error {
-        Error::Config {
-            source_name: "the dataset cache".into(),
-            reason: "this build has no HDF5 support (built without the `hdf5` feature); install libhdf5-dev and build with default features".into(),
-        }
+    use super::unavailable;
+
+    pub fn write_data(
+        _: &Path,
+        _: Option<&Path>,
+        _: usize,
+        _: &Frame,
+        _: &[usize],
+        _: &[u32],
+        _: &[String],
+    ) -> Result<()> {
+        Err(unavailable())
     }
 
-    pub fn write(_: &Path, _: &str, _: &Frame, _: &[usize], _: usize) -> Result<()> {
+    pub fn write_index(_: &Path, _: &[u64], _: &[u64]) -> Result<()> {
+        Err(unavailable())
+    }
+
+    pub fn read_index(_: &Path) -> Result<(Vec<u64>, Vec<u64>)> {
         Err(unavailable())
     }
 
     pub fn read(
         _: &Path,
-        _: &str,
+        _: &Path,
         _: &DatasetMeta,
         _: &[usize],
         _: Vec<String>,
@@ -444,5 +1174,9 @@ mod imp {
         _: Arc<Calendar>,
     ) -> Result<Frame> {
         Err(unavailable())
+    }
+
+    pub fn check(_: &Path, _: &Path, _: &DatasetMeta) -> std::result::Result<(), String> {
+        Err(unavailable().to_string())
     }
 }

@@ -207,29 +207,23 @@ impl DiskExpressionCache {
     /// `expression_cache`, overridden by `QSTORE_CACHE_DIR` and `QSTORE_REDIS_URL`): Redis leases when a URL
     /// is configured (unless `lock` is `file`, or the caller only reads: `read_only`), else file locks.
     pub fn for_store(root: &Path, read_only: bool) -> Result<DiskExpressionCache> {
-        let file = crate::config::load(root)?.expression_cache;
-        let dir = match (std::env::var_os("QSTORE_CACHE_DIR"), &file.dir) {
-            (Some(d), _) => PathBuf::from(d),
-            (None, Some(d)) => root.join(d),
-            (None, None) => root.join(CACHE_DIR),
-        };
-        let (url, key) = match (std::env::var("QSTORE_REDIS_URL").ok(), &file.redis_url) {
-            (Some(u), _) => (Some(u), "QSTORE_REDIS_URL"),
-            (None, Some(u)) => (Some(u.clone()), "qstore.json expression_cache.redis_url"),
-            (None, None) => (None, ""),
-        };
-        let lock: Box<dyn Lock> = match url {
-            Some(url) if !read_only && file.lock.as_deref() != Some("file") => {
-                Box::new(crate::lock::RedisLock::connect(
-                    &url,
-                    &store_id(root)?,
-                    Duration::from_secs_f64(file.lease_s.unwrap_or(30.0)),
-                    key,
-                )?)
-            }
-            _ => Box::new(crate::lock::FileLock::new(&dir)),
-        };
+        let dir = Self::dir_for(root, None)?;
+        let lock = crate::lock::for_store(root, &dir, &Default::default(), read_only)?;
         Ok(DiskExpressionCache::new(dir, lock))
+    }
+
+    /// The cache directory of the store at `root`: `flag`, else `QSTORE_CACHE_DIR`, else qstore.json
+    /// `expression_cache.dir` (relative to the store), else `<store>/features_cache`.
+    pub fn dir_for(root: &Path, flag: Option<&Path>) -> Result<PathBuf> {
+        let file = crate::config::load(root)?.expression_cache;
+        Ok(
+            match (flag, std::env::var_os("QSTORE_CACHE_DIR"), &file.dir) {
+                (Some(d), _, _) => d.to_path_buf(),
+                (None, Some(d), _) => PathBuf::from(d),
+                (None, None, Some(d)) => root.join(d),
+                (None, None, None) => root.join(CACHE_DIR),
+            },
+        )
     }
 
     pub fn dir(&self) -> &Path {
@@ -912,7 +906,7 @@ impl DiskExpressionCache {
 }
 
 /// The (instrument, field) pairs an expression reads.
-fn collect_sources(e: &Expr, inst: &str, out: &mut Vec<(String, String)>) {
+pub(crate) fn collect_sources(e: &Expr, inst: &str, out: &mut Vec<(String, String)>) {
     match e {
         Expr::Field(f) => out.push((inst.to_string(), f.clone())),
         Expr::Instrument(x, other) => collect_sources(x, other, out),

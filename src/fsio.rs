@@ -49,6 +49,15 @@ pub fn replace_atomic_with(
     fsync_dir(dir)
 }
 
+/// Publishes a finished temp file written by someone else (a library that wants a path, such as HDF5):
+/// fsync, rename over `path`, directory fsync.
+pub fn publish_file(tmp: &Path, path: &Path) -> Result<()> {
+    let f = std::fs::File::open(tmp).map_err(|e| Error::io("opening", tmp, e))?;
+    f.sync_all().map_err(|e| Error::io("syncing", tmp, e))?;
+    std::fs::rename(tmp, path).map_err(|e| Error::io("renaming a temp file over", path, e))?;
+    fsync_dir(parent(path))
+}
+
 /// Appends `bytes` to the existing file at `path` and fsyncs it.
 pub fn append_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = OpenOptions::new()

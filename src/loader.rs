@@ -157,6 +157,10 @@ impl KlineLoader {
         if cache.dir().is_dir() {
             cache.update_all(&Store::open(&self.root)?)?;
         }
+        if self.root.join(crate::datacache::DATASET_DIR).is_dir() {
+            crate::datacache::DiskDatasetCache::for_store(&self.root)?
+                .update_all(&Store::open(&self.root)?)?;
+        }
         Ok(Some(s))
     }
 

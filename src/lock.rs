@@ -476,3 +476,55 @@ impl Lock for FileLock {
         format!("file locks in {}", self.dir.display())
     }
 }
+
+/// What the caller (command-line flags) says about locking; unset parts come from `QSTORE_REDIS_URL` and
+/// the store's `qstore.json` (`expression_cache`), which configure every cache of the store.
+#[derive(Debug, Clone, Default)]
+pub struct LockSettings {
+    /// `redis` or `file`.
+    pub kind: Option<String>,
+    /// A Redis URL and where it came from (for errors).
+    pub redis_url: Option<(String, String)>,
+    pub lease_s: Option<f64>,
+}
+
+/// The writer lock of the caches of the store at `root`: Redis leases when a URL is configured (unless the
+/// kind is `file`, or the caller only reads: `read_only`), else file locks in `dir`. One place decides this
+/// for the expression and the dataset cache, so both always lock the same way.
+pub fn for_store(
+    root: &Path,
+    dir: &Path,
+    settings: &LockSettings,
+    read_only: bool,
+) -> Result<Box<dyn Lock>> {
+    let file = crate::config::load(root)?.expression_cache;
+    let url = settings
+        .redis_url
+        .clone()
+        .or_else(|| {
+            std::env::var("QSTORE_REDIS_URL")
+                .ok()
+                .map(|u| (u, "QSTORE_REDIS_URL".to_string()))
+        })
+        .or_else(|| {
+            file.redis_url
+                .clone()
+                .map(|u| (u, "qstore.json expression_cache.redis_url".to_string()))
+        });
+    let kind = settings.kind.clone().or(file.lock.clone());
+    let lease = settings.lease_s.or(file.lease_s).unwrap_or(30.0);
+    match (kind.as_deref(), url) {
+        (Some("redis"), None) if !read_only => Err(Error::Config {
+            source_name: "lock settings".into(),
+            reason: "redis locks need a Redis URL: pass --redis redis://HOST:PORT/DB, set QSTORE_REDIS_URL, or set expression_cache.redis_url in qstore.json".into(),
+        }),
+        (Some("file"), _) | (_, None) => Ok(Box::new(FileLock::new(dir))),
+        (_, Some(_)) if read_only => Ok(Box::new(FileLock::new(dir))),
+        (_, Some((url, from))) => Ok(Box::new(RedisLock::connect(
+            &url,
+            &crate::exprcache::store_id(root)?,
+            Duration::from_secs_f64(lease),
+            &from,
+        )?)),
+    }
+}

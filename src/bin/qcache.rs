@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use qstore::datacache::DiskDatasetCache;
 use qstore::expr::Expr;
 use qstore::exprcache::DiskExpressionCache;
-use qstore::lock::{FileLock, Lock, RedisLock};
 use qstore::{FeatureSet, Frame, Freq, Store, Universe, parse_timestamp};
 
 #[derive(Parser)]
@@ -85,8 +85,12 @@ enum Command {
         freq: Freq,
         #[arg(long, default_value = "all")]
         market: String,
+        /// Build the dataset (STORE/dataset_cache, HDF5) of these instruments and expressions instead of
+        /// per-instrument expression entries: what `qcache query --disk-cache 1` then reads.
+        #[arg(long)]
+        dataset: bool,
     },
-    /// Bring every cache entry forward to the store's calendar (new days, corrected sources).
+    /// Bring every cache entry and dataset forward to the store's calendar (new days, corrected sources).
     Update {
         #[command(flatten)]
         cache: CacheArgs,
@@ -106,6 +110,10 @@ enum Command {
         instrument: Option<String>,
         #[arg(long)]
         expr: Option<String>,
+        /// Every dataset (STORE/dataset_cache).
+        #[arg(long)]
+        datasets: bool,
+        /// Every entry and every dataset.
         #[arg(long)]
         all: bool,
     },
@@ -184,41 +192,36 @@ fn main() -> ExitCode {
     }
 }
 
-/// The cache named by the flags, else by the store's `qstore.json` (`expression_cache`), with its lock.
+/// The caches named by the flags, else by the store's `qstore.json` (`expression_cache`), with their locks.
 fn open_cache(a: &CacheArgs) -> Result<(Store, Arc<DiskExpressionCache>)> {
     let store = Store::open(&a.store)?;
-    let file = qstore::config::load(&a.store)?.expression_cache;
-    let dir = match (&a.cache_dir, &file.dir) {
-        (Some(d), _) => d.clone(),
-        (None, Some(d)) => a.store.join(d),
-        (None, None) => a.store.join(qstore::exprcache::CACHE_DIR),
-    };
-    let (url, key) = match (&a.redis, &file.redis_url) {
-        (Some(u), _) => (Some(u.clone()), "--redis / QSTORE_REDIS_URL"),
-        (None, Some(u)) => (Some(u.clone()), "qstore.json expression_cache.redis_url"),
-        (None, None) => (None, ""),
-    };
-    let kind = a.lock.or(match file.lock.as_deref() {
-        Some("redis") => Some(LockKind::Redis),
-        Some("file") => Some(LockKind::File),
-        _ => None,
-    });
-    let lease = a.lease_s.or(file.lease_s).unwrap_or(30.0);
-    let lock: Box<dyn Lock> = match (kind, url) {
-        (Some(LockKind::File), _) | (None, None) => Box::new(FileLock::new(&dir)),
-        (_, Some(url)) => Box::new(RedisLock::connect(
-            &url,
-            &qstore::exprcache::store_id(&a.store)?,
-            Duration::from_secs_f64(lease),
-            key,
-        )?),
-        (Some(LockKind::Redis), None) => bail!(
-            "--lock redis needs a Redis URL: pass --redis redis://HOST:PORT/DB, set QSTORE_REDIS_URL, or set expression_cache.redis_url in qstore.json"
-        ),
-    };
-    let mut cache = DiskExpressionCache::new(dir, lock);
+    let dir = DiskExpressionCache::dir_for(&a.store, a.cache_dir.as_deref())?;
+    let mut cache = DiskExpressionCache::new(&dir, lock_for(a, &dir)?);
     cache.wait = Duration::from_secs_f64(a.wait_s);
     Ok((store, Arc::new(cache)))
+}
+
+/// The store's dataset cache, locking as the expression cache does.
+fn open_datasets(a: &CacheArgs) -> Result<DiskDatasetCache> {
+    let dir = a.store.join(qstore::datacache::DATASET_DIR);
+    let mut cache = DiskDatasetCache::new(&dir, lock_for(a, &dir)?);
+    cache.wait = Duration::from_secs_f64(a.wait_s);
+    Ok(cache)
+}
+
+fn lock_for(a: &CacheArgs, dir: &std::path::Path) -> Result<Box<dyn qstore::lock::Lock>> {
+    let settings = qstore::lock::LockSettings {
+        kind: a.lock.map(|k| match k {
+            LockKind::Redis => "redis".to_string(),
+            LockKind::File => "file".to_string(),
+        }),
+        redis_url: a
+            .redis
+            .clone()
+            .map(|u| (u, "--redis / QSTORE_REDIS_URL".to_string())),
+        lease_s: a.lease_s,
+    };
+    Ok(qstore::lock::for_store(&a.store, dir, &settings, false)?)
 }
 
 /// `Built: 3, Appended: 40` (unreadable entries as `Unreadable`).
@@ -250,16 +253,48 @@ fn run(cli: Cli) -> Result<u8> {
             feature_set,
             freq,
             market,
+            dataset,
         } => {
-            let (store, cache) = open_cache(&cache)?;
-            let exprs: Vec<String> = match feature_set {
-                Some(name) => FeatureSet::resolve(&name)?
-                    .features
-                    .into_iter()
-                    .map(|f| f.expr)
-                    .collect(),
+            let (store, exprcache) = open_cache(&cache)?;
+            let set = feature_set
+                .as_deref()
+                .map(FeatureSet::resolve)
+                .transpose()?;
+            let exprs: Vec<String> = match &set {
+                Some(set) => set.features.iter().map(|f| f.expr.clone()).collect(),
                 None => fields,
             };
+            if dataset {
+                let list: Vec<String>;
+                let universe = if instruments == "all" {
+                    Universe::Market(&market)
+                } else {
+                    list = instruments
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect();
+                    Universe::List(&list)
+                };
+                // A feature set's optional features the store lacks are left out, as `query` does.
+                let exprs: Vec<String> = match &set {
+                    Some(set) => store
+                        .feature_set_columns(universe, set, freq)?
+                        .into_iter()
+                        .map(|f| f.expr.clone())
+                        .collect(),
+                    None => exprs,
+                };
+                let t = std::time::Instant::now();
+                let outcome = open_datasets(&cache)?.warm(&store, universe, &exprs, freq, false)?;
+                println!(
+                    "qcache warm: dataset of {} expressions: {outcome:?} in {:.1} s",
+                    exprs.len(),
+                    t.elapsed().as_secs_f64()
+                );
+                return Ok(0);
+            }
+            let cache = exprcache;
             let parsed: Vec<Expr> = exprs
                 .iter()
                 .map(|e| qstore::expr::parse(e))
@@ -296,16 +331,31 @@ fn run(cli: Cli) -> Result<u8> {
             );
             Ok(0)
         }
-        Command::Update { cache } => {
-            let (store, cache) = open_cache(&cache)?;
+        Command::Update { cache: args } => {
+            let (store, cache) = open_cache(&args)?;
             let counts = cache.update_all(&store)?;
             let total: usize = counts.values().sum();
             println!("qcache update: {total} entries: {}", outcomes(&counts));
+            let datasets = open_datasets(&args)?;
+            if datasets.dir().is_dir() {
+                let counts = datasets.update_all(&store)?;
+                let total: usize = counts.values().sum();
+                println!("qcache update: {total} datasets: {}", outcomes(&counts));
+            }
             Ok(0)
         }
-        Command::Info { cache, json } => {
-            let cache_lease = cache.lease_s.unwrap_or(30.0);
-            let (store, cache) = open_cache(&cache)?;
+        Command::Info { cache: args, json } => {
+            let cache_lease = args.lease_s.unwrap_or(30.0);
+            let (store, cache) = open_cache(&args)?;
+            let datasets = open_datasets(&args)?;
+            let sets = datasets.entries()?;
+            let sets_unreadable = sets.iter().filter(|(_, m)| m.is_none()).count();
+            let sets_behind = datasets.behind(&store)?;
+            let sets_rows: usize = sets
+                .iter()
+                .filter_map(|(_, m)| m.as_ref())
+                .map(|m| m.rows)
+                .sum();
             let entries = cache.entries()?;
             let mut instruments = std::collections::BTreeSet::new();
             let mut exprs = std::collections::BTreeSet::new();
@@ -357,6 +407,15 @@ fn run(cli: Cli) -> Result<u8> {
                 "lease_s": cache_lease,
                 "oldest": oldest,
                 "newest": newest,
+                "datasets": {
+                    "dir": datasets.dir().display().to_string(),
+                    "count": sets.len(),
+                    "rows": sets_rows,
+                    "size_mb": qstore::fsio::dir_size(datasets.dir()) as f64 / 1e6,
+                    "stale": sets_behind,
+                    "unreadable": sets_unreadable,
+                    "available": DiskDatasetCache::available(),
+                },
                 "memcache": {
                     "calendar": mem(opts.calendar_cache),
                     "instruments": mem(opts.instrument_cache),
@@ -383,20 +442,41 @@ fn run(cli: Cli) -> Result<u8> {
                     oldest.as_deref().unwrap_or("-"),
                     newest.as_deref().unwrap_or("-")
                 );
+                println!(
+                    "datasets  {} in {} ({sets_rows} rows), {:.1} MB, {sets_behind} stale, {sets_unreadable} unreadable{}",
+                    sets.len(),
+                    datasets.dir().display(),
+                    v["datasets"]["size_mb"].as_f64().unwrap_or(0.0),
+                    if DiskDatasetCache::available() {
+                        ""
+                    } else {
+                        " (this build has no HDF5)"
+                    }
+                );
                 println!("memcache  {} (per process)", v["memcache"]);
             }
             Ok(0)
         }
         Command::Clear {
-            cache,
+            cache: args,
             instrument,
             expr,
+            datasets,
             all,
         } => {
-            if instrument.is_none() && expr.is_none() && !all {
-                bail!("say what to clear: --instrument SYMBOL, --expr EXPRESSION, or --all");
+            if instrument.is_none() && expr.is_none() && !datasets && !all {
+                bail!(
+                    "say what to clear: --instrument SYMBOL, --expr EXPRESSION, --datasets, or --all"
+                );
             }
-            let (_store, cache) = open_cache(&cache)?;
+            if datasets || all {
+                let n = open_datasets(&args)?.clear(|_| true, true)?;
+                println!("qcache clear: {n} datasets removed");
+                if !all && instrument.is_none() && expr.is_none() {
+                    return Ok(0);
+                }
+            }
+            let (_store, cache) = open_cache(&args)?;
             let canonical = expr
                 .as_deref()
                 .map(qstore::expr::parse)
@@ -410,9 +490,10 @@ fn run(cli: Cli) -> Result<u8> {
             println!("qcache clear: {n} entries removed");
             Ok(0)
         }
-        Command::Verify { cache } => {
-            let (_store, cache) = open_cache(&cache)?;
-            let problems = cache.verify()?;
+        Command::Verify { cache: args } => {
+            let (_store, cache) = open_cache(&args)?;
+            let mut problems = cache.verify()?;
+            problems.extend(open_datasets(&args)?.verify()?);
             for p in &problems {
                 println!("{p}");
             }
@@ -420,7 +501,7 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(if problems.is_empty() { 0 } else { 5 })
         }
         Command::ResetLock {
-            cache,
+            cache: cache_args,
             dry_run,
             all,
             force,
@@ -428,11 +509,19 @@ fn run(cli: Cli) -> Result<u8> {
             if all && !force {
                 bail!("--all deletes locks that running writers may hold; add --force to mean it");
             }
-            let (_store, cache) = open_cache(&cache)?;
-            let lock = cache.lock_backend();
-            let held = lock.list()?;
+            let (_store, cache) = open_cache(&cache_args)?;
+            let datasets = open_datasets(&cache_args)?;
+            // Redis lists every lock of the store once; file locks live next to each cache's files.
+            let mut backends = vec![cache.lock_backend()];
+            if datasets.lock_backend().describe() != cache.lock_backend().describe() {
+                backends.push(datasets.lock_backend());
+            }
+            let mut held = Vec::new();
+            for b in &backends {
+                held.extend(b.list()?.into_iter().map(|h| (*b, h)));
+            }
             let mut removed = 0;
-            for h in &held {
+            for (lock, h) in &held {
                 let act = (h.holder_gone || all) && !dry_run;
                 println!(
                     "{}\t{}\t{}\t{}\t{}{}",
@@ -460,7 +549,11 @@ fn run(cli: Cli) -> Result<u8> {
             println!(
                 "qcache reset-lock: {} locks held, {removed} deleted ({})",
                 held.len(),
-                lock.describe()
+                backends
+                    .iter()
+                    .map(|b| b.describe())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             );
             Ok(0)
         }
@@ -503,16 +596,23 @@ fn run(cli: Cli) -> Result<u8> {
                 .as_deref()
                 .map(FeatureSet::resolve)
                 .transpose()?;
-            let datasets = qstore::datacache::DiskDatasetCache::for_store(store.root());
             let mode = match disk_cache {
                 1 => Some(qstore::datacache::DiskCacheMode::Use),
                 2 => Some(qstore::datacache::DiskCacheMode::Rebuild),
                 _ => None,
             };
-            let run = || match (&set, mode) {
-                (Some(set), None) => store.feature_set(universe, set, start, end, freq),
-                (None, None) => store.features(universe, &fields, start, end, freq),
-                (Some(set), Some(mode)) => {
+            let datasets = match mode {
+                Some(_) => Some(DiskDatasetCache::for_store(store.root())?),
+                None => None,
+            };
+            let run = || match (&set, mode, &datasets) {
+                (Some(set), None, _) | (Some(set), _, None) => {
+                    store.feature_set(universe, set, start, end, freq)
+                }
+                (None, None, _) | (None, _, None) => {
+                    store.features(universe, &fields, start, end, freq)
+                }
+                (Some(set), Some(mode), Some(datasets)) => {
                     let chosen = store.feature_set_columns(universe, set, freq)?;
                     let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
                     let mut frame =
@@ -520,7 +620,7 @@ fn run(cli: Cli) -> Result<u8> {
                     frame.rename_columns(chosen.iter().map(|f| f.name.clone()).collect());
                     Ok(frame)
                 }
-                (None, Some(mode)) => {
+                (None, Some(mode), Some(datasets)) => {
                     datasets.dataset(&store, universe, &fields, start, end, freq, mode)
                 }
             };

@@ -459,9 +459,23 @@ fn update(u: UpdateArgs) -> Result<u8> {
             serde_json::json!({"behind": cache.behind(&store)?})
         };
     }
+    let mut datasets = serde_json::Value::Null;
+    if a.to.join(qstore::datacache::DATASET_DIR).is_dir() {
+        let store = Store::open(&a.to)?;
+        let sets = qstore::datacache::DiskDatasetCache::for_store(&a.to)?;
+        datasets = if u.update_caches {
+            let counts = sets
+                .update_all(&store)
+                .context("updating the dataset cache")?;
+            serde_json::json!({"updated": counts.values().sum::<usize>(), "behind": sets.behind(&store)?})
+        } else {
+            serde_json::json!({"behind": sets.behind(&store)?})
+        };
+    }
     if a.json {
         let mut v = serde_json::to_value(&summary)?;
         v["expression_cache"] = caches;
+        v["dataset_cache"] = datasets;
         v["store"] = serde_json::Value::from(a.to.display().to_string());
         v["exit_code"] = serde_json::Value::from(code);
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -494,6 +508,17 @@ fn update(u: UpdateArgs) -> Result<u8> {
         {
             println!(
                 "expression cache: {n} entries are now behind; run qcache update (or pass --update-caches)"
+            );
+        }
+        if let Some(n) = datasets.get("updated") {
+            println!("dataset cache: {n} datasets brought forward");
+        } else if let Some(n) = datasets
+            .get("behind")
+            .and_then(|n| n.as_u64())
+            .filter(|&n| n > 0)
+        {
+            println!(
+                "dataset cache: {n} datasets are now behind; run qcache update (or pass --update-caches)"
             );
         }
         println!("elapsed {:.2} s", summary.elapsed_s);
