@@ -392,12 +392,81 @@ impl DiskDatasetCache {
             .map(|e| e.ext_window().right)
             .max()
             .unwrap_or(0);
+        let generation = old.as_ref().map_or(1, |m| m.generation + 1).max(token);
+        let base = old.as_ref().filter(|_| !rebuild);
+        // An append that fails (say, a damaged chunk in the rows it keeps) is done again as a full build.
+        let written = match self.write_generation(store, req, &now, base, right, generation) {
+            Err(_) if base.is_some() => {
+                self.write_generation(store, req, &now, None, right, generation)?
+            }
+            r => r?,
+        };
+        let meta = DatasetMeta {
+            format: META_FORMAT,
+            universe: req.universe.clone(),
+            fields: req.fields.clone(),
+            freq: req.freq.to_string(),
+            instruments: written.instruments,
+            calendar_len: n_cal,
+            last_date: cal
+                .last()
+                .map(|d| crate::calendar::format_timestamp(d, req.freq.date_only())),
+            rows: written.rows,
+            right,
+            spans: now.spans,
+            fingerprint: now.fingerprint,
+            token,
+            generation,
+        };
+        crate::failpoint::hit("dataset:before-meta");
+        // Fencing: a newer writer's generation stays.
+        if let Some(now) = Self::read_meta(&meta_path)
+            && now.token > token
+        {
+            return Err(Error::Config {
+                source_name: format!("dataset {}", meta_path.display()),
+                reason: format!(
+                    "a newer writer (token {}) published while this one (token {token}) held an expired lease; its result was discarded",
+                    now.token
+                ),
+            });
+        }
+        if !guard.held() {
+            return Err(Error::Config {
+                source_name: format!("dataset {}", meta_path.display()),
+                reason: "the lock's lease was lost while computing; nothing was published".into(),
+            });
+        }
+        let text = serde_json::to_vec_pretty(&meta).expect("meta serializes");
+        fsio::replace_atomic(&meta_path, &text)?;
+        self.remove_generations(&req.key, Some(generation));
+        drop(guard);
+        let outcome = if written.appended {
+            Outcome::Appended
+        } else {
+            Outcome::Built
+        };
+        Ok((meta, outcome))
+    }
+
+    /// Writes the `.data` and `.index` of `generation`: from `base` (the published meta) when its rows are
+    /// still right, computing only from the first row that changed, else everything.
+    fn write_generation(
+        &self,
+        store: &Store,
+        req: &Request,
+        now: &State,
+        base: Option<&DatasetMeta>,
+        right: u32,
+        generation: u64,
+    ) -> Result<Written> {
         // Incremental when the published rows' sources are unchanged over the calendar they covered and the
         // files read back: only rows from the first one that changes are computed (the look-ahead tail, or
         // an instrument's rows that changed).
-        let base = old.as_ref().filter(|m| {
-            !rebuild
-                && m.calendar_len <= n_cal
+        let n_cal = now.cal_len;
+        let cal = store.calendar(req.freq)?;
+        let base = base.filter(|m| {
+            m.calendar_len <= n_cal
                 && m.right == right
                 && fingerprint(store, req, m.calendar_len).is_ok_and(|f| f == m.fingerprint)
         });
@@ -472,8 +541,6 @@ impl DiskDatasetCache {
             }
             end.push((keep + i) as u64);
         }
-        let rows = keep + order.len();
-        let generation = old.as_ref().map_or(1, |m| m.generation + 1).max(token);
         let (data, index) = self.files(&req.key, generation);
         imp::write_data(
             &data,
@@ -486,52 +553,11 @@ impl DiskDatasetCache {
         )?;
         crate::failpoint::hit("dataset:after-data");
         imp::write_index(&index, &start, &end)?;
-        let meta = DatasetMeta {
-            format: META_FORMAT,
-            universe: req.universe.clone(),
-            fields: req.fields.clone(),
-            freq: req.freq.to_string(),
+        Ok(Written {
             instruments,
-            calendar_len: n_cal,
-            last_date: cal
-                .last()
-                .map(|d| crate::calendar::format_timestamp(d, req.freq.date_only())),
-            rows,
-            right,
-            spans: now.spans,
-            fingerprint: now.fingerprint,
-            token,
-            generation,
-        };
-        crate::failpoint::hit("dataset:before-meta");
-        // Fencing: a newer writer's generation stays.
-        if let Some(now) = Self::read_meta(&meta_path)
-            && now.token > token
-        {
-            return Err(Error::Config {
-                source_name: format!("dataset {}", meta_path.display()),
-                reason: format!(
-                    "a newer writer (token {}) published while this one (token {token}) held an expired lease; its result was discarded",
-                    now.token
-                ),
-            });
-        }
-        if !guard.held() {
-            return Err(Error::Config {
-                source_name: format!("dataset {}", meta_path.display()),
-                reason: "the lock's lease was lost while computing; nothing was published".into(),
-            });
-        }
-        let text = serde_json::to_vec_pretty(&meta).expect("meta serializes");
-        fsio::replace_atomic(&meta_path, &text)?;
-        self.remove_generations(&req.key, Some(generation));
-        drop(guard);
-        let outcome = if base.is_some() {
-            Outcome::Appended
-        } else {
-            Outcome::Built
-        };
-        Ok((meta, outcome))
+            rows: keep + order.len(),
+            appended: base.is_some(),
+        })
     }
 
     /// Deletes the `.data`/`.index` files of `key` other than generation `keep`, and temp files an
@@ -661,6 +687,13 @@ fn unavailable() -> Error {
         source_name: "the dataset cache".into(),
         reason: "this build has no HDF5 support (built without the `hdf5` feature); install libhdf5-dev and build with default features".into(),
     }
+}
+
+/// What [`DiskDatasetCache::write_generation`] wrote.
+struct Written {
+    instruments: Vec<String>,
+    rows: usize,
+    appended: bool,
 }
 
 /// What a dataset must match to be current: the calendar's length, the sources' fingerprint and each
@@ -850,6 +883,7 @@ mod imp {
 
     use hdf5::types::VarLenUnicode;
     use ndarray::ArrayView2;
+    use rayon::prelude::*;
 
     use super::DatasetMeta;
     use crate::calendar::Calendar;
@@ -1045,21 +1079,97 @@ mod imp {
                 reason: "values, instrument codes and the meta disagree".into(),
             });
         }
-        // Back to (instrument, date) order, the user's columns.
-        let mut order: Vec<usize> = (0..inst.len()).collect();
-        order.sort_by_key(|&k| (&meta.instruments[inst[k] as usize], rows[k]));
-        let mut out = Vec::with_capacity(order.len() * columns.len());
-        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-        for &k in &order {
-            let name = &meta.instruments[inst[k] as usize];
-            if groups.last().is_none_or(|(g, _)| g != name) {
-                groups.push((name.clone(), Vec::new()));
-            }
-            groups.last_mut().expect("pushed").1.push(rows[k] as usize);
-            let row = &values[k * ncol..(k + 1) * ncol];
-            out.extend(columns.iter().map(|&c| row[c]));
+        // Back to (instrument, date) order, the user's columns. One instrument's rows are already by date (the
+        // file is sorted by calendar row), so a counting sort by instrument name gives the frame's order.
+        let n_inst = meta.instruments.len();
+        let mut by_name: Vec<usize> = (0..n_inst).collect();
+        by_name.sort_unstable_by(|&a, &b| meta.instruments[a].cmp(&meta.instruments[b]));
+        let mut rank = vec![0usize; n_inst];
+        for (r, &c) in by_name.iter().enumerate() {
+            rank[c] = r;
         }
+        let mut offsets = vec![0usize; n_inst + 1];
+        for &c in &inst {
+            offsets[rank[c as usize] + 1] += 1;
+        }
+        for r in 0..n_inst {
+            offsets[r + 1] += offsets[r];
+        }
+        let mut next = offsets.clone();
+        let mut order = vec![0usize; inst.len()];
+        for (k, &c) in inst.iter().enumerate() {
+            let r = rank[c as usize];
+            order[next[r]] = k;
+            next[r] += 1;
+        }
+        let groups: Vec<(String, Vec<usize>)> = (0..n_inst)
+            .filter(|&r| offsets[r] < offsets[r + 1])
+            .map(|r| {
+                let rows = order[offsets[r]..offsets[r + 1]]
+                    .iter()
+                    .map(|&k| rows[k] as usize)
+                    .collect();
+                (meta.instruments[by_name[r]].clone(), rows)
+            })
+            .collect();
+        let width = columns.len();
+        let identity = width == ncol && columns.iter().enumerate().all(|(i, &c)| i == c);
+        let out = if width == ncol && width > 0 {
+            // Every column: rows and columns are permuted in the buffer HDF5 filled, so no second buffer
+            // of the frame's size is allocated and faulted in (it is most of the cost of a whole-range read).
+            let mut values = values;
+            permute_rows(&mut values, ncol, &order);
+            if !identity {
+                values.par_chunks_mut(ncol).for_each_init(
+                    || vec![0f32; ncol],
+                    |tmp, row| {
+                        tmp.copy_from_slice(row);
+                        for (d, &c) in row.iter_mut().zip(columns) {
+                            *d = tmp[c];
+                        }
+                    },
+                );
+            }
+            values
+        } else {
+            let mut out = vec![0f32; order.len() * width];
+            if width > 0 {
+                out.par_chunks_mut(width)
+                    .zip(order.par_iter())
+                    .for_each(|(dst, &k)| {
+                        let row = &values[k * ncol..(k + 1) * ncol];
+                        for (d, &c) in dst.iter_mut().zip(columns) {
+                            *d = row[c];
+                        }
+                    });
+            }
+            out
+        };
         Ok(Frame::from_parts(names, groups, cal, out))
+    }
+
+    /// Rearranges the rows (`width` values each) of `v` in place so that row `p` becomes the old row
+    /// `order[p]` (`order` is a permutation), by following its cycles with one row of scratch.
+    fn permute_rows(v: &mut [f32], width: usize, order: &[usize]) {
+        let mut done = vec![false; order.len()];
+        let mut tmp = vec![0f32; width];
+        for first in 0..order.len() {
+            if done[first] || order[first] == first {
+                continue;
+            }
+            tmp.copy_from_slice(&v[first * width..(first + 1) * width]);
+            let mut p = first;
+            loop {
+                done[p] = true;
+                let q = order[p];
+                if q == first {
+                    v[p * width..(p + 1) * width].copy_from_slice(&tmp);
+                    break;
+                }
+                v.copy_within(q * width..(q + 1) * width, p * width);
+                p = q;
+            }
+        }
     }
 
     /// Reads everything (so every chunk's Fletcher-32 is checked) and cross-checks files and meta.

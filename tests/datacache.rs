@@ -641,3 +641,25 @@ fn qcache_builds_lists_verifies_and_clears_datasets() {
     assert_eq!(info["datasets"]["count"], 0);
     ok(qcache(&["verify", r], &[]));
 }
+
+#[test]
+fn an_update_over_a_damaged_file_builds_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_until(dir.path(), "2023-06-30");
+    let root = s.root().to_path_buf();
+    let all = Universe::Market("all");
+    let cache = DiskDatasetCache::for_store(&root).unwrap();
+    cache.warm(&s, all, &EXPRS, Freq::DAY, false).unwrap();
+    damage(&generation_file(cache.dir(), ".data"), "flip");
+    update_to(&root, "2023-08-25");
+    let s = Store::open(&root).unwrap();
+    let counts = cache.update_all(&s).unwrap();
+    assert_eq!(counts.get(&Some(Outcome::Built)), Some(&1), "{counts:?}");
+    assert!(cache.verify().unwrap().is_empty());
+    same(
+        &cache
+            .dataset(&s, all, &EXPRS, None, None, Freq::DAY, DiskCacheMode::Use)
+            .unwrap(),
+        &full(&s, all, &EXPRS),
+    );
+}

@@ -12,7 +12,7 @@ symbols=${1:-300}
 days=${2:-750}
 work=${QSTORE_BENCH_DIR:-target/bench-datasets}
 mkdir -p "$work"
-cargo build --release --quiet --bin qdump --bin qcache -p qstore -p qgen
+cargo build --release --quiet --bin qdump --bin qcache --bin qgen -p qstore -p qgen
 csv="$work/csv-$symbols-$days"
 store="$work/store-$symbols-$days"
 [ -d "$csv" ] || target/release/qgen csv --out "$csv" --symbols "$symbols" --days "$days" >/dev/null

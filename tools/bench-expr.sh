@@ -16,7 +16,7 @@ work=${QSTORE_BENCH_DIR:-target/bench-expr}
 venv=${QLIB_VENV:-target/qlib-venv}
 qlib_n=${QLIB_N:-500}
 mkdir -p "$work"
-cargo build --release --quiet --bin qdump --bin qcache -p qstore -p qgen
+cargo build --release --quiet --bin qdump --bin qcache --bin qgen -p qstore -p qgen
 csv="$work/csv-$symbols-$days"
 store="$work/store-$symbols-$days"
 [ -d "$csv" ] || target/release/qgen csv --out "$csv" --symbols "$symbols" --days "$days" >/dev/null

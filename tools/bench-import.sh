@@ -14,7 +14,7 @@ url=${QSTORE_BENCH_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}
 table=bench_kline_${symbols}_${days}
 work=${QSTORE_BENCH_DIR:-target/bench-import}
 mkdir -p "$work"
-cargo build --release --quiet --bin qdump -p qstore -p qgen
+cargo build --release --quiet --bin qdump --bin qgen -p qstore -p qgen
 
 have=$(mariadb -h127.0.0.1 -uroot -N -B test -e "SELECT COUNT(DISTINCT symbol) FROM $table" 2>/dev/null || echo 0)
 if [ "$have" != "$symbols" ]; then

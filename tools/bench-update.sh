@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 symbols=${1:-5000}
 work=${QSTORE_BENCH_DIR:-target/bench-update}
 mkdir -p "$work"
-cargo build --release --quiet --bin qdump -p qstore -p qgen
+cargo build --release --quiet --bin qdump --bin qgen -p qstore -p qgen
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for days in 250 2500; do
   csv="$work/csv-$symbols-$((days + 1))"
