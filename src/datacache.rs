@@ -43,7 +43,7 @@ pub enum DiskCacheMode {
     Rebuild,
 }
 
-const META_FORMAT: u32 = 2;
+const META_FORMAT: u32 = 3;
 
 /// The `.meta` of a dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,7 +52,7 @@ pub struct DatasetMeta {
     pub format: u32,
     /// `market:<name>`, or the sorted instrument list.
     pub universe: Vec<String>,
-    /// Canonical expressions, sorted: the column order of `values`.
+    /// Canonical expressions: the column order of `values` (the order of the request that built it).
     pub fields: Vec<String>,
     pub freq: String,
     /// The instruments the `.data`'s `instrument` codes index (first appearance order).
@@ -117,7 +117,13 @@ pub const URI_EXPIRY: Duration = Duration::from_secs(60);
 /// A request, parsed and normalised.
 struct Request {
     universe: Vec<String>,
+    /// Canonical expressions, sorted and de-duplicated: what the key covers.
     fields: Vec<String>,
+    /// Canonical expressions in the request's order, de-duplicated: the column order of a new build, so
+    /// that the same request later reads its rows without permuting columns.
+    order: Vec<String>,
+    /// The canonical text of each expression as given.
+    canonical: Vec<String>,
     parsed: Vec<Expr>,
     key: String,
     freq: Freq,
@@ -129,6 +135,14 @@ impl Request {
             .iter()
             .map(|e| expr::parse(e.as_ref()))
             .collect::<Result<_>>()?;
+        let canonical: Vec<String> = parsed.iter().map(Expr::to_string).collect();
+        let mut order = Vec::with_capacity(canonical.len());
+        let mut seen = std::collections::HashSet::new();
+        for c in &canonical {
+            if seen.insert(c.as_str()) {
+                order.push(c.clone());
+            }
+        }
         parsed.sort_by_cached_key(Expr::to_string);
         parsed.dedup_by_key(|e| e.to_string());
         let fields: Vec<String> = parsed.iter().map(Expr::to_string).collect();
@@ -137,6 +151,8 @@ impl Request {
         Ok(Request {
             universe,
             fields,
+            order,
+            canonical,
             parsed,
             key,
             freq,
@@ -149,18 +165,14 @@ impl Request {
         Request::new(u, &m.fields, freq)
     }
 
-    /// The column of each of `exprs` in the stored `values`.
-    fn columns<S: AsRef<str>>(&self, exprs: &[S]) -> Result<Vec<usize>> {
-        exprs
+    /// The column of each requested expression in the `values` of a dataset whose columns are `stored`.
+    fn columns(&self, stored: &[String]) -> Vec<usize> {
+        let at: HashMap<&str, usize> = stored
             .iter()
-            .map(|e| {
-                let c = expr::parse(e.as_ref())?.to_string();
-                Ok(self
-                    .fields
-                    .binary_search(&c)
-                    .expect("every expression is a field"))
-            })
-            .collect()
+            .enumerate()
+            .map(|(i, f)| (f.as_str(), i))
+            .collect();
+        self.canonical.iter().map(|c| at[c.as_str()]).collect()
     }
 }
 
@@ -252,7 +264,6 @@ impl DiskDatasetCache {
             self.uris.remove(&uri);
         }
         let req = Request::new(universe, exprs, freq)?;
-        let columns = req.columns(exprs)?;
         let mut broken = false;
         if mode == DiskCacheMode::Use {
             let now = State::of(store, &req)?;
@@ -266,8 +277,8 @@ impl DiskDatasetCache {
                 };
                 let r = Resolved {
                     key: req.key.clone(),
+                    columns: req.columns(&m.fields),
                     meta: Arc::new(m),
-                    columns: columns.clone(),
                 };
                 match self.read(&r, names.clone(), range.clone(), cal.clone()) {
                     Ok(f) => {
@@ -286,8 +297,8 @@ impl DiskDatasetCache {
             self.refresh_locked(store, &req, mode == DiskCacheMode::Rebuild || broken)?;
         let r = Resolved {
             key: req.key.clone(),
+            columns: req.columns(&meta.fields),
             meta: Arc::new(meta),
-            columns,
         };
         let frame = self.read(&r, names, range, cal)?;
         self.uris.insert(uri, Arc::new(r));
@@ -375,7 +386,9 @@ impl DiskDatasetCache {
         let now = State::of(store, req)?;
         let n_cal = now.cal_len;
         let old = Self::read_meta(&meta_path).filter(|m| {
-            m.universe == req.universe && m.fields == req.fields && m.freq == req.freq.to_string()
+            m.universe == req.universe
+                && sorted(&m.fields) == req.fields
+                && m.freq == req.freq.to_string()
         });
         if !rebuild
             && let Some(m) = &old
@@ -404,7 +417,7 @@ impl DiskDatasetCache {
         let meta = DatasetMeta {
             format: META_FORMAT,
             universe: req.universe.clone(),
-            fields: req.fields.clone(),
+            fields: written.fields,
             freq: req.freq.to_string(),
             instruments: written.instruments,
             calendar_len: n_cal,
@@ -487,17 +500,22 @@ impl DiskDatasetCache {
                 .saturating_sub(m.right as usize)
                 .min(changed.unwrap_or(usize::MAX))
         });
+        // An append keeps the file's column order; a build takes the request's.
+        let columns: &[String] = match &base {
+            Some((m, ..)) => &m.fields,
+            None => &req.order,
+        };
         let frame = if from < n_cal {
             store.features(
                 universe_of(&req.universe),
-                &req.fields,
+                columns,
                 cal.get(from),
                 None,
                 req.freq,
             )?
         } else {
             // No new day and no look-ahead: nothing to compute (a calendar that did not grow).
-            Frame::from_parts(req.fields.clone(), Vec::new(), cal.clone(), Vec::new())
+            Frame::from_parts(columns.to_vec(), Vec::new(), cal.clone(), Vec::new())
         };
         // Index: the kept rows' entries, then the new rows'.
         let (mut start, mut end) = (Vec::with_capacity(n_cal), Vec::with_capacity(n_cal));
@@ -549,11 +567,12 @@ impl DiskDatasetCache {
             &frame,
             &order,
             &frame_codes,
-            &req.fields,
+            columns,
         )?;
         crate::failpoint::hit("dataset:after-data");
         imp::write_index(&index, &start, &end)?;
         Ok(Written {
+            fields: columns.to_vec(),
             instruments,
             rows: keep + order.len(),
             appended: base.is_some(),
@@ -691,6 +710,8 @@ fn unavailable() -> Error {
 
 /// What [`DiskDatasetCache::write_generation`] wrote.
 struct Written {
+    /// The column order of `values`.
+    fields: Vec<String>,
     instruments: Vec<String>,
     rows: usize,
     appended: bool,
@@ -715,12 +736,18 @@ impl State {
     }
 }
 
+fn sorted(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
 fn is_current(m: &DatasetMeta, req: &Request, now: &State) -> bool {
     m.format == META_FORMAT
         && m.calendar_len == now.cal_len
         && m.fingerprint == now.fingerprint
         && m.spans == now.spans
-        && m.fields == req.fields
+        && sorted(&m.fields) == req.fields
         && m.universe == req.universe
         && m.freq == req.freq.to_string()
 }
@@ -883,7 +910,7 @@ mod imp {
 
     use hdf5::types::VarLenUnicode;
     use ndarray::ArrayView2;
-    use rayon::prelude::*;
+    use xxhash_rust::xxh3::xxh3_64;
 
     use super::DatasetMeta;
     use crate::calendar::Calendar;
@@ -907,9 +934,15 @@ mod imp {
         Error::io(what, path, std::io::Error::other(e.to_string()))
     }
 
-    /// Rows per chunk of `values`: about 1 MiB.
-    fn chunk_rows(ncol: usize) -> usize {
-        ((1 << 20) / (4 * ncol.max(1))).max(1)
+    /// Rows per chunk of `values` (the unit of its checksums).
+    fn chunk_step(values: &hdf5::Dataset) -> usize {
+        values.chunk().map_or(1, |c| c[0].max(1))
+    }
+
+    /// Rows per chunk of `values`: about 1 MiB, or the rows of the first build when it has fewer (a chunk
+    /// without a filter takes its full size on disk), but at least 64.
+    fn chunk_rows(ncol: usize, rows: usize) -> usize {
+        ((1 << 20) / (4 * ncol.max(1))).min(rows.max(64)).max(1)
     }
 
     /// Writes the `.data` of a generation at `path` by temp + fsync + rename: a copy of `base` cut to its
@@ -938,12 +971,17 @@ mod imp {
                 }
                 None => {
                     let f = options().create(&tmp).map_err(w)?;
-                    let rows = chunk_rows(ncol);
+                    let rows = chunk_rows(ncol, order.len());
                     f.new_dataset::<f32>()
                         .chunk((rows, ncol.max(1)))
-                        .fletcher32()
                         .shape((0.., ncol))
                         .create("values")
+                        .map_err(w)?;
+                    f.new_dataset::<u64>()
+                        .chunk((1024,))
+                        .fletcher32()
+                        .shape((0..,))
+                        .create("checksum")
                         .map_err(w)?;
                     for name in ["instrument", "row"] {
                         f.new_dataset::<u32>()
@@ -964,13 +1002,38 @@ mod imp {
             };
             let total = keep + order.len();
             let values = f.dataset("values").map_err(w)?;
+            if base.is_some() {
+                // The chunk holding row `keep` gets a new checksum below: its kept rows must be sound first,
+                // or damage there would be laundered into a valid-looking file.
+                let step = chunk_step(&values);
+                let old_total = values.shape()[0];
+                let c = keep / step;
+                if c * step < old_total {
+                    let block = values
+                        .read_slice_2d::<f32, _>((c * step..((c + 1) * step).min(old_total), ..))
+                        .map_err(w)?;
+                    let sum = f
+                        .dataset("checksum")
+                        .and_then(|d| d.read_slice_1d::<u64, _>(c..c + 1))
+                        .map_err(w)?[0];
+                    if xxh3_64(bytemuck::cast_slice(
+                        block.as_slice().expect("standard layout"),
+                    )) != sum
+                    {
+                        return Err(Error::Config {
+                            source_name: tmp.display().to_string(),
+                            reason: "the rows an append keeps do not match their checksum".into(),
+                        });
+                    }
+                }
+            }
             let inst = f.dataset("instrument").map_err(w)?;
             let rows = f.dataset("row").map_err(w)?;
             values.resize((total, ncol)).map_err(w)?;
             inst.resize(total).map_err(w)?;
             rows.resize(total).map_err(w)?;
             // In blocks, so the reordered copy never holds more than one block.
-            let block = chunk_rows(ncol) * 4;
+            let block = chunk_step(&values) * 4;
             let mut buf = Vec::with_capacity(block * ncol);
             for (b, part) in order.chunks(block).enumerate() {
                 let at = keep + b * block;
@@ -990,6 +1053,22 @@ mod imp {
                 let c: Vec<u32> = part.iter().map(|&r| frame.calendar_row(r) as u32).collect();
                 rows.write_slice(&c, at..at + part.len()).map_err(w)?;
             }
+            // The checksums of the chunks that changed: from the one holding row `keep` on.
+            let step = chunk_step(&values);
+            let sums = f.dataset("checksum").map_err(w)?;
+            let first = keep / step;
+            let n = total.div_ceil(step);
+            let mut new = Vec::with_capacity(n.saturating_sub(first));
+            for c in first..n {
+                let block = values
+                    .read_slice_2d::<f32, _>((c * step..((c + 1) * step).min(total), ..))
+                    .map_err(w)?;
+                new.push(xxh3_64(bytemuck::cast_slice(
+                    block.as_slice().expect("a standard-layout array"),
+                )));
+            }
+            sums.resize(n).map_err(w)?;
+            sums.write_slice(&new, first..n).map_err(w)?;
         }
         fsio::publish_file(&tmp, path)
     }
@@ -1054,11 +1133,7 @@ mod imp {
         };
         let f = options().open(data).map_err(|e| r(data, e))?;
         let ncol = meta.fields.len();
-        let (values, inst, rows): (Vec<f32>, Vec<u32>, Vec<u32>) = if a < b {
-            let v = f
-                .dataset("values")
-                .and_then(|d| d.read_slice_2d::<f32, _>((a..b, ..)))
-                .map_err(|e| r(data, e))?;
+        let (inst, rows): (Vec<u32>, Vec<u32>) = if a < b {
             let i = f
                 .dataset("instrument")
                 .and_then(|d| d.read_slice_1d::<u32, _>(a..b))
@@ -1067,109 +1142,102 @@ mod imp {
                 .dataset("row")
                 .and_then(|d| d.read_slice_1d::<u32, _>(a..b))
                 .map_err(|e| r(data, e))?;
-            (v.into_raw_vec_and_offset().0, i.to_vec(), rw.to_vec())
+            (i.to_vec(), rw.to_vec())
         } else {
-            (Vec::new(), Vec::new(), Vec::new())
+            (Vec::new(), Vec::new())
         };
-        if values.len() != inst.len() * ncol
+        if inst.len() != b - a
+            || rows.len() != b - a
             || inst.iter().any(|&c| c as usize >= meta.instruments.len())
         {
             return Err(Error::Config {
                 source_name: data.display().to_string(),
-                reason: "values, instrument codes and the meta disagree".into(),
+                reason: "instrument codes and the meta disagree".into(),
             });
         }
-        // Back to (instrument, date) order, the user's columns. One instrument's rows are already by date (the
-        // file is sorted by calendar row), so a counting sort by instrument name gives the frame's order.
+        // The frame's order is by instrument name, then date. One instrument's rows are already by date (the
+        // file is sorted by calendar row), so a counting sort by instrument gives each file row its place.
         let n_inst = meta.instruments.len();
         let mut by_name: Vec<usize> = (0..n_inst).collect();
-        by_name.sort_unstable_by(|&a, &b| meta.instruments[a].cmp(&meta.instruments[b]));
+        by_name.sort_unstable_by(|&x, &y| meta.instruments[x].cmp(&meta.instruments[y]));
         let mut rank = vec![0usize; n_inst];
-        for (r, &c) in by_name.iter().enumerate() {
-            rank[c] = r;
+        for (k, &c) in by_name.iter().enumerate() {
+            rank[c] = k;
         }
         let mut offsets = vec![0usize; n_inst + 1];
         for &c in &inst {
             offsets[rank[c as usize] + 1] += 1;
         }
-        for r in 0..n_inst {
-            offsets[r + 1] += offsets[r];
+        for k in 0..n_inst {
+            offsets[k + 1] += offsets[k];
         }
         let mut next = offsets.clone();
-        let mut order = vec![0usize; inst.len()];
-        for (k, &c) in inst.iter().enumerate() {
-            let r = rank[c as usize];
-            order[next[r]] = k;
-            next[r] += 1;
-        }
-        let groups: Vec<(String, Vec<usize>)> = (0..n_inst)
-            .filter(|&r| offsets[r] < offsets[r + 1])
-            .map(|r| {
-                let rows = order[offsets[r]..offsets[r + 1]]
-                    .iter()
-                    .map(|&k| rows[k] as usize)
-                    .collect();
-                (meta.instruments[by_name[r]].clone(), rows)
+        let mut place = vec![0usize; inst.len()];
+        let mut groups: Vec<(String, Vec<usize>)> = by_name
+            .iter()
+            .enumerate()
+            .map(|(k, &c)| {
+                (
+                    meta.instruments[c].clone(),
+                    Vec::with_capacity(offsets[k + 1] - offsets[k]),
+                )
             })
             .collect();
+        for (k, &c) in inst.iter().enumerate() {
+            let g = rank[c as usize];
+            place[k] = next[g];
+            next[g] += 1;
+            groups[g].1.push(rows[k] as usize);
+        }
+        // Values chunk by chunk (each is read, checked and copied once, while in cache), each row straight to
+        // its place in the frame, in the caller's column order.
         let width = columns.len();
-        let identity = width == ncol && columns.iter().enumerate().all(|(i, &c)| i == c);
-        let out = if width == ncol && width > 0 {
-            // Every column: rows and columns are permuted in the buffer HDF5 filled, so no second buffer
-            // of the frame's size is allocated and faulted in (it is most of the cost of a whole-range read).
-            let mut values = values;
-            permute_rows(&mut values, ncol, &order);
-            if !identity {
-                values.par_chunks_mut(ncol).for_each_init(
-                    || vec![0f32; ncol],
-                    |tmp, row| {
-                        tmp.copy_from_slice(row);
-                        for (d, &c) in row.iter_mut().zip(columns) {
-                            *d = tmp[c];
-                        }
-                    },
-                );
-            }
-            values
-        } else {
-            let mut out = vec![0f32; order.len() * width];
-            if width > 0 {
-                out.par_chunks_mut(width)
-                    .zip(order.par_iter())
-                    .for_each(|(dst, &k)| {
-                        let row = &values[k * ncol..(k + 1) * ncol];
-                        for (d, &c) in dst.iter_mut().zip(columns) {
-                            *d = row[c];
-                        }
+        let identity = width == ncol && columns.iter().enumerate().all(|(k, &c)| k == c);
+        let mut out = vec![0f32; inst.len() * width];
+        if a < b && width > 0 {
+            let ds = f.dataset("values").map_err(|e| r(data, e))?;
+            let step = chunk_step(&ds);
+            let total = ds.shape().first().copied().unwrap_or(0);
+            let sums: Vec<u64> = f
+                .dataset("checksum")
+                .and_then(|d| d.read_slice_1d::<u64, _>(a / step..(b - 1) / step + 1))
+                .map_err(|e| r(data, e))?
+                .to_vec();
+            let mut s0 = a;
+            while s0 < b {
+                // Whole chunks, so that each one's checksum can be checked.
+                let c = s0 / step;
+                let (c0, c1) = (c * step, ((c + 1) * step).min(total));
+                let e0 = c1.min(b);
+                let block = ds
+                    .read_slice_2d::<f32, _>((c0..c1, ..))
+                    .map_err(|e| r(data, e))?;
+                let block = block.as_slice().expect("a standard-layout array");
+                if block.len() != (c1 - c0) * ncol
+                    || xxh3_64(bytemuck::cast_slice(block)) != sums[c - a / step]
+                {
+                    return Err(Error::Config {
+                        source_name: data.display().to_string(),
+                        reason: format!(
+                            "rows {c0}..{c1} of values do not match their checksum: the file is damaged"
+                        ),
                     });
-            }
-            out
-        };
-        Ok(Frame::from_parts(names, groups, cal, out))
-    }
-
-    /// Rearranges the rows (`width` values each) of `v` in place so that row `p` becomes the old row
-    /// `order[p]` (`order` is a permutation), by following its cycles with one row of scratch.
-    fn permute_rows(v: &mut [f32], width: usize, order: &[usize]) {
-        let mut done = vec![false; order.len()];
-        let mut tmp = vec![0f32; width];
-        for first in 0..order.len() {
-            if done[first] || order[first] == first {
-                continue;
-            }
-            tmp.copy_from_slice(&v[first * width..(first + 1) * width]);
-            let mut p = first;
-            loop {
-                done[p] = true;
-                let q = order[p];
-                if q == first {
-                    v[p * width..(p + 1) * width].copy_from_slice(&tmp);
-                    break;
                 }
-                v.copy_within(q * width..(q + 1) * width, p * width);
-                p = q;
+                let block = &block[(s0 - c0) * ncol..(e0 - c0) * ncol];
+                for (k, src) in (s0 - a..e0 - a).zip(block.chunks_exact(ncol)) {
+                    let dst = &mut out[place[k] * width..(place[k] + 1) * width];
+                    if identity {
+                        dst.copy_from_slice(src);
+                    } else {
+                        for (d, &c) in dst.iter_mut().zip(columns) {
+                            *d = src[c];
+                        }
+                    }
+                }
+                s0 = e0;
             }
         }
+        Ok(Frame::from_parts(names, groups, cal, out))
     }
 
     /// Reads everything (so every chunk's Fletcher-32 is checked) and cross-checks files and meta.
@@ -1207,14 +1275,33 @@ mod imp {
         if inst.len() < m.rows || rows.len() < m.rows {
             return Err("instrument or row is shorter than the published rows".into());
         }
-        let block = chunk_rows(m.fields.len()) * 16;
-        let mut at = 0;
-        while at < m.rows {
-            let to = (at + block).min(m.rows);
-            values
+        let step = chunk_step(&values);
+        let total = values.shape()[0];
+        let sums: Vec<u64> = f
+            .dataset("checksum")
+            .and_then(|d| d.read_raw())
+            .map_err(e)?;
+        if sums.len() != total.div_ceil(step) {
+            return Err(format!(
+                "{} checksums for {} chunks of values",
+                sums.len(),
+                total.div_ceil(step)
+            ));
+        }
+        for (c, &sum) in sums.iter().enumerate() {
+            let (at, to) = (c * step, ((c + 1) * step).min(total));
+            let block = values
                 .read_slice_2d::<f32, _>((at..to, ..))
                 .map_err(|err| format!("{}: rows {at}..{to}: {err}", data.display()))?;
-            at = to;
+            if xxh3_64(bytemuck::cast_slice(
+                block.as_slice().expect("standard layout"),
+            )) != sum
+            {
+                return Err(format!(
+                    "{}: rows {at}..{to} of values do not match their checksum (damaged)",
+                    data.display()
+                ));
+            }
         }
         if let Some(k) = inst[..m.rows]
             .iter()

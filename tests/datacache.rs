@@ -506,8 +506,9 @@ fn damage(path: &Path, how: &str) {
     match how {
         "truncate" => bytes.truncate(bytes.len() / 2),
         "flip" => {
-            // The last quarter holds chunk data: each chunk carries a Fletcher-32 checksum.
-            let at = bytes.len() * 3 / 4;
+            // The middle of a `.data` holds values (checked against the `checksum` dataset); of an `.index`,
+            // chunk data with a Fletcher-32 checksum.
+            let at = bytes.len() / 2;
             for b in &mut bytes[at..at + 64] {
                 *b ^= 0x5A;
             }
