@@ -664,3 +664,45 @@ fn an_update_over_a_damaged_file_builds_it_again() {
         &full(&s, all, &EXPRS),
     );
 }
+
+#[test]
+fn writers_on_redis_leases_build_once_and_fence_their_generations() {
+    let url =
+        std::env::var("QSTORE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(sample(dir.path()));
+    let id = qstore::exprcache::store_id(s.root()).unwrap();
+    let open = |s: &Store| {
+        let dir = s.root().join("dataset_cache");
+        let lock = qstore::lock::RedisLock::connect(
+            &url,
+            &id,
+            std::time::Duration::from_secs(10),
+            "QSTORE_TEST_REDIS_URL",
+        )
+        .expect("Redis must run for the tests (tools/test.sh starts it)");
+        DiskDatasetCache::new(dir, Box::new(lock))
+    };
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (s, c) = (s.clone(), open(&s));
+            std::thread::spawn(move || {
+                c.warm(&s, Universe::Market("all"), &EXPRS, Freq::DAY, false)
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut outcomes: Vec<Outcome> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    outcomes.sort();
+    assert_eq!(outcomes, [Outcome::Built, Outcome::DoneByOther]);
+    // A rebuild gets a newer fencing token, and its generation is at least that token.
+    let c = open(&s);
+    let first = c.entries().unwrap()[0].1.clone().unwrap();
+    c.warm(&s, Universe::Market("all"), &EXPRS, Freq::DAY, true)
+        .unwrap();
+    let second = c.entries().unwrap()[0].1.clone().unwrap();
+    assert!(second.token > first.token);
+    assert!(second.generation >= second.token && second.generation > first.generation);
+    assert!(c.lock_backend().describe().starts_with("redis "));
+    assert!(c.verify().unwrap().is_empty());
+}
