@@ -667,8 +667,8 @@ fn an_update_over_a_damaged_file_builds_it_again() {
 
 #[test]
 fn writers_on_redis_leases_build_once_and_fence_their_generations() {
-    let url =
-        std::env::var("QSTORE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    let url = std::env::var("QSTORE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(sample(dir.path()));
     let id = qstore::exprcache::store_id(s.root()).unwrap();
