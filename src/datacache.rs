@@ -433,23 +433,11 @@ impl DiskDatasetCache {
         };
         crate::failpoint::hit("dataset:before-meta");
         // Fencing: a newer writer's generation stays.
-        if let Some(now) = Self::read_meta(&meta_path)
-            && now.token > token
-        {
-            return Err(Error::Config {
-                source_name: format!("dataset {}", meta_path.display()),
-                reason: format!(
-                    "a newer writer (token {}) published while this one (token {token}) held an expired lease; its result was discarded",
-                    now.token
-                ),
-            });
-        }
-        if !guard.held() {
-            return Err(Error::Config {
-                source_name: format!("dataset {}", meta_path.display()),
-                reason: "the lock's lease was lost while computing; nothing was published".into(),
-            });
-        }
+        crate::lock::may_publish(
+            guard.as_ref(),
+            Self::read_meta(&meta_path).map(|m| m.token),
+            &format!("dataset {}", meta_path.display()),
+        )?;
         let text = serde_json::to_vec_pretty(&meta).expect("meta serializes");
         fsio::replace_atomic(&meta_path, &text)?;
         self.remove_generations(&req.key, Some(generation));
@@ -628,11 +616,7 @@ impl DiskDatasetCache {
                 ));
                 continue;
             };
-            let key = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
+            let key = key_of(&path);
             let (data, index) = self.files(&key, m.generation);
             named.insert(data.clone());
             named.insert(index.clone());
@@ -670,11 +654,7 @@ impl DiskDatasetCache {
             if !meta.as_ref().map_or(unreadable, &pred) {
                 continue;
             }
-            let key = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
+            let key = key_of(&path);
             let _guard = self.lock.acquire(&format!("dataset-{key}"), self.wait)?;
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -734,6 +714,15 @@ impl State {
             spans: rows_of(store, req, cal_len)?,
         })
     }
+}
+
+/// The key of a `.meta` path.
+fn key_of(meta_path: &Path) -> String {
+    meta_path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn sorted(v: &[String]) -> Vec<String> {

@@ -571,26 +571,14 @@ impl DiskExpressionCache {
             id,
             outcome,
         } = p;
-        let (token, generation) = (meta.token, meta.generation);
+        let generation = meta.generation;
         crate::failpoint::hit("cache:before-meta");
         // Fencing: a newer writer's generation stays.
-        if let Some(now) = Self::read_meta(&meta_path)
-            && now.token > token
-        {
-            return Err(Error::Config {
-                source_name: format!("cache entry {}", meta_path.display()),
-                reason: format!(
-                    "a newer writer (token {}) published while this one (token {token}) held an expired lease; its result was discarded",
-                    now.token
-                ),
-            });
-        }
-        if !guard.held() {
-            return Err(Error::Config {
-                source_name: format!("cache entry {}", meta_path.display()),
-                reason: "the lock's lease was lost while computing; nothing was published".into(),
-            });
-        }
+        crate::lock::may_publish(
+            guard.as_ref(),
+            Self::read_meta(&meta_path).map(|m| m.token),
+            &format!("cache entry {}", meta_path.display()),
+        )?;
         let text = serde_json::to_vec_pretty(&meta).expect("meta serializes");
         if durable {
             fsio::replace_atomic(&meta_path, &text)?;

@@ -477,6 +477,28 @@ impl Lock for FileLock {
     }
 }
 
+/// Whether a writer holding `guard` may publish over what is published now (whose fencing token is
+/// `published`): not when a newer writer already published (this one was paused past its lease), nor when its
+/// lease was lost. `what` names the thing, for the error.
+pub fn may_publish(guard: &dyn Guard, published: Option<u64>, what: &str) -> Result<()> {
+    let token = guard.token();
+    if let Some(now) = published.filter(|&t| t > token) {
+        return Err(Error::Config {
+            source_name: what.to_string(),
+            reason: format!(
+                "a newer writer (token {now}) published while this one (token {token}) held an expired lease; its result was discarded"
+            ),
+        });
+    }
+    if !guard.held() {
+        return Err(Error::Config {
+            source_name: what.to_string(),
+            reason: "the lock's lease was lost while computing; nothing was published".into(),
+        });
+    }
+    Ok(())
+}
+
 /// What the caller (command-line flags) says about locking; unset parts come from `QSTORE_REDIS_URL` and
 /// the store's `qstore.json` (`expression_cache`), which configure every cache of the store.
 #[derive(Debug, Clone, Default)]

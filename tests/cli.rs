@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::text;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -12,14 +13,6 @@ fn qdump(args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");

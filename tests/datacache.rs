@@ -3,6 +3,9 @@
 //! writers, concurrent readers and corrupted files; the DatasetURICache; `qcache` over datasets.
 #![cfg(feature = "hdf5")]
 
+mod common;
+
+use common::{ok, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -28,20 +31,6 @@ fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         .envs(env.iter().copied())
         .output()
         .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-#[track_caller]
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "{}", text(&out));
-    text(&out)
 }
 
 fn qdump(args: &[&str]) -> Output {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::text;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -29,14 +30,6 @@ fn bin(name: &str) -> Command {
         .env_remove("QSTORE_REDIS_URL")
         .env_remove("QSTORE_CACHE_DIR");
     c
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn store_at(dir: &Path, end: Option<&str>) -> PathBuf {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::{ok, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -17,20 +18,6 @@ fn qdump(args: &[&str], env: &[(&str, &str)]) -> Output {
         .envs(env.iter().copied())
         .output()
         .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-#[track_caller]
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "{}", text(&out));
-    text(&out)
 }
 
 fn all(input: &str, to: &Path, end: Option<&str>) {

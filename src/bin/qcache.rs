@@ -224,6 +224,26 @@ fn lock_for(a: &CacheArgs, dir: &std::path::Path) -> Result<Box<dyn qstore::lock
     Ok(qstore::lock::for_store(&a.store, dir, &settings, false)?)
 }
 
+/// `--instruments all` (every instrument of `market`, on its spans) or a comma-separated list (kept in `list`).
+fn universe<'a>(
+    instruments: &str,
+    market: &'a str,
+    list: &'a mut Vec<String>,
+) -> Result<Universe<'a>> {
+    if instruments == "all" {
+        return Ok(Universe::Market(market));
+    }
+    *list = instruments
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if list.is_empty() {
+        bail!("--instruments lists no instrument; give SH600000,SZ000001 or all");
+    }
+    Ok(Universe::List(list))
+}
+
 /// `Built: 3, Appended: 40` (unreadable entries as `Unreadable`).
 fn outcomes(counts: &BTreeMap<Option<qstore::exprcache::Outcome>, usize>) -> String {
     counts
@@ -265,17 +285,8 @@ fn run(cli: Cli) -> Result<u8> {
                 None => fields,
             };
             if dataset {
-                let list: Vec<String>;
-                let universe = if instruments == "all" {
-                    Universe::Market(&market)
-                } else {
-                    list = instruments
-                        .split(',')
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                        .collect();
-                    Universe::List(&list)
-                };
+                let mut list = Vec::new();
+                let universe = universe(&instruments, &market, &mut list)?;
                 // A feature set's optional features the store lacks are left out, as `query` does.
                 let exprs: Vec<String> = match &set {
                     Some(set) => store
@@ -578,20 +589,8 @@ fn run(cli: Cli) -> Result<u8> {
                     .transpose()
             };
             let (start, end) = (date(start, "start")?, date(end, "end")?);
-            let list: Vec<String>;
-            let universe = if instruments == "all" {
-                Universe::Market(&market)
-            } else {
-                list = instruments
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                if list.is_empty() {
-                    bail!("--instruments lists no instrument; give SH600000,SZ000001 or all");
-                }
-                Universe::List(&list)
-            };
+            let mut list = Vec::new();
+            let universe = universe(&instruments, &market, &mut list)?;
             let set = feature_set
                 .as_deref()
                 .map(FeatureSet::resolve)
