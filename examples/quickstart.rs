@@ -64,5 +64,25 @@ fn main() -> anyhow::Result<()> {
         frame.datetime(0),
         row
     );
+
+    // The same query from the HDF5 dataset cache (qlib's disk_cache=1): built the first time, then read by date
+    // range with one index lookup and one hyperslab. Keep the cache object: it remembers resolved requests.
+    #[cfg(feature = "hdf5")]
+    {
+        use qstore::datacache::{DiskCacheMode, DiskDatasetCache};
+        let datasets = DiskDatasetCache::for_store(store.root())?;
+        let exprs = ["Mean($close, 5)", "Std($close, 20)"];
+        let all = Universe::Market("all");
+        let march = datasets.dataset(
+            &store,
+            all,
+            &exprs,
+            Some(march),
+            Some(end),
+            Freq::DAY,
+            DiskCacheMode::Use,
+        )?;
+        println!("dataset cache: {} rows in March", march.len());
+    }
     Ok(())
 }

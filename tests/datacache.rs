@@ -695,3 +695,45 @@ fn writers_on_redis_leases_build_once_and_fence_their_generations() {
     assert!(c.lock_backend().describe().starts_with("redis "));
     assert!(c.verify().unwrap().is_empty());
 }
+
+#[test]
+fn qdump_update_brings_datasets_forward_or_says_they_are_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_until(dir.path(), "2023-06-30");
+    let root = s.root().to_path_buf();
+    let r = root.to_str().unwrap();
+    ok(qcache(
+        &[
+            "warm",
+            r,
+            "--dataset",
+            "--fields",
+            "$close",
+            "Mean($close, 5)",
+        ],
+        &[],
+    ));
+    let update = |end: &str, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "update",
+            "--csv",
+            SAMPLE,
+            "--to",
+            r,
+            "--end-date",
+            end,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&ok(qdump(&args))).unwrap()
+    };
+    let v = update("2023-07-31", &[]);
+    assert_eq!(v["dataset_cache"]["behind"], 1, "{v}");
+    let v = update("2023-08-31", &["--update-caches"]);
+    assert_eq!(v["dataset_cache"]["updated"], 1, "{v}");
+    assert_eq!(v["dataset_cache"]["behind"], 0, "{v}");
+    let s = Store::open(&root).unwrap();
+    let cache = DiskDatasetCache::for_store(&root).unwrap();
+    assert_eq!(cache.behind(&s).unwrap(), 0);
+    assert!(cache.verify().unwrap().is_empty());
+}
