@@ -426,6 +426,15 @@ fn run(cli: Cli) -> Result<u8> {
                     "stale": sets_behind,
                     "unreadable": sets_unreadable,
                     "available": DiskDatasetCache::available(),
+                    "list": sets.iter().filter_map(|(p, m)| m.as_ref().map(|m| serde_json::json!({
+                        "meta": p.display().to_string(),
+                        "universe": m.universe,
+                        "fields": m.fields.len(),
+                        "freq": m.freq,
+                        "rows": m.rows,
+                        "last_date": m.last_date,
+                        "generation": m.generation,
+                    }))).collect::<Vec<_>>(),
                 },
                 "memcache": {
                     "calendar": mem(opts.calendar_cache),
@@ -464,6 +473,22 @@ fn run(cli: Cli) -> Result<u8> {
                         " (this build has no HDF5)"
                     }
                 );
+                for (p, m) in sets.iter().take(20) {
+                    if let Some(m) = m {
+                        let universe = match m.universe.as_slice() {
+                            [one] => one.clone(),
+                            list => format!("{} instruments", list.len()),
+                        };
+                        println!(
+                            "  {}  {universe}, {} expressions, {} rows to {} ({})",
+                            p.file_stem().and_then(|s| s.to_str()).unwrap_or("?"),
+                            m.fields.len(),
+                            m.rows,
+                            m.last_date.as_deref().unwrap_or("-"),
+                            m.freq
+                        );
+                    }
+                }
                 println!("memcache  {} (per process)", v["memcache"]);
             }
             Ok(0)
