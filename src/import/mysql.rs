@@ -474,16 +474,18 @@ impl MysqlSource {
             for row in result {
                 let row = row.map_err(|e| self.conn.err(format!("reading rows: {e}")))?;
                 let mut values = row.unwrap().into_iter();
-                let sym = match values.next() {
-                    Some(Value::Bytes(b)) => String::from_utf8_lossy(&b).into_owned(),
+                let raw = match values.next() {
+                    Some(Value::Bytes(b)) => b,
                     _ => continue, // NULL symbols are not selected by the range or IN filters
                 };
+                // Rows come by symbol: the symbol's text is made once per symbol, not once per row.
                 let same = match &current {
-                    Some(Ok(r)) => r.raw_symbol == sym,
-                    Some(Err(f)) => f.symbol == sym,
+                    Some(Ok(r)) => r.raw_symbol.as_bytes() == raw.as_slice(),
+                    Some(Err(f)) => f.symbol.as_bytes() == raw.as_slice(),
                     None => false,
                 };
                 if !same {
+                    let sym = String::from_utf8_lossy(&raw).into_owned();
                     if let Some(done) = current.take() {
                         sink(done);
                     }
@@ -497,6 +499,7 @@ impl MysqlSource {
                 let Some(Ok(rows)) = &mut current else {
                     continue;
                 };
+                let sym = &rows.raw_symbol;
                 let fail = |reason: String| Failure {
                     symbol: sym.clone(),
                     reason,
