@@ -1,8 +1,9 @@
 //! DiskDatasetCache: a whole dataset (instruments x expressions over the calendar, e.g. Alpha158 for a market)
 //! computed once and kept in HDF5, read back by date range without recomputing (storage-layout.md §9).
 //!
-//! Files in `<store>/dataset_cache`: `<key>.<gen>.data` (HDF5: `values` rows x fields f32; `instrument` u32
-//! codes into the meta's instrument list; `row` u32 calendar rows; chunked, resizable, Fletcher-32 checked),
+//! Files in `<store>/dataset_cache`: `<key>.<gen>.data` (HDF5: `values` rows x fields f32, chunked and
+//! resizable, with an xxh3 `checksum` per chunk; `instrument` u32 codes into the meta's instrument list; `row`
+//! u32 calendar rows),
 //! `<key>.<gen>.index` (HDF5: `start`, `end` u64 row offsets per calendar row) and `<key>.meta` (JSON, the
 //! commit point: it names the generation and how many rows are published). Rows are sorted by calendar row,
 //! so a date range is one contiguous hyperslab. Readers take no lock; writers hold the dataset's lock.
@@ -1229,7 +1230,7 @@ mod imp {
         Ok(Frame::from_parts(names, groups, cal, out))
     }
 
-    /// Reads everything (so every chunk's Fletcher-32 is checked) and cross-checks files and meta.
+    /// Reads everything (every chunk's checksum is checked) and cross-checks files and meta.
     pub fn check(data: &Path, index: &Path, m: &DatasetMeta) -> std::result::Result<(), String> {
         let (start, end) = read_index(index).map_err(|e| e.to_string())?;
         if start.len() != m.calendar_len || end.len() != m.calendar_len {
