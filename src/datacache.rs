@@ -996,7 +996,7 @@ mod imp {
                 // The chunk holding row `keep` gets a new checksum below: its kept rows must be sound first,
                 // or damage there would be laundered into a valid-looking file.
                 let step = chunk_step(&values);
-                let old_total = values.shape()[0];
+                let old_total = values.shape().first().copied().unwrap_or(0);
                 let c = keep / step;
                 if c * step < old_total {
                     let block = values
@@ -1188,6 +1188,16 @@ mod imp {
             let ds = f.dataset("values").map_err(|e| r(data, e))?;
             let step = chunk_step(&ds);
             let total = ds.shape().first().copied().unwrap_or(0);
+            if ds.shape() != [total, ncol] || total < b {
+                return Err(Error::Config {
+                    source_name: data.display().to_string(),
+                    reason: format!(
+                        "values has shape {:?}; the meta publishes {} rows x {ncol} fields",
+                        ds.shape(),
+                        meta.rows
+                    ),
+                });
+            }
             let sums: Vec<u64> = f
                 .dataset("checksum")
                 .and_then(|d| d.read_slice_1d::<u64, _>(a / step..(b - 1) / step + 1))
@@ -1249,7 +1259,8 @@ mod imp {
             return Err("the data's fields differ from the meta's".into());
         }
         let values = f.dataset("values").map_err(e)?;
-        if values.shape() != [values.shape()[0], m.fields.len()] || values.shape()[0] < m.rows {
+        let total = values.shape().first().copied().unwrap_or(0);
+        if values.shape() != [total, m.fields.len()] || total < m.rows {
             return Err(format!(
                 "values has shape {:?}; the meta publishes {} rows x {} fields",
                 values.shape(),
@@ -1266,7 +1277,6 @@ mod imp {
             return Err("instrument or row is shorter than the published rows".into());
         }
         let step = chunk_step(&values);
-        let total = values.shape()[0];
         let sums: Vec<u64> = f
             .dataset("checksum")
             .and_then(|d| d.read_raw())

@@ -737,3 +737,33 @@ fn qdump_update_brings_datasets_forward_or_says_they_are_behind() {
     assert_eq!(cache.behind(&s).unwrap(), 0);
     assert!(cache.verify().unwrap().is_empty());
 }
+
+#[test]
+fn a_valid_hdf5_file_of_another_dataset_is_caught_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sample(dir.path());
+    let all = Universe::Market("all");
+    let cache = DiskDatasetCache::for_store(s.root()).unwrap();
+    cache.warm(&s, all, &EXPRS, Freq::DAY, false).unwrap();
+    let six = generation_file(cache.dir(), ".data");
+    // A well-formed file of the wrong shape (two columns of a list universe) in its place.
+    let other = cache_in(&dir.path().join("other"));
+    let list = vec!["SH600000".to_string()];
+    other
+        .warm(
+            &s,
+            Universe::List(&list),
+            &["$close", "$open"],
+            Freq::DAY,
+            false,
+        )
+        .unwrap();
+    std::fs::copy(generation_file(other.dir(), ".data"), &six).unwrap();
+    assert!(!cache.verify().unwrap().is_empty());
+    cache.refresh();
+    let got = cache
+        .dataset(&s, all, &EXPRS, None, None, Freq::DAY, DiskCacheMode::Use)
+        .unwrap();
+    same(&got, &full(&s, all, &EXPRS));
+    assert!(cache.verify().unwrap().is_empty());
+}
