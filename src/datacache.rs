@@ -102,6 +102,9 @@ pub struct DiskDatasetCache {
     lock: Box<dyn Lock>,
     /// How long a writer waits for another writer of the same dataset.
     pub wait: Duration,
+    /// About how many bytes of computed rows a build or update holds at once (it computes that many days at a
+    /// time). Blocks cost a little recomputation: each one evaluates its expressions' look-back again.
+    pub build_bytes: usize,
     /// The DatasetURICache: request -> published files, so a repeated request skips parsing, hashing the
     /// sources and reading the `.meta`. An entry is used only while its generation's files still exist
     /// (a writer deletes them after publishing the next) and the calendar has not grown.
@@ -183,6 +186,7 @@ impl DiskDatasetCache {
             dir: dir.as_ref().to_path_buf(),
             lock,
             wait: Duration::from_secs(600),
+            build_bytes: 1 << 30,
             uris: MemCache::new(Limit::Entries(1024), Some(URI_EXPIRY)),
         }
     }
@@ -494,18 +498,6 @@ impl DiskDatasetCache {
             Some((m, ..)) => &m.fields,
             None => &req.order,
         };
-        let frame = if from < n_cal {
-            store.features(
-                universe_of(&req.universe),
-                columns,
-                cal.get(from),
-                None,
-                req.freq,
-            )?
-        } else {
-            // No new day and no look-ahead: nothing to compute (a calendar that did not grow).
-            Frame::from_parts(columns.to_vec(), Vec::new(), cal.clone(), Vec::new())
-        };
         // Index: the kept rows' entries, then the new rows'.
         let (mut start, mut end) = (Vec::with_capacity(n_cal), Vec::with_capacity(n_cal));
         let mut instruments: Vec<String> = Vec::new();
@@ -527,43 +519,67 @@ impl DiskDatasetCache {
             .enumerate()
             .map(|(i, s)| (s.clone(), i as u32))
             .collect();
-        let frame_codes: Vec<u32> = frame
-            .instruments()
-            .iter()
-            .map(|s| {
-                *codes.entry(s.clone()).or_insert_with(|| {
-                    instruments.push(s.clone());
-                    (instruments.len() - 1) as u32
-                })
-            })
-            .collect();
-        // New rows by calendar row, then instrument.
-        let mut order: Vec<usize> = (0..frame.len()).collect();
-        order.sort_by_key(|&r| (frame.calendar_row(r), r));
-        let mut i = 0;
-        for c in from..n_cal {
-            start.push((keep + i) as u64);
-            while i < order.len() && frame.calendar_row(order[i]) == c {
-                i += 1;
-            }
-            end.push((keep + i) as u64);
-        }
+        // The new rows, computed in blocks of days so that no more than about `build_bytes` of results are
+        // held at once (a 5,000-instrument Alpha158 over ten years is 8 GB).
+        let new_rows: usize = now
+            .spans
+            .values()
+            .flatten()
+            .map(|&(a, b)| b.min(n_cal).saturating_sub(a.max(from)))
+            .sum();
+        let per_day = (now.spans.len().max(1) * columns.len().max(1) * 4).max(1);
+        let days = (self.build_bytes / per_day).max(1);
         let (data, index) = self.files(&req.key, generation);
-        imp::write_data(
+        let mut writer = imp::DataWriter::open(
             &data,
             base.as_ref().map(|(_, d, _, _)| d.as_path()),
             keep,
-            &frame,
-            &order,
-            &frame_codes,
             columns,
+            keep + new_rows,
         )?;
+        let mut t0 = from;
+        while t0 < n_cal {
+            let t1 = (t0 + days).min(n_cal);
+            let frame = store.features(
+                universe_of(&req.universe),
+                columns,
+                cal.get(t0),
+                cal.get(t1 - 1),
+                req.freq,
+            )?;
+            let frame_codes: Vec<u32> = frame
+                .instruments()
+                .iter()
+                .map(|s| {
+                    *codes.entry(s.clone()).or_insert_with(|| {
+                        instruments.push(s.clone());
+                        (instruments.len() - 1) as u32
+                    })
+                })
+                .collect();
+            // New rows by calendar row, then instrument.
+            let mut order: Vec<usize> = (0..frame.len()).collect();
+            order.sort_by_key(|&r| (frame.calendar_row(r), r));
+            let at = writer.rows();
+            let mut i = 0;
+            for c in t0..t1 {
+                start.push((at + i) as u64);
+                while i < order.len() && frame.calendar_row(order[i]) == c {
+                    i += 1;
+                }
+                end.push((at + i) as u64);
+            }
+            writer.append(&frame, &order, &frame_codes)?;
+            t0 = t1;
+        }
+        let rows = writer.rows();
+        writer.finish()?;
         crate::failpoint::hit("dataset:after-data");
         imp::write_index(&index, &start, &end)?;
         Ok(Written {
             fields: columns.to_vec(),
             instruments,
-            rows: keep + order.len(),
+            rows,
             appended: base.is_some(),
         })
     }
@@ -935,33 +951,44 @@ mod imp {
         ((1 << 20) / (4 * ncol.max(1))).min(rows.max(64)).max(1)
     }
 
-    /// Writes the `.data` of a generation at `path` by temp + fsync + rename: a copy of `base` cut to its
-    /// first `keep` rows (or a new file), then `frame`'s rows in `order`.
-    pub fn write_data(
-        path: &Path,
-        base: Option<&Path>,
-        keep: usize,
-        frame: &Frame,
-        order: &[usize],
-        codes: &[u32],
-        fields: &[String],
-    ) -> Result<()> {
-        let ncol = fields.len();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("utf-8 name");
-        let tmp = path.with_file_name(format!("{}{name}", fsio::TEMP_PREFIX));
-        let w = |e| h5("writing HDF5", &tmp, e);
-        {
-            let f = match base {
+    /// The `.data` of a new generation being written in its temp file: opened on a copy of the published
+    /// file cut to its first `keep` rows (or a new file), appended to block by block, then checksummed and
+    /// published by fsync + rename.
+    pub struct DataWriter {
+        file: hdf5::File,
+        tmp: std::path::PathBuf,
+        path: std::path::PathBuf,
+        ncol: usize,
+        /// Rows written so far.
+        rows: usize,
+        /// The first row whose chunk's checksum must be (re)computed.
+        first_new: usize,
+    }
+
+    impl DataWriter {
+        /// `rows_hint`: about how many rows a new file will get (sizes its chunks).
+        pub fn open(
+            path: &Path,
+            base: Option<&Path>,
+            keep: usize,
+            fields: &[String],
+            rows_hint: usize,
+        ) -> Result<DataWriter> {
+            let ncol = fields.len();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("utf-8 name");
+            let tmp = path.with_file_name(format!("{}{name}", fsio::TEMP_PREFIX));
+            let w = |e| h5("writing HDF5", &tmp, e);
+            let file = match base {
                 Some(b) => {
                     std::fs::copy(b, &tmp).map_err(|e| Error::io("copying", b, e))?;
                     options().open_rw(&tmp).map_err(w)?
                 }
                 None => {
                     let f = options().create(&tmp).map_err(w)?;
-                    let rows = chunk_rows(ncol, order.len());
+                    let rows = chunk_rows(ncol, rows_hint);
                     f.new_dataset::<f32>()
                         .chunk((rows, ncol.max(1)))
                         .shape((0.., ncol))
@@ -990,11 +1017,10 @@ mod imp {
                     f
                 }
             };
-            let total = keep + order.len();
-            let values = f.dataset("values").map_err(w)?;
             if base.is_some() {
-                // The chunk holding row `keep` gets a new checksum below: its kept rows must be sound first,
-                // or damage there would be laundered into a valid-looking file.
+                // The chunk holding row `keep` gets a new checksum at the end: its kept rows must be sound
+                // first, or damage there would be laundered into a valid-looking file.
+                let values = file.dataset("values").map_err(w)?;
                 let step = chunk_step(&values);
                 let old_total = values.shape().first().copied().unwrap_or(0);
                 let c = keep / step;
@@ -1002,7 +1028,7 @@ mod imp {
                     let block = values
                         .read_slice_2d::<f32, _>((c * step..((c + 1) * step).min(old_total), ..))
                         .map_err(w)?;
-                    let sum = f
+                    let sum = file
                         .dataset("checksum")
                         .and_then(|d| d.read_slice_1d::<u64, _>(c..c + 1))
                         .map_err(w)?[0];
@@ -1016,9 +1042,29 @@ mod imp {
                         });
                     }
                 }
+                values.resize((keep, ncol)).map_err(w)?;
+                for name in ["instrument", "row"] {
+                    file.dataset(name).and_then(|d| d.resize(keep)).map_err(w)?;
+                }
             }
-            let inst = f.dataset("instrument").map_err(w)?;
-            let rows = f.dataset("row").map_err(w)?;
+            Ok(DataWriter {
+                file,
+                tmp,
+                path: path.to_path_buf(),
+                ncol,
+                rows: keep,
+                first_new: keep,
+            })
+        }
+
+        /// Appends `frame`'s rows in `order`; `codes` maps the frame's instruments to the file's codes.
+        pub fn append(&mut self, frame: &Frame, order: &[usize], codes: &[u32]) -> Result<()> {
+            let w = |e| h5("writing HDF5", &self.tmp, e);
+            let ncol = self.ncol;
+            let total = self.rows + order.len();
+            let values = self.file.dataset("values").map_err(w)?;
+            let inst = self.file.dataset("instrument").map_err(w)?;
+            let rows = self.file.dataset("row").map_err(w)?;
             values.resize((total, ncol)).map_err(w)?;
             inst.resize(total).map_err(w)?;
             rows.resize(total).map_err(w)?;
@@ -1026,7 +1072,7 @@ mod imp {
             let block = chunk_step(&values) * 4;
             let mut buf = Vec::with_capacity(block * ncol);
             for (b, part) in order.chunks(block).enumerate() {
-                let at = keep + b * block;
+                let at = self.rows + b * block;
                 buf.clear();
                 for &r in part {
                     buf.extend_from_slice(frame.row(r));
@@ -1043,24 +1089,41 @@ mod imp {
                 let c: Vec<u32> = part.iter().map(|&r| frame.calendar_row(r) as u32).collect();
                 rows.write_slice(&c, at..at + part.len()).map_err(w)?;
             }
-            // The checksums of the chunks that changed: from the one holding row `keep` on.
-            let step = chunk_step(&values);
-            let sums = f.dataset("checksum").map_err(w)?;
-            let first = keep / step;
-            let n = total.div_ceil(step);
-            let mut new = Vec::with_capacity(n.saturating_sub(first));
-            for c in first..n {
-                let block = values
-                    .read_slice_2d::<f32, _>((c * step..((c + 1) * step).min(total), ..))
-                    .map_err(w)?;
-                new.push(xxh3_64(bytemuck::cast_slice(
-                    block.as_slice().expect("a standard-layout array"),
-                )));
-            }
-            sums.resize(n).map_err(w)?;
-            sums.write_slice(&new, first..n).map_err(w)?;
+            self.rows = total;
+            Ok(())
         }
-        fsio::publish_file(&tmp, path)
+
+        /// Rows written so far (kept and appended).
+        pub fn rows(&self) -> usize {
+            self.rows
+        }
+
+        /// The checksums of the chunks that changed, then fsync + rename to the generation's name.
+        pub fn finish(self) -> Result<()> {
+            let w = |e| h5("writing HDF5", &self.tmp, e);
+            {
+                let values = self.file.dataset("values").map_err(w)?;
+                let step = chunk_step(&values);
+                let sums = self.file.dataset("checksum").map_err(w)?;
+                let (first, n) = (self.first_new / step, self.rows.div_ceil(step));
+                let mut new = Vec::with_capacity(n.saturating_sub(first));
+                for c in first..n {
+                    let block = values
+                        .read_slice_2d::<f32, _>((c * step..((c + 1) * step).min(self.rows), ..))
+                        .map_err(w)?;
+                    new.push(xxh3_64(bytemuck::cast_slice(
+                        block.as_slice().expect("a standard-layout array"),
+                    )));
+                }
+                sums.resize(n).map_err(w)?;
+                sums.write_slice(&new, first..n).map_err(w)?;
+            }
+            let DataWriter {
+                file, tmp, path, ..
+            } = self;
+            drop(file);
+            fsio::publish_file(&tmp, &path)
+        }
     }
 
     /// Writes a `.index` (`start`, `end` per calendar row) by temp + fsync + rename.
@@ -1341,16 +1404,30 @@ mod imp {
 
     use super::unavailable;
 
-    pub fn write_data(
-        _: &Path,
-        _: Option<&Path>,
-        _: usize,
-        _: &Frame,
-        _: &[usize],
-        _: &[u32],
-        _: &[String],
-    ) -> Result<()> {
-        Err(unavailable())
+    pub struct DataWriter;
+
+    impl DataWriter {
+        pub fn open(
+            _: &Path,
+            _: Option<&Path>,
+            _: usize,
+            _: &[String],
+            _: usize,
+        ) -> Result<DataWriter> {
+            Err(unavailable())
+        }
+
+        pub fn append(&mut self, _: &Frame, _: &[usize], _: &[u32]) -> Result<()> {
+            Err(unavailable())
+        }
+
+        pub fn rows(&self) -> usize {
+            0
+        }
+
+        pub fn finish(self) -> Result<()> {
+            Err(unavailable())
+        }
     }
 
     pub fn write_index(_: &Path, _: &[u64], _: &[u64]) -> Result<()> {

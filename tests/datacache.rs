@@ -767,3 +767,37 @@ fn a_valid_hdf5_file_of_another_dataset_is_caught_not_trusted() {
     same(&got, &full(&s, all, &EXPRS));
     assert!(cache.verify().unwrap().is_empty());
 }
+
+#[test]
+fn builds_in_blocks_of_days_equal_one_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_until(dir.path(), "2023-06-30");
+    let root = s.root().to_path_buf();
+    let list: Vec<String> = ["SH600000", "SZ300009"].map(String::from).to_vec();
+    // One day per block (the smallest budget), and seven.
+    for (name, bytes) in [("one", 1), ("seven", 7 * 12 * EXPRS.len() * 4)] {
+        let mut cache = cache_in(&dir.path().join(name));
+        cache.build_bytes = bytes;
+        for u in [Universe::Market("all"), Universe::List(&list)] {
+            let got = cache
+                .dataset(&s, u, &EXPRS, None, None, Freq::DAY, DiskCacheMode::Use)
+                .unwrap();
+            same(&got, &full(&s, u, &EXPRS));
+        }
+        assert!(cache.verify().unwrap().is_empty(), "{name}");
+    }
+    // An update in blocks too.
+    update_to(&root, "2023-08-25");
+    let s = Store::open(&root).unwrap();
+    let mut cache = cache_in(&dir.path().join("one"));
+    cache.build_bytes = 1;
+    let counts = cache.update_all(&s).unwrap();
+    assert_eq!(counts.get(&Some(Outcome::Appended)), Some(&2), "{counts:?}");
+    for u in [Universe::Market("all"), Universe::List(&list)] {
+        let got = cache
+            .dataset(&s, u, &EXPRS, None, None, Freq::DAY, DiskCacheMode::Use)
+            .unwrap();
+        same(&got, &full(&s, u, &EXPRS));
+    }
+    assert!(cache.verify().unwrap().is_empty());
+}
