@@ -103,6 +103,15 @@ fn full(s: &Store, universe: Universe<'_>, exprs: &[&str]) -> Frame {
     s.features(universe, exprs, None, None, Freq::DAY).unwrap()
 }
 
+/// The whole dataset read through `cache` (mode 1) equals what `Store::features` computes.
+#[track_caller]
+fn reads_back(cache: &DiskDatasetCache, s: &Store, u: Universe<'_>, exprs: &[&str]) {
+    let got = cache
+        .dataset(s, u, exprs, None, None, Freq::DAY, DiskCacheMode::Use)
+        .unwrap();
+    same(&got, &full(s, u, exprs));
+}
+
 fn data_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -336,14 +345,9 @@ fn updates_append_and_equal_fresh_builds() {
         );
         let fresh = cache_in(&dir.path().join(format!("fresh{i}")));
         for u in [Universe::Market("all"), Universe::List(&list)] {
-            let got = cache
-                .dataset(&s, u, &EXPRS, None, None, Freq::DAY, DiskCacheMode::Use)
-                .unwrap();
-            same(&got, &full(&s, u, &EXPRS));
-            let built = fresh
-                .dataset(&s, u, &EXPRS, None, None, Freq::DAY, DiskCacheMode::Use)
-                .unwrap();
-            same(&got, &built);
+            // Updated and freshly built datasets both equal the computation, hence each other.
+            reads_back(&cache, &s, u, &EXPRS);
+            reads_back(&fresh, &s, u, &EXPRS);
         }
         assert!(cache.verify().unwrap().is_empty(), "step {step}");
         // Old generations are gone: still one .data and one .index per dataset.
@@ -415,12 +419,7 @@ fn killed_writers_leave_the_previous_dataset() {
     assert!(out.contains("1 datasets: Appended: 1"), "{out}");
     assert!(cache.verify().unwrap().is_empty());
     let s = Store::open(&root).unwrap();
-    same(
-        &cache
-            .dataset(&s, all, &exprs, None, None, Freq::DAY, DiskCacheMode::Use)
-            .unwrap(),
-        &full(&s, all, &exprs),
-    );
+    reads_back(&cache, &s, all, &exprs);
 }
 
 #[test]
@@ -646,12 +645,7 @@ fn an_update_over_a_damaged_file_builds_it_again() {
     let counts = cache.update_all(&s).unwrap();
     assert_eq!(counts.get(&Some(Outcome::Built)), Some(&1), "{counts:?}");
     assert!(cache.verify().unwrap().is_empty());
-    same(
-        &cache
-            .dataset(&s, all, &EXPRS, None, None, Freq::DAY, DiskCacheMode::Use)
-            .unwrap(),
-        &full(&s, all, &EXPRS),
-    );
+    reads_back(&cache, &s, all, &EXPRS);
 }
 
 #[test]
@@ -779,10 +773,7 @@ fn builds_in_blocks_of_days_equal_one_block() {
         let mut cache = cache_in(&dir.path().join(name));
         cache.build_bytes = bytes;
         for u in [Universe::Market("all"), Universe::List(&list)] {
-            let got = cache
-                .dataset(&s, u, &EXPRS, None, None, Freq::DAY, DiskCacheMode::Use)
-                .unwrap();
-            same(&got, &full(&s, u, &EXPRS));
+            reads_back(&cache, &s, u, &EXPRS);
         }
         assert!(cache.verify().unwrap().is_empty(), "{name}");
     }
@@ -794,10 +785,7 @@ fn builds_in_blocks_of_days_equal_one_block() {
     let counts = cache.update_all(&s).unwrap();
     assert_eq!(counts.get(&Some(Outcome::Appended)), Some(&2), "{counts:?}");
     for u in [Universe::Market("all"), Universe::List(&list)] {
-        let got = cache
-            .dataset(&s, u, &EXPRS, None, None, Freq::DAY, DiskCacheMode::Use)
-            .unwrap();
-        same(&got, &full(&s, u, &EXPRS));
+        reads_back(&cache, &s, u, &EXPRS);
     }
     assert!(cache.verify().unwrap().is_empty());
 }
