@@ -269,7 +269,7 @@ impl DiskDatasetCache {
             self.uris.remove(&uri);
         }
         let req = Request::new(universe, exprs, freq)?;
-        let mut broken = false;
+        let mut broken = None;
         if mode == DiskCacheMode::Use {
             let now = State::of(store, &req)?;
             // A writer may publish (and delete the files this meta names) between reading the meta and
@@ -292,14 +292,21 @@ impl DiskDatasetCache {
                     }
                     Err(_) if !self.files_exist(&r) => continue,
                     Err(_) => {
-                        broken = true;
+                        broken = Some(r.meta.generation);
                         break;
                     }
                 }
             }
         }
-        let (meta, _) =
-            self.refresh_locked(store, &req, mode == DiskCacheMode::Rebuild || broken)?;
+        let (meta, _) = self.refresh_locked(
+            store,
+            &req,
+            match (mode, broken) {
+                (DiskCacheMode::Rebuild, _) => Refresh::Rebuild,
+                (_, Some(generation)) => Refresh::Repair(generation),
+                _ => Refresh::Update,
+            },
+        )?;
         let r = Resolved {
             key: req.key.clone(),
             columns: req.columns(&meta.fields),
@@ -337,7 +344,12 @@ impl DiskDatasetCache {
         rebuild: bool,
     ) -> Result<Outcome> {
         let req = Request::new(universe, exprs, freq)?;
-        Ok(self.refresh_locked(store, &req, rebuild)?.1)
+        let how = if rebuild {
+            Refresh::Rebuild
+        } else {
+            Refresh::Update
+        };
+        Ok(self.refresh_locked(store, &req, how)?.1)
     }
 
     /// Brings every dataset forward to the store as it is now. Returns how many ended how; unreadable
@@ -347,7 +359,7 @@ impl DiskDatasetCache {
         for (_, meta) in self.entries()? {
             let o = match meta {
                 Some(m) => Some(
-                    self.refresh_locked(store, &Request::from_meta(&m)?, false)?
+                    self.refresh_locked(store, &Request::from_meta(&m)?, Refresh::Update)?
                         .1,
                 ),
                 None => None,
@@ -376,7 +388,7 @@ impl DiskDatasetCache {
         &self,
         store: &Store,
         req: &Request,
-        rebuild: bool,
+        how: Refresh,
     ) -> Result<(DatasetMeta, Outcome)> {
         if !Self::available() {
             return Err(unavailable());
@@ -390,12 +402,27 @@ impl DiskDatasetCache {
         let cal = store.calendar(req.freq)?;
         let now = State::of(store, req)?;
         let n_cal = now.cal_len;
-        let old = Self::read_meta(&meta_path).filter(|m| {
+        let published = Self::read_meta(&meta_path);
+        // Above every generation so far (published, or files left on disk) and at least the lock's fencing
+        // token: never a name a reader may still hold.
+        let generation = published
+            .as_ref()
+            .map_or(1, |m| m.generation + 1)
+            .max(
+                self.generations_on_disk(&req.key)
+                    .last()
+                    .map_or(0, |g| g + 1),
+            )
+            .max(token);
+        let old = published.filter(|m| {
             m.universe == req.universe
                 && sorted(&m.fields) == req.fields
                 && m.freq == req.freq.to_string()
         });
-        if !rebuild
+        // A generation a reader found damaged is neither current nor a base to append to; one published
+        // since (by another writer) is.
+        let old = old.filter(|m| how != Refresh::Repair(m.generation));
+        if how != Refresh::Rebuild
             && let Some(m) = &old
             && is_current(m, req, &now)
         {
@@ -410,8 +437,7 @@ impl DiskDatasetCache {
             .map(|e| e.ext_window().right)
             .max()
             .unwrap_or(0);
-        let generation = old.as_ref().map_or(1, |m| m.generation + 1).max(token);
-        let base = old.as_ref().filter(|_| !rebuild);
+        let base = old.as_ref().filter(|_| how != Refresh::Rebuild);
         // An append that fails (say, a damaged chunk in the rows it keeps) is done again as a full build.
         let written = match self.write_generation(store, req, &now, base, right, generation) {
             Err(_) if base.is_some() => {
@@ -584,25 +610,46 @@ impl DiskDatasetCache {
         })
     }
 
+    /// The files of `key` in the directory: each with its generation (`None`: a writer's temp file).
+    fn files_of(&self, key: &str) -> Vec<(PathBuf, Option<u64>)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let prefix = format!("{key}.");
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let name = name.to_str()?;
+                let generation = name
+                    .strip_prefix(&prefix)
+                    .and_then(|r| r.strip_suffix(".data").or_else(|| r.strip_suffix(".index")))
+                    .and_then(|g| g.parse::<u64>().ok());
+                let temp = name
+                    .strip_prefix(fsio::TEMP_PREFIX)
+                    .is_some_and(|r| r.starts_with(&prefix));
+                match (generation, temp) {
+                    (Some(g), _) => Some((e.path(), Some(g))),
+                    (None, true) => Some((e.path(), None)),
+                    (None, false) => None,
+                }
+            })
+            .collect()
+    }
+
+    /// The generations of `key` with files on disk, ascending.
+    fn generations_on_disk(&self, key: &str) -> Vec<u64> {
+        let mut g: Vec<u64> = self.files_of(key).into_iter().filter_map(|f| f.1).collect();
+        g.sort_unstable();
+        g
+    }
+
     /// Deletes the `.data`/`.index` files of `key` other than generation `keep`, and temp files an
     /// interrupted writer of `key` left (its lock is held by the caller).
     fn remove_generations(&self, key: &str, keep: Option<u64>) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        let prefix = format!("{key}.");
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let generation = name
-                .strip_prefix(&prefix)
-                .and_then(|r| r.strip_suffix(".data").or_else(|| r.strip_suffix(".index")))
-                .and_then(|g| g.parse::<u64>().ok());
-            let temp = name
-                .strip_prefix(fsio::TEMP_PREFIX)
-                .is_some_and(|r| r.starts_with(&prefix));
-            if temp || (generation.is_some() && generation != keep) {
-                let _ = std::fs::remove_file(e.path());
+        for (path, generation) in self.files_of(key) {
+            if generation.is_none() || (generation != keep) {
+                let _ = std::fs::remove_file(path);
             }
         }
     }
@@ -703,6 +750,17 @@ fn unavailable() -> Error {
         source_name: "the dataset cache".into(),
         reason: "this build has no HDF5 support (built without the `hdf5` feature); install libhdf5-dev and build with default features".into(),
     }
+}
+
+/// What [`DiskDatasetCache::refresh_locked`] is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refresh {
+    /// Nothing if current, else an append if possible, else a build.
+    Update,
+    /// A build, whatever is published.
+    Rebuild,
+    /// As `Update`, but this generation (which a reader could not read) does not count.
+    Repair(u64),
 }
 
 /// What [`DiskDatasetCache::write_generation`] wrote.
