@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
     #[cfg(feature = "hdf5")]
     {
         use qstore::datacache::{DiskCacheMode, DiskDatasetCache};
-        let datasets = DiskDatasetCache::for_store(store.root())?;
+        let datasets = DiskDatasetCache::for_store(store.root(), false)?;
         let exprs = ["Mean($close, 5)", "Std($close, 20)"];
         let all = Universe::Market("all");
         let march = datasets.dataset(

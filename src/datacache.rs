@@ -192,10 +192,11 @@ impl DiskDatasetCache {
     }
 
     /// The dataset cache in `<store>/dataset_cache`, locking as the store's configuration says (the same
-    /// backend as the expression cache).
-    pub fn for_store(root: &Path) -> Result<DiskDatasetCache> {
+    /// backend as the expression cache; file locks for a caller that only reads: `read_only`, so that it
+    /// needs no Redis).
+    pub fn for_store(root: &Path, read_only: bool) -> Result<DiskDatasetCache> {
         let dir = root.join(DATASET_DIR);
-        let lock = crate::lock::for_store(root, &dir, &Default::default(), false)?;
+        let lock = crate::lock::for_store(root, &dir, &Default::default(), read_only)?;
         Ok(DiskDatasetCache::new(dir, lock))
     }
 
@@ -399,9 +400,7 @@ impl DiskDatasetCache {
             .acquire(&format!("dataset-{}", req.key), self.wait)?;
         let token = guard.token();
         let meta_path = self.meta_path(&req.key);
-        let cal = store.calendar(req.freq)?;
         let now = State::of(store, req)?;
-        let n_cal = now.cal_len;
         let published = Self::read_meta(&meta_path);
         // Above every generation so far (published, or files left on disk) and at least the lock's fencing
         // token: never a name a reader may still hold.
@@ -409,8 +408,10 @@ impl DiskDatasetCache {
             .as_ref()
             .map_or(1, |m| m.generation + 1)
             .max(
-                self.generations_on_disk(&req.key)
-                    .last()
+                self.files_of(&req.key)
+                    .into_iter()
+                    .filter_map(|(_, g)| g)
+                    .max()
                     .map_or(0, |g| g + 1),
             )
             .max(token);
@@ -451,8 +452,9 @@ impl DiskDatasetCache {
             fields: written.fields,
             freq: req.freq.to_string(),
             instruments: written.instruments,
-            calendar_len: n_cal,
-            last_date: cal
+            calendar_len: now.cal.len(),
+            last_date: now
+                .cal
                 .last()
                 .map(|d| crate::calendar::format_timestamp(d, req.freq.date_only())),
             rows: written.rows,
@@ -495,8 +497,7 @@ impl DiskDatasetCache {
         // Incremental when the published rows' sources are unchanged over the calendar they covered and the
         // files read back: only rows from the first one that changes are computed (the look-ahead tail, or
         // an instrument's rows that changed).
-        let n_cal = now.cal_len;
-        let cal = store.calendar(req.freq)?;
+        let (cal, n_cal) = (&now.cal, now.cal.len());
         let base = base.filter(|m| {
             m.calendar_len <= n_cal
                 && m.right == right
@@ -637,13 +638,6 @@ impl DiskDatasetCache {
             .collect()
     }
 
-    /// The generations of `key` with files on disk, ascending.
-    fn generations_on_disk(&self, key: &str) -> Vec<u64> {
-        let mut g: Vec<u64> = self.files_of(key).into_iter().filter_map(|f| f.1).collect();
-        g.sort_unstable();
-        g
-    }
-
     /// Deletes the `.data`/`.index` files of `key` other than generation `keep`, and temp files an
     /// interrupted writer of `key` left (its lock is held by the caller).
     fn remove_generations(&self, key: &str, keep: Option<u64>) {
@@ -775,18 +769,18 @@ struct Written {
 /// What a dataset must match to be current: the calendar's length, the sources' fingerprint and each
 /// instrument's rows (an instruments file can change without a new day or a changed value).
 struct State {
-    cal_len: usize,
+    cal: Arc<crate::calendar::Calendar>,
     fingerprint: String,
     spans: BTreeMap<String, Vec<(usize, usize)>>,
 }
 
 impl State {
     fn of(store: &Store, req: &Request) -> Result<State> {
-        let cal_len = store.calendar(req.freq)?.len();
+        let cal = store.calendar(req.freq)?;
         Ok(State {
-            cal_len,
-            fingerprint: fingerprint(store, req, cal_len)?,
-            spans: rows_of(store, req, cal_len)?,
+            fingerprint: fingerprint(store, req, cal.len())?,
+            spans: rows_of(store, req, cal.len())?,
+            cal,
         })
     }
 }
@@ -808,7 +802,7 @@ fn sorted(v: &[String]) -> Vec<String> {
 
 fn is_current(m: &DatasetMeta, req: &Request, now: &State) -> bool {
     m.format == META_FORMAT
-        && m.calendar_len == now.cal_len
+        && m.calendar_len == now.cal.len()
         && m.fingerprint == now.fingerprint
         && m.spans == now.spans
         && sorted(&m.fields) == req.fields

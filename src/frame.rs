@@ -80,13 +80,13 @@ impl Frame {
         &self.instruments[self.index[r].0 as usize]
     }
 
-    /// The calendar row of row `r`.
     /// Row `r`'s instrument as an index into [`instruments`](Self::instruments).
     #[cfg_attr(not(feature = "hdf5"), allow(dead_code))]
     pub(crate) fn instrument_code(&self, r: usize) -> usize {
         self.index[r].0 as usize
     }
 
+    /// The calendar row of row `r`.
     pub fn calendar_row(&self, r: usize) -> usize {
         self.index[r].1 as usize
     }

@@ -158,7 +158,7 @@ impl KlineLoader {
             cache.update_all(&Store::open(&self.root)?)?;
         }
         if self.root.join(crate::datacache::DATASET_DIR).is_dir() {
-            crate::datacache::DiskDatasetCache::for_store(&self.root)?
+            crate::datacache::DiskDatasetCache::for_store(&self.root, false)?
                 .update_all(&Store::open(&self.root)?)?;
         }
         Ok(Some(s))

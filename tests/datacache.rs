@@ -126,7 +126,7 @@ fn data_files(dir: &Path) -> Vec<String> {
 fn datasets_read_back_what_features_compute() {
     let dir = tempfile::tempdir().unwrap();
     let s = sample(dir.path());
-    let cache = DiskDatasetCache::for_store(s.root()).unwrap();
+    let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
     let d = |t: &str| Some(parse_timestamp(t).unwrap());
     let list: Vec<String> = ["SZ300009", "SH600000", "SH600009"]
         .map(String::from)
@@ -179,7 +179,7 @@ impl Rng {
 fn random_requests_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let s = sample(dir.path());
-    let cache = DiskDatasetCache::for_store(s.root()).unwrap();
+    let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
     let symbols: Vec<String> = s
         .instruments("all")
         .unwrap()
@@ -248,7 +248,7 @@ fn random_requests_round_trip() {
 fn a_changed_store_makes_the_dataset_stale_and_skip_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = sample(dir.path());
-    let cache = DiskDatasetCache::for_store(s.root()).unwrap();
+    let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
     let exprs = ["Mean($close, 5)"];
     let all = Universe::Market("all");
     let skip = cache
@@ -326,7 +326,7 @@ fn updates_append_and_equal_fresh_builds() {
     let list: Vec<String> = ["SH600000", "SH688001", "SH600009", "SZ000017"]
         .map(String::from)
         .to_vec();
-    let cache = DiskDatasetCache::for_store(&root).unwrap();
+    let cache = DiskDatasetCache::for_store(&root, false).unwrap();
     for u in [Universe::Market("all"), Universe::List(&list)] {
         assert_eq!(
             cache.warm(&s, u, &EXPRS, Freq::DAY, false).unwrap(),
@@ -385,7 +385,7 @@ fn killed_writers_leave_the_previous_dataset() {
     for point in ["dataset:after-data", "dataset:before-meta"] {
         let out = qcache(&warm, &[("QSTORE_FAILPOINT", point)]);
         assert!(!out.status.success(), "{point}: {}", text(&out));
-        let cache = DiskDatasetCache::for_store(&root).unwrap();
+        let cache = DiskDatasetCache::for_store(&root, false).unwrap();
         assert!(cache.entries().unwrap().is_empty(), "{point}");
         assert!(
             !cache.verify().unwrap().is_empty(),
@@ -393,7 +393,7 @@ fn killed_writers_leave_the_previous_dataset() {
         );
     }
     ok(qcache(&warm, &[]));
-    let cache = DiskDatasetCache::for_store(&root).unwrap();
+    let cache = DiskDatasetCache::for_store(&root, false).unwrap();
     assert!(
         cache.verify().unwrap().is_empty(),
         "leftovers are cleaned by the next writer"
@@ -433,7 +433,7 @@ fn readers_during_rebuilds_always_read_a_whole_dataset() {
     let month = s
         .features(all, &exprs, d("2023-07-01"), d("2023-07-31"), Freq::DAY)
         .unwrap();
-    let cache = DiskDatasetCache::for_store(s.root()).unwrap();
+    let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
     cache.warm(&s, all, &exprs, Freq::DAY, false).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
@@ -441,7 +441,7 @@ fn readers_during_rebuilds_always_read_a_whole_dataset() {
         let (s, want, stop, month) = (s.clone(), want.clone(), stop.clone(), month.clone());
         readers.push(std::thread::spawn(move || {
             // Each reader is its own process's cache (own DatasetURICache).
-            let cache = DiskDatasetCache::for_store(s.root()).unwrap();
+            let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 5 {
                 let (start, end) = if (n + t) % 2 == 0 {
@@ -476,7 +476,7 @@ fn two_writers_build_a_dataset_once() {
         .map(|_| {
             let s = s.clone();
             std::thread::spawn(move || {
-                let cache = DiskDatasetCache::for_store(s.root()).unwrap();
+                let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
                 cache
                     .warm(&s, Universe::Market("all"), &EXPRS, Freq::DAY, false)
                     .unwrap()
@@ -531,7 +531,7 @@ fn damaged_files_are_found_by_verify_and_rebuilt_on_read() {
         (".meta", "garbage"),
         (".meta", "empty"),
     ] {
-        let cache = DiskDatasetCache::for_store(s.root()).unwrap();
+        let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
         cache.warm(&s, all, &EXPRS, Freq::DAY, false).unwrap();
         assert!(cache.verify().unwrap().is_empty());
         damage(&generation_file(cache.dir(), ext), how);
@@ -557,7 +557,7 @@ fn the_uri_cache_skips_resolution_until_the_files_change() {
     let all = Universe::Market("all");
     let exprs = ["$close", "Mean($close, 5)"];
     let want = full(&s, all, &exprs);
-    let reader = DiskDatasetCache::for_store(s.root()).unwrap();
+    let reader = DiskDatasetCache::for_store(s.root(), false).unwrap();
     let read = |c: &DiskDatasetCache| {
         c.dataset(&s, all, &exprs, None, None, Freq::DAY, DiskCacheMode::Use)
             .unwrap()
@@ -569,7 +569,7 @@ fn the_uri_cache_skips_resolution_until_the_files_change() {
     assert_eq!(reader.uri_stats().hits, 2, "repeated requests are hits");
     // Another process rebuilds: the remembered generation's files are gone, so the next request
     // resolves again (and still reads the right data).
-    let writer = DiskDatasetCache::for_store(s.root()).unwrap();
+    let writer = DiskDatasetCache::for_store(s.root(), false).unwrap();
     writer.warm(&s, all, &exprs, Freq::DAY, true).unwrap();
     same(&read(&reader), &want);
     assert_eq!(reader.uri_stats().hits, 3, "a hit whose files are gone");
@@ -637,7 +637,7 @@ fn an_update_over_a_damaged_file_builds_it_again() {
     let s = store_until(dir.path(), "2023-06-30");
     let root = s.root().to_path_buf();
     let all = Universe::Market("all");
-    let cache = DiskDatasetCache::for_store(&root).unwrap();
+    let cache = DiskDatasetCache::for_store(&root, false).unwrap();
     cache.warm(&s, all, &EXPRS, Freq::DAY, false).unwrap();
     damage(&generation_file(cache.dir(), ".data"), "flip");
     update_to(&root, "2023-08-25");
@@ -727,7 +727,7 @@ fn qdump_update_brings_datasets_forward_or_says_they_are_behind() {
     assert_eq!(v["dataset_cache"]["updated"], 1, "{v}");
     assert_eq!(v["dataset_cache"]["behind"], 0, "{v}");
     let s = Store::open(&root).unwrap();
-    let cache = DiskDatasetCache::for_store(&root).unwrap();
+    let cache = DiskDatasetCache::for_store(&root, false).unwrap();
     assert_eq!(cache.behind(&s).unwrap(), 0);
     assert!(cache.verify().unwrap().is_empty());
 }
@@ -737,7 +737,7 @@ fn a_valid_hdf5_file_of_another_dataset_is_caught_not_trusted() {
     let dir = tempfile::tempdir().unwrap();
     let s = sample(dir.path());
     let all = Universe::Market("all");
-    let cache = DiskDatasetCache::for_store(s.root()).unwrap();
+    let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
     cache.warm(&s, all, &EXPRS, Freq::DAY, false).unwrap();
     let six = generation_file(cache.dir(), ".data");
     // A well-formed file of the wrong shape (two columns of a list universe) in its place.

@@ -63,7 +63,7 @@ fn dataset_files_are_plain_hdf5() {
     import::import(&csv, &root, false, &Default::default(), &|_| {}).unwrap();
     let s = Store::open(&root).unwrap();
     let exprs = ["Mean($close, 5)", "$close", "Ref($close, -1)"];
-    let cache = DiskDatasetCache::for_store(&root).unwrap();
+    let cache = DiskDatasetCache::for_store(&root, false).unwrap();
     cache
         .warm(&s, Universe::Market("all"), &exprs, Freq::DAY, false)
         .unwrap();

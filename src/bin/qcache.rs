@@ -620,32 +620,29 @@ fn run(cli: Cli) -> Result<u8> {
                 .as_deref()
                 .map(FeatureSet::resolve)
                 .transpose()?;
-            let mode = match disk_cache {
+            // The dataset cache and its mode, when one is asked for.
+            let disk = match disk_cache {
                 1 => Some(qstore::datacache::DiskCacheMode::Use),
                 2 => Some(qstore::datacache::DiskCacheMode::Rebuild),
                 _ => None,
-            };
-            let datasets = match mode {
-                Some(_) => Some(DiskDatasetCache::for_store(store.root())?),
-                None => None,
-            };
-            let run = || match (&set, mode, &datasets) {
-                (Some(set), None, _) | (Some(set), _, None) => {
-                    store.feature_set(universe, set, start, end, freq)
-                }
-                (None, None, _) | (None, _, None) => {
-                    store.features(universe, &fields, start, end, freq)
-                }
-                (Some(set), Some(mode), Some(datasets)) => {
+            }
+            .map(|mode| {
+                Ok::<_, qstore::Error>((DiskDatasetCache::for_store(store.root(), false)?, mode))
+            })
+            .transpose()?;
+            let run = || match (&set, &disk) {
+                (Some(set), None) => store.feature_set(universe, set, start, end, freq),
+                (None, None) => store.features(universe, &fields, start, end, freq),
+                (Some(set), Some((datasets, mode))) => {
                     let chosen = store.feature_set_columns(universe, set, freq)?;
                     let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
                     let mut frame =
-                        datasets.dataset(&store, universe, &exprs, start, end, freq, mode)?;
+                        datasets.dataset(&store, universe, &exprs, start, end, freq, *mode)?;
                     frame.rename_columns(chosen.iter().map(|f| f.name.clone()).collect());
                     Ok(frame)
                 }
-                (None, Some(mode), Some(datasets)) => {
-                    datasets.dataset(&store, universe, &fields, start, end, freq, mode)
+                (None, Some((datasets, mode))) => {
+                    datasets.dataset(&store, universe, &fields, start, end, freq, *mode)
                 }
             };
             let frame = run()?;

@@ -462,7 +462,7 @@ fn update(u: UpdateArgs) -> Result<u8> {
     let mut datasets = serde_json::Value::Null;
     if a.to.join(qstore::datacache::DATASET_DIR).is_dir() {
         let store = Store::open(&a.to)?;
-        let sets = qstore::datacache::DiskDatasetCache::for_store(&a.to)?;
+        let sets = qstore::datacache::DiskDatasetCache::for_store(&a.to, !u.update_caches)?;
         datasets = if u.update_caches {
             let counts = sets
                 .update_all(&store)
@@ -499,31 +499,20 @@ fn update(u: UpdateArgs) -> Result<u8> {
         for f in &summary.failed {
             println!("  failed {}: {}", f.symbol, f.reason);
         }
-        if let Some(n) = caches.get("updated") {
-            println!("expression cache: {n} entries brought forward");
-        } else if let Some(n) = caches
-            .get("behind")
-            .and_then(|n| n.as_u64())
-            .filter(|&n| n > 0)
-        {
-            println!(
-                "expression cache: {n} entries are now behind; run qcache update (or pass --update-caches)"
-            );
-        }
-        if let Some(n) = datasets.get("updated") {
-            println!("dataset cache: {n} datasets brought forward");
-        } else if let Some(n) = datasets
-            .get("behind")
-            .and_then(|n| n.as_u64())
-            .filter(|&n| n > 0)
-        {
-            println!(
-                "dataset cache: {n} datasets are now behind; run qcache update (or pass --update-caches)"
-            );
-        }
+        report_cache("expression cache", "entries", &caches);
+        report_cache("dataset cache", "datasets", &datasets);
         println!("elapsed {:.2} s", summary.elapsed_s);
     }
     Ok(code)
+}
+
+/// One line on what `update` did to a cache (`{"updated": n}`) or how far behind it left it.
+fn report_cache(name: &str, unit: &str, v: &serde_json::Value) {
+    if let Some(n) = v.get("updated") {
+        println!("{name}: {n} {unit} brought forward");
+    } else if let Some(n) = v.get("behind").and_then(|n| n.as_u64()).filter(|&n| n > 0) {
+        println!("{name}: {n} {unit} are now behind; run qcache update (or pass --update-caches)");
+    }
 }
 
 /// How rows become files, from the flags `all` and `update` share.
