@@ -632,7 +632,7 @@ fn calendar_table_gives_the_calendar() {
     );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(
-        text(&out).contains("row dated 2023-03-01 00:00:00 is not in the calendar"),
+        text(&out).contains("row dated 2023-03-01 00:00:00 is not in the trading-day table"),
         "{}",
         text(&out)
     );
@@ -711,4 +711,74 @@ fn mysql_updates_and_loader() {
     assert_eq!(f.len(), want.len());
     assert!((0..f.len()).all(|r| f.value(r, col).to_bits() == want[r].to_bits()));
     drop_table(&mut c, &t);
+}
+
+/// A table stored day by day (every symbol's rows spread over the whole scan), read with a hold of a few
+/// kilobytes so that rows go to the spill file and back, gives the store of the same rows stored symbol by
+/// symbol, and of the sorted scan that `--limit` uses; duplicate rows keep their insertion order for
+/// `--on-duplicate`.
+#[test]
+fn a_table_stored_day_by_day_imports_the_same_in_bounded_memory() {
+    let mut c = conn();
+    let (t, by_day) = (table("bysym"), table("byday"));
+    load_sample(&mut c, &t, false);
+    drop_table(&mut c, &by_day);
+    c.query_drop(format!("CREATE TABLE `{by_day}` LIKE `{t}`"))
+        .unwrap();
+    c.query_drop(format!(
+        "INSERT INTO `{by_day}` (symbol, trade_date, open, high, low, close, volume, amount, vwap, factor, name)
+         SELECT symbol, trade_date, open, high, low, close, volume, amount, vwap, factor, name FROM `{t}`
+         ORDER BY trade_date, symbol DESC"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (want, sorted, got) = (
+        dir.path().join("want"),
+        dir.path().join("sorted"),
+        dir.path().join("got"),
+    );
+    assert!(import_mysql(&t, &want, &[]).status.success());
+    assert!(
+        import_mysql(&by_day, &sorted, &["--limit", "1000"])
+            .status
+            .success()
+    );
+    let import = |table: &str, to: &Path, hold_bytes: usize| {
+        let conn = qstore::import::mysql::Connection::parse(&url(), None).unwrap();
+        let opts = qstore::import::mysql::MysqlOptions {
+            table: table.into(),
+            hold_bytes,
+            ..Default::default()
+        };
+        let src = qstore::import::MysqlSource::open(conn, opts).unwrap();
+        qstore::import::import(&src, to, false, &Default::default(), &|_| {}).unwrap()
+    };
+    let s = import(&by_day, &got, 4096);
+    assert_eq!((s.symbols_ok, s.failed.len()), (12, 0), "{:?}", s.failed);
+    assert!(
+        tree(&got) == tree(&want),
+        "day by day, spilled: a different store"
+    );
+    assert!(
+        tree(&sorted) == tree(&want),
+        "the sorted scan: a different store"
+    );
+
+    // A second row for one symbol and day, inserted last: `first` keeps the old value, `last` the new one.
+    c.query_drop(format!(
+        "INSERT INTO `{by_day}` (symbol, trade_date, close) VALUES ('600000.SH', '2023-01-03', 99.0)"
+    ))
+    .unwrap();
+    for (policy, want_close) in [("first", false), ("last", true)] {
+        let to = dir.path().join(policy);
+        let out = import_mysql(&by_day, &to, &["--on-duplicate", policy]);
+        assert!(out.status.success(), "{}", text(&out));
+        let v = Store::open(&to)
+            .unwrap()
+            .read("SH600000", "close", Freq::DAY, 0..1)
+            .unwrap()[0];
+        assert_eq!(v == 99.0, want_close, "{policy}: {v}");
+    }
+    drop_table(&mut c, &t);
+    drop_table(&mut c, &by_day);
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark of `qdump all` (issue #3), all measured in one run on this machine:
-#   (a) qdump all --mysql end to end into a new directory at 1 and 2 connections, with --calendar-table, and
-#       with --overwrite over an existing store; with peak memory;
+#   (a) qdump all --mysql end to end into a new directory (one scan in table order), with --calendar-table, as
+#       the sorted scan over 2 connections that a selection takes (--limit), and with --overwrite over an
+#       existing store; with peak memory;
 #   (b) the server's own client exporting the same rows: mariadb -B -N --quick ... > /dev/null;
 #   (c) the users' current approach: one query per symbol, rows collected in memory;
 #   (d) qdump all --csv of the same data (one CSV per symbol).
@@ -48,11 +49,12 @@ for run in 1 2 3; do
   timed "(b) mariadb -B -N --quick > /dev/null" \
     mariadb -h127.0.0.1 -uroot -B -N --quick test \
       -e "SELECT symbol, trade_date, open, high, low, close, volume, amount, factor FROM $table"
-  for c in 1 2; do
-    fresh
-    timed "(a) qdump all --mysql, $c connection(s)" \
-      target/release/qdump all --mysql "$url" --table "$table" --to "$dir" --connections "$c"
-  done
+  fresh
+  timed "(a) qdump all --mysql" \
+    target/release/qdump all --mysql "$url" --table "$table" --to "$dir"
+  fresh
+  timed "(a) ... --limit $symbols (sorted, 2 connections)" \
+    target/release/qdump all --mysql "$url" --table "$table" --to "$dir" --limit "$symbols"
   fresh
   timed "(a) ... --calendar-table" \
     target/release/qdump all --mysql "$url" --table "$table" --to "$dir" --calendar-table "$caltab"

@@ -154,11 +154,11 @@ struct AllArgs {
     /// Two rows of one symbol on one date: fail the symbol, or keep the first or last row.
     #[arg(long, value_enum, default_value_t = OnDuplicate::Error)]
     on_duplicate: OnDuplicate,
-    /// MySQL connections streaming in parallel, each over its own range of symbols (2 measured fastest with the
-    /// server on the same 2 cores; see benches/README.md).
+    /// With --symbols or --limit: MySQL connections streaming in parallel, each over its own range of the
+    /// selected symbols (a whole table is read in one scan in its own order; see benches/README.md).
     #[arg(long, default_value_t = 2)]
     connections: usize,
-    /// A MySQL table of trading days to take the calendar from (instead of the distinct dates of the rows).
+    /// A MySQL table of trading days to take the calendar from (instead of the dates of the rows).
     #[arg(long)]
     calendar_table: Option<String>,
     /// The date column of --calendar-table [default: --date-column].
@@ -522,7 +522,6 @@ fn import_options(a: &AllArgs) -> ImportOptions {
         market: a.market.clone(),
         on_duplicate: a.on_duplicate,
         symbol_format: a.symbol_format,
-        ..Default::default()
     }
 }
 
@@ -554,6 +553,7 @@ fn open_source(
             connections: a.connections,
             calendar_table: a.calendar_table.clone(),
             calendar_column: a.calendar_column.clone(),
+            ..Default::default()
         };
         Box::new(MysqlSource::open(conn, opts)?)
     } else {

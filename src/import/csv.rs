@@ -2,8 +2,8 @@
 //!
 //! Two layouts: a directory of one file per symbol (file stem = symbol, the layout qlib's `dump_bin.py` reads), or
 //! one file with a symbol column. Either way there is a date column and one numeric column per field; a cell that
-//! is empty, `nan`, `null` or `none` is missing. Per-symbol files are read twice (dates, then rows) and never held
-//! together in memory; a single combined file is grouped by symbol in memory, so use per-symbol files for data
+//! is empty, `nan`, `null` or `none` is missing. Per-symbol files are read once by an import (twice by an
+//! update: dates first) and never held together in memory; a single combined file is grouped by symbol in memory, so use per-symbol files for data
 //! larger than memory.
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,11 +1,15 @@
 //! Building a whole store from K-line rows (`qdump all`), and appending new days to one (`qdump update`).
 //!
-//! Every source (CSV files, a MySQL table) implements [`Source`]: pass 1 lists every timestamp (the calendar is
-//! their union), pass 2 streams the rows one symbol at a time. The [`SymbolWriter`] turns each symbol's rows
-//! into feature files, so every source produces byte-identical stores from the same data, and memory holds only
-//! the symbols in flight, never the table.
+//! Every source (CSV files, a MySQL table) implements [`Source`]: it streams the rows one symbol at a time, and
+//! the [`SymbolWriter`] turns each symbol's rows into feature files, so every source produces byte-identical
+//! stores from the same data, and memory holds only the symbols in flight, never the table. `qdump all` reads
+//! the rows once: the calendar (the union of the imported symbols' dates) is learned while they stream
+//! ([`learned`]), unless the source has a table of trading days. `qdump update` first lists the new rows'
+//! dates ([`Source::dates`]) to check them against the store's calendar.
 
 pub mod csv;
+mod group;
+mod learned;
 pub mod mysql;
 pub mod update;
 
@@ -52,20 +56,21 @@ pub struct Failure {
 pub trait Source: Sync {
     /// Field names, lower-case, in output order.
     fn fields(&self) -> &[String];
-    /// How many symbols pass 2 will deliver (for progress).
+    /// How many symbols [`Source::stream`] will deliver (for progress).
     fn symbol_count(&self) -> usize;
-    /// Pass 1: every timestamp of the rows to import (any order, duplicates allowed).
+    /// Every timestamp of the rows to import (any order, duplicates allowed): a pass of its own, which
+    /// `qdump update` makes to check the new days before it writes anything.
     fn dates(&self) -> Result<Vec<Timestamp>>;
-    /// Pass 2: each symbol's rows, or why a symbol cannot be read. May call `sink` from several threads.
+    /// The trading days to import against, when the source has them apart from the rows (a table of trading
+    /// days); `None` when the calendar is the union of the rows' dates.
+    fn trading_days(&self) -> Result<Option<Vec<Timestamp>>> {
+        Ok(None)
+    }
+    /// Each symbol's rows, or why a symbol cannot be read. May call `sink` from several threads.
     fn stream(
         &self,
         sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
     ) -> Result<()>;
-    /// Whether pass 1 and pass 2 should run at the same time (a server does both queries while the client waits;
-    /// local files would only compete for the same disk and cores).
-    fn overlap_passes(&self) -> bool {
-        false
-    }
 }
 
 /// What to do with two rows of one symbol on the same date.
@@ -139,9 +144,6 @@ pub struct ImportOptions {
     pub market: String,
     pub on_duplicate: OnDuplicate,
     pub symbol_format: SymbolFormat,
-    /// When a source overlaps its passes, rows streamed before the calendar is known are held up to about this
-    /// many bytes; past it the stream waits for the calendar.
-    pub pending_cap: usize,
 }
 
 impl Default for ImportOptions {
@@ -151,7 +153,6 @@ impl Default for ImportOptions {
             market: "all".into(),
             on_duplicate: OnDuplicate::Error,
             symbol_format: SymbolFormat::Qlib,
-            pending_cap: 128 << 20,
         }
     }
 }
@@ -170,17 +171,9 @@ pub struct ImportSummary {
     pub calendar_first: Option<String>,
     pub calendar_last: Option<String>,
     pub store_bytes: u64,
+    /// Symbols whose files were written again because days they lacked turned up after them.
+    pub placed_again: usize,
     pub elapsed_s: f64,
-}
-
-/// Symbols streamed before the calendar is known.
-#[derive(Default)]
-struct Pending {
-    items: Vec<std::result::Result<SymbolRows, Failure>>,
-    /// Estimated bytes held in `items`.
-    bytes: usize,
-    /// Pass 1 failed: nothing more will be written.
-    abandoned: bool,
 }
 
 /// One imported symbol.
@@ -188,14 +181,25 @@ struct Written {
     symbol: String,
     span: Span,
     rows: u64,
-    files: u64,
+    /// The fields it has files for (indices into the source's fields).
+    present: Vec<usize>,
     bytes: u64,
+    /// The epoch of the learned calendar its files were placed in.
+    epoch: Option<u64>,
+}
+
+/// The calendar symbols are placed in.
+enum Placing<'a> {
+    /// Known before the rows (a table of trading days).
+    Known(&'a Calendar),
+    /// Learned from the rows as they come.
+    Learned(&'a learned::LearnedCalendar),
 }
 
 /// Writes each symbol's files into a store that is not yet published.
-pub struct SymbolWriter<'a> {
+struct SymbolWriter<'a> {
     store: &'a Store,
-    calendar: &'a Calendar,
+    calendar: Placing<'a>,
     fields: &'a [String],
     opts: &'a ImportOptions,
     /// Store symbol -> the raw symbol that produced it, to catch two spellings of one symbol.
@@ -240,14 +244,24 @@ impl SymbolWriter<'_> {
                 rows.origin
             )));
         }
-        let mut index = Vec::with_capacity(rows.dates.len());
-        for &d in &rows.dates {
-            index.push(self.calendar.index_of(d).ok_or_else(|| {
-                fail(format!(
-                    "row dated {d} is not in the calendar (a day missing from the trading-day table, or the source changed during the import)"
-                ))
-            })?);
-        }
+        let (index, epoch) = match self.calendar {
+            Placing::Known(calendar) => {
+                let mut index = Vec::with_capacity(rows.dates.len());
+                for &d in &rows.dates {
+                    index.push(calendar.index_of(d).ok_or_else(|| {
+                        fail(format!(
+                            "row dated {d} is not in the trading-day table; add the day to it, or import without --calendar-table"
+                        ))
+                    })?);
+                }
+                (index, None)
+            }
+            // Only a symbol that is written adds its dates to the calendar.
+            Placing::Learned(learned) => {
+                let p = learned.place(&rows.dates);
+                (p.index, Some(p.epoch))
+            }
+        };
         let first = index[0];
         let len = index[index.len() - 1] - first + 1;
         self.store
@@ -271,8 +285,9 @@ impl SymbolWriter<'_> {
             },
             symbol,
             rows: rows.dates.len() as u64,
-            files: present.len() as u64,
+            present: present.iter().map(|&(f, _)| f).collect(),
             bytes,
+            epoch,
         })
     }
 }
@@ -324,14 +339,26 @@ pub fn import(
     let t0 = Instant::now();
     let mut summary = None;
     let built = publish_new_store(target, overwrite, |store| {
+        let known = match source.trading_days()? {
+            Some(mut days) => {
+                days.sort_unstable();
+                days.dedup();
+                Some(Calendar::new(opts.freq, days)?)
+            }
+            None => None,
+        };
+        let learned = learned::LearnedCalendar::default();
         let seen = Mutex::new(HashMap::new());
         let ok: Mutex<Vec<Written>> = Mutex::new(Vec::new());
         let failed: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
         let rows = AtomicU64::new(0);
-        let process = |item: std::result::Result<SymbolRows, Failure>, calendar: &Calendar| {
+        source.stream(&|item| {
             let writer = SymbolWriter {
                 store,
-                calendar,
+                calendar: match &known {
+                    Some(c) => Placing::Known(c),
+                    None => Placing::Learned(&learned),
+                },
                 fields: source.fields(),
                 opts,
                 seen: &seen,
@@ -346,77 +373,27 @@ pub fn import(
                 Err(f) => failed.lock().push(f),
             }
             progress(n);
-        };
-        let build_calendar = || -> Result<Calendar> {
-            let mut dates = source.dates()?;
-            dates.sort_unstable();
-            dates.dedup();
-            let calendar = Calendar::new(opts.freq, dates)?;
-            store.save_calendar(&calendar)?;
-            crate::failpoint::hit("import:after-calendar");
-            Ok(calendar)
-        };
-
-        let calendar: Calendar = if source.overlap_passes() {
-            // Pass 2 starts at once; symbols that arrive before the calendar wait in `pending` (bounded: a full
-            // buffer makes the stream wait), and are written as soon as the calendar is published.
-            let cell: std::sync::OnceLock<Calendar> = std::sync::OnceLock::new();
-            let pending: Mutex<Pending> = Mutex::new(Pending::default());
-            let wake = parking_lot::Condvar::new();
-            let sink = |item: std::result::Result<SymbolRows, Failure>| {
-                if cell.get().is_none() {
-                    let mut p = pending.lock();
-                    loop {
-                        if p.abandoned {
-                            return; // pass 1 failed: the import is over, drop what arrives
-                        }
-                        if cell.get().is_some() {
-                            break;
-                        }
-                        if p.bytes < opts.pending_cap {
-                            p.bytes += item
-                                .as_ref()
-                                .map_or(0, |r| r.dates.len() * (8 + 4 * r.columns.len()));
-                            p.items.push(item);
-                            return;
-                        }
-                        wake.wait(&mut p);
-                    }
-                }
-                process(item, cell.get().expect("checked above"));
-            };
-            let (cal, streamed) = std::thread::scope(|scope| {
-                let stream = scope.spawn(|| source.stream(&sink));
-                let cal = build_calendar();
-                let held = {
-                    let mut p = pending.lock();
-                    match &cal {
-                        Ok(c) => {
-                            let _ = cell.set(c.clone());
-                        }
-                        Err(_) => p.abandoned = true,
-                    }
-                    wake.notify_all();
-                    std::mem::take(&mut p.items)
-                };
-                if let Some(c) = cell.get() {
-                    for item in held {
-                        process(item, c);
-                    }
-                }
-                (cal, stream.join().expect("the streaming thread panicked"))
-            });
-            let cal = cal?;
-            streamed?;
-            cal
-        } else {
-            let cal = build_calendar()?;
-            source.stream(&|item| process(item, &cal))?;
-            cal
-        };
-        let ok = ok.into_inner();
+        })?;
+        let mut ok = ok.into_inner();
         let mut failed = failed.into_inner();
         failed.sort_by(|a, b| a.symbol.cmp(&b.symbol));
+        let mut placed_again = 0;
+        let calendar = match known {
+            // A trading-day table may run past the data (future days): the calendar ends at the last imported
+            // row. Only trailing days go, so no file's start index moves.
+            Some(days) => {
+                let last = ok.iter().map(|w| w.span.end).max();
+                let keep = days
+                    .dates()
+                    .partition_point(|&d| last.is_some_and(|l| d <= l));
+                Calendar::new(opts.freq, days.dates()[..keep].to_vec())?
+            }
+            None => {
+                let learned = learned.finish();
+                placed_again = place_again(store, &learned, source.fields(), opts.freq, &mut ok)?;
+                Calendar::new(opts.freq, learned.dates())?
+            }
+        };
         let fmt = |t: Option<Timestamp>| {
             t.map(|t| crate::calendar::format_timestamp(t, opts.freq.date_only()))
         };
@@ -426,33 +403,20 @@ pub fn import(
             failed,
             rows: rows.into_inner(),
             fields: source.fields().to_vec(),
-            files: ok.iter().map(|w| w.files).sum(),
+            files: ok.iter().map(|w| w.present.len() as u64).sum(),
             calendar_len: calendar.len(),
             calendar_first: fmt(calendar.first()),
             calendar_last: fmt(calendar.last()),
             store_bytes: 0,
+            placed_again,
             elapsed_s: 0.0,
         };
         if ok.is_empty() {
             summary = Some(s);
             return Err(Error::NothingImported);
         }
-        // A trading-day table may run past the data (future days): the calendar ends at the last imported row.
-        // Only trailing days go, so no file's start index moves.
-        let last = ok.iter().map(|w| w.span.end).max().expect("non-empty");
-        let keep = calendar.dates().partition_point(|&d| d <= last);
-        let calendar = if keep < calendar.len() {
-            let cut = Calendar::new(opts.freq, calendar.dates()[..keep].to_vec())?;
-            store.save_calendar(&cut)?;
-            cut
-        } else {
-            calendar
-        };
-        let s = ImportSummary {
-            calendar_len: calendar.len(),
-            calendar_last: fmt(calendar.last()),
-            ..s
-        };
+        store.save_calendar(&calendar)?;
+        crate::failpoint::hit("import:after-calendar");
         let mut instruments = Instruments::new();
         for w in &ok {
             instruments.push(&w.symbol, w.span)?;
@@ -475,6 +439,46 @@ pub fn import(
     };
     summary.elapsed_s = t0.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Rewrites the files of the symbols placed before the learned calendar had all the days of (or before) their
+/// span, now that it is complete; returns how many. The store is unpublished, so its files are rewritten
+/// directly.
+fn place_again(
+    store: &Store,
+    learned: &learned::Final,
+    fields: &[String],
+    freq: Freq,
+    written: &mut [Written],
+) -> Result<usize> {
+    use rayon::prelude::*;
+    written
+        .par_iter_mut()
+        .try_fold(
+            || 0,
+            |n, w| {
+                let Some(r) = w
+                    .epoch
+                    .and_then(|e| learned.replacement(e, w.span.start, w.span.end))
+                else {
+                    return Ok(n);
+                };
+                let mut bytes = 0;
+                for &f in &w.present {
+                    let path = store.feature_path(&w.symbol, &fields[f], freq)?;
+                    let old = crate::writer::read_all(&path)?.map(|(_, v)| v);
+                    let values = old.as_deref().and_then(|v| r.spread(v)).ok_or_else(|| {
+                        let why =
+                            "the staging file's length changed during the import; run it again";
+                        Error::io("placing again", &path, std::io::Error::other(why))
+                    })?;
+                    bytes += crate::writer::create_unsynced(&path, r.start, &values)?;
+                }
+                w.bytes = bytes;
+                Ok(n + 1)
+            },
+        )
+        .try_reduce(|| 0, |a, b| Ok(a + b))
 }
 
 /// Builds a new store next to `target` with `build` and switches it in atomically.
@@ -613,106 +617,172 @@ mod tests {
         }
     }
 
-    /// A server-like source: pass 1 is slow (it waits until the stream has delivered `wait_for` symbols, or the
-    /// stream is blocked), so pass 2's first symbols must be held, and with a tiny cap the stream must wait.
-    struct Slow {
+    /// Symbols with chosen dates, delivered in a chosen order from two threads, with or without a trading-day
+    /// table.
+    struct Listed {
         fields: Vec<String>,
-        n: usize,
-        delivered: std::sync::atomic::AtomicUsize,
-        fail_pass1: bool,
+        symbols: Vec<SymbolRows>,
+        days: Option<Result<Vec<Timestamp>>>,
     }
 
-    impl Source for Slow {
+    impl Source for Listed {
         fn fields(&self) -> &[String] {
             &self.fields
         }
         fn symbol_count(&self) -> usize {
-            self.n
+            self.symbols.len()
         }
         fn dates(&self) -> Result<Vec<Timestamp>> {
-            let t0 = Instant::now();
-            while self.delivered.load(Ordering::SeqCst) < 1
-                && t0.elapsed() < std::time::Duration::from_secs(5)
-            {
-                std::thread::yield_now();
+            Ok(self.symbols.iter().flat_map(|s| s.dates.clone()).collect())
+        }
+        fn trading_days(&self) -> Result<Option<Vec<Timestamp>>> {
+            match &self.days {
+                None => Ok(None),
+                Some(Ok(d)) => Ok(Some(d.clone())),
+                Some(Err(_)) => Err(Error::Source {
+                    source_name: "days".into(),
+                    reason: "the trading-day table failed".into(),
+                }),
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            if self.fail_pass1 {
-                return Err(Error::Source {
-                    source_name: "slow".into(),
-                    reason: "pass 1 failed".into(),
-                });
-            }
-            Ok((0..10)
-                .map(|d| crate::parse_timestamp(&format!("2020-01-{:02}", d + 1)).unwrap())
-                .collect())
         }
         fn stream(
             &self,
             sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
         ) -> Result<()> {
-            for i in 0..self.n {
-                let dates = (0..10)
-                    .map(|d| crate::parse_timestamp(&format!("2020-01-{:02}", d + 1)).unwrap())
-                    .collect();
-                self.delivered.fetch_add(1, Ordering::SeqCst);
-                sink(Ok(SymbolRows {
-                    raw_symbol: format!("S{i:03}"),
-                    origin: "slow".into(),
-                    dates,
-                    columns: vec![Some(vec![i as f32; 10])],
-                }));
-            }
+            let half = self.symbols.len() / 2;
+            std::thread::scope(|s| {
+                for part in [&self.symbols[..half], &self.symbols[half..]] {
+                    s.spawn(move || part.iter().for_each(|r| sink(Ok(r.clone()))));
+                }
+            });
             Ok(())
         }
-        fn overlap_passes(&self) -> bool {
-            true
+    }
+
+    /// Every file of a store, by path.
+    fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let rel = p.strip_prefix(root).unwrap().display().to_string();
+                    out.insert(rel, std::fs::read(&p).unwrap());
+                }
+            }
         }
+        out
     }
 
     #[test]
-    fn overlapped_passes_hold_and_then_write_every_symbol() {
-        for cap in [1, 1 << 20] {
+    fn a_learned_calendar_builds_the_same_store_in_any_order() {
+        let day = |n: u64| {
+            crate::parse_timestamp("2020-01-01").unwrap() + chrono::Duration::days(n as i64)
+        };
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut placed_again = 0;
+        for round in 0..12 {
+            // 12 symbols over 60 days: random listing, delisting and suspensions (so late symbols bring days
+            // that earlier ones lack), one with every value missing (it fails and brings no day).
+            let mut symbols: Vec<SymbolRows> = (0..12)
+                .map(|k| {
+                    let first = next(40);
+                    let last = first + next(60 - first);
+                    let dates: Vec<Timestamp> =
+                        (first..=last).filter(|_| next(4) != 0).map(day).collect();
+                    let dates = if dates.is_empty() {
+                        vec![day(first)]
+                    } else {
+                        dates
+                    };
+                    let v = |d: &Timestamp| {
+                        if k == 5 {
+                            f32::NAN
+                        } else {
+                            d.and_utc().timestamp() as f32 + k as f32
+                        }
+                    };
+                    SymbolRows {
+                        raw_symbol: format!("S{k:02}"),
+                        origin: "test".into(),
+                        columns: vec![Some(dates.iter().map(v).collect()), None],
+                        dates,
+                    }
+                })
+                .collect();
+            let mut union: Vec<Timestamp> = symbols
+                .iter()
+                .filter(|s| s.raw_symbol != "S05")
+                .flat_map(|s| s.dates.clone())
+                .collect();
+            union.sort_unstable();
+            union.dedup();
             let dir = tempfile::tempdir().unwrap();
-            let src = Slow {
-                fields: vec!["close".into()],
-                n: 40,
-                delivered: Default::default(),
-                fail_pass1: false,
+            let build = |name: &str, symbols: Vec<SymbolRows>, days| {
+                let src = Listed {
+                    fields: vec!["close".into(), "volume".into()],
+                    symbols,
+                    days,
+                };
+                let s = import(
+                    &src,
+                    &dir.path().join(name),
+                    false,
+                    &Default::default(),
+                    &|_| {},
+                )
+                .unwrap();
+                assert_eq!((s.symbols_ok, s.failed.len()), (11, 1), "round {round}");
+                (tree(&dir.path().join(name)), s.placed_again)
             };
-            let opts = ImportOptions {
-                pending_cap: cap,
-                ..Default::default()
-            };
-            let s = import(&src, &dir.path().join("s"), false, &opts, &|_| {}).unwrap();
-            assert_eq!(
-                (s.symbols_ok, s.rows, s.failed.len()),
-                (40, 400, 0),
-                "cap {cap}"
-            );
-            let store = Store::open(dir.path().join("s")).unwrap();
-            assert_eq!(
-                &store.read("S039", "close", Freq::DAY, 0..10).unwrap()[..],
-                &[39.0; 10]
-            );
+            let (want, _) = build("known", symbols.clone(), Some(Ok(union.clone())));
+            for order in 0..4 {
+                for i in (1..symbols.len()).rev() {
+                    symbols.swap(i, next(i as u64 + 1) as usize);
+                }
+                let (got, again) = build(&format!("learned-{order}"), symbols.clone(), None);
+                assert!(
+                    got == want,
+                    "round {round}, order {order}: the stores differ"
+                );
+                placed_again += again;
+            }
         }
+        assert!(
+            placed_again > 0,
+            "no order made a symbol move: the test tests nothing"
+        );
     }
 
     #[test]
-    fn overlapped_pass1_failure_ends_the_import_without_deadlock() {
+    fn a_failing_trading_day_table_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let src = Slow {
+        let src = Listed {
             fields: vec!["close".into()],
-            n: 40,
-            delivered: Default::default(),
-            fail_pass1: true,
+            symbols: vec![rows(&["2020-01-02"], &[1.0])],
+            days: Some(Err(Error::NothingImported)),
         };
-        let opts = ImportOptions {
-            pending_cap: 1,
-            ..Default::default()
-        };
-        let err = import(&src, &dir.path().join("s"), false, &opts, &|_| {}).unwrap_err();
-        assert!(err.to_string().contains("pass 1 failed"), "{err}");
+        let err = import(
+            &src,
+            &dir.path().join("s"),
+            false,
+            &Default::default(),
+            &|_| {},
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("trading-day table failed"),
+            "{err}"
+        );
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             0,

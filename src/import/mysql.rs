@@ -1,17 +1,20 @@
 //! The MySQL/MariaDB source.
 //!
-//! Pass 1 asks the server for the distinct dates; pass 2 streams `ORDER BY symbol, date` over several
-//! connections, each on a disjoint, contiguous range of the sorted symbol list, with the binary protocol
-//! (`exec_iter`): rows arrive one packet at a time and only one symbol per connection is held in memory.
+//! The rows are read once, with the binary protocol (`exec_iter`): rows arrive one packet at a time. A whole
+//! table is scanned in its own order on one connection and grouped by symbol here (`group`); a selection of
+//! symbols streams `ORDER BY symbol, date` over several connections, each on a disjoint, contiguous range of
+//! the sorted symbol list, holding one symbol per connection. The calendar is learned from the rows (or read
+//! from a trading-day table); only `qdump update` asks for the distinct dates first.
 //! Table and column names are checked against `information_schema` and quoted; symbols and dates are always
 //! bound parameters. No raw SQL comes from flags. The password never appears in messages.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{NaiveDate, NaiveTime};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder, Value};
 
+use super::group::Grouper;
 use super::{Failure, Source, SymbolRows};
 use crate::calendar::{Timestamp, parse_timestamp};
 use crate::error::{Error, Result};
@@ -30,12 +33,16 @@ pub struct MysqlOptions {
     pub end: Option<Timestamp>,
     /// Only the first N symbols in the server's order.
     pub limit: Option<usize>,
-    /// Connections streaming in parallel (each over its own symbol range).
+    /// Connections streaming in parallel (each over its own symbol range) when `symbols` or `limit` selects
+    /// symbols; a whole table is one scan.
     pub connections: usize,
     /// A table of trading days to take the calendar from, instead of the distinct dates of the rows.
     pub calendar_table: Option<String>,
     /// The date column of `calendar_table` (default: the same name as the date column).
     pub calendar_column: Option<String>,
+    /// Rows held in memory while a whole-table scan waits for symbols to complete, in bytes; past it they go to a
+    /// spill file (see `group`).
+    pub hold_bytes: usize,
 }
 
 impl Default for MysqlOptions {
@@ -52,6 +59,7 @@ impl Default for MysqlOptions {
             connections: 2,
             calendar_table: None,
             calendar_column: None,
+            hold_bytes: 128 << 20,
         }
     }
 }
@@ -168,6 +176,7 @@ pub struct MysqlSource {
     connections: usize,
     /// (table, column) of a trading-day table, when the calendar comes from one.
     calendar: Option<(String, String)>,
+    hold_bytes: usize,
 }
 
 impl MysqlSource {
@@ -316,6 +325,7 @@ impl MysqlSource {
             end: o.end,
             connections: o.connections.max(1),
             calendar,
+            hold_bytes: o.hold_bytes,
         };
         src.symbols = match o.symbols {
             Some(list) => list
@@ -428,18 +438,12 @@ impl MysqlSource {
         }
     }
 
-    /// Streams one contiguous run of symbols on its own connection.
-    fn stream_run(
-        &self,
-        symbols: &[String],
-        sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
-    ) -> Result<()> {
-        let mut c = self.conn.connect()?;
+    /// The field columns to select, comma-separated.
+    fn select_fields(&self) -> String {
         // DECIMAL arrives as text even in the binary protocol; as DOUBLE it is 8 bytes to copy instead of a string
         // to allocate and parse. The server's DECIMAL -> DOUBLE conversion is correctly rounded, so the f32 stored
         // is the one parsing the same digits gives (the CSV and MySQL imports stay byte-identical; tested).
-        let fields = self
-            .columns
+        self.columns
             .iter()
             .zip(&self.decimal)
             .map(|(f, &dec)| {
@@ -450,7 +454,131 @@ impl MysqlSource {
                 }
             })
             .collect::<Vec<_>>()
-            .join(", ");
+            .join(", ")
+    }
+
+    /// Streams the whole table in its own order: the scan that costs the server least (the same work as
+    /// exporting the table), with the rows grouped by symbol here ([`Grouper`]). A second connection counts
+    /// each symbol's rows meanwhile, so a symbol is handed on the moment its last row arrives and its files are
+    /// written on another thread while the scan goes on. Both connections open a consistent snapshot, one right
+    /// after the other; a commit in between that adds rows to a symbol already handed on fails the import
+    /// (nothing is published) rather than import it twice.
+    fn stream_table(
+        &self,
+        sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
+    ) -> Result<()> {
+        let err = |e: mysql::Error| self.conn.err(e.to_string());
+        let snapshot = |c: &mut Conn| -> Result<()> {
+            c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .map_err(err)?;
+            c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                .map_err(err)
+        };
+        let (mut scan, mut count) = (self.conn.connect()?, self.conn.connect()?);
+        snapshot(&mut scan)?;
+        snapshot(&mut count)?;
+        let (cond, params) = self.date_filter(&self.date_column);
+        let (s, d, t) = (&self.symbol_column, &self.date_column, &self.table);
+        let count_sql = format!(
+            "SELECT `{s}`, COUNT(*) FROM `{t}` WHERE `{s}` IS NOT NULL{cond} GROUP BY `{s}`"
+        );
+        let id = self
+            .row_id
+            .as_ref()
+            .map(|id| format!(", `{id}`"))
+            .unwrap_or_default();
+        let sql = format!(
+            "SELECT `{s}`, `{d}`{id}, {fields} FROM `{t}` WHERE `{s}` IS NOT NULL{cond}",
+            fields = self.select_fields()
+        );
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let (counts_tx, counts_rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(move || rx.into_iter().for_each(sink));
+            let count_params = params.clone();
+            scope.spawn(move || {
+                let counts: Result<HashMap<Vec<u8>, u64>> = count
+                    .exec_iter(count_sql, count_params)
+                    .and_then(|rows| {
+                        rows.map(|row| {
+                            mysql::from_row_opt::<(Vec<u8>, u64)>(row?).map_err(Into::into)
+                        })
+                        .collect()
+                    })
+                    .map_err(err);
+                let _ = counts_tx.send(counts);
+            });
+            let origin = |sym: &str| format!("{t}.{s} = {sym:?}");
+            let emit = |item| {
+                // The writer only stops early by panicking, which the join below reports.
+                let _ = tx.send(item);
+            };
+            let scanned = (|| -> Result<()> {
+                let mut groups = Grouper::new(
+                    self.columns.len(),
+                    self.row_id.is_some(),
+                    self.hold_bytes,
+                    &origin,
+                    &emit,
+                );
+                let mut counted = false;
+                let result = scan.exec_iter(sql, params).map_err(err)?;
+                for row in result {
+                    if !counted && let Ok(counts) = counts_rx.try_recv() {
+                        groups.counts(counts?)?;
+                        counted = true;
+                    }
+                    let row = row.map_err(|e| self.conn.err(format!("reading rows: {e}")))?;
+                    let mut values = row.unwrap().into_iter();
+                    let Some(Value::Bytes(sym)) = values.next() else {
+                        continue; // NULL symbols are not selected
+                    };
+                    let date = values.next().unwrap_or(Value::NULL);
+                    let date = to_timestamp(&date).ok_or_else(|| {
+                        format!("a row has date {date:?} in column {d}, which is not a date")
+                    });
+                    let id = match self.row_id {
+                        Some(_) => match values.next() {
+                            Some(Value::Int(i)) => Some(i),
+                            Some(Value::UInt(u)) => Some(u as i64),
+                            _ => Some(i64::MAX),
+                        },
+                        None => None,
+                    };
+                    let day = date.as_ref().ok().copied();
+                    let mut cells = values.zip(&self.columns).map(|(v, name)| {
+                        to_f32(&v).ok_or_else(|| match day {
+                            Some(day) => {
+                                format!("column {name} holds {v:?} on {day}, which is not a number")
+                            }
+                            None => format!("column {name} holds {v:?}, which is not a number"),
+                        })
+                    });
+                    groups.push(&sym, date, id, &mut cells)?;
+                }
+                if !counted {
+                    // The counts still matter: a failed count query fails the import.
+                    let counts = counts_rx.recv().expect("the counting thread sends once");
+                    groups.counts(counts?)?;
+                }
+                groups.end()
+            })();
+            drop(tx);
+            writer.join().expect("the writing thread panicked");
+            scanned
+        })?;
+        scan.query_drop("COMMIT").map_err(err)?;
+        Ok(())
+    }
+
+    /// Streams one contiguous run of symbols on its own connection.
+    fn stream_run(
+        &self,
+        symbols: &[String],
+        sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
+    ) -> Result<()> {
+        let mut c = self.conn.connect()?;
+        let fields = self.select_fields();
         // Queries name at most this many symbols, so IN lists stay far below the 65,535-parameter limit.
         for part in symbols.chunks(if self.restricted { 2000 } else { usize::MAX }) {
             let (where_sym, mut params) = self.symbol_filter(part);
@@ -588,8 +716,11 @@ impl Source for MysqlSource {
         self.query_dates(&self.symbols)
     }
 
-    fn overlap_passes(&self) -> bool {
-        true
+    fn trading_days(&self) -> Result<Option<Vec<Timestamp>>> {
+        match &self.calendar {
+            Some(_) => self.query_dates(&self.symbols).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn stream(
@@ -598,6 +729,9 @@ impl Source for MysqlSource {
     ) -> Result<()> {
         if self.symbols.is_empty() {
             return Ok(());
+        }
+        if !self.restricted {
+            return self.stream_table(sink);
         }
         let k = self.connections.min(self.symbols.len());
         let per = self.symbols.len().div_ceil(k);
