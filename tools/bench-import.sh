@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark of `qdump all` (issue #3), all measured in one run on this machine:
-#   (a) qdump all --mysql end to end into a new directory (one scan in table order), with --calendar-table, as
+#   (a) qdump all --mysql end to end into a new directory (table order, 2 key ranges, or 1), with --calendar-table, as
 #       the sorted scan over 2 connections that a selection takes (--limit), and with --overwrite over an
 #       existing store; with peak memory;
 #   (b) the server's own client exporting the same rows: mariadb -B -N --quick ... > /dev/null;
@@ -53,6 +53,9 @@ for run in 1 2 3; do
   timed "(a) qdump all --mysql" \
     target/release/qdump all --mysql "$url" --table "$table" --to "$dir"
   fresh
+  timed "(a) ... --connections 1 (one table scan)" \
+    target/release/qdump all --mysql "$url" --table "$table" --to "$dir" --connections 1
+  fresh
   timed "(a) ... --limit $symbols (sorted, 2 connections)" \
     target/release/qdump all --mysql "$url" --table "$table" --to "$dir" --limit "$symbols"
   fresh
@@ -68,6 +71,6 @@ echo "--- once, last (its deletion slows what follows)"
 timed "(a) ... --overwrite (also deletes the old store)" \
   target/release/qdump all --mysql "$url" --table "$table" --to "$work/run-1" --overwrite
 cmp <(cd "$work/run-1" && find . -type f -exec md5sum {} + | sort -k2) \
-    <(cd "$work/run-4" && find . -type f -exec md5sum {} + | sort -k2) \
+    <(cd "$work/run-5" && find . -type f -exec md5sum {} + | sort -k2) \
   && echo "MySQL and CSV stores are byte-identical"
 rm -rf "$work"/run-*

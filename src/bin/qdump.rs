@@ -154,8 +154,8 @@ struct AllArgs {
     /// Two rows of one symbol on one date: fail the symbol, or keep the first or last row.
     #[arg(long, value_enum, default_value_t = OnDuplicate::Error)]
     on_duplicate: OnDuplicate,
-    /// With --symbols or --limit: MySQL connections streaming in parallel, each over its own range of the
-    /// selected symbols (a whole table is read in one scan in its own order; see benches/README.md).
+    /// MySQL connections scanning in parallel: over ranges of the table's auto-increment primary key (a whole
+    /// table; one scan when it has no such key), or over ranges of the selected symbols (--symbols, --limit).
     #[arg(long, default_value_t = 2)]
     connections: usize,
     /// A MySQL table of trading days to take the calendar from (instead of the dates of the rows).

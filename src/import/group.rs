@@ -39,8 +39,8 @@ pub(super) struct Grouper<'a> {
     columns: usize,
     /// Whether rows carry ids.
     with_ids: bool,
-    origin: &'a dyn Fn(&str) -> String,
-    emit: &'a dyn Fn(std::result::Result<SymbolRows, Failure>),
+    origin: &'a (dyn Fn(&str) -> String + Sync),
+    emit: &'a (dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
     open: HashMap<Vec<u8>, Group>,
     /// Rows per symbol, once known, for the symbols not yet seen.
     counts: Option<HashMap<Vec<u8>, u64>>,
@@ -63,8 +63,8 @@ impl<'a> Grouper<'a> {
         columns: usize,
         with_ids: bool,
         cap: usize,
-        origin: &'a dyn Fn(&str) -> String,
-        emit: &'a dyn Fn(std::result::Result<SymbolRows, Failure>),
+        origin: &'a (dyn Fn(&str) -> String + Sync),
+        emit: &'a (dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
     ) -> Self {
         Grouper {
             columns,
@@ -183,7 +183,7 @@ impl<'a> Grouper<'a> {
     }
 
     /// Hands on every symbol still open (the scan has ended), in symbol order.
-    pub fn end(mut self) -> Result<()> {
+    pub fn end(&mut self) -> Result<()> {
         let mut rest: Vec<Group> = self.open.drain().map(|(_, g)| g).collect();
         rest.sort_by(|a, b| a.symbol.cmp(&b.symbol));
         for g in rest {
@@ -304,7 +304,7 @@ impl<'a> Grouper<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
+    use parking_lot::Mutex;
 
     fn day(n: i64) -> Timestamp {
         crate::parse_timestamp("2020-01-01").unwrap() + chrono::Duration::days(n)
@@ -319,8 +319,8 @@ mod tests {
         counts: &[(&str, u64)],
         cap: usize,
     ) -> (Vec<std::result::Result<SymbolRows, Failure>>, usize) {
-        let out = RefCell::new(Vec::new());
-        let emit = |item| out.borrow_mut().push(item);
+        let out = Mutex::new(Vec::new());
+        let emit = |item| out.lock().push(item);
         let origin = |s: &str| format!("t.symbol = {s:?}");
         let counts = counts
             .iter()
@@ -342,7 +342,7 @@ mod tests {
             g.push(s.as_bytes(), date, Some(id), &mut std::iter::once(value))
                 .unwrap();
         }
-        let early = out.borrow().len();
+        let early = out.lock().len();
         g.end().unwrap();
         (out.into_inner(), early)
     }
@@ -405,8 +405,8 @@ mod tests {
 
     #[test]
     fn counts_that_arrive_late_complete_symbols_and_a_changed_table_is_an_error() {
-        let out = RefCell::new(Vec::new());
-        let emit = |item| out.borrow_mut().push(item);
+        let out = Mutex::new(Vec::new());
+        let emit = |item| out.lock().push(item);
         let origin = |s: &str| s.to_string();
         let mut g = Grouper::new(1, false, usize::MAX, &origin, &emit);
         let one = |g: &mut Grouper, s: &str, d: i64| {
@@ -420,13 +420,13 @@ mod tests {
         one(&mut g, "A", 0).unwrap();
         one(&mut g, "A", 1).unwrap();
         one(&mut g, "B", 0).unwrap();
-        assert!(out.borrow().is_empty(), "nothing goes before the counts");
+        assert!(out.lock().is_empty(), "nothing goes before the counts");
         let counts =
             |v: &[(&str, u64)]| v.iter().map(|&(s, n)| (s.as_bytes().to_vec(), n)).collect();
         g.counts(counts(&[("A", 2), ("B", 2), ("C", 1)])).unwrap();
-        assert_eq!(out.borrow().len(), 1, "A was complete when its count came");
+        assert_eq!(out.lock().len(), 1, "A was complete when its count came");
         one(&mut g, "C", 0).unwrap();
-        assert_eq!(out.borrow().len(), 2, "C goes with its only row");
+        assert_eq!(out.lock().len(), 2, "C goes with its only row");
         let err = one(&mut g, "A", 2).unwrap_err().to_string();
         assert!(
             err.contains("changed during the import") && err.contains("\"A\""),

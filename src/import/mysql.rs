@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{NaiveDate, NaiveTime};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder, Value};
+use parking_lot::Mutex;
 
 use super::group::Grouper;
 use super::{Failure, Source, SymbolRows};
@@ -169,6 +170,8 @@ pub struct MysqlSource {
     symbols: Vec<String>,
     /// An auto-increment column, which orders rows of one symbol and date by insertion for --on-duplicate.
     row_id: Option<String>,
+    /// Whether `row_id` is the primary key, so that a whole-table scan can be split into key ranges.
+    row_id_is_key: bool,
     /// Whether `symbols` is a subset (so queries must name them) rather than the whole table.
     restricted: bool,
     start: Option<Timestamp>,
@@ -199,9 +202,9 @@ impl MysqlSource {
         };
         let mut c = conn.connect()?;
         let db = conn.opts.get_db_name().unwrap_or("").to_owned();
-        let cols: Vec<(String, String, String)> = c
+        let cols: Vec<(String, String, String, String)> = c
             .exec(
-                "SELECT COLUMN_NAME, DATA_TYPE, EXTRA FROM information_schema.COLUMNS \
+                "SELECT COLUMN_NAME, DATA_TYPE, EXTRA, COLUMN_KEY FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (&db, &o.table),
             )
@@ -320,6 +323,12 @@ impl MysqlSource {
                 .iter()
                 .find(|c| c.2.to_lowercase().contains("auto_increment"))
                 .map(|c| c.0.clone()),
+            // The only PRI column (a composite key lists several) and auto-increment: a range of it is a
+            // range of the clustered index.
+            row_id_is_key: cols.iter().filter(|c| c.3 == "PRI").count() == 1
+                && cols
+                    .iter()
+                    .any(|c| c.3 == "PRI" && c.2.to_lowercase().contains("auto_increment")),
             restricted: o.symbols.is_some() || o.limit.is_some(),
             start: o.start,
             end: o.end,
@@ -458,11 +467,12 @@ impl MysqlSource {
     }
 
     /// Streams the whole table in its own order: the scan that costs the server least (the same work as
-    /// exporting the table), with the rows grouped by symbol here ([`Grouper`]). A second connection counts
-    /// each symbol's rows meanwhile, so a symbol is handed on the moment its last row arrives and its files are
-    /// written on another thread while the scan goes on. Both connections open a consistent snapshot, one right
-    /// after the other; a commit in between that adds rows to a symbol already handed on fails the import
-    /// (nothing is published) rather than import it twice.
+    /// exporting the table), with the rows grouped by symbol here ([`Grouper`]). When the table's primary key
+    /// is its auto-increment id, `connections` scans read disjoint ranges of it at once, so the server scans
+    /// on several cores. Another connection counts each symbol's rows meanwhile, so a symbol is handed on the
+    /// moment its last row arrives and its files are written on another thread while the scans go on. Every
+    /// connection opens a consistent snapshot, one right after the other; a commit in between that adds rows
+    /// to a symbol already handed on fails the import (nothing is published) rather than import it twice.
     fn stream_table(
         &self,
         sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
@@ -474,11 +484,30 @@ impl MysqlSource {
             c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
                 .map_err(err)
         };
-        let (mut scan, mut count) = (self.conn.connect()?, self.conn.connect()?);
-        snapshot(&mut scan)?;
+        let (s, d, t) = (&self.symbol_column, &self.date_column, &self.table);
+        let mut count = self.conn.connect()?;
+        // Key ranges split at even steps of the id: the first and last are open, so every row is in one.
+        let mut cuts: Vec<i64> = Vec::new();
+        if let (true, Some(id)) = (self.row_id_is_key && self.connections > 1, &self.row_id) {
+            let span: Option<(Option<i64>, Option<i64>)> = count
+                .query_first(format!("SELECT MIN(`{id}`), MAX(`{id}`) FROM `{t}`"))
+                .map_err(err)?;
+            if let Some((Some(lo), Some(hi))) = span {
+                let k = self.connections as i128;
+                cuts = (1..k)
+                    .map(|j| (lo as i128 + (hi as i128 - lo as i128) * j / k) as i64)
+                    .collect();
+                cuts.dedup();
+            }
+        }
+        let mut scans = (0..=cuts.len())
+            .map(|_| self.conn.connect())
+            .collect::<Result<Vec<Conn>>>()?;
+        for c in &mut scans {
+            snapshot(c)?;
+        }
         snapshot(&mut count)?;
         let (cond, params) = self.date_filter(&self.date_column);
-        let (s, d, t) = (&self.symbol_column, &self.date_column, &self.table);
         let count_sql = format!(
             "SELECT `{s}`, COUNT(*) FROM `{t}` WHERE `{s}` IS NOT NULL{cond} GROUP BY `{s}`"
         );
@@ -487,18 +516,49 @@ impl MysqlSource {
             .as_ref()
             .map(|id| format!(", `{id}`"))
             .unwrap_or_default();
-        let sql = format!(
+        let select = format!(
             "SELECT `{s}`, `{d}`{id}, {fields} FROM `{t}` WHERE `{s}` IS NOT NULL{cond}",
             fields = self.select_fields()
         );
+        let ranges: Vec<(String, Vec<Value>)> = (0..=cuts.len())
+            .map(|j| {
+                let key = self.row_id.as_deref().unwrap_or_default();
+                let mut p = params.clone();
+                let mut sql = select.clone();
+                if j > 0 {
+                    sql.push_str(&format!(" AND `{key}` > ?"));
+                    p.push(Value::from(cuts[j - 1]));
+                }
+                if j < cuts.len() {
+                    sql.push_str(&format!(" AND `{key}` <= ?"));
+                    p.push(Value::from(cuts[j]));
+                }
+                (sql, p)
+            })
+            .collect();
         let (tx, rx) = std::sync::mpsc::sync_channel(64);
         let (counts_tx, counts_rx) = std::sync::mpsc::channel();
+        let origin = |sym: &str| format!("{t}.{s} = {sym:?}");
+        let emit = |item| {
+            // The writer only stops early by panicking, which the join below reports.
+            let _ = tx.send(Some(item));
+        };
+        let groups = Mutex::new((
+            Grouper::new(
+                self.columns.len(),
+                self.row_id.is_some(),
+                self.hold_bytes,
+                &origin,
+                &emit,
+            ),
+            Some(counts_rx),
+        ));
         std::thread::scope(|scope| {
-            let writer = scope.spawn(move || rx.into_iter().for_each(sink));
-            let count_params = params.clone();
+            // `None` ends the writer (the sender stays borrowed by `emit` until the scope ends).
+            let writer = scope.spawn(move || rx.into_iter().map_while(|item| item).for_each(sink));
             scope.spawn(move || {
                 let counts: Result<HashMap<Vec<u8>, u64>> = count
-                    .exec_iter(count_sql, count_params)
+                    .exec_iter(count_sql, params)
                     .and_then(|rows| {
                         rows.map(|row| {
                             mysql::from_row_opt::<(Vec<u8>, u64)>(row?).map_err(Into::into)
@@ -508,67 +568,106 @@ impl MysqlSource {
                     .map_err(err);
                 let _ = counts_tx.send(counts);
             });
-            let origin = |sym: &str| format!("{t}.{s} = {sym:?}");
-            let emit = |item| {
-                // The writer only stops early by panicking, which the join below reports.
-                let _ = tx.send(item);
-            };
-            let scanned = (|| -> Result<()> {
-                let mut groups = Grouper::new(
-                    self.columns.len(),
-                    self.row_id.is_some(),
-                    self.hold_bytes,
-                    &origin,
-                    &emit,
-                );
-                let mut counted = false;
-                let result = scan.exec_iter(sql, params).map_err(err)?;
-                for row in result {
-                    if !counted && let Ok(counts) = counts_rx.try_recv() {
-                        groups.counts(counts?)?;
-                        counted = true;
+            let scanned = scans
+                .into_iter()
+                .zip(ranges)
+                .map(|(c, (sql, p))| {
+                    let groups = &groups;
+                    scope.spawn(move || self.scan_range(c, sql, p, groups))
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().expect("a scanning thread panicked"))
+                .collect::<Result<Vec<()>>>()
+                .and_then(|_| {
+                    let mut g = groups.lock();
+                    let (groups, counts) = &mut *g;
+                    if let Some(rx) = counts.take() {
+                        // The counts still matter: a failed count query fails the import.
+                        groups.counts(rx.recv().expect("the counting thread sends once")?)?;
                     }
-                    let row = row.map_err(|e| self.conn.err(format!("reading rows: {e}")))?;
-                    let mut values = row.unwrap().into_iter();
-                    let Some(Value::Bytes(sym)) = values.next() else {
-                        continue; // NULL symbols are not selected
-                    };
-                    let date = values.next().unwrap_or(Value::NULL);
-                    let date = to_timestamp(&date).ok_or_else(|| {
-                        format!("a row has date {date:?} in column {d}, which is not a date")
-                    });
-                    let id = match self.row_id {
-                        Some(_) => match values.next() {
-                            Some(Value::Int(i)) => Some(i),
-                            Some(Value::UInt(u)) => Some(u as i64),
-                            _ => Some(i64::MAX),
-                        },
-                        None => None,
-                    };
-                    let day = date.as_ref().ok().copied();
-                    let mut cells = values.zip(&self.columns).map(|(v, name)| {
-                        to_f32(&v).ok_or_else(|| match day {
-                            Some(day) => {
-                                format!("column {name} holds {v:?} on {day}, which is not a number")
-                            }
-                            None => format!("column {name} holds {v:?}, which is not a number"),
-                        })
-                    });
-                    groups.push(&sym, date, id, &mut cells)?;
-                }
-                if !counted {
-                    // The counts still matter: a failed count query fails the import.
-                    let counts = counts_rx.recv().expect("the counting thread sends once");
-                    groups.counts(counts?)?;
-                }
-                groups.end()
-            })();
-            drop(tx);
+                    groups.end()
+                });
+            let _ = tx.send(None);
             writer.join().expect("the writing thread panicked");
             scanned
         })?;
-        scan.query_drop("COMMIT").map_err(err)?;
         Ok(())
+    }
+
+    /// One scan of [`stream_table`](Self::stream_table): rows are decoded on this thread and handed to the
+    /// shared grouper in batches, so that the lock is taken once per batch.
+    fn scan_range(
+        &self,
+        mut c: Conn,
+        sql: String,
+        params: Vec<Value>,
+        groups: &Mutex<Shared>,
+    ) -> Result<()> {
+        const BATCH: usize = 512;
+        let d = &self.date_column;
+        let mut batch = Batch::default();
+        let flush = |batch: &mut Batch| -> Result<()> {
+            let mut g = groups.lock();
+            let (groups, counts) = &mut *g;
+            if let Some(Ok(c)) = counts.as_ref().map(|rx| rx.try_recv()) {
+                *counts = None;
+                groups.counts(c?)?;
+            }
+            let n = self.columns.len();
+            for (k, sym) in batch.symbols.iter().enumerate() {
+                let date = std::mem::replace(&mut batch.dates[k], Err(String::new()));
+                let mut cells = batch.cells[k * n..(k + 1) * n].iter().cloned();
+                groups.push(sym, date, batch.ids[k], &mut cells)?;
+            }
+            batch.symbols.clear();
+            batch.dates.clear();
+            batch.ids.clear();
+            batch.cells.clear();
+            Ok(())
+        };
+        let result = c
+            .exec_iter(sql, params)
+            .map_err(|e| self.conn.err(e.to_string()))?;
+        for row in result {
+            let row = row.map_err(|e| self.conn.err(format!("reading rows: {e}")))?;
+            let mut values = row.unwrap().into_iter();
+            let Some(Value::Bytes(sym)) = values.next() else {
+                continue; // NULL symbols are not selected
+            };
+            let date = values.next().unwrap_or(Value::NULL);
+            let date = to_timestamp(&date).ok_or_else(|| {
+                format!("a row has date {date:?} in column {d}, which is not a date")
+            });
+            let id = match self.row_id {
+                Some(_) => match values.next() {
+                    Some(Value::Int(i)) => Some(i),
+                    Some(Value::UInt(u)) => Some(u as i64),
+                    _ => Some(i64::MAX),
+                },
+                None => None,
+            };
+            let day = date.as_ref().ok().copied();
+            batch
+                .cells
+                .extend(values.zip(&self.columns).map(|(v, name)| {
+                    to_f32(&v).ok_or_else(|| match day {
+                        Some(day) => {
+                            format!("column {name} holds {v:?} on {day}, which is not a number")
+                        }
+                        None => format!("column {name} holds {v:?}, which is not a number"),
+                    })
+                }));
+            batch.symbols.push(sym);
+            batch.dates.push(date);
+            batch.ids.push(id);
+            if batch.symbols.len() == BATCH {
+                flush(&mut batch)?;
+            }
+        }
+        flush(&mut batch)?;
+        c.query_drop("COMMIT")
+            .map_err(|e| self.conn.err(e.to_string()))
     }
 
     /// Streams one contiguous run of symbols on its own connection.
@@ -662,6 +761,22 @@ impl MysqlSource {
         }
         Ok(())
     }
+}
+
+/// The grouper of a whole-table scan, and the per-symbol counts until they arrive.
+type Shared<'a> = (
+    Grouper<'a>,
+    Option<std::sync::mpsc::Receiver<Result<HashMap<Vec<u8>, u64>>>>,
+);
+
+/// Rows decoded by one scan, waiting for the grouper's lock.
+#[derive(Default)]
+struct Batch {
+    symbols: Vec<Vec<u8>>,
+    dates: Vec<std::result::Result<Timestamp, String>>,
+    ids: Vec<Option<i64>>,
+    /// `columns` cells per row.
+    cells: Vec<std::result::Result<f32, String>>,
 }
 
 /// A numeric SQL value as f32 (NULL is NaN); `None` when it is not a number.
