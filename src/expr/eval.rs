@@ -89,22 +89,33 @@ pub fn evaluate<F: Fields + ?Sized>(
 /// computed once per instrument, and the canonical text is built once per query rather than per instrument.
 pub struct Query {
     exprs: Vec<Expr>,
-    /// Node address -> id of its canonical text.
+    /// Node address -> id of its canonical text, for the nodes computed more than once (the others are not
+    /// worth a copy into the memo).
     ids: HashMap<usize, u32>,
 }
 
 impl Query {
     pub fn new(exprs: Vec<Expr>) -> Query {
-        fn walk(e: &Expr, texts: &mut HashMap<String, u32>, ids: &mut HashMap<usize, u32>) {
+        /// Interns `e`; its children are walked only at its first occurrence, as only that one computes them.
+        fn walk(e: &Expr, texts: &mut HashMap<String, (u32, u32)>, ids: &mut HashMap<usize, u32>) {
             let n = texts.len() as u32;
-            let id = *texts.entry(e.to_string()).or_insert(n);
-            ids.insert(e as *const Expr as usize, id);
-            e.children().for_each(|c| walk(c, texts, ids));
+            let (id, uses) = texts.entry(e.to_string()).or_insert((n, 0));
+            *uses += 1;
+            ids.insert(e as *const Expr as usize, *id);
+            if *uses == 1 {
+                e.children().for_each(|c| walk(c, texts, ids));
+            }
         }
         let (mut texts, mut ids) = (HashMap::new(), HashMap::new());
         for e in &exprs {
             walk(e, &mut texts, &mut ids);
         }
+        let shared: std::collections::HashSet<u32> = texts
+            .values()
+            .filter(|&&(_, uses)| uses > 1)
+            .map(|&(id, _)| id)
+            .collect();
+        ids.retain(|_, id| shared.contains(id));
         Query { exprs, ids }
     }
 
@@ -397,10 +408,14 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
             Expr::Field(f) => {
                 let mut out = self.nans(len);
                 if let Some(c) = self.column(inst, f)? {
-                    let from = c.start().max(base);
-                    let to = c.rows().end.min(base + len);
-                    for r in from..to {
-                        out[r - base] = c.values()[r - c.start()] as f64;
+                    let (values, start) = (c.values(), c.start());
+                    let from = start.max(base);
+                    let to = (start + values.len()).min(base + len);
+                    if from < to {
+                        let dst = &mut out[from - base..to - base];
+                        dst.iter_mut()
+                            .zip(&values[from - start..to - start])
+                            .for_each(|(o, &x)| *o = f64::from(x));
                     }
                 }
                 Val::narrow(out)
@@ -424,95 +439,59 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                 Val::Series { v: out, narrow }
             }
             Expr::Unary(op, x) => {
-                let f: fn(f64) -> f64 = match op {
-                    Unary::Neg => |x| -x,
-                    Unary::Abs => f64::abs,
-                    Unary::Log => f64::ln,
-                    Unary::Sign => |x| {
+                let v = self.eval(x, inst, base, len)?;
+                // qlib's Sign casts to float32 first; Not gives booleans.
+                let narrow = matches!(op, Unary::Sign | Unary::Not);
+                // Each arm is its own instance of `unary`, so the operation is inlined into the loop.
+                match op {
+                    Unary::Neg => unary(v, narrow, |x| -x),
+                    Unary::Abs => unary(v, narrow, f64::abs),
+                    Unary::Log => unary(v, narrow, f64::ln),
+                    Unary::Sign => unary(v, narrow, |x| {
                         if x == 0.0 || x.is_nan() {
                             x
                         } else {
                             x.signum()
                         }
-                    },
-                    Unary::Not => |x| bool_f(!truthy(x)),
-                };
-                match self.eval(x, inst, base, len)? {
-                    Val::Const(c) => Val::Const(f(c)),
-                    Val::Series { mut v, narrow } => {
-                        // qlib's Sign casts to float32 first; Not gives booleans.
-                        let narrow = narrow || matches!(op, Unary::Sign | Unary::Not);
-                        v.iter_mut().for_each(|x| *x = round_if(narrow, f(*x)));
-                        Val::Series { v, narrow }
-                    }
+                    }),
+                    Unary::Not => unary(v, narrow, |x| bool_f(!truthy(x))),
                 }
             }
             Expr::Binary(op, a, b) => {
-                let f: fn(f64, f64) -> f64 = match op {
-                    Binary::Add => |a, b| a + b,
-                    Binary::Sub => |a, b| a - b,
-                    Binary::Mul => |a, b| a * b,
-                    Binary::Div => |a, b| a / b,
-                    Binary::Power => f64::powf,
+                let (a, b) = (
+                    self.eval(a, inst, base, len)?,
+                    self.eval(b, inst, base, len)?,
+                );
+                // Each arm is its own instance of `binary`, so the operation is inlined into the loop.
+                match op {
+                    Binary::Add => binary(a, b, false, |a, b| a + b),
+                    Binary::Sub => binary(a, b, false, |a, b| a - b),
+                    Binary::Mul => binary(a, b, false, |a, b| a * b),
+                    Binary::Div => binary(a, b, false, |a, b| a / b),
+                    Binary::Power => binary(a, b, false, f64::powf),
                     // np.maximum/np.minimum: NaN on either side wins.
-                    Binary::Greater => |a, b| {
+                    Binary::Greater => binary(a, b, false, |a, b| {
                         if a.is_nan() || b.is_nan() {
                             f64::NAN
                         } else {
                             a.max(b)
                         }
-                    },
-                    Binary::Less => |a, b| {
+                    }),
+                    Binary::Less => binary(a, b, false, |a, b| {
                         if a.is_nan() || b.is_nan() {
                             f64::NAN
                         } else {
                             a.min(b)
                         }
-                    },
-                    Binary::Gt => |a, b| bool_f(a > b),
-                    Binary::Ge => |a, b| bool_f(a >= b),
-                    Binary::Lt => |a, b| bool_f(a < b),
-                    Binary::Le => |a, b| bool_f(a <= b),
-                    Binary::Eq => |a, b| bool_f(a == b),
-                    Binary::Ne => |a, b| bool_f(a != b),
-                    Binary::And => |a, b| bool_f(truthy(a) && truthy(b)),
-                    Binary::Or => |a, b| bool_f(truthy(a) || truthy(b)),
-                };
-                let boolean = matches!(
-                    op,
-                    Binary::Gt
-                        | Binary::Ge
-                        | Binary::Lt
-                        | Binary::Le
-                        | Binary::Eq
-                        | Binary::Ne
-                        | Binary::And
-                        | Binary::Or
-                );
-                // A Python number next to a float32 series is cast to float32 first (numpy's weak scalars).
-                let scalar = |narrow: bool, c: f64| round_if(narrow && !boolean, c);
-                match (
-                    self.eval(a, inst, base, len)?,
-                    self.eval(b, inst, base, len)?,
-                ) {
-                    (Val::Const(x), Val::Const(y)) => Val::Const(f(x, y)),
-                    (Val::Series { mut v, narrow }, Val::Const(y)) => {
-                        let y = scalar(narrow, y);
-                        v.iter_mut().for_each(|x| *x = round_if(narrow, f(*x, y)));
-                        Val::Series { v, narrow }
-                    }
-                    (Val::Const(x), Val::Series { mut v, narrow }) => {
-                        let x = scalar(narrow, x);
-                        v.iter_mut().for_each(|y| *y = round_if(narrow, f(x, *y)));
-                        Val::Series { v, narrow }
-                    }
-                    (Val::Series { mut v, narrow: n1 }, Val::Series { v: w, narrow: n2 }) => {
-                        let narrow = n1 && n2;
-                        v.iter_mut()
-                            .zip(&w)
-                            .for_each(|(x, y)| *x = round_if(narrow, f(*x, *y)));
-                        Val::Series { v, narrow }
-                    }
+                    }),
+                    Binary::Gt => binary(a, b, true, |a, b| bool_f(a > b)),
+                    Binary::Ge => binary(a, b, true, |a, b| bool_f(a >= b)),
+                    Binary::Lt => binary(a, b, true, |a, b| bool_f(a < b)),
+                    Binary::Le => binary(a, b, true, |a, b| bool_f(a <= b)),
+                    Binary::Eq => binary(a, b, true, |a, b| bool_f(a == b)),
+                    Binary::Ne => binary(a, b, true, |a, b| bool_f(a != b)),
+                    Binary::And => binary(a, b, true, |a, b| bool_f(truthy(a) && truthy(b))),
+                    Binary::Or => binary(a, b, true, |a, b| bool_f(truthy(a) || truthy(b))),
                 }
             }
             Expr::If(c, a, b) => {
@@ -584,6 +563,60 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                 Val::wide(pair_op(*op, &a, &b, base, *w))
             }
         })
+    }
+}
+
+/// `f` applied to each value; the result is float32 when the input is or `narrow` says so.
+#[inline(always)]
+fn unary(v: Val, narrow: bool, f: impl Fn(f64) -> f64) -> Val {
+    match v {
+        Val::Const(c) => Val::Const(f(c)),
+        Val::Series { mut v, narrow: n } => {
+            let narrow = narrow || n;
+            each(&mut v, narrow, f);
+            Val::Series { v, narrow }
+        }
+    }
+}
+
+/// `f` applied pairwise. Comparisons (`boolean`) give booleans; otherwise the result is float32 when both
+/// sides are, and a Python number next to a float32 series is cast to float32 first (numpy's weak scalars).
+#[inline(always)]
+fn binary(a: Val, b: Val, boolean: bool, f: impl Fn(f64, f64) -> f64) -> Val {
+    let scalar = |narrow: bool, c: f64| round_if(narrow && !boolean, c);
+    match (a, b) {
+        (Val::Const(x), Val::Const(y)) => Val::Const(f(x, y)),
+        (Val::Series { mut v, narrow }, Val::Const(y)) => {
+            let y = scalar(narrow, y);
+            each(&mut v, narrow, |x| f(x, y));
+            Val::Series { v, narrow }
+        }
+        (Val::Const(x), Val::Series { mut v, narrow }) => {
+            let x = scalar(narrow, x);
+            each(&mut v, narrow, |y| f(x, y));
+            Val::Series { v, narrow }
+        }
+        (Val::Series { mut v, narrow: n1 }, Val::Series { v: w, narrow: n2 }) => {
+            let narrow = n1 && n2;
+            if narrow {
+                v.iter_mut()
+                    .zip(&w)
+                    .for_each(|(x, y)| *x = f(*x, *y) as f32 as f64);
+            } else {
+                v.iter_mut().zip(&w).for_each(|(x, y)| *x = f(*x, *y));
+            }
+            Val::Series { v, narrow }
+        }
+    }
+}
+
+/// Replaces each value by `f` of it, rounded to float32 when `narrow` (the branch is outside the loop).
+#[inline(always)]
+fn each(v: &mut [f64], narrow: bool, f: impl Fn(f64) -> f64) {
+    if narrow {
+        v.iter_mut().for_each(|x| *x = f(*x) as f32 as f64);
+    } else {
+        v.iter_mut().for_each(|x| *x = f(*x));
     }
 }
 
