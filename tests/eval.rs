@@ -402,3 +402,56 @@ fn expression() -> impl Strategy<Value = String> {
         ]
     })
 }
+
+/// Order statistics (and regressions) over the same input and window share one pass over the windows when a
+/// query has several (`Quantile(x,20,0.8)`, `Quantile(x,20,0.2)`, `Rank(x,20)`; `Slope`, `Rsquare`, `Resi`, as
+/// Alpha158 does); the values are the ones each gives alone, bit for bit, inside other expressions too and for
+/// a sub-range.
+#[test]
+fn grouped_window_statistics_equal_each_alone() {
+    let x: Vec<f64> = (0..300)
+        .map(|i| {
+            if i % 17 == 3 {
+                NAN
+            } else {
+                ((i * 7919) % 101) as f64 / 7.0 + (i / 50) as f64
+            }
+        })
+        .collect();
+    let texts = [
+        "Quantile($x,20,0.8)/$x",
+        "Quantile($x,20,0.2)",
+        "Rank($x,20)",
+        "Med($x,20)",
+        "Quantile($x,5,0.5)",
+        "Rank($x,5)",
+        "Rank(Abs($x-10),20)",
+        "Quantile($x,0,0.3)",
+        "Rank($x,0)",
+        "Quantile($x,20,0.2)-Rank($x,20)",
+        "Slope($x,20)/$x",
+        "Rsquare($x,20)",
+        "Resi($x,20)/$x",
+        "Slope($x,0)",
+        "Rsquare($x,0)",
+        "Resi($x,10)",
+        "Rsquare($x,10)",
+    ];
+    let m = mem(&[("x", 0, &x)]);
+    let exprs: Vec<_> = texts.iter().map(|t| parse(t).unwrap()).collect();
+    for rows in [0..300, 120..260] {
+        let together = evaluate(&m, "X", &exprs, rows.clone()).unwrap();
+        for (k, e) in exprs.iter().enumerate() {
+            let alone = evaluate(&m, "X", std::slice::from_ref(e), rows.clone())
+                .unwrap()
+                .remove(0);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&together[k]),
+                bits(&alone),
+                "{} over {rows:?}",
+                texts[k]
+            );
+        }
+    }
+}

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::ast::{Binary, Expr, Extent, Pair, Rolling, Unary, Window};
 use super::kernels::{
-    self, CoMoments, Extreme, Moments, Spread, Sum, Weighted, order_stats, rolling,
+    self, CoMoments, Extreme, Moments, OrderStat, Spread, Sum, Weighted, order_stats, rolling,
 };
 use crate::error::Result;
 use crate::feature::FeatureFile;
@@ -89,34 +89,97 @@ pub fn evaluate<F: Fields + ?Sized>(
 /// computed once per instrument, and the canonical text is built once per query rather than per instrument.
 pub struct Query {
     exprs: Vec<Expr>,
-    /// Node address -> id of its canonical text, for the nodes computed more than once (the others are not
-    /// worth a copy into the memo).
+    plan: Plan,
+}
+
+/// What an evaluation may share, from the canonical texts of a query's nodes.
+struct Plan {
+    /// Node address -> id of its canonical text, for the nodes that are shared or grouped.
     ids: HashMap<usize, u32>,
+    /// Ids computed more than once: their results are kept (copied into the memo).
+    shared: std::collections::HashSet<u32>,
+    /// Window statistics of one kind over the same input and window (`Quantile($close,20,0.8)`,
+    /// `Quantile($close,20,0.2)` and `Rank($close,20)`; `Slope`, `Rsquare` and `Resi`): each member's id ->
+    /// every member and its statistic, computed together in one pass over the windows.
+    groups: HashMap<u32, Arc<[(u32, Stat)]>>,
+}
+
+/// A statistic that can share its pass over the windows with others of its kind.
+#[derive(Debug, Clone, Copy)]
+enum Stat {
+    /// Kept in one sorted window.
+    Order(OrderStat),
+    /// Slope, Rsquare or Resi: one regression on the row.
+    Trend(Rolling),
+}
+
+/// The statistic a node computes, and the key of its pass: kind, input and window.
+fn window_stat(e: &Expr) -> Option<(Stat, String)> {
+    let (stat, x, w) = match e {
+        Expr::Quantile(x, w, q) => (Stat::Order(OrderStat::Quantile(*q)), x, w),
+        Expr::Rolling(Rolling::Rank, x, w) => (Stat::Order(OrderStat::Rank), x, w),
+        Expr::Rolling(Rolling::Med, x, w) => (Stat::Order(OrderStat::Median), x, w),
+        Expr::Rolling(op @ (Rolling::Slope | Rolling::Rsquare | Rolling::Resi), x, w) => {
+            (Stat::Trend(*op), x, w)
+        }
+        _ => return None,
+    };
+    let kind = matches!(stat, Stat::Order(_));
+    Some((stat, format!("{kind}|{x}|{w:?}")))
 }
 
 impl Query {
     pub fn new(exprs: Vec<Expr>) -> Query {
         /// Interns `e`; its children are walked only at its first occurrence, as only that one computes them.
-        fn walk(e: &Expr, texts: &mut HashMap<String, (u32, u32)>, ids: &mut HashMap<usize, u32>) {
+        fn walk<'e>(
+            e: &'e Expr,
+            texts: &mut HashMap<String, (u32, u32)>,
+            ids: &mut HashMap<usize, u32>,
+            first: &mut Vec<&'e Expr>,
+        ) {
             let n = texts.len() as u32;
             let (id, uses) = texts.entry(e.to_string()).or_insert((n, 0));
             *uses += 1;
             ids.insert(e as *const Expr as usize, *id);
             if *uses == 1 {
-                e.children().for_each(|c| walk(c, texts, ids));
+                first.push(e);
+                e.children().for_each(|c| walk(c, texts, ids, first));
             }
         }
-        let (mut texts, mut ids) = (HashMap::new(), HashMap::new());
+        let (mut texts, mut ids, mut first) = (HashMap::new(), HashMap::new(), Vec::new());
         for e in &exprs {
-            walk(e, &mut texts, &mut ids);
+            walk(e, &mut texts, &mut ids, &mut first);
         }
         let shared: std::collections::HashSet<u32> = texts
             .values()
             .filter(|&&(_, uses)| uses > 1)
             .map(|&(id, _)| id)
             .collect();
-        ids.retain(|_, id| shared.contains(id));
-        Query { exprs, ids }
+        // Window statistics by (kind, input, window), in the order first met.
+        let mut by_window: Vec<(String, Vec<(u32, Stat)>)> = Vec::new();
+        for e in &first {
+            if let Some((stat, key)) = window_stat(e) {
+                let id = ids[&(*e as *const Expr as usize)];
+                match by_window.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, members)) => members.push((id, stat)),
+                    None => by_window.push((key, vec![(id, stat)])),
+                }
+            }
+        }
+        let mut groups = HashMap::new();
+        for (_, members) in by_window.into_iter().filter(|(_, m)| m.len() > 1) {
+            let members: Arc<[(u32, Stat)]> = members.into();
+            for &(id, _) in members.iter() {
+                groups.insert(id, members.clone());
+            }
+        }
+        ids.retain(|_, id| shared.contains(id) || groups.contains_key(id));
+        let plan = Plan {
+            ids,
+            shared,
+            groups,
+        };
+        Query { exprs, plan }
     }
 
     pub fn exprs(&self) -> &[Expr] {
@@ -154,7 +217,7 @@ impl Query {
         mut sink: impl FnMut(usize, usize, f32),
     ) -> Result<()> {
         let exprs = &self.exprs;
-        let mut ev = Evaluator::new(fields, Some(&self.ids));
+        let mut ev = Evaluator::new(fields, Some(&self.plan));
         ev.pool = std::mem::take(&mut scratch.pool);
         // Each expression's own series and the rows its requested rows need.
         let mut plans = Vec::with_capacity(exprs.len());
@@ -264,8 +327,8 @@ fn round_if(narrow: bool, x: f64) -> f64 {
 struct Evaluator<'a, F: ?Sized> {
     fields: &'a F,
     columns: HashMap<(String, String), Option<Column>>,
-    /// Ids of the nodes ([`Query`]); without them nothing is memoised.
-    ids: Option<&'a HashMap<usize, u32>>,
+    /// What may be shared ([`Query`]); without it nothing is memoised.
+    plan: Option<&'a Plan>,
     /// Values of the sub-expressions evaluated so far: (node id, instrument text address, base, len).
     memo: HashMap<(u32, usize, usize, usize), Val>,
     /// Free buffers.
@@ -282,11 +345,11 @@ fn bool_f(b: bool) -> f64 {
 }
 
 impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
-    fn new(fields: &'a F, ids: Option<&'a HashMap<usize, u32>>) -> Self {
+    fn new(fields: &'a F, plan: Option<&'a Plan>) -> Self {
         Evaluator {
             fields,
             columns: HashMap::new(),
-            ids,
+            plan,
             memo: HashMap::new(),
             pool: Vec::new(),
         }
@@ -332,13 +395,18 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
         if let Expr::Const(c) = e {
             return Ok(Val::Const(*c));
         }
-        let Some(&id) = self
-            .ids
-            .and_then(|ids| ids.get(&(e as *const Expr as usize)))
-        else {
+        let Some(plan) = self.plan else {
+            return self.compute(e, inst, base, len);
+        };
+        let Some(&id) = plan.ids.get(&(e as *const Expr as usize)) else {
             return self.compute(e, inst, base, len);
         };
         let key = (id, inst.as_ptr() as usize, base, len);
+        let shared = plan.shared.contains(&id);
+        if !shared && let Some(v) = self.memo.remove(&key) {
+            // Left by a sibling's pass of the same group, for this one use.
+            return Ok(v);
+        }
         if let Some(hit) = self.memo.get(&key) {
             return Ok(match hit {
                 Val::Const(c) => Val::Const(*c),
@@ -354,7 +422,50 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                 }
             });
         }
-        let v = self.compute(e, inst, base, len)?;
+        let v = match plan.groups.get(&id) {
+            Some(members) => {
+                let (Expr::Quantile(x, w, _) | Expr::Rolling(_, x, w)) = e else {
+                    unreachable!("only window statistics are grouped")
+                };
+                let xs = self.series(x, inst, base, len)?;
+                let outs = match members[0].1 {
+                    Stat::Order(_) => {
+                        let stats: Vec<OrderStat> = members
+                            .iter()
+                            .filter_map(|m| match m.1 {
+                                Stat::Order(s) => Some(s),
+                                Stat::Trend(_) => None,
+                            })
+                            .collect();
+                        kernels::order_stats_many(&xs, periods(*w), &stats)
+                    }
+                    Stat::Trend(_) => {
+                        let ops: Vec<Rolling> = members
+                            .iter()
+                            .filter_map(|m| match m.1 {
+                                Stat::Trend(op) => Some(op),
+                                Stat::Order(_) => None,
+                            })
+                            .collect();
+                        trend_many(&xs, base, *w, &ops)
+                    }
+                };
+                self.pool.push(xs);
+                let mut mine = None;
+                for (&(m, _), out) in members.iter().zip(outs) {
+                    if m == id {
+                        mine = Some(out);
+                    } else {
+                        self.memo.insert((m, key.1, base, len), Val::wide(out));
+                    }
+                }
+                Val::wide(mine.expect("a group holds its members"))
+            }
+            None => self.compute(e, inst, base, len)?,
+        };
+        if !shared {
+            return Ok(v);
+        }
         let kept = match &v {
             Val::Const(c) => Val::Const(*c),
             Val::Series { v, narrow } => Val::Series {
@@ -639,16 +750,6 @@ fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
     let moments =
         |f: fn(&Moments) -> f64| rolling(len, base, n, |i| Moments::one(v[i], 0), |a, _| f(a));
     let spread = |f: fn(&Spread) -> f64| rolling(len, base, n, |i| Spread::one(v[i]), |a, _| f(a));
-    // Regression of the values on their calendar row: the slope and fit do not depend on where x starts.
-    let trend = |f: &dyn Fn(&CoMoments) -> f64| {
-        rolling(
-            len,
-            base,
-            n,
-            |i| CoMoments::pair((base + i) as f64, v[i]),
-            |a, _| f(a),
-        )
-    };
     match (op, w) {
         (Rolling::Mean | Rolling::Ema, Window::Ewm(alpha)) => kernels::ewm(v, alpha),
         (Rolling::Ema, Window::Periods(n)) => kernels::ewm(v, 2.0 / (n as f64 + 1.0)),
@@ -707,34 +808,53 @@ fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
                 .map(|x| x - v.first().copied().unwrap_or(f64::NAN))
                 .collect(),
         },
-        (Rolling::Slope, _) => trend(&|a| a.slope()),
-        (Rolling::Rsquare, _) => {
-            let r2 = trend(&|a| {
-                let r = a.sxy / (a.sxx * a.syy).sqrt();
-                r * r
-            });
-            match n {
-                // qlib blanks windows whose values are (nearly) constant; not for the expanding form.
-                Some(_) => {
-                    let m = spread(|m| if flat(m) { f64::NAN } else { 0.0 });
-                    r2.iter().zip(&m).map(|(r, m)| r + m).collect()
-                }
-                None => r2,
-            }
-        }
-        (Rolling::Resi, _) => {
-            // The newest value minus the fitted line at its row.
-            let mut out = vec![f64::NAN; len];
-            kernels::sliding(
-                len,
-                base,
-                n,
-                |i| CoMoments::pair((base + i) as f64, v[i]),
-                |i, a, _| out[i] = v[i] - (a.my + a.slope() * ((base + i) as f64 - a.mx)),
-            );
-            out
+        (Rolling::Slope | Rolling::Rsquare | Rolling::Resi, _) => {
+            trend_many(v, base, w, &[op]).remove(0)
         }
     }
+}
+
+/// Regressions of the values on their calendar row (the slope and fit do not depend on where the rows start),
+/// one sliding pass for any of Slope, Rsquare and Resi over the same input and window: one output per op.
+fn trend_many(v: &[f64], base: usize, w: Window, ops: &[Rolling]) -> Vec<Vec<f64>> {
+    let len = v.len();
+    let n = periods(w);
+    let mut out = vec![vec![f64::NAN; len]; ops.len()];
+    kernels::sliding(
+        len,
+        base,
+        n,
+        |i| CoMoments::pair((base + i) as f64, v[i]),
+        |i, a, _| {
+            for (o, op) in out.iter_mut().zip(ops) {
+                o[i] = match op {
+                    Rolling::Slope => a.slope(),
+                    Rolling::Rsquare => {
+                        let r = a.sxy / (a.sxx * a.syy).sqrt();
+                        r * r
+                    }
+                    // The newest value minus the fitted line at its row.
+                    _ => v[i] - (a.my + a.slope() * ((base + i) as f64 - a.mx)),
+                };
+            }
+        },
+    );
+    // qlib blanks Rsquare where the values are (nearly) constant; not for the expanding form.
+    if n.is_some()
+        && let Some(k) = ops.iter().position(|&op| op == Rolling::Rsquare)
+    {
+        let m = rolling(
+            len,
+            base,
+            n,
+            |i| Spread::one(v[i]),
+            |m, _| {
+                if flat(m) { f64::NAN } else { 0.0 }
+            },
+        );
+        out[k].iter_mut().zip(&m).for_each(|(r, m)| *r += m);
+    }
+    out
 }
 
 /// 1-based position of row `pos` in a window starting at row `first`; NaN for an empty window.

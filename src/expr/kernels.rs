@@ -604,6 +604,37 @@ impl Ordered for SortedWindow {
 /// Windows up to this many rows use [`SortedWindow`], longer and expanding ones [`OrderStats`].
 const SORTED_WINDOW_MAX: usize = 512;
 
+/// A statistic of a window's order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum OrderStat {
+    Quantile(f64),
+    Rank,
+    Median,
+}
+
+impl OrderStat {
+    /// The statistic of the window `os`, whose newest value is `x`.
+    pub fn of(self, os: &dyn Ordered, x: f64) -> f64 {
+        match self {
+            OrderStat::Quantile(q) => quantile(os, q),
+            OrderStat::Rank => rank_pct(os, x),
+            OrderStat::Median => median(os),
+        }
+    }
+}
+
+/// Several statistics of the same windows in one pass (`Quantile(x,20,0.8)`, `Quantile(x,20,0.2)` and
+/// `Rank(x,20)` keep one sorted window instead of three): one output per statistic.
+pub(crate) fn order_stats_many(xs: &[f64], n: Option<usize>, stats: &[OrderStat]) -> Vec<Vec<f64>> {
+    let mut out = vec![vec![f64::NAN; xs.len()]; stats.len()];
+    order_stats_each(xs, n, |i, os, x| {
+        for (o, s) in out.iter_mut().zip(stats) {
+            o[i] = s.of(os, x);
+        }
+    });
+    out
+}
+
 /// Runs `f` over the order statistics of each window (`None`: expanding), skipping NaN.
 pub(crate) fn order_stats(
     xs: &[f64],
@@ -611,6 +642,12 @@ pub(crate) fn order_stats(
     mut f: impl FnMut(&dyn Ordered, f64) -> f64,
 ) -> Vec<f64> {
     let mut out = vec![f64::NAN; xs.len()];
+    order_stats_each(xs, n, |i, os, x| out[i] = f(os, x));
+    out
+}
+
+/// Calls `f(row, window, newest value)` for each row's window (`None`: expanding), NaN never inserted.
+fn order_stats_each(xs: &[f64], n: Option<usize>, mut f: impl FnMut(usize, &dyn Ordered, f64)) {
     if let Some(n) = n.filter(|&n| n <= SORTED_WINDOW_MAX) {
         let mut w = SortedWindow(Vec::with_capacity(n + 1));
         for i in 0..xs.len() {
@@ -626,9 +663,9 @@ pub(crate) fn order_stats(
                     w.0.remove(at);
                 }
             }
-            out[i] = f(&w, x);
+            f(i, &w, x);
         }
-        return out;
+        return;
     }
     let mut os = OrderStats::new(xs);
     let ranks: Vec<usize> = xs
@@ -651,9 +688,8 @@ pub(crate) fn order_stats(
         {
             os.add(ranks[i - n], -1);
         }
-        out[i] = f(&os, xs[i]);
+        f(i, &os, xs[i]);
     }
-    out
 }
 
 /// pandas' linear-interpolated quantile of the window.
