@@ -447,6 +447,14 @@ impl MysqlSource {
         }
     }
 
+    /// The auto-increment column as ", <name>" for a select list or an ORDER BY; empty without one.
+    fn row_id_column(&self) -> String {
+        self.row_id
+            .as_ref()
+            .map(|id| format!(", `{id}`"))
+            .unwrap_or_default()
+    }
+
     /// The field columns to select, comma-separated.
     fn select_fields(&self) -> String {
         // DECIMAL arrives as text even in the binary protocol; as DOUBLE it is 8 bytes to copy instead of a string
@@ -511,11 +519,7 @@ impl MysqlSource {
         let count_sql = format!(
             "SELECT `{s}`, COUNT(*) FROM `{t}` WHERE `{s}` IS NOT NULL{cond} GROUP BY `{s}`"
         );
-        let id = self
-            .row_id
-            .as_ref()
-            .map(|id| format!(", `{id}`"))
-            .unwrap_or_default();
+        let id = self.row_id_column();
         let select = format!(
             "SELECT `{s}`, `{d}`{id}, {fields} FROM `{t}` WHERE `{s}` IS NOT NULL{cond}",
             fields = self.select_fields()
@@ -683,11 +687,7 @@ impl MysqlSource {
             let (where_sym, mut params) = self.symbol_filter(part);
             let (cond, dparams) = self.date_filter(&self.date_column);
             params.extend(dparams);
-            let tie = self
-                .row_id
-                .as_ref()
-                .map(|id| format!(", `{id}`"))
-                .unwrap_or_default();
+            let tie = self.row_id_column();
             let sql = format!(
                 "SELECT `{s}`, `{d}`, {fields} FROM `{t}` WHERE {where_sym}{cond} ORDER BY `{s}`, `{d}`{tie}",
                 s = self.symbol_column,
