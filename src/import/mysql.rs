@@ -447,6 +447,16 @@ impl MysqlSource {
         }
     }
 
+    /// A row's date, or why it has none.
+    fn row_date(&self, v: &Value) -> std::result::Result<Timestamp, String> {
+        to_timestamp(v).ok_or_else(|| {
+            format!(
+                "a row has date {v:?} in column {}, which is not a date",
+                self.date_column
+            )
+        })
+    }
+
     /// The auto-increment column as ", <name>" for a select list or an ORDER BY; empty without one.
     fn row_id_column(&self) -> String {
         self.row_id
@@ -609,7 +619,6 @@ impl MysqlSource {
         groups: &Mutex<Shared>,
     ) -> Result<()> {
         const BATCH: usize = 512;
-        let d = &self.date_column;
         let mut batch = Batch::default();
         let flush = |batch: &mut Batch| -> Result<()> {
             let mut g = groups.lock();
@@ -639,10 +648,7 @@ impl MysqlSource {
             let Some(Value::Bytes(sym)) = values.next() else {
                 continue; // NULL symbols are not selected
             };
-            let date = values.next().unwrap_or(Value::NULL);
-            let date = to_timestamp(&date).ok_or_else(|| {
-                format!("a row has date {date:?} in column {d}, which is not a date")
-            });
+            let date = self.row_date(&values.next().unwrap_or(Value::NULL));
             let id = match self.row_id {
                 Some(_) => match values.next() {
                     Some(Value::Int(i)) => Some(i),
@@ -652,16 +658,11 @@ impl MysqlSource {
                 None => None,
             };
             let day = date.as_ref().ok().copied();
-            batch
-                .cells
-                .extend(values.zip(&self.columns).map(|(v, name)| {
-                    to_f32(&v).ok_or_else(|| match day {
-                        Some(day) => {
-                            format!("column {name} holds {v:?} on {day}, which is not a number")
-                        }
-                        None => format!("column {name} holds {v:?}, which is not a number"),
-                    })
-                }));
+            batch.cells.extend(
+                values
+                    .zip(&self.columns)
+                    .map(|(v, name)| cell(&v, name, day)),
+            );
             batch.symbols.push(sym);
             batch.dates.push(date);
             batch.ids.push(id);
@@ -731,24 +732,19 @@ impl MysqlSource {
                     symbol: sym.clone(),
                     reason,
                 };
-                let date = values.next().unwrap_or(Value::NULL);
-                let Some(date) = to_timestamp(&date) else {
-                    current = Some(Err(fail(format!(
-                        "a row has date {date:?} in column {}, which is not a date",
-                        self.date_column
-                    ))));
-                    continue;
+                let date = match self.row_date(&values.next().unwrap_or(Value::NULL)) {
+                    Ok(d) => d,
+                    Err(reason) => {
+                        current = Some(Err(fail(reason)));
+                        continue;
+                    }
                 };
                 rows.dates.push(date);
                 let mut bad = None;
                 for ((v, col), name) in values.zip(rows.columns.iter_mut()).zip(&self.columns) {
-                    match to_f32(&v) {
-                        Some(x) => col.as_mut().expect("every column is present").push(x),
-                        None => {
-                            bad = Some(format!(
-                                "column {name} holds {v:?} on {date}, which is not a number"
-                            ))
-                        }
+                    match cell(&v, name, Some(date)) {
+                        Ok(x) => col.as_mut().expect("every column is present").push(x),
+                        Err(reason) => bad = Some(reason),
                     }
                 }
                 if let Some(reason) = bad {
@@ -777,6 +773,14 @@ struct Batch {
     ids: Vec<Option<i64>>,
     /// `columns` cells per row.
     cells: Vec<std::result::Result<f32, String>>,
+}
+
+/// A field's cell as f32, or why it is not a number (naming the column and the row's date when it has one).
+fn cell(v: &Value, column: &str, day: Option<Timestamp>) -> std::result::Result<f32, String> {
+    to_f32(v).ok_or_else(|| match day {
+        Some(day) => format!("column {column} holds {v:?} on {day}, which is not a number"),
+        None => format!("column {column} holds {v:?}, which is not a number"),
+    })
 }
 
 /// A numeric SQL value as f32 (NULL is NaN); `None` when it is not a number.
