@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::ast::{Binary, Expr, Extent, Pair, Rolling, Unary, Window};
 use super::kernels::{
-    self, CoMoments, Extreme, Moments, OrderStat, Spread, Sum, Weighted, order_stats, rolling,
+    self, CoMoments, Extreme, Moments, OrderStat, Spread, Sum, Weighted, rolling,
 };
 use crate::error::Result;
 use crate::feature::FeatureFile;
@@ -428,28 +428,8 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                     unreachable!("only window statistics are grouped")
                 };
                 let xs = self.series(x, inst, base, len)?;
-                let outs = match members[0].1 {
-                    Stat::Order(_) => {
-                        let stats: Vec<OrderStat> = members
-                            .iter()
-                            .filter_map(|m| match m.1 {
-                                Stat::Order(s) => Some(s),
-                                Stat::Trend(_) => None,
-                            })
-                            .collect();
-                        kernels::order_stats_many(&xs, periods(*w), &stats)
-                    }
-                    Stat::Trend(_) => {
-                        let ops: Vec<Rolling> = members
-                            .iter()
-                            .filter_map(|m| match m.1 {
-                                Stat::Trend(op) => Some(op),
-                                Stat::Order(_) => None,
-                            })
-                            .collect();
-                        trend_many(&xs, base, *w, &ops)
-                    }
-                };
+                let stats: Vec<Stat> = members.iter().map(|m| m.1).collect();
+                let outs = window_pass(&stats, &xs, base, *w);
                 self.pool.push(xs);
                 let mut mine = None;
                 for (&(m, _), out) in members.iter().zip(outs) {
@@ -663,10 +643,8 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
             }
             Expr::Quantile(x, w, q) => {
                 let v = self.series(x, inst, base, len)?;
-                let q = *q;
-                Val::wide(order_stats(&v, periods(*w), |os, _| {
-                    kernels::quantile(os, q)
-                }))
+                let stat = Stat::Order(OrderStat::Quantile(*q));
+                Val::wide(window_pass(&[stat], &v, base, *w).remove(0))
             }
             Expr::Pair(op, a, b, w) => {
                 let a = self.series(a, inst, base, len)?;
@@ -796,8 +774,8 @@ fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
             |i| Weighted::one(v[i], base + i),
             |a, start| a.mean(base + start),
         ),
-        (Rolling::Med, _) => order_stats(v, n, |os, _| kernels::median(os)),
-        (Rolling::Rank, _) => order_stats(v, n, kernels::rank_pct),
+        (Rolling::Med, _) => window_pass(&[Stat::Order(OrderStat::Median)], v, base, w).remove(0),
+        (Rolling::Rank, _) => window_pass(&[Stat::Order(OrderStat::Rank)], v, base, w).remove(0),
         (Rolling::Mad, _) => kernels::mad(v, n),
         (Rolling::Delta, _) => match n {
             Some(n) => (0..len)
@@ -809,9 +787,32 @@ fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
                 .collect(),
         },
         (Rolling::Slope | Rolling::Rsquare | Rolling::Resi, _) => {
-            trend_many(v, base, w, &[op]).remove(0)
+            window_pass(&[Stat::Trend(op)], v, base, w).remove(0)
         }
     }
+}
+
+/// One pass over the windows of `xs` for statistics of one kind (all order statistics, or all regressions):
+/// one output per statistic. A node alone and a group of siblings both come here, so their values agree.
+fn window_pass(stats: &[Stat], xs: &[f64], base: usize, w: Window) -> Vec<Vec<f64>> {
+    let order: Vec<OrderStat> = stats
+        .iter()
+        .filter_map(|s| match s {
+            Stat::Order(o) => Some(*o),
+            Stat::Trend(_) => None,
+        })
+        .collect();
+    if order.len() == stats.len() {
+        return kernels::order_stats_many(xs, periods(w), &order);
+    }
+    let ops: Vec<Rolling> = stats
+        .iter()
+        .map(|s| match s {
+            Stat::Trend(op) => *op,
+            Stat::Order(_) => unreachable!("a pass computes statistics of one kind"),
+        })
+        .collect();
+    trend_many(xs, base, w, &ops)
 }
 
 /// Regressions of the values on their calendar row (the slope and fit do not depend on where the rows start),

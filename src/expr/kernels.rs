@@ -623,31 +623,15 @@ impl OrderStat {
     }
 }
 
-/// Several statistics of the same windows in one pass (`Quantile(x,20,0.8)`, `Quantile(x,20,0.2)` and
-/// `Rank(x,20)` keep one sorted window instead of three): one output per statistic.
+/// Statistics of each window (`None`: expanding) in one pass, NaN never inserted: one output per statistic.
+/// `Quantile(x,20,0.8)`, `Quantile(x,20,0.2)` and `Rank(x,20)` keep one sorted window instead of three.
 pub(crate) fn order_stats_many(xs: &[f64], n: Option<usize>, stats: &[OrderStat]) -> Vec<Vec<f64>> {
     let mut out = vec![vec![f64::NAN; xs.len()]; stats.len()];
-    order_stats_each(xs, n, |i, os, x| {
+    let mut f = |i: usize, os: &dyn Ordered, x: f64| {
         for (o, s) in out.iter_mut().zip(stats) {
             o[i] = s.of(os, x);
         }
-    });
-    out
-}
-
-/// Runs `f` over the order statistics of each window (`None`: expanding), skipping NaN.
-pub(crate) fn order_stats(
-    xs: &[f64],
-    n: Option<usize>,
-    mut f: impl FnMut(&dyn Ordered, f64) -> f64,
-) -> Vec<f64> {
-    let mut out = vec![f64::NAN; xs.len()];
-    order_stats_each(xs, n, |i, os, x| out[i] = f(os, x));
-    out
-}
-
-/// Calls `f(row, window, newest value)` for each row's window (`None`: expanding), NaN never inserted.
-fn order_stats_each(xs: &[f64], n: Option<usize>, mut f: impl FnMut(usize, &dyn Ordered, f64)) {
+    };
     if let Some(n) = n.filter(|&n| n <= SORTED_WINDOW_MAX) {
         let mut w = SortedWindow(Vec::with_capacity(n + 1));
         for i in 0..xs.len() {
@@ -665,7 +649,7 @@ fn order_stats_each(xs: &[f64], n: Option<usize>, mut f: impl FnMut(usize, &dyn 
             }
             f(i, &w, x);
         }
-        return;
+        return out;
     }
     let mut os = OrderStats::new(xs);
     let ranks: Vec<usize> = xs
@@ -690,6 +674,7 @@ fn order_stats_each(xs: &[f64], n: Option<usize>, mut f: impl FnMut(usize, &dyn 
         }
         f(i, &os, xs[i]);
     }
+    out
 }
 
 /// pandas' linear-interpolated quantile of the window.
