@@ -4,6 +4,8 @@ use std::io::Write;
 use std::ops::Range;
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use crate::calendar::{Calendar, Timestamp, format_timestamp};
 
 /// Rows sorted by instrument then date (qlib's `D.features` order), values stored row-major so that a row,
@@ -188,23 +190,27 @@ impl Frame {
     /// Per column: rows, NaN count, mean, min and max of the other values, tab-separated with a header.
     pub fn write_stats(&self, mut out: impl Write) -> std::io::Result<()> {
         let n = self.columns.len();
-        let (mut nan, mut sum) = (vec![0usize; n], vec![0.0f64; n]);
-        let (mut lo, mut hi) = (vec![f64::INFINITY; n], vec![f64::NEG_INFINITY; n]);
-        for row in self.values.chunks_exact(n.max(1)) {
-            for (c, &v) in row.iter().enumerate() {
-                if v.is_nan() {
-                    nan[c] += 1;
-                } else {
-                    let v = v as f64;
-                    sum[c] += v;
-                    lo[c] = lo[c].min(v);
-                    hi[c] = hi[c].max(v);
+        // Blocks of rows summarised in parallel and merged in block order: the sums do not depend on the
+        // number of threads.
+        let parts: Vec<ColumnStats> = self
+            .values
+            .par_chunks(STATS_BLOCK_ROWS * n.max(1))
+            .map(|block| {
+                let mut s = ColumnStats::new(n);
+                for row in block.chunks_exact(n.max(1)) {
+                    s.add_row(row);
                 }
-            }
+                s
+            })
+            .collect();
+        let mut all = ColumnStats::new(n);
+        for p in &parts {
+            all.merge(p);
         }
+        let ColumnStats { nan, sum, lo, hi } = all;
         writeln!(out, "column\trows\tnan\tmean\tmin\tmax")?;
         for (c, name) in self.columns.iter().enumerate() {
-            let valid = self.len() - nan[c];
+            let valid = self.len() - nan[c] as usize;
             let mean = if valid == 0 {
                 f64::NAN
             } else {
@@ -220,5 +226,101 @@ impl Frame {
             )?;
         }
         Ok(())
+    }
+}
+
+/// Rows per block of [`Frame::write_stats`].
+const STATS_BLOCK_ROWS: usize = 4096;
+
+/// Per column: NaN count, sum, min and max of the other values.
+struct ColumnStats {
+    nan: Vec<u64>,
+    sum: Vec<f64>,
+    lo: Vec<f64>,
+    hi: Vec<f64>,
+}
+
+impl ColumnStats {
+    fn new(n: usize) -> Self {
+        ColumnStats {
+            nan: vec![0; n],
+            sum: vec![0.0; n],
+            lo: vec![f64::INFINITY; n],
+            hi: vec![f64::NEG_INFINITY; n],
+        }
+    }
+
+    /// Branch-free over the columns (`min`/`max` skip NaN), so the loop runs in vector registers.
+    fn add_row(&mut self, row: &[f32]) {
+        let cols = self.nan.iter_mut().zip(self.sum.iter_mut());
+        let ends = self.lo.iter_mut().zip(self.hi.iter_mut());
+        for ((&v, (nan, sum)), (lo, hi)) in row.iter().zip(cols).zip(ends) {
+            let x = f64::from(v);
+            let valid = !x.is_nan();
+            *nan += u64::from(!valid);
+            *sum += if valid { x } else { 0.0 };
+            *lo = lo.min(x);
+            *hi = hi.max(x);
+        }
+    }
+
+    fn merge(&mut self, o: &ColumnStats) {
+        for c in 0..self.nan.len() {
+            self.nan[c] += o.nan[c];
+            self.sum[c] += o.sum[c];
+            self.lo[c] = self.lo[c].min(o.lo[c]);
+            self.hi[c] = self.hi[c].max(o.hi[c]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::freq::Freq;
+
+    #[test]
+    fn stats_over_many_blocks_match_a_direct_count() {
+        let dates: Vec<Timestamp> = (0..10_000)
+            .map(|d| crate::calendar::parse_timestamp("2000-01-01").unwrap() + chrono::Days::new(d))
+            .collect();
+        let calendar = Arc::new(Calendar::new(Freq::DAY, dates).unwrap());
+        let rows = 2 * STATS_BLOCK_ROWS + 77;
+        // Column 0 all NaN, column 1 NaN every 7th row, column 2 integers (exact sums).
+        let values: Vec<f32> = (0..rows)
+            .flat_map(|r| {
+                let b = if r % 7 == 0 {
+                    f32::NAN
+                } else {
+                    r as f32 - 100.0
+                };
+                [f32::NAN, b, (r % 1000) as f32]
+            })
+            .collect();
+        let frame = Frame::from_parts(
+            vec!["a".into(), "b".into(), "c".into()],
+            vec![("X".into(), (0..rows).collect())],
+            calendar,
+            values,
+        );
+        let mut out = Vec::new();
+        frame.write_stats(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+        assert_eq!(lines[0], ["column", "rows", "nan", "mean", "min", "max"]);
+        assert_eq!(
+            lines[1][1..],
+            [&*rows.to_string(), &*rows.to_string(), "NaN", "inf", "-inf"]
+        );
+        let valid_b: Vec<f64> = (0..rows)
+            .filter(|r| r % 7 != 0)
+            .map(|r| r as f64 - 100.0)
+            .collect();
+        let mean_b = valid_b.iter().sum::<f64>() / valid_b.len() as f64;
+        assert_eq!(lines[2][2], (rows - valid_b.len()).to_string());
+        assert_eq!(lines[2][3].parse::<f64>().unwrap(), mean_b);
+        assert_eq!(lines[2][4..], ["-99", &*(rows as f64 - 101.0).to_string()]);
+        let mean_c = (0..rows).map(|r| (r % 1000) as f64).sum::<f64>() / rows as f64;
+        assert_eq!(lines[3][2..], ["0", &*mean_c.to_string(), "0", "999"]);
     }
 }
