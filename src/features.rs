@@ -41,6 +41,44 @@ impl Fields for StoreFields<'_> {
     }
 }
 
+/// Where an instrument's values go in its block of a row-major frame.
+struct Placement<'a> {
+    ncol: usize,
+    /// Calendar row of the block's first row.
+    first: usize,
+    /// Output row of each calendar row from `first` (`usize::MAX`: not requested), when the rows have gaps.
+    slot: Option<&'a [usize]>,
+}
+
+impl Placement<'_> {
+    /// Writes `values` of calendar rows `from..` into column `c` of `out`.
+    #[inline]
+    fn put<T: Copy>(
+        &self,
+        out: &mut [f32],
+        c: usize,
+        from: usize,
+        values: &[T],
+        f32_of: impl Fn(T) -> f32,
+    ) {
+        let at = from - self.first;
+        match self.slot {
+            None => out[at * self.ncol + c..]
+                .iter_mut()
+                .step_by(self.ncol)
+                .zip(values)
+                .for_each(|(o, &v)| *o = f32_of(v)),
+            Some(slot) => {
+                for (&i, &v) in slot[at..].iter().zip(values) {
+                    if i != usize::MAX {
+                        out[i * self.ncol + c] = f32_of(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Store {
     /// Evaluates `exprs` (qlib expressions, one column each, named as given) for every instrument of
     /// `universe` between `start` and `end` (inclusive; `None`: the calendar's ends). Instruments are evaluated
@@ -152,16 +190,18 @@ impl Store {
                         return Ok(());
                     };
                     let hull = first.start..last.end;
-                    // Output row of each calendar row of the hull (spans may leave gaps).
-                    let mut slot = vec![usize::MAX; hull.len()];
-                    for (i, r) in spans.iter().flat_map(|r| r.clone()).enumerate() {
-                        slot[r - hull.start] = i;
-                    }
-                    let mut put = |c: usize, r: usize, v: f32| {
-                        let i = slot[r - hull.start];
-                        if i != usize::MAX {
-                            out[i * ncol + c] = v;
+                    // Output row of each calendar row of the hull, when spans leave gaps in it.
+                    let slot = (spans.len() > 1).then(|| {
+                        let mut slot = vec![usize::MAX; hull.len()];
+                        for (i, r) in spans.iter().flat_map(|r| r.clone()).enumerate() {
+                            slot[r - hull.start] = i;
                         }
+                        slot
+                    });
+                    let at = Placement {
+                        ncol,
+                        first: hull.start,
+                        slot: slot.as_deref(),
                     };
                     if let Some(disk) = &self.expr_cache {
                         // Expressions current in the disk cache are read; the rest are evaluated here.
@@ -179,11 +219,7 @@ impl Store {
                                 )?,
                             };
                             match hit {
-                                Some(col) => {
-                                    for (k, &v) in col.iter().enumerate() {
-                                        put(c, hull.start + k, v);
-                                    }
-                                }
+                                Some(col) => at.put(out, c, hull.start, &col, |v| v),
                                 None => missing.push(c),
                             }
                         }
@@ -192,21 +228,23 @@ impl Store {
                                 missing.iter().map(|&c| query.exprs()[c].clone()).collect();
                             let cols = expr::evaluate(&fields, inst, &exprs, hull.clone())?;
                             for (&c, col) in missing.iter().zip(&cols) {
-                                for (k, &v) in col.iter().enumerate() {
-                                    put(c, hull.start + k, v);
-                                }
+                                at.put(out, c, hull.start, col, |v| v);
                             }
                         }
                     } else if use_cache {
                         let cols =
                             self.evaluate_cached(&fields, inst, &query, &canonical, hull.clone())?;
                         for (c, col) in cols.iter().enumerate() {
-                            for (k, &v) in col.iter().enumerate() {
-                                put(c, hull.start + k, v);
-                            }
+                            at.put(out, c, hull.start, col, |v| v);
                         }
                     } else {
-                        query.evaluate_into(&fields, inst, hull.clone(), scratch, put)?;
+                        query.evaluate_into(
+                            &fields,
+                            inst,
+                            hull.clone(),
+                            scratch,
+                            |c, from, v| at.put(out, c, from, v, |x| x as f32),
+                        )?;
                     }
                     Ok(())
                 },

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::ast::{Binary, Expr, Extent, Pair, Rolling, Unary, Window};
 use super::kernels::{
-    self, CoMoments, Extreme, Moments, OrderStat, Spread, Sum, Weighted, rolling,
+    self, Centered, CoMoments, Extreme, Moments, OrderStat, Spread, Sum, Weighted, rolling,
 };
 use crate::error::Result;
 use crate::feature::FeatureFile;
@@ -199,13 +199,20 @@ impl Query {
             instrument,
             rows.clone(),
             &mut Scratch::default(),
-            |k, r, v| out[k][r - rows.start] = v,
+            |k, from, v| {
+                let at = from - rows.start;
+                out[k][at..at + v.len()]
+                    .iter_mut()
+                    .zip(v)
+                    .for_each(|(o, &x)| *o = x as f32);
+            },
         )?;
         Ok(out)
     }
 
-    /// Evaluates for one instrument and hands each value inside an expression's series to
-    /// `sink(expression index, calendar row, value)`; rows without a value are not reported. `scratch` carries
+    /// Evaluates for one instrument and hands each expression's values inside its series to
+    /// `sink(expression index, first calendar row, values)`; rows without a value are not reported. A column
+    /// at a time, so the caller's placement loop is not a call per value. `scratch` carries
     /// buffers from one call to the next (one per thread), so evaluating thousands of instruments does not
     /// allocate and free megabytes per instrument.
     pub fn evaluate_into<F: Fields + ?Sized>(
@@ -214,7 +221,7 @@ impl Query {
         instrument: &str,
         rows: Range<usize>,
         scratch: &mut Scratch,
-        mut sink: impl FnMut(usize, usize, f32),
+        mut sink: impl FnMut(usize, usize, &[f64]),
     ) -> Result<()> {
         let exprs = &self.exprs;
         let mut ev = Evaluator::new(fields, Some(&self.plan));
@@ -248,9 +255,11 @@ impl Query {
             let values = ev.eval(e, instrument, qs, qe - qs)?;
             let from = rows.start.max(qs).max(domain.start);
             let to = rows.end.min(qe).min(domain.end);
-            match &values {
-                Val::Const(c) => (from..to).for_each(|r| sink(k, r, *c as f32)),
-                Val::Series { v, .. } => (from..to).for_each(|r| sink(k, r, v[r - qs] as f32)),
+            if from < to {
+                match &values {
+                    Val::Const(c) => sink(k, from, &vec![*c; to - from]),
+                    Val::Series { v, .. } => sink(k, from, &v[from - qs..to - qs]),
+                }
             }
             ev.recycle(values);
         }
@@ -827,6 +836,7 @@ fn trend_many(v: &[f64], base: usize, w: Window, ops: &[Rolling]) -> Vec<Vec<f64
         n,
         |i| CoMoments::pair((base + i) as f64, v[i]),
         |i, a, _| {
+            let a = a.centered();
             for (o, op) in out.iter_mut().zip(ops) {
                 o[i] = match op {
                     Rolling::Slope => a.slope(),
@@ -870,8 +880,14 @@ fn position(pos: usize, first: usize) -> f64 {
 fn pair_op(op: Pair, a: &[f64], b: &[f64], base: usize, w: Window) -> Vec<f64> {
     let len = a.len();
     let n = periods(w);
-    let co = |f: fn(&CoMoments) -> f64| {
-        rolling(len, base, n, |i| CoMoments::pair(a[i], b[i]), |m, _| f(m))
+    let co = |f: fn(&Centered) -> f64| {
+        rolling(
+            len,
+            base,
+            n,
+            |i| CoMoments::pair(a[i], b[i]),
+            |m, _| f(&m.centered()),
+        )
     };
     match op {
         Pair::Cov => co(|m| {

@@ -8,7 +8,8 @@
 //! in a fixed order from values inside the window only. Cost is O(1) merges per row for every window size,
 //! and no accumulator ever holds more than one window of values, so there is no drift to compensate.
 //!
-//! Moments are merged with Chan/Pébay's pairwise formulas (stable for prices with a small spread), order
+//! Variances and co-moments are sums about a shift inside the data (no division on the per-row chains);
+//! higher moments are merged with Pébay's pairwise formulas (stable for prices with a small spread), order
 //! statistics come from a Fenwick tree over the ranks of the values, and exponential means are plain
 //! recurrences from the series' first row (their windows reach it; see `Expr::ext_window`).
 //!
@@ -19,6 +20,17 @@
 pub(crate) trait Acc: Copy {
     const EMPTY: Self;
     fn merge(l: &Self, r: &Self) -> Self;
+    /// Adds `one`, the accumulator of a single row after these rows (a cheaper merge where one side is known
+    /// to hold at most one value).
+    #[inline(always)]
+    fn push(&mut self, one: &Self) {
+        *self = Self::merge(self, one);
+    }
+    /// Adds `one`, the accumulator of a single row before these rows.
+    #[inline(always)]
+    fn push_front(&mut self, one: &Self) {
+        *self = Self::merge(one, self);
+    }
 }
 
 /// Calls `emit(i, acc, start)` for every row `i < len` with the accumulator of the window `[start, i]` (local
@@ -40,32 +52,44 @@ pub(crate) fn sliding<A: Acc>(
         return;
     };
     let n = n.max(1);
+    if len == 0 {
+        return;
+    }
+    // Block positions are tracked by counters: a `%` per row (an integer division) cost more than a merge.
     // Each row's accumulator up to the end of its block (blocks of n rows starting at multiples of n).
     let mut suffix = vec![A::EMPTY; len];
-    for i in (0..len).rev() {
-        let abs = base + i;
-        suffix[i] = if abs % n == n - 1 || i + 1 == len {
+    let mut pos = (base + len - 1) % n;
+    suffix[len - 1] = one(len - 1);
+    for i in (0..len - 1).rev() {
+        pos = if pos == 0 { n - 1 } else { pos - 1 };
+        suffix[i] = if pos == n - 1 {
             one(i)
         } else {
-            A::merge(&one(i), &suffix[i + 1])
+            let mut a = suffix[i + 1];
+            a.push_front(&one(i));
+            a
         };
     }
     let mut prefix = A::EMPTY;
+    let mut pos = base % n;
     for i in 0..len {
-        let abs = base + i;
-        let block_start = abs - abs % n;
-        prefix = if abs == block_start || i == 0 {
-            one(i)
+        // Local index of the first row of this block's prefix (its block may start before row 0).
+        let prefix_begin = i.saturating_sub(pos);
+        if pos == 0 || i == 0 {
+            prefix = one(i);
         } else {
-            A::merge(&prefix, &one(i))
-        };
-        let prefix_begin = block_start.saturating_sub(base);
+            prefix.push(&one(i));
+        }
         let start = (i + 1).saturating_sub(n);
         if start == prefix_begin {
             emit(i, &prefix, start);
         } else {
             // The window starts in the previous block: that block's tail, then this block's head.
             emit(i, &A::merge(&suffix[start], &prefix), start);
+        }
+        pos += 1;
+        if pos == n {
+            pos = 0;
         }
     }
 }
@@ -103,20 +127,28 @@ impl Sum {
     }
 }
 
-/// Count, mean and sum of squared deviations (Chan's pairwise update): Var, Std.
+/// Count, sum and sum of squares of the valid values, taken about a shift `c` that is one of them: Var, Std.
+///
+/// Adding a row costs four additions and a multiplication (no division, unlike a pairwise mean update), and
+/// merging two re-centres the right one on the left one's shift. The central sum of squares is formed once per
+/// window (`m2`). With the shift inside the data, deviations are of the size of the spread: the cancellation
+/// in `q - s²/n` loses at most log2(n) bits, and a constant window has `s = q = 0` exactly.
 #[derive(Clone, Copy)]
 pub(crate) struct Spread {
-    pub n: f64,
-    pub mean: f64,
-    pub m2: f64,
+    n: f64,
+    c: f64,
+    s: f64,
+    q: f64,
 }
 
 impl Acc for Spread {
     const EMPTY: Self = Spread {
         n: 0.0,
-        mean: 0.0,
-        m2: 0.0,
+        c: 0.0,
+        s: 0.0,
+        q: 0.0,
     };
+    #[inline(always)]
     fn merge(a: &Self, b: &Self) -> Self {
         if a.n == 0.0 {
             return *b;
@@ -124,36 +156,54 @@ impl Acc for Spread {
         if b.n == 0.0 {
             return *a;
         }
-        let n = a.n + b.n;
-        let d = b.mean - a.mean;
-        if d == 0.0 {
-            // Exact for equal means, so a constant window keeps m2 == 0.
-            return Spread {
-                n,
-                mean: a.mean,
-                m2: a.m2 + b.m2,
-            };
-        }
-        let dn = d / n;
+        // The right side is re-centred on the left one's shift.
+        let d = b.c - a.c;
         Spread {
-            n,
-            mean: a.mean + dn * b.n,
-            m2: a.m2 + b.m2 + d * d * a.n * b.n / n,
+            n: a.n + b.n,
+            c: a.c,
+            s: a.s + b.s + b.n * d,
+            q: a.q + b.q + d * (2.0 * b.s + b.n * d),
         }
+    }
+    #[inline(always)]
+    fn push(&mut self, one: &Self) {
+        if one.n == 0.0 {
+            return;
+        }
+        if self.n == 0.0 {
+            *self = *one;
+            return;
+        }
+        let d = one.c - self.c;
+        self.n += 1.0;
+        self.s += d;
+        self.q += d * d;
+    }
+    /// The same as `push`: the shift stays, and sums do not care about order.
+    #[inline(always)]
+    fn push_front(&mut self, one: &Self) {
+        self.push(one);
     }
 }
 
 impl Spread {
+    #[inline(always)]
     pub fn one(x: f64) -> Self {
         if x.is_nan() {
             Self::EMPTY
         } else {
             Spread {
                 n: 1.0,
-                mean: x,
-                m2: 0.0,
+                c: x,
+                s: 0.0,
+                q: 0.0,
             }
         }
+    }
+
+    /// Sum of squared deviations from the mean (never negative).
+    fn m2(&self) -> f64 {
+        (self.q - self.s * self.s / self.n).max(0.0)
     }
 
     /// Sample variance (ddof 1); NaN below two values.
@@ -161,7 +211,7 @@ impl Spread {
         if self.n < 2.0 {
             f64::NAN
         } else {
-            (self.m2 / (self.n - 1.0)).max(0.0)
+            self.m2() / (self.n - 1.0)
         }
     }
 }
@@ -277,9 +327,77 @@ impl Moments {
 }
 
 /// Co-moments of pairs where both sides are valid: Corr, Cov, and (with x = row position) Slope, Rsquare,
-/// Resi.
+/// Resi. Sums are taken about shifts `(cx, cy)`, one of the pairs, added and merged as [`Spread`]'s; [`CoMoments::centered`] forms the means and central sums once per window.
 #[derive(Clone, Copy)]
 pub(crate) struct CoMoments {
+    n: f64,
+    cx: f64,
+    cy: f64,
+    sx: f64,
+    sy: f64,
+    sxx: f64,
+    syy: f64,
+    sxy: f64,
+}
+
+impl Acc for CoMoments {
+    const EMPTY: Self = CoMoments {
+        n: 0.0,
+        cx: 0.0,
+        cy: 0.0,
+        sx: 0.0,
+        sy: 0.0,
+        sxx: 0.0,
+        syy: 0.0,
+        sxy: 0.0,
+    };
+
+    #[inline(always)]
+    fn merge(a: &Self, b: &Self) -> Self {
+        if a.n == 0.0 {
+            return *b;
+        }
+        if b.n == 0.0 {
+            return *a;
+        }
+        let (dx, dy) = (b.cx - a.cx, b.cy - a.cy);
+        CoMoments {
+            n: a.n + b.n,
+            cx: a.cx,
+            cy: a.cy,
+            sx: a.sx + b.sx + b.n * dx,
+            sy: a.sy + b.sy + b.n * dy,
+            sxx: a.sxx + b.sxx + dx * (2.0 * b.sx + b.n * dx),
+            syy: a.syy + b.syy + dy * (2.0 * b.sy + b.n * dy),
+            sxy: a.sxy + b.sxy + dx * b.sy + dy * b.sx + b.n * dx * dy,
+        }
+    }
+    #[inline(always)]
+    fn push(&mut self, one: &Self) {
+        if one.n == 0.0 {
+            return;
+        }
+        if self.n == 0.0 {
+            *self = *one;
+            return;
+        }
+        let (dx, dy) = (one.cx - self.cx, one.cy - self.cy);
+        self.n += 1.0;
+        self.sx += dx;
+        self.sy += dy;
+        self.sxx += dx * dx;
+        self.syy += dy * dy;
+        self.sxy += dx * dy;
+    }
+    #[inline(always)]
+    fn push_front(&mut self, one: &Self) {
+        self.push(one);
+    }
+}
+
+/// Means and central sums of squares and products of a window's pairs.
+#[derive(Clone, Copy)]
+pub(crate) struct Centered {
     pub n: f64,
     pub mx: f64,
     pub my: f64,
@@ -288,52 +406,39 @@ pub(crate) struct CoMoments {
     pub sxy: f64,
 }
 
-impl Acc for CoMoments {
-    const EMPTY: Self = CoMoments {
-        n: 0.0,
-        mx: 0.0,
-        my: 0.0,
-        sxx: 0.0,
-        syy: 0.0,
-        sxy: 0.0,
-    };
-
-    fn merge(a: &Self, b: &Self) -> Self {
-        if a.n == 0.0 {
-            return *b;
-        }
-        if b.n == 0.0 {
-            return *a;
-        }
-        let n = a.n + b.n;
-        let (dx, dy) = (b.mx - a.mx, b.my - a.my);
-        let f = a.n * b.n / n;
-        CoMoments {
-            n,
-            mx: a.mx + dx * b.n / n,
-            my: a.my + dy * b.n / n,
-            sxx: a.sxx + b.sxx + dx * dx * f,
-            syy: a.syy + b.syy + dy * dy * f,
-            sxy: a.sxy + b.sxy + dx * dy * f,
-        }
-    }
-}
-
 impl CoMoments {
     /// One pair; a NaN on either side gives the empty accumulator.
+    #[inline(always)]
     pub fn pair(x: f64, y: f64) -> Self {
         if x.is_nan() || y.is_nan() {
             Self::EMPTY
         } else {
             CoMoments {
                 n: 1.0,
-                mx: x,
-                my: y,
+                cx: x,
+                cy: y,
                 ..Self::EMPTY
             }
         }
     }
 
+    /// The window's means and central sums (NaN means for an empty window).
+    #[inline(always)]
+    pub fn centered(&self) -> Centered {
+        let n = self.n;
+        let (ux, uy) = (self.sx / n, self.sy / n);
+        Centered {
+            n,
+            mx: self.cx + ux,
+            my: self.cy + uy,
+            sxx: (self.sxx - self.sx * ux).max(0.0),
+            syy: (self.syy - self.sy * uy).max(0.0),
+            sxy: self.sxy - self.sx * uy,
+        }
+    }
+}
+
+impl Centered {
     /// Least-squares slope of y on x; NaN below two points (0/0, as qlib).
     pub fn slope(&self) -> f64 {
         self.sxy / self.sxx
