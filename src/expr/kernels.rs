@@ -690,19 +690,67 @@ impl Ordered for OrderStats {
 
 /// A short window kept sorted: binary search and a memmove of at most the window per row, which beats the
 /// Fenwick tree's O(log n) walks for the windows factor libraries use (up to a few hundred rows).
-pub(crate) struct SortedWindow(Vec<f64>);
+pub(crate) struct SortedWindow {
+    values: Vec<f64>,
+    /// Where the newest value went (`usize::MAX`: it was NaN), so ranking it needs no search.
+    newest: usize,
+}
 
 impl Ordered for SortedWindow {
     fn count(&self) -> u32 {
-        self.0.len() as u32
+        self.values.len() as u32
     }
     fn kth(&self, k: u32) -> f64 {
-        self.0[k as usize]
+        self.values[k as usize]
     }
     fn below_equal(&self, x: f64) -> (u32, u32) {
-        let lo = self.0.partition_point(|v| *v < x);
-        let hi = lo + self.0[lo..].partition_point(|v| *v <= x);
-        (lo as u32, (hi - lo) as u32)
+        let v = &self.values;
+        // The values before the newest one's place are below it in total order, which is `<` unless x is a
+        // zero (total order puts -0 before +0; `<` calls them equal).
+        let lo = if x != 0.0
+            && v.get(self.newest)
+                .is_some_and(|&y| y.to_bits() == x.to_bits())
+        {
+            self.newest
+        } else {
+            v.partition_point(|y| *y < x)
+        };
+        let equal = v[lo..].iter().take_while(|&&y| y == x).count();
+        (lo as u32, equal as u32)
+    }
+}
+
+impl SortedWindow {
+    /// Adds `x` and removes `old`, a value in the window (NaN: nothing to add or remove), with one shift of
+    /// the values between their places.
+    fn replace(&mut self, x: f64, old: f64) {
+        let v = &mut self.values;
+        let place = |v: &[f64], x: f64| v.partition_point(|y| y.total_cmp(&x).is_lt());
+        self.newest = match (x.is_nan(), old.is_nan()) {
+            (true, true) => usize::MAX,
+            (false, true) => {
+                let at = place(v, x);
+                v.insert(at, x);
+                at
+            }
+            (true, false) => {
+                v.remove(place(v, old));
+                usize::MAX
+            }
+            (false, false) => {
+                // `from` holds `old`; `to` is where `x` goes among the values before the removal.
+                let (from, to) = (place(v, old), place(v, x));
+                if to <= from {
+                    v.copy_within(to..from, to + 1);
+                    v[to] = x;
+                    to
+                } else {
+                    v.copy_within(from + 1..to, from);
+                    v[to - 1] = x;
+                    to - 1
+                }
+            }
+        };
     }
 }
 
@@ -719,7 +767,7 @@ pub(crate) enum OrderStat {
 
 impl OrderStat {
     /// The statistic of the window `os`, whose newest value is `x`.
-    pub fn of(self, os: &dyn Ordered, x: f64) -> f64 {
+    pub fn of<O: Ordered + ?Sized>(self, os: &O, x: f64) -> f64 {
         match self {
             OrderStat::Quantile(q) => quantile(os, q),
             OrderStat::Rank => rank_pct(os, x),
@@ -732,27 +780,21 @@ impl OrderStat {
 /// `Quantile(x,20,0.8)`, `Quantile(x,20,0.2)` and `Rank(x,20)` keep one sorted window instead of three.
 pub(crate) fn order_stats_many(xs: &[f64], n: Option<usize>, stats: &[OrderStat]) -> Vec<Vec<f64>> {
     let mut out = vec![vec![f64::NAN; xs.len()]; stats.len()];
-    let mut f = |i: usize, os: &dyn Ordered, x: f64| {
+    // Generic rather than `dyn`, so each structure's queries are inlined into the loop.
+    fn emit<O: Ordered>(out: &mut [Vec<f64>], stats: &[OrderStat], i: usize, os: &O, x: f64) {
         for (o, s) in out.iter_mut().zip(stats) {
             o[i] = s.of(os, x);
         }
-    };
+    }
     if let Some(n) = n.filter(|&n| n <= SORTED_WINDOW_MAX) {
-        let mut w = SortedWindow(Vec::with_capacity(n + 1));
+        let mut w = SortedWindow {
+            values: Vec::with_capacity(n),
+            newest: usize::MAX,
+        };
         for i in 0..xs.len() {
-            let x = xs[i];
-            if !x.is_nan() {
-                let at = w.0.partition_point(|v| v.total_cmp(&x).is_lt());
-                w.0.insert(at, x);
-            }
-            if i >= n {
-                let old = xs[i - n];
-                if !old.is_nan() {
-                    let at = w.0.partition_point(|v| v.total_cmp(&old).is_lt());
-                    w.0.remove(at);
-                }
-            }
-            f(i, &w, x);
+            let old = if i >= n { xs[i - n] } else { f64::NAN };
+            w.replace(xs[i], old);
+            emit(&mut out, stats, i, &w, xs[i]);
         }
         return out;
     }
@@ -777,13 +819,13 @@ pub(crate) fn order_stats_many(xs: &[f64], n: Option<usize>, stats: &[OrderStat]
         {
             os.add(ranks[i - n], -1);
         }
-        f(i, &os, xs[i]);
+        emit(&mut out, stats, i, &os, xs[i]);
     }
     out
 }
 
 /// pandas' linear-interpolated quantile of the window.
-pub(crate) fn quantile(os: &dyn Ordered, q: f64) -> f64 {
+pub(crate) fn quantile<O: Ordered + ?Sized>(os: &O, q: f64) -> f64 {
     match os.count() {
         0 => f64::NAN,
         1 => os.kth(0),
@@ -802,7 +844,7 @@ pub(crate) fn quantile(os: &dyn Ordered, q: f64) -> f64 {
 }
 
 /// pandas' rolling median: the middle value, or the mean of the two middle values.
-pub(crate) fn median(os: &dyn Ordered) -> f64 {
+pub(crate) fn median<O: Ordered + ?Sized>(os: &O) -> f64 {
     match os.count() {
         0 => f64::NAN,
         n if n % 2 == 1 => os.kth(n / 2),
@@ -811,7 +853,7 @@ pub(crate) fn median(os: &dyn Ordered) -> f64 {
 }
 
 /// pandas' `rank(pct=True)` with average ties of the newest value; NaN when it is NaN.
-pub(crate) fn rank_pct(os: &dyn Ordered, x: f64) -> f64 {
+pub(crate) fn rank_pct<O: Ordered + ?Sized>(os: &O, x: f64) -> f64 {
     if x.is_nan() || os.count() == 0 {
         return f64::NAN;
     }
