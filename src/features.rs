@@ -79,6 +79,23 @@ impl Placement<'_> {
     }
 }
 
+/// Writes `columns` (column-major, `rows` values per column) into `out` (row-major), a tile of rows at a
+/// time: a tile's rows stay in the L1 cache while every column writes into them, where writing one column
+/// down all rows touches a new cache line per value.
+fn transpose(columns: &[f32], rows: usize, out: &mut [f32]) {
+    const TILE: usize = 16;
+    let ncol = columns.len() / rows.max(1);
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        let tile = &mut out[r0 * ncol..r1 * ncol];
+        for (c, col) in columns.chunks_exact(rows).enumerate() {
+            for (o, &v) in tile[c..].iter_mut().step_by(ncol).zip(&col[r0..r1]) {
+                *o = v;
+            }
+        }
+    }
+}
+
 impl Store {
     /// Evaluates `exprs` (qlib expressions, one column each, named as given) for every instrument of
     /// `universe` between `start` and `end` (inclusive; `None`: the calendar's ends). Instruments are evaluated
@@ -184,8 +201,8 @@ impl Store {
             .zip(spans.par_iter())
             .zip(slices.into_par_iter())
             .try_for_each_init(
-                Scratch::default,
-                |scratch, (((inst, _), spans), out)| -> Result<()> {
+                || (Scratch::default(), Vec::new()),
+                |(scratch, columns), (((inst, _), spans), out)| -> Result<()> {
                     let (Some(first), Some(last)) = (spans.first(), spans.last()) else {
                         return Ok(());
                     };
@@ -237,6 +254,25 @@ impl Store {
                         for (c, col) in cols.iter().enumerate() {
                             at.put(out, c, hull.start, col, |v| v);
                         }
+                    } else if at.slot.is_none() {
+                        // Columns first (contiguous writes), then one pass into the frame's rows.
+                        let len = hull.len();
+                        columns.clear();
+                        columns.resize(ncol * len, f32::NAN);
+                        query.evaluate_into(
+                            &fields,
+                            inst,
+                            hull.clone(),
+                            scratch,
+                            |c, from, v| {
+                                let at = c * len + from - hull.start;
+                                columns[at..at + v.len()]
+                                    .iter_mut()
+                                    .zip(v)
+                                    .for_each(|(o, &x)| *o = x as f32);
+                            },
+                        )?;
+                        transpose(columns, len, out);
                     } else {
                         query.evaluate_into(
                             &fields,

@@ -24,14 +24,64 @@ fn ts(s: &str) -> qstore::Timestamp {
 fn market_rows_follow_the_spans_and_values_equal_direct_evaluation() {
     let dir = tempfile::tempdir().unwrap();
     let s = sample_store(dir.path());
-    let exprs = ["$close", "Mean($close, 5)", "Ref($close, -1) / $close - 1"];
+    // A market where one instrument has two spans (a gap of months between them).
+    let span = |a: &str, b: &str| qstore::Span {
+        start: ts(a),
+        end: ts(b),
+    };
+    let mut gaps = qstore::Instruments::new();
+    gaps.push("SH600000", span("2023-01-03", "2023-03-31"))
+        .unwrap();
+    gaps.push("SH600000", span("2023-06-01", "2023-09-29"))
+        .unwrap();
+    gaps.push("SZ000002", span("2023-02-01", "2023-11-30"))
+        .unwrap();
+    s.save_instruments("gaps", &gaps).unwrap();
+    // Small queries go through the feature cache; with no room in it, every value is evaluated and
+    // placed straight into the frame (in tiles of rows, or row by row where spans leave gaps).
+    let uncached = Store::open_with(
+        s.root(),
+        qstore::StoreOptions {
+            feature_cache: qstore::store::CacheConfig {
+                limit: qstore::Limit::Entries(0),
+                expiry: None,
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for store in [&s, &uncached] {
+        for market in ["all", "gaps"] {
+            let f = check_market(store, market);
+            if market == "all" {
+                // SH600009 stops trading in August: its rows stop there, and Ref(.., -1) is NaN on its
+                // last day.
+                let r = f.rows_of("SH600009");
+                assert_eq!(f.datetime(r.end - 1), ts("2023-08-24"));
+                assert!(f.value(r.end - 1, 2).is_nan());
+                assert!(!f.value(r.end - 2, 2).is_nan() || f.value(r.end - 2, 0).is_nan());
+            }
+        }
+    }
+}
+
+/// Queries `market` and checks its rows against the spans and its values against direct evaluation.
+fn check_market(s: &Store, market: &str) -> qstore::Frame {
+    let exprs = [
+        "$close",
+        "Mean($close, 5)",
+        "Ref($close, -1) / $close - 1",
+        "Rank($volume, 20)",
+    ];
     let f = s
-        .features(Universe::Market("all"), &exprs, None, None, Freq::DAY)
+        .features(Universe::Market(market), &exprs, None, None, Freq::DAY)
         .unwrap();
     let cal = s.calendar(Freq::DAY).unwrap();
-    let ins = s.instruments("all").unwrap();
+    let ins = s.instruments(market).unwrap();
     assert_eq!(f.instruments().len(), ins.len());
     assert_eq!(f.columns(), &exprs.map(String::from));
+    let fields = qstore_fields(s);
+    let parsed: Vec<_> = exprs.iter().map(|e| parse(e).unwrap()).collect();
     for (sym, spans) in ins.iter() {
         let rows = f.rows_of(sym);
         let want: Vec<usize> = spans
@@ -39,23 +89,23 @@ fn market_rows_follow_the_spans_and_values_equal_direct_evaluation() {
             .flat_map(|sp| cal.locate(Some(sp.start), Some(sp.end)))
             .collect();
         let got: Vec<usize> = rows.clone().map(|r| f.calendar_row(r)).collect();
-        assert_eq!(got, want, "{sym}: one row per calendar day of its spans");
+        assert_eq!(
+            got, want,
+            "{market} {sym}: one row per calendar day of its spans"
+        );
         // The same numbers as evaluating one instrument directly.
-        let fields = qstore_fields(&s);
-        let parsed: Vec<_> = exprs.iter().map(|e| parse(e).unwrap()).collect();
         let direct = evaluate(&fields, sym, &parsed, want[0]..want[want.len() - 1] + 1).unwrap();
         for (i, r) in rows.enumerate() {
             for (c, col) in direct.iter().enumerate() {
                 let (a, b) = (f.value(r, c), col[want[i] - want[0]]);
-                assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+                assert!(
+                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                    "{market} {sym} row {i} column {c}: {a} vs {b}"
+                );
             }
         }
     }
-    // SH600009 stops trading in August: its rows stop there, and Ref(.., -1) is NaN on its last day.
-    let r = f.rows_of("SH600009");
-    assert_eq!(f.datetime(r.end - 1), ts("2023-08-24"));
-    assert!(f.value(r.end - 1, 2).is_nan());
-    assert!(!f.value(r.end - 2, 2).is_nan() || f.value(r.end - 2, 0).is_nan());
+    f
 }
 
 /// The store's fields as the evaluator reads them, built from the public API.
