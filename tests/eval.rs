@@ -288,6 +288,96 @@ fn reference(op: &str, w: &[f64]) -> f64 {
     }
 }
 
+/// qlib's Corr: Pearson over the pairs where both sides are valid, NaN below two pairs or where either side
+/// on its own (all its valid values in the window) has a standard deviation of at most 2e-5.
+fn reference_corr(a: &[f64], b: &[f64]) -> f64 {
+    let flat = |w: &[f64]| {
+        let v = valid(w);
+        v.len() >= 2 && reference("Std", w) <= 2e-5
+    };
+    let pairs = a.iter().zip(b).filter(|(x, y)| !x.is_nan() && !y.is_nan());
+    if pairs.count() < 2 || flat(a) || flat(b) {
+        return NAN;
+    }
+    reference_corr_plain(a, b)
+}
+
+/// qlib's Rsquare: the fit of the values on their row, NaN where the values are (nearly) constant.
+fn reference_rsquare(w: &[f64]) -> f64 {
+    if valid(w).len() >= 2 && reference("Std", w) <= 2e-5 {
+        return NAN;
+    }
+    let pos: Vec<f64> = (0..w.len()).map(|p| p as f64).collect();
+    let r = reference_corr_plain(&pos, w);
+    r * r
+}
+
+/// Pearson without qlib's flatness rule.
+fn reference_corr_plain(a: &[f64], b: &[f64]) -> f64 {
+    let pairs: Vec<(f64, f64)> = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| !x.is_nan() && !y.is_nan())
+        .map(|(&x, &y)| (x, y))
+        .collect();
+    let k = pairs.len() as f64;
+    let (mx, my) = (
+        pairs.iter().map(|p| p.0).sum::<f64>() / k,
+        pairs.iter().map(|p| p.1).sum::<f64>() / k,
+    );
+    let sxy: f64 = pairs.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = pairs.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let syy: f64 = pairs.iter().map(|p| (p.1 - my).powi(2)).sum();
+    sxy / (sxx * syy).sqrt()
+}
+
+/// Series with stretches whose spread is under qlib's flatness threshold but not zero (steps of 2^-17,
+/// exact in float32), beside ordinary values and gaps.
+fn near_flat_series() -> impl Strategy<Value = Vec<f64>> {
+    prop::collection::vec(
+        prop_oneof![
+            2 => (-50i32..50).prop_map(|v| 100.0 + v as f64 / 8.0),
+            3 => (0i32..3).prop_map(|k| 100.0 + k as f64 / 131072.0),
+            1 => Just(NAN),
+        ],
+        1..90,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(120))]
+
+    /// Corr and Rsquare with qlib's flatness rules, for sides with the same gaps (each side's spread then
+    /// comes from the pairs' pass) and with different gaps (separate passes), and constant stretches.
+    #[test]
+    fn corr_and_rsquare_match_their_definitions(
+        x in near_flat_series(),
+        other in near_flat_series(),
+        same_gaps in any::<bool>(),
+        n in 2usize..25,
+    ) {
+        let y: Vec<f64> = x
+            .iter()
+            .zip(other.iter().cycle())
+            .map(|(&x, &o)| match (same_gaps, x.is_nan(), o.is_nan()) {
+                (true, true, _) => NAN,
+                (true, false, true) => 100.0,
+                _ => o,
+            })
+            .collect();
+        let got = eval2(&format!("Corr($x,$y,{n})"), &x, &y);
+        for (i, &g) in got.iter().enumerate() {
+            let want = reference_corr(window(&x, i, n), window(&y, i, n));
+            prop_assert!(agree(g, want, 1.0), "Corr($x,$y,{}) row {}: got {}, want {}", n, i, g, want);
+        }
+        let got = eval(&format!("Rsquare($x,{n})"), &x);
+        for (i, &g) in got.iter().enumerate() {
+            let want = reference_rsquare(window(&x, i, n));
+            prop_assert!(agree(g, want, 1.0), "Rsquare($x,{}) row {}: got {}, want {}", n, i, g, want);
+        }
+    }
+}
+
 /// Signed zeros are one value to Rank and Med (numpy compares -0 == 0), though the sorted window orders
 /// them apart; ties among them and among other values are averaged.
 #[test]

@@ -726,8 +726,8 @@ fn periods(w: Window) -> Option<usize> {
 }
 
 /// |std| <= 2e-5: qlib's `np.isclose(rolling std, 0, atol=2e-05)`, under which Corr and Rsquare are NaN.
-fn flat(m: &Spread) -> bool {
-    m.var().sqrt() <= 2e-5
+fn flat(var: f64) -> bool {
+    var.sqrt() <= 2e-5
 }
 
 fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
@@ -840,6 +840,9 @@ fn trend_many(v: &[f64], base: usize, w: Window, ops: &[Rolling]) -> Vec<Vec<f64
             for (o, op) in out.iter_mut().zip(ops) {
                 o[i] = match op {
                     Rolling::Slope => a.slope(),
+                    // qlib blanks Rsquare where the values are (nearly) constant, not for the expanding form.
+                    // The row positions are never NaN, so the y side's spread is that of the values.
+                    Rolling::Rsquare if n.is_some() && flat(a.var_y()) => f64::NAN,
                     Rolling::Rsquare => {
                         let r = a.sxy / (a.sxx * a.syy).sqrt();
                         r * r
@@ -850,21 +853,6 @@ fn trend_many(v: &[f64], base: usize, w: Window, ops: &[Rolling]) -> Vec<Vec<f64
             }
         },
     );
-    // qlib blanks Rsquare where the values are (nearly) constant; not for the expanding form.
-    if n.is_some()
-        && let Some(k) = ops.iter().position(|&op| op == Rolling::Rsquare)
-    {
-        let m = rolling(
-            len,
-            base,
-            n,
-            |i| Spread::one(v[i]),
-            |m, _| {
-                if flat(m) { f64::NAN } else { 0.0 }
-            },
-        );
-        out[k].iter_mut().zip(&m).for_each(|(r, m)| *r += m);
-    }
     out
 }
 
@@ -905,9 +893,26 @@ fn pair_op(op: Pair, a: &[f64], b: &[f64], base: usize, w: Window) -> Vec<f64> {
                     m.sxy / (m.sxx * m.syy).sqrt()
                 }
             });
-            // qlib: NaN where either side on its own is (nearly) constant over the window.
-            let side =
-                |s: &[f64]| rolling(len, base, n, |i| Spread::one(s[i]), |m, _| bool_f(flat(m)));
+            // qlib: NaN where either side on its own is (nearly) constant over the window. When the sides
+            // have the same gaps, each side's spread is the pairs' own (same rows, same arithmetic).
+            if a.iter().zip(b).all(|(x, y)| x.is_nan() == y.is_nan()) {
+                return co(|m| {
+                    if m.n < 2.0 || flat(m.var_x()) || flat(m.var_y()) {
+                        f64::NAN
+                    } else {
+                        m.sxy / (m.sxx * m.syy).sqrt()
+                    }
+                });
+            }
+            let side = |s: &[f64]| {
+                rolling(
+                    len,
+                    base,
+                    n,
+                    |i| Spread::one(s[i]),
+                    |m, _| bool_f(flat(m.var())),
+                )
+            };
             let (fa, fb) = (side(a), side(b));
             r.iter()
                 .zip(fa.iter().zip(&fb))

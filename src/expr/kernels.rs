@@ -201,19 +201,21 @@ impl Spread {
         }
     }
 
-    /// Sum of squared deviations from the mean (never negative).
+    /// Sum of squared deviations from the mean (never negative); the same arithmetic as
+    /// [`CoMoments::centered`], so a side of a pass over pairs gives these bits when no pair lacks the other.
     fn m2(&self) -> f64 {
-        (self.q - self.s * self.s / self.n).max(0.0)
+        (self.q - self.s * (self.s / self.n)).max(0.0)
     }
 
     /// Sample variance (ddof 1); NaN below two values.
     pub fn var(&self) -> f64 {
-        if self.n < 2.0 {
-            f64::NAN
-        } else {
-            self.m2() / (self.n - 1.0)
-        }
+        sample_var(self.n, self.m2())
     }
+}
+
+/// Sample variance (ddof 1) of `n` values with sum of squared deviations `m2`; NaN below two values.
+fn sample_var(n: f64, m2: f64) -> f64 {
+    if n < 2.0 { f64::NAN } else { m2 / (n - 1.0) }
 }
 
 /// Central moments up to the fourth (Pébay's pairwise update): Var, Std, Skew, Kurt.
@@ -442,6 +444,16 @@ impl Centered {
     /// Least-squares slope of y on x; NaN below two points (0/0, as qlib).
     pub fn slope(&self) -> f64 {
         self.sxy / self.sxx
+    }
+
+    /// Sample variance of the x side (equal to [`Spread::var`] of x when every x has its y).
+    pub fn var_x(&self) -> f64 {
+        sample_var(self.n, self.sxx)
+    }
+
+    /// Sample variance of the y side (equal to [`Spread::var`] of y when every y has its x).
+    pub fn var_y(&self) -> f64 {
+        sample_var(self.n, self.syy)
     }
 }
 
