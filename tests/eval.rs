@@ -547,6 +547,14 @@ fn grouped_window_statistics_equal_each_alone() {
         "Rsquare($x,0)",
         "Resi($x,10)",
         "Rsquare($x,10)",
+        "Max($x,20)/$x",
+        "IdxMax($x,20)",
+        "Min($x,20)",
+        "IdxMin($x,20)/20",
+        "(IdxMax($x,5)-IdxMin($x,5))/5",
+        "Max($x,5)-Min($x,5)",
+        "IdxMax($x,0)",
+        "Max($x,0)",
     ];
     let m = mem(&[("x", 0, &x)]);
     let exprs: Vec<_> = texts.iter().map(|t| parse(t).unwrap()).collect();

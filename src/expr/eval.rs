@@ -99,7 +99,8 @@ struct Plan {
     /// Ids computed more than once: their results are kept (copied into the memo).
     shared: std::collections::HashSet<u32>,
     /// Window statistics of one kind over the same input and window (`Quantile($close,20,0.8)`,
-    /// `Quantile($close,20,0.2)` and `Rank($close,20)`; `Slope`, `Rsquare` and `Resi`): each member's id ->
+    /// `Quantile($close,20,0.2)` and `Rank($close,20)`; `Slope`, `Rsquare` and `Resi`; `Max` and `IdxMax`):
+    /// each member's id ->
     /// every member and its statistic, computed together in one pass over the windows.
     groups: HashMap<u32, Arc<[(u32, Stat)]>>,
 }
@@ -111,6 +112,20 @@ enum Stat {
     Order(OrderStat),
     /// Slope, Rsquare or Resi: one regression on the row.
     Trend(Rolling),
+    /// Max and IdxMax, or Min and IdxMin: one extreme and its row.
+    Extreme(Rolling),
+}
+
+impl Stat {
+    /// Statistics of one kind share a pass.
+    fn kind(&self) -> &'static str {
+        match self {
+            Stat::Order(_) => "order",
+            Stat::Trend(_) => "trend",
+            Stat::Extreme(Rolling::Max | Rolling::IdxMax) => "max",
+            Stat::Extreme(_) => "min",
+        }
+    }
 }
 
 /// The statistic a node computes, and the key of its pass: kind, input and window.
@@ -122,10 +137,14 @@ fn window_stat(e: &Expr) -> Option<(Stat, String)> {
         Expr::Rolling(op @ (Rolling::Slope | Rolling::Rsquare | Rolling::Resi), x, w) => {
             (Stat::Trend(*op), x, w)
         }
+        Expr::Rolling(
+            op @ (Rolling::Max | Rolling::IdxMax | Rolling::Min | Rolling::IdxMin),
+            x,
+            w,
+        ) => (Stat::Extreme(*op), x, w),
         _ => return None,
     };
-    let kind = matches!(stat, Stat::Order(_));
-    Some((stat, format!("{kind}|{x}|{w:?}")))
+    Some((stat, format!("{}|{x}|{w:?}", stat.kind())))
 }
 
 impl Query {
@@ -748,34 +767,9 @@ fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
         (Rolling::Std, _) => spread(|a| a.var().sqrt()),
         (Rolling::Skew, _) => moments(Moments::skew),
         (Rolling::Kurt, _) => moments(Moments::kurt),
-        (Rolling::Max, _) => rolling(
-            len,
-            base,
-            n,
-            |i| Extreme::<true>::one(v[i], base + i),
-            |a, _| a.v,
-        ),
-        (Rolling::Min, _) => rolling(
-            len,
-            base,
-            n,
-            |i| Extreme::<false>::one(v[i], base + i),
-            |a, _| a.v,
-        ),
-        (Rolling::IdxMax, _) => rolling(
-            len,
-            base,
-            n,
-            |i| Extreme::<true>::one(v[i], base + i),
-            |a, start| position(a.pos, base + start),
-        ),
-        (Rolling::IdxMin, _) => rolling(
-            len,
-            base,
-            n,
-            |i| Extreme::<false>::one(v[i], base + i),
-            |a, start| position(a.pos, base + start),
-        ),
+        (Rolling::Max | Rolling::Min | Rolling::IdxMax | Rolling::IdxMin, _) => {
+            window_pass(&[Stat::Extreme(op)], v, base, w).remove(0)
+        }
         (Rolling::Wma, _) => rolling(
             len,
             base,
@@ -801,27 +795,58 @@ fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
     }
 }
 
-/// One pass over the windows of `xs` for statistics of one kind (all order statistics, or all regressions):
-/// one output per statistic. A node alone and a group of siblings both come here, so their values agree.
+/// One pass over the windows of `xs` for statistics of one kind (see [`Stat::kind`]): one output per
+/// statistic. A node alone and a group of siblings both come here, so their values agree.
 fn window_pass(stats: &[Stat], xs: &[f64], base: usize, w: Window) -> Vec<Vec<f64>> {
-    let order: Vec<OrderStat> = stats
-        .iter()
-        .filter_map(|s| match s {
-            Stat::Order(o) => Some(*o),
-            Stat::Trend(_) => None,
-        })
-        .collect();
-    if order.len() == stats.len() {
-        return kernels::order_stats_many(xs, periods(w), &order);
+    let ops = || -> Vec<Rolling> {
+        stats
+            .iter()
+            .map(|s| match s {
+                Stat::Trend(op) | Stat::Extreme(op) => *op,
+                Stat::Order(_) => unreachable!("a pass computes statistics of one kind"),
+            })
+            .collect()
+    };
+    match stats.first() {
+        Some(Stat::Order(_)) => {
+            let order: Vec<OrderStat> = stats
+                .iter()
+                .map(|s| match s {
+                    Stat::Order(o) => *o,
+                    _ => unreachable!("a pass computes statistics of one kind"),
+                })
+                .collect();
+            kernels::order_stats_many(xs, periods(w), &order)
+        }
+        Some(Stat::Trend(_)) => trend_many(xs, base, w, &ops()),
+        Some(Stat::Extreme(Rolling::Max | Rolling::IdxMax)) => {
+            extremes::<true>(xs, base, w, &ops())
+        }
+        Some(Stat::Extreme(_)) => extremes::<false>(xs, base, w, &ops()),
+        None => Vec::new(),
     }
-    let ops: Vec<Rolling> = stats
-        .iter()
-        .map(|s| match s {
-            Stat::Trend(op) => *op,
-            Stat::Order(_) => unreachable!("a pass computes statistics of one kind"),
-        })
-        .collect();
-    trend_many(xs, base, w, &ops)
+}
+
+/// The window's largest (`MAX`) or smallest value and its 1-based position, one sliding pass for Max and
+/// IdxMax (or Min and IdxMin) over the same input and window: one output per op.
+fn extremes<const MAX: bool>(v: &[f64], base: usize, w: Window, ops: &[Rolling]) -> Vec<Vec<f64>> {
+    let len = v.len();
+    let mut out = vec![vec![f64::NAN; len]; ops.len()];
+    kernels::sliding(
+        len,
+        base,
+        periods(w),
+        |i| Extreme::<MAX>::one(v[i], base + i),
+        |i, a, start| {
+            for (o, op) in out.iter_mut().zip(ops) {
+                o[i] = match op {
+                    Rolling::Max | Rolling::Min => a.v,
+                    _ => position(a.pos, base + start),
+                };
+            }
+        },
+    );
+    out
 }
 
 /// Regressions of the values on their calendar row (the slope and fit do not depend on where the rows start),
