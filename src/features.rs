@@ -87,10 +87,9 @@ fn transpose(columns: &[f32], rows: usize, out: &mut [f32]) {
     let ncol = columns.len() / rows.max(1);
     for r0 in (0..rows).step_by(TILE) {
         let r1 = (r0 + TILE).min(rows);
-        let tile = &mut out[r0 * ncol..r1 * ncol];
-        for (c, col) in columns.chunks_exact(rows).enumerate() {
-            for (o, &v) in tile[c..].iter_mut().step_by(ncol).zip(&col[r0..r1]) {
-                *o = v;
+        for (row, r) in out[r0 * ncol..r1 * ncol].chunks_exact_mut(ncol).zip(r0..r1) {
+            for (o, col) in row.iter_mut().zip(columns.chunks_exact(rows)) {
+                *o = col[r];
             }
         }
     }

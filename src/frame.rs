@@ -236,8 +236,9 @@ const STATS_BLOCK_ROWS: usize = 4096;
 struct ColumnStats {
     nan: Vec<u64>,
     sum: Vec<f64>,
-    lo: Vec<f64>,
-    hi: Vec<f64>,
+    /// The extremes in f32 (exact, and twice the values per vector instruction).
+    lo: Vec<f32>,
+    hi: Vec<f32>,
 }
 
 impl ColumnStats {
@@ -245,8 +246,8 @@ impl ColumnStats {
         ColumnStats {
             nan: vec![0; n],
             sum: vec![0.0; n],
-            lo: vec![f64::INFINITY; n],
-            hi: vec![f64::NEG_INFINITY; n],
+            lo: vec![f32::INFINITY; n],
+            hi: vec![f32::NEG_INFINITY; n],
         }
     }
 
@@ -255,12 +256,11 @@ impl ColumnStats {
         let cols = self.nan.iter_mut().zip(self.sum.iter_mut());
         let ends = self.lo.iter_mut().zip(self.hi.iter_mut());
         for ((&v, (nan, sum)), (lo, hi)) in row.iter().zip(cols).zip(ends) {
-            let x = f64::from(v);
-            let valid = !x.is_nan();
+            let valid = !v.is_nan();
             *nan += u64::from(!valid);
-            *sum += if valid { x } else { 0.0 };
-            *lo = lo.min(x);
-            *hi = hi.max(x);
+            *sum += if valid { f64::from(v) } else { 0.0 };
+            *lo = lo.min(v);
+            *hi = hi.max(v);
         }
     }
 

@@ -36,6 +36,11 @@ fn market_rows_follow_the_spans_and_values_equal_direct_evaluation() {
         .unwrap();
     gaps.push("SZ000002", span("2023-02-01", "2023-11-30"))
         .unwrap();
+    // SH688001's data starts on 2023-05-18: the rows of its first span before that are NaN.
+    gaps.push("SH688001", span("2023-01-03", "2023-06-30"))
+        .unwrap();
+    gaps.push("SH688001", span("2023-08-01", "2023-10-31"))
+        .unwrap();
     s.save_instruments("gaps", &gaps).unwrap();
     // Small queries go through the feature cache; with no room in it, every value is evaluated and
     // placed straight into the frame (in tiles of rows, or row by row where spans leave gaps).
@@ -72,6 +77,8 @@ fn check_market(s: &Store, market: &str) -> qstore::Frame {
         "Mean($close, 5)",
         "Ref($close, -1) / $close - 1",
         "Rank($volume, 20)",
+        // Its series is SH688001's (from 2023-05-18): NaN on the earlier rows of every instrument.
+        "ChangeInstrument('SH688001', $close)",
     ];
     let f = s
         .features(Universe::Market(market), &exprs, None, None, Freq::DAY)
