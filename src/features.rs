@@ -10,7 +10,7 @@ use crate::calendar::Timestamp;
 use crate::error::{Error, NameKind, Result};
 use crate::expr::{self, Column, Expr, Fields, Query, Scratch};
 use crate::featureset::FeatureSet;
-use crate::frame::Frame;
+use crate::frame::{Frame, Values};
 use crate::freq::Freq;
 use crate::layout::validate_name;
 use crate::memcache::Limit;
@@ -170,11 +170,7 @@ impl Store {
             .iter()
             .map(|s| s.iter().map(|r| r.len()).sum())
             .collect();
-        // Zeroed pages come lazily from the kernel; the NaN fill then runs on every core.
-        let mut values = vec![0f32; counts.iter().sum::<usize>() * ncol];
-        values
-            .par_chunks_mut(1 << 16)
-            .for_each(|c| c.fill(f32::NAN));
+        let mut values = Values::nan(counts.iter().sum::<usize>() * ncol);
         let mut slices = Vec::with_capacity(counts.len());
         let mut rest = values.as_mut_slice();
         for &c in &counts {

@@ -17,7 +17,66 @@ pub struct Frame {
     /// Per row: index into `instruments`, calendar row.
     index: Vec<(u32, u32)>,
     calendar: Arc<Calendar>,
-    values: Vec<f32>,
+    values: Values,
+}
+
+/// A frame's values. Large ones live in an anonymous mapping with transparent huge pages: a frame of
+/// 200 MB is 50,000 page faults in 4 KB pages (a tenth of a query's CPU time, in the kernel) and about
+/// 100 in 2 MB ones.
+#[derive(Debug)]
+pub(crate) enum Values {
+    Heap(Vec<f32>),
+    Mapped(memmap2::MmapMut),
+}
+
+/// Frames at least this large are mapped.
+const MAP_BYTES: usize = 4 << 20;
+
+impl Values {
+    /// `len` NaNs, filled on every core.
+    pub(crate) fn nan(len: usize) -> Values {
+        let bytes = len * std::mem::size_of::<f32>();
+        let mut v = if bytes >= MAP_BYTES
+            && let Ok(map) = memmap2::MmapOptions::new().len(bytes).map_anon()
+        {
+            // Only a hint: without huge pages the mapping works the same.
+            let _ = map.advise(memmap2::Advice::HugePage);
+            Values::Mapped(map)
+        } else {
+            Values::Heap(vec![0.0; len])
+        };
+        v.as_mut_slice()
+            .par_chunks_mut(1 << 16)
+            .for_each(|c| c.fill(f32::NAN));
+        v
+    }
+
+    pub(crate) fn as_slice(&self) -> &[f32] {
+        match self {
+            Values::Heap(v) => v,
+            // A page-aligned mapping of whole f32s.
+            Values::Mapped(m) => bytemuck::cast_slice(&m[..]),
+        }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
+        match self {
+            Values::Heap(v) => v,
+            Values::Mapped(m) => bytemuck::cast_slice_mut(&mut m[..]),
+        }
+    }
+}
+
+impl From<Vec<f32>> for Values {
+    fn from(v: Vec<f32>) -> Values {
+        Values::Heap(v)
+    }
+}
+
+impl Clone for Values {
+    fn clone(&self) -> Values {
+        Values::Heap(self.as_slice().to_vec())
+    }
 }
 
 impl Frame {
@@ -26,8 +85,9 @@ impl Frame {
         columns: Vec<String>,
         rows: Vec<(String, Vec<usize>)>,
         calendar: Arc<Calendar>,
-        values: Vec<f32>,
+        values: impl Into<Values>,
     ) -> Frame {
+        let values = values.into();
         let mut instruments = Vec::new();
         let mut index = Vec::new();
         for (inst, rs) in rows {
@@ -40,7 +100,7 @@ impl Frame {
         }
         assert_eq!(
             index.len() * columns.len(),
-            values.len(),
+            values.as_slice().len(),
             "one value per row and column"
         );
         Frame {
@@ -101,11 +161,11 @@ impl Frame {
     /// The values of row `r`, one per column.
     pub fn row(&self, r: usize) -> &[f32] {
         let n = self.columns.len();
-        &self.values[r * n..(r + 1) * n]
+        &self.values.as_slice()[r * n..(r + 1) * n]
     }
 
     pub fn value(&self, r: usize, c: usize) -> f32 {
-        self.values[r * self.columns.len() + c]
+        self.values.as_slice()[r * self.columns.len() + c]
     }
 
     /// Column `c` as a vector.
@@ -125,7 +185,7 @@ impl Frame {
 
     /// All values, row-major (`len() x columns().len()`).
     pub fn values(&self) -> &[f32] {
-        &self.values
+        self.values.as_slice()
     }
 
     /// Writes `instrument,datetime,<columns...>` CSV; NaN is an empty cell (as pandas writes it).
@@ -194,6 +254,7 @@ impl Frame {
         // number of threads.
         let parts: Vec<ColumnStats> = self
             .values
+            .as_slice()
             .par_chunks(STATS_BLOCK_ROWS * n.max(1))
             .map(|block| {
                 let mut s = ColumnStats::new(n);
@@ -278,6 +339,22 @@ impl ColumnStats {
 mod tests {
     use super::*;
     use crate::freq::Freq;
+
+    #[test]
+    fn large_values_are_mapped_small_ones_on_the_heap_both_nan_and_writable() {
+        let big = MAP_BYTES / 4 + 3;
+        for (len, mapped) in [(big, true), (1000, false)] {
+            let mut v = Values::nan(len);
+            assert_eq!(matches!(v, Values::Mapped(_)), mapped, "{len}");
+            assert_eq!(v.as_slice().len(), len);
+            assert!(v.as_slice().iter().all(|x| x.is_nan()));
+            v.as_mut_slice()[len - 1] = 7.0;
+            let copy = v.clone();
+            assert!(matches!(copy, Values::Heap(_)));
+            assert_eq!(copy.as_slice()[len - 1], 7.0);
+            assert!(copy.as_slice()[len - 2].is_nan());
+        }
+    }
 
     #[test]
     fn stats_over_many_blocks_match_a_direct_count() {
