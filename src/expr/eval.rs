@@ -455,10 +455,9 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                 let (Expr::Quantile(x, w, _) | Expr::Rolling(_, x, w)) = e else {
                     unreachable!("only window statistics are grouped")
                 };
-                let xs = self.series(x, inst, base, len)?;
                 let stats: Vec<Stat> = members.iter().map(|m| m.1).collect();
-                let outs = window_pass(&stats, &xs, base, *w);
-                self.pool.push(xs);
+                let outs =
+                    self.with_series(x, inst, base, len, |xs| window_pass(&stats, xs, base, *w))?;
                 let mut mine = None;
                 for (&(m, _), out) in members.iter().zip(outs) {
                     if m == id {
@@ -519,6 +518,40 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
 
     fn series(&mut self, e: &Expr, instrument: &str, base: usize, len: usize) -> Result<Vec<f64>> {
         Ok(self.eval(e, instrument, base, len)?.into_vec(len))
+    }
+
+    /// `f` of the series of `e`, for consumers that only read it: a value kept in the memo (`$close`, used by
+    /// dozens of Alpha158's columns) is lent instead of copied, and an owned one goes back to the pool.
+    fn with_series<R>(
+        &mut self,
+        e: &Expr,
+        inst: &str,
+        base: usize,
+        len: usize,
+        f: impl FnOnce(&[f64]) -> R,
+    ) -> Result<R> {
+        let kept = self.plan.and_then(|plan| {
+            let id = *plan.ids.get(&(e as *const Expr as usize))?;
+            plan.shared
+                .contains(&id)
+                .then_some((id, inst.as_ptr() as usize, base, len))
+        });
+        if let Some(key) = kept {
+            if !self.memo.contains_key(&key) {
+                // Computes it and keeps a copy in the memo.
+                let v = self.eval(e, inst, base, len)?;
+                self.recycle(v);
+            }
+            if let Some(Val::Series { v, .. }) = self.memo.get(&key) {
+                return Ok(f(v));
+            }
+        }
+        let v = self.series(e, inst, base, len)?;
+        let r = f(&v);
+        if self.pool.len() < POOL_MAX {
+            self.pool.push(v);
+        }
+        Ok(r)
     }
 
     fn compute(&mut self, e: &Expr, inst: &str, base: usize, len: usize) -> Result<Val> {
@@ -666,18 +699,21 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                 Val::Series { v: d, narrow }
             }
             Expr::Rolling(op, x, w) => {
-                let v = self.series(x, inst, base, len)?;
-                Val::wide(rolling_op(*op, &v, base, *w))
+                Val::wide(self.with_series(x, inst, base, len, |v| rolling_op(*op, v, base, *w))?)
             }
             Expr::Quantile(x, w, q) => {
-                let v = self.series(x, inst, base, len)?;
                 let stat = Stat::Order(OrderStat::Quantile(*q));
-                Val::wide(window_pass(&[stat], &v, base, *w).remove(0))
+                Val::wide(
+                    self.with_series(x, inst, base, len, |v| window_pass(&[stat], v, base, *w))?
+                        .remove(0),
+                )
             }
             Expr::Pair(op, a, b, w) => {
                 let a = self.series(a, inst, base, len)?;
-                let b = self.series(b, inst, base, len)?;
-                Val::wide(pair_op(*op, &a, &b, base, *w))
+                let out =
+                    self.with_series(b, inst, base, len, |b| pair_op(*op, &a, b, base, *w))?;
+                self.pool.push(a);
+                Val::wide(out)
             }
         })
     }
