@@ -383,10 +383,11 @@ proptest! {
 #[test]
 fn order_statistics_treat_signed_zeros_as_equal() {
     let x = [
-        0.0, -0.0, 1.0, -0.0, 0.0, 0.0, -1.0, -0.0, NAN, 0.0, 2.0, -0.0, 2.0, 0.0,
+        0.0, -0.0, 1.0, -0.0, 0.0, 0.0, -1.0, -0.0, NAN, 0.0, 2.0, -0.0, 2.0, 0.0, -2.5, -0.5,
+        -2.5, 3.0, -7.0, -0.0,
     ];
     for n in [2, 3, 5, 8] {
-        for op in ["Rank", "Med"] {
+        for op in ["Rank", "Med", "Max", "Min"] {
             let got = eval(&format!("{op}($x,{n})"), &x);
             for (i, &g) in got.iter().enumerate() {
                 let want = reference(op, window(&x, i, n));

@@ -703,31 +703,46 @@ impl Ordered for OrderStats {
 /// A short window kept sorted: binary search and a memmove of at most the window per row, which beats the
 /// Fenwick tree's O(log n) walks for the windows factor libraries use (up to a few hundred rows).
 pub(crate) struct SortedWindow {
-    values: Vec<f64>,
+    /// The window's values as [`order_key`]s, ascending: a search compares integers, with no conversion of
+    /// each value it visits.
+    keys: Vec<i64>,
     /// Where the newest value went (`usize::MAX`: it was NaN), so ranking it needs no search.
     newest: usize,
 }
 
+/// `f64::total_cmp` as an integer: keys compare as their values do in total order. Its own inverse.
+fn order_key(x: f64) -> i64 {
+    let b = x.to_bits() as i64;
+    b ^ ((((b >> 63) as u64) >> 1) as i64)
+}
+
+fn from_key(k: i64) -> f64 {
+    f64::from_bits((k ^ ((((k >> 63) as u64) >> 1) as i64)) as u64)
+}
+
+/// How many of the ascending `keys` are below `k`. (A branch-free count of the keys was slower than this
+/// binary search even for windows of 5 or 20.)
+fn below(keys: &[i64], k: i64) -> usize {
+    keys.partition_point(|&y| y < k)
+}
+
 impl Ordered for SortedWindow {
     fn count(&self) -> u32 {
-        self.values.len() as u32
+        self.keys.len() as u32
     }
     fn kth(&self, k: u32) -> f64 {
-        self.values[k as usize]
+        from_key(self.keys[k as usize])
     }
     fn below_equal(&self, x: f64) -> (u32, u32) {
-        let v = &self.values;
+        let keys = &self.keys;
         // The values before the newest one's place are below it in total order, which is `<` unless x is a
-        // zero (total order puts -0 before +0; `<` calls them equal).
-        let lo = if x != 0.0
-            && v.get(self.newest)
-                .is_some_and(|&y| y.to_bits() == x.to_bits())
-        {
+        // zero (total order puts -0 before +0; `<` calls them equal: count below -0 then).
+        let lo = if x != 0.0 && keys.get(self.newest) == Some(&order_key(x)) {
             self.newest
         } else {
-            v.partition_point(|y| *y < x)
+            below(keys, order_key(if x == 0.0 { -0.0 } else { x }))
         };
-        let equal = v[lo..].iter().take_while(|&&y| y == x).count();
+        let equal = keys[lo..].iter().take_while(|&&k| from_key(k) == x).count();
         (lo as u32, equal as u32)
     }
 }
@@ -736,29 +751,29 @@ impl SortedWindow {
     /// Adds `x` and removes `old`, a value in the window (NaN: nothing to add or remove), with one shift of
     /// the values between their places.
     fn replace(&mut self, x: f64, old: f64) {
-        let v = &mut self.values;
-        let place = |v: &[f64], x: f64| v.partition_point(|y| y.total_cmp(&x).is_lt());
+        let v = &mut self.keys;
+        let (kx, ko) = (order_key(x), order_key(old));
         self.newest = match (x.is_nan(), old.is_nan()) {
             (true, true) => usize::MAX,
             (false, true) => {
-                let at = place(v, x);
-                v.insert(at, x);
+                let at = below(v, kx);
+                v.insert(at, kx);
                 at
             }
             (true, false) => {
-                v.remove(place(v, old));
+                v.remove(below(v, ko));
                 usize::MAX
             }
             (false, false) => {
                 // `from` holds `old`; `to` is where `x` goes among the values before the removal.
-                let (from, to) = (place(v, old), place(v, x));
+                let (from, to) = (below(v, ko), below(v, kx));
                 if to <= from {
                     v.copy_within(to..from, to + 1);
-                    v[to] = x;
+                    v[to] = kx;
                     to
                 } else {
                     v.copy_within(from + 1..to, from);
-                    v[to - 1] = x;
+                    v[to - 1] = kx;
                     to - 1
                 }
             }
@@ -800,7 +815,7 @@ pub(crate) fn order_stats_many(xs: &[f64], n: Option<usize>, stats: &[OrderStat]
     }
     if let Some(n) = n.filter(|&n| n <= SORTED_WINDOW_MAX) {
         let mut w = SortedWindow {
-            values: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
             newest: usize::MAX,
         };
         for i in 0..xs.len() {
