@@ -788,21 +788,32 @@ fn flat(var: f64) -> bool {
 fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
     let len = v.len();
     let n = periods(w);
-    let sum = |f: fn(&Sum) -> f64| rolling(len, base, n, |i| Sum::one(v[i], 0), |a, _| f(a));
-    let moments =
-        |f: fn(&Moments) -> f64| rolling(len, base, n, |i| Moments::one(v[i], 0), |a, _| f(a));
-    let spread = |f: fn(&Spread) -> f64| rolling(len, base, n, |i| Spread::one(v[i]), |a, _| f(a));
+    // Each arm passes its own closure to `rolling`, which is generic over it, so the statistic is inlined
+    // into the loop (through a `fn` pointer it was a call per row).
+    let sums = |i: usize| Sum::one(v[i], 0);
+    let moments = |i: usize| Moments::one(v[i], 0);
+    let spreads = |i: usize| Spread::one(v[i]);
     match (op, w) {
         (Rolling::Mean | Rolling::Ema, Window::Ewm(alpha)) => kernels::ewm(v, alpha),
         (Rolling::Ema, Window::Periods(n)) => kernels::ewm(v, 2.0 / (n as f64 + 1.0)),
         (Rolling::Ema, _) => kernels::ema_expanding(v),
-        (Rolling::Mean, _) => sum(|a| if a.n == 0 { f64::NAN } else { a.s / a.n as f64 }),
-        (Rolling::Sum, _) => sum(|a| if a.n == 0 { f64::NAN } else { a.s }),
-        (Rolling::Count, _) => sum(|a| a.n as f64),
-        (Rolling::Var, _) => spread(Spread::var),
-        (Rolling::Std, _) => spread(|a| a.var().sqrt()),
-        (Rolling::Skew, _) => moments(Moments::skew),
-        (Rolling::Kurt, _) => moments(Moments::kurt),
+        (Rolling::Mean, _) => rolling(len, base, n, sums, |a, _| {
+            if a.n == 0 { f64::NAN } else { a.s / a.n as f64 }
+        }),
+        (Rolling::Sum, _) => rolling(
+            len,
+            base,
+            n,
+            sums,
+            |a, _| {
+                if a.n == 0 { f64::NAN } else { a.s }
+            },
+        ),
+        (Rolling::Count, _) => rolling(len, base, n, sums, |a, _| a.n as f64),
+        (Rolling::Var, _) => rolling(len, base, n, spreads, |a, _| a.var()),
+        (Rolling::Std, _) => rolling(len, base, n, spreads, |a, _| a.var().sqrt()),
+        (Rolling::Skew, _) => rolling(len, base, n, moments, |a, _| a.skew()),
+        (Rolling::Kurt, _) => rolling(len, base, n, moments, |a, _| a.kurt()),
         (Rolling::Max | Rolling::Min | Rolling::IdxMax | Rolling::IdxMin, _) => {
             window_pass(&[Stat::Extreme(op)], v, base, w).remove(0)
         }
@@ -929,42 +940,34 @@ fn position(pos: usize, first: usize) -> f64 {
 fn pair_op(op: Pair, a: &[f64], b: &[f64], base: usize, w: Window) -> Vec<f64> {
     let len = a.len();
     let n = periods(w);
-    let co = |f: fn(&Centered) -> f64| {
-        rolling(
-            len,
-            base,
-            n,
-            |i| CoMoments::pair(a[i], b[i]),
-            |m, _| f(&m.centered()),
-        )
-    };
+    let pairs = |i: usize| CoMoments::pair(a[i], b[i]);
+    let corr = |m: &Centered| m.sxy / (m.sxx * m.syy).sqrt();
     match op {
-        Pair::Cov => co(|m| {
+        Pair::Cov => rolling(len, base, n, pairs, |m, _| {
+            let m = m.centered();
             if m.n < 2.0 {
                 f64::NAN
             } else {
                 m.sxy / (m.n - 1.0)
             }
         }),
-        Pair::Corr => {
-            let r = co(|m| {
-                if m.n < 2.0 {
+        // qlib: NaN where either side on its own is (nearly) constant over the window. When the sides have
+        // the same gaps, each side's spread is the pairs' own (same rows, same arithmetic): one pass.
+        Pair::Corr if a.iter().zip(b).all(|(x, y)| x.is_nan() == y.is_nan()) => {
+            rolling(len, base, n, pairs, |m, _| {
+                let m = m.centered();
+                if m.n < 2.0 || flat(m.var_x()) || flat(m.var_y()) {
                     f64::NAN
                 } else {
-                    m.sxy / (m.sxx * m.syy).sqrt()
+                    corr(&m)
                 }
+            })
+        }
+        Pair::Corr => {
+            let r = rolling(len, base, n, pairs, |m, _| {
+                let m = m.centered();
+                if m.n < 2.0 { f64::NAN } else { corr(&m) }
             });
-            // qlib: NaN where either side on its own is (nearly) constant over the window. When the sides
-            // have the same gaps, each side's spread is the pairs' own (same rows, same arithmetic).
-            if a.iter().zip(b).all(|(x, y)| x.is_nan() == y.is_nan()) {
-                return co(|m| {
-                    if m.n < 2.0 || flat(m.var_x()) || flat(m.var_y()) {
-                        f64::NAN
-                    } else {
-                        m.sxy / (m.sxx * m.syy).sqrt()
-                    }
-                });
-            }
             let side = |s: &[f64]| {
                 rolling(
                     len,
