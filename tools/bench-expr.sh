@@ -4,9 +4,10 @@
 #       over every instrument of a SYMBOLS x DAYS store, by `qcache query --format stats` (evaluation plus a
 #       one-pass summary; no CSV text, whose formatting would dominate);
 #   (b) the full Alpha158 set the same way;
-#   (c) when qlib's virtualenv exists (tools/golden.sh makes it), qlib 0.9.7's D.features on the first
-#       QLIB_N instruments (default 500) for (a) and (b), and qstore on the same QLIB_N instruments, so the
-#       ratio compares equal work; qlib runs with kernels=2 and no caches.
+#   (c) when qlib's virtualenv exists (tools/golden.sh makes it), QLIB_ROUNDS rounds (default 3) of qstore
+#       (median of 3 runs) then qlib 0.9.7's D.features on the first QLIB_N instruments (default 500) for (a)
+#       and (b), so the ratio compares equal work under the same machine state; qlib runs with kernels=2 and
+#       no caches. Prints each round's ratios and their medians.
 # Usage: tools/bench-expr.sh [SYMBOLS] [DAYS]   (default 5000 x 750)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,10 +37,31 @@ for run in 1 2; do
   timed "qstore alpha158 all  run$run" target/release/qcache query "$store" --feature-set alpha158 --format stats
 done
 if [ -x "$venv/bin/python" ]; then
+  # Rounds of: qstore on the first QLIB_N instruments (median of 3 runs per work), then qlib on the same ones.
+  # Alternating keeps both under the same machine state; each round prints its ratios, the last lines the
+  # medians over rounds.
   first=$(cut -f1 "$store/instruments/all.txt" | sort | awk -v n="$qlib_n" 'NR <= n' | paste -sd, -)
-  timed "qstore ten      $qlib_n" target/release/qcache query "$store" --instruments "$first" --fields "${ten[@]}" --format stats
-  timed "qstore alpha158 $qlib_n" target/release/qcache query "$store" --instruments "$first" --feature-set alpha158 --format stats
-  "$venv/bin/python" tools/golden/bench_qlib.py "$store" "$qlib_n" 2>/dev/null
+  log=$(mktemp)
+  median3() { # command... -> median wall and user seconds of 3 runs
+    for _ in 1 2 3; do /usr/bin/time -f "%e %U" "$@" 2>&1 >/dev/null | tail -1; done |
+      sort -n | sed -n 2p
+  }
+  for round in $(seq "${QLIB_ROUNDS:-3}"); do
+    read -r tw tu < <(median3 target/release/qcache query "$store" --instruments "$first" --fields "${ten[@]}" --format stats)
+    read -r aw au < <(median3 target/release/qcache query "$store" --instruments "$first" --feature-set alpha158 --format stats)
+    q=$("$venv/bin/python" tools/golden/bench_qlib.py "$store" "$qlib_n" 2>/dev/null)
+    read -r _ _ qtw qtc _ < <(grep '^qlib ten ' <<<"$q")
+    read -r _ _ qaw qac _ < <(grep '^qlib alpha158 ' <<<"$q")
+    awk -v r="$round" -v n="$qlib_n" -v tw="$tw" -v tu="$tu" -v aw="$aw" -v au="$au" \
+        -v qtw="$qtw" -v qtc="$qtc" -v qaw="$qaw" -v qac="$qac" 'BEGIN {
+      printf "round %d, %d instruments: ten      qstore %.2f s wall %.2f s user | qlib %.2f s wall %.2f s cpu | %.0fx wall %.0fx cpu\n", r, n, tw, tu, qtw, qtc, qtw / tw, qtc / tu
+      printf "round %d, %d instruments: alpha158 qstore %.2f s wall %.2f s user | qlib %.2f s wall %.2f s cpu | %.0fx wall %.0fx cpu\n", r, n, aw, au, qaw, qac, qaw / aw, qac / au
+      printf "%f %f %f %f\n", qtw / tw, qtc / tu, qaw / aw, qac / au > "/dev/stderr"
+    }' 2>>"$log"
+  done
+  for k in 1 2 3 4; do sort -n -k$k,$k "$log" | awk -v k=$k '{v[NR]=$k} END {print v[int((NR + 1) / 2)]}'; done |
+    paste -sd' ' | awk '{printf "median over rounds: ten %.0fx wall %.0fx cpu; alpha158 %.0fx wall %.0fx cpu\n", $1, $2, $3, $4}'
+  rm -f "$log"
 else
   echo "no qlib virtualenv at $venv (tools/golden.sh creates it): skipping the qlib comparison"
 fi
