@@ -297,7 +297,7 @@ const STATS_BLOCK_ROWS: usize = 4096;
 struct ColumnStats {
     nan: Vec<u64>,
     sum: Vec<f64>,
-    /// The extremes in f32 (exact, and twice the values per vector instruction).
+    /// The extremes in f32: exact, with no conversion per value.
     lo: Vec<f32>,
     hi: Vec<f32>,
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::ast::{Binary, Expr, Extent, Pair, Rolling, Unary, Window};
 use super::kernels::{
-    self, Centered, CoMoments, Extreme, Moments, OrderStat, Spread, Sum, Weighted, rolling,
+    self, CoMoments, Extreme, Moments, OrderStat, Spread, Sum, Weighted, rolling,
 };
 use crate::error::Result;
 use crate::feature::FeatureFile;
@@ -100,8 +100,7 @@ struct Plan {
     shared: std::collections::HashSet<u32>,
     /// Window statistics of one kind over the same input and window (`Quantile($close,20,0.8)`,
     /// `Quantile($close,20,0.2)` and `Rank($close,20)`; `Slope`, `Rsquare` and `Resi`; `Max` and `IdxMax`):
-    /// each member's id ->
-    /// every member and its statistic, computed together in one pass over the windows.
+    /// each member's id -> every member and its statistic, computed together in one pass over the windows.
     groups: HashMap<u32, Arc<[(u32, Stat)]>>,
 }
 
@@ -352,13 +351,16 @@ fn round_if(narrow: bool, x: f64) -> f64 {
     if narrow { x as f32 as f64 } else { x }
 }
 
+/// (node id, instrument text address, first row, number of rows).
+type MemoKey = (u32, usize, usize, usize);
+
 struct Evaluator<'a, F: ?Sized> {
     fields: &'a F,
     columns: HashMap<(String, String), Option<Column>>,
     /// What may be shared ([`Query`]); without it nothing is memoised.
     plan: Option<&'a Plan>,
-    /// Values of the sub-expressions evaluated so far: (node id, instrument text address, base, len).
-    memo: HashMap<(u32, usize, usize, usize), Val>,
+    /// Values of the sub-expressions evaluated so far.
+    memo: HashMap<MemoKey, Val>,
     /// Free buffers.
     pool: Vec<Vec<f64>>,
 }
@@ -423,14 +425,11 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
         if let Expr::Const(c) = e {
             return Ok(Val::Const(*c));
         }
-        let Some(plan) = self.plan else {
+        let (Some(plan), Some((key, shared))) = (self.plan, self.memo_key(e, inst, base, len))
+        else {
             return self.compute(e, inst, base, len);
         };
-        let Some(&id) = plan.ids.get(&(e as *const Expr as usize)) else {
-            return self.compute(e, inst, base, len);
-        };
-        let key = (id, inst.as_ptr() as usize, base, len);
-        let shared = plan.shared.contains(&id);
+        let id = key.0;
         if !shared && let Some(v) = self.memo.remove(&key) {
             // Left by a sibling's pass of the same group, for this one use.
             return Ok(v);
@@ -520,6 +519,17 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
         Ok(self.eval(e, instrument, base, len)?.into_vec(len))
     }
 
+    /// The memo key of node `e` over these rows, and whether its value is kept for other uses (`None`: the
+    /// node is neither shared nor grouped).
+    fn memo_key(&self, e: &Expr, inst: &str, base: usize, len: usize) -> Option<(MemoKey, bool)> {
+        let plan = self.plan?;
+        let id = *plan.ids.get(&(e as *const Expr as usize))?;
+        Some((
+            (id, inst.as_ptr() as usize, base, len),
+            plan.shared.contains(&id),
+        ))
+    }
+
     /// `f` of the series of `e`, for consumers that only read it: a value kept in the memo (`$close`, used by
     /// dozens of Alpha158's columns) is lent instead of copied, and an owned one goes back to the pool.
     fn with_series<R>(
@@ -530,13 +540,7 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
         len: usize,
         f: impl FnOnce(&[f64]) -> R,
     ) -> Result<R> {
-        let kept = self.plan.and_then(|plan| {
-            let id = *plan.ids.get(&(e as *const Expr as usize))?;
-            plan.shared
-                .contains(&id)
-                .then_some((id, inst.as_ptr() as usize, base, len))
-        });
-        if let Some(key) = kept {
+        if let Some((key, true)) = self.memo_key(e, inst, base, len) {
             if !self.memo.contains_key(&key) {
                 // Computes it and keeps a copy in the memo.
                 let v = self.eval(e, inst, base, len)?;
@@ -916,7 +920,7 @@ fn trend_many(v: &[f64], base: usize, w: Window, ops: &[Rolling]) -> Vec<Vec<f64
                     // The row positions are never NaN, so the y side's spread is that of the values.
                     Rolling::Rsquare if n.is_some() && flat(a.var_y()) => f64::NAN,
                     Rolling::Rsquare => {
-                        let r = a.sxy / (a.sxx * a.syy).sqrt();
+                        let r = a.corr();
                         r * r
                     }
                     // The newest value minus the fitted line at its row.
@@ -941,7 +945,6 @@ fn pair_op(op: Pair, a: &[f64], b: &[f64], base: usize, w: Window) -> Vec<f64> {
     let len = a.len();
     let n = periods(w);
     let pairs = |i: usize| CoMoments::pair(a[i], b[i]);
-    let corr = |m: &Centered| m.sxy / (m.sxx * m.syy).sqrt();
     match op {
         Pair::Cov => rolling(len, base, n, pairs, |m, _| {
             let m = m.centered();
@@ -959,14 +962,14 @@ fn pair_op(op: Pair, a: &[f64], b: &[f64], base: usize, w: Window) -> Vec<f64> {
                 if m.n < 2.0 || flat(m.var_x()) || flat(m.var_y()) {
                     f64::NAN
                 } else {
-                    corr(&m)
+                    m.corr()
                 }
             })
         }
         Pair::Corr => {
             let r = rolling(len, base, n, pairs, |m, _| {
                 let m = m.centered();
-                if m.n < 2.0 { f64::NAN } else { corr(&m) }
+                if m.n < 2.0 { f64::NAN } else { m.corr() }
             });
             let side = |s: &[f64]| {
                 rolling(

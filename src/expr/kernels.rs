@@ -10,7 +10,8 @@
 //!
 //! Variances and co-moments are sums about a shift inside the data (no division on the per-row chains);
 //! higher moments are merged with Pébay's pairwise formulas (stable for prices with a small spread), order
-//! statistics come from a Fenwick tree over the ranks of the values, and exponential means are plain
+//! statistics come from a sorted window (windows up to 512 rows) or a Fenwick tree over the ranks of the
+//! values (longer and expanding windows), and exponential means are plain
 //! recurrences from the series' first row (their windows reach it; see `Expr::ext_window`).
 //!
 //! Every kernel takes `xs`, the series over rows `base..base + xs.len()` of the calendar, where `xs[0]` is
@@ -329,7 +330,8 @@ impl Moments {
 }
 
 /// Co-moments of pairs where both sides are valid: Corr, Cov, and (with x = row position) Slope, Rsquare,
-/// Resi. Sums are taken about shifts `(cx, cy)`, one of the pairs, added and merged as [`Spread`]'s; [`CoMoments::centered`] forms the means and central sums once per window.
+/// Resi. Sums are taken about shifts `(cx, cy)`, one of the pairs, added and merged as [`Spread`]'s;
+/// [`CoMoments::centered`] forms the means and central sums once per window.
 #[derive(Clone, Copy)]
 pub(crate) struct CoMoments {
     n: f64,
@@ -444,6 +446,11 @@ impl Centered {
     /// Least-squares slope of y on x; NaN below two points (0/0, as qlib).
     pub fn slope(&self) -> f64 {
         self.sxy / self.sxx
+    }
+
+    /// Pearson correlation of the pairs (Corr; its square is Rsquare).
+    pub fn corr(&self) -> f64 {
+        self.sxy / (self.sxx * self.syy).sqrt()
     }
 
     /// Sample variance of the x side (equal to [`Spread::var`] of x when every x has its y).
