@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::ast::{Binary, Expr, Extent, Pair, Rolling, Unary, Window};
 use super::kernels::{
-    self, CoMoments, Extreme, Moments, OrderStat, Spread, Sum, Weighted, rolling,
+    self, CoMoments, Extreme, Moments, OrderStat, Spread, Sum, Weighted, rolling, rolling_stepped,
 };
 use crate::error::Result;
 use crate::feature::FeatureFile;
@@ -792,30 +792,35 @@ fn flat(var: f64) -> bool {
 fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
     let len = v.len();
     let n = periods(w);
-    // Each arm passes its own closure to `rolling`, which is generic over it, so the statistic is inlined
-    // into the loop (through a `fn` pointer it was a call per row).
-    let sums = |i: usize| Sum::one(v[i], 0);
+    // Each arm passes its own closure to `rolling` or `rolling_stepped`, which are generic over it, so the
+    // statistic is inlined into the loop (through a `fn` pointer it was a call per row).
     let moments = |i: usize| Moments::one(v[i], 0);
-    let spreads = |i: usize| Spread::one(v[i]);
+    let values = |i: usize| v[i];
     match (op, w) {
         (Rolling::Mean | Rolling::Ema, Window::Ewm(alpha)) => kernels::ewm(v, alpha),
         (Rolling::Ema, Window::Periods(n)) => kernels::ewm(v, 2.0 / (n as f64 + 1.0)),
         (Rolling::Ema, _) => kernels::ema_expanding(v),
-        (Rolling::Mean, _) => rolling(len, base, n, sums, |a, _| {
-            if a.n == 0 { f64::NAN } else { a.s / a.n as f64 }
+        (Rolling::Mean, _) => rolling_stepped(len, base, n, values, |a: &Sum| {
+            if a.n == 0 {
+                f64::NAN
+            } else {
+                a.s / f64::from(a.n)
+            }
         }),
-        (Rolling::Sum, _) => rolling(
-            len,
-            base,
-            n,
-            sums,
-            |a, _| {
-                if a.n == 0 { f64::NAN } else { a.s }
-            },
-        ),
-        (Rolling::Count, _) => rolling(len, base, n, sums, |a, _| a.n as f64),
-        (Rolling::Var, _) => rolling(len, base, n, spreads, |a, _| a.var()),
-        (Rolling::Std, _) => rolling(len, base, n, spreads, |a, _| a.var().sqrt()),
+        (Rolling::Sum, _) => {
+            rolling_stepped(
+                len,
+                base,
+                n,
+                values,
+                |a: &Sum| {
+                    if a.n == 0 { f64::NAN } else { a.s }
+                },
+            )
+        }
+        (Rolling::Count, _) => rolling_stepped(len, base, n, values, |a: &Sum| f64::from(a.n)),
+        (Rolling::Var, _) => rolling_stepped(len, base, n, values, |a: &Spread| a.var()),
+        (Rolling::Std, _) => rolling_stepped(len, base, n, values, |a: &Spread| a.var().sqrt()),
         (Rolling::Skew, _) => rolling(len, base, n, moments, |a, _| a.skew()),
         (Rolling::Kurt, _) => rolling(len, base, n, moments, |a, _| a.kurt()),
         (Rolling::Max | Rolling::Min | Rolling::IdxMax | Rolling::IdxMin, _) => {
@@ -906,12 +911,12 @@ fn trend_many(v: &[f64], base: usize, w: Window, ops: &[Rolling]) -> Vec<Vec<f64
     let len = v.len();
     let n = periods(w);
     let mut out = vec![vec![f64::NAN; len]; ops.len()];
-    kernels::sliding(
+    kernels::stepped(
         len,
         base,
         n,
-        |i| CoMoments::pair((base + i) as f64, v[i]),
-        |i, a, _| {
+        |i| ((base + i) as f64, v[i]),
+        |i, a: &CoMoments, _| {
             let a = a.centered();
             for (o, op) in out.iter_mut().zip(ops) {
                 o[i] = match op {
@@ -944,9 +949,9 @@ fn position(pos: usize, first: usize) -> f64 {
 fn pair_op(op: Pair, a: &[f64], b: &[f64], base: usize, w: Window) -> Vec<f64> {
     let len = a.len();
     let n = periods(w);
-    let pairs = |i: usize| CoMoments::pair(a[i], b[i]);
+    let pairs = |i: usize| (a[i], b[i]);
     match op {
-        Pair::Cov => rolling(len, base, n, pairs, |m, _| {
+        Pair::Cov => rolling_stepped(len, base, n, pairs, |m: &CoMoments| {
             let m = m.centered();
             if m.n < 2.0 {
                 f64::NAN
@@ -957,7 +962,7 @@ fn pair_op(op: Pair, a: &[f64], b: &[f64], base: usize, w: Window) -> Vec<f64> {
         // qlib: NaN where either side on its own is (nearly) constant over the window. When the sides have
         // the same gaps, each side's spread is the pairs' own (same rows, same arithmetic): one pass.
         Pair::Corr if a.iter().zip(b).all(|(x, y)| x.is_nan() == y.is_nan()) => {
-            rolling(len, base, n, pairs, |m, _| {
+            rolling_stepped(len, base, n, pairs, |m: &CoMoments| {
                 let m = m.centered();
                 if m.n < 2.0 || flat(m.var_x()) || flat(m.var_y()) {
                     f64::NAN
@@ -967,18 +972,12 @@ fn pair_op(op: Pair, a: &[f64], b: &[f64], base: usize, w: Window) -> Vec<f64> {
             })
         }
         Pair::Corr => {
-            let r = rolling(len, base, n, pairs, |m, _| {
+            let r = rolling_stepped(len, base, n, pairs, |m: &CoMoments| {
                 let m = m.centered();
                 if m.n < 2.0 { f64::NAN } else { m.corr() }
             });
             let side = |s: &[f64]| {
-                rolling(
-                    len,
-                    base,
-                    n,
-                    |i| Spread::one(s[i]),
-                    |m, _| bool_f(flat(m.var())),
-                )
+                rolling_stepped(len, base, n, |i| s[i], |m: &Spread| bool_f(flat(m.var())))
             };
             let (fa, fb) = (side(a), side(b));
             r.iter()

@@ -8,8 +8,9 @@
 //! in a fixed order from values inside the window only. Cost is O(1) merges per row for every window size,
 //! and no accumulator ever holds more than one window of values, so there is no drift to compensate.
 //!
-//! Variances and co-moments are sums about a shift inside the data (no division on the per-row chains);
-//! higher moments are merged with Pébay's pairwise formulas (stable for prices with a small spread), order
+//! Sums, variances and co-moments ([`Step`]) add every row of a block without a test: a missing row adds
+//! terms that leave the sums unchanged bit for bit. Variances and co-moments are sums about a shift inside the
+//! data (no division on the per-row chains); higher moments are merged with Pébay's pairwise formulas (stable for prices with a small spread), order
 //! statistics come from a sorted window (windows up to 512 rows) or a Fenwick tree over the ranks of the
 //! values (longer and expanding windows), and exponential means are plain
 //! recurrences from the series' first row (their windows reach it; see `Expr::ext_window`).
@@ -18,6 +19,8 @@
 //! either the series' first row or at least one window before the first row whose value is used.
 
 /// A windowed reduction whose accumulators merge (the left one precedes the right one in time).
+use std::ops::Range;
+
 pub(crate) trait Acc: Copy {
     const EMPTY: Self;
     fn merge(l: &Self, r: &Self) -> Self;
@@ -95,6 +98,103 @@ pub(crate) fn sliding<A: Acc>(
     }
 }
 
+/// The blocks of `sliding`: local rows `0..len` cut where the calendar row `base + i` is a multiple of `n`.
+fn blocks(len: usize, base: usize, n: usize) -> impl Iterator<Item = Range<usize>> {
+    let first = (n - base % n) % n;
+    let head = (first > 0).then(|| 0..first.min(len));
+    head.into_iter()
+        .chain((first..len).step_by(n).map(move |b| b..(b + n).min(len)))
+}
+
+/// A windowed reduction whose rows are added without a test per row: the form of the reductions over every
+/// row of a window (sums, spreads, co-moments), where a NaN row must add nothing. [`stepped`] runs them over
+/// the blocks of [`sliding`] with the same additions in the same order, so their values are those of merging
+/// only the valid rows one at a time, bit for bit.
+pub(crate) trait Step: Copy {
+    /// One row's input: a value, or a pair.
+    type Row: Copy;
+    fn valid(row: Self::Row) -> bool;
+    /// The empty accumulator of a run that adds `rows` in this order (the shift of a shifted sum is the first
+    /// valid one, as if that row had opened the accumulator; the others ignore them).
+    fn open(rows: impl Iterator<Item = Self::Row>) -> Self;
+    /// Adds a row; an invalid row adds terms that leave every sum as it is (-0.0, or +0.0 to a sum of squares).
+    fn add(&mut self, row: Self::Row);
+    /// The window of `tail` (earlier rows) followed by `head`.
+    fn merge(tail: &Self, head: &Self) -> Self;
+}
+
+/// `x`, or -0.0 when `keep` is 0 (`keep` is all ones or zero): a select without a branch. -0.0 is the identity
+/// of IEEE addition (`s + -0.0` is `s` bit for bit, signed zeros included).
+#[inline(always)]
+fn or_neg_zero(x: f64, keep: u64) -> f64 {
+    f64::from_bits((x.to_bits() & keep) | ((-0.0f64).to_bits() & !keep))
+}
+
+/// All ones when `ok`, else zero.
+#[inline(always)]
+fn mask(ok: bool) -> u64 {
+    u64::from(ok).wrapping_neg()
+}
+
+/// Calls `emit(i, acc, start)` for every row as [`sliding`] does, for a [`Step`] reduction of `row(i)`.
+pub(crate) fn stepped<S: Step>(
+    len: usize,
+    base: usize,
+    n: Option<usize>,
+    row: impl Fn(usize) -> S::Row,
+    mut emit: impl FnMut(usize, &S, usize),
+) {
+    let open =
+        |rows: &mut dyn Iterator<Item = usize>| S::open(rows.map(&row).filter(|&r| S::valid(r)));
+    let Some(n) = n else {
+        let mut acc = open(&mut (0..len));
+        for i in 0..len {
+            acc.add(row(i));
+            emit(i, &acc, 0);
+        }
+        return;
+    };
+    let n = n.max(1);
+    // Each row's accumulator up to the end of its block, added from the end.
+    let mut suffix = vec![open(&mut (0..0)); len];
+    for b in blocks(len, base, n) {
+        let mut acc = open(&mut b.clone().rev());
+        for i in b.rev() {
+            acc.add(row(i));
+            suffix[i] = acc;
+        }
+    }
+    for b in blocks(len, base, n) {
+        let mut acc = open(&mut b.clone());
+        // Rows before `merged` see the previous block's tail and this block's head; the rest the head alone:
+        // every row of the first block, and the last row of a full block (its window is the block).
+        let merged = if b.start == 0 {
+            0
+        } else if b.end - b.start < n {
+            b.end
+        } else {
+            b.end - 1
+        };
+        // Rows before `reach` have windows that would start before row 0: the tail is all of the first block.
+        let reach = merged.min(n).max(b.start);
+        for i in b.start..reach {
+            acc.add(row(i));
+            emit(i, &S::merge(&suffix[0], &acc), 0);
+        }
+        if reach < merged {
+            let tails = suffix[reach + 1 - n..merged + 1 - n].iter();
+            for ((i, tail), start) in (reach..merged).zip(tails).zip(reach + 1 - n..) {
+                acc.add(row(i));
+                emit(i, &S::merge(tail, &acc), start);
+            }
+        }
+        for i in merged..b.end {
+            acc.add(row(i));
+            emit(i, &acc, b.start);
+        }
+    }
+}
+
 /// Count and sum of the valid values: Sum, Mean, Count.
 #[derive(Clone, Copy)]
 pub(crate) struct Sum {
@@ -102,28 +202,26 @@ pub(crate) struct Sum {
     pub s: f64,
 }
 
-impl Acc for Sum {
-    const EMPTY: Self = Sum { n: 0, s: 0.0 };
-    fn merge(l: &Self, r: &Self) -> Self {
-        if l.n == 0 {
-            return *r;
-        }
-        if r.n == 0 {
-            return *l;
-        }
-        Sum {
-            n: l.n + r.n,
-            s: l.s + r.s,
-        }
+impl Step for Sum {
+    type Row = f64;
+    fn valid(x: f64) -> bool {
+        !x.is_nan()
     }
-}
-
-impl Sum {
-    pub fn one(x: f64, _: usize) -> Self {
-        if x.is_nan() {
-            Self::EMPTY
-        } else {
-            Sum { n: 1, s: x }
+    #[inline(always)]
+    fn open(_: impl Iterator<Item = f64>) -> Self {
+        Sum { n: 0, s: -0.0 }
+    }
+    #[inline(always)]
+    fn add(&mut self, x: f64) {
+        let keep = mask(!x.is_nan());
+        self.n += (keep & 1) as u32;
+        self.s += or_neg_zero(x, keep);
+    }
+    #[inline(always)]
+    fn merge(tail: &Self, head: &Self) -> Self {
+        Sum {
+            n: tail.n + head.n,
+            s: tail.s + head.s,
         }
     }
 }
@@ -142,13 +240,28 @@ pub(crate) struct Spread {
     q: f64,
 }
 
-impl Acc for Spread {
-    const EMPTY: Self = Spread {
-        n: 0.0,
-        c: 0.0,
-        s: 0.0,
-        q: 0.0,
-    };
+impl Step for Spread {
+    type Row = f64;
+    fn valid(x: f64) -> bool {
+        !x.is_nan()
+    }
+    #[inline(always)]
+    fn open(mut xs: impl Iterator<Item = f64>) -> Self {
+        Spread {
+            n: 0.0,
+            c: xs.next().unwrap_or(0.0),
+            s: 0.0,
+            q: 0.0,
+        }
+    }
+    #[inline(always)]
+    fn add(&mut self, x: f64) {
+        let keep = mask(!x.is_nan());
+        let d = or_neg_zero(x - self.c, keep);
+        self.n += (keep & 1) as f64;
+        self.s += d;
+        self.q += d * d;
+    }
     #[inline(always)]
     fn merge(a: &Self, b: &Self) -> Self {
         if a.n == 0.0 {
@@ -166,42 +279,9 @@ impl Acc for Spread {
             q: a.q + b.q + d * (2.0 * b.s + b.n * d),
         }
     }
-    #[inline(always)]
-    fn push(&mut self, one: &Self) {
-        if one.n == 0.0 {
-            return;
-        }
-        if self.n == 0.0 {
-            *self = *one;
-            return;
-        }
-        let d = one.c - self.c;
-        self.n += 1.0;
-        self.s += d;
-        self.q += d * d;
-    }
-    /// The same as `push`: the shift stays, and sums do not care about order.
-    #[inline(always)]
-    fn push_front(&mut self, one: &Self) {
-        self.push(one);
-    }
 }
 
 impl Spread {
-    #[inline(always)]
-    pub fn one(x: f64) -> Self {
-        if x.is_nan() {
-            Self::EMPTY
-        } else {
-            Spread {
-                n: 1.0,
-                c: x,
-                s: 0.0,
-                q: 0.0,
-            }
-        }
-    }
-
     /// Sum of squared deviations from the mean (never negative); the same arithmetic as
     /// [`CoMoments::centered`], so a side of a pass over pairs gives these bits when no pair lacks the other.
     fn m2(&self) -> f64 {
@@ -344,18 +424,40 @@ pub(crate) struct CoMoments {
     sxy: f64,
 }
 
-impl Acc for CoMoments {
-    const EMPTY: Self = CoMoments {
-        n: 0.0,
-        cx: 0.0,
-        cy: 0.0,
-        sx: 0.0,
-        sy: 0.0,
-        sxx: 0.0,
-        syy: 0.0,
-        sxy: 0.0,
-    };
-
+impl Step for CoMoments {
+    type Row = (f64, f64);
+    fn valid((x, y): (f64, f64)) -> bool {
+        !x.is_nan() && !y.is_nan()
+    }
+    #[inline(always)]
+    fn open(mut pairs: impl Iterator<Item = (f64, f64)>) -> Self {
+        let (cx, cy) = pairs.next().unwrap_or((0.0, 0.0));
+        CoMoments {
+            n: 0.0,
+            cx,
+            cy,
+            sx: 0.0,
+            sy: 0.0,
+            sxx: 0.0,
+            syy: 0.0,
+            sxy: 0.0,
+        }
+    }
+    #[inline(always)]
+    fn add(&mut self, (x, y): (f64, f64)) {
+        let keep = mask(Self::valid((x, y)));
+        let (dx, dy) = (
+            or_neg_zero(x - self.cx, keep),
+            or_neg_zero(y - self.cy, keep),
+        );
+        self.n += (keep & 1) as f64;
+        self.sx += dx;
+        self.sy += dy;
+        self.sxx += dx * dx;
+        self.syy += dy * dy;
+        // +0.0 for an invalid pair: the sum started at +0.0 and so is never -0.0, so adding +0.0 keeps it.
+        self.sxy += dx * dy;
+    }
     #[inline(always)]
     fn merge(a: &Self, b: &Self) -> Self {
         if a.n == 0.0 {
@@ -376,27 +478,6 @@ impl Acc for CoMoments {
             sxy: a.sxy + b.sxy + dx * b.sy + dy * b.sx + b.n * dx * dy,
         }
     }
-    #[inline(always)]
-    fn push(&mut self, one: &Self) {
-        if one.n == 0.0 {
-            return;
-        }
-        if self.n == 0.0 {
-            *self = *one;
-            return;
-        }
-        let (dx, dy) = (one.cx - self.cx, one.cy - self.cy);
-        self.n += 1.0;
-        self.sx += dx;
-        self.sy += dy;
-        self.sxx += dx * dx;
-        self.syy += dy * dy;
-        self.sxy += dx * dy;
-    }
-    #[inline(always)]
-    fn push_front(&mut self, one: &Self) {
-        self.push(one);
-    }
 }
 
 /// Means and central sums of squares and products of a window's pairs.
@@ -411,21 +492,6 @@ pub(crate) struct Centered {
 }
 
 impl CoMoments {
-    /// One pair; a NaN on either side gives the empty accumulator.
-    #[inline(always)]
-    pub fn pair(x: f64, y: f64) -> Self {
-        if x.is_nan() || y.is_nan() {
-            Self::EMPTY
-        } else {
-            CoMoments {
-                n: 1.0,
-                cx: x,
-                cy: y,
-                ..Self::EMPTY
-            }
-        }
-    }
-
     /// The window's means and central sums (NaN means for an empty window).
     #[inline(always)]
     pub fn centered(&self) -> Centered {
@@ -553,6 +619,19 @@ impl Weighted {
         let shift = first as f64 - 1.0;
         (self.spx - shift * self.sx) / (self.sp - shift * self.n)
     }
+}
+
+/// Applies `f` to each window's accumulator of a [`Step`] reduction.
+pub(crate) fn rolling_stepped<S: Step>(
+    len: usize,
+    base: usize,
+    n: Option<usize>,
+    row: impl Fn(usize) -> S::Row,
+    f: impl Fn(&S) -> f64,
+) -> Vec<f64> {
+    let mut out = vec![f64::NAN; len];
+    stepped(len, base, n, row, |i, acc: &S, _| out[i] = f(acc));
+    out
 }
 
 /// Applies `f` to each window's accumulator.
