@@ -468,6 +468,48 @@ proptest! {
         }
     }
 
+    /// pandas replaces ±inf by NaN before every rolling, expanding and ewm computation (so qlib's window
+    /// operators see an infinity as missing; tools/golden/operators.txt checks it against qlib itself): every
+    /// window operator gives the bits it gives with NaN in those places, except Count, which counts them.
+    /// Slope, Rsquare and Resi follow the same rule (qlib's Cython turns the rest of the series into NaN).
+    #[test]
+    fn infinities_are_missing_in_windows(
+        x in prop::collection::vec(
+            prop_oneof![
+                4 => (-50i32..50).prop_map(|v| 100.0 + v as f64 / 8.0),
+                1 => Just(NAN),
+                1 => Just(f64::INFINITY),
+                1 => Just(f64::NEG_INFINITY),
+            ],
+            1..70,
+        ),
+        n in prop_oneof![Just(0usize), 1usize..9],
+    ) {
+        let y: Vec<f64> = (0..x.len()).map(|i| (i * 7 % 5) as f64).collect();
+        let as_nan: Vec<f64> = x.iter().map(|&v| if v.is_infinite() { NAN } else { v }).collect();
+        let mut exprs: Vec<String> = OPS
+            .iter()
+            .filter(|&&op| !(n != 0 && (op == "Skew" && n < 3 || op == "Kurt" && n < 4)))
+            .map(|op| format!("{op}($x,{n})"))
+            .collect();
+        exprs.extend(
+            ["Quantile($x,N,0.3)", "Rsquare($x,N)", "EMA($x,N)", "Corr($x,$y,N)", "Cov($x,$y,N)", "Corr($y,$x,N)"]
+                .iter()
+                .map(|e| e.replace('N', &n.max(1).to_string())),
+        );
+        exprs.push("Mean($x,0.4)".into());
+        for e in &exprs {
+            let want = eval2(e, &as_nan, &y);
+            let got = eval2(e, &x, &y);
+            if e.starts_with("Count") {
+                let counted: Vec<f64> = x.iter().map(|&v| if v.is_infinite() { 1.0 } else { v }).collect();
+                prop_assert_eq!(bits(&got), bits(&eval2(e, &counted, &y)), "{}", e);
+            } else {
+                prop_assert_eq!(bits(&got), bits(&want), "{}", e);
+            }
+        }
+    }
+
     /// Evaluating rows `a..b` gives exactly the bits of rows `a..b` of the full evaluation, for nested
     /// expressions whose windows reach across blocks, look-ahead, and two fields starting on different rows.
     #[test]

@@ -7,6 +7,7 @@
 //! [`Expr::ext_window`] rows before the first requested row (or at the series' first row for EMA and expanding
 //! windows) and the kernels are start-independent (see `kernels`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -789,7 +790,29 @@ fn flat(var: f64) -> bool {
     var.sqrt() <= 2e-5
 }
 
+/// `xs` with ±inf as NaN, copied only when it holds one. pandas does this to the input of every rolling,
+/// expanding and ewm computation, so qlib's window operators treat an infinite value (`$x/0`, `Log(0)`) as
+/// missing; ours do too, except where pandas does not: `Count` counts it, and `Delta` is element-wise.
+/// (qlib's `Slope`, `Rsquare` and `Resi` are its own Cython, where an infinite value turns every later value
+/// of the series into NaN once it leaves the window; we treat it as missing there too: docs/expressions.md.)
+fn inf_as_nan(xs: &[f64]) -> Cow<'_, [f64]> {
+    // A fold without an early exit, so the test is vectorised: real series rarely hold an infinity.
+    if xs.iter().fold(false, |any, x| any | x.is_infinite()) {
+        Cow::Owned(
+            xs.iter()
+                .map(|&x| if x.is_infinite() { f64::NAN } else { x })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(xs)
+    }
+}
+
 fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
+    let v = &*match op {
+        Rolling::Count | Rolling::Delta => Cow::Borrowed(v),
+        _ => inf_as_nan(v),
+    };
     let len = v.len();
     let n = periods(w);
     // Each arm passes its own closure to `rolling` or `rolling_stepped`, which are generic over it, so the
@@ -854,6 +877,7 @@ fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
 /// One pass over the windows of `xs` for statistics of one kind (see [`Stat::kind`]): one output per
 /// statistic. A node alone and a group of siblings both come here, so their values agree.
 fn window_pass(stats: &[Stat], xs: &[f64], base: usize, w: Window) -> Vec<Vec<f64>> {
+    let xs = &*inf_as_nan(xs);
     let ops = || -> Vec<Rolling> {
         stats
             .iter()
@@ -947,6 +971,7 @@ fn position(pos: usize, first: usize) -> f64 {
 }
 
 fn pair_op(op: Pair, a: &[f64], b: &[f64], base: usize, w: Window) -> Vec<f64> {
+    let (a, b) = (&*inf_as_nan(a), &*inf_as_nan(b));
     let len = a.len();
     let n = periods(w);
     let pairs = |i: usize| (a[i], b[i]);
