@@ -10,17 +10,17 @@
 //!
 //! Sums, variances and co-moments ([`Step`]) add every row of a block without a test: a missing row adds
 //! terms that leave the sums unchanged bit for bit. Variances and co-moments are sums about a shift inside the
-//! data (no division on the per-row chains); higher moments are merged with Pébay's pairwise formulas (stable for prices with a small spread), order
-//! statistics come from a sorted window (windows up to 512 rows) or a Fenwick tree over the ranks of the
-//! values (longer and expanding windows), and exponential means are plain
+//! data (no division on the per-row chains); higher moments are merged with Pébay's pairwise formulas (stable
+//! for prices with a small spread), order statistics come from a sorted window (windows up to 512 rows) or a
+//! Fenwick tree over the ranks of the values (longer and expanding windows), and exponential means are plain
 //! recurrences from the series' first row (their windows reach it; see `Expr::ext_window`).
 //!
 //! Every kernel takes `xs`, the series over rows `base..base + xs.len()` of the calendar, where `xs[0]` is
 //! either the series' first row or at least one window before the first row whose value is used.
 
-/// A windowed reduction whose accumulators merge (the left one precedes the right one in time).
 use std::ops::Range;
 
+/// A windowed reduction whose accumulators merge (the left one precedes the right one in time).
 pub(crate) trait Acc: Copy {
     const EMPTY: Self;
     fn merge(l: &Self, r: &Self) -> Self;
