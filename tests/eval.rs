@@ -142,6 +142,21 @@ fn fixed_qlib_bugs() {
 }
 
 #[test]
+fn expanding_ema_is_nan_before_the_first_value() {
+    // qlib's EMA(x, 0) is `expanding(min_periods=1).apply`: no value before the first valid row; after it, the
+    // weights (1 - 2/(n+1))^(n-1-i) are normalised over all n rows, missing ones included.
+    close(
+        &eval("EMA($x,0)", &[NAN, NAN, 1.0, 2.0]),
+        &[
+            NAN,
+            NAN,
+            1.0 / 1.75,
+            (0.6 + 2.0) / (0.216 + 0.36 + 0.6 + 1.0),
+        ],
+    );
+}
+
+#[test]
 fn results_do_not_depend_on_where_the_query_starts() {
     // qlib's EMA keeps N-1 rows, N=0 keeps none and Delta is one row short: their values at row 30 change with
     // the query start. Here every start gives the full-history value.

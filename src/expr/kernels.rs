@@ -673,11 +673,13 @@ pub(crate) fn ewm(xs: &[f64], alpha: f64) -> Vec<f64> {
 }
 
 /// qlib's `EMA(x, 0)`: at row t (n = t + 1 rows so far) the mean with weights `a^(n-1-i)`, `a = 1 - 2/(n+1)`,
-/// normalised over all n rows, NaN rows adding nothing to the numerator. The decay changes with n, so there is
-/// no recurrence: O(n) per row. Rarely used; kept exact rather than fast.
+/// normalised over all n rows, NaN rows adding nothing to the numerator; NaN before the first valid value
+/// (pandas' `expanding(min_periods=1).apply` does not call qlib's function on a window without one). The decay
+/// changes with n, so there is no recurrence: O(n) per row. Rarely used; kept exact rather than fast.
 pub(crate) fn ema_expanding(xs: &[f64]) -> Vec<f64> {
     let mut out = vec![f64::NAN; xs.len()];
-    for (t, o) in out.iter_mut().enumerate() {
+    let first = xs.iter().position(|x| !x.is_nan()).unwrap_or(xs.len());
+    for (t, o) in out.iter_mut().enumerate().skip(first) {
         let n = (t + 1) as f64;
         let a = 1.0 - 2.0 / (1.0 + n);
         let (mut w, mut num, mut den) = (1.0, 0.0, 0.0);
