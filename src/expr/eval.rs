@@ -460,8 +460,9 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                     unreachable!("only window statistics are grouped")
                 };
                 let stats: Vec<Stat> = members.iter().map(|m| m.1).collect();
-                let outs =
-                    self.with_series(x, inst, base, len, |xs| window_pass(&stats, xs, base, *w))?;
+                let outs = self.with_series(x, inst, base, len, |xs| {
+                    window_pass(&stats, &inf_as_nan(xs), base, *w)
+                })?;
                 let mut mine = None;
                 for (&(m, _), out) in members.iter().zip(outs) {
                     if m == id {
@@ -713,8 +714,10 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
             Expr::Quantile(x, w, q) => {
                 let stat = Stat::Order(OrderStat::Quantile(*q));
                 Val::wide(
-                    self.with_series(x, inst, base, len, |v| window_pass(&[stat], v, base, *w))?
-                        .remove(0),
+                    self.with_series(x, inst, base, len, |v| {
+                        window_pass(&[stat], &inf_as_nan(v), base, *w)
+                    })?
+                    .remove(0),
                 )
             }
             Expr::Pair(op, a, b, w) => {
@@ -880,8 +883,8 @@ fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
 
 /// One pass over the windows of `xs` for statistics of one kind (see [`Stat::kind`]): one output per
 /// statistic. A node alone and a group of siblings both come here, so their values agree.
+/// `xs` has been through [`inf_as_nan`] (by the caller, which also serves `rolling_op`'s statistics).
 fn window_pass(stats: &[Stat], xs: &[f64], base: usize, w: Window) -> Vec<Vec<f64>> {
-    let xs = &*inf_as_nan(xs);
     let ops = || -> Vec<Rolling> {
         stats
             .iter()
