@@ -36,7 +36,14 @@ fn benches(c: &mut Criterion) {
             let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sample");
             let csv = import::CsvSource::open(&fixtures, Default::default()).unwrap();
             let root = tmp.path().join("s");
-            import::import(&csv, &root, false, &Default::default(), &|_| {}).unwrap();
+            import::import(
+                &csv,
+                &root,
+                &Default::default(),
+                &Default::default(),
+                &|_| {},
+            )
+            .unwrap();
             root
         }
     };

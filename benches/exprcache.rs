@@ -16,7 +16,14 @@ fn benches(c: &mut Criterion) {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sample");
     let csv = import::CsvSource::open(&fixtures, Default::default()).unwrap();
     let root = dir.path().join("s");
-    import::import(&csv, &root, false, &Default::default(), &|_| {}).unwrap();
+    import::import(
+        &csv,
+        &root,
+        &Default::default(),
+        &Default::default(),
+        &|_| {},
+    )
+    .unwrap();
     let store = Store::open(&root).unwrap();
     let cache_dir = root.join("features_cache");
     let cache = DiskExpressionCache::new(&cache_dir, Box::new(FileLock::new(&cache_dir)));

@@ -10,7 +10,13 @@ fn main() -> anyhow::Result<()> {
         None => {
             let root = tmp.path().join("store");
             let csv = import::CsvSource::open("fixtures/sample".as_ref(), Default::default())?;
-            import::import(&csv, &root, false, &Default::default(), &|_| {})?;
+            import::import(
+                &csv,
+                &root,
+                &Default::default(),
+                &Default::default(),
+                &|_| {},
+            )?;
             root
         }
     };

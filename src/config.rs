@@ -29,7 +29,7 @@ use crate::memcache::Limit;
 use crate::store::{CacheConfig, StoreOptions};
 
 /// The name of the configuration file inside a store.
-pub const CONFIG_FILE: &str = "qstore.json";
+pub const CONFIG_FILE: &str = crate::layout::CONFIG_FILE;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

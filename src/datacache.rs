@@ -112,7 +112,7 @@ pub struct DiskDatasetCache {
 }
 
 /// The default directory inside a store.
-pub const DATASET_DIR: &str = "dataset_cache";
+pub const DATASET_DIR: &str = crate::layout::DATASET_CACHE_DIR;
 
 /// How long the DatasetURICache trusts a resolved request (a source corrected in place by another process
 /// is noticed after at most this long).
@@ -652,6 +652,7 @@ impl DiskDatasetCache {
     pub fn entries(&self) -> Result<Vec<(PathBuf, Option<DatasetMeta>)>> {
         Ok(fsio::list_names(&self.dir, ".meta")?
             .into_iter()
+            .filter(|n| crate::layout::is_cache_file(&format!("{n}.meta")))
             .map(|n| {
                 let p = self.dir.join(format!("{n}.meta"));
                 let m = Self::read_meta(&p);

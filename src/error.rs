@@ -171,6 +171,19 @@ pub enum Error {
     #[error("refusing to write the store to {}: {reason}", path.display())]
     Target { path: PathBuf, reason: &'static str },
 
+    /// A store to replace that holds files qstore did not write; nothing was changed.
+    #[error(
+        "refusing to replace the store at {}: it holds {} entr{} qstore did not write ({}); move {} out, or \
+         pass --keep-unknown to carry {} into the new store",
+        path.display(),
+        files.len(),
+        if files.len() == 1 { "y" } else { "ies" },
+        list_some(files),
+        if files.len() == 1 { "it" } else { "them" },
+        if files.len() == 1 { "it" } else { "them" },
+    )]
+    ForeignFiles { path: PathBuf, files: Vec<PathBuf> },
+
     /// An import in which every symbol failed; nothing was published.
     #[error("no symbol could be imported; the target was not changed")]
     NothingImported,
@@ -198,6 +211,19 @@ pub enum Error {
         line: u64,
         reason: String,
     },
+}
+
+/// The first few paths of a list, for a message.
+fn list_some(files: &[PathBuf]) -> String {
+    let mut s: Vec<String> = files
+        .iter()
+        .take(5)
+        .map(|f| f.display().to_string())
+        .collect();
+    if files.len() > 5 {
+        s.push(format!("and {} more", files.len() - 5));
+    }
+    s.join(", ")
 }
 
 impl Error {

@@ -37,12 +37,12 @@ use crate::writer;
 /// The version of the `.meta` format.
 pub const META_FORMAT: u32 = 1;
 /// The default cache directory inside a store.
-pub const CACHE_DIR: &str = "features_cache";
+pub const CACHE_DIR: &str = layout::EXPR_CACHE_DIR;
 
 /// The store's id for lock names (`<store>/.qstore-id`, created by the first writer that needs it): stores on
 /// shared media keep one id whatever path each machine mounts them at.
 pub fn store_id(root: &Path) -> Result<String> {
-    let path = root.join(".qstore-id");
+    let path = root.join(layout::STORE_ID_FILE);
     if let Ok(id) = std::fs::read_to_string(&path) {
         let id = id.trim();
         if !id.is_empty() {
@@ -754,15 +754,20 @@ impl DiskExpressionCache {
         let Ok(dirs) = std::fs::read_dir(&self.dir) else {
             return Ok(out);
         };
+        // Only qstore's names, and never through a link: a user's `notes.meta` is not an entry.
         for d in dirs.flatten() {
-            if !d.path().is_dir() {
+            if !d.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
             let files =
                 std::fs::read_dir(d.path()).map_err(|e| Error::io("listing", d.path(), e))?;
             for f in files.flatten() {
-                let p = f.path();
-                if p.extension().is_some_and(|x| x == "meta") {
+                let name = f.file_name();
+                let is_meta = name
+                    .to_str()
+                    .is_some_and(|n| n.ends_with(".meta") && layout::is_cache_file(n));
+                if is_meta && f.file_type().is_ok_and(|t| t.is_file()) {
+                    let p = f.path();
                     out.push((p.clone(), Self::read_meta(&p)));
                 }
             }
@@ -796,6 +801,8 @@ impl DiskExpressionCache {
                         "{}: a temp file left by a killed writer",
                         p.display()
                     ));
+                } else if !layout::is_cache_file(&name) {
+                    // Not the cache's: neither checked nor removed.
                 } else if let Some(k) = name.strip_suffix(".meta") {
                     metas.insert(k.to_string(), Self::read_meta(&p));
                 } else if let Some((k, g)) = name
@@ -872,15 +879,17 @@ impl DiskExpressionCache {
                 ),
                 self.wait,
             )?;
-            // The meta goes first: without it the data files are orphans no reader looks at.
+            // The meta goes first: without it the data files are orphans no reader looks at. The entry's lock
+            // file stays: it belongs to the lock, which this process holds.
             std::fs::remove_file(&meta_path).map_err(|e| Error::io("removing", &meta_path, e))?;
+            let data = format!("{k}.");
             for f in std::fs::read_dir(&dir)
                 .map_err(|e| Error::io("listing", &dir, e))?
                 .flatten()
             {
-                if f.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{k}."))
+                let name = f.file_name();
+                let name = name.to_str().unwrap_or_default();
+                if name.starts_with(&data) && name.ends_with(".bin") && layout::is_cache_file(name)
                 {
                     let _ = std::fs::remove_file(f.path());
                 }

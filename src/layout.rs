@@ -19,6 +19,21 @@ pub const INSTRUMENTS_DIR: &str = "instruments";
 /// Directory of per-instrument feature directories.
 pub const FEATURES_DIR: &str = "features";
 
+/// The store's settings, which a replace (`qdump all --overwrite`) carries into the new store.
+pub const CONFIG_FILE: &str = "qstore.json";
+/// The default directory of the expression cache.
+pub const EXPR_CACHE_DIR: &str = "features_cache";
+/// The directory of the dataset cache.
+pub const DATASET_CACHE_DIR: &str = "dataset_cache";
+/// The lock file every writer of a store holds (`qdump all --overwrite`, `qdump update`, the loader).
+pub const UPDATE_LOCK_FILE: &str = ".qstore-update.lock";
+/// The marker of an update that has started writing.
+pub const PENDING_MARKER: &str = ".qstore-update-pending";
+/// When the store was last updated.
+pub const STAMP_FILE: &str = ".qstore-updated";
+/// The store's id for lock names.
+pub const STORE_ID_FILE: &str = ".qstore-id";
+
 /// Prefix qlib puts before file names Windows reserves.
 pub const RESERVED_PREFIX: &str = "_qlib_";
 
@@ -114,9 +129,137 @@ pub fn feature_path(root: &Path, instrument: &str, field: &str, freq: Freq) -> R
     Ok(instrument_dir(root, instrument)?.join(format!("{}.{freq}.bin", field.to_lowercase())))
 }
 
+/// What an entry inside a store directory is to qstore: what a replace may delete and what it must keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// A file qstore writes (store data, cache entries, locks, markers, temp files).
+    File,
+    /// A directory qstore makes; its entries are classified one by one.
+    Dir,
+    /// The user's settings (`qstore.json`): kept.
+    Config,
+    /// Anything else, and every symbolic link: not qstore's to delete.
+    Foreign,
+}
+
+/// Classifies the entry at `rel` (relative to a store's root) of type `kind` (from `symlink_metadata`, so a
+/// link is never taken for what it points at).
+pub fn owner(rel: &Path, kind: std::fs::FileType) -> Owner {
+    let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+    let Some(parts) = parts else {
+        return Owner::Foreign;
+    };
+    let (dir, file) = (kind.is_dir(), kind.is_file());
+    let temp = |n: &str| file && n.starts_with(crate::fsio::TEMP_PREFIX);
+    let known = match parts.as_slice() {
+        [CONFIG_FILE] if file => return Owner::Config,
+        [n] if dir => [
+            CALENDARS_DIR,
+            INSTRUMENTS_DIR,
+            FEATURES_DIR,
+            EXPR_CACHE_DIR,
+            DATASET_CACHE_DIR,
+        ]
+        .contains(n),
+        [n] => {
+            temp(n)
+                || (file
+                    && [UPDATE_LOCK_FILE, PENDING_MARKER, STAMP_FILE, STORE_ID_FILE].contains(n))
+        }
+        [CALENDARS_DIR | INSTRUMENTS_DIR, n] => temp(n) || (file && n.ends_with(".txt")),
+        [FEATURES_DIR, _] => dir,
+        [FEATURES_DIR, _, n] => temp(n) || (file && n.ends_with(".bin")),
+        [EXPR_CACHE_DIR, n] => dir || temp(n) || (file && n.ends_with(".lock")),
+        [EXPR_CACHE_DIR, _, n] | [DATASET_CACHE_DIR, n] => temp(n) || (file && is_cache_file(n)),
+        _ => false,
+    };
+    match (known, dir) {
+        (true, true) => Owner::Dir,
+        (true, false) => Owner::File,
+        (false, _) => Owner::Foreign,
+    }
+}
+
+/// Whether `name` is one of a cache's own files (so `qcache clear` and a replace may delete it): a 32-digit
+/// key (dataset locks: `dataset-<key>`), then `.meta`, `.lock`, or a generation with `.bin`, `.data` or
+/// `.index`.
+pub fn is_cache_file(name: &str) -> bool {
+    let name = name.strip_prefix("dataset-").unwrap_or(name);
+    let Some((key, rest)) = name.split_at_checked(32) else {
+        return false;
+    };
+    if !key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return false;
+    }
+    match rest {
+        ".meta" | ".lock" => true,
+        _ => rest
+            .strip_prefix('.')
+            .and_then(|r| r.split_once('.'))
+            .is_some_and(|(generation, ext)| {
+                !generation.is_empty()
+                    && generation.bytes().all(|b| b.is_ascii_digit())
+                    && matches!(ext, "bin" | "data" | "index")
+            }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_qstores_entries_are_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::write(dir.path().join("f"), b"")
+            .and_then(|()| std::fs::symlink_metadata(dir.path().join("f")))
+            .unwrap()
+            .file_type();
+        let folder = std::fs::symlink_metadata(dir.path()).unwrap().file_type();
+        std::os::unix::fs::symlink("f", dir.path().join("l")).unwrap();
+        let link = std::fs::symlink_metadata(dir.path().join("l"))
+            .unwrap()
+            .file_type();
+        let key = "0123456789abcdef0123456789abcdef";
+        for (rel, kind, want) in [
+            ("calendars", folder, Owner::Dir),
+            ("calendars/day.txt", file, Owner::File),
+            ("features/sh600000/close.day.bin", file, Owner::File),
+            ("features/sh600000/.qstore-tmp-x1", file, Owner::File),
+            ("qstore.json", file, Owner::Config),
+            (".qstore-update.lock", file, Owner::File),
+            (
+                &format!("features_cache/sh600000/{key}.meta"),
+                file,
+                Owner::File,
+            ),
+            (
+                &format!("features_cache/sh600000/{key}.3.bin"),
+                file,
+                Owner::File,
+            ),
+            (&format!("dataset_cache/{key}.2.index"), file, Owner::File),
+            (
+                &format!("dataset_cache/dataset-{key}.lock"),
+                file,
+                Owner::File,
+            ),
+            ("precious.txt", file, Owner::Foreign),
+            ("sub", folder, Owner::Foreign),
+            ("features/sh600000/notes.txt", file, Owner::Foreign),
+            ("features_cache/sh600000/notes.meta", file, Owner::Foreign),
+            (
+                &format!("features_cache/sh600000/{key}.x.bin"),
+                file,
+                Owner::Foreign,
+            ),
+            ("features", link, Owner::Foreign),
+            ("calendars/day.txt", link, Owner::Foreign),
+            ("calendars/day.txt/x", file, Owner::Foreign),
+        ] {
+            assert_eq!(owner(Path::new(rel), kind), want, "{rel}");
+        }
+    }
 
     #[test]
     fn reserved_names_round_trip() {

@@ -10,7 +10,14 @@ fn sample(dir: &Path) -> Store {
     let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample"));
     let csv = import::CsvSource::open(fixtures, Default::default()).unwrap();
     let root = dir.join("s");
-    import::import(&csv, &root, false, &Default::default(), &|_| {}).unwrap();
+    import::import(
+        &csv,
+        &root,
+        &Default::default(),
+        &Default::default(),
+        &|_| {},
+    )
+    .unwrap();
     Store::open(root).unwrap()
 }
 

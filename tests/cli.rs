@@ -323,7 +323,7 @@ fn a_target_filled_during_the_import_is_not_overwritten() {
     let to = dir.path().join("store");
     qstore::Store::create(dir.path().join("other")).unwrap();
     std::fs::create_dir(&to).unwrap();
-    let err = qstore::import::publish_new_store(&to, false, |_| {
+    let err = qstore::import::publish_new_store(&to, &Default::default(), |_| {
         // the other import wins meanwhile
         std::fs::rename(dir.path().join("other"), &to).unwrap();
         Ok(())

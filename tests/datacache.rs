@@ -19,7 +19,14 @@ const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");
 fn sample(dir: &Path) -> Store {
     let csv = import::CsvSource::open(Path::new(SAMPLE), Default::default()).unwrap();
     let root = dir.join("s");
-    import::import(&csv, &root, false, &Default::default(), &|_| {}).unwrap();
+    import::import(
+        &csv,
+        &root,
+        &Default::default(),
+        &Default::default(),
+        &|_| {},
+    )
+    .unwrap();
     Store::open(root).unwrap()
 }
 

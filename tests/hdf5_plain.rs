@@ -60,7 +60,14 @@ fn dataset_files_are_plain_hdf5() {
     let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample"));
     let csv = import::CsvSource::open(fixtures, Default::default()).unwrap();
     let root = dir.path().join("s");
-    import::import(&csv, &root, false, &Default::default(), &|_| {}).unwrap();
+    import::import(
+        &csv,
+        &root,
+        &Default::default(),
+        &Default::default(),
+        &|_| {},
+    )
+    .unwrap();
     let s = Store::open(&root).unwrap();
     let exprs = ["Mean($close, 5)", "$close", "Ref($close, -1)"];
     let cache = DiskDatasetCache::for_store(&root, false).unwrap();

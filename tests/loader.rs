@@ -23,7 +23,14 @@ fn build(dir: &Path, end: &str) -> PathBuf {
     };
     let csv = CsvSource::open(Path::new(SAMPLE), opts).unwrap();
     let root = dir.join("s");
-    import::import(&csv, &root, false, &Default::default(), &|_| {}).unwrap();
+    import::import(
+        &csv,
+        &root,
+        &Default::default(),
+        &Default::default(),
+        &|_| {},
+    )
+    .unwrap();
     root
 }
 

@@ -751,7 +751,7 @@ fn a_table_stored_day_by_day_imports_the_same_in_bounded_memory() {
             ..Default::default()
         };
         let src = qstore::import::MysqlSource::open(conn, opts).unwrap();
-        qstore::import::import(&src, to, false, &Default::default(), &|_| {}).unwrap()
+        qstore::import::import(&src, to, &Default::default(), &Default::default(), &|_| {}).unwrap()
     };
     let s = import(&by_day, &got, 4096);
     assert_eq!((s.symbols_ok, s.failed.len()), (12, 0), "{:?}", s.failed);

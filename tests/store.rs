@@ -14,7 +14,14 @@ fn fixtures() -> &'static Path {
 fn sample_store(dir: &Path) -> Store {
     let csv = import::CsvSource::open(fixtures(), Default::default()).unwrap();
     let root = dir.join("store");
-    let summary = import::import(&csv, &root, false, &Default::default(), &|_| {}).unwrap();
+    let summary = import::import(
+        &csv,
+        &root,
+        &Default::default(),
+        &Default::default(),
+        &|_| {},
+    )
+    .unwrap();
     assert!(summary.failed.is_empty(), "{:?}", summary.failed);
     Store::open(root).unwrap()
 }

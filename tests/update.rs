@@ -211,13 +211,52 @@ fn a_second_update_waits_or_fails_clearly() {
     let lock = qstore::import::update::UpdateLock::acquire(&store, false).unwrap();
     let out = update(SAMPLE, &store, &[], &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out).contains("another update of this store is running"),
-        "{}",
-        text(&out)
+    assert!(text(&out).contains("another writer"), "{}", text(&out));
+    // With --wait it blocks on the lock while this test holds it (the kernel lists it as a waiter in
+    // /proc/locks), and runs once the lock is released.
+    let waiting = std::process::Command::new(env!("CARGO_BIN_EXE_qdump"))
+        .args([
+            "update",
+            "--csv",
+            SAMPLE,
+            "--to",
+            store.to_str().unwrap(),
+            "--wait",
+        ])
+        .env_remove("QSTORE_FAILPOINT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ino = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata(store.join(".qstore-update.lock")).unwrap(),
     );
+    let blocked = format!(":{ino} ");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("->") && l.contains(&blocked))
+    {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "the update never waited for the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let before = Store::open(&store)
+        .unwrap()
+        .calendar(Freq::DAY)
+        .unwrap()
+        .len();
     drop(lock);
-    ok(update(SAMPLE, &store, &["--wait"], &[]));
+    let out = ok(waiting.wait_with_output().unwrap());
+    let after = Store::open(&store)
+        .unwrap()
+        .calendar(Freq::DAY)
+        .unwrap()
+        .len();
+    assert!(after > before, "the waiting update added nothing: {out}");
 }
 
 /// Values of every field of every symbol, through a store that maps every file.

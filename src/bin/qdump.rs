@@ -96,9 +96,6 @@ struct UpdateArgs {
     /// where their values differ. Default: only the days after the store's last date.
     #[arg(long)]
     since: Option<String>,
-    /// Wait for another update of the same store to finish instead of failing.
-    #[arg(long)]
-    wait: bool,
     /// Then bring the store's expression cache (STORE/features_cache) forward too, as `qcache update` does
     /// (writer locks: Redis when QSTORE_REDIS_URL is set, else file locks).
     #[arg(long)]
@@ -167,9 +164,18 @@ struct AllArgs {
     /// Prompt for the MySQL password.
     #[arg(long)]
     ask_password: bool,
-    /// Replace an existing store at --to.
+    /// Replace an existing store at --to (where a link points, when --to is a symbolic link). Only what
+    /// qstore wrote is deleted; qstore.json is kept.
     #[arg(long)]
     overwrite: bool,
+    /// With --overwrite: carry files and directories qstore did not write into the new store (without it, a
+    /// store holding such files is refused).
+    #[arg(long, requires = "overwrite")]
+    keep_unknown: bool,
+    /// Wait for another writer of the same store (qdump update, qdump all --overwrite) to finish instead of
+    /// failing at once.
+    #[arg(long)]
+    wait: bool,
     /// Print the summary as JSON on stdout (for scripts).
     #[arg(long)]
     json: bool,
@@ -346,7 +352,12 @@ fn all(a: AllArgs) -> Result<u8> {
     let source = open_source(&a, start, end)?;
     let opts = import_options(&a);
     let progress = Progress::new(source.symbol_count() as u64, a.json);
-    let summary = import::import(source.as_ref(), &a.to, a.overwrite, &opts, &|rows| {
+    let replace = import::ReplaceOptions {
+        overwrite: a.overwrite,
+        keep_unknown: a.keep_unknown,
+        wait: a.wait,
+    };
+    let summary = import::import(source.as_ref(), &a.to, &replace, &opts, &|rows| {
         progress.tick(rows)
     })
     .with_context(|| format!("importing into {}", a.to.display()))?;
@@ -418,6 +429,12 @@ fn update(u: UpdateArgs) -> Result<u8> {
     }
     let store =
         Store::open(&a.to).with_context(|| format!("opening the store {}", a.to.display()))?;
+    drop(store);
+    // The lock first: the days to read depend on the store as the lock holder sees it.
+    let lock = import::update::UpdateLock::acquire(&a.to, a.wait)
+        .with_context(|| format!("updating {}", a.to.display()))?;
+    let store =
+        Store::open(&a.to).with_context(|| format!("opening the store {}", a.to.display()))?;
     let last = store
         .calendar(a.freq)
         .with_context(|| {
@@ -439,10 +456,11 @@ fn update(u: UpdateArgs) -> Result<u8> {
     let source = open_source(a, start, end)?;
     let opts = import_options(a);
     let progress = Progress::new(source.symbol_count() as u64, a.json);
-    let summary = import::update(source.as_ref(), &a.to, &opts, u.wait, &|rows| {
+    let summary = import::update::update_locked(source.as_ref(), &a.to, &opts, &lock, &|rows| {
         progress.tick(rows)
     })
     .with_context(|| format!("updating {}", a.to.display()))?;
+    drop(lock);
     progress.finish();
     let code = if summary.failed.is_empty() { 0 } else { 3 };
     // The expression cache: bring it forward, or say how far behind it now is.

@@ -11,6 +11,7 @@ pub mod csv;
 mod group;
 mod learned;
 pub mod mysql;
+mod replace;
 pub mod update;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use crate::store::Store;
 
 pub use self::csv::CsvSource;
 pub use self::mysql::MysqlSource;
+pub use self::replace::{ReplaceOptions, publish_new_store};
 pub use self::update::{UpdateSummary, update};
 
 /// The rows of one symbol as a source delivers them (not necessarily sorted).
@@ -332,13 +334,13 @@ fn dedup(rows: &mut SymbolRows, policy: OnDuplicate) -> std::result::Result<(), 
 pub fn import(
     source: &dyn Source,
     target: &Path,
-    overwrite: bool,
+    replace: &ReplaceOptions,
     opts: &ImportOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ImportSummary> {
     let t0 = Instant::now();
     let mut summary = None;
-    let built = publish_new_store(target, overwrite, |store| {
+    let built = publish_new_store(target, replace, |store| {
         let known = match source.trading_days()? {
             Some(mut days) => {
                 days.sort_unstable();
@@ -479,116 +481,6 @@ fn place_again(
             },
         )
         .try_reduce(|| 0, |a, b| Ok(a + b))
-}
-
-/// Builds a new store next to `target` with `build` and switches it in atomically.
-///
-/// The store is built in a hidden sibling directory (`.<name>.qstore-staging-<pid>`), and then renamed onto
-/// `target`, or, when `target` already holds a store and `overwrite` is set, exchanged with it in one
-/// `renameat2(RENAME_EXCHANGE)` before the old store is deleted. A failure or a kill at any point leaves
-/// `target` exactly as it was; a staging directory left by a kill is not a store anyone opens.
-pub fn publish_new_store<T>(
-    target: &Path,
-    overwrite: bool,
-    build: impl FnOnce(&Store) -> Result<T>,
-) -> Result<T> {
-    let refuse = |reason| Error::Target {
-        path: target.to_path_buf(),
-        reason,
-    };
-    let non_empty = match std::fs::read_dir(target) {
-        Ok(mut entries) => entries.next().is_some(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(_) if target.exists() => return Err(refuse("it exists and is not a directory")),
-        Err(e) => return Err(Error::io("listing", target, e)),
-    };
-    if non_empty && !overwrite {
-        return Err(refuse(
-            "it is not empty; pass --overwrite to replace the store in it",
-        ));
-    }
-    if non_empty && !target.join(crate::layout::CALENDARS_DIR).is_dir() {
-        return Err(refuse(
-            "it is not empty and not a store (no calendars/), so --overwrite will not replace it",
-        ));
-    }
-    let name = target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| refuse("it has no final path component"))?;
-    let parent = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    fsio::create_dir_all_synced(parent)?;
-    remove_stale_staging(parent, name)?;
-    let staging = parent.join(format!(".{name}.qstore-staging-{}", std::process::id()));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|e| Error::io("removing", &staging, e))?;
-    }
-    let built = Store::create(&staging).and_then(|store| build(&store));
-    let out = match built {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
-        }
-    };
-    crate::failpoint::hit("import:before-publish");
-    if non_empty {
-        if let Err(e) = fsio::exchange(&staging, target) {
-            let _ = remove_tree_parallel(&staging);
-            return Err(e);
-        }
-        crate::failpoint::hit("import:after-exchange");
-        remove_tree_parallel(&staging)?;
-    } else {
-        // rename(2) replaces an empty directory atomically; it fails if another import filled it meanwhile.
-        if let Err(e) = std::fs::rename(&staging, target) {
-            let _ = remove_tree_parallel(&staging);
-            return Err(Error::io("renaming the new store to", target, e));
-        }
-        fsio::fsync_dir(parent)?;
-    }
-    Ok(out)
-}
-
-/// Deletes a store directory, its instrument directories in parallel (tens of thousands of unlinks).
-fn remove_tree_parallel(dir: &Path) -> Result<()> {
-    use rayon::prelude::*;
-    let features = dir.join(crate::layout::FEATURES_DIR);
-    if let Ok(entries) = std::fs::read_dir(&features) {
-        let subdirs: Vec<_> = entries.flatten().map(|e| e.path()).collect();
-        subdirs.par_iter().try_for_each(|d| {
-            std::fs::remove_dir_all(d).map_err(|e| Error::io("removing", d, e))
-        })?;
-    }
-    std::fs::remove_dir_all(dir).map_err(|e| Error::io("removing the old store at", dir, e))
-}
-
-/// Removes staging directories for `name` left by processes that no longer run (killed imports, or an old
-/// store left behind by a kill between the exchange and its removal).
-fn remove_stale_staging(parent: &Path, name: &str) -> Result<()> {
-    let prefix = format!(".{name}.qstore-staging-");
-    let entries = std::fs::read_dir(parent).map_err(|e| Error::io("listing", parent, e))?;
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(pid) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
-            continue;
-        };
-        let Ok(pid) = pid.parse::<i32>() else {
-            continue;
-        };
-        // SAFETY: kill with signal 0 sends nothing; it only asks whether the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !alive {
-            let path = entry.path();
-            std::fs::remove_dir_all(&path)
-                .map_err(|e| Error::io("removing the stale staging directory", &path, e))?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -736,7 +628,7 @@ mod tests {
                 let s = import(
                     &src,
                     &dir.path().join(name),
-                    false,
+                    &Default::default(),
                     &Default::default(),
                     &|_| {},
                 )
@@ -774,7 +666,7 @@ mod tests {
         let err = import(
             &src,
             &dir.path().join("s"),
-            false,
+            &Default::default(),
             &Default::default(),
             &|_| {},
         )

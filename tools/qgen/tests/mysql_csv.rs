@@ -68,9 +68,9 @@ fn mysql_and_csv_outputs_import_identically() {
         },
     )
     .unwrap();
-    let a = import::import(&mysql, &dir.join("a"), false, &opts, &|_| {}).unwrap();
+    let a = import::import(&mysql, &dir.join("a"), &Default::default(), &opts, &|_| {}).unwrap();
     let csv = CsvSource::open(&csv_dir, Default::default()).unwrap();
-    let b = import::import(&csv, &dir.join("b"), false, &opts, &|_| {}).unwrap();
+    let b = import::import(&csv, &dir.join("b"), &Default::default(), &opts, &|_| {}).unwrap();
     assert_eq!((a.symbols_ok, a.rows), (b.symbols_ok, b.rows));
     assert_eq!(a.symbols_ok, 30);
     assert_eq!(a.failed.len(), 1);

@@ -1,0 +1,291 @@
+//! Issue 16's reproductions, run against the real binaries: each of these lost data or lied in its exit code
+//! before its fix.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use common::{entries, text, tree};
+
+const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");
+
+fn cmd(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(bin);
+    c.args(args)
+        .env_remove("QSTORE_FAILPOINT")
+        .env_remove("QSTORE_FAILPOINT_PAUSE_MS")
+        .env_remove("QSTORE_REDIS_URL")
+        .env_remove("QSTORE_CACHE_DIR");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+fn qdump(args: &[&str]) -> Output {
+    cmd(env!("CARGO_BIN_EXE_qdump"), args, &[])
+        .output()
+        .unwrap()
+}
+
+fn qcache(args: &[&str]) -> Output {
+    cmd(env!("CARGO_BIN_EXE_qcache"), args, &[])
+        .output()
+        .unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `qdump all --csv SAMPLE --to <to> <extra>`, which must succeed.
+fn import(to: &Path, extra: &[&str]) {
+    let mut args = vec!["all", "--csv", SAMPLE, "--to", s(to)];
+    args.extend_from_slice(extra);
+    let out = qdump(&args);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Every regular file below `dir` (relative path -> bytes), without qstore's dot-files (lock, stamp, id).
+fn data_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    tree(dir)
+        .into_iter()
+        .filter(|(p, _)| !p.rsplit('/').next().unwrap().starts_with(".qstore-"))
+        .collect()
+}
+
+#[test]
+fn overwrite_through_a_symbolic_link_replaces_where_it_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let (real, link) = (dir.path().join("real"), dir.path().join("lnk"));
+    import(&real, &[]);
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let one = format!("{SAMPLE}/SH600000.csv");
+    let out = qdump(&["all", "--csv", &one, "--to", s(&link), "--overwrite"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // The link is still a link to the same directory, which now holds the whole new store.
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read_link(&link).unwrap(), real);
+    let expected = dir.path().join("expected");
+    let out = qdump(&["all", "--csv", &one, "--to", s(&expected)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(data_files(&real), data_files(&expected));
+    assert_eq!(entries(dir.path()), vec!["expected", "lnk", "real"]);
+}
+
+#[test]
+fn overwrite_deletes_only_what_qstore_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("store");
+    import(&to, &[]);
+    let config = br#"{ "handle_cache": 64 }"#;
+    std::fs::write(to.join("qstore.json"), config).unwrap();
+    std::fs::write(to.join("precious.txt"), "keep me").unwrap();
+    std::fs::create_dir(to.join("sub")).unwrap();
+    std::fs::write(to.join("sub/thesis.tex"), "chapter 1").unwrap();
+    std::fs::write(to.join("features/sh600000/notes.txt"), "a note").unwrap();
+    let before = data_files(&to);
+
+    let one = format!("{SAMPLE}/SZ000002.csv");
+    let out = qdump(&["all", "--csv", &one, "--to", s(&to), "--overwrite"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    for name in [
+        "precious.txt",
+        "sub",
+        "features/sh600000/notes.txt",
+        "--keep-unknown",
+    ] {
+        assert!(text(&out).contains(name), "{name}: {}", text(&out));
+    }
+    assert_eq!(
+        data_files(&to),
+        before,
+        "the refused replace changed the store"
+    );
+
+    let out = qdump(&[
+        "all",
+        "--csv",
+        &one,
+        "--to",
+        s(&to),
+        "--overwrite",
+        "--keep-unknown",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(std::fs::read(to.join("qstore.json")).unwrap(), config);
+    assert_eq!(
+        std::fs::read_to_string(to.join("precious.txt")).unwrap(),
+        "keep me"
+    );
+    assert_eq!(
+        std::fs::read_to_string(to.join("sub/thesis.tex")).unwrap(),
+        "chapter 1"
+    );
+    assert_eq!(
+        std::fs::read_to_string(to.join("features/sh600000/notes.txt")).unwrap(),
+        "a note"
+    );
+    // The new store's data: only SZ000002, and the old features are gone.
+    assert!(to.join("features/sz000002/close.day.bin").is_file());
+    assert!(!to.join("features/sh600000/close.day.bin").exists());
+    assert_eq!(entries(dir.path()), vec!["store"]);
+
+    // A store whose only extra is its qstore.json is replaced without a flag, and keeps it.
+    std::fs::remove_file(to.join("precious.txt")).unwrap();
+    std::fs::remove_dir_all(to.join("sub")).unwrap();
+    std::fs::remove_dir_all(to.join("features/sh600000")).unwrap();
+    let out = qdump(&["all", "--csv", SAMPLE, "--to", s(&to), "--overwrite"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(std::fs::read(to.join("qstore.json")).unwrap(), config);
+    assert!(to.join("features/sh600000/close.day.bin").is_file());
+}
+
+#[test]
+fn qcache_clear_deletes_only_cache_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (to, cache) = (dir.path().join("store"), dir.path().join("cache"));
+    import(&to, &[]);
+    let out = qcache(&[
+        "warm",
+        s(&to),
+        "--fields",
+        "Mean($close, 5)",
+        "--cache-dir",
+        s(&cache),
+        "--lock",
+        "file",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(cache.join("sh600000/notes.meta"), "mine").unwrap();
+    std::fs::write(cache.join("sh600000/notes.txt"), "mine too").unwrap();
+    let out = qcache(&["clear", s(&to), "--all", "--cache-dir", s(&cache)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let left: Vec<String> = tree(&cache)
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| !p.ends_with(".lock"))
+        .collect();
+    assert_eq!(left, vec!["sh600000/notes.meta", "sh600000/notes.txt"]);
+    let out = qcache(&["verify", s(&to), "--cache-dir", s(&cache)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// A child started with its stderr piped, read until the failpoint pauses it.
+fn paused(mut c: Command, point: &str) -> (Child, String) {
+    c.env("QSTORE_FAILPOINT", point)
+        .env("QSTORE_FAILPOINT_PAUSE_MS", "4000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "{point} was never reached: {seen}"
+        );
+        seen.push_str(&line);
+        if line.contains("pausing") {
+            break;
+        }
+    }
+    // Drain the rest in the background so the child never blocks on a full pipe.
+    let rest = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    std::mem::forget(rest);
+    (child, seen)
+}
+
+fn store_until(dir: &Path, name: &str, end: &str) -> PathBuf {
+    let to = dir.join(name);
+    import(&to, &["--end-date", end]);
+    to
+}
+
+#[test]
+fn an_update_and_a_replace_never_interleave() {
+    let dir = tempfile::tempdir().unwrap();
+    let qdump_bin = env!("CARGO_BIN_EXE_qdump");
+    // The clean results: the store as one update over a store to 2023-12-15 leaves it (= one whole import).
+    let whole = dir.path().join("whole");
+    import(&whole, &[]);
+
+    // 1. An update is between its writes and its commit: a replace fails at once and changes nothing; the
+    //    update then commits its days.
+    let to = store_until(dir.path(), "a", "2023-12-15");
+    let (update, _) = paused(
+        cmd(qdump_bin, &["update", "--csv", SAMPLE, "--to", s(&to)], &[]),
+        "update:before-calendar",
+    );
+    let out = qdump(&[
+        "all",
+        "--csv",
+        SAMPLE,
+        "--to",
+        s(&to),
+        "--overwrite",
+        "--end-date",
+        "2023-06-30",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("another writer"), "{}", text(&out));
+    let out = update.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(data_files(&to), data_files(&whole));
+
+    // 2. A replace is built and about to switch: an update without --wait fails at once; with --wait it runs
+    //    after the switch, on the new store, from the new store's last day.
+    let to = store_until(dir.path(), "b", "2023-12-15");
+    let (replace, _) = paused(
+        cmd(
+            qdump_bin,
+            &[
+                "all",
+                "--csv",
+                SAMPLE,
+                "--to",
+                s(&to),
+                "--overwrite",
+                "--end-date",
+                "2023-06-30",
+            ],
+            &[],
+        ),
+        "import:before-publish",
+    );
+    let out = qdump(&["update", "--csv", SAMPLE, "--to", s(&to)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("another writer"), "{}", text(&out));
+    let waiting = cmd(
+        qdump_bin,
+        &["update", "--csv", SAMPLE, "--to", s(&to), "--wait"],
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let out = replace.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("days added (2023-07-03 .."),
+        "the update ran from the new store's last day: {}",
+        text(&out)
+    );
+    assert_eq!(data_files(&to), data_files(&whole));
+}
