@@ -7,7 +7,8 @@
 //!   mapped never change; the new bytes become visible only when something else publishes them
 //!   (a longer calendar).
 //!
-//! Nothing here truncates or rewrites a file in place.
+//! Nothing here rewrites a file in place. The one truncation is [`truncate_unpublished`]: recovery on a full
+//! disk cutting bytes that were never published (past the calendar), which no reader reads.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -128,6 +129,26 @@ pub fn exchange(a: &Path, b: &Path) -> Result<()> {
         fsync_dir(parent(b))?;
     }
     Ok(())
+}
+
+/// Cuts the file at `path` to `len` bytes in place and fsyncs it: only for bytes past what the store publishes
+/// (an interrupted update's values past the calendar), and only when the disk has no room for the trimmed copy
+/// that [`replace_atomic`] would write. Readers never read past the published end, and every published byte
+/// keeps its place and page, so a reader that mapped the file sees no change in what it reads.
+pub fn truncate_unpublished(path: &Path, len: u64) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("opening to cut unpublished bytes", path, e))?;
+    file.set_len(len)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io("cutting unpublished bytes of", path, e))
+}
+
+/// Whether `e` says the file system is full (or the user's quota is).
+pub fn is_no_space(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
 }
 
 /// Writes a new file without fsync, for stores that are not published yet: the caller makes the whole tree

@@ -216,7 +216,9 @@ pub fn put_unpublished(path: &Path, at: usize, data: &[f32]) -> Result<WriteKind
 }
 
 /// Cuts a file to the values before calendar index `end` (a killed update's unpublished tail), publishing the
-/// trimmed copy by temp + fsync + rename; a file with nothing before `end` is removed. Returns whether it changed.
+/// trimmed copy by temp + fsync + rename; a file with nothing before `end` is removed. On a full disk the
+/// unpublished tail is cut in place instead ([`fsio::truncate_unpublished`]), so recovery needs no free space.
+/// Returns whether it changed.
 pub fn trim_to(path: &Path, end: usize) -> Result<bool> {
     let Some(ex) = existing(path)? else {
         return Ok(false);
@@ -234,7 +236,12 @@ pub fn trim_to(path: &Path, end: usize) -> Result<bool> {
     }
     let old = read_values(path, &ex)?;
     let keep = (end - ex.start).min(old.len());
-    publish_new(path, ex.start, &old[..keep])?;
+    match publish_new(path, ex.start, &old[..keep]) {
+        Err(e) if fsio::is_no_space(&e) => {
+            fsio::truncate_unpublished(path, (HEADER_LEN + 4 * keep) as u64)?;
+        }
+        r => r?,
+    }
     Ok(true)
 }
 

@@ -1,7 +1,8 @@
 //! `qdump update`: append the days after a store's last date, crash-safe (storage-layout.md §7).
 //!
 //! Commit protocol. The calendar is the commit point: readers never look past it.
-//! 1. Under the store's update lock, write a `.qstore-update-pending` marker (synced).
+//! 1. Under the store's update lock, before the first write, write a `.qstore-update-pending` marker (synced);
+//!    a run that fails before writing (bad input, an unreachable source) leaves none.
 //! 2. Append every field of every symbol with new rows past its published end (NaN for the days it did not
 //!    trade), without fsync; new files appear by rename. Corrections to stored days replace their file.
 //! 3. `syncfs`, then publish the instruments (spans extended) and then the calendar (temp + fsync + rename +
@@ -12,7 +13,9 @@
 //! calendar and instruments publish: values past a symbol's published end are cut (by replacing the file),
 //! files of symbols nobody published are removed, spans that start after the calendar are dropped, temp files
 //! are deleted. Then it updates as usual, so a killed update followed by a rerun equals an update that was never
-//! interrupted.
+//! interrupted. A run that fails (rather than being killed) does the same clean-up itself before it returns,
+//! and removes the marker. Recovery frees space before it needs any: temp files and unpublished files are
+//! removed, and on a full disk unpublished tails are cut in place (`fsio::truncate_unpublished`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -174,21 +177,87 @@ pub fn update_locked(
     _lock: &UpdateLock,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<UpdateSummary> {
-    let t0 = Instant::now();
     let store = Store::open(root)?;
+    let marker = Marker {
+        path: root.join(PENDING_MARKER),
+        set: Mutex::new(root.join(PENDING_MARKER).exists()),
+    };
+    let out = apply(source, &store, opts, &marker, progress);
+    if out.is_err() && *marker.set.lock() {
+        // This run wrote (or found a killed run's writes): put the store back to what it publishes now, so a
+        // failed update (a full disk, a source error mid-stream) leaves neither its files nor the marker. If
+        // that fails too, the marker stays and the next run finishes the job.
+        let _ = undo(&store, opts).and_then(|()| marker.clear());
+    }
+    out
+}
+
+/// The `.qstore-update-pending` marker, written before this run's first write (a run that fails before
+/// writing anything leaves none).
+struct Marker {
+    path: PathBuf,
+    set: Mutex<bool>,
+}
+
+impl Marker {
+    fn set(&self) -> Result<()> {
+        let mut set = self.set.lock();
+        if !*set {
+            fsio::replace_atomic(&self.path, b"")?;
+            *set = true;
+        }
+        Ok(())
+    }
+
+    fn clear(&self) -> Result<()> {
+        let mut set = self.set.lock();
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("removing", &self.path, e)),
+        }
+        *set = false;
+        fsio::fsync_dir(self.path.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+/// Puts the store back to what its calendar publishes after this run failed: the same recovery a rerun does.
+fn undo(store: &Store, opts: &ImportOptions) -> Result<()> {
+    store.refresh();
+    let calendar = store.calendar(opts.freq)?;
+    let published = match store.instruments(&opts.market) {
+        Ok(i) => (*i).clone(),
+        Err(Error::NoMarket { .. }) => Instruments::new(),
+        Err(e) => return Err(e),
+    };
+    let mut instruments = published.clone();
+    recover(store, &calendar, &mut instruments, opts)?;
+    if instruments != published {
+        store.save_instruments(&opts.market, &instruments)?;
+    }
+    Ok(())
+}
+
+fn apply(
+    source: &dyn Source,
+    store: &Store,
+    opts: &ImportOptions,
+    marker: &Marker,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<UpdateSummary> {
+    let t0 = Instant::now();
+    let root = store.root();
     let mut summary = UpdateSummary::default();
-    let marker = root.join(PENDING_MARKER);
     let mut instruments = match store.instruments(&opts.market) {
         Ok(i) => (*i).clone(),
         Err(Error::NoMarket { .. }) => Instruments::new(),
         Err(e) => return Err(e),
     };
     let calendar = store.calendar(opts.freq)?;
-    if marker.exists() {
-        recover(&store, &calendar, &mut instruments, opts)?;
+    if *marker.set.lock() {
+        recover(store, &calendar, &mut instruments, opts)?;
         summary.recovered = true;
     }
-    fsio::replace_atomic(&marker, b"")?;
 
     let last = calendar.last();
     let mut dates = source.dates()?;
@@ -222,7 +291,7 @@ pub fn update_locked(
         let n = item.as_ref().map_or(0, |r| r.dates.len() as u64);
         let planned = item.and_then(|rows| {
             plan_symbol(
-                &store,
+                store,
                 &calendar,
                 &new_cal,
                 &instruments,
@@ -237,7 +306,7 @@ pub fn update_locked(
                 // Write as symbols arrive (memory holds one symbol per connection); an I/O error stops the
                 // update before its commit.
                 if write_error.lock().is_none()
-                    && let Err(e) = write_plan(&store, fields, opts, &p)
+                    && let Err(e) = marker.set().and_then(|()| write_plan(store, fields, opts, &p))
                 {
                     *write_error.lock() = Some(e);
                 }
@@ -299,6 +368,7 @@ pub fn update_locked(
     crate::failpoint::hit("update:before-instruments");
     let spans_changed = summary.symbols_appended > 0 || !summary.new_listings.is_empty();
     if spans_changed || summary.recovered {
+        marker.set()?;
         store.save_instruments(&opts.market, &instruments)?;
     }
     crate::failpoint::hit("update:before-calendar");
@@ -310,8 +380,7 @@ pub fn update_locked(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     fsio::replace_atomic(&root.join(STAMP_FILE), format!("{now:.3}\n").as_bytes())?;
-    std::fs::remove_file(&marker).map_err(|e| Error::io("removing", &marker, e))?;
-    fsio::fsync_dir(root)?;
+    marker.clear()?;
     summary.elapsed_s = t0.elapsed().as_secs_f64();
     Ok(summary)
 }
