@@ -519,6 +519,40 @@ pub fn for_store(
     settings: &LockSettings,
     read_only: bool,
 ) -> Result<Box<dyn Lock>> {
+    match backend(root, settings, read_only)? {
+        Backend::File => Ok(Box::new(FileLock::new(dir))),
+        Backend::Redis { url, from, lease } => Ok(Box::new(RedisLock::connect(
+            &url,
+            &crate::exprcache::store_id(root)?,
+            lease,
+            &from,
+        )?)),
+    }
+}
+
+/// Checks, before anything is written, that the writer lock [`for_store`] would use can be had: the settings
+/// are valid and a configured Redis answers. `root` need not exist yet (a store about to be built).
+pub fn check(root: &Path, settings: &LockSettings) -> Result<()> {
+    match backend(root, settings, false)? {
+        Backend::File => Ok(()),
+        Backend::Redis { url, from, lease } => {
+            RedisLock::connect(&url, "check", lease, &from).map(drop)
+        }
+    }
+}
+
+/// The kind of writer lock the settings, `QSTORE_REDIS_URL` and qstore.json name.
+enum Backend {
+    File,
+    Redis {
+        url: String,
+        /// Where the URL came from, for errors.
+        from: String,
+        lease: Duration,
+    },
+}
+
+fn backend(root: &Path, settings: &LockSettings, read_only: bool) -> Result<Backend> {
     let file = crate::config::load(root)?.expression_cache;
     let url = settings
         .redis_url
@@ -535,18 +569,32 @@ pub fn for_store(
         });
     let kind = settings.kind.clone().or(file.lock.clone());
     let lease = settings.lease_s.or(file.lease_s).unwrap_or(30.0);
+    // A writer renews its lease every third of it; below a second that is no margin at all, and Redis refuses
+    // an expiry of 0.
+    if !(lease.is_finite() && (MIN_LEASE_S..=MAX_LEASE_S).contains(&lease)) {
+        return Err(Error::Config {
+            source_name: "the lock lease (--lease-s, or expression_cache.lease_s in qstore.json)"
+                .into(),
+            reason: format!(
+                "{lease} s is out of range; give a number of seconds from {MIN_LEASE_S} to {MAX_LEASE_S} (30 is usual)"
+            ),
+        });
+    }
     match (kind.as_deref(), url) {
         (Some("redis"), None) if !read_only => Err(Error::Config {
             source_name: "lock settings".into(),
             reason: "redis locks need a Redis URL: pass --redis redis://HOST:PORT/DB, set QSTORE_REDIS_URL, or set expression_cache.redis_url in qstore.json".into(),
         }),
-        (Some("file"), _) | (_, None) => Ok(Box::new(FileLock::new(dir))),
-        (_, Some(_)) if read_only => Ok(Box::new(FileLock::new(dir))),
-        (_, Some((url, from))) => Ok(Box::new(RedisLock::connect(
-            &url,
-            &crate::exprcache::store_id(root)?,
-            Duration::from_secs_f64(lease),
-            &from,
-        )?)),
+        (Some("file"), _) | (_, None) => Ok(Backend::File),
+        (_, Some(_)) if read_only => Ok(Backend::File),
+        (_, Some((url, from))) => Ok(Backend::Redis {
+            url,
+            from,
+            lease: Duration::from_secs_f64(lease),
+        }),
     }
 }
+
+/// The shortest and longest lease a Redis writer lock may have, in seconds.
+const MIN_LEASE_S: f64 = 1.0;
+const MAX_LEASE_S: f64 = 86_400.0;

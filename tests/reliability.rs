@@ -394,7 +394,11 @@ fn an_update_on_a_full_disk_cleans_up_and_a_rerun_needs_no_space() {
         "the failed update left what it wrote"
     );
     let second = std::fs::read_to_string(out_dir.join("second.txt")).unwrap();
-    assert_eq!(data_files(&out_dir.join("final")), data_files(&whole), "{second}");
+    assert_eq!(
+        data_files(&out_dir.join("final")),
+        data_files(&whole),
+        "{second}"
+    );
 }
 
 #[test]
@@ -449,4 +453,97 @@ fn recovery_on_a_full_disk_cuts_unpublished_tails_in_place() {
             .collect()
     };
     assert_eq!(features(&recovered), features(&src), "{run}");
+}
+
+fn calendar_len(store: &Path) -> usize {
+    std::fs::read_to_string(store.join("calendars/day.txt"))
+        .unwrap()
+        .lines()
+        .count()
+}
+
+#[test]
+fn what_a_later_step_needs_is_checked_before_the_first_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = store_until(dir.path(), "s", "2023-06-30");
+    let before = data_files(&to);
+    // An unreachable Redis for --update-caches: nothing is appended.
+    let out = cmd(
+        env!("CARGO_BIN_EXE_qdump"),
+        &["update", "--csv", SAMPLE, "--to", s(&to), "--update-caches"],
+        &[("QSTORE_REDIS_URL", "redis://127.0.0.1:1/")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("redis://127.0.0.1:1/"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(data_files(&to), before);
+    // A feature set that does not exist for --warm: the old store is not replaced.
+    let out = qdump(&[
+        "all",
+        "--csv",
+        SAMPLE,
+        "--to",
+        s(&to),
+        "--overwrite",
+        "--warm",
+        "nosuchset",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("nosuchset"), "{}", text(&out));
+    assert_eq!(data_files(&to), before);
+    // A lease Redis would refuse is a precise error before anything runs.
+    let out = qcache(&[
+        "warm",
+        s(&to),
+        "--fields",
+        "$close",
+        "--redis",
+        "redis://127.0.0.1:6379/",
+        "--lease-s",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("--lease-s") && text(&out).contains("0 s is out of range"),
+        "{}",
+        text(&out)
+    );
+    assert!(!to.join("features_cache").exists());
+}
+
+#[test]
+fn a_cache_step_that_fails_after_the_commit_exits_6() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = store_until(dir.path(), "s", "2023-06-30");
+    let out = qcache(&[
+        "warm",
+        s(&to),
+        "--fields",
+        "Mean($close, 5)",
+        "--lock",
+        "file",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // One entry's meta names an expression that no longer parses: bringing it forward fails.
+    let meta = std::fs::read_dir(to.join("features_cache/sh600000"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "meta"))
+        .unwrap();
+    let text_of = std::fs::read_to_string(&meta).unwrap();
+    std::fs::write(&meta, text_of.replace("Mean($close,5)", "Mean($close,")).unwrap();
+    let days = calendar_len(&to);
+    let out = qdump(&["update", "--csv", SAMPLE, "--to", s(&to), "--update-caches"]);
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
+    assert!(
+        text(&out).contains("the update itself was committed"),
+        "{}",
+        text(&out)
+    );
+    assert!(calendar_len(&to) > days, "the days were appended");
 }

@@ -3,7 +3,8 @@
 //! Exit codes: 0 success; 1 the command failed and nothing was changed (bad input, unreachable server, I/O);
 //! 2 bad command-line usage; 3 `all` or `update` imported some symbols and skipped others (listed); 4 `all` could
 //! import no symbol, so the target was left as it was. (`update` with nothing new exits 0.) 5 `check` found
-//! problems (listed).
+//! problems (listed). 6 the data was written (the import or update is committed) but a later step failed:
+//! `--warm`, `--update-caches`; the message says which and how to finish it.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -349,6 +350,11 @@ fn all(a: AllArgs) -> Result<u8> {
         date_arg(&a.start_date, "start-date")?,
         date_arg(&a.end_date, "end-date")?,
     );
+    // Everything --warm needs is checked before the first write: the set, its expressions, the lock backend.
+    let warm = a.warm.as_deref().map(prepare_warm).transpose()?;
+    if warm.is_some() {
+        qstore::lock::check(&a.to, &Default::default()).context("checking --warm's writer lock")?;
+    }
     let source = open_source(&a, start, end)?;
     let opts = import_options(&a);
     let progress = Progress::new(source.symbol_count() as u64, a.json);
@@ -377,25 +383,31 @@ fn all(a: AllArgs) -> Result<u8> {
     } else {
         print_summary(&summary, &a.to);
     }
-    if let Some(set) = &a.warm
+    if let Some((set, exprs)) = &warm
         && summary.published
     {
-        let set = qstore::FeatureSet::resolve(set)?;
-        let store = Store::open(&a.to)?;
-        let cache = qstore::exprcache::DiskExpressionCache::for_store(&a.to, false)?;
-        let exprs: Vec<qstore::expr::Expr> = set
-            .features
-            .iter()
-            .map(|f| qstore::expr::parse(&f.expr))
-            .collect::<qstore::Result<_>>()?;
-        let symbols: Vec<String> = store
-            .instruments(&a.market)?
-            .symbols()
-            .map(String::from)
-            .collect();
-        let counts = cache
-            .warm_all(&store, &symbols, &exprs, a.freq, &|| {})
-            .context("warming the expression cache")?;
+        let warmed = (|| -> Result<_> {
+            let store = Store::open(&a.to)?;
+            let cache = qstore::exprcache::DiskExpressionCache::for_store(&a.to, false)?;
+            let symbols: Vec<String> = store
+                .instruments(&a.market)?
+                .symbols()
+                .map(String::from)
+                .collect();
+            Ok(cache.warm_all(&store, &symbols, exprs, a.freq, &|| {})?)
+        })();
+        let counts = match warmed {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!(
+                    "qdump: error: warming the expression cache: {e:#}\nqdump: the store at {} was imported and published; run `qcache warm {} --feature-set {}` to fill the cache",
+                    a.to.display(),
+                    a.to.display(),
+                    a.warm.as_deref().unwrap_or_default()
+                );
+                return Ok(AFTER_COMMIT);
+            }
+        };
         if !a.json {
             println!(
                 "expression cache: {} entries of {} ({})",
@@ -410,6 +422,21 @@ fn all(a: AllArgs) -> Result<u8> {
         }
     }
     Ok(code)
+}
+
+/// Exit code: the data was written and published, a later step (cache warm or update) failed.
+const AFTER_COMMIT: u8 = 6;
+
+/// The feature set `--warm` names and its parsed expressions.
+fn prepare_warm(name: &str) -> Result<(qstore::FeatureSet, Vec<qstore::expr::Expr>)> {
+    let set = qstore::FeatureSet::resolve(name).context("--warm")?;
+    let exprs = set
+        .features
+        .iter()
+        .map(|f| qstore::expr::parse(&f.expr))
+        .collect::<qstore::Result<_>>()
+        .with_context(|| format!("--warm {name}"))?;
+    Ok((set, exprs))
 }
 
 fn update(u: UpdateArgs) -> Result<u8> {
@@ -430,6 +457,11 @@ fn update(u: UpdateArgs) -> Result<u8> {
     let store =
         Store::open(&a.to).with_context(|| format!("opening the store {}", a.to.display()))?;
     drop(store);
+    if u.update_caches {
+        qstore::lock::check(&a.to, &Default::default()).context(
+            "checking the caches' writer lock for --update-caches (nothing was changed)",
+        )?;
+    }
     // The lock first: the days to read depend on the store as the lock holder sees it.
     let lock = import::update::UpdateLock::acquire(&a.to, a.wait)
         .with_context(|| format!("updating {}", a.to.display()))?;
@@ -462,34 +494,39 @@ fn update(u: UpdateArgs) -> Result<u8> {
     .with_context(|| format!("updating {}", a.to.display()))?;
     drop(lock);
     progress.finish();
-    let code = if summary.failed.is_empty() { 0 } else { 3 };
-    // The expression cache: bring it forward, or say how far behind it now is.
-    let mut caches = serde_json::Value::Null;
-    let cache = qstore::exprcache::DiskExpressionCache::for_store(&a.to, !u.update_caches)?;
-    if cache.dir().is_dir() {
+    let mut code = if summary.failed.is_empty() { 0 } else { 3 };
+    // The caches: bring them forward, or say how far behind they now are. The update is committed: a failure
+    // here is exit 6, with what to run.
+    let caches = report_after_commit(&mut code, &a.to, "expression cache", || {
+        let cache = qstore::exprcache::DiskExpressionCache::for_store(&a.to, !u.update_caches)?;
+        if !cache.dir().is_dir() {
+            return Ok(serde_json::Value::Null);
+        }
         let store = Store::open(&a.to)?;
-        caches = if u.update_caches {
+        Ok(if u.update_caches {
             let counts = cache
                 .update_all(&store)
                 .context("updating the expression cache")?;
             serde_json::json!({"updated": counts.values().sum::<usize>(), "behind": cache.behind(&store)?})
         } else {
             serde_json::json!({"behind": cache.behind(&store)?})
-        };
-    }
-    let mut datasets = serde_json::Value::Null;
-    if a.to.join(qstore::datacache::DATASET_DIR).is_dir() {
+        })
+    });
+    let datasets = report_after_commit(&mut code, &a.to, "dataset cache", || {
+        if !a.to.join(qstore::datacache::DATASET_DIR).is_dir() {
+            return Ok(serde_json::Value::Null);
+        }
         let store = Store::open(&a.to)?;
         let sets = qstore::datacache::DiskDatasetCache::for_store(&a.to, !u.update_caches)?;
-        datasets = if u.update_caches {
+        Ok(if u.update_caches {
             let counts = sets
                 .update_all(&store)
                 .context("updating the dataset cache")?;
             serde_json::json!({"updated": counts.values().sum::<usize>(), "behind": sets.behind(&store)?})
         } else {
             serde_json::json!({"behind": sets.behind(&store)?})
-        };
-    }
+        })
+    });
     if a.json {
         let mut v = serde_json::to_value(&summary)?;
         v["expression_cache"] = caches;
@@ -522,6 +559,27 @@ fn update(u: UpdateArgs) -> Result<u8> {
         println!("elapsed {:.2} s", summary.elapsed_s);
     }
     Ok(code)
+}
+
+/// Runs a step after the update's commit; on failure prints what failed and what to run, sets exit code 6 and
+/// reports `{"error": ...}`.
+fn report_after_commit(
+    code: &mut u8,
+    store: &std::path::Path,
+    name: &str,
+    step: impl FnOnce() -> Result<serde_json::Value>,
+) -> serde_json::Value {
+    match step() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!(
+                "qdump: error: {name}: {e:#}\nqdump: the update itself was committed; run `qcache update {}` to bring the caches forward",
+                store.display()
+            );
+            *code = AFTER_COMMIT;
+            serde_json::json!({ "error": format!("{e:#}") })
+        }
+    }
 }
 
 /// One line on what `update` did to a cache (`{"updated": n}`) or how far behind it left it.

@@ -306,7 +306,9 @@ fn apply(
                 // Write as symbols arrive (memory holds one symbol per connection); an I/O error stops the
                 // update before its commit.
                 if write_error.lock().is_none()
-                    && let Err(e) = marker.set().and_then(|()| write_plan(store, fields, opts, &p))
+                    && let Err(e) = marker
+                        .set()
+                        .and_then(|()| write_plan(store, fields, opts, &p))
                 {
                     *write_error.lock() = Some(e);
                 }
