@@ -547,3 +547,44 @@ fn a_cache_step_that_fails_after_the_commit_exits_6() {
     );
     assert!(calendar_len(&to) > days, "the days were appended");
 }
+
+#[test]
+fn a_closed_stdout_is_a_normal_end_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("s");
+    import(&to, &["--warm", "technical"]);
+    let other = dir.path().join("other");
+    let (qd, qc) = (env!("CARGO_BIN_EXE_qdump"), env!("CARGO_BIN_EXE_qcache"));
+    let store = s(&to);
+    let runs: Vec<(&str, Vec<&str>)> = vec![
+        (qd, vec!["check", store]),
+        (qd, vec!["check", store, "--json"]),
+        (qd, vec!["show", store]),
+        (qd, vec!["all", "--csv", SAMPLE, "--to", s(&other)]),
+        (qd, vec!["update", "--csv", SAMPLE, "--to", store]),
+        (qc, vec!["query", store, "--feature-set", "technical"]),
+        (
+            qc,
+            vec!["query", store, "--fields", "$close", "--format", "stats"],
+        ),
+        (qc, vec!["info", store]),
+        (qc, vec!["verify", store]),
+        (qc, vec!["update", store]),
+        (qc, vec!["warm", store, "--fields", "Mean($close, 3)"]),
+        (qc, vec!["reset-lock", store, "--dry-run"]),
+        (qc, vec!["clear", store, "--expr", "Mean($close, 3)"]),
+    ];
+    for (bin, args) in runs {
+        // A pipe whose reading end is closed before the command starts: every write gets EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = cmd(bin, &args, &[])
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -17,6 +17,14 @@ use qstore::expr::Expr;
 use qstore::exprcache::DiskExpressionCache;
 use qstore::{FeatureSet, Frame, Freq, Store, Universe, parse_timestamp};
 
+/// `println!` that returns the write error instead of panicking, so a closed pipe (`| head`) ends the command
+/// quietly (main turns `BrokenPipe` into exit 0).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    };
+}
+
 #[derive(Parser)]
 #[command(
     name = "qcache",
@@ -298,11 +306,11 @@ fn run(cli: Cli) -> Result<u8> {
                 };
                 let t = std::time::Instant::now();
                 let outcome = open_datasets(&cache)?.warm(&store, universe, &exprs, freq, false)?;
-                println!(
+                outln!(
                     "qcache warm: dataset of {} expressions: {outcome:?} in {:.1} s",
                     exprs.len(),
                     t.elapsed().as_secs_f64()
-                );
+                )?;
                 return Ok(0);
             }
             let cache = exprcache;
@@ -330,7 +338,7 @@ fn run(cli: Cli) -> Result<u8> {
             let bar = progress((per * symbols.len()) as u64);
             let counts = cache.warm_all(&store, &symbols, &parsed, freq, &|| bar.inc(1))?;
             bar.finish_and_clear();
-            println!(
+            outln!(
                 "qcache warm: {} entries ({} instruments x {per} expressions): {}",
                 per * symbols.len(),
                 symbols.len(),
@@ -339,19 +347,19 @@ fn run(cli: Cli) -> Result<u8> {
                     .map(|(o, n)| format!("{o:?}: {n}"))
                     .collect::<Vec<_>>()
                     .join(", ")
-            );
+            )?;
             Ok(0)
         }
         Command::Update { cache: args } => {
             let (store, cache) = open_cache(&args)?;
             let counts = cache.update_all(&store)?;
             let total: usize = counts.values().sum();
-            println!("qcache update: {total} entries: {}", outcomes(&counts));
+            outln!("qcache update: {total} entries: {}", outcomes(&counts))?;
             let datasets = open_datasets(&args)?;
             if datasets.dir().is_dir() {
                 let counts = datasets.update_all(&store)?;
                 let total: usize = counts.values().sum();
-                println!("qcache update: {total} datasets: {}", outcomes(&counts));
+                outln!("qcache update: {total} datasets: {}", outcomes(&counts))?;
             }
             Ok(0)
         }
@@ -443,26 +451,26 @@ fn run(cli: Cli) -> Result<u8> {
                 },
             });
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?)?;
             } else {
-                println!("cache     {}", cache.dir().display());
-                println!(
+                outln!("cache     {}", cache.dir().display())?;
+                outln!(
                     "entries   {} ({} instruments, {} expressions), {:.1} MB, {stale} stale, {unreadable} unreadable",
                     entries.len(),
                     instruments.len(),
                     exprs.len(),
                     size as f64 / 1e6
-                );
-                println!(
+                )?;
+                outln!(
                     "lock      {} (lease {cache_lease} s)",
                     cache.lock_backend().describe()
-                );
-                println!(
+                )?;
+                outln!(
                     "published {} .. {}",
                     oldest.as_deref().unwrap_or("-"),
                     newest.as_deref().unwrap_or("-")
-                );
-                println!(
+                )?;
+                outln!(
                     "datasets  {} in {} ({sets_rows} rows), {:.1} MB, {sets_behind} stale, {sets_unreadable} unreadable{}",
                     sets.len(),
                     datasets.dir().display(),
@@ -472,24 +480,24 @@ fn run(cli: Cli) -> Result<u8> {
                     } else {
                         " (this build has no HDF5)"
                     }
-                );
+                )?;
                 for (p, m) in sets.iter().take(20) {
                     if let Some(m) = m {
                         let universe = match m.universe.as_slice() {
                             [one] => one.clone(),
                             list => format!("{} instruments", list.len()),
                         };
-                        println!(
+                        outln!(
                             "  {}  {universe}, {} expressions, {} rows to {} ({})",
                             p.file_stem().and_then(|s| s.to_str()).unwrap_or("?"),
                             m.fields.len(),
                             m.rows,
                             m.last_date.as_deref().unwrap_or("-"),
                             m.freq
-                        );
+                        )?;
                     }
                 }
-                println!("memcache  {} (per process)", v["memcache"]);
+                outln!("memcache  {} (per process)", v["memcache"])?;
             }
             Ok(0)
         }
@@ -507,7 +515,7 @@ fn run(cli: Cli) -> Result<u8> {
             }
             if datasets || all {
                 let n = open_datasets(&args)?.clear(|_| true, true)?;
-                println!("qcache clear: {n} datasets removed");
+                outln!("qcache clear: {n} datasets removed")?;
                 if !all && instrument.is_none() && expr.is_none() {
                     return Ok(0);
                 }
@@ -523,7 +531,7 @@ fn run(cli: Cli) -> Result<u8> {
                 inst.as_ref().is_none_or(|i| &m.instrument == i)
                     && canonical.as_ref().is_none_or(|c| &m.expr == c)
             })?;
-            println!("qcache clear: {n} entries removed");
+            outln!("qcache clear: {n} entries removed")?;
             Ok(0)
         }
         Command::Verify { cache: args } => {
@@ -531,9 +539,9 @@ fn run(cli: Cli) -> Result<u8> {
             let mut problems = cache.verify()?;
             problems.extend(open_datasets(&args)?.verify()?);
             for p in &problems {
-                println!("{p}");
+                outln!("{p}")?;
             }
-            println!("qcache verify: {} problems", problems.len());
+            outln!("qcache verify: {} problems", problems.len())?;
             Ok(if problems.is_empty() { 0 } else { 5 })
         }
         Command::ResetLock {
@@ -559,7 +567,7 @@ fn run(cli: Cli) -> Result<u8> {
             let mut removed = 0;
             for (lock, h) in &held {
                 let act = (h.holder_gone || all) && !dry_run;
-                println!(
+                outln!(
                     "{}\t{}\t{}\t{}\t{}{}",
                     h.name,
                     h.owner,
@@ -577,12 +585,12 @@ fn run(cli: Cli) -> Result<u8> {
                         "holder may be running"
                     },
                     if act { " -> deleted" } else { "" }
-                );
+                )?;
                 if act && lock.remove(&h.name)? {
                     removed += 1;
                 }
             }
-            println!(
+            outln!(
                 "qcache reset-lock: {} locks held, {removed} deleted ({})",
                 held.len(),
                 backends
@@ -590,7 +598,7 @@ fn run(cli: Cli) -> Result<u8> {
                     .map(|b| b.describe())
                     .collect::<Vec<_>>()
                     .join("; ")
-            );
+            )?;
             Ok(0)
         }
         Command::Query {
@@ -687,7 +695,11 @@ fn run(cli: Cli) -> Result<u8> {
 
 fn write(frame: &Frame, format: Format, out: &mut impl Write) -> std::io::Result<()> {
     match format {
-        Format::Csv => frame.write_csv(out).map_err(std::io::Error::other),
+        // The I/O error itself (a closed pipe must stay recognisable as one).
+        Format::Csv => frame.write_csv(out).map_err(|e| match e.into_kind() {
+            csv::ErrorKind::Io(io) => io,
+            other => std::io::Error::other(format!("{other:?}")),
+        }),
         Format::Json => frame.write_json_lines(out),
         Format::Stats => frame.write_stats(out),
     }

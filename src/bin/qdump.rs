@@ -20,6 +20,14 @@ use qstore::import::{
 };
 use qstore::{Freq, Store, Timestamp, format_timestamp, parse_timestamp};
 
+/// `println!` that returns the write error instead of panicking, so a closed pipe (`| head`) ends the command
+/// quietly (main turns `BrokenPipe` into exit 0).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    };
+}
+
 #[derive(Parser)]
 #[command(
     name = "qdump",
@@ -233,23 +241,23 @@ fn run(cli: Cli) -> Result<u8> {
             if json {
                 let mut v = serde_json::to_value(&report)?;
                 v["exit_code"] = serde_json::Value::from(code);
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?)?;
             } else {
                 for f in &report.findings {
-                    println!(
+                    outln!(
                         "{}\t{}\t{}\t{}",
                         f.instrument,
                         f.field.as_deref().unwrap_or("-"),
                         f.kind,
                         f.detail
-                    );
+                    )?;
                 }
-                println!(
+                outln!(
                     "qdump check: {} instruments, {} files, {} findings",
                     report.instruments,
                     report.files,
                     report.findings.len()
-                );
+                )?;
             }
             Ok(code)
         }
@@ -379,9 +387,9 @@ fn all(a: AllArgs) -> Result<u8> {
         let mut v = serde_json::to_value(&summary)?;
         v["store"] = serde_json::Value::from(a.to.display().to_string());
         v["exit_code"] = serde_json::Value::from(code);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        print_summary(&summary, &a.to);
+        print_summary(&summary, &a.to)?;
     }
     if let Some((set, exprs)) = &warm
         && summary.published
@@ -409,7 +417,7 @@ fn all(a: AllArgs) -> Result<u8> {
             }
         };
         if !a.json {
-            println!(
+            outln!(
                 "expression cache: {} entries of {} ({})",
                 counts.values().sum::<usize>(),
                 set.name,
@@ -418,7 +426,7 @@ fn all(a: AllArgs) -> Result<u8> {
                     .map(|(o, n)| format!("{o:?}: {n}"))
                     .collect::<Vec<_>>()
                     .join(", ")
-            );
+            )?;
         }
     }
     Ok(code)
@@ -533,9 +541,9 @@ fn update(u: UpdateArgs) -> Result<u8> {
         v["dataset_cache"] = datasets;
         v["store"] = serde_json::Value::from(a.to.display().to_string());
         v["exit_code"] = serde_json::Value::from(code);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!(
+        outln!(
             "qdump update: {} days added ({} .. {}), {} symbols appended, {} new listings, {} corrections, {} rows, {} failed{}",
             summary.days_added,
             summary.first_new_day.as_deref().unwrap_or("-"),
@@ -550,13 +558,13 @@ fn update(u: UpdateArgs) -> Result<u8> {
             } else {
                 ""
             }
-        );
+        )?;
         for f in &summary.failed {
-            println!("  failed {}: {}", f.symbol, f.reason);
+            outln!("  failed {}: {}", f.symbol, f.reason)?;
         }
-        report_cache("expression cache", "entries", &caches);
-        report_cache("dataset cache", "datasets", &datasets);
-        println!("elapsed {:.2} s", summary.elapsed_s);
+        report_cache("expression cache", "entries", &caches)?;
+        report_cache("dataset cache", "datasets", &datasets)?;
+        outln!("elapsed {:.2} s", summary.elapsed_s)?;
     }
     Ok(code)
 }
@@ -583,12 +591,13 @@ fn report_after_commit(
 }
 
 /// One line on what `update` did to a cache (`{"updated": n}`) or how far behind it left it.
-fn report_cache(name: &str, unit: &str, v: &serde_json::Value) {
+fn report_cache(name: &str, unit: &str, v: &serde_json::Value) -> Result<()> {
     if let Some(n) = v.get("updated") {
-        println!("{name}: {n} {unit} brought forward");
+        outln!("{name}: {n} {unit} brought forward")?;
     } else if let Some(n) = v.get("behind").and_then(|n| n.as_u64()).filter(|&n| n > 0) {
-        println!("{name}: {n} {unit} are now behind; run qcache update (or pass --update-caches)");
+        outln!("{name}: {n} {unit} are now behind; run qcache update (or pass --update-caches)")?;
     }
+    Ok(())
 }
 
 /// How rows become files, from the flags `all` and `update` share.
@@ -651,36 +660,37 @@ fn open_source(
     Ok(source)
 }
 
-fn print_summary(s: &ImportSummary, to: &std::path::Path) {
+fn print_summary(s: &ImportSummary, to: &std::path::Path) -> Result<()> {
     let total = s.symbols_ok + s.failed.len();
-    println!(
+    outln!(
         "qdump all: {} of {total} symbols imported, {} failed; {} rows, {} fields, {} files",
         s.symbols_ok,
         s.failed.len(),
         s.rows,
         s.fields.len(),
         s.files
-    );
+    )?;
     if let (Some(a), Some(b)) = (&s.calendar_first, &s.calendar_last) {
-        println!("calendar: {} bars, {a} .. {b}", s.calendar_len);
+        outln!("calendar: {} bars, {a} .. {b}", s.calendar_len)?;
     }
     for f in &s.failed {
-        println!("  failed {}: {}", f.symbol, f.reason);
+        outln!("  failed {}: {}", f.symbol, f.reason)?;
     }
     if s.published {
-        println!(
+        outln!(
             "store: {} ({:.1} MB), {:.2} s, {:.0} rows/s",
             to.display(),
             s.store_bytes as f64 / 1e6,
             s.elapsed_s,
             s.rows as f64 / s.elapsed_s.max(1e-9)
-        );
+        )?;
     } else {
         if total == 0 {
-            println!("no rows matched the selection (symbols, dates)");
+            outln!("no rows matched the selection (symbols, dates)")?;
         }
-        println!("nothing was imported; {} was left as it was", to.display());
+        outln!("nothing was imported; {} was left as it was", to.display())?;
     }
+    Ok(())
 }
 
 /// Progress on stderr: a bar on a terminal, a line every 5 s otherwise, nothing with --json.
