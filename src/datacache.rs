@@ -344,6 +344,8 @@ impl DiskDatasetCache {
         freq: Freq,
         rebuild: bool,
     ) -> Result<Outcome> {
+        fsio::create_dir_all_synced(&self.dir)?;
+        fsio::remove_abandoned_temps(&self.dir)?;
         let req = Request::new(universe, exprs, freq)?;
         let how = if rebuild {
             Refresh::Rebuild
@@ -356,6 +358,7 @@ impl DiskDatasetCache {
     /// Brings every dataset forward to the store as it is now. Returns how many ended how; unreadable
     /// metas are counted under `None` (see [`verify`](Self::verify)).
     pub fn update_all(&self, store: &Store) -> Result<BTreeMap<Option<Outcome>, usize>> {
+        fsio::remove_abandoned_temps(&self.dir)?;
         let mut out = BTreeMap::new();
         for (_, meta) in self.entries()? {
             let o = match meta {
@@ -628,6 +631,7 @@ impl DiskDatasetCache {
                     .and_then(|g| g.parse::<u64>().ok());
                 let temp = name
                     .strip_prefix(fsio::TEMP_PREFIX)
+                    .map(|r| r.rsplit_once('~').map_or(r, |(_, n)| n))
                     .is_some_and(|r| r.starts_with(&prefix));
                 match (generation, temp) {
                     (Some(g), _) => Some((e.path(), Some(g))),
@@ -688,10 +692,12 @@ impl DiskDatasetCache {
                 let p = e.path();
                 let name = e.file_name().to_string_lossy().to_string();
                 if name.starts_with(fsio::TEMP_PREFIX) {
-                    problems.push(format!(
-                        "{}: temp file of an interrupted writer (harmless; `qcache clear --datasets` removes it)",
-                        p.display()
-                    ));
+                    if fsio::temp_is_abandoned(&p) {
+                        problems.push(format!(
+                            "{}: temp file of an interrupted writer (harmless; the next update or `qcache clear --datasets` removes it)",
+                            p.display()
+                        ));
+                    }
                 } else if (name.ends_with(".data") || name.ends_with(".index"))
                     && !named.contains(&p)
                 {
@@ -724,16 +730,7 @@ impl DiskDatasetCache {
             self.remove_generations(&key, None);
             n += 1;
         }
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for e in entries.flatten() {
-                if e.file_name()
-                    .to_string_lossy()
-                    .starts_with(fsio::TEMP_PREFIX)
-                {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
+        fsio::remove_abandoned_temps(&self.dir)?;
         self.uris.clear();
         Ok(n)
     }
@@ -1028,11 +1025,7 @@ mod imp {
             rows_hint: usize,
         ) -> Result<DataWriter> {
             let ncol = fields.len();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .expect("utf-8 name");
-            let tmp = path.with_file_name(format!("{}{name}", fsio::TEMP_PREFIX));
+            let tmp = fsio::temp_path(path);
             let w = |e| h5("writing HDF5", &tmp, e);
             let file = match base {
                 Some(b) => {
@@ -1181,11 +1174,7 @@ mod imp {
 
     /// Writes a `.index` (`start`, `end` per calendar row) by temp + fsync + rename.
     pub fn write_index(path: &Path, start: &[u64], end: &[u64]) -> Result<()> {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("utf-8 name");
-        let tmp = path.with_file_name(format!("{}{name}", fsio::TEMP_PREFIX));
+        let tmp = fsio::temp_path(path);
         {
             let f = options()
                 .create(&tmp)

@@ -609,6 +609,7 @@ impl DiskExpressionCache {
     /// Brings every entry forward to the store as it is now (new days appended, corrected sources rebuilt), in
     /// parallel. Returns how many entries ended how; unreadable metas are counted under `None`.
     pub fn update_all(&self, store: &Store) -> Result<BTreeMap<Option<Outcome>, usize>> {
+        self.remove_abandoned_temps()?;
         let entries = self.entries()?;
         let mut parsed = Vec::new();
         let mut unreadable = 0;
@@ -646,6 +647,7 @@ impl DiskExpressionCache {
         freq: Freq,
         progress: &(dyn Fn() + Sync),
     ) -> Result<BTreeMap<Outcome, usize>> {
+        self.remove_abandoned_temps()?;
         // One entry per distinct canonical text (MA20 and BOLL_MID are one entry): a batch must not wait for
         // a lock it holds itself.
         let mut seen = std::collections::HashSet::new();
@@ -797,10 +799,13 @@ impl DiskExpressionCache {
                 let p = f.path();
                 let name = f.file_name().to_string_lossy().into_owned();
                 if name.starts_with(fsio::TEMP_PREFIX) {
-                    problems.push(format!(
-                        "{}: a temp file left by a killed writer",
-                        p.display()
-                    ));
+                    // A live writer's temp file is not a problem; an abandoned one is (until the next writer).
+                    if fsio::temp_is_abandoned(&p) {
+                        problems.push(format!(
+                            "{}: a temp file left by a killed writer (the next warm, update or clear removes it)",
+                            p.display()
+                        ));
+                    }
                 } else if !layout::is_cache_file(&name) {
                     // Not the cache's: neither checked nor removed.
                 } else if let Some(k) = name.strip_suffix(".meta") {
@@ -858,8 +863,23 @@ impl DiskExpressionCache {
         Ok(problems)
     }
 
+    /// Removes temp files whose writers are gone (killed mid-write), in the cache directory and each
+    /// instrument's; every writer and `clear` start with it, so `verify` does not report them forever.
+    pub fn remove_abandoned_temps(&self) -> Result<usize> {
+        let mut n = fsio::remove_abandoned_temps(&self.dir)?;
+        if let Ok(dirs) = std::fs::read_dir(&self.dir) {
+            for d in dirs.flatten() {
+                if d.file_type().is_ok_and(|t| t.is_dir()) {
+                    n += fsio::remove_abandoned_temps(&d.path())?;
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// Removes the entries whose meta matches `pred` (under each entry's lock), with their data files.
     pub fn clear(&self, pred: impl Fn(&Meta) -> bool) -> Result<usize> {
+        self.remove_abandoned_temps()?;
         let mut n = 0;
         for (meta_path, meta) in self.entries()? {
             let remove = meta.as_ref().is_none_or(&pred);

@@ -19,6 +19,74 @@ use crate::error::{Error, Result};
 /// Prefix of every temp file qstore creates; `verify`/`check` treat leftovers with it as orphans of a crash.
 pub const TEMP_PREFIX: &str = ".qstore-tmp-";
 
+/// How long a temp file of another machine's writer (whose process this machine cannot ask about) must be
+/// untouched before it counts as abandoned.
+const FOREIGN_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The name of this machine, as lock owners and temp files record it.
+pub fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The start of this process's temp file names: `.qstore-tmp-<pid>@<host>~` (then random characters), so a
+/// later writer can tell that the process that made one is gone.
+fn temp_prefix() -> String {
+    format!("{TEMP_PREFIX}{}@{}~", std::process::id(), this_host())
+}
+
+/// A temp file name for a writer that names its own temp files (a library that wants a path, such as HDF5):
+/// `path`'s name after this process's temp prefix, in the same directory.
+pub fn temp_path(path: &Path) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{}{name}", temp_prefix()))
+}
+
+/// Whether the temp file at `path` was left by a writer that is gone: a process of this machine that no longer
+/// runs, or (another machine's, or a name without its writer) one untouched for an hour.
+pub fn temp_is_abandoned(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+        return false;
+    };
+    let writer = rest
+        .split_once('@')
+        .and_then(|(pid, r)| Some((pid.parse::<u32>().ok()?, r.rsplit_once('~')?.0)));
+    match writer {
+        Some((pid, host)) if host == this_host() => !Path::new(&format!("/proc/{pid}")).exists(),
+        _ => std::fs::symlink_metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > FOREIGN_TEMP_AGE)),
+    }
+}
+
+/// Removes the abandoned temp files ([`temp_is_abandoned`]) directly in `dir`; returns how many.
+pub fn remove_abandoned_temps(dir: &Path) -> Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("listing", dir, e)),
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        if e.file_type().is_ok_and(|t| t.is_file()) && temp_is_abandoned(&path) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => n += 1,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(Error::io("removing", &path, err)),
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// Writes `bytes` to `path` atomically and durably (temp file + fsync + rename + directory fsync).
 pub fn replace_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     replace_atomic_with(path, |w| w.write_all(bytes))
@@ -32,7 +100,7 @@ pub fn replace_atomic_with(
 ) -> Result<()> {
     let dir = parent(path);
     let mut tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
+        .prefix(&temp_prefix())
         .tempfile_in(dir)
         .map_err(|e| Error::io("creating a temp file in", dir, e))?;
     let tmp_path = tmp.path().to_path_buf();
@@ -162,7 +230,7 @@ pub fn write_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent(path);
     let mut tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
+        .prefix(&temp_prefix())
         .tempfile_in(dir)
         .map_err(|e| Error::io("creating a temp file in", dir, e))?;
     tmp.write_all(bytes)

@@ -81,11 +81,7 @@ fn owner_age(owner: &str) -> Option<Duration> {
     Some(Duration::from_millis(now_ms().saturating_sub(ms) as u64))
 }
 
-fn this_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
-}
+use crate::fsio::this_host;
 
 /// Whether `owner` (`host:pid:token`) names a process of this host that no longer runs.
 fn owner_gone(owner: &str) -> bool {

@@ -287,7 +287,16 @@ fn verify_finds_planted_corruption_and_bad_files_are_misses() {
     let bytes = std::fs::read(&b1).unwrap();
     std::fs::write(&b1, &bytes[..bytes.len() - 8]).unwrap();
     std::fs::remove_file(path_of(&exprs[2], "meta")).unwrap();
-    std::fs::write(d.join(".qstore-tmp-abc"), b"x").unwrap();
+    // The temp file of a writer of this machine that is gone (a live writer's would be no problem).
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    std::fs::write(
+        d.join(format!(".qstore-tmp-{pid}@{}~abc", host.trim())),
+        b"x",
+    )
+    .unwrap();
     let (code, out) = verify();
     assert_eq!(code, Some(5), "{out}");
     assert!(out.contains("checksum mismatch"), "{out}");
@@ -318,7 +327,7 @@ fn verify_finds_planted_corruption_and_bad_files_are_misses() {
             Outcome::Built
         );
     }
-    std::fs::remove_file(d.join(".qstore-tmp-abc")).unwrap();
+    assert_eq!(fresh.remove_abandoned_temps().unwrap(), 1);
     let (code, out) = verify();
     assert_eq!(code, Some(0), "{out}");
 }

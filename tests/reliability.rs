@@ -588,3 +588,57 @@ fn a_closed_stdout_is_a_normal_end_for_every_command() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn temp_files_of_killed_writers_are_removed_by_the_next_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("s");
+    import(&to, &[]);
+    let warm = [
+        "warm",
+        s(&to),
+        "--fields",
+        "Mean($close, 5)",
+        "--lock",
+        "file",
+    ];
+    let out = qcache(&warm);
+    assert!(out.status.success(), "{}", text(&out));
+    // A process of this machine that has exited, and a file of a writer elsewhere untouched for two hours.
+    let dead = Command::new("true").spawn().unwrap();
+    let pid = dead.id();
+    let _ = { dead }.wait();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let inst = to.join("features_cache/sh600000");
+    let mine = inst.join(format!(".qstore-tmp-{pid}@{}~a1b2c3", host.trim()));
+    let old = inst.join(".qstore-tmp-x9y8z7");
+    let live = inst.join(format!(
+        ".qstore-tmp-{}@{}~d4e5f6",
+        std::process::id(),
+        host.trim()
+    ));
+    for f in [&mine, &old, &live] {
+        std::fs::write(f, b"").unwrap();
+    }
+    let out = Command::new("touch")
+        .args(["-d", "2 hours ago", s(&old)])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = qcache(&["verify", s(&to)]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        !text(&out).contains("d4e5f6"),
+        "a live writer's temp file is no problem"
+    );
+    let out = qcache(&warm);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !mine.exists() && !old.exists(),
+        "abandoned temp files stayed"
+    );
+    assert!(live.exists(), "a live writer's temp file was removed");
+    std::fs::remove_file(&live).unwrap();
+    let out = qcache(&["verify", s(&to)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
