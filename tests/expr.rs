@@ -215,3 +215,53 @@ proptest! {
         let _ = parse(&text);
     }
 }
+
+/// Deep and long inputs: a positioned error at the limit, never a stack overflow; up to the limit they
+/// evaluate (on this test's thread, and on the worker threads of `Store::features` in tests/reliability.rs).
+#[test]
+fn deep_expressions_are_errors_not_crashes() {
+    use qstore::expr::{Expr, Unary, parse};
+    let sum = |n: usize| vec!["$close"; n].join("+");
+    let nested = |op: &str, n: usize| format!("{}$close{}", op.repeat(n), ")".repeat(n));
+    for (text, want) in [
+        (sum(400), "operators deep"),
+        (sum(20_000), "operators deep"),
+        (nested("Abs(", 400), "nests more than"),
+        (
+            format!("{}$close{}", "(".repeat(2000), ")".repeat(2000)),
+            "nests more than",
+        ),
+        ("-".repeat(5000) + "$close", "nests more than"),
+        (format!("2{}", "**2".repeat(3000)), "nests more than"),
+    ] {
+        match parse(&text) {
+            Err(qstore::Error::Expr { pos, reason, .. }) => {
+                assert!(reason.contains(want), "{reason}");
+                assert!(pos > 0 && pos < text.len(), "{pos}");
+            }
+            other => panic!("{}...: {other:?}", &text[..20]),
+        }
+    }
+    // At the limit: parses, prints a canonical text that parses back, evaluates.
+    for text in [
+        sum(128),
+        nested("Abs(", 127),
+        nested("Mean(", 60).replace(')', ",2)"),
+    ] {
+        let e = parse(&text).unwrap();
+        assert_eq!(parse(&e.to_string()).unwrap(), e);
+        assert!(e.depth() <= 128);
+    }
+    // A tree built by hand deeper than the parser allows is an error of the evaluator, not a crash.
+    let mut e = Expr::Field("close".into());
+    for _ in 0..500 {
+        e = Expr::Unary(Unary::Abs, Box::new(e));
+    }
+    let mut fields: std::collections::HashMap<(String, String), (usize, Vec<f32>)> =
+        Default::default();
+    fields.insert(("X".into(), "close".into()), (0, vec![1.0, -2.0, 3.0]));
+    let q = qstore::expr::Query::new(vec![e]);
+    assert_eq!(q.exprs()[0].depth(), 501);
+    let err = q.evaluate(&fields, "X", 0..3).unwrap_err();
+    assert!(err.to_string().contains("501 operators deep"), "{err}");
+}

@@ -642,3 +642,40 @@ fn temp_files_of_killed_writers_are_removed_by_the_next_writer() {
     let out = qcache(&["verify", s(&to)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+#[test]
+fn deep_expressions_are_errors_on_every_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("s");
+    import(&to, &[]);
+    let sum = |n: usize| vec!["$close"; n].join("+");
+    // Too deep: a positioned error, exit 1, from the parser (query, warm, a feature set).
+    let long = sum(400);
+    let out = qcache(&["query", s(&to), "--fields", &long]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("operators deep"), "{}", text(&out));
+    let set = dir.path().join("set.json");
+    std::fs::write(
+        &set,
+        serde_json::json!({"name": "big", "features": [{"name": "S", "expr": sum(20_000)}]})
+            .to_string(),
+    )
+    .unwrap();
+    for args in [
+        vec!["query", s(&to), "--feature-set", s(&set)],
+        vec!["warm", s(&to), "--feature-set", s(&set)],
+    ] {
+        let out = qcache(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("operators deep"), "{}", text(&out));
+    }
+    // At the limit: evaluated on the worker threads, written to and read from the cache.
+    let deepest = sum(128);
+    let nested = format!("{}$close{}", "Abs(".repeat(127), ")".repeat(127));
+    for e in [&deepest, &nested] {
+        let out = qcache(&["warm", s(&to), "--fields", e, "--lock", "file"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let out = qcache(&["query", s(&to), "--fields", e, "--format", "stats"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}

@@ -194,6 +194,17 @@ impl Expr {
         }
     }
 
+    /// The height of the tree (a leaf is 1), without recursion: trees built by hand may be arbitrarily deep.
+    pub fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack = vec![(self, 1)];
+        while let Some((e, d)) = stack.pop() {
+            deepest = deepest.max(d);
+            stack.extend(e.children().map(|c| (c, d + 1)));
+        }
+        deepest
+    }
+
     /// The direct sub-expressions, in argument order.
     pub fn children(&self) -> impl Iterator<Item = &Expr> {
         let (a, b, c): (Option<&Expr>, Option<&Expr>, Option<&Expr>) = match self {

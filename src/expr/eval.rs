@@ -7,6 +7,7 @@
 //! [`Expr::ext_window`] rows before the first requested row (or at the series' first row for EMA and expanding
 //! windows) and the kernels are start-independent (see `kernels`).
 
+use super::{STACK_RED_ZONE, STACK_SEGMENT};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -91,6 +92,9 @@ pub fn evaluate<F: Fields + ?Sized>(
 pub struct Query {
     exprs: Vec<Expr>,
     plan: Plan,
+    /// The first expression deeper than the parser allows, with its depth: evaluating it is an error (every
+    /// walk of the tree recurses), and nothing walks it.
+    too_deep: Option<(usize, usize)>,
 }
 
 /// What an evaluation may share, from the canonical texts of a query's nodes.
@@ -149,6 +153,23 @@ fn window_stat(e: &Expr) -> Option<(Stat, String)> {
 
 impl Query {
     pub fn new(exprs: Vec<Expr>) -> Query {
+        let too_deep = exprs
+            .iter()
+            .map(Expr::depth)
+            .enumerate()
+            .find(|&(_, d)| d > super::parse::MAX_DEPTH);
+        if too_deep.is_some() {
+            let plan = Plan {
+                ids: HashMap::new(),
+                shared: Default::default(),
+                groups: HashMap::new(),
+            };
+            return Query {
+                exprs,
+                plan,
+                too_deep,
+            };
+        }
         /// Interns `e`; its children are walked only at its first occurrence, as only that one computes them.
         fn walk<'e>(
             e: &'e Expr,
@@ -198,7 +219,11 @@ impl Query {
             shared,
             groups,
         };
-        Query { exprs, plan }
+        Query {
+            exprs,
+            plan,
+            too_deep: None,
+        }
     }
 
     pub fn exprs(&self) -> &[Expr] {
@@ -242,6 +267,16 @@ impl Query {
         scratch: &mut Scratch,
         mut sink: impl FnMut(usize, usize, &[f64]),
     ) -> Result<()> {
+        if let Some((k, depth)) = self.too_deep {
+            return Err(crate::Error::Expr {
+                expr: format!("expression #{k}"),
+                pos: 0,
+                reason: format!(
+                    "it is {depth} operators deep; at most {} can be evaluated (split it into named features)",
+                    super::parse::MAX_DEPTH
+                ),
+            });
+        }
         let exprs = &self.exprs;
         let mut ev = Evaluator::new(fields, Some(&self.plan));
         ev.pool = std::mem::take(&mut scratch.pool);
@@ -427,6 +462,14 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
     }
 
     fn eval(&mut self, e: &Expr, inst: &str, base: usize, len: usize) -> Result<Val> {
+        // Each level of the tree costs a few frames (tens of KiB in a debug build): a deep expression on a
+        // worker thread's 2 MiB stack continues on a new segment instead of overflowing.
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
+            self.eval_node(e, inst, base, len)
+        })
+    }
+
+    fn eval_node(&mut self, e: &Expr, inst: &str, base: usize, len: usize) -> Result<Val> {
         if let Expr::Const(c) = e {
             return Ok(Val::Const(*c));
         }
@@ -500,6 +543,12 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
 
     /// The rows where the series of `e` for `instrument` exists.
     fn domain(&mut self, e: &Expr, instrument: &str) -> Result<Option<Range<usize>>> {
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
+            self.domain_of(e, instrument)
+        })
+    }
+
+    fn domain_of(&mut self, e: &Expr, instrument: &str) -> Result<Option<Range<usize>>> {
         Ok(match e {
             Expr::Field(f) => self
                 .column(instrument, f)?

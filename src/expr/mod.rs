@@ -22,6 +22,11 @@
 //! [`evaluate`] computes expressions for one instrument (see `eval` for the rules that make results
 //! independent of the rows requested); `Store::features` runs it over many instruments.
 
+/// Stack left below which a recursive step (parsing, evaluating) moves to a new segment of [`STACK_SEGMENT`]
+/// bytes (`stacker`): trees up to the parser's depth limit never overflow a small thread stack.
+const STACK_RED_ZONE: usize = 256 * 1024;
+const STACK_SEGMENT: usize = 4 * 1024 * 1024;
+
 mod ast;
 mod eval;
 mod kernels;

@@ -202,6 +202,10 @@ struct Parser<'a> {
     text: &'a str,
     toks: Vec<(Tok, usize)>,
     at: usize,
+    /// How many parentheses, calls and unary minuses enclose the current token: bounds the parser's recursion.
+    nesting: usize,
+    /// The height of the node the last parse function returned: bounds every later walk of the tree.
+    height: usize,
 }
 
 /// Binding power of a binary operator: lowest first. Comparisons are non-associative.
@@ -262,9 +266,47 @@ impl Parser<'_> {
         }
     }
 
+    /// Checks the height of a node about to be built at `pos`; sets it as the last height.
+    fn grow(&mut self, height: usize, pos: usize) -> Result<()> {
+        if height > MAX_DEPTH {
+            return Err(self.err(
+                pos,
+                format!(
+                    "the expression is more than {MAX_DEPTH} operators deep here (each term of a chain such as \
+                     a + b + c counts one); split it into named features of a feature set, or sum fewer terms"
+                ),
+            ));
+        }
+        self.height = height;
+        Ok(())
+    }
+
+    /// Enters a parenthesis, call or unary minus at `pos`.
+    fn enter(&mut self, pos: usize) -> Result<()> {
+        self.nesting += 1;
+        if self.nesting > MAX_DEPTH {
+            return Err(self.err(
+                pos,
+                format!("the expression nests more than {MAX_DEPTH} levels of parentheses and calls here"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses operators binding at least as tightly as `min`.
     fn expr(&mut self, min: u8) -> Result<(Node, usize)> {
+        // A level of nesting costs several frames (KiBs each in a debug build): grow the stack rather than
+        // rely on the caller's thread having room for [`MAX_DEPTH`] of them.
+        stacker::maybe_grow(
+            crate::expr::STACK_RED_ZONE,
+            crate::expr::STACK_SEGMENT,
+            || self.chain(min),
+        )
+    }
+
+    fn chain(&mut self, min: u8) -> Result<(Node, usize)> {
         let mut lhs = self.unary()?;
+        let mut lhs_height = self.height;
         let mut last_cmp: Option<usize> = None;
         while let Some((bp, op)) = infix(self.peek()) {
             if bp < min {
@@ -285,9 +327,12 @@ impl Parser<'_> {
             }
             self.next();
             let rhs = self.expr(bp + 1)?;
+            self.grow(1 + lhs_height.max(self.height), pos)?;
+            lhs_height = self.height;
             let at = lhs.1;
             lhs = (Node::Bin(op, Box::new(lhs), Box::new(rhs)), at);
         }
+        self.height = lhs_height;
         Ok(lhs)
     }
 
@@ -297,7 +342,10 @@ impl Parser<'_> {
         let pos = self.pos();
         if *self.peek() == Tok::Minus {
             self.next();
+            self.enter(pos)?;
             let x = self.unary()?;
+            self.nesting -= 1;
+            self.grow(self.height + 1, pos)?;
             return Ok((Node::Neg(Box::new(x)), pos));
         }
         if *self.peek() == Tok::Plus {
@@ -310,9 +358,13 @@ impl Parser<'_> {
     fn power(&mut self) -> Result<(Node, usize)> {
         let base = self.primary()?;
         if *self.peek() == Tok::Pow {
+            let (pos, base_height) = (self.pos(), self.height);
             self.next();
             // right-associative, and its right side may carry a unary minus: 2 ** -1
+            self.enter(pos)?;
             let exp = self.unary()?;
+            self.nesting -= 1;
+            self.grow(1 + base_height.max(self.height), pos)?;
             let at = base.1;
             return Ok((Node::Bin(Binary::Power, Box::new(base), Box::new(exp)), at));
         }
@@ -321,13 +373,16 @@ impl Parser<'_> {
 
     fn primary(&mut self) -> Result<(Node, usize)> {
         let (tok, pos) = self.next();
+        self.height = 1;
         let node = match tok {
             Tok::Num(v, int) => Node::Num(v, int),
             Tok::Str(s) => Node::Str(s),
             Tok::Field(f) => Node::Field(f),
             Tok::LParen => {
+                self.enter(pos)?;
                 let inner = self.expr(0)?;
                 self.expect(Tok::RParen, "')'")?;
+                self.nesting -= 1;
                 return Ok(inner);
             }
             Tok::Ident(name) => {
@@ -338,10 +393,13 @@ impl Parser<'_> {
                     ));
                 }
                 self.next();
+                self.enter(pos)?;
                 let mut args = Vec::new();
+                let mut height = 0;
                 if *self.peek() != Tok::RParen {
                     loop {
                         args.push(self.expr(0)?);
+                        height = height.max(self.height);
                         if *self.peek() == Tok::Comma {
                             self.next();
                         } else {
@@ -350,6 +408,8 @@ impl Parser<'_> {
                     }
                 }
                 self.expect(Tok::RParen, "',' or ')'")?;
+                self.nesting -= 1;
+                self.grow(height + 1, pos)?;
                 Node::Call(name, args)
             }
             other => {
@@ -366,10 +426,21 @@ impl Parser<'_> {
     }
 }
 
+/// The deepest expression tree (and the most nested text) the parser accepts, and the evaluator evaluates:
+/// every walk of a tree recurses, and this keeps the deepest one well inside a worker thread's 2 MiB stack.
+/// Alpha158's deepest factor is 7 deep.
+pub const MAX_DEPTH: usize = 128;
+
 /// Parses and validates an expression in qlib's language.
 pub fn parse(text: &str) -> Result<Expr> {
     let toks = Lexer { text, pos: 0 }.tokens()?;
-    let mut p = Parser { text, toks, at: 0 };
+    let mut p = Parser {
+        text,
+        toks,
+        at: 0,
+        nesting: 0,
+        height: 0,
+    };
     let root = p.expr(0)?;
     if *p.peek() != Tok::End {
         return Err(p.err(
@@ -446,7 +517,15 @@ impl Lower<'_> {
         }
     }
 
-    fn expr(&self, (node, pos): (Node, usize)) -> Result<Expr> {
+    fn expr(&self, node: (Node, usize)) -> Result<Expr> {
+        stacker::maybe_grow(
+            crate::expr::STACK_RED_ZONE,
+            crate::expr::STACK_SEGMENT,
+            || self.lower(node),
+        )
+    }
+
+    fn lower(&self, (node, pos): (Node, usize)) -> Result<Expr> {
         Ok(match node {
             Node::Num(v, _) => Expr::Const(v),
             Node::Str(s) => {
