@@ -47,8 +47,8 @@ pub struct Finding {
     pub instrument: String,
     /// The field, when the problem is in one.
     pub field: Option<String>,
-    /// A short stable name: `unreadable`, `past-calendar`, `start-mismatch`, `missing-field`, `nan-run`,
-    /// `price-step`, `volume-step`, `no-files`, `not-listed`.
+    /// A short stable name: `unreadable`, `past-calendar`, `start-mismatch`, `missing-field`, `non-finite`,
+    /// `nan-run`, `price-step`, `volume-step`, `no-files`, `not-listed`.
     pub kind: &'static str,
     pub detail: String,
 }
@@ -146,6 +146,22 @@ pub fn check(store: &Store, opts: &CheckOptions) -> Result<CheckReport> {
                         day(f.start()),
                         f.start(),
                         day(fr)
+                    ),
+                ));
+            }
+            // Infinities: qstore refuses them on import, but a qlib store or a hand-written file may hold them.
+            let published = f.start()..f.end().min(cal.len());
+            let infinite: Vec<usize> = published
+                .filter(|&r| f.get(r).is_some_and(f32::is_infinite))
+                .collect();
+            if let Some(&first) = infinite.first() {
+                out.push(finding(
+                    Some(field),
+                    "non-finite",
+                    format!(
+                        "{} infinite value(s), the first on {} (row {first}); re-import the rows, or overwrite them with a correction",
+                        infinite.len(),
+                        day(first)
                     ),
                 ));
             }

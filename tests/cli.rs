@@ -134,9 +134,10 @@ fn bad_input_changes_nothing() {
             &["two columns are named \"close\""],
         ),
         (
+            // The symbol fails (its rows cannot be stored), so nothing is imported: exit 4.
             Some("date,close\n2020-01-02 09:30:00,1.5\n2020-01-02 10:00:00,1.6\n"),
-            1,
-            &["has a time of day, which a day calendar cannot hold"],
+            4,
+            &["SH600000.csv: the row dated 2020-01-02 09:30:00 has a time of day"],
         ),
         (None, 1, &["/nonexistent/x"]),
     ];

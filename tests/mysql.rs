@@ -782,3 +782,41 @@ fn a_table_stored_day_by_day_imports_the_same_in_bounded_memory() {
     drop_table(&mut c, &t);
     drop_table(&mut c, &by_day);
 }
+
+#[test]
+fn null_symbols_and_missing_requested_symbols_are_reported() {
+    let mut c = conn();
+    let t = table("nullsym");
+    load_sample(&mut c, &t, false);
+    c.query_drop(format!("ALTER TABLE `{t}` MODIFY symbol VARCHAR(16) NULL"))
+        .unwrap();
+    c.query_drop(format!(
+        "INSERT INTO `{t}` (symbol, trade_date, close) VALUES (NULL, '2023-01-03', 1), (NULL, '2023-01-04', 2)"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = import_mysql(&t, &dir.path().join("a"), &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["symbols_ok"], 12, "{v}");
+    assert_eq!(v["left_out"][0]["rows"], 2, "{v}");
+    assert!(
+        v["left_out"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is NULL"),
+        "{v}"
+    );
+    let out = import_mysql(
+        &t,
+        &dir.path().join("b"),
+        &["--symbols", "600000.SH,999999.SH"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("999999.SH: not in the source"),
+        "{}",
+        text(&out)
+    );
+    drop_table(&mut c, &t);
+}

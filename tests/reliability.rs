@@ -679,3 +679,184 @@ fn deep_expressions_are_errors_on_every_path() {
         assert!(out.status.success(), "{}", text(&out));
     }
 }
+
+/// A directory with three good per-symbol files and one file of each kind of bad input.
+fn mixed_csv_dir(dir: &Path) -> PathBuf {
+    let input = dir.join("in");
+    std::fs::create_dir(&input).unwrap();
+    for sym in ["SH600000", "SZ000002", "SZ000008"] {
+        std::fs::copy(
+            Path::new(SAMPLE).join(format!("{sym}.csv")),
+            input.join(format!("{sym}.csv")),
+        )
+        .unwrap();
+    }
+    std::fs::write(input.join("EMPTY.csv"), b"").unwrap();
+    std::fs::write(input.join("BADUTF.csv"), b"date,cl\xffose\n2023-01-03,1\n").unwrap();
+    std::fs::write(
+        input.join("TIMED.csv"),
+        "date,close\n2023-01-03,1.5\n2023-01-04 09:30:00,1.6\n",
+    )
+    .unwrap();
+    std::fs::write(
+        input.join("HUGE.csv"),
+        "date,close\n2023-01-03,1.5\n2023-01-04,1e39\n",
+    )
+    .unwrap();
+    std::fs::write(input.join("INF.csv"), "date,close\n2023-01-03,inf\n").unwrap();
+    std::fs::write(
+        input.join("FUTURE.csv"),
+        "date,close\n2023-01-03,1.5\n9999-12-31,1.6\n",
+    )
+    .unwrap();
+    input
+}
+
+#[test]
+fn bad_files_in_a_csv_directory_fail_only_their_symbol() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = mixed_csv_dir(dir.path());
+    let to = dir.path().join("s");
+    let out = qdump(&["all", "--csv", s(&input), "--to", s(&to), "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["symbols_ok"], 3, "{v}");
+    let failed: Vec<(String, String)> = v["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["symbol"].as_str().unwrap().to_string(),
+                f["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let reason = |sym: &str| {
+        failed
+            .iter()
+            .find(|(s, _)| s == sym)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| panic!("{sym} is not listed: {failed:?}"))
+    };
+    assert_eq!(failed.len(), 6, "{failed:?}");
+    assert!(reason("EMPTY").contains("EMPTY.csv: line 1: no date column"));
+    assert!(reason("BADUTF").contains("BADUTF.csv: line 1"));
+    assert!(
+        reason("TIMED").contains("TIMED.csv: the row dated 2023-01-04 09:30:00 has a time of day")
+    );
+    assert!(reason("HUGE").contains("HUGE.csv: the row dated 2023-01-04 has close = inf"));
+    assert!(reason("INF").contains("not a finite float32"));
+    assert!(reason("FUTURE").contains("the row dated 9999-12-31 is after"));
+    // The calendar holds only the good symbols' days: nothing of 9999.
+    let cal = std::fs::read_to_string(to.join("calendars/day.txt")).unwrap();
+    assert!(cal.lines().last().unwrap().starts_with("2024-"), "{cal}");
+}
+
+#[test]
+fn update_reports_future_rows_old_rows_and_missing_symbols() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = store_until(dir.path(), "s", "2023-06-30");
+    // A day file with a future row for one symbol and old rows for another.
+    let day = dir.path().join("day");
+    std::fs::create_dir(&day).unwrap();
+    std::fs::write(
+        day.join("SH600000.csv"),
+        "date,close\n2023-07-03,10.5\n9999-12-31,10.6\n",
+    )
+    .unwrap();
+    std::fs::write(
+        day.join("SZ000002.csv"),
+        "date,close\n2023-06-29,20.1\n2023-06-30,20.2\n2023-07-03,20.3\n",
+    )
+    .unwrap();
+    let out = qdump(&["update", "--csv", s(&day), "--to", s(&to), "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["failed"][0]["symbol"], "SH600000", "{v}");
+    assert!(
+        v["failed"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("9999-12-31"),
+        "{v}"
+    );
+    assert_eq!(v["left_out"][0]["rows"], 2, "{v}");
+    assert!(
+        v["left_out"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--since"),
+        "{v}"
+    );
+    assert_eq!(
+        v["last_day"], "2023-07-03",
+        "the future row did not become the last day: {v}"
+    );
+    // A later update still adds days.
+    let out = qdump(&["update", "--csv", SAMPLE, "--to", s(&to)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(calendar_len(&to) > 130);
+    // A requested symbol the source lacks: exit 3, named.
+    for cmd_args in [
+        vec![
+            "all",
+            "--csv",
+            SAMPLE,
+            "--to",
+            "X",
+            "--symbols",
+            "SH600000,NOPE1",
+        ],
+        vec![
+            "update",
+            "--csv",
+            SAMPLE,
+            "--to",
+            "Y",
+            "--symbols",
+            "SH600000,NOPE1",
+        ],
+    ] {
+        let target = dir
+            .path()
+            .join(if cmd_args[0] == "all" { "n" } else { "s" });
+        let args: Vec<&str> = cmd_args
+            .iter()
+            .map(|a| {
+                if *a == "X" || *a == "Y" {
+                    s(&target)
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let out = qdump(&args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("NOPE1: not in the source"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn check_reports_infinite_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("s");
+    import(&to, &[]);
+    // A qlib-written file with an infinity in it (qstore's import refuses them).
+    let path = to.join("features/sh600000/close.day.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4 + 4 * 10..4 + 4 * 11].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let out = qdump(&["check", s(&to)]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("SH600000\tclose\tnon-finite\t1 infinite value(s), the first on 2023-01-17"),
+        "{}",
+        text(&out)
+    );
+}

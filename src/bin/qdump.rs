@@ -181,6 +181,10 @@ struct AllArgs {
     /// store holding such files is refused).
     #[arg(long, requires = "overwrite")]
     keep_unknown: bool,
+    /// Rows dated after this day fail their symbol (a date in the future would end every later update)
+    /// [default: today].
+    #[arg(long)]
+    max_date: Option<String>,
     /// Wait for another writer of the same store (qdump update, qdump all --overwrite) to finish instead of
     /// failing at once.
     #[arg(long)]
@@ -364,7 +368,7 @@ fn all(a: AllArgs) -> Result<u8> {
         qstore::lock::check(&a.to, &Default::default()).context("checking --warm's writer lock")?;
     }
     let source = open_source(&a, start, end)?;
-    let opts = import_options(&a);
+    let opts = import_options(&a)?;
     let progress = Progress::new(source.symbol_count() as u64, a.json);
     let replace = import::ReplaceOptions {
         overwrite: a.overwrite,
@@ -494,7 +498,7 @@ fn update(u: UpdateArgs) -> Result<u8> {
     };
     let end = date_arg(&a.end_date, "end-date")?;
     let source = open_source(a, start, end)?;
-    let opts = import_options(a);
+    let opts = import_options(a)?;
     let progress = Progress::new(source.symbol_count() as u64, a.json);
     let summary = import::update::update_locked(source.as_ref(), &a.to, &opts, &lock, &|rows| {
         progress.tick(rows)
@@ -562,6 +566,9 @@ fn update(u: UpdateArgs) -> Result<u8> {
         for f in &summary.failed {
             outln!("  failed {}: {}", f.symbol, f.reason)?;
         }
+        for l in &summary.left_out {
+            outln!("  {} rows left out: {}", l.rows, l.reason)?;
+        }
         report_cache("expression cache", "entries", &caches)?;
         report_cache("dataset cache", "datasets", &datasets)?;
         outln!("elapsed {:.2} s", summary.elapsed_s)?;
@@ -601,13 +608,23 @@ fn report_cache(name: &str, unit: &str, v: &serde_json::Value) -> Result<()> {
 }
 
 /// How rows become files, from the flags `all` and `update` share.
-fn import_options(a: &AllArgs) -> ImportOptions {
-    ImportOptions {
+fn import_options(a: &AllArgs) -> Result<ImportOptions> {
+    let day = match &a.max_date {
+        Some(d) => date_arg(&Some(d.clone()), "max-date")?.expect("given"),
+        None => chrono::Local::now()
+            .date_naive()
+            .and_time(chrono::NaiveTime::MIN),
+    };
+    Ok(ImportOptions {
         freq: a.freq,
         market: a.market.clone(),
         on_duplicate: a.on_duplicate,
         symbol_format: a.symbol_format,
-    }
+        // Any time on that day.
+        max_date: Some(
+            day.date().and_time(chrono::NaiveTime::MIN) + chrono::Duration::seconds(86_399),
+        ),
+    })
 }
 
 /// The source named by the flags, restricted to `start..=end`.
@@ -675,6 +692,9 @@ fn print_summary(s: &ImportSummary, to: &std::path::Path) -> Result<()> {
     }
     for f in &s.failed {
         outln!("  failed {}: {}", f.symbol, f.reason)?;
+    }
+    for l in &s.left_out {
+        outln!("  {} rows left out: {}", l.rows, l.reason)?;
     }
     if s.published {
         outln!(

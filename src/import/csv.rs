@@ -49,6 +49,9 @@ impl Default for CsvOptions {
 enum Input {
     /// One symbol's file, read when needed.
     File { path: PathBuf, raw_symbol: String },
+    /// One symbol's file whose header cannot be used (empty, not UTF-8, no date column ...), in a directory
+    /// whose other files can: that symbol fails, the rest are imported.
+    Failed(Failure),
     /// One symbol's rows from a combined file, already read (or why they could not be).
     Loaded(std::result::Result<SymbolRows, Failure>),
 }
@@ -60,6 +63,8 @@ pub struct CsvSource {
     opts: CsvOptions,
     /// Files whose dates could not be read in pass 1, reported again in pass 2.
     pass1_failures: Mutex<HashMap<usize, String>>,
+    /// Rows dated before `start` that the full pass skipped (an update's input holding older days).
+    before_start: std::sync::atomic::AtomicU64,
 }
 
 fn source_err(path: &Path, reason: String) -> Error {
@@ -77,7 +82,7 @@ fn headers(path: &Path) -> Result<Vec<String>> {
         .map_err(|e| source_err(path, e.to_string()))?;
     Ok(rdr
         .headers()
-        .map_err(|e| source_err(path, e.to_string()))?
+        .map_err(|e| source_err(path, format!("line 1: {e}")))?
         .iter()
         .map(str::to_owned)
         .collect())
@@ -122,6 +127,11 @@ impl CsvSource {
             v
         } else if path.is_file() {
             vec![path.to_path_buf()]
+        } else if path.exists() {
+            return Err(source_err(
+                path,
+                "is neither a regular file nor a directory (a device or a pipe?); give a CSV file or a directory of them".into(),
+            ));
         } else {
             return Err(Error::io(
                 "reading",
@@ -130,51 +140,33 @@ impl CsvSource {
             ));
         };
 
-        // Fields: the union of the columns of every file, in first-seen order.
+        // Fields: the union of the columns of every file, in first-seen order. A file whose header cannot be
+        // used fails its symbol when other files can be; when none can, the layout (or a flag) is wrong.
         let mut all_fields: Vec<String> = Vec::new();
         let mut combined = false;
+        let mut bad_files: HashMap<PathBuf, Error> = HashMap::new();
         for f in &files {
-            let cols = headers(f)?;
-            if !cols
-                .iter()
-                .any(|c| c.eq_ignore_ascii_case(&opts.date_column))
-            {
-                return Err(source_err(
-                    f,
-                    format!(
-                        "no date column {:?} (columns: {}); name it with --date-column",
-                        opts.date_column,
-                        cols.join(", ")
-                    ),
-                ));
-            }
+            let columns =
+                headers(f).and_then(|cols| file_fields(f, &cols, &opts).map(|n| (cols, n)));
+            let (cols, names) = match columns {
+                Ok(c) => c,
+                Err(e) => {
+                    bad_files.insert(f.clone(), e);
+                    continue;
+                }
+            };
             combined |= files.len() == 1
                 && cols
                     .iter()
                     .any(|c| c.eq_ignore_ascii_case(&opts.symbol_column));
-            let mut here = Vec::new();
-            for c in &cols {
-                if c.eq_ignore_ascii_case(&opts.date_column)
-                    || c.eq_ignore_ascii_case(&opts.symbol_column)
-                {
-                    continue;
-                }
-                let name = c.to_lowercase();
-                validate_name(NameKind::Field, &name)
-                    .map_err(|e| source_err(f, format!("column {c:?}: {e}")))?;
-                if here.contains(&name) {
-                    return Err(source_err(
-                        f,
-                        format!(
-                            "two columns are named {name:?} (field names are case-insensitive); rename one"
-                        ),
-                    ));
-                }
-                here.push(name.clone());
+            for name in names {
                 if !all_fields.contains(&name) {
                     all_fields.push(name);
                 }
             }
+        }
+        if bad_files.len() == files.len() {
+            return Err(bad_files.remove(&files[0]).expect("every file failed"));
         }
         let fields = match &opts.fields {
             None => all_fields,
@@ -203,8 +195,17 @@ impl CsvSource {
             let mut v: Vec<Input> = files
                 .into_iter()
                 .filter_map(|path| {
-                    let raw_symbol = path.file_stem()?.to_str()?.to_owned();
-                    keep(&raw_symbol).then_some(Input::File { path, raw_symbol })
+                    let raw_symbol = path.file_stem()?.to_string_lossy().into_owned();
+                    if !keep(&raw_symbol) {
+                        return None;
+                    }
+                    Some(match bad_files.remove(&path) {
+                        Some(e) => Input::Failed(Failure {
+                            symbol: raw_symbol,
+                            reason: e.to_string(),
+                        }),
+                        None => Input::File { path, raw_symbol },
+                    })
                 })
                 .collect();
             v.truncate(opts.limit.unwrap_or(usize::MAX));
@@ -215,12 +216,50 @@ impl CsvSource {
             fields,
             opts,
             pass1_failures: Mutex::new(HashMap::new()),
+            before_start: Default::default(),
         })
     }
 
     fn in_range(&self, d: Timestamp) -> bool {
         self.opts.start.is_none_or(|s| d >= s) && self.opts.end.is_none_or(|e| d <= e)
     }
+}
+
+/// The field names of a file's columns (lower-case), checked: a date column, valid and distinct names.
+fn file_fields(f: &Path, cols: &[String], opts: &CsvOptions) -> Result<Vec<String>> {
+    if !cols
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(&opts.date_column))
+    {
+        return Err(source_err(
+            f,
+            format!(
+                "line 1: no date column {:?} (columns: {}); name it with --date-column",
+                opts.date_column,
+                cols.join(", ")
+            ),
+        ));
+    }
+    let mut here = Vec::new();
+    for c in cols {
+        if c.eq_ignore_ascii_case(&opts.date_column) || c.eq_ignore_ascii_case(&opts.symbol_column)
+        {
+            continue;
+        }
+        let name = c.to_lowercase();
+        validate_name(NameKind::Field, &name)
+            .map_err(|e| source_err(f, format!("line 1: column {c:?}: {e}")))?;
+        if here.contains(&name) {
+            return Err(source_err(
+                f,
+                format!(
+                    "line 1: two columns are named {name:?} (field names are case-insensitive); rename one"
+                ),
+            ));
+        }
+        here.push(name);
+    }
+    Ok(here)
 }
 
 /// Reads a per-symbol file: its dates only (`fields` empty) or everything.
@@ -395,7 +434,7 @@ impl Source for CsvSource {
                     }
                 }
                 Input::Loaded(Ok(rows)) => rows.dates.clone(),
-                Input::Loaded(Err(_)) => Vec::new(),
+                Input::Loaded(Err(_)) | Input::Failed(_) => Vec::new(),
             })
             .collect();
         Ok(per_input.into_iter().flatten().collect())
@@ -416,17 +455,48 @@ impl Source for CsvSource {
                             reason,
                         }));
                     }
+                    let before = |d: Timestamp| {
+                        let early = self.opts.start.is_some_and(|s| d < s);
+                        if early {
+                            self.before_start
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        !early && self.in_range(d)
+                    };
                     sink(read_file(
                         path,
                         raw_symbol,
                         &self.fields,
                         &self.opts,
-                        &|d| self.in_range(d),
+                        &before,
                     ))
                 }
                 Input::Loaded(item) => sink(item.clone()),
+                Input::Failed(f) => sink(Err(f.clone())),
             });
         Ok(())
+    }
+
+    fn requested(&self) -> Option<&[String]> {
+        self.opts.symbols.as_deref()
+    }
+
+    fn left_out(&self) -> Vec<super::LeftOut> {
+        let n = self.before_start.load(std::sync::atomic::Ordering::Relaxed);
+        let start = self
+            .opts
+            .start
+            .map(|s| crate::calendar::format_timestamp(s, false));
+        (n > 0)
+            .then(|| super::LeftOut {
+                rows: n,
+                reason: format!(
+                    "dated before {} (days the store already has); pass --since DATE to read them as corrections",
+                    start.unwrap_or_default()
+                ),
+            })
+            .into_iter()
+            .collect()
     }
 }
 

@@ -73,6 +73,69 @@ pub trait Source: Sync {
         &self,
         sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
     ) -> Result<()>;
+    /// The symbols the user asked for by name (`--symbols`), as given; `None` for all. A requested symbol
+    /// the source never delivers is reported as failed.
+    fn requested(&self) -> Option<&[String]> {
+        None
+    }
+    /// Rows the source read but could not attribute or was told to leave out, with why (rows without a
+    /// symbol, rows dated before an update's first day), after [`Source::stream`]: reported, never silent.
+    fn left_out(&self) -> Vec<LeftOut> {
+        Vec::new()
+    }
+}
+
+/// Rows a source left out, and why (see [`Source::left_out`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeftOut {
+    pub rows: u64,
+    pub reason: String,
+}
+
+/// The rules every row must meet to be stored, whatever its source; the reason names the row (its origin
+/// and date) when one does not. One symbol fails; the others are imported.
+pub(crate) fn check_rows(
+    rows: &SymbolRows,
+    fields: &[String],
+    opts: &ImportOptions,
+) -> std::result::Result<(), String> {
+    let at = |k: usize| crate::calendar::format_timestamp(rows.dates[k], opts.freq.date_only());
+    if opts.freq.date_only()
+        && let Some(k) = rows
+            .dates
+            .iter()
+            .position(|d| d.time() != chrono::NaiveTime::MIN)
+    {
+        return Err(format!(
+            "{}: the row dated {} has a time of day, which a {} calendar cannot hold; import it with a minute frequency (--freq 1min) or drop the time",
+            rows.origin,
+            crate::calendar::format_timestamp(rows.dates[k], false),
+            opts.freq
+        ));
+    }
+    if let Some(max) = opts.max_date
+        && let Some(k) = rows.dates.iter().position(|&d| d > max)
+    {
+        return Err(format!(
+            "{}: the row dated {} is after {} (--max-date; default today): a date in the future would end every later update; fix the row, or pass --max-date",
+            rows.origin,
+            at(k),
+            crate::calendar::format_timestamp(max, true)
+        ));
+    }
+    for (col, name) in rows.columns.iter().zip(fields) {
+        if let Some(col) = col
+            && let Some(k) = col.iter().position(|v| v.is_infinite())
+        {
+            return Err(format!(
+                "{}: the row dated {} has {name} = {}, which is not a finite float32 (|x| > 3.4e38, or inf); fix the cell, or leave it empty for a missing value",
+                rows.origin,
+                at(k),
+                col[k]
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What to do with two rows of one symbol on the same date.
@@ -146,6 +209,9 @@ pub struct ImportOptions {
     pub market: String,
     pub on_duplicate: OnDuplicate,
     pub symbol_format: SymbolFormat,
+    /// Rows dated after this fail their symbol (`None`: no limit). The command line's default is the end of
+    /// today: a future date would be the store's last day, and every later update would skip the days before it.
+    pub max_date: Option<Timestamp>,
 }
 
 impl Default for ImportOptions {
@@ -155,6 +221,7 @@ impl Default for ImportOptions {
             market: "all".into(),
             on_duplicate: OnDuplicate::Error,
             symbol_format: SymbolFormat::Qlib,
+            max_date: None,
         }
     }
 }
@@ -175,7 +242,35 @@ pub struct ImportSummary {
     pub store_bytes: u64,
     /// Symbols whose files were written again because days they lacked turned up after them.
     pub placed_again: usize,
+    /// Rows the source read but left out, and why.
+    pub left_out: Vec<LeftOut>,
     pub elapsed_s: f64,
+}
+
+/// The symbols `--symbols` named that the source never delivered (neither imported nor failed), as failures.
+pub(crate) fn missing_requested(
+    source: &dyn Source,
+    delivered: &[&str],
+    failed: &[Failure],
+) -> Vec<Failure> {
+    let Some(requested) = source.requested() else {
+        return Vec::new();
+    };
+    let seen: std::collections::HashSet<String> = delivered
+        .iter()
+        .copied()
+        .chain(failed.iter().map(|f| f.symbol.as_str()))
+        .map(qlib_symbol)
+        .collect();
+    requested
+        .iter()
+        .filter(|r| !seen.contains(&qlib_symbol(r)))
+        .map(|r| Failure {
+            symbol: r.clone(),
+            reason: "not in the source (no file, or no rows with this symbol); check the spelling in --symbols"
+                .into(),
+        })
+        .collect()
 }
 
 /// One imported symbol.
@@ -222,6 +317,7 @@ impl SymbolWriter<'_> {
                 "no rows (none in the input, or none between --start-date and --end-date)".into(),
             ));
         }
+        check_rows(&rows, self.fields, self.opts).map_err(fail)?;
         if let Some(prev) = self
             .seen
             .lock()
@@ -378,6 +474,8 @@ pub fn import(
         })?;
         let mut ok = ok.into_inner();
         let mut failed = failed.into_inner();
+        let delivered: Vec<&str> = ok.iter().map(|w| w.symbol.as_str()).collect();
+        failed.extend(missing_requested(source, &delivered, &failed));
         failed.sort_by(|a, b| a.symbol.cmp(&b.symbol));
         let mut placed_again = 0;
         let calendar = match known {
@@ -411,6 +509,7 @@ pub fn import(
             calendar_last: fmt(calendar.last()),
             store_bytes: 0,
             placed_again,
+            left_out: source.left_out(),
             elapsed_s: 0.0,
         };
         if ok.is_empty() {

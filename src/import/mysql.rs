@@ -180,6 +180,10 @@ pub struct MysqlSource {
     /// (table, column) of a trading-day table, when the calendar comes from one.
     calendar: Option<(String, String)>,
     hold_bytes: usize,
+    /// `--symbols` as given.
+    requested: Option<Vec<String>>,
+    /// Rows of a whole-table scan whose symbol is NULL (counted by the per-symbol count query).
+    null_symbol_rows: std::sync::atomic::AtomicU64,
 }
 
 impl MysqlSource {
@@ -335,6 +339,8 @@ impl MysqlSource {
             connections: o.connections.max(1),
             calendar,
             hold_bytes: o.hold_bytes,
+            requested: o.symbols.clone(),
+            null_symbol_rows: Default::default(),
         };
         src.symbols = match o.symbols {
             Some(list) => list
@@ -526,9 +532,8 @@ impl MysqlSource {
         }
         snapshot(&mut count)?;
         let (cond, params) = self.date_filter(&self.date_column);
-        let count_sql = format!(
-            "SELECT `{s}`, COUNT(*) FROM `{t}` WHERE `{s}` IS NOT NULL{cond} GROUP BY `{s}`"
-        );
+        // NULL symbols are counted too (their group), to report them: they cannot be imported.
+        let count_sql = format!("SELECT `{s}`, COUNT(*) FROM `{t}` WHERE 1=1{cond} GROUP BY `{s}`");
         let id = self.row_id_column();
         let select = format!(
             "SELECT `{s}`, `{d}`{id}, {fields} FROM `{t}` WHERE `{s}` IS NOT NULL{cond}",
@@ -574,10 +579,18 @@ impl MysqlSource {
                 let counts: Result<HashMap<Vec<u8>, u64>> = count
                     .exec_iter(count_sql, params)
                     .and_then(|rows| {
-                        rows.map(|row| {
-                            mysql::from_row_opt::<(Vec<u8>, u64)>(row?).map_err(Into::into)
-                        })
-                        .collect()
+                        let mut out = HashMap::new();
+                        for row in rows {
+                            match mysql::from_row_opt::<(Option<Vec<u8>>, u64)>(row?)? {
+                                (Some(sym), n) => {
+                                    out.insert(sym, n);
+                                }
+                                (None, n) => self
+                                    .null_symbol_rows
+                                    .store(n, std::sync::atomic::Ordering::Relaxed),
+                            }
+                        }
+                        Ok(out)
                     })
                     .map_err(err);
                 let _ = counts_tx.send(counts);
@@ -866,5 +879,25 @@ impl Source for MysqlSource {
                 .collect::<Result<Vec<()>>>()
         })?;
         Ok(())
+    }
+
+    fn requested(&self) -> Option<&[String]> {
+        self.requested.as_deref()
+    }
+
+    fn left_out(&self) -> Vec<super::LeftOut> {
+        let n = self
+            .null_symbol_rows
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (n > 0)
+            .then(|| super::LeftOut {
+                rows: n,
+                reason: format!(
+                    "`{}`.`{}` is NULL, so they belong to no symbol; fill the column or delete the rows",
+                    self.table, self.symbol_column
+                ),
+            })
+            .into_iter()
+            .collect()
     }
 }

@@ -80,6 +80,8 @@ pub struct UpdateSummary {
     pub failed: Vec<Failure>,
     /// Whether leftovers of a killed earlier run were cleaned up first.
     pub recovered: bool,
+    /// Rows the source read but left out, and why (older days without --since, rows without a symbol).
+    pub left_out: Vec<super::LeftOut>,
     pub elapsed_s: f64,
 }
 
@@ -287,8 +289,13 @@ fn apply(
     let failed: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
     let fields = source.fields();
     let write_error: Mutex<Option<Error>> = Mutex::new(None);
+    let delivered: Mutex<Vec<String>> = Mutex::new(Vec::new());
     source.stream(&|item| {
         let n = item.as_ref().map_or(0, |r| r.dates.len() as u64);
+        delivered.lock().push(match &item {
+            Ok(r) => r.raw_symbol.clone(),
+            Err(f) => f.symbol.clone(),
+        });
         let planned = item.and_then(|rows| {
             plan_symbol(
                 store,
@@ -324,7 +331,16 @@ fn apply(
     }
     let plans = plans.into_inner();
     let mut failed = failed.into_inner();
+    // A requested symbol the store already has is not missing: it may simply have no new rows.
+    let delivered: Vec<String> = delivered
+        .into_inner()
+        .into_iter()
+        .chain(instruments.symbols().map(String::from))
+        .collect();
+    let delivered: Vec<&str> = delivered.iter().map(String::as_str).collect();
+    failed.extend(super::missing_requested(source, &delivered, &failed));
     failed.sort_by(|a, b| a.symbol.cmp(&b.symbol));
+    summary.left_out = source.left_out();
     summary.failed = failed;
 
     // Spans: extend the last span of each symbol that got rows, or add a new one.
@@ -420,6 +436,7 @@ fn plan_symbol(
             "{raw} maps to {symbol}, which {prev:?} already produced; use --symbol-format raw to keep both"
         )));
     }
+    super::check_rows(&rows, fields, opts).map_err(fail)?;
     dedup(&mut rows, opts.on_duplicate).map_err(fail)?;
     let old_len = calendar.len();
     let pub_end = published_end(calendar, instruments, &symbol);
