@@ -120,7 +120,7 @@ impl Calendar {
 
     /// Reads `path`.
     pub fn load(path: &Path, freq: Freq) -> Result<Calendar> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        let text = crate::fsio::read_text(path)?;
         Calendar::parse(&text, path, freq)
     }
 

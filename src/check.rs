@@ -119,7 +119,7 @@ pub fn check(store: &Store, opts: &CheckOptions) -> Result<CheckReport> {
                 Ok(Some(f)) => f,
                 Ok(None) => continue,
                 Err(e) => {
-                    out.push(finding(Some(field), "unreadable", e.to_string()));
+                    out.push(finding(Some(field), "unreadable", e.detail()));
                     continue;
                 }
             };

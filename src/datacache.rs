@@ -1347,7 +1347,7 @@ mod imp {
 
     /// Reads everything (every chunk's checksum is checked) and cross-checks files and meta.
     pub fn check(data: &Path, index: &Path, m: &DatasetMeta) -> std::result::Result<(), String> {
-        let (start, end) = read_index(index).map_err(|e| e.to_string())?;
+        let (start, end) = read_index(index).map_err(|e| e.detail())?;
         if start.len() != m.calendar_len || end.len() != m.calendar_len {
             return Err(format!(
                 "index has {} entries for a calendar of {}",

@@ -80,8 +80,9 @@ impl std::fmt::Display for NameKind {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An operating-system I/O error on a named file.
-    #[error("{op} {}: {source}", path.display())]
+    /// An operating-system I/O error on a named file. The OS's text is the source (printed after this by
+    /// an error chain, `{:#}` with anyhow), not repeated here.
+    #[error("{op} {}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
@@ -227,6 +228,19 @@ fn list_some(files: &[PathBuf]) -> String {
 }
 
 impl Error {
+    /// The message with every cause after it (`reading x.bin: No space left on device`), for text that is
+    /// stored or listed rather than printed as a chain (a failed symbol's reason, a `check` finding).
+    pub fn detail(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
+    }
+
     /// Wraps an I/O error with the operation and file it concerns.
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -846,7 +846,7 @@ impl DiskExpressionCache {
                         bin.display(),
                         meta_path.display()
                     )),
-                    Err(e) => problems.push(format!("{}: {e}", bin.display())),
+                    Err(e) => problems.push(format!("{}: {}", bin.display(), e.detail())),
                 }
             }
             for (k, g, p) in bins {

@@ -263,6 +263,30 @@ fn parent(path: &Path) -> &Path {
     }
 }
 
+/// The text of a file that must be UTF-8 (calendars, instruments), naming the line and byte where it is not.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        let col = at
+            - bytes[..at]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1);
+        Error::Input {
+            path: path.to_path_buf(),
+            line,
+            reason: format!(
+                "byte {} of the line ({:#04x}) is not UTF-8 text; fix or remove that line",
+                col + 1,
+                bytes[at]
+            ),
+        }
+    })
+}
+
 /// The names of the entries of `dir` that end in `suffix`, with the suffix cut, sorted; none when `dir` does
 /// not exist.
 pub fn list_names(dir: &Path, suffix: &str) -> Result<Vec<String>> {

@@ -61,7 +61,7 @@ impl Instruments {
 
     /// Reads `path`.
     pub fn load(path: &Path) -> Result<Instruments> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        let text = crate::fsio::read_text(path)?;
         Instruments::parse(&text, path)
     }
 

@@ -860,3 +860,64 @@ fn check_reports_infinite_values() {
         text(&out)
     );
 }
+
+#[test]
+fn messages_are_precise() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("s");
+    import(&to, &[]);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["query", s(&to), "--fields", "Mean($close, 4294967296)"],
+            "the window of Mean is 4294967296 rows, more than the 4294967295",
+        ),
+        (
+            vec!["query", s(&to), "--fields", "Ref($close, 4294967296)"],
+            "the offset of Ref is 4294967296 rows",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = qcache(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(text(&out).contains(want), "{args:?}: {}", text(&out));
+    }
+    // A device is not "no such file"; an I/O error says its cause once.
+    let out = qdump(&[
+        "all",
+        "--csv",
+        "/dev/zero",
+        "--to",
+        s(&dir.path().join("z")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("neither a regular file nor a directory"),
+        "{}",
+        text(&out)
+    );
+    let out = qdump(&[
+        "all",
+        "--csv",
+        "/nonexistent/x",
+        "--to",
+        s(&dir.path().join("z")),
+    ]);
+    assert_eq!(
+        text(&out).matches("no such file or directory").count(),
+        1,
+        "{}",
+        text(&out)
+    );
+    // A calendar with bytes that are not UTF-8 names its line.
+    let cal = to.join("calendars/day.txt");
+    let mut bytes = std::fs::read(&cal).unwrap();
+    bytes[11] = 0xff;
+    std::fs::write(&cal, bytes).unwrap();
+    let out = qdump(&["show", s(&to)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("calendars/day.txt:2: byte 1 of the line (0xff) is not UTF-8"),
+        "{}",
+        text(&out)
+    );
+}

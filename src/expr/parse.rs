@@ -577,6 +577,13 @@ impl Lower<'_> {
         match node {
             Node::Num(v, true) if *v >= 1.0 && *v <= u32::MAX as f64 => Ok(Window::Periods(*v as u32)),
             Node::Num(v, true) if *v == 0.0 => Ok(Window::Expanding),
+            Node::Num(v, true) => Err(self.err(
+                *pos,
+                format!(
+                    "the window of {name} is {v} rows, more than the {} a window may have; use 0 for every row so far",
+                    u32::MAX
+                ),
+            )),
             Node::Num(v, false) if *v > 0.0 && *v < 1.0 => Ok(Window::Ewm(*v)),
             Node::Num(v, false) => Err(self.err(
                 *pos,
@@ -651,6 +658,15 @@ impl Lower<'_> {
                             unreachable!("matched above")
                         };
                         -(v as i32)
+                    }
+                    Node::Num(v, true) => {
+                        return Err(self.err(
+                            args[1].1,
+                            format!(
+                                "the offset of Ref is {v} rows, more than the {} it may have",
+                                i32::MAX
+                            ),
+                        ));
                     }
                     _ => {
                         return Err(self.err(

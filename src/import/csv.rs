@@ -202,7 +202,7 @@ impl CsvSource {
                     Some(match bad_files.remove(&path) {
                         Some(e) => Input::Failed(Failure {
                             symbol: raw_symbol,
-                            reason: e.to_string(),
+                            reason: e.detail(),
                         }),
                         None => Input::File { path, raw_symbol },
                     })

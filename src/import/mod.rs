@@ -311,7 +311,7 @@ impl SymbolWriter<'_> {
             reason,
         };
         let symbol = self.opts.symbol_format.apply(&rows.raw_symbol);
-        validate_name(NameKind::Instrument, &symbol).map_err(|e| fail(e.to_string()))?;
+        validate_name(NameKind::Instrument, &symbol).map_err(|e| fail(e.detail()))?;
         if rows.dates.is_empty() {
             return Err(fail(
                 "no rows (none in the input, or none between --start-date and --end-date)".into(),
@@ -364,7 +364,7 @@ impl SymbolWriter<'_> {
         let len = index[index.len() - 1] - first + 1;
         self.store
             .bulk_create_instrument(&symbol)
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(e.detail()))?;
         let mut bytes = 0;
         for &(f, col) in &present {
             let mut values = vec![f32::NAN; len];
@@ -374,7 +374,7 @@ impl SymbolWriter<'_> {
             bytes += self
                 .store
                 .bulk_put_feature(&symbol, &self.fields[f], self.opts.freq, first, &values)
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(e.detail()))?;
         }
         Ok(Written {
             span: Span {

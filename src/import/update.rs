@@ -427,7 +427,7 @@ fn plan_symbol(
         reason,
     };
     let symbol = opts.symbol_format.apply(&rows.raw_symbol);
-    validate_name(NameKind::Instrument, &symbol).map_err(|e| fail(e.to_string()))?;
+    validate_name(NameKind::Instrument, &symbol).map_err(|e| fail(e.detail()))?;
     if rows.dates.is_empty() {
         return Ok(None);
     }
@@ -486,8 +486,8 @@ fn plan_symbol(
             let Some(col) = col else { continue };
             let path = store
                 .feature_path(&symbol, &fields[f], opts.freq)
-                .map_err(|e| fail(e.to_string()))?;
-            let stored = writer::stored_range(&path).map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(e.detail()))?;
+            let stored = writer::stored_range(&path).map_err(|e| fail(e.detail()))?;
             // Write from the published end of this file (a field may end before the symbol's span).
             let at = match (stored, pub_end) {
                 (Some((start, len)), Some(end)) if start < end => (start + len).min(end),
@@ -511,9 +511,9 @@ fn plan_symbol(
             let Some(col) = col else { continue };
             let path = store
                 .feature_path(&symbol, &fields[f], opts.freq)
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(e.detail()))?;
             let Some((start, mut values)) =
-                writer::read_all(&path).map_err(|e| fail(e.to_string()))?
+                writer::read_all(&path).map_err(|e| fail(e.detail()))?
             else {
                 return Err(fail(format!(
                     "rows for stored days ({}) but no {} file to correct; rebuild with qdump all",
