@@ -431,10 +431,12 @@ impl DiskDatasetCache {
             && is_current(m, req, &now)
         {
             let (d, i) = self.files(&req.key, m.generation);
-            if d.exists() && i.exists() {
+            if i.exists() && imp::holds(&d, m) {
                 return Ok((m.clone(), Outcome::DoneByOther));
             }
         }
+        // A published generation whose file does not hold what its meta says is no base to append to.
+        let old = old.filter(|m| imp::holds(&self.files(&req.key, m.generation).0, m));
         let right = req
             .parsed
             .iter()
@@ -1192,6 +1194,19 @@ mod imp {
         fsio::publish_file(&tmp, path)
     }
 
+    /// Whether the data file holds the rows and fields its meta publishes (a look at the shape only): a meta
+    /// that claims more is damaged, so the dataset is rebuilt rather than served or called current.
+    pub fn holds(data: &Path, m: &DatasetMeta) -> bool {
+        // The file stays open while its dataset is used: closing it (degree Strong) closes the dataset too.
+        let Ok(f) = options().open(data) else {
+            return false;
+        };
+        f.dataset("values").is_ok_and(|v| {
+            let shape = v.shape();
+            shape.len() == 2 && shape[0] >= m.rows && shape[1] == m.fields.len()
+        })
+    }
+
     pub fn read_index(path: &Path) -> Result<(Vec<u64>, Vec<u64>)> {
         let r = |e| h5("reading HDF5", path, e);
         let f = options().open(path).map_err(r)?;
@@ -1226,6 +1241,16 @@ mod imp {
                 .map_err(|e| r(index, e))?[0];
             (s as usize, (e as usize).min(meta.rows))
         };
+        if !holds(data, meta) {
+            return Err(Error::Config {
+                source_name: data.display().to_string(),
+                reason: format!(
+                    "the meta publishes {} rows x {} fields, more than the file holds; the dataset is rebuilt",
+                    meta.rows,
+                    meta.fields.len()
+                ),
+            });
+        }
         let f = options().open(data).map_err(|e| r(data, e))?;
         let ncol = meta.fields.len();
         let (inst, rows): (Vec<u32>, Vec<u32>) = if a < b {
@@ -1474,6 +1499,10 @@ mod imp {
 
     pub fn write_index(_: &Path, _: &[u64], _: &[u64]) -> Result<()> {
         Err(unavailable())
+    }
+
+    pub fn holds(_: &Path, _: &DatasetMeta) -> bool {
+        false
     }
 
     pub fn read_index(_: &Path) -> Result<(Vec<u64>, Vec<u64>)> {

@@ -111,6 +111,17 @@ pub struct SourceFingerprint {
     pub hash: String,
 }
 
+/// How many entries are current, and why the others are not (see [`DiskExpressionCache::stale`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Staleness {
+    pub current: usize,
+    /// Built before days were appended.
+    pub behind: usize,
+    /// Built from values that have since been corrected.
+    pub corrected: usize,
+    pub unreadable: usize,
+}
+
 /// The `.meta` of an entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -736,18 +747,61 @@ impl DiskExpressionCache {
 
     /// How many entries were computed against a calendar other than the store's now (they need `update_all`).
     pub fn behind(&self, store: &Store) -> Result<usize> {
-        let mut n = 0;
+        let s = self.stale(store)?;
+        Ok(s.behind + s.corrected)
+    }
+
+    /// Entries that a read would not use, by why: the one definition of "stale" (the read path's). An entry
+    /// is behind when the calendar has grown since it was built, corrected when the values it was built from
+    /// have changed since (a `--since` correction); an unreadable meta is counted apart. Source fingerprints
+    /// are computed once per (instrument, field).
+    pub fn stale(&self, store: &Store) -> Result<Staleness> {
+        let mut out = Staleness::default();
+        let mut calendars: HashMap<String, Option<usize>> = HashMap::new();
+        let mut sources: HashMap<(String, String, String), SourceFingerprint> = HashMap::new();
         for (_, m) in self.entries()? {
-            if let Some(m) = m
-                && let Ok(freq) = m.freq.parse::<Freq>()
-                && store
-                    .calendar(freq)
-                    .map_or(true, |c| c.len() != m.calendar_len)
-            {
-                n += 1;
+            let Some(m) = m else {
+                out.unreadable += 1;
+                continue;
+            };
+            let Ok(freq) = m.freq.parse::<Freq>() else {
+                out.unreadable += 1;
+                continue;
+            };
+            let cal_len = *calendars
+                .entry(m.freq.clone())
+                .or_insert_with(|| store.calendar(freq).ok().map(|c| c.len()));
+            if cal_len != Some(m.calendar_len) {
+                out.behind += 1;
+                continue;
+            }
+            let fields = StoreFields { store, freq };
+            let mut corrected = false;
+            for s in &m.sources {
+                let k = (s.instrument.clone(), s.field.clone(), m.freq.clone());
+                let now = match sources.get(&k) {
+                    Some(f) => f.clone(),
+                    None => {
+                        let e = Expr::Field(s.field.clone());
+                        let f = Self::fingerprints(&fields, &e, &s.instrument, m.calendar_len)?
+                            .pop()
+                            .expect("one field, one fingerprint");
+                        sources.insert(k, f.clone());
+                        f
+                    }
+                };
+                if now != *s {
+                    corrected = true;
+                    break;
+                }
+            }
+            if corrected {
+                out.corrected += 1;
+            } else {
+                out.current += 1;
             }
         }
-        Ok(n)
+        Ok(out)
     }
 
     /// Every entry's meta path and parsed meta (`None` when unreadable).

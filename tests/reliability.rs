@@ -921,3 +921,97 @@ fn messages_are_precise() {
         text(&out)
     );
 }
+
+#[test]
+fn info_counts_corrected_sources_as_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("s");
+    import(&to, &[]);
+    let out = qcache(&[
+        "warm",
+        s(&to),
+        "--fields",
+        "Mean($close, 5)",
+        "$open",
+        "--lock",
+        "file",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let info = || -> serde_json::Value {
+        let out = qcache(&["info", s(&to), "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(info()["stale_entries"], 0);
+    // Correct one day of SH600000's close (an update with --since): its Mean entry no longer matches.
+    let fix = dir.path().join("fix");
+    std::fs::create_dir(&fix).unwrap();
+    std::fs::write(fix.join("SH600000.csv"), "date,close\n2023-03-01,99.5\n").unwrap();
+    let out = qdump(&[
+        "update",
+        "--csv",
+        s(&fix),
+        "--to",
+        s(&to),
+        "--since",
+        "2023-03-01",
+        "--fields",
+        "close",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 corrections"), "{}", text(&out));
+    let v = info();
+    assert_eq!(v["stale_entries"], 1, "{v}");
+    assert_eq!(v["stale_by_reason"]["corrected"], 1, "{v}");
+    let out = qcache(&["update", s(&to)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(info()["stale_entries"], 0);
+}
+
+#[cfg(feature = "hdf5")]
+#[test]
+fn a_dataset_meta_that_claims_more_rows_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("s");
+    import(&to, &[]);
+    let warm = [
+        "warm",
+        s(&to),
+        "--dataset",
+        "--fields",
+        "Mean($close, 5)",
+        "--lock",
+        "file",
+    ];
+    let query = [
+        "query",
+        s(&to),
+        "--fields",
+        "Mean($close, 5)",
+        "--disk-cache",
+        "1",
+    ];
+    let out = qcache(&warm);
+    assert!(out.status.success(), "{}", text(&out));
+    let expected = qcache(&["query", s(&to), "--fields", "Mean($close, 5)"]).stdout;
+    let bump = || {
+        let meta = std::fs::read_dir(to.join("dataset_cache"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "meta"))
+            .unwrap();
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+        m["rows"] = serde_json::Value::from(m["rows"].as_u64().unwrap() + 100);
+        std::fs::write(&meta, m.to_string()).unwrap();
+    };
+    // A query repairs it and serves the right values; so does `qcache update`.
+    bump();
+    let out = qcache(&query);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.stdout, expected);
+    assert_eq!(qcache(&["verify", s(&to)]).status.code(), Some(0));
+    bump();
+    let out = qcache(&["update", s(&to)]);
+    assert!(text(&out).contains("Built: 1"), "{}", text(&out));
+    assert_eq!(qcache(&["verify", s(&to)]).status.code(), Some(0));
+}

@@ -378,28 +378,14 @@ fn run(cli: Cli) -> Result<u8> {
             let entries = cache.entries()?;
             let mut instruments = std::collections::BTreeSet::new();
             let mut exprs = std::collections::BTreeSet::new();
-            let (mut stale, mut unreadable) = (0, 0);
-            let mut calendars: BTreeMap<String, usize> = BTreeMap::new();
-            for (_, m) in &entries {
-                let Some(m) = m else {
-                    unreadable += 1;
-                    continue;
-                };
+            for m in entries.iter().filter_map(|(_, m)| m.as_ref()) {
                 instruments.insert(m.instrument.clone());
                 exprs.insert(m.expr.clone());
-                let len = match calendars.get(&m.freq) {
-                    Some(l) => *l,
-                    None => {
-                        let f: Freq = m.freq.parse()?;
-                        let l = store.calendar(f).map(|c| c.len()).unwrap_or(0);
-                        calendars.insert(m.freq.clone(), l);
-                        l
-                    }
-                };
-                if m.calendar_len != len {
-                    stale += 1;
-                }
             }
+            // Stale as a read sees it: behind the calendar, or built from values corrected since.
+            let staleness = cache.stale(&store)?;
+            let (stale, unreadable) =
+                (staleness.behind + staleness.corrected, staleness.unreadable);
             let size = qstore::fsio::dir_size(cache.dir());
             // When the oldest and newest entries were published (their metas' modification times).
             let times: Vec<std::time::SystemTime> = entries
@@ -421,6 +407,7 @@ fn run(cli: Cli) -> Result<u8> {
                 "expressions": exprs.len(),
                 "size_mb": size as f64 / 1e6,
                 "stale_entries": stale,
+                "stale_by_reason": {"behind": staleness.behind, "corrected": staleness.corrected},
                 "unreadable_entries": unreadable,
                 "lock": cache.lock_backend().describe(),
                 "lease_s": cache_lease,
