@@ -401,21 +401,30 @@ impl Lock for FileLock {
         let mut text = String::new();
         file.read_to_string(&mut text)
             .map_err(|e| Error::io("reading", &path, e))?;
+        // A token that does not parse (a damaged file) counts as 0.
         let token = text
             .split_whitespace()
             .next()
             .and_then(|t| t.parse::<u64>().ok())
             .unwrap_or(0)
-            + 1;
+            .checked_add(1)
+            .ok_or_else(|| Error::Config {
+                source_name: format!("lock {}", path.display()),
+                reason:
+                    "its fencing token is at its maximum; delete the lock file while no writer runs"
+                        .into(),
+            })?;
         let line = format!(
             "{token} {}:{}:{token}:{}\n",
             this_host(),
             std::process::id(),
             now_ms()
         );
+        // Synced before the token is used: after a crash the next holder must never see an older token.
         file.set_len(0)
             .and_then(|()| file.seek(SeekFrom::Start(0)))
             .and_then(|_| file.write_all(line.as_bytes()))
+            .and_then(|()| file.sync_data())
             .map_err(|e| Error::io("writing", &path, e))?;
         Ok(Some(Box::new(FileGuard { _file: file, token })))
     }
@@ -594,3 +603,32 @@ fn backend(root: &Path, settings: &LockSettings, read_only: bool) -> Result<Back
 /// The shortest and longest lease a Redis writer lock may have, in seconds.
 const MIN_LEASE_S: f64 = 1.0;
 const MAX_LEASE_S: f64 = 86_400.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_lock_tokens_only_go_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = FileLock::new(dir.path());
+        let path = dir.path().join("e.lock");
+        for (text, want) in [
+            ("", Some(1)),
+            ("41 host:1:41:0\n", Some(42)),
+            ("garbage \u{fffd}", Some(1)),
+            ("18446744073709551614", Some(u64::MAX)),
+            ("18446744073709551615 host:1:1:1", None),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            match lock.try_acquire("e") {
+                Ok(Some(g)) => assert_eq!(Some(g.token()), want, "{text:?}"),
+                Ok(None) => panic!("{text:?}: nobody holds it"),
+                Err(e) => {
+                    assert_eq!(want, None, "{text:?}: {e}");
+                    assert!(e.to_string().contains("at its maximum"), "{e}");
+                }
+            }
+        }
+    }
+}

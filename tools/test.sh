@@ -80,3 +80,7 @@ log "doc tests"
 cargo test --workspace --doc
 log "example: quickstart"
 cargo run --quiet --example quickstart
+log "crash soak, short form (tools/chaos.sh 10; the soak is 200+)"
+tools/chaos.sh 10
+log "fuzz targets, 10 s each (tools/fuzz.sh; minutes each by hand)"
+tools/fuzz.sh 10
