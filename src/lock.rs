@@ -398,9 +398,11 @@ impl Lock for FileLock {
             }
         }
         // The fencing counter: `<token> <host>:<pid>` in the lock file, rewritten by each holder.
-        let mut text = String::new();
-        file.read_to_string(&mut text)
+        // Bytes, not text: a damaged file (not UTF-8) must not block every writer of the entry.
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
             .map_err(|e| Error::io("reading", &path, e))?;
+        let text = String::from_utf8_lossy(&bytes);
         // A token that does not parse (a damaged file) counts as 0.
         let token = text
             .split_whitespace()
@@ -614,11 +616,13 @@ mod tests {
         let lock = FileLock::new(dir.path());
         let path = dir.path().join("e.lock");
         for (text, want) in [
-            ("", Some(1)),
-            ("41 host:1:41:0\n", Some(42)),
-            ("garbage \u{fffd}", Some(1)),
-            ("18446744073709551614", Some(u64::MAX)),
-            ("18446744073709551615 host:1:1:1", None),
+            (&b""[..], Some(1)),
+            (b"41 host:1:41:0\n", Some(42)),
+            (b"garbage", Some(1)),
+            // Not UTF-8 (a damaged file): the lock still works.
+            (b"\xff\xfe garbage", Some(1)),
+            (b"18446744073709551614", Some(u64::MAX)),
+            (b"18446744073709551615 host:1:1:1", None),
         ] {
             std::fs::write(&path, text).unwrap();
             match lock.try_acquire("e") {

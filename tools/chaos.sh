@@ -21,11 +21,13 @@ cd "$(dirname "$0")/.."
 iterations=${1:-200}
 cargo build --quiet --bins
 cargo build --quiet -p qgen
-bin=target/debug
-qdump=$bin/qdump
-qcache=$bin/qcache
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/qstore-chaos.XXXXXX")
+# Copies of the binaries: a rebuild while the soak runs must not change (or remove) them under it.
+mkdir "$work/bin"
+cp target/debug/qdump target/debug/qcache target/debug/qgen "$work/bin/"
+qdump=$work/bin/qdump
+qcache=$work/bin/qcache
 reader_pid=""
 cleanup() {
   [ -n "$reader_pid" ] && kill "$reader_pid" 2>/dev/null || true
@@ -37,7 +39,7 @@ log() { printf 'chaos: %s\n' "$*" >&2; }
 
 # Data: 60 symbols x 400 days (late listings, suspensions, a delisting), larger than the fixtures so that a
 # random kill lands inside the work, not before or after it.
-target/debug/qgen csv --out "$work/data" --symbols 60 --days 400 >/dev/null
+"$work/bin/qgen" csv --out "$work/data" --symbols 60 --days 400 >/dev/null
 ref="$work/ref"
 mkdir -p "$ref"
 $qdump all --csv "$work/data" --to "$ref/whole" >/dev/null

@@ -16,9 +16,9 @@ fuzz_target!(|data: &[u8]| {
     let lock = FileLock::new(dir());
     std::fs::write(dir().join("entry.lock"), data).unwrap();
     let _ = lock.list();
-    let before = std::str::from_utf8(data)
-        .ok()
-        .and_then(|t| t.split_whitespace().next())
+    let before = String::from_utf8_lossy(data)
+        .split_whitespace()
+        .next()
         .and_then(|t| t.parse::<u64>().ok());
     match lock.try_acquire("entry") {
         Ok(Some(guard)) => {
