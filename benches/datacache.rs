@@ -92,7 +92,7 @@ fn benches(c: &mut Criterion) {
     ec.warm_all(&store, &symbols, &parsed, Freq::DAY, &|| {})
         .unwrap();
     let mut via_ec = uncached(&root);
-    via_ec.set_expression_cache(ec);
+    via_ec.set_expression_cache(ec, qstore::exprcache::Mode::Read);
     eprintln!(
         "dataset: {} rows x {} columns ({} MB); one month: {} rows",
         whole.len(),

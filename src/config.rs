@@ -55,6 +55,8 @@ pub struct ExpressionCache {
     pub lock: Option<String>,
     /// Lease of a Redis lock, seconds.
     pub lease_s: Option<f64>,
+    /// How reads use the cache: `off`, `read` (the default when the directory exists) or `write`.
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +179,14 @@ pub fn load_with(root: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<St
         return Err(bad(
             &shown,
             format!("expression_cache.lock {l:?}: use \"redis\" or \"file\""),
+        ));
+    }
+    if let Some(m) = file.expression_cache.mode.as_deref()
+        && m.parse::<crate::exprcache::Mode>().is_err()
+    {
+        return Err(bad(
+            &shown,
+            format!("expression_cache.mode {m:?}: use \"off\", \"read\" or \"write\""),
         ));
     }
     Ok(StoreOptions {

@@ -159,6 +159,68 @@ pub struct DiskExpressionCache {
     pub wait: Duration,
     /// Entries validated in this process: key -> (meta, data file).
     valid: Mutex<HashMap<u128, Entry>>,
+    counters: Counters,
+}
+
+/// How a query uses the expression cache (qstore.json `expression_cache.mode`, `qcache query --expr-cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Compute everything.
+    Off,
+    /// Use current entries (and behind ones for the rows they have); compute the rest; write nothing.
+    #[default]
+    Read,
+    /// qlib's read-through: a missing or stale entry is computed, stored under its writer lock, and used.
+    Write,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Mode> {
+        match s {
+            "off" => Ok(Mode::Off),
+            "read" => Ok(Mode::Read),
+            "write" => Ok(Mode::Write),
+            other => Err(Error::Config {
+                source_name: "the expression cache mode".into(),
+                reason: format!("{other:?} is not a mode: use off, read or write"),
+            }),
+        }
+    }
+}
+
+/// What reads found in the disk cache (this process, since the cache was opened).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DiskStats {
+    /// Columns read whole from a current entry.
+    pub hits: u64,
+    /// Columns read from an entry behind the calendar, with only the rows past it computed.
+    pub partial: u64,
+    /// Columns computed (no usable entry).
+    pub misses: u64,
+    /// Entries written by write-mode reads.
+    pub writes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: std::sync::atomic::AtomicU64,
+    partial: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+    writes: std::sync::atomic::AtomicU64,
+}
+
+/// What [`DiskExpressionCache::lookup`] found for an (expression, instrument) over some rows.
+pub(crate) enum Lookup {
+    /// Every row, from a current entry.
+    Hit(Vec<f32>),
+    /// The rows before `from` from an entry behind the calendar; rows from `from` on are to be computed.
+    Partial {
+        values: Vec<f32>,
+        from: usize,
+    },
+    Miss,
 }
 
 /// An entry whose data is written and whose meta waits to be published, with its lock.
@@ -211,7 +273,114 @@ impl DiskExpressionCache {
             lock,
             wait: Duration::from_secs(600),
             valid: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
         }
+    }
+
+    /// The read counters of this process.
+    pub fn stats(&self) -> DiskStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        DiskStats {
+            hits: self.counters.hits.load(Relaxed),
+            partial: self.counters.partial.load(Relaxed),
+            misses: self.counters.misses.load(Relaxed),
+            writes: self.counters.writes.load(Relaxed),
+        }
+    }
+
+    /// Whether the cache has a directory for `instrument` (so any entry of it).
+    pub(crate) fn has_instrument(&self, instrument: &str) -> bool {
+        self.dir
+            .join(layout::code_to_fname(&instrument.to_uppercase()).to_lowercase())
+            .is_dir()
+    }
+
+    /// Counts columns computed without looking (see [`has_instrument`](Self::has_instrument)).
+    pub(crate) fn count_misses(&self, n: usize) {
+        self.counters
+            .misses
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts an entry written by a write-mode read.
+    pub(crate) fn count_write(&self) {
+        self.counters
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The values of `e` for `instrument` over `rows` as far as the cache has them: a current entry gives
+    /// all of them; an entry behind the calendar (days appended since) whose sources are unchanged over the
+    /// rows it covers gives those rows, except the last `right` ones a look-ahead expression must redo. A
+    /// corrected source, a damaged entry or none at all is a miss. No lock, no write.
+    pub(crate) fn lookup(
+        &self,
+        store: &Store,
+        canonical: &str,
+        e: &Expr,
+        instrument: &str,
+        freq: Freq,
+        rows: Range<usize>,
+    ) -> Result<Lookup> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(v) = self.read_canonical(store, canonical, e, instrument, freq, rows.clone())? {
+            self.counters.hits.fetch_add(1, Relaxed);
+            return Ok(Lookup::Hit(v));
+        }
+        let found = self.behind_entry(store, canonical, e, instrument, freq)?;
+        let Some((meta, file)) = found else {
+            self.counters.misses.fetch_add(1, Relaxed);
+            return Ok(Lookup::Miss);
+        };
+        // Rows the entry answers for: up to its calendar's end, less the look-ahead rows.
+        let valid_end = meta.calendar_len.saturating_sub(meta.right as usize);
+        let from = valid_end.clamp(rows.start, rows.end);
+        let mut values = vec![f32::NAN; rows.len()];
+        let data_end = (meta.start + meta.len).min(valid_end);
+        let (a, b) = (rows.start.max(meta.start), from.min(data_end));
+        if a < b {
+            values[a - rows.start..b - rows.start]
+                .copy_from_slice(&file.values()[a - meta.start..b - meta.start]);
+        }
+        if from == rows.start {
+            self.counters.misses.fetch_add(1, Relaxed);
+            return Ok(Lookup::Miss);
+        }
+        self.counters.partial.fetch_add(1, Relaxed);
+        Ok(Lookup::Partial { values, from })
+    }
+
+    /// An entry of `e` built over a shorter calendar whose sources have not changed over the rows it covers
+    /// (so its values there are still exact), with its data checked against its checksum.
+    fn behind_entry(
+        &self,
+        store: &Store,
+        canonical: &str,
+        e: &Expr,
+        instrument: &str,
+        freq: Freq,
+    ) -> Result<Option<(Meta, FeatureFile)>> {
+        let cal_len = store.calendar(freq)?.len();
+        let k = format!("{:032x}", key128(canonical, instrument, freq));
+        let (meta_path, dir) = self.paths(instrument, &k)?;
+        let Some(meta) = Self::read_meta(&meta_path) else {
+            return Ok(None);
+        };
+        if meta.calendar_len >= cal_len || meta.expr != canonical {
+            return Ok(None);
+        }
+        let fields = StoreFields { store, freq };
+        if Self::fingerprints(&fields, e, instrument, meta.calendar_len)? != meta.sources {
+            return Ok(None);
+        }
+        let Ok(Some(file)) = FeatureFile::open(&Self::bin_path(&dir, &k, meta.generation)) else {
+            return Ok(None);
+        };
+        let fits = meta.len == 0
+            || (file.start() == meta.start
+                && file.len() >= meta.len
+                && hex64(value_bytes(&file.values()[..meta.len])) == meta.checksum);
+        Ok(fits.then_some((meta, file)))
     }
 
     /// The expression cache of the store at `root` as its configuration names it (qstore.json

@@ -1,5 +1,6 @@
 //! `Store::features`: expressions evaluated over many instruments into a [`Frame`] (qlib's `D.features`).
 
+use crate::exprcache::{Lookup, Outcome};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -215,37 +216,16 @@ impl Store {
                         first: hull.start,
                         slot: slot.as_deref(),
                     };
-                    if let Some(disk) = &self.expr_cache {
-                        // Expressions current in the disk cache are read; the rest are evaluated here.
-                        let mut missing = Vec::new();
-                        for (c, e) in query.exprs().iter().enumerate() {
-                            let hit = match e {
-                                Expr::Field(_) => None,
-                                _ => disk.read_canonical(
-                                    self,
-                                    &canonical[c],
-                                    e,
-                                    inst,
-                                    freq,
-                                    hull.clone(),
-                                )?,
-                            };
-                            match hit {
-                                Some(col) => at.put(out, c, hull.start, &col, |v| v),
-                                None => missing.push(c),
-                            }
-                        }
-                        if !missing.is_empty() {
-                            let exprs: Vec<Expr> =
-                                missing.iter().map(|&c| query.exprs()[c].clone()).collect();
-                            let cols = expr::evaluate(&fields, inst, &exprs, hull.clone())?;
-                            for (&c, col) in missing.iter().zip(&cols) {
-                                at.put(out, c, hull.start, col, |v| v);
-                            }
-                        }
-                    } else if use_cache {
+                    if use_cache {
                         let cols =
                             self.evaluate_cached(&fields, inst, &query, &canonical, hull.clone())?;
+                        for (c, col) in cols.iter().enumerate() {
+                            at.put(out, c, hull.start, col, |v| v);
+                        }
+                    } else if self.expr_cache.is_some() {
+                        let all: Vec<usize> = (0..ncol).collect();
+                        let cols =
+                            self.columns(&fields, inst, &query, &canonical, hull.clone(), &all)?;
                         for (c, col) in cols.iter().enumerate() {
                             at.put(out, c, hull.start, col, |v| v);
                         }
@@ -362,12 +342,8 @@ impl Store {
             .collect();
         let missing: Vec<usize> = (0..out.len()).filter(|&i| out[i].is_none()).collect();
         if !missing.is_empty() {
-            let values = if missing.len() == out.len() {
-                query.evaluate(fields, instrument, rows.clone())?
-            } else {
-                let exprs: Vec<Expr> = missing.iter().map(|&i| query.exprs()[i].clone()).collect();
-                expr::evaluate(fields, instrument, &exprs, rows.clone())?
-            };
+            let values =
+                self.columns(fields, instrument, query, canonical, rows.clone(), &missing)?;
             for (&i, v) in missing.iter().zip(values) {
                 let v = Arc::new(v);
                 self.features.insert(key(&canonical[i]), v.clone());
@@ -375,6 +351,97 @@ impl Store {
             }
         }
         Ok(out.into_iter().map(|v| v.expect("filled above")).collect())
+    }
+
+    /// The values of the query's expressions `which` for `instrument` over `rows`: from the disk expression
+    /// cache when the store uses one (current entries whole, behind ones for the rows they have, and in write
+    /// mode building what is missing first), the rest evaluated, grouped by the first row to compute.
+    fn columns(
+        &self,
+        fields: &StoreFields<'_>,
+        instrument: &str,
+        query: &Query,
+        canonical: &[String],
+        rows: Range<usize>,
+        which: &[usize],
+    ) -> Result<Vec<Vec<f32>>> {
+        let evaluate_all = || {
+            if which.len() == query.exprs().len() {
+                query.evaluate(fields, instrument, rows.clone())
+            } else {
+                let exprs: Vec<Expr> = which.iter().map(|&i| query.exprs()[i].clone()).collect();
+                expr::evaluate(fields, instrument, &exprs, rows.clone())
+            }
+        };
+        let Some((disk, mode)) = &self.expr_cache else {
+            return evaluate_all();
+        };
+        if *mode == crate::exprcache::Mode::Read && !disk.has_instrument(instrument) {
+            // Nothing cached for this instrument: one look at its directory, not one per expression.
+            let computed = which
+                .iter()
+                .filter(|&&c| !matches!(query.exprs()[c], Expr::Field(_)))
+                .count();
+            disk.count_misses(computed);
+            return evaluate_all();
+        }
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); which.len()];
+        let mut compute: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (k, &c) in which.iter().enumerate() {
+            let e = &query.exprs()[c];
+            if matches!(e, Expr::Field(_)) {
+                compute.entry(rows.start).or_default().push(k);
+                continue;
+            }
+            let look = || {
+                disk.lookup(
+                    self,
+                    &canonical[c],
+                    e,
+                    instrument,
+                    fields.freq,
+                    rows.clone(),
+                )
+            };
+            let mut found = look()?;
+            if *mode == crate::exprcache::Mode::Write && !matches!(found, Lookup::Hit(_)) {
+                // qlib's read-through: build or bring the entry forward under its lock, then read it.
+                let outcome = disk.warm(self, e, instrument, fields.freq)?;
+                if matches!(outcome, Outcome::Built | Outcome::Appended) {
+                    disk.count_write();
+                }
+                found = look()?;
+            }
+            match found {
+                Lookup::Hit(col) => out[k] = col,
+                Lookup::Partial { values, from } => {
+                    out[k] = values;
+                    compute.entry(from).or_default().push(k);
+                }
+                Lookup::Miss => compute.entry(rows.start).or_default().push(k),
+            }
+        }
+        if compute.len() == 1
+            && compute
+                .get(&rows.start)
+                .is_some_and(|ks| ks.len() == which.len())
+        {
+            // Nothing came from the disk: the whole query's plan (shared sub-expressions) computes it.
+            return evaluate_all();
+        }
+        for (from, ks) in compute {
+            let exprs: Vec<Expr> = ks
+                .iter()
+                .map(|&k| query.exprs()[which[k]].clone())
+                .collect();
+            let cols = expr::evaluate(fields, instrument, &exprs, from..rows.end)?;
+            for (&k, col) in ks.iter().zip(cols) {
+                let head = &mut out[k];
+                head.resize(from - rows.start, f32::NAN);
+                head.extend_from_slice(&col);
+            }
+        }
+        Ok(out)
     }
 
     /// Fails on a field that none of `instruments` has a file for.

@@ -107,7 +107,7 @@ impl Clock for ManualClock {
 }
 
 /// Counters of a cache, for `qcache info` and benchmarks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Stats {
     pub hits: u64,
     pub misses: u64,

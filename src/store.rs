@@ -7,6 +7,7 @@
 //! `Store` drop the affected handles, writes by other processes are seen after `refresh` (or once a handle is
 //! evicted and reopened).
 
+use crate::exprcache::Mode as ExprCacheMode;
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,8 @@ pub struct CacheStats {
     pub calendar: crate::memcache::Stats,
     pub instruments: crate::memcache::Stats,
     pub features: crate::memcache::Stats,
+    /// The disk expression cache's reads, when `features()` uses one.
+    pub disk: Option<crate::exprcache::DiskStats>,
 }
 
 /// Bounds of one in-memory cache space.
@@ -108,8 +111,8 @@ pub struct Store {
     pub(crate) features: MemCache<FeatureKey, Arc<Vec<f32>>>,
     handles: Mutex<LruCache<String, Handle>>,
     map_threshold: u64,
-    /// Read by `features()` when set: computed expressions on disk.
-    pub(crate) expr_cache: Option<Arc<crate::exprcache::DiskExpressionCache>>,
+    /// Read by `features()` when set: computed expressions on disk, and how to use them.
+    pub(crate) expr_cache: Option<(Arc<crate::exprcache::DiskExpressionCache>, ExprCacheMode)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -130,6 +133,9 @@ fn handle_key(instrument: &str, field: &str, freq: Freq) -> String {
 impl Store {
     /// Opens an existing store (a directory with `calendars/`), configured by its `qstore.json` and the
     /// `QSTORE_*` environment variables (see [`crate::config`]).
+    ///
+    /// The store's expression cache is on its read path: `features()` reads its current entries (mode `read`,
+    /// the default when the cache directory exists), or also fills it (`expression_cache.mode = "write"`).
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
         let root = root.as_ref();
         let options = if root.is_dir() {
@@ -137,7 +143,35 @@ impl Store {
         } else {
             StoreOptions::default()
         };
-        Store::open_with(root, options)
+        let mode = match options.expression_cache.mode.as_deref() {
+            Some(m) => m.parse()?,
+            None => ExprCacheMode::Read,
+        };
+        let mut store = Store::open_with(root, options)?;
+        store.use_expression_cache(mode)?;
+        Ok(store)
+    }
+
+    /// Sets how `features()` uses the store's own expression cache (as configured: qstore.json, then
+    /// `QSTORE_CACHE_DIR`, `QSTORE_REDIS_URL`): `Off` never, `Read` when its directory exists, `Write` always
+    /// (taking writer locks, Redis when configured).
+    pub fn use_expression_cache(&mut self, mode: ExprCacheMode) -> Result<()> {
+        use crate::exprcache::DiskExpressionCache;
+        self.expr_cache = match mode {
+            ExprCacheMode::Off => None,
+            ExprCacheMode::Read => {
+                let dir = DiskExpressionCache::dir_for(&self.root, None)?;
+                dir.is_dir()
+                    .then(|| DiskExpressionCache::for_store(&self.root, true))
+                    .transpose()?
+                    .map(|c| (Arc::new(c), mode))
+            }
+            ExprCacheMode::Write => Some((
+                Arc::new(DiskExpressionCache::for_store(&self.root, false)?),
+                mode,
+            )),
+        };
+        Ok(())
     }
 
     /// Opens an existing store with these options (no configuration file or environment is read).
@@ -190,10 +224,19 @@ impl Store {
         self.handles.lock().clear();
     }
 
-    /// Makes `features()` read expressions from this disk cache when it holds them current (it never writes
-    /// there: `DiskExpressionCache::warm` does).
-    pub fn set_expression_cache(&mut self, cache: Arc<crate::exprcache::DiskExpressionCache>) {
-        self.expr_cache = Some(cache);
+    /// Makes `features()` use this disk cache in `mode` (`Read`: current entries, and behind ones for the
+    /// rows they have; `Write`: also stores what it computes).
+    pub fn set_expression_cache(
+        &mut self,
+        cache: Arc<crate::exprcache::DiskExpressionCache>,
+        mode: ExprCacheMode,
+    ) {
+        self.expr_cache = (mode != ExprCacheMode::Off).then_some((cache, mode));
+    }
+
+    /// The expression cache `features()` uses, if any.
+    pub fn expression_cache(&self) -> Option<&crate::exprcache::DiskExpressionCache> {
+        self.expr_cache.as_ref().map(|(c, _)| c.as_ref())
     }
 
     /// Counters of the three in-memory cache spaces.
@@ -202,6 +245,7 @@ impl Store {
             calendar: self.calendars.stats(),
             instruments: self.instruments.stats(),
             features: self.features.stats(),
+            disk: self.expression_cache().map(|c| c.stats()),
         }
     }
 

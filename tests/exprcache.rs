@@ -113,7 +113,7 @@ fn cached_reads_equal_evaluation_and_never_write() {
         .features(Universe::List(&list), &EXPRS, None, None, Freq::DAY)
         .unwrap();
     let before = common::tree(&root.join("features_cache"));
-    store.set_expression_cache(cache.clone());
+    store.set_expression_cache(cache.clone(), qstore::exprcache::Mode::Read);
     let cached = store
         .features(Universe::List(&list), &EXPRS, None, None, Freq::DAY)
         .unwrap();
@@ -641,7 +641,7 @@ fn redis_going_away_fails_writers_clearly_and_readers_keep_working() {
             .unwrap()
             .is_some()
     );
-    store.set_expression_cache(cache);
+    store.set_expression_cache(cache, qstore::exprcache::Mode::Read);
     let list = vec!["SH600000".to_string()];
     store
         .features(
@@ -696,7 +696,7 @@ fn qdump_update_reports_and_updates_caches() {
     assert_eq!(v["expression_cache"]["updated"], 4, "{v}");
     assert_eq!(v["expression_cache"]["behind"], 0, "{v}");
     let mut store = Store::open(&root).unwrap();
-    store.set_expression_cache(Arc::new(file_cache(&root)));
+    store.set_expression_cache(Arc::new(file_cache(&root)), qstore::exprcache::Mode::Read);
     let cache = file_cache(&root);
     assert!(
         cache

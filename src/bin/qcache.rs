@@ -47,6 +47,13 @@ enum Format {
 }
 
 #[derive(Copy, Clone, ValueEnum, PartialEq)]
+enum ExprCacheArg {
+    Off,
+    Read,
+    Write,
+}
+
+#[derive(Copy, Clone, ValueEnum, PartialEq)]
 enum LockKind {
     /// Redis leases (`--redis` or QSTORE_REDIS_URL): every machine that shares the store.
     Redis,
@@ -174,9 +181,18 @@ enum Command {
         /// in-memory caches' counters (hits, misses, evictions, bytes) to standard error.
         #[arg(long, default_value_t = 1)]
         repeat: usize,
-        /// Print the in-memory caches' counters to standard error at the end.
+        /// Print the caches' counters to standard error at the end: the disk expression cache's hits, partial
+        /// hits (rows computed past an entry's end), misses and writes, and the in-memory caches'.
         #[arg(long)]
         cache_stats: bool,
+        /// With --cache-stats: the counters as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// How the store's expression cache is used: off (compute everything), read (current entries, and
+        /// behind ones for the rows they have; the default when the cache exists), write (also store what is
+        /// computed, under writer locks) [default: qstore.json expression_cache.mode, else read].
+        #[arg(long, value_enum)]
+        expr_cache: Option<ExprCacheArg>,
         /// qlib's `disk_cache`: 0 compute; 1 read the dataset cache (STORE/dataset_cache, HDF5), building the
         /// dataset first when it is missing or stale; 2 rebuild it, then read.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
@@ -601,9 +617,19 @@ fn run(cli: Cli) -> Result<u8> {
             out,
             repeat,
             cache_stats,
+            json,
+            expr_cache,
             disk_cache,
         } => {
-            let store = Store::open(&store)?;
+            let mut store = Store::open(&store)?;
+            if let Some(m) = expr_cache {
+                store.use_expression_cache(match m {
+                    ExprCacheArg::Off => qstore::exprcache::Mode::Off,
+                    ExprCacheArg::Read => qstore::exprcache::Mode::Read,
+                    ExprCacheArg::Write => qstore::exprcache::Mode::Write,
+                })?;
+            }
+            let store = store;
             let date = |s: Option<String>, what: &str| -> Result<_> {
                 s.map(|s| parse_timestamp(&s).with_context(|| format!("--{what}")))
                     .transpose()
@@ -644,8 +670,22 @@ fn run(cli: Cli) -> Result<u8> {
             for _ in 1..repeat {
                 run()?;
             }
-            if cache_stats || repeat > 1 {
+            if (cache_stats || repeat > 1) && json {
                 let s = store.cache_stats();
+                let v = serde_json::json!({
+                    "expression_cache": s.disk,
+                    "memcache": {"calendar": s.calendar, "instruments": s.instruments, "features": s.features},
+                });
+                eprintln!("{v}");
+            } else if cache_stats || repeat > 1 {
+                let s = store.cache_stats();
+                match s.disk {
+                    Some(d) => eprintln!(
+                        "expression cache: {} hits, {} partial, {} misses, {} writes",
+                        d.hits, d.partial, d.misses, d.writes
+                    ),
+                    None => eprintln!("expression cache: not used"),
+                }
                 for (name, st) in [
                     ("calendar", s.calendar),
                     ("instruments", s.instruments),

@@ -1,0 +1,231 @@
+//! The expression cache on the read path: `qcache query` (so `Store::features`) reads what `qcache warm`
+//! wrote, uses behind entries for the rows they have, fills the cache in write mode, and never serves a
+//! damaged entry.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::text;
+
+const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");
+
+fn run(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .env_remove("QSTORE_FAILPOINT")
+        .env_remove("QSTORE_REDIS_URL")
+        .env_remove("QSTORE_CACHE_DIR")
+        .output()
+        .unwrap()
+}
+
+fn qdump(args: &[&str]) -> Output {
+    run(env!("CARGO_BIN_EXE_qdump"), args)
+}
+
+fn qcache(args: &[&str]) -> Output {
+    run(env!("CARGO_BIN_EXE_qcache"), args)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `qcache query STORE --feature-set technical --format csv --cache-stats --json <extra>`: the CSV and the
+/// expression cache's counters.
+fn query(store: &Path, extra: &[&str]) -> (Vec<u8>, serde_json::Value) {
+    let mut args = vec![
+        "query",
+        s(store),
+        "--feature-set",
+        "technical",
+        "--cache-stats",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = qcache(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let stats: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stderr).lines().last().unwrap()).unwrap();
+    (out.stdout, stats)
+}
+
+fn store(dir: &Path, end: Option<&str>) -> std::path::PathBuf {
+    let to = dir.join("s");
+    let mut args = vec!["all", "--csv", SAMPLE, "--to", s(&to)];
+    if let Some(e) = end {
+        args.extend(["--end-date", e]);
+    }
+    let out = qdump(&args);
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
+    to
+}
+
+#[test]
+fn a_warm_cache_is_read_and_equals_computing() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = store(dir.path(), None);
+    let (computed, stats) = query(&to, &["--expr-cache", "off"]);
+    assert!(stats["expression_cache"].is_null(), "{stats}");
+    let out = qcache(&[
+        "warm",
+        s(&to),
+        "--feature-set",
+        "technical",
+        "--lock",
+        "file",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Read is the default once the cache exists.
+    let (read, stats) = query(&to, &[]);
+    assert_eq!(
+        read, computed,
+        "values from the cache differ from computed ones"
+    );
+    let d = &stats["expression_cache"];
+    assert_eq!(d["misses"], 0, "{stats}");
+    assert_eq!(d["partial"], 0, "{stats}");
+    assert_eq!(d["writes"], 0, "{stats}");
+    // Every (instrument, expression) but bare fields came from the disk: as many hits as entries, since the
+    // set's columns are distinct (MA20 and BOLL_MID share one entry, read twice).
+    let info = qcache(&["info", s(&to), "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let hits = d["hits"].as_u64().unwrap();
+    let entries = info["entries"].as_u64().unwrap();
+    assert!(
+        hits >= entries && hits <= entries + 12,
+        "{hits} hits, {entries} entries"
+    );
+}
+
+#[test]
+fn after_an_update_behind_entries_serve_their_rows_and_the_new_ones_are_computed() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = store(dir.path(), Some("2023-09-29"));
+    let out = qcache(&[
+        "warm",
+        s(&to),
+        "--feature-set",
+        "technical",
+        "--lock",
+        "file",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = qdump(&["update", "--csv", SAMPLE, "--to", s(&to)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (computed, _) = query(&to, &["--expr-cache", "off"]);
+    let (read, stats) = query(&to, &["--expr-cache", "read"]);
+    assert_eq!(
+        read, computed,
+        "rows past the entries' end differ from computed ones"
+    );
+    let d = &stats["expression_cache"];
+    assert!(d["partial"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(d["writes"], 0, "read mode writes nothing: {stats}");
+    // Write mode brings them forward; a read then hits every entry.
+    let (written, stats) = query(&to, &["--expr-cache", "write"]);
+    assert_eq!(written, computed);
+    assert!(
+        stats["expression_cache"]["writes"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    let (again, stats) = query(&to, &["--expr-cache", "read"]);
+    assert_eq!(again, computed);
+    let d = &stats["expression_cache"];
+    assert_eq!(
+        (d["partial"].as_u64(), d["misses"].as_u64()),
+        (Some(0), Some(0)),
+        "{stats}"
+    );
+    let out = qcache(&["verify", s(&to)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn write_mode_in_four_processes_builds_each_entry_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = store(dir.path(), None);
+    std::fs::write(
+        to.join("qstore.json"),
+        r#"{ "expression_cache": { "lock": "file" } }"#,
+    )
+    .unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_qcache"))
+                .args([
+                    "query",
+                    s(&to),
+                    "--feature-set",
+                    "technical",
+                    "--expr-cache",
+                    "write",
+                    "--cache-stats",
+                    "--json",
+                ])
+                .env_remove("QSTORE_REDIS_URL")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut writes = 0;
+    let mut outputs = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let stats: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stderr).lines().last().unwrap())
+                .unwrap();
+        writes += stats["expression_cache"]["writes"].as_u64().unwrap();
+        outputs.push(out.stdout);
+    }
+    let info = qcache(&["info", s(&to), "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        writes,
+        info["entries"].as_u64().unwrap(),
+        "each entry built exactly once"
+    );
+    assert!(outputs.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn a_damaged_entry_is_a_miss_never_wrong_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = store(dir.path(), None);
+    let out = qcache(&[
+        "warm",
+        s(&to),
+        "--feature-set",
+        "technical",
+        "--lock",
+        "file",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (computed, _) = query(&to, &["--expr-cache", "off"]);
+    // Flip a value in every data file of one instrument.
+    let inst = to.join("features_cache/sh600000");
+    let mut damaged = 0;
+    for e in std::fs::read_dir(&inst).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "bin") {
+            let mut b = std::fs::read(&p).unwrap();
+            if b.len() > 100 {
+                b[100] ^= 0x40;
+                std::fs::write(&p, b).unwrap();
+                damaged += 1;
+            }
+        }
+    }
+    assert!(damaged > 10);
+    let (read, stats) = query(&to, &[]);
+    assert_eq!(read, computed, "a damaged entry was served");
+    assert!(
+        stats["expression_cache"]["misses"].as_u64().unwrap() >= damaged,
+        "{stats}"
+    );
+}
