@@ -223,9 +223,13 @@ fn deep_expressions_are_errors_not_crashes() {
     use qstore::expr::{Expr, Unary, parse};
     let sum = |n: usize| vec!["$close"; n].join("+");
     let nested = |op: &str, n: usize| format!("{}$close{}", op.repeat(n), ")".repeat(n));
+    // Short runs (16 operators, left-nested as qlib's tree) inside parentheses: 16 levels per parenthesis.
+    let mut tall = "$close".to_string();
+    for _ in 0..9 {
+        tall = format!("({tall}{})", "+$close".repeat(16));
+    }
     for (text, want) in [
-        (sum(400), "operators deep"),
-        (sum(20_000), "operators deep"),
+        (tall, "operators deep"),
         (nested("Abs(", 400), "nests more than"),
         (
             format!("{}$close{}", "(".repeat(2000), ")".repeat(2000)),
@@ -242,9 +246,11 @@ fn deep_expressions_are_errors_not_crashes() {
             other => panic!("{}...: {other:?}", &text[..20]),
         }
     }
-    // At the limit: parses, prints a canonical text that parses back, evaluates.
+    // At the limit, and long runs (kept flat): parses, prints a canonical text that parses back, evaluates.
     for text in [
         sum(128),
+        sum(400),
+        sum(20_000),
         nested("Abs(", 127),
         nested("Mean(", 60).replace(')', ",2)"),
     ] {
@@ -264,4 +270,47 @@ fn deep_expressions_are_errors_not_crashes() {
     assert_eq!(q.exprs()[0].depth(), 501);
     let err = q.evaluate(&fields, "X", 0..3).unwrap_err();
     assert!(err.to_string().contains("501 operators deep"), "{err}");
+}
+
+/// A long run of one binding power is one flat chain, evaluated left to right: the same bits as the left-nested
+/// tree of qlib, which short runs still are (their canonical text, and so cache keys, unchanged).
+#[test]
+fn long_sums_are_flat_and_equal_the_nested_tree() {
+    use qstore::expr::{Expr, parse};
+    let short = parse("$a + $b - $c").unwrap();
+    assert_eq!(short.to_string(), "Sub(Add($a,$b),$c)");
+    let terms: Vec<String> = (0..40).map(|k| format!("$f{}", k % 3)).collect();
+    let mut infix = terms[0].clone();
+    let mut calls = terms[0].clone();
+    for (k, t) in terms.iter().enumerate().skip(1) {
+        let (sym, name) = if k % 5 == 0 {
+            ("-", "Sub")
+        } else {
+            ("+", "Add")
+        };
+        infix = format!("{infix} {sym} {t}");
+        calls = format!("{name}({calls},{t})");
+    }
+    let flat = parse(&infix).unwrap();
+    assert!(matches!(flat, Expr::Chain(..)), "{flat}");
+    assert_eq!(flat.depth(), 2);
+    let nested = parse(&calls).unwrap();
+    assert!(matches!(nested, Expr::Binary(..)));
+    assert_eq!(parse(&flat.to_string()).unwrap(), flat);
+    let mut fields: std::collections::HashMap<(String, String), (usize, Vec<f32>)> =
+        Default::default();
+    for (k, vals) in [
+        vec![1.5f32, 1e7, -3.25, f32::NAN, 0.1],
+        vec![2.0e-7, 3.0, 1e-3, 5.0, f32::INFINITY],
+        vec![7.0, -1e7, 0.3, 0.7, 1.0],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        fields.insert(("X".into(), format!("f{k}")), (0, vals));
+    }
+    let a = qstore::expr::evaluate(&fields, "X", &[flat], 0..5).unwrap();
+    let b = qstore::expr::evaluate(&fields, "X", &[nested], 0..5).unwrap();
+    let bits = |v: &Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a[0]), bits(&b[0]));
 }

@@ -650,15 +650,14 @@ fn deep_expressions_are_errors_on_every_path() {
     import(&to, &[]);
     let sum = |n: usize| vec!["$close"; n].join("+");
     // Too deep: a positioned error, exit 1, from the parser (query, warm, a feature set).
-    let long = sum(400);
-    let out = qcache(&["query", s(&to), "--fields", &long]);
+    let deep = format!("{}$close{}", "Abs(".repeat(400), ")".repeat(400));
+    let out = qcache(&["query", s(&to), "--fields", &deep]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("operators deep"), "{}", text(&out));
+    assert!(text(&out).contains("nests more than 128"), "{}", text(&out));
     let set = dir.path().join("set.json");
     std::fs::write(
         &set,
-        serde_json::json!({"name": "big", "features": [{"name": "S", "expr": sum(20_000)}]})
-            .to_string(),
+        serde_json::json!({"name": "big", "features": [{"name": "S", "expr": deep}]}).to_string(),
     )
     .unwrap();
     for args in [
@@ -667,17 +666,50 @@ fn deep_expressions_are_errors_on_every_path() {
     ] {
         let out = qcache(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
-        assert!(text(&out).contains("operators deep"), "{}", text(&out));
+        assert!(text(&out).contains("nests more than"), "{}", text(&out));
     }
-    // At the limit: evaluated on the worker threads, written to and read from the cache.
-    let deepest = sum(128);
+    // At the limit, and long sums (one flat level): evaluated on the worker threads, written to and read
+    // from the cache.
+    let (long, longest) = (sum(400), sum(20_000));
     let nested = format!("{}$close{}", "Abs(".repeat(127), ")".repeat(127));
-    for e in [&deepest, &nested] {
+    for e in [&long, &nested] {
         let out = qcache(&["warm", s(&to), "--fields", e, "--lock", "file"]);
         assert!(out.status.success(), "{}", text(&out));
         let out = qcache(&["query", s(&to), "--fields", e, "--format", "stats"]);
         assert!(out.status.success(), "{}", text(&out));
     }
+    // A long sum in a feature set, warmed and read back from the cache (one column of 20,000 terms).
+    std::fs::write(
+        &set,
+        serde_json::json!({"name": "big", "features": [{"name": "S", "expr": longest}]})
+            .to_string(),
+    )
+    .unwrap();
+    let out = qcache(&["warm", s(&to), "--feature-set", s(&set), "--lock", "file"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let off = qcache(&[
+        "query",
+        s(&to),
+        "--feature-set",
+        s(&set),
+        "--expr-cache",
+        "off",
+    ]);
+    let read = qcache(&[
+        "query",
+        s(&to),
+        "--feature-set",
+        s(&set),
+        "--cache-stats",
+        "--json",
+    ]);
+    assert!(off.status.success() && read.status.success());
+    assert_eq!(off.stdout, read.stdout);
+    assert!(
+        String::from_utf8_lossy(&read.stderr).contains("\"misses\":0"),
+        "{}",
+        text(&read)
+    );
 }
 
 /// A directory with three good per-symbol files and one file of each kind of bad input.

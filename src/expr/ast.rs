@@ -43,6 +43,21 @@ pub enum Binary {
     Or,
 }
 
+impl Binary {
+    /// The infix spelling of an operator the parser chains (`+ - * / & |`).
+    pub fn chain_symbol(self) -> Option<&'static str> {
+        Some(match self {
+            Binary::Add => "+",
+            Binary::Sub => "-",
+            Binary::Mul => "*",
+            Binary::Div => "/",
+            Binary::And => "&",
+            Binary::Or => "|",
+            _ => return None,
+        })
+    }
+}
+
 /// Rolling operators of one series and a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rolling {
@@ -83,6 +98,9 @@ pub enum Expr {
     Const(f64),
     Unary(Unary, Box<Expr>),
     Binary(Binary, Box<Expr>, Box<Expr>),
+    /// `first op1 x1 op2 x2 ...`, evaluated left to right (the same values as the left-nested binary tree):
+    /// a long run of one binding power (a sum of many terms), kept flat so that its depth is one level.
+    Chain(Box<Expr>, Vec<(Binary, Expr)>),
     If(Box<Expr>, Box<Expr>, Box<Expr>),
     /// `Ref(x, n)`: `n > 0` looks back, `n < 0` ahead, `n = 0` is the series' first value on every row.
     Ref(Box<Expr>, i32),
@@ -155,6 +173,9 @@ impl Expr {
             Expr::Field(_) | Expr::Const(_) => ExtWindow::NONE,
             Expr::Unary(_, x) | Expr::Instrument(x, _) => x.ext_window(),
             Expr::Binary(_, a, b) => a.ext_window().max(b.ext_window()),
+            Expr::Chain(first, rest) => rest
+                .iter()
+                .fold(first.ext_window(), |w, (_, x)| w.max(x.ext_window())),
             Expr::If(c, a, b) => c.ext_window().max(a.ext_window()).max(b.ext_window()),
             Expr::Ref(x, n) => {
                 let w = x.ext_window();
@@ -207,8 +228,13 @@ impl Expr {
 
     /// The direct sub-expressions, in argument order.
     pub fn children(&self) -> impl Iterator<Item = &Expr> {
+        let rest: &[(Binary, Expr)] = match self {
+            Expr::Chain(_, rest) => rest,
+            _ => &[],
+        };
         let (a, b, c): (Option<&Expr>, Option<&Expr>, Option<&Expr>) = match self {
             Expr::Field(_) | Expr::Const(_) => (None, None, None),
+            Expr::Chain(first, _) => (Some(first), None, None),
             Expr::Unary(_, x)
             | Expr::Ref(x, _)
             | Expr::Rolling(_, x, _)
@@ -217,7 +243,10 @@ impl Expr {
             Expr::Binary(_, a, b) | Expr::Pair(_, a, b, _) => (Some(a), Some(b), None),
             Expr::If(c, a, b) => (Some(c), Some(a), Some(b)),
         };
-        [a, b, c].into_iter().flatten()
+        [a, b, c]
+            .into_iter()
+            .flatten()
+            .chain(rest.iter().map(|(_, x)| x))
     }
 
     /// The fields the expression reads, sorted and de-duplicated.
@@ -264,6 +293,24 @@ impl fmt::Display for Expr {
             Expr::Const(v) => num(f, *v),
             Expr::Unary(op, x) => write!(f, "{op:?}({x})"),
             Expr::Binary(op, a, b) => write!(f, "{op:?}({a},{b})"),
+            // Infix in parentheses, which parses back to the same flat chain (nested calls would nest as
+            // deep as the chain is long).
+            Expr::Chain(first, rest) => {
+                if rest.iter().all(|(op, _)| op.chain_symbol().is_some()) {
+                    write!(f, "({first}")?;
+                    for (op, x) in rest {
+                        write!(f, "{}{x}", op.chain_symbol().unwrap_or_default())?;
+                    }
+                    f.write_str(")")
+                } else {
+                    // A chain built by hand with other operators: the nested calls it stands for.
+                    for (op, _) in rest.iter().rev() {
+                        write!(f, "{op:?}(")?;
+                    }
+                    write!(f, "{first}")?;
+                    rest.iter().try_for_each(|(_, x)| write!(f, ",{x})"))
+                }
+            }
             Expr::If(c, a, b) => write!(f, "If({c},{a},{b})"),
             Expr::Ref(x, n) => write!(f, "Ref({x},{n})"),
             Expr::Rolling(op, x, w) => {

@@ -563,6 +563,13 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
             Expr::Binary(_, a, b) | Expr::Pair(_, a, b, _) => {
                 hull(self.domain(a, instrument)?, self.domain(b, instrument)?)
             }
+            Expr::Chain(first, rest) => {
+                let mut d = self.domain(first, instrument)?;
+                for (_, x) in rest {
+                    d = hull(d, self.domain(x, instrument)?);
+                }
+                d
+            }
             Expr::If(c, a, b) => {
                 let d = hull(self.domain(c, instrument)?, self.domain(a, instrument)?);
                 hull(d, self.domain(b, instrument)?)
@@ -673,37 +680,15 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                     self.eval(a, inst, base, len)?,
                     self.eval(b, inst, base, len)?,
                 );
-                // Each arm is its own instance of `binary`, so the operation is inlined into the loop.
-                match op {
-                    Binary::Add => binary(a, b, false, |a, b| a + b),
-                    Binary::Sub => binary(a, b, false, |a, b| a - b),
-                    Binary::Mul => binary(a, b, false, |a, b| a * b),
-                    Binary::Div => binary(a, b, false, |a, b| a / b),
-                    Binary::Power => binary(a, b, false, f64::powf),
-                    // np.maximum/np.minimum: NaN on either side wins.
-                    Binary::Greater => binary(a, b, false, |a, b| {
-                        if a.is_nan() || b.is_nan() {
-                            f64::NAN
-                        } else {
-                            a.max(b)
-                        }
-                    }),
-                    Binary::Less => binary(a, b, false, |a, b| {
-                        if a.is_nan() || b.is_nan() {
-                            f64::NAN
-                        } else {
-                            a.min(b)
-                        }
-                    }),
-                    Binary::Gt => binary(a, b, true, |a, b| bool_f(a > b)),
-                    Binary::Ge => binary(a, b, true, |a, b| bool_f(a >= b)),
-                    Binary::Lt => binary(a, b, true, |a, b| bool_f(a < b)),
-                    Binary::Le => binary(a, b, true, |a, b| bool_f(a <= b)),
-                    Binary::Eq => binary(a, b, true, |a, b| bool_f(a == b)),
-                    Binary::Ne => binary(a, b, true, |a, b| bool_f(a != b)),
-                    Binary::And => binary(a, b, true, |a, b| bool_f(truthy(a) && truthy(b))),
-                    Binary::Or => binary(a, b, true, |a, b| bool_f(truthy(a) || truthy(b))),
+                apply(*op, a, b)
+            }
+            Expr::Chain(first, rest) => {
+                let mut acc = self.eval(first, inst, base, len)?;
+                for (op, x) in rest {
+                    let x = self.eval(x, inst, base, len)?;
+                    acc = apply(*op, acc, x);
                 }
+                acc
             }
             Expr::If(c, a, b) => {
                 let c = self.series(c, inst, base, len)?;
@@ -1066,5 +1051,40 @@ fn pair_op(op: Pair, a: &[f64], b: &[f64], base: usize, w: Window) -> Vec<f64> {
                 .map(|(&r, (&x, &y))| if x == 1.0 || y == 1.0 { f64::NAN } else { r })
                 .collect()
         }
+    }
+}
+
+/// One element-wise binary operation (a binary node, or one step of a chain).
+fn apply(op: Binary, a: Val, b: Val) -> Val {
+    // Each arm is its own instance of `binary`, so the operation is inlined into the loop.
+    match op {
+        Binary::Add => binary(a, b, false, |a, b| a + b),
+        Binary::Sub => binary(a, b, false, |a, b| a - b),
+        Binary::Mul => binary(a, b, false, |a, b| a * b),
+        Binary::Div => binary(a, b, false, |a, b| a / b),
+        Binary::Power => binary(a, b, false, f64::powf),
+        // np.maximum/np.minimum: NaN on either side wins.
+        Binary::Greater => binary(a, b, false, |a, b| {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.max(b)
+            }
+        }),
+        Binary::Less => binary(a, b, false, |a, b| {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.min(b)
+            }
+        }),
+        Binary::Gt => binary(a, b, true, |a, b| bool_f(a > b)),
+        Binary::Ge => binary(a, b, true, |a, b| bool_f(a >= b)),
+        Binary::Lt => binary(a, b, true, |a, b| bool_f(a < b)),
+        Binary::Le => binary(a, b, true, |a, b| bool_f(a <= b)),
+        Binary::Eq => binary(a, b, true, |a, b| bool_f(a == b)),
+        Binary::Ne => binary(a, b, true, |a, b| bool_f(a != b)),
+        Binary::And => binary(a, b, true, |a, b| bool_f(truthy(a) && truthy(b))),
+        Binary::Or => binary(a, b, true, |a, b| bool_f(truthy(a) || truthy(b))),
     }
 }

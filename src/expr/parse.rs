@@ -196,7 +196,38 @@ enum Node {
     Call(String, Vec<(Node, usize)>),
     Neg(Box<(Node, usize)>),
     Bin(Binary, Box<(Node, usize)>, Box<(Node, usize)>),
+    /// `first op1 x1 op2 x2 ...` of one binding power, evaluated left to right.
+    Chain(Box<(Node, usize)>, Vec<(Binary, (Node, usize))>),
 }
+
+impl Node {
+    /// The height of the tree (a leaf is 1), without recursion through chains' elements' own chains beyond
+    /// what the parser already bounded.
+    fn height(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack = vec![(self, 1)];
+        while let Some((n, d)) = stack.pop() {
+            deepest = deepest.max(d);
+            match n {
+                Node::Num(..) | Node::Str(_) | Node::Field(_) => {}
+                Node::Neg(x) => stack.push((&x.0, d + 1)),
+                Node::Bin(_, a, b) => {
+                    stack.push((&a.0, d + 1));
+                    stack.push((&b.0, d + 1));
+                }
+                Node::Call(_, args) => stack.extend(args.iter().map(|(a, _)| (a, d + 1))),
+                Node::Chain(first, rest) => {
+                    stack.push((&first.0, d + 1));
+                    stack.extend(rest.iter().map(|(_, (x, _))| (x, d + 1)));
+                }
+            }
+        }
+        deepest
+    }
+}
+
+/// A run of more operators than this at one binding power is parsed as one flat chain.
+const FLAT_CHAIN: usize = 16;
 
 struct Parser<'a> {
     text: &'a str,
@@ -308,11 +339,18 @@ impl Parser<'_> {
         let mut lhs = self.unary()?;
         let mut lhs_height = self.height;
         let mut last_cmp: Option<usize> = None;
+        // The current run of operators of one binding power: `a + b - c + ...`.
+        let mut run: Vec<(Binary, (Node, usize), usize)> = Vec::new();
+        let mut run_bp = 0;
         while let Some((bp, op)) = infix(self.peek()) {
             if bp < min {
                 break;
             }
             let pos = self.pos();
+            if bp != run_bp && !run.is_empty() {
+                (lhs, lhs_height) = self.fold(lhs, lhs_height, std::mem::take(&mut run))?;
+            }
+            run_bp = bp;
             if bp == COMPARISON {
                 if let Some(prev) = last_cmp {
                     return Err(self.err(
@@ -327,13 +365,40 @@ impl Parser<'_> {
             }
             self.next();
             let rhs = self.expr(bp + 1)?;
-            self.grow(1 + lhs_height.max(self.height), pos)?;
-            lhs_height = self.height;
-            let at = lhs.1;
-            lhs = (Node::Bin(op, Box::new(lhs), Box::new(rhs)), at);
+            run.push((op, rhs, pos));
+        }
+        if !run.is_empty() {
+            (lhs, lhs_height) = self.fold(lhs, lhs_height, run)?;
         }
         self.height = lhs_height;
         Ok(lhs)
+    }
+
+    /// `lhs` and a run of operators of one binding power (each with its right operand and position) as one
+    /// tree: a flat chain when the run is longer than [`FLAT_CHAIN`] (a sum of thousands of terms is one
+    /// level deep), else left-nested binary nodes (qlib's tree). Either way evaluated left to right.
+    fn fold(
+        &mut self,
+        lhs: (Node, usize),
+        lhs_height: usize,
+        run: Vec<(Binary, (Node, usize), usize)>,
+    ) -> Result<((Node, usize), usize)> {
+        let at = lhs.1;
+        // Heights of the right operands, as parsed (each set self.height when it returned).
+        let heights: Vec<usize> = run.iter().map(|(_, (n, _), _)| n.height()).collect();
+        if run.len() > FLAT_CHAIN {
+            let h = 1 + heights.iter().copied().fold(lhs_height, usize::max);
+            self.grow(h, run[0].2)?;
+            let rest = run.into_iter().map(|(op, rhs, _)| (op, rhs)).collect();
+            return Ok(((Node::Chain(Box::new(lhs), rest), at), h));
+        }
+        let (mut lhs, mut h) = (lhs, lhs_height);
+        for ((op, rhs, pos), rh) in run.into_iter().zip(heights) {
+            self.grow(1 + h.max(rh), pos)?;
+            h = self.height;
+            lhs = (Node::Bin(op, Box::new(lhs), Box::new(rhs)), at);
+        }
+        Ok((lhs, h))
     }
 
     /// Unary minus binds tighter than `* /` and looser than `**`: `-x * y` is `(-x) * y`, and as in Python
@@ -546,6 +611,12 @@ impl Lower<'_> {
             Node::Bin(op, a, b) => {
                 Expr::Binary(op, Box::new(self.expr(*a)?), Box::new(self.expr(*b)?))
             }
+            Node::Chain(first, rest) => Expr::Chain(
+                Box::new(self.expr(*first)?),
+                rest.into_iter()
+                    .map(|(op, x)| Ok((op, self.expr(x)?)))
+                    .collect::<Result<_>>()?,
+            ),
             Node::Call(name, args) => self.call(&name, pos, args)?,
         })
     }
