@@ -159,6 +159,8 @@ pub struct DiskExpressionCache {
     pub wait: Duration,
     /// Entries validated in this process: key -> (meta, data file).
     valid: Mutex<HashMap<u128, Entry>>,
+    /// Source fingerprints readers computed: (instrument, field, freq, calendar length) -> fingerprint.
+    seen_sources: Mutex<HashMap<(String, String, Freq, usize), SourceFingerprint>>,
     counters: Counters,
 }
 
@@ -273,6 +275,7 @@ impl DiskExpressionCache {
             lock,
             wait: Duration::from_secs(600),
             valid: Mutex::new(HashMap::new()),
+            seen_sources: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         }
     }
@@ -370,7 +373,7 @@ impl DiskExpressionCache {
             return Ok(None);
         }
         let fields = StoreFields { store, freq };
-        if Self::fingerprints(&fields, e, instrument, meta.calendar_len)? != meta.sources {
+        if self.read_fingerprints(&fields, e, instrument, meta.calendar_len)? != meta.sources {
             return Ok(None);
         }
         let Ok(Some(file)) = FeatureFile::open(&Self::bin_path(&dir, &k, meta.generation)) else {
@@ -417,6 +420,7 @@ impl DiskExpressionCache {
     /// Forgets what this process validated (after other processes may have changed the cache or the store).
     pub fn refresh(&self) {
         self.valid.lock().clear();
+        self.seen_sources.lock().clear();
     }
 
     fn paths(&self, instrument: &str, key: &str) -> Result<(PathBuf, PathBuf)> {
@@ -444,29 +448,67 @@ impl DiskExpressionCache {
         instrument: &str,
         calendar_len: usize,
     ) -> Result<Vec<SourceFingerprint>> {
+        Self::sources_of(e, instrument)
+            .into_iter()
+            .map(|(inst, field)| Self::fingerprint(fields, inst, field, calendar_len))
+            .collect()
+    }
+
+    /// The (instrument, field) pairs `e` reads for `instrument`, sorted, once each.
+    fn sources_of(e: &Expr, instrument: &str) -> Vec<(String, String)> {
         let mut pairs = Vec::new();
         collect_sources(e, &instrument.to_uppercase(), &mut pairs);
         pairs.sort();
         pairs.dedup();
-        let mut out = Vec::with_capacity(pairs.len());
-        for (inst, field) in pairs {
-            let (start, len, hash) = match fields.column(&inst, &field)? {
-                Some(c) => {
-                    let v = c.values();
-                    let n = v.len().min(calendar_len.saturating_sub(c.start()));
-                    (c.start(), n, hex64(value_bytes(&v[..n])))
+        pairs
+    }
+
+    /// One source's fingerprint over calendar rows `..calendar_len`.
+    fn fingerprint(
+        fields: &StoreFields<'_>,
+        instrument: String,
+        field: String,
+        calendar_len: usize,
+    ) -> Result<SourceFingerprint> {
+        let (start, len, hash) = match fields.column(&instrument, &field)? {
+            Some(c) => {
+                let v = c.values();
+                let n = v.len().min(calendar_len.saturating_sub(c.start()));
+                (c.start(), n, hex64(value_bytes(&v[..n])))
+            }
+            None => (0, 0, hex64(&[])),
+        };
+        Ok(SourceFingerprint {
+            instrument,
+            field,
+            start,
+            len,
+            hash,
+        })
+    }
+
+    /// [`fingerprints`](Self::fingerprints) for readers: each source is hashed once per process (per
+    /// calendar length and frequency) however many entries read it, as the store itself reads a snapshot
+    /// until `refresh()` (which forgets these too).
+    fn read_fingerprints(
+        &self,
+        fields: &StoreFields<'_>,
+        e: &Expr,
+        instrument: &str,
+        calendar_len: usize,
+    ) -> Result<Vec<SourceFingerprint>> {
+        Self::sources_of(e, instrument)
+            .into_iter()
+            .map(|(inst, field)| {
+                let key = (inst, field, fields.freq, calendar_len);
+                if let Some(f) = self.seen_sources.lock().get(&key) {
+                    return Ok(f.clone());
                 }
-                None => (0, 0, hex64(&[])),
-            };
-            out.push(SourceFingerprint {
-                instrument: inst,
-                field,
-                start,
-                len,
-                hash,
-            });
-        }
-        Ok(out)
+                let f = Self::fingerprint(fields, key.0.clone(), key.1.clone(), calendar_len)?;
+                self.seen_sources.lock().insert(key, f.clone());
+                Ok(f)
+            })
+            .collect()
     }
 
     /// The entry of `e` for `instrument` if it is current for the store as it is now: its data over `rows`
@@ -496,6 +538,7 @@ impl DiskExpressionCache {
         let Some((meta, file)) = self.current_keyed(
             store,
             key128(canonical, instrument, freq),
+            canonical,
             e,
             instrument,
             freq,
@@ -522,9 +565,11 @@ impl DiskExpressionCache {
         instrument: &str,
         freq: Freq,
     ) -> Result<Option<(Arc<Meta>, Arc<FeatureFile>)>> {
+        let canonical = e.to_string();
         self.current_keyed(
             store,
-            key128(&e.to_string(), instrument, freq),
+            key128(&canonical, instrument, freq),
+            &canonical,
             e,
             instrument,
             freq,
@@ -535,6 +580,7 @@ impl DiskExpressionCache {
         &self,
         store: &Store,
         id: u128,
+        canonical: &str,
         e: &Expr,
         instrument: &str,
         freq: Freq,
@@ -550,11 +596,11 @@ impl DiskExpressionCache {
         let Some(meta) = Self::read_meta(&meta_path) else {
             return Ok(None);
         };
-        if meta.calendar_len != cal_len || meta.expr != e.to_string() {
+        if meta.calendar_len != cal_len || meta.expr != canonical {
             return Ok(None);
         }
         let fields = StoreFields { store, freq };
-        if Self::fingerprints(&fields, e, instrument, cal_len)? != meta.sources {
+        if self.read_fingerprints(&fields, e, instrument, cal_len)? != meta.sources {
             return Ok(None);
         }
         let Ok(Some(file)) = FeatureFile::open(&Self::bin_path(&dir, &k, meta.generation)) else {
