@@ -376,14 +376,7 @@ impl DiskExpressionCache {
         if self.read_fingerprints(&fields, e, instrument, meta.calendar_len)? != meta.sources {
             return Ok(None);
         }
-        let Ok(Some(file)) = FeatureFile::open(&Self::bin_path(&dir, &k, meta.generation)) else {
-            return Ok(None);
-        };
-        let fits = meta.len == 0
-            || (file.start() == meta.start
-                && file.len() >= meta.len
-                && hex64(value_bytes(&file.values()[..meta.len])) == meta.checksum);
-        Ok(fits.then_some((meta, file)))
+        Ok(Self::open_checked(&dir, &k, &meta).map(|file| (meta, file)))
     }
 
     /// The expression cache of the store at `root` as its configuration names it (qstore.json
@@ -439,6 +432,16 @@ impl DiskExpressionCache {
         let text = std::fs::read(path).ok()?;
         let m: Meta = serde_json::from_slice(&text).ok()?;
         (m.format == META_FORMAT).then_some(m)
+    }
+
+    /// The data file `meta` names, if it holds the published values with their checksum.
+    fn open_checked(dir: &Path, key: &str, meta: &Meta) -> Option<FeatureFile> {
+        let file = FeatureFile::open(&Self::bin_path(dir, key, meta.generation)).ok()??;
+        let fits = meta.len == 0
+            || (file.start() == meta.start
+                && file.len() >= meta.len
+                && hex64(value_bytes(&file.values()[..meta.len])) == meta.checksum);
+        fits.then_some(file)
     }
 
     /// The fingerprints of the fields `e` reads for `instrument`, over calendar rows `..calendar_len`.
@@ -603,17 +606,9 @@ impl DiskExpressionCache {
         if self.read_fingerprints(&fields, e, instrument, cal_len)? != meta.sources {
             return Ok(None);
         }
-        let Ok(Some(file)) = FeatureFile::open(&Self::bin_path(&dir, &k, meta.generation)) else {
+        let Some(file) = Self::open_checked(&dir, &k, &meta) else {
             return Ok(None);
         };
-        let empty = meta.len == 0;
-        if !empty
-            && (file.start() != meta.start
-                || file.len() < meta.len
-                || hex64(value_bytes(&file.values()[..meta.len])) != meta.checksum)
-        {
-            return Ok(None);
-        }
         let (meta, file) = (Arc::new(meta), Arc::new(file));
         self.valid.lock().insert(id, (meta.clone(), file.clone()));
         Ok(Some((meta, file)))

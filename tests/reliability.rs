@@ -326,19 +326,22 @@ fn an_update_that_fails_before_writing_leaves_no_marker() {
     );
 }
 
-/// Runs `script` with `sh` in a private mount namespace (as root there), with `$T` a 4 MiB tmpfs.
-fn in_small_tmpfs(script: &str, env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new("unshare");
-    c.args([
-        "-rm",
-        "sh",
-        "-ec",
-        &format!("T=$(mktemp -d); mount -t tmpfs -o size=4m tmpfs \"$T\"; {script}"),
-    ]);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
+/// Runs `script` with `sh` in a private mount namespace (as root there), with `$T` a 4 MiB tmpfs, `$SRC` the
+/// store to work on, `$OUT` a directory to copy results to, `$QDUMP` and `$SAMPLE`.
+fn in_small_tmpfs(script: &str, src: &Path, out: &Path) -> Output {
+    Command::new("unshare")
+        .args([
+            "-rm",
+            "sh",
+            "-ec",
+            &format!("T=$(mktemp -d); mount -t tmpfs -o size=4m tmpfs \"$T\"; {script}"),
+        ])
+        .env("SRC", src)
+        .env("OUT", out)
+        .env("QDUMP", env!("CARGO_BIN_EXE_qdump"))
+        .env("SAMPLE", SAMPLE)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -364,15 +367,7 @@ fn an_update_on_a_full_disk_cleans_up_and_a_rerun_needs_no_space() {
         "$QDUMP" update --csv "$SAMPLE" --to "$T/store" > "$OUT/second.txt" 2>&1
         cp -r "$T/store" "$OUT/final"
     "#;
-    let out = in_small_tmpfs(
-        script,
-        &[
-            ("SRC", s(&src)),
-            ("QDUMP", env!("CARGO_BIN_EXE_qdump")),
-            ("SAMPLE", SAMPLE),
-            ("OUT", s(&out_dir)),
-        ],
-    );
+    let out = in_small_tmpfs(script, &src, &out_dir);
     assert!(out.status.success(), "{}", text(&out));
     let first = std::fs::read_to_string(out_dir.join("first.txt")).unwrap();
     assert_eq!(
@@ -432,15 +427,7 @@ fn recovery_on_a_full_disk_cuts_unpublished_tails_in_place() {
         "$QDUMP" update --csv "$SAMPLE" --to "$T/store" --end-date 2023-04-28 > "$OUT/run.txt" 2>&1 || true
         cp -r "$T/store" "$OUT/recovered"
     "#;
-    let out = in_small_tmpfs(
-        script,
-        &[
-            ("SRC", s(&killed)),
-            ("QDUMP", env!("CARGO_BIN_EXE_qdump")),
-            ("SAMPLE", SAMPLE),
-            ("OUT", s(&out_dir)),
-        ],
-    );
+    let out = in_small_tmpfs(script, &killed, &out_dir);
     assert!(out.status.success(), "{}", text(&out));
     let run = std::fs::read_to_string(out_dir.join("run.txt")).unwrap();
     let recovered = out_dir.join("recovered");
