@@ -548,6 +548,21 @@ pub fn check(root: &Path, settings: &LockSettings) -> Result<()> {
     }
 }
 
+/// The lease a Redis writer lock of the store at `root` has (flag, else qstore.json, else 30 s): the one
+/// definition `for_store` and `qcache info` share.
+pub fn lease(root: &Path, settings: &LockSettings) -> Result<Duration> {
+    match backend(root, settings, false) {
+        Ok(Backend::Redis { lease, .. }) => Ok(lease),
+        Ok(Backend::File) => {
+            let file = crate::config::load(root)?.expression_cache;
+            Ok(Duration::from_secs_f64(
+                settings.lease_s.or(file.lease_s).unwrap_or(30.0),
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The kind of writer lock the settings, `QSTORE_REDIS_URL` and qstore.json name.
 enum Backend {
     File,

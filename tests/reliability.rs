@@ -1034,3 +1034,22 @@ fn a_dataset_meta_that_claims_more_rows_is_rebuilt() {
     assert!(text(&out).contains("Built: 1"), "{}", text(&out));
     assert_eq!(qcache(&["verify", s(&to)]).status.code(), Some(0));
 }
+
+#[test]
+fn info_reports_the_lease_the_locks_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("s");
+    import(&to, &[]);
+    std::fs::write(
+        to.join("qstore.json"),
+        r#"{ "expression_cache": { "lease_s": 45 } }"#,
+    )
+    .unwrap();
+    let info = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["info", s(&to), "--json"];
+        args.extend_from_slice(extra);
+        serde_json::from_slice(&qcache(&args).stdout).unwrap()
+    };
+    assert_eq!(info(&[])["lease_s"], 45.0);
+    assert_eq!(info(&["--lease-s", "12"])["lease_s"], 12.0);
+}

@@ -234,7 +234,17 @@ fn open_datasets(a: &CacheArgs) -> Result<DiskDatasetCache> {
 }
 
 fn lock_for(a: &CacheArgs, dir: &std::path::Path) -> Result<Box<dyn qstore::lock::Lock>> {
-    let settings = qstore::lock::LockSettings {
+    Ok(qstore::lock::for_store(
+        &a.store,
+        dir,
+        &lock_settings(a),
+        false,
+    )?)
+}
+
+/// The lock flags as the library's settings.
+fn lock_settings(a: &CacheArgs) -> qstore::lock::LockSettings {
+    qstore::lock::LockSettings {
         kind: a.lock.map(|k| match k {
             LockKind::Redis => "redis".to_string(),
             LockKind::File => "file".to_string(),
@@ -244,8 +254,7 @@ fn lock_for(a: &CacheArgs, dir: &std::path::Path) -> Result<Box<dyn qstore::lock
             .clone()
             .map(|u| (u, "--redis / QSTORE_REDIS_URL".to_string())),
         lease_s: a.lease_s,
-    };
-    Ok(qstore::lock::for_store(&a.store, dir, &settings, false)?)
+    }
 }
 
 /// `--instruments all` (every instrument of `market`, on its spans) or a comma-separated list (kept in `list`).
@@ -380,7 +389,9 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Info { cache: args, json } => {
-            let cache_lease = args.lease_s.unwrap_or(30.0);
+            // The lease the locks use (flag, qstore.json, default), not the flag's default alone.
+            let cache_lease =
+                qstore::lock::lease(&args.store, &lock_settings(&args))?.as_secs_f64();
             let (store, cache) = open_cache(&args)?;
             let datasets = open_datasets(&args)?;
             let sets = datasets.entries()?;
