@@ -203,6 +203,21 @@ fn usage_errors_exit_2() {
         "{}",
         text(&out)
     );
+    // `update --help` shows only what update takes; what only `all` takes is a usage error there.
+    let help = text(&qdump(&["update", "--help"]));
+    let listed = |flag: &str| {
+        help.lines().map(str::trim).any(|l| {
+            l == flag || l.starts_with(&format!("{flag} ")) || l.starts_with(&format!("{flag},"))
+        })
+    };
+    for flag in ["--overwrite", "--keep-unknown", "--warm", "--start-date"] {
+        assert!(!listed(flag), "{flag} in update --help");
+        let out = qdump(&["update", "--csv", SAMPLE, "--to", "x", flag]);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", text(&out));
+    }
+    for flag in ["--since", "--update-caches", "--wait", "--max-date"] {
+        assert!(listed(flag), "{flag} missing from update --help");
+    }
 }
 
 #[test]

@@ -100,7 +100,7 @@ enum Command {
 #[derive(Args)]
 struct UpdateArgs {
     #[command(flatten)]
-    common: AllArgs,
+    common: SourceArgs,
     /// Also read rows from this date on (YYYY-MM-DD): rows for days already stored are corrections, written
     /// where their values differ. Default: only the days after the store's last date.
     #[arg(long)]
@@ -111,9 +111,32 @@ struct UpdateArgs {
     update_caches: bool,
 }
 
+/// `qdump all`: the shared flags, and what only a whole import has.
+#[derive(Args)]
+struct AllArgs {
+    #[command(flatten)]
+    common: SourceArgs,
+    /// First date to import (YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    start_date: Option<String>,
+    /// Replace an existing store at --to (where a link points, when --to is a symbolic link). Only what
+    /// qstore wrote is deleted; qstore.json is kept.
+    #[arg(long)]
+    overwrite: bool,
+    /// With --overwrite: carry files and directories qstore did not write into the new store (without it, a
+    /// store holding such files is refused).
+    #[arg(long, requires = "overwrite")]
+    keep_unknown: bool,
+    /// Then compute this feature set (`alpha158`, `technical`, or a JSON file) for every
+    /// instrument into the expression cache (writer locks: Redis when QSTORE_REDIS_URL is set, else files).
+    #[arg(long)]
+    warm: Option<String>,
+}
+
+/// What `all` and `update` share: the source, its column mapping, the target store and how to report.
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["mysql", "csv"])))]
-struct AllArgs {
+struct SourceArgs {
     /// mysql://user[:password]@host[:port]/database (password also from QSTORE_MYSQL_PASSWORD or --ask-password).
     #[arg(long)]
     mysql: Option<String>,
@@ -139,9 +162,6 @@ struct AllArgs {
     /// `all`, a comma-separated list (600000.SH,000001.SZ), or @FILE with one symbol per line.
     #[arg(long, default_value = "all")]
     symbols: String,
-    /// First date to import (YYYY-MM-DD), inclusive.
-    #[arg(long)]
-    start_date: Option<String>,
     /// Last date to import (YYYY-MM-DD), inclusive.
     #[arg(long)]
     end_date: Option<String>,
@@ -173,14 +193,6 @@ struct AllArgs {
     /// Prompt for the MySQL password.
     #[arg(long)]
     ask_password: bool,
-    /// Replace an existing store at --to (where a link points, when --to is a symbolic link). Only what
-    /// qstore wrote is deleted; qstore.json is kept.
-    #[arg(long)]
-    overwrite: bool,
-    /// With --overwrite: carry files and directories qstore did not write into the new store (without it, a
-    /// store holding such files is refused).
-    #[arg(long, requires = "overwrite")]
-    keep_unknown: bool,
     /// Rows dated after this day fail their symbol (a date in the future would end every later update)
     /// [default: today].
     #[arg(long)]
@@ -192,10 +204,6 @@ struct AllArgs {
     /// Print the summary as JSON on stdout (for scripts).
     #[arg(long)]
     json: bool,
-    /// `qdump all` only: then compute this feature set (`alpha158`, `technical`, or a JSON file) for every
-    /// instrument into the expression cache (writer locks: Redis when QSTORE_REDIS_URL is set, else files).
-    #[arg(long)]
-    warm: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -357,22 +365,23 @@ fn symbols_arg(s: &str) -> Result<Option<Vec<String>>> {
     Ok(Some(list))
 }
 
-fn all(a: AllArgs) -> Result<u8> {
+fn all(all: AllArgs) -> Result<u8> {
+    let a = &all.common;
     let (start, end) = (
-        date_arg(&a.start_date, "start-date")?,
+        date_arg(&all.start_date, "start-date")?,
         date_arg(&a.end_date, "end-date")?,
     );
     // Everything --warm needs is checked before the first write: the set, its expressions, the lock backend.
-    let warm = a.warm.as_deref().map(prepare_warm).transpose()?;
+    let warm = all.warm.as_deref().map(prepare_warm).transpose()?;
     if warm.is_some() {
         qstore::lock::check(&a.to, &Default::default()).context("checking --warm's writer lock")?;
     }
-    let source = open_source(&a, start, end)?;
-    let opts = import_options(&a)?;
+    let source = open_source(a, start, end)?;
+    let opts = import_options(a)?;
     let progress = Progress::new(source.symbol_count() as u64, a.json);
     let replace = import::ReplaceOptions {
-        overwrite: a.overwrite,
-        keep_unknown: a.keep_unknown,
+        overwrite: all.overwrite,
+        keep_unknown: all.keep_unknown,
         wait: a.wait,
     };
     let summary = import::import(source.as_ref(), &a.to, &replace, &opts, &|rows| {
@@ -415,7 +424,7 @@ fn all(a: AllArgs) -> Result<u8> {
                     "qdump: error: warming the expression cache: {e:#}\nqdump: the store at {} was imported and published; run `qcache warm {} --feature-set {}` to fill the cache",
                     a.to.display(),
                     a.to.display(),
-                    a.warm.as_deref().unwrap_or_default()
+                    all.warm.as_deref().unwrap_or_default()
                 );
                 return Ok(AFTER_COMMIT);
             }
@@ -453,19 +462,6 @@ fn prepare_warm(name: &str) -> Result<(qstore::FeatureSet, Vec<qstore::expr::Exp
 
 fn update(u: UpdateArgs) -> Result<u8> {
     let a = &u.common;
-    if a.overwrite {
-        bail!("--overwrite is for qdump all; qdump update changes the store in place, crash-safe");
-    }
-    if a.warm.is_some() {
-        bail!(
-            "--warm is for qdump all; after an update, --update-caches brings the expression cache forward"
-        );
-    }
-    if a.start_date.is_some() {
-        bail!(
-            "qdump update reads the days after the store's last date; use --since DATE to also correct stored days"
-        );
-    }
     let store =
         Store::open(&a.to).with_context(|| format!("opening the store {}", a.to.display()))?;
     drop(store);
@@ -608,7 +604,7 @@ fn report_cache(name: &str, unit: &str, v: &serde_json::Value) -> Result<()> {
 }
 
 /// How rows become files, from the flags `all` and `update` share.
-fn import_options(a: &AllArgs) -> Result<ImportOptions> {
+fn import_options(a: &SourceArgs) -> Result<ImportOptions> {
     let day = match &a.max_date {
         Some(d) => date_arg(&Some(d.clone()), "max-date")?.expect("given"),
         None => chrono::Local::now()
@@ -629,7 +625,7 @@ fn import_options(a: &AllArgs) -> Result<ImportOptions> {
 
 /// The source named by the flags, restricted to `start..=end`.
 fn open_source(
-    a: &AllArgs,
+    a: &SourceArgs,
     start: Option<Timestamp>,
     end: Option<Timestamp>,
 ) -> Result<Box<dyn Source>> {
