@@ -59,7 +59,7 @@ echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $n instrum
 compute=$(timed compute $bin/qcache query "$store" --feature-set alpha158 --format stats --expr-cache off)
 rawt=$(timed raw $bin/qcache query "$raw" --fields "${fields[@]}" --format stats --expr-cache off)
 cache=$(timed cache $bin/qcache query "$store" --feature-set alpha158 --format stats --expr-cache read)
-$bin/qcache query "$store" --feature-set alpha158 --format stats --cache-stats 2>&1 >/dev/null | head -1
+$bin/qcache query "$store" --feature-set alpha158 --format stats --cache-stats 2>&1 >/dev/null | sed -n 1p
 echo "compute ${compute} s, raw read ${rawt} s, from the cache ${cache} s (median of $runs)"
 awk -v c="$cache" -v r="$rawt" -v m="$compute" \
   'BEGIN { printf "cache / raw = %.2fx (target <= 1.2); compute / cache = %.1fx (target >= 10)\n", c / r, m / c }'

@@ -19,6 +19,14 @@ use qstore::{FeatureSet, Frame, Freq, Store, Universe, parse_timestamp};
 
 /// `println!` that returns the write error instead of panicking, so a closed pipe (`| head`) ends the command
 /// quietly (main turns `BrokenPipe` into exit 0).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        // Counters on stderr are a report, not the command's output: a closed stderr is ignored.
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// `println!` that returns the write error instead of panicking (see `errln!` for stderr).
 macro_rules! outln {
     ($($arg:tt)*) => {
         writeln!(std::io::stdout().lock(), $($arg)*)
@@ -687,22 +695,25 @@ fn run(cli: Cli) -> Result<u8> {
                     "expression_cache": s.disk,
                     "memcache": {"calendar": s.calendar, "instruments": s.instruments, "features": s.features},
                 });
-                eprintln!("{v}");
+                errln!("{v}");
             } else if cache_stats || repeat > 1 {
                 let s = store.cache_stats();
                 match s.disk {
-                    Some(d) => eprintln!(
+                    Some(d) => errln!(
                         "expression cache: {} hits, {} partial, {} misses, {} writes",
-                        d.hits, d.partial, d.misses, d.writes
+                        d.hits,
+                        d.partial,
+                        d.misses,
+                        d.writes
                     ),
-                    None => eprintln!("expression cache: not used"),
+                    None => errln!("expression cache: not used"),
                 }
                 for (name, st) in [
                     ("calendar", s.calendar),
                     ("instruments", s.instruments),
                     ("features", s.features),
                 ] {
-                    eprintln!(
+                    errln!(
                         "memcache {name}: {} hits, {} misses, {} evictions, {} expired, {} oversized, {} entries, {} bytes",
                         st.hits,
                         st.misses,
