@@ -17,8 +17,7 @@ use qstore::expr::Expr;
 use qstore::exprcache::DiskExpressionCache;
 use qstore::{FeatureSet, Frame, Freq, Store, Universe, parse_timestamp};
 
-/// `println!` that returns the write error instead of panicking, so a closed pipe (`| head`) ends the command
-/// quietly (main turns `BrokenPipe` into exit 0).
+/// `eprintln!` for reports (counters) that must not panic when stderr is closed.
 macro_rules! errln {
     ($($arg:tt)*) => {{
         // Counters on stderr are a report, not the command's output: a closed stderr is ignored.
@@ -26,7 +25,8 @@ macro_rules! errln {
     }};
 }
 
-/// `println!` that returns the write error instead of panicking (see `errln!` for stderr).
+/// `println!` that returns the write error instead of panicking, so a closed pipe (`| head`) ends the command
+/// quietly (main turns `BrokenPipe` into exit 0).
 macro_rules! outln {
     ($($arg:tt)*) => {
         writeln!(std::io::stdout().lock(), $($arg)*)
