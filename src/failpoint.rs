@@ -8,13 +8,25 @@
 //! `cache:before-meta` (a cache entry's data written, its meta not yet); `dataset:after-data` (a dataset's new
 //! `.data` in place, its `.index` not yet), `dataset:before-meta` (both files in place, the meta not yet).
 
+#[cfg(debug_assertions)]
 use std::sync::OnceLock;
+#[cfg(debug_assertions)]
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(debug_assertions)]
 static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+#[cfg(debug_assertions)]
 static PASSED: AtomicU64 = AtomicU64::new(0);
 
-/// Aborts (or pauses) the process if this is the armed point and its count is reached.
+/// Aborts (or pauses) the process if this is the armed point and its count is reached. Compiled into debug
+/// builds only (the test suite's binaries): a release binary never reads `QSTORE_FAILPOINT`.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn hit(_name: &str) {}
+
+/// Aborts (or pauses) the process if this is the armed point and its count is reached. Compiled into debug
+/// builds only (the test suite's binaries): a release binary never reads `QSTORE_FAILPOINT`.
+#[cfg(debug_assertions)]
 pub fn hit(name: &str) {
     let armed = ARMED.get_or_init(|| {
         let spec = std::env::var("QSTORE_FAILPOINT").ok()?;

@@ -531,7 +531,16 @@ fn a_writer_that_lost_its_lease_does_not_publish() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Wait until it is paused at the point (holding its lease), not for a guessed time.
+    let mut slow = slow;
+    let mut err = std::io::BufReader::new(slow.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("pausing") {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert!(n > 0, "the writer never reached its failpoint: {said}");
+        said.push_str(&line);
+    }
     // Its lock is taken away (an operator's reset-lock), and writer 2 builds and publishes.
     let out = qcache(&["reset-lock", &r, "--redis", &url, "--all", "--force"]);
     assert!(text(&out).contains("1 deleted"), "{}", text(&out));
@@ -554,8 +563,10 @@ fn a_writer_that_lost_its_lease_does_not_publish() {
         .unwrap();
     // Writer 1 wakes up: it must not publish over the newer generation.
     let out = slow.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let t = text(&out);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{rest}");
+    let t = rest;
     assert!(
         t.contains("lease was lost") || t.contains("newer writer"),
         "{t}"
