@@ -239,6 +239,11 @@ impl Store {
         self.expr_cache.as_ref().map(|(c, _)| c.as_ref())
     }
 
+    /// How many feature files the handle cache holds open now (at most `handle_cache`).
+    pub fn open_handles(&self) -> usize {
+        self.handles.lock().len()
+    }
+
     /// Counters of the three in-memory cache spaces.
     pub fn cache_stats(&self) -> CacheStats {
         CacheStats {

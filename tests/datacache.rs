@@ -443,14 +443,20 @@ fn readers_during_rebuilds_always_read_a_whole_dataset() {
     let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
     cache.warm(&s, all, &exprs, Freq::DAY, false).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Rebuilds under way (0 or 1), and reads that began and ended while one was.
+    let rebuilding = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let overlapped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut readers = Vec::new();
     for t in 0..3 {
         let (s, want, stop, month) = (s.clone(), want.clone(), stop.clone(), month.clone());
+        let (rebuilding, overlapped) = (rebuilding.clone(), overlapped.clone());
         readers.push(std::thread::spawn(move || {
+            use std::sync::atomic::Ordering::SeqCst;
             // Each reader is its own process's cache (own DatasetURICache).
             let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
             let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 5 {
+            while !stop.load(SeqCst) || n < 5 {
+                let before = rebuilding.load(SeqCst);
                 let (start, end) = if (n + t) % 2 == 0 {
                     (None, None)
                 } else {
@@ -460,18 +466,29 @@ fn readers_during_rebuilds_always_read_a_whole_dataset() {
                     .dataset(&s, all, &exprs, start, end, Freq::DAY, DiskCacheMode::Use)
                     .unwrap();
                 same(&got, if start.is_none() { &want } else { &month });
+                if before == 1 && rebuilding.load(SeqCst) == 1 {
+                    overlapped.fetch_add(1, SeqCst);
+                }
                 n += 1;
             }
             n
         }));
     }
-    for _ in 0..8 {
+    // Rebuild until readers have read during rebuilds (bounded: a machine too slow for any overlap fails).
+    for round in 0.. {
+        rebuilding.store(1, std::sync::atomic::Ordering::SeqCst);
         cache.warm(&s, all, &exprs, Freq::DAY, true).unwrap();
+        rebuilding.store(0, std::sync::atomic::Ordering::SeqCst);
+        if round >= 7 && overlapped.load(std::sync::atomic::Ordering::SeqCst) >= 3 {
+            break;
+        }
+        assert!(round < 200, "no read overlapped a rebuild");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for r in readers {
         assert!(r.join().unwrap() >= 5);
     }
+    assert!(overlapped.load(std::sync::atomic::Ordering::SeqCst) >= 3);
     assert!(cache.verify().unwrap().is_empty());
 }
 

@@ -296,8 +296,13 @@ fn handle_cache_case(map_threshold: u64) {
                 .unwrap();
             assert_eq!(&v[..], &[i as f32], "round {round}");
             assert_eq!(v.file().unwrap().is_mapped(), map_threshold == 0);
+            assert!(
+                store.open_handles() <= 3,
+                "the handle cache grew past its bound"
+            );
         }
     }
+    assert_eq!(store.open_handles(), 3);
 }
 
 #[test]
