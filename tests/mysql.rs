@@ -388,11 +388,12 @@ fn mysql_bad_input_changes_nothing() {
             4,
             "no rows",
         ),
+        // A date that does not parse is bad usage (exit 2), named by the flag's spelling.
         (
             vec!["--mysql", &u, "--table", &t, "--start-date", "someday"],
             vec![],
-            1,
-            "--start-date",
+            2,
+            "invalid value 'someday' for '--start <DATE>'",
         ),
     ];
     for (args, env, code, want) in cases {

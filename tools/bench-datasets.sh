@@ -26,10 +26,10 @@ prev=$(tail -n 2 "$store/calendars/day.txt" | head -n 1)
 short="$work/short"
 for run in 1 2 3; do
   rm -rf "$short"
-  target/release/qdump all --csv "$csv" --to "$short" --end-date "$prev" >/dev/null || true
+  target/release/qdump all --csv "$csv" --to "$short" --end "$prev" >/dev/null || true
   /usr/bin/time -f "run$run build alpha158 dataset: %e s wall %M KB" \
     target/release/qcache warm "$short" --lock file --dataset --feature-set alpha158 >/dev/null
-  target/release/qdump update --csv "$csv" --to "$short" --end-date "$last" >/dev/null
+  target/release/qdump update --csv "$csv" --to "$short" --end "$last" >/dev/null
   /usr/bin/time -f "run$run qcache update after one day (append): %e s wall %M KB" \
     target/release/qcache update "$short" --lock file >/dev/null
   /usr/bin/time -f "run$run full rebuild of the same dataset: %e s wall %M KB" \

@@ -19,7 +19,7 @@ for days in 250 2500; do
   base="$work/store-$symbols-$days"
   if [ ! -d "$base" ]; then
     # Generated histories run past today (10 years from 2023): --max-date lets them in.
-    target/release/qdump all --csv "$csv" --to "$base" --end-date "$prev" --max-date 2100-12-31 >/dev/null ||
+    target/release/qdump all --csv "$csv" --to "$base" --end "$prev" --max-date 2100-12-31 >/dev/null ||
       [ $? -eq 3 ]
   fi
   day="$work/day-$symbols-$days.csv"

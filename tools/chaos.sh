@@ -45,7 +45,7 @@ mkdir -p "$ref"
 $qdump all --csv "$work/data" --to "$ref/whole" >/dev/null
 mid=$(sed -n 300p "$ref/whole/calendars/day.txt")
 early_end=$(sed -n 250p "$ref/whole/calendars/day.txt")
-$qdump all --csv "$work/data" --to "$ref/early" --end-date "$mid" >/dev/null || [ $? = 3 ]
+$qdump all --csv "$work/data" --to "$ref/early" --end "$mid" >/dev/null || [ $? = 3 ]
 cp -r "$ref/early" "$ref/early-warm"
 $qcache warm "$ref/early-warm" --feature-set technical --lock file >/dev/null
 $qcache query "$ref/whole" --feature-set technical --format csv >"$ref/technical.csv"

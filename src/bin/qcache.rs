@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use qstore::datacache::DiskDatasetCache;
 use qstore::expr::Expr;
 use qstore::exprcache::DiskExpressionCache;
-use qstore::{FeatureSet, Frame, Freq, Store, Universe, parse_timestamp};
+use qstore::{FeatureSet, Frame, Freq, Store, Timestamp, Universe, parse_timestamp};
 
 /// `eprintln!` for reports (counters) that must not panic when stderr is closed.
 macro_rules! errln {
@@ -170,12 +170,12 @@ enum Command {
         /// A feature set: `alpha158`, `technical`, or the path of a JSON file of the same shape.
         #[arg(long)]
         feature_set: Option<String>,
-        /// First date, inclusive.
-        #[arg(long)]
-        start: Option<String>,
-        /// Last date, inclusive.
-        #[arg(long)]
-        end: Option<String>,
+        /// First date (YYYY-MM-DD), inclusive.
+        #[arg(long, value_parser = parse_timestamp, value_name = "DATE")]
+        start: Option<Timestamp>,
+        /// Last date (YYYY-MM-DD), inclusive.
+        #[arg(long, value_parser = parse_timestamp, value_name = "DATE")]
+        end: Option<Timestamp>,
         #[arg(long, default_value = "day")]
         freq: Freq,
         #[arg(long, default_value = "all")]
@@ -649,11 +649,6 @@ fn run(cli: Cli) -> Result<u8> {
                 })?;
             }
             let store = store;
-            let date = |s: Option<String>, what: &str| -> Result<_> {
-                s.map(|s| parse_timestamp(&s).with_context(|| format!("--{what}")))
-                    .transpose()
-            };
-            let (start, end) = (date(start, "start")?, date(end, "end")?);
             let mut list = Vec::new();
             let universe = universe(&instruments, &market, &mut list)?;
             let set = feature_set

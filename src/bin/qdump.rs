@@ -85,11 +85,11 @@ enum Command {
         #[arg(long, default_value = "open,high,low,close,volume")]
         fields: String,
         /// First date (YYYY-MM-DD), inclusive.
-        #[arg(long)]
-        start: Option<String>,
+        #[arg(long, value_parser = parse_timestamp, value_name = "DATE")]
+        start: Option<Timestamp>,
         /// Last date (YYYY-MM-DD), inclusive.
-        #[arg(long)]
-        end: Option<String>,
+        #[arg(long, value_parser = parse_timestamp, value_name = "DATE")]
+        end: Option<Timestamp>,
         #[arg(long, default_value = "day")]
         freq: Freq,
         #[arg(long, default_value = "all")]
@@ -103,8 +103,8 @@ struct UpdateArgs {
     common: SourceArgs,
     /// Also read rows from this date on (YYYY-MM-DD): rows for days already stored are corrections, written
     /// where their values differ. Default: only the days after the store's last date.
-    #[arg(long)]
-    since: Option<String>,
+    #[arg(long, value_parser = parse_timestamp, value_name = "DATE")]
+    since: Option<Timestamp>,
     /// Then bring the store's expression cache (STORE/features_cache) forward too, as `qcache update` does
     /// (writer locks: Redis when QSTORE_REDIS_URL is set, else file locks).
     #[arg(long)]
@@ -116,9 +116,9 @@ struct UpdateArgs {
 struct AllArgs {
     #[command(flatten)]
     common: SourceArgs,
-    /// First date to import (YYYY-MM-DD), inclusive.
-    #[arg(long)]
-    start_date: Option<String>,
+    /// First date to import (YYYY-MM-DD), inclusive (`--start-date` is the old spelling).
+    #[arg(long = "start", alias = "start-date", value_parser = parse_timestamp, value_name = "DATE")]
+    start_date: Option<Timestamp>,
     /// Replace an existing store at --to (where a link points, when --to is a symbolic link). Only what
     /// qstore wrote is deleted; qstore.json is kept.
     #[arg(long)]
@@ -162,9 +162,9 @@ struct SourceArgs {
     /// `all`, a comma-separated list (600000.SH,000001.SZ), or @FILE with one symbol per line.
     #[arg(long, default_value = "all")]
     symbols: String,
-    /// Last date to import (YYYY-MM-DD), inclusive.
-    #[arg(long)]
-    end_date: Option<String>,
+    /// Last date to import (YYYY-MM-DD), inclusive (`--end-date` is the old spelling).
+    #[arg(long = "end", alias = "end-date", value_parser = parse_timestamp, value_name = "DATE")]
+    end_date: Option<Timestamp>,
     /// Import only the first N symbols (to try things out).
     #[arg(long)]
     limit: Option<usize>,
@@ -195,8 +195,8 @@ struct SourceArgs {
     ask_password: bool,
     /// Rows dated after this day fail their symbol (a date in the future would end every later update)
     /// [default: today].
-    #[arg(long)]
-    max_date: Option<String>,
+    #[arg(long, value_parser = parse_timestamp, value_name = "DATE")]
+    max_date: Option<Timestamp>,
     /// Wait for another writer of the same store (qdump update, qdump all --overwrite) to finish instead of
     /// failing at once.
     #[arg(long)]
@@ -283,11 +283,6 @@ fn run(cli: Cli) -> Result<u8> {
             market,
         } => {
             let store = Store::open(&store)?;
-            let date = |s: Option<String>, what: &str| -> Result<_> {
-                s.map(|s| parse_timestamp(&s).with_context(|| format!("--{what}")))
-                    .transpose()
-            };
-            let (start, end) = (date(start, "start")?, date(end, "end")?);
             let calendar = store.calendar(freq)?;
             let instruments: Vec<String> = if instruments == "all" {
                 store
@@ -339,12 +334,6 @@ fn run(cli: Cli) -> Result<u8> {
     }
 }
 
-fn date_arg(s: &Option<String>, what: &str) -> Result<Option<Timestamp>> {
-    s.as_deref()
-        .map(|s| parse_timestamp(s).with_context(|| format!("--{what}")))
-        .transpose()
-}
-
 fn symbols_arg(s: &str) -> Result<Option<Vec<String>>> {
     if s == "all" {
         return Ok(None);
@@ -367,10 +356,7 @@ fn symbols_arg(s: &str) -> Result<Option<Vec<String>>> {
 
 fn all(all: AllArgs) -> Result<u8> {
     let a = &all.common;
-    let (start, end) = (
-        date_arg(&all.start_date, "start-date")?,
-        date_arg(&a.end_date, "end-date")?,
-    );
+    let (start, end) = (all.start_date, a.end_date);
     // Everything --warm needs is checked before the first write: the set, its expressions, the lock backend.
     let warm = all.warm.as_deref().map(prepare_warm).transpose()?;
     if warm.is_some() {
@@ -485,14 +471,14 @@ fn update(u: UpdateArgs) -> Result<u8> {
         })?
         .last();
     drop(store);
-    let since = date_arg(&u.since, "since")?;
+    let since = u.since;
     // Rows strictly after the last stored bar, or from --since on.
     let start = match (since, last) {
         (Some(s), _) => Some(s),
         (None, Some(l)) => Some(l + chrono::Duration::seconds(1)),
         (None, None) => None,
     };
-    let end = date_arg(&a.end_date, "end-date")?;
+    let end = a.end_date;
     let source = open_source(a, start, end)?;
     let opts = import_options(a)?;
     let progress = Progress::new(source.symbol_count() as u64, a.json);
@@ -605,8 +591,8 @@ fn report_cache(name: &str, unit: &str, v: &serde_json::Value) -> Result<()> {
 
 /// How rows become files, from the flags `all` and `update` share.
 fn import_options(a: &SourceArgs) -> Result<ImportOptions> {
-    let day = match &a.max_date {
-        Some(d) => date_arg(&Some(d.clone()), "max-date")?.expect("given"),
+    let day = match a.max_date {
+        Some(d) => d,
         None => chrono::Local::now()
             .date_naive()
             .and_time(chrono::NaiveTime::MIN),
