@@ -210,7 +210,7 @@ impl Calendar {
 }
 
 /// Whether `t` can be written in the calendar format of `freq` without losing its time of day.
-fn fits(freq: Freq, t: Timestamp) -> bool {
+pub(crate) fn fits(freq: Freq, t: Timestamp) -> bool {
     !freq.date_only() || t.time() == NaiveTime::MIN
 }
 

@@ -213,6 +213,24 @@ struct Counters {
     writes: std::sync::atomic::AtomicU64,
 }
 
+/// An entry as [`DiskExpressionCache::find`] found it.
+enum Found {
+    Current(Arc<Meta>, Arc<FeatureFile>),
+    Behind(Arc<Meta>, Arc<FeatureFile>),
+    Missing,
+}
+
+/// An entry's values over `rows`, NaN outside `[meta.start, end)`.
+fn values_over(meta: &Meta, file: &FeatureFile, end: usize, rows: Range<usize>) -> Vec<f32> {
+    let mut out = vec![f32::NAN; rows.len()];
+    let (from, to) = (rows.start.max(meta.start), rows.end.min(end));
+    if from < to {
+        out[from - rows.start..to - rows.start]
+            .copy_from_slice(&file.values()[from - meta.start..to - meta.start]);
+    }
+    out
+}
+
 /// What [`DiskExpressionCache::lookup`] found for an (expression, instrument) over some rows.
 pub(crate) enum Lookup {
     /// Every row, from a current entry.
@@ -315,7 +333,7 @@ impl DiskExpressionCache {
     /// The values of `e` for `instrument` over `rows` as far as the cache has them: a current entry gives
     /// all of them; an entry behind the calendar (days appended since) whose sources are unchanged over the
     /// rows it covers gives those rows, except the last `right` ones a look-ahead expression must redo. A
-    /// corrected source, a damaged entry or none at all is a miss. No lock, no write.
+    /// corrected source, a damaged entry or none at all is a miss. No lock, no write; one meta read.
     pub(crate) fn lookup(
         &self,
         store: &Store,
@@ -326,57 +344,31 @@ impl DiskExpressionCache {
         rows: Range<usize>,
     ) -> Result<Lookup> {
         use std::sync::atomic::Ordering::Relaxed;
-        if let Some(v) = self.read_canonical(store, canonical, e, instrument, freq, rows.clone())? {
-            self.counters.hits.fetch_add(1, Relaxed);
-            return Ok(Lookup::Hit(v));
-        }
-        let found = self.behind_entry(store, canonical, e, instrument, freq)?;
-        let Some((meta, file)) = found else {
-            self.counters.misses.fetch_add(1, Relaxed);
-            return Ok(Lookup::Miss);
+        let id = key128(canonical, instrument, freq);
+        let (counter, found) = match self.find(store, id, canonical, e, instrument, freq)? {
+            Found::Current(meta, file) => {
+                let end = meta.start + meta.len;
+                (
+                    &self.counters.hits,
+                    Lookup::Hit(values_over(&meta, &file, end, rows)),
+                )
+            }
+            Found::Behind(meta, file) => {
+                // Rows the entry answers for: up to its calendar's end, less the look-ahead rows.
+                let valid_end = meta.calendar_len.saturating_sub(meta.right as usize);
+                let from = valid_end.clamp(rows.start, rows.end);
+                if from == rows.start {
+                    (&self.counters.misses, Lookup::Miss)
+                } else {
+                    let end = (meta.start + meta.len).min(from);
+                    let values = values_over(&meta, &file, end, rows.start..from);
+                    (&self.counters.partial, Lookup::Partial { values, from })
+                }
+            }
+            Found::Missing => (&self.counters.misses, Lookup::Miss),
         };
-        // Rows the entry answers for: up to its calendar's end, less the look-ahead rows.
-        let valid_end = meta.calendar_len.saturating_sub(meta.right as usize);
-        let from = valid_end.clamp(rows.start, rows.end);
-        let mut values = vec![f32::NAN; rows.len()];
-        let data_end = (meta.start + meta.len).min(valid_end);
-        let (a, b) = (rows.start.max(meta.start), from.min(data_end));
-        if a < b {
-            values[a - rows.start..b - rows.start]
-                .copy_from_slice(&file.values()[a - meta.start..b - meta.start]);
-        }
-        if from == rows.start {
-            self.counters.misses.fetch_add(1, Relaxed);
-            return Ok(Lookup::Miss);
-        }
-        self.counters.partial.fetch_add(1, Relaxed);
-        Ok(Lookup::Partial { values, from })
-    }
-
-    /// An entry of `e` built over a shorter calendar whose sources have not changed over the rows it covers
-    /// (so its values there are still exact), with its data checked against its checksum.
-    fn behind_entry(
-        &self,
-        store: &Store,
-        canonical: &str,
-        e: &Expr,
-        instrument: &str,
-        freq: Freq,
-    ) -> Result<Option<(Meta, FeatureFile)>> {
-        let cal_len = store.calendar(freq)?.len();
-        let k = format!("{:032x}", key128(canonical, instrument, freq));
-        let (meta_path, dir) = self.paths(instrument, &k)?;
-        let Some(meta) = Self::read_meta(&meta_path) else {
-            return Ok(None);
-        };
-        if meta.calendar_len >= cal_len || meta.expr != canonical {
-            return Ok(None);
-        }
-        let fields = StoreFields { store, freq };
-        if self.read_fingerprints(&fields, e, instrument, meta.calendar_len)? != meta.sources {
-            return Ok(None);
-        }
-        Ok(Self::open_checked(&dir, &k, &meta).map(|file| (meta, file)))
+        counter.fetch_add(1, Relaxed);
+        Ok(found)
     }
 
     /// The expression cache of the store at `root` as its configuration names it (qstore.json
@@ -392,14 +384,21 @@ impl DiskExpressionCache {
     /// `expression_cache.dir` (relative to the store), else `<store>/features_cache`.
     pub fn dir_for(root: &Path, flag: Option<&Path>) -> Result<PathBuf> {
         let file = crate::config::load(root)?.expression_cache;
-        Ok(
-            match (flag, std::env::var_os("QSTORE_CACHE_DIR"), &file.dir) {
-                (Some(d), _, _) => d.to_path_buf(),
-                (None, Some(d), _) => PathBuf::from(d),
-                (None, None, Some(d)) => root.join(d),
-                (None, None, None) => root.join(CACHE_DIR),
-            },
-        )
+        Ok(Self::dir_in(root, flag, &file))
+    }
+
+    /// [`dir_for`](Self::dir_for) with the store's settings already loaded.
+    pub fn dir_in(
+        root: &Path,
+        flag: Option<&Path>,
+        settings: &crate::config::ExpressionCache,
+    ) -> PathBuf {
+        match (flag, std::env::var_os("QSTORE_CACHE_DIR"), &settings.dir) {
+            (Some(d), _, _) => d.to_path_buf(),
+            (None, Some(d), _) => PathBuf::from(d),
+            (None, None, Some(d)) => root.join(d),
+            (None, None, None) => root.join(CACHE_DIR),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -502,16 +501,25 @@ impl DiskExpressionCache {
     ) -> Result<Vec<SourceFingerprint>> {
         Self::sources_of(e, instrument)
             .into_iter()
-            .map(|(inst, field)| {
-                let key = (inst, field, fields.freq, calendar_len);
-                if let Some(f) = self.seen_sources.lock().get(&key) {
-                    return Ok(f.clone());
-                }
-                let f = Self::fingerprint(fields, key.0.clone(), key.1.clone(), calendar_len)?;
-                self.seen_sources.lock().insert(key, f.clone());
-                Ok(f)
-            })
+            .map(|(inst, field)| self.seen_fingerprint(fields, inst, field, calendar_len))
             .collect()
+    }
+
+    /// One source's fingerprint, hashed once per process (see [`read_fingerprints`](Self::read_fingerprints)).
+    fn seen_fingerprint(
+        &self,
+        fields: &StoreFields<'_>,
+        instrument: String,
+        field: String,
+        calendar_len: usize,
+    ) -> Result<SourceFingerprint> {
+        let key = (instrument, field, fields.freq, calendar_len);
+        if let Some(f) = self.seen_sources.lock().get(&key) {
+            return Ok(f.clone());
+        }
+        let f = Self::fingerprint(fields, key.0.clone(), key.1.clone(), calendar_len)?;
+        self.seen_sources.lock().insert(key, f.clone());
+        Ok(f)
     }
 
     /// The entry of `e` for `instrument` if it is current for the store as it is now: its data over `rows`
@@ -538,26 +546,15 @@ impl DiskExpressionCache {
         freq: Freq,
         rows: Range<usize>,
     ) -> Result<Option<Vec<f32>>> {
-        let Some((meta, file)) = self.current_keyed(
-            store,
-            key128(canonical, instrument, freq),
-            canonical,
-            e,
-            instrument,
-            freq,
-        )?
-        else {
-            return Ok(None);
-        };
-        let mut out = vec![f32::NAN; rows.len()];
-        let values = &file.values()[..meta.len];
-        let from = rows.start.max(meta.start);
-        let to = rows.end.min(meta.start + meta.len);
-        if from < to {
-            out[from - rows.start..to - rows.start]
-                .copy_from_slice(&values[from - meta.start..to - meta.start]);
-        }
-        Ok(Some(out))
+        let id = key128(canonical, instrument, freq);
+        Ok(
+            match self.find(store, id, canonical, e, instrument, freq)? {
+                Found::Current(meta, file) => {
+                    Some(values_over(&meta, &file, meta.start + meta.len, rows))
+                }
+                Found::Behind(..) | Found::Missing => None,
+            },
+        )
     }
 
     /// The validated meta and data of a current entry.
@@ -569,17 +566,19 @@ impl DiskExpressionCache {
         freq: Freq,
     ) -> Result<Option<(Arc<Meta>, Arc<FeatureFile>)>> {
         let canonical = e.to_string();
-        self.current_keyed(
-            store,
-            key128(&canonical, instrument, freq),
-            &canonical,
-            e,
-            instrument,
-            freq,
+        let id = key128(&canonical, instrument, freq);
+        Ok(
+            match self.find(store, id, &canonical, e, instrument, freq)? {
+                Found::Current(meta, file) => Some((meta, file)),
+                Found::Behind(..) | Found::Missing => None,
+            },
         )
     }
 
-    fn current_keyed(
+    /// The entry `id` as readers may use it: current for the calendar now, behind it (built over a shorter
+    /// calendar, its sources unchanged over the rows it covers, so its values there are still exact), or
+    /// nothing usable (absent, another expression, a corrected source, damaged data). Its meta is read once.
+    fn find(
         &self,
         store: &Store,
         id: u128,
@@ -587,31 +586,34 @@ impl DiskExpressionCache {
         e: &Expr,
         instrument: &str,
         freq: Freq,
-    ) -> Result<Option<(Arc<Meta>, Arc<FeatureFile>)>> {
+    ) -> Result<Found> {
         let cal_len = store.calendar(freq)?.len();
         if let Some((m, f)) = self.valid.lock().get(&id)
             && m.calendar_len == cal_len
         {
-            return Ok(Some((m.clone(), f.clone())));
+            return Ok(Found::Current(m.clone(), f.clone()));
         }
         let k = format!("{id:032x}");
         let (meta_path, dir) = self.paths(instrument, &k)?;
         let Some(meta) = Self::read_meta(&meta_path) else {
-            return Ok(None);
+            return Ok(Found::Missing);
         };
-        if meta.calendar_len != cal_len || meta.expr != canonical {
-            return Ok(None);
+        if meta.calendar_len > cal_len || meta.expr != canonical {
+            return Ok(Found::Missing);
         }
         let fields = StoreFields { store, freq };
-        if self.read_fingerprints(&fields, e, instrument, cal_len)? != meta.sources {
-            return Ok(None);
+        if self.read_fingerprints(&fields, e, instrument, meta.calendar_len)? != meta.sources {
+            return Ok(Found::Missing);
         }
         let Some(file) = Self::open_checked(&dir, &k, &meta) else {
-            return Ok(None);
+            return Ok(Found::Missing);
         };
+        if meta.calendar_len < cal_len {
+            return Ok(Found::Behind(Arc::new(meta), Arc::new(file)));
+        }
         let (meta, file) = (Arc::new(meta), Arc::new(file));
         self.valid.lock().insert(id, (meta.clone(), file.clone()));
-        Ok(Some((meta, file)))
+        Ok(Found::Current(meta, file))
     }
 
     /// Computes (or brings forward) the entry of `e` for `instrument` under its writer lock.
@@ -955,7 +957,8 @@ impl DiskExpressionCache {
         Ok(counts.into_inner())
     }
 
-    /// How many entries were computed against a calendar other than the store's now (they need `update_all`).
+    /// How many entries a read would not use (behind the calendar or built from corrected values: they need
+    /// `update_all`).
     pub fn behind(&self, store: &Store) -> Result<usize> {
         let s = self.stale(store)?;
         Ok(s.behind + s.corrected)
@@ -964,11 +967,10 @@ impl DiskExpressionCache {
     /// Entries that a read would not use, by why: the one definition of "stale" (the read path's). An entry
     /// is behind when the calendar has grown since it was built, corrected when the values it was built from
     /// have changed since (a `--since` correction); an unreadable meta is counted apart. Source fingerprints
-    /// are computed once per (instrument, field).
+    /// are computed once per (instrument, field), as reads compute them.
     pub fn stale(&self, store: &Store) -> Result<Staleness> {
         let mut out = Staleness::default();
         let mut calendars: HashMap<String, Option<usize>> = HashMap::new();
-        let mut sources: HashMap<(String, String, String), SourceFingerprint> = HashMap::new();
         for (_, m) in self.entries()? {
             let Some(m) = m else {
                 out.unreadable += 1;
@@ -988,18 +990,12 @@ impl DiskExpressionCache {
             let fields = StoreFields { store, freq };
             let mut corrected = false;
             for s in &m.sources {
-                let k = (s.instrument.clone(), s.field.clone(), m.freq.clone());
-                let now = match sources.get(&k) {
-                    Some(f) => f.clone(),
-                    None => {
-                        let e = Expr::Field(s.field.clone());
-                        let f = Self::fingerprints(&fields, &e, &s.instrument, m.calendar_len)?
-                            .pop()
-                            .expect("one field, one fingerprint");
-                        sources.insert(k, f.clone());
-                        f
-                    }
-                };
+                let now = self.seen_fingerprint(
+                    &fields,
+                    s.instrument.clone(),
+                    s.field.clone(),
+                    m.calendar_len,
+                )?;
                 if now != *s {
                     corrected = true;
                     break;

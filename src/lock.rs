@@ -551,16 +551,27 @@ pub fn check(root: &Path, settings: &LockSettings) -> Result<()> {
 /// The lease a Redis writer lock of the store at `root` has (flag, else qstore.json, else 30 s): the one
 /// definition `for_store` and `qcache info` share.
 pub fn lease(root: &Path, settings: &LockSettings) -> Result<Duration> {
-    match backend(root, settings, false) {
-        Ok(Backend::Redis { lease, .. }) => Ok(lease),
-        Ok(Backend::File) => {
-            let file = crate::config::load(root)?.expression_cache;
-            Ok(Duration::from_secs_f64(
-                settings.lease_s.or(file.lease_s).unwrap_or(30.0),
-            ))
-        }
-        Err(e) => Err(e),
+    resolve_lease(settings, &crate::config::load(root)?.expression_cache)
+}
+
+/// The lease the flag or qstore.json gives (30 s when neither does), checked to be usable.
+fn resolve_lease(
+    settings: &LockSettings,
+    file: &crate::config::ExpressionCache,
+) -> Result<Duration> {
+    let lease = settings.lease_s.or(file.lease_s).unwrap_or(30.0);
+    // A writer renews its lease every third of it; below a second that is no margin at all, and Redis refuses
+    // an expiry of 0.
+    if !(lease.is_finite() && (MIN_LEASE_S..=MAX_LEASE_S).contains(&lease)) {
+        return Err(Error::Config {
+            source_name: "the lock lease (--lease-s, or expression_cache.lease_s in qstore.json)"
+                .into(),
+            reason: format!(
+                "{lease} s is out of range; give a number of seconds from {MIN_LEASE_S} to {MAX_LEASE_S} (30 is usual)"
+            ),
+        });
     }
+    Ok(Duration::from_secs_f64(lease))
 }
 
 /// The kind of writer lock the settings, `QSTORE_REDIS_URL` and qstore.json name.
@@ -590,18 +601,7 @@ fn backend(root: &Path, settings: &LockSettings, read_only: bool) -> Result<Back
                 .map(|u| (u, "qstore.json expression_cache.redis_url".to_string()))
         });
     let kind = settings.kind.clone().or(file.lock.clone());
-    let lease = settings.lease_s.or(file.lease_s).unwrap_or(30.0);
-    // A writer renews its lease every third of it; below a second that is no margin at all, and Redis refuses
-    // an expiry of 0.
-    if !(lease.is_finite() && (MIN_LEASE_S..=MAX_LEASE_S).contains(&lease)) {
-        return Err(Error::Config {
-            source_name: "the lock lease (--lease-s, or expression_cache.lease_s in qstore.json)"
-                .into(),
-            reason: format!(
-                "{lease} s is out of range; give a number of seconds from {MIN_LEASE_S} to {MAX_LEASE_S} (30 is usual)"
-            ),
-        });
-    }
+    let lease = resolve_lease(settings, &file)?;
     match (kind.as_deref(), url) {
         (Some("redis"), None) if !read_only => Err(Error::Config {
             source_name: "lock settings".into(),
@@ -609,11 +609,7 @@ fn backend(root: &Path, settings: &LockSettings, read_only: bool) -> Result<Back
         }),
         (Some("file"), _) | (_, None) => Ok(Backend::File),
         (_, Some(_)) if read_only => Ok(Backend::File),
-        (_, Some((url, from))) => Ok(Backend::Redis {
-            url,
-            from,
-            lease: Duration::from_secs_f64(lease),
-        }),
+        (_, Some((url, from))) => Ok(Backend::Redis { url, from, lease }),
     }
 }
 

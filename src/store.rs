@@ -113,6 +113,8 @@ pub struct Store {
     map_threshold: u64,
     /// Read by `features()` when set: computed expressions on disk, and how to use them.
     pub(crate) expr_cache: Option<(Arc<crate::exprcache::DiskExpressionCache>, ExprCacheMode)>,
+    /// The expression cache's settings as the store was opened with them.
+    expr_settings: crate::config::ExpressionCache,
 }
 
 impl std::fmt::Debug for Store {
@@ -154,17 +156,18 @@ impl Store {
 
     /// Sets how `features()` uses the store's own expression cache (as configured: qstore.json, then
     /// `QSTORE_CACHE_DIR`, `QSTORE_REDIS_URL`): `Off` never, `Read` when its directory exists, `Write` always
-    /// (taking writer locks, Redis when configured).
+    /// (taking writer locks, Redis when configured). Reading needs no lock and no more configuration: the
+    /// settings the store was opened with name the directory.
     pub fn use_expression_cache(&mut self, mode: ExprCacheMode) -> Result<()> {
         use crate::exprcache::DiskExpressionCache;
         self.expr_cache = match mode {
             ExprCacheMode::Off => None,
             ExprCacheMode::Read => {
-                let dir = DiskExpressionCache::dir_for(&self.root, None)?;
-                dir.is_dir()
-                    .then(|| DiskExpressionCache::for_store(&self.root, true))
-                    .transpose()?
-                    .map(|c| (Arc::new(c), mode))
+                let dir = DiskExpressionCache::dir_in(&self.root, None, &self.expr_settings);
+                dir.is_dir().then(|| {
+                    let lock = Box::new(crate::lock::FileLock::new(&dir));
+                    (Arc::new(DiskExpressionCache::new(&dir, lock)), mode)
+                })
             }
             ExprCacheMode::Write => Some((
                 Arc::new(DiskExpressionCache::for_store(&self.root, false)?),
@@ -200,6 +203,7 @@ impl Store {
             handles: Mutex::new(LruCache::new(options.handle_cache)),
             map_threshold: options.map_threshold,
             expr_cache: None,
+            expr_settings: options.expression_cache,
         })
     }
 

@@ -100,11 +100,10 @@ pub(crate) fn check_rows(
     opts: &ImportOptions,
 ) -> std::result::Result<(), String> {
     let at = |k: usize| crate::calendar::format_timestamp(rows.dates[k], opts.freq.date_only());
-    if opts.freq.date_only()
-        && let Some(k) = rows
-            .dates
-            .iter()
-            .position(|d| d.time() != chrono::NaiveTime::MIN)
+    if let Some(k) = rows
+        .dates
+        .iter()
+        .position(|&d| !crate::calendar::fits(opts.freq, d))
     {
         return Err(format!(
             "{}: the row dated {} has a time of day, which a {} calendar cannot hold; import it with a minute frequency (--freq 1min) or drop the time",
