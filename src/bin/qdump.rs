@@ -448,9 +448,10 @@ fn prepare_warm(name: &str) -> Result<(qstore::FeatureSet, Vec<qstore::expr::Exp
 
 fn update(u: UpdateArgs) -> Result<u8> {
     let a = &u.common;
+    // Opened before the lock, so a directory that is not a store gets no lock file; nothing is read from it
+    // until the lock is held (a Store loads its calendar when first asked).
     let store =
         Store::open(&a.to).with_context(|| format!("opening the store {}", a.to.display()))?;
-    drop(store);
     if u.update_caches {
         qstore::lock::check(&a.to, &Default::default()).context(
             "checking the caches' writer lock for --update-caches (nothing was changed)",
@@ -459,8 +460,6 @@ fn update(u: UpdateArgs) -> Result<u8> {
     // The lock first: the days to read depend on the store as the lock holder sees it.
     let lock = import::update::UpdateLock::acquire(&a.to, a.wait)
         .with_context(|| format!("updating {}", a.to.display()))?;
-    let store =
-        Store::open(&a.to).with_context(|| format!("opening the store {}", a.to.display()))?;
     let last = store
         .calendar(a.freq)
         .with_context(|| {

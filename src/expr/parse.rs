@@ -200,32 +200,6 @@ enum Node {
     Chain(Box<(Node, usize)>, Vec<(Binary, (Node, usize))>),
 }
 
-impl Node {
-    /// The height of the tree (a leaf is 1), without recursion through chains' elements' own chains beyond
-    /// what the parser already bounded.
-    fn height(&self) -> usize {
-        let mut deepest = 0;
-        let mut stack = vec![(self, 1)];
-        while let Some((n, d)) = stack.pop() {
-            deepest = deepest.max(d);
-            match n {
-                Node::Num(..) | Node::Str(_) | Node::Field(_) => {}
-                Node::Neg(x) => stack.push((&x.0, d + 1)),
-                Node::Bin(_, a, b) => {
-                    stack.push((&a.0, d + 1));
-                    stack.push((&b.0, d + 1));
-                }
-                Node::Call(_, args) => stack.extend(args.iter().map(|(a, _)| (a, d + 1))),
-                Node::Chain(first, rest) => {
-                    stack.push((&first.0, d + 1));
-                    stack.extend(rest.iter().map(|(_, (x, _))| (x, d + 1)));
-                }
-            }
-        }
-        deepest
-    }
-}
-
 /// A run of more operators than this at one binding power is parsed as one flat chain.
 const FLAT_CHAIN: usize = 16;
 
@@ -340,7 +314,7 @@ impl Parser<'_> {
         let mut lhs_height = self.height;
         let mut last_cmp: Option<usize> = None;
         // The current run of operators of one binding power: `a + b - c + ...`.
-        let mut run: Vec<(Binary, (Node, usize), usize)> = Vec::new();
+        let mut run: Vec<(Binary, (Node, usize), usize, usize)> = Vec::new();
         let mut run_bp = 0;
         while let Some((bp, op)) = infix(self.peek()) {
             if bp < min {
@@ -365,7 +339,7 @@ impl Parser<'_> {
             }
             self.next();
             let rhs = self.expr(bp + 1)?;
-            run.push((op, rhs, pos));
+            run.push((op, rhs, pos, self.height));
         }
         if !run.is_empty() {
             (lhs, lhs_height) = self.fold(lhs, lhs_height, run)?;
@@ -374,26 +348,24 @@ impl Parser<'_> {
         Ok(lhs)
     }
 
-    /// `lhs` and a run of operators of one binding power (each with its right operand and position) as one
+    /// `lhs` and a run of operators of one binding power (each with its right operand, position and height) as one
     /// tree: a flat chain when the run is longer than [`FLAT_CHAIN`] (a sum of thousands of terms is one
     /// level deep), else left-nested binary nodes (qlib's tree). Either way evaluated left to right.
     fn fold(
         &mut self,
         lhs: (Node, usize),
         lhs_height: usize,
-        run: Vec<(Binary, (Node, usize), usize)>,
+        run: Vec<(Binary, (Node, usize), usize, usize)>,
     ) -> Result<((Node, usize), usize)> {
         let at = lhs.1;
-        // Heights of the right operands, as parsed (each set self.height when it returned).
-        let heights: Vec<usize> = run.iter().map(|(_, (n, _), _)| n.height()).collect();
         if run.len() > FLAT_CHAIN {
-            let h = 1 + heights.iter().copied().fold(lhs_height, usize::max);
+            let h = 1 + run.iter().map(|r| r.3).fold(lhs_height, usize::max);
             self.grow(h, run[0].2)?;
-            let rest = run.into_iter().map(|(op, rhs, _)| (op, rhs)).collect();
+            let rest = run.into_iter().map(|(op, rhs, _, _)| (op, rhs)).collect();
             return Ok(((Node::Chain(Box::new(lhs), rest), at), h));
         }
         let (mut lhs, mut h) = (lhs, lhs_height);
-        for ((op, rhs, pos), rh) in run.into_iter().zip(heights) {
+        for (op, rhs, pos, rh) in run {
             self.grow(1 + h.max(rh), pos)?;
             h = self.height;
             lhs = (Node::Bin(op, Box::new(lhs), Box::new(rhs)), at);
