@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use qstore::datacache::{DiskCacheMode, DiskDatasetCache};
-use qstore::exprcache::DiskExpressionCache;
-use qstore::lock::FileLock;
-use qstore::memcache::Limit;
+use qstore::cache::expr::DiskExpressionCache;
+use qstore::cache::lock::FileLock;
+use qstore::dataset::{DiskCacheMode, DiskDatasetCache};
 use qstore::store::CacheConfig;
+use qstore::util::memcache::Limit;
 use qstore::{FeatureSet, Freq, Store, StoreOptions, Universe, import};
 
 /// A store without the in-memory feature cache, so every query computes (or reads a disk cache).
@@ -92,7 +92,7 @@ fn benches(c: &mut Criterion) {
     ec.warm_all(&store, &symbols, &parsed, Freq::DAY, &|| {})
         .unwrap();
     let mut via_ec = uncached(&root);
-    via_ec.set_expression_cache(ec, qstore::exprcache::Mode::Read);
+    via_ec.set_expression_cache(ec, qstore::cache::expr::Mode::Read);
     eprintln!(
         "dataset: {} rows x {} columns ({} MB); one month: {} rows",
         whole.len(),

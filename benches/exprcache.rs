@@ -6,9 +6,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use qstore::cache::expr::DiskExpressionCache;
+use qstore::cache::lock::{FileLock, Lock, RedisLock};
 use qstore::expr::parse;
-use qstore::exprcache::DiskExpressionCache;
-use qstore::lock::{FileLock, Lock, RedisLock};
 use qstore::{Freq, Store, import};
 
 fn benches(c: &mut Criterion) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use parking_lot::Mutex;
-use qstore::memcache::{Limit, MemCache};
+use qstore::util::memcache::{Limit, MemCache};
 
 const KEYS: u64 = 400;
 

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use qstore::{Calendar, Freq, Store, feature};
+use qstore::store::bin;
+use qstore::{Calendar, Freq, Store};
 
 const INSTRUMENTS: usize = 5000;
 const DAYS: usize = 750;
@@ -43,7 +44,7 @@ fn build_store(root: &Path) -> Vec<String> {
                 .collect();
             std::fs::write(
                 dir.join(format!("{field}.day.bin")),
-                feature::encode(start as u32, &values),
+                bin::encode(start as u32, &values),
             )
             .unwrap();
         }

@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
     // range with one index lookup and one hyperslab. Keep the cache object: it remembers resolved requests.
     #[cfg(feature = "hdf5")]
     {
-        use qstore::datacache::{DiskCacheMode, DiskDatasetCache};
+        use qstore::dataset::{DiskCacheMode, DiskDatasetCache};
         let datasets = DiskDatasetCache::for_store(store.root(), false)?;
         let exprs = ["Mean($close, 5)", "Std($close, 20)"];
         let all = Universe::Market("all");

@@ -27,39 +27,24 @@
 //! # }
 //! ```
 
-pub mod calendar;
-pub mod check;
-pub mod config;
-pub mod datacache;
+pub mod cache;
+pub mod dataset;
 pub mod error;
 pub mod expr;
-pub mod exprcache;
-pub mod failpoint;
-pub mod feature;
-pub mod features;
-pub mod featureset;
-pub mod frame;
-pub mod freq;
-pub mod fsio;
 pub mod import;
-pub mod instruments;
-pub mod layout;
-pub mod loader;
-pub mod lock;
-pub mod memcache;
-pub mod panel;
+pub mod query;
 pub mod store;
-pub mod writer;
+pub mod util;
 
-pub use calendar::{Calendar, Timestamp, format_timestamp, parse_timestamp};
 pub use error::{CorruptReason, Error, NameKind, Result};
-pub use feature::{FeatureFile, FeatureSlice};
-pub use features::Universe;
-pub use featureset::FeatureSet;
-pub use frame::Frame;
-pub use freq::{Freq, FreqBase};
-pub use instruments::{Instruments, Span};
-pub use memcache::{Limit, MemCache, Weigh};
-pub use panel::Panel;
+pub use query::Universe;
+pub use query::featureset::FeatureSet;
+pub use query::frame::Frame;
+pub use store::bin::{FeatureFile, FeatureSlice};
+pub use store::calendar::{Calendar, Timestamp, format_timestamp, parse_timestamp};
+pub use store::freq::{Freq, FreqBase};
+pub use store::instruments::{Instruments, Span};
+pub use store::panel::Panel;
+pub use store::writer::WriteKind;
 pub use store::{CacheStats, Store, StoreOptions};
-pub use writer::WriteKind;
+pub use util::memcache::{Limit, MemCache, Weigh};

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use qstore::check::{CheckOptions, check};
+use qstore::store::check::{CheckOptions, check};
 use qstore::{Freq, Instruments, Span, Store, import, parse_timestamp};
 
 fn sample(dir: &Path) -> Store {

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use qstore::{FeatureFile, writer};
+use qstore::FeatureFile;
+use qstore::store::writer;
 
 const ROUNDS: usize = 240;
 

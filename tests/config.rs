@@ -5,8 +5,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use qstore::config::{self, CONFIG_FILE};
 use qstore::store::CacheConfig;
+use qstore::store::settings::{self, CONFIG_FILE};
 use qstore::{Freq, Limit, Store};
 
 fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -20,7 +20,7 @@ fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
 #[test]
 fn defaults_then_file_then_environment() {
     let dir = tempfile::tempdir().unwrap();
-    let o = config::load_with(dir.path(), &env(&[])).unwrap();
+    let o = settings::load_with(dir.path(), &env(&[])).unwrap();
     let qlib = CacheConfig {
         limit: Limit::Entries(500),
         expiry: Some(Duration::from_secs(3600)),
@@ -38,7 +38,7 @@ fn defaults_then_file_then_environment() {
             "map_threshold": 0}"#,
     )
     .unwrap();
-    let o = config::load_with(dir.path(), &env(&[])).unwrap();
+    let o = settings::load_with(dir.path(), &env(&[])).unwrap();
     assert_eq!(
         o.calendar_cache,
         CacheConfig {
@@ -49,7 +49,7 @@ fn defaults_then_file_then_environment() {
     assert_eq!(o.instrument_cache.limit, Limit::Entries(7));
     assert_eq!(o.map_threshold, 0);
 
-    let o = config::load_with(
+    let o = settings::load_with(
         dir.path(),
         &env(&[
             ("QSTORE_MEMCACHE_INSTRUMENTS_LIMIT", "9"),
@@ -87,13 +87,13 @@ fn typos_and_bad_values_are_errors_naming_where() {
         ("{ not json", "line 1 column 3"),
     ] {
         std::fs::write(&file, text).unwrap();
-        let err = config::load_with(dir.path(), &env(&[]))
+        let err = settings::load_with(dir.path(), &env(&[]))
             .unwrap_err()
             .to_string();
         assert!(err.contains(want), "{text}: {err}");
     }
     std::fs::remove_file(&file).unwrap();
-    let err = config::load_with(
+    let err = settings::load_with(
         dir.path(),
         &env(&[("QSTORE_MEMCACHE_CALENDAR_LIMIT", "lots")]),
     )

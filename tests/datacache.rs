@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use qstore::datacache::{DiskCacheMode, DiskDatasetCache, Outcome};
-use qstore::lock::FileLock;
+use qstore::cache::lock::FileLock;
+use qstore::dataset::{DiskCacheMode, DiskDatasetCache, Outcome};
 use qstore::{Frame, Freq, Store, Universe, import, parse_timestamp};
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");
@@ -678,10 +678,10 @@ fn writers_on_redis_leases_build_once_and_fence_their_generations() {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(sample(dir.path()));
-    let id = qstore::exprcache::store_id(s.root()).unwrap();
+    let id = qstore::cache::expr::store_id(s.root()).unwrap();
     let open = |s: &Store| {
         let dir = s.root().join("dataset_cache");
-        let lock = qstore::lock::RedisLock::connect(
+        let lock = qstore::cache::lock::RedisLock::connect(
             &url,
             &id,
             std::time::Duration::from_secs(10),

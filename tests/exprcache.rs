@@ -10,9 +10,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use qstore::cache::expr::{DiskExpressionCache, Outcome, key};
+use qstore::cache::lock::{FileLock, Lock};
 use qstore::expr::parse;
-use qstore::exprcache::{DiskExpressionCache, Outcome, key};
-use qstore::lock::{FileLock, Lock};
 use qstore::{Freq, Store, Universe};
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");
@@ -113,7 +113,7 @@ fn cached_reads_equal_evaluation_and_never_write() {
         .features(Universe::List(&list), &EXPRS, None, None, Freq::DAY)
         .unwrap();
     let before = common::tree(&root.join("features_cache"));
-    store.set_expression_cache(cache.clone(), qstore::exprcache::Mode::Read);
+    store.set_expression_cache(cache.clone(), qstore::cache::expr::Mode::Read);
     let cached = store
         .features(Universe::List(&list), &EXPRS, None, None, Freq::DAY)
         .unwrap();
@@ -652,7 +652,7 @@ fn redis_going_away_fails_writers_clearly_and_readers_keep_working() {
             .unwrap()
             .is_some()
     );
-    store.set_expression_cache(cache, qstore::exprcache::Mode::Read);
+    store.set_expression_cache(cache, qstore::cache::expr::Mode::Read);
     let list = vec!["SH600000".to_string()];
     store
         .features(
@@ -707,7 +707,7 @@ fn qdump_update_reports_and_updates_caches() {
     assert_eq!(v["expression_cache"]["updated"], 4, "{v}");
     assert_eq!(v["expression_cache"]["behind"], 0, "{v}");
     let mut store = Store::open(&root).unwrap();
-    store.set_expression_cache(Arc::new(file_cache(&root)), qstore::exprcache::Mode::Read);
+    store.set_expression_cache(Arc::new(file_cache(&root)), qstore::cache::expr::Mode::Read);
     let cache = file_cache(&root);
     assert!(
         cache

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{qlib_bytes, store_with_calendar};
-use qstore::{CorruptReason, Error, FeatureFile, Freq, WriteKind, writer};
+use qstore::store::writer;
+use qstore::{CorruptReason, Error, FeatureFile, Freq, WriteKind};
 
 const NAN: f32 = f32::NAN;
 

@@ -13,7 +13,7 @@ use hdf5_sys::h5i::hid_t;
 use hdf5_sys::h5p::H5P_DEFAULT;
 use hdf5_sys::h5s::{H5S_ALL, H5Sclose, H5Sget_simple_extent_dims};
 use hdf5_sys::h5t::{H5T_NATIVE_FLOAT, H5T_NATIVE_UINT32, H5T_NATIVE_UINT64};
-use qstore::datacache::{DatasetMeta, DiskDatasetCache};
+use qstore::dataset::{DatasetMeta, DiskDatasetCache};
 use qstore::{Freq, Store, Universe, import};
 
 /// Reads a whole dataset of `T` (whose HDF5 memory type is `mem`) and its dimensions.

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use qstore::import::loader::{KlineLoader, SourceFactory};
 use qstore::import::{self, CsvSource, Source};
-use qstore::loader::{KlineLoader, SourceFactory};
 use qstore::{Freq, Store, Timestamp, parse_timestamp};
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");
@@ -180,7 +180,7 @@ fn without_a_source_it_serves_what_the_store_has() {
 fn a_refresh_brings_the_expression_cache_forward() {
     let dir = tempfile::tempdir().unwrap();
     let root = build(dir.path(), "2023-06-30");
-    let cache = qstore::exprcache::DiskExpressionCache::for_store(&root, false).unwrap();
+    let cache = qstore::cache::expr::DiskExpressionCache::for_store(&root, false).unwrap();
     let e = qstore::expr::parse("Mean($close, 5)").unwrap();
     let store = Store::open(&root).unwrap();
     cache.warm(&store, &e, "SH600000", Freq::DAY).unwrap();
@@ -188,7 +188,7 @@ fn a_refresh_brings_the_expression_cache_forward() {
     let loader = KlineLoader::new(&root, Some(source(today)), Duration::from_secs(3600));
     loader.load("SH600000", None, None).unwrap();
     let store = Store::open(&root).unwrap();
-    let fresh = qstore::exprcache::DiskExpressionCache::for_store(&root, true).unwrap();
+    let fresh = qstore::cache::expr::DiskExpressionCache::for_store(&root, true).unwrap();
     let got = fresh.read(
         &store,
         &e,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use qstore::memcache::{Limit, ManualClock, MemCache, Weigh};
+use qstore::util::memcache::{Limit, ManualClock, MemCache, Weigh};
 
 fn v(n: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(n);

@@ -217,7 +217,7 @@ fn reserved_and_odd_symbols_round_trip_through_the_store() {
             &[1.5]
         );
         assert_eq!(
-            qstore::layout::fname_to_code(dirname),
+            qstore::store::layout::fname_to_code(dirname),
             symbol.to_lowercase()
         );
     }

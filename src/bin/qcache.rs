@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use qstore::datacache::DiskDatasetCache;
+use qstore::cache::expr::DiskExpressionCache;
+use qstore::dataset::DiskDatasetCache;
 use qstore::expr::Expr;
-use qstore::exprcache::DiskExpressionCache;
 use qstore::{FeatureSet, Frame, Freq, Store, Timestamp, Universe, parse_timestamp};
 
 /// `eprintln!` for reports (counters) that must not panic when stderr is closed.
@@ -235,14 +235,14 @@ fn open_cache(a: &CacheArgs) -> Result<(Store, Arc<DiskExpressionCache>)> {
 
 /// The store's dataset cache, locking as the expression cache does.
 fn open_datasets(a: &CacheArgs) -> Result<DiskDatasetCache> {
-    let dir = a.store.join(qstore::datacache::DATASET_DIR);
+    let dir = a.store.join(qstore::dataset::DATASET_DIR);
     let mut cache = DiskDatasetCache::new(&dir, lock_for(a, &dir)?);
     cache.wait = Duration::from_secs_f64(a.wait_s);
     Ok(cache)
 }
 
-fn lock_for(a: &CacheArgs, dir: &std::path::Path) -> Result<Box<dyn qstore::lock::Lock>> {
-    Ok(qstore::lock::for_store(
+fn lock_for(a: &CacheArgs, dir: &std::path::Path) -> Result<Box<dyn qstore::cache::lock::Lock>> {
+    Ok(qstore::cache::lock::for_store(
         &a.store,
         dir,
         &lock_settings(a),
@@ -251,8 +251,8 @@ fn lock_for(a: &CacheArgs, dir: &std::path::Path) -> Result<Box<dyn qstore::lock
 }
 
 /// The lock flags as the library's settings.
-fn lock_settings(a: &CacheArgs) -> qstore::lock::LockSettings {
-    qstore::lock::LockSettings {
+fn lock_settings(a: &CacheArgs) -> qstore::cache::lock::LockSettings {
+    qstore::cache::lock::LockSettings {
         kind: a.lock.map(|k| match k {
             LockKind::Redis => "redis".to_string(),
             LockKind::File => "file".to_string(),
@@ -286,7 +286,7 @@ fn universe<'a>(
 }
 
 /// `Built: 3, Appended: 40` (unreadable entries as `Unreadable`).
-fn outcomes(counts: &BTreeMap<Option<qstore::exprcache::Outcome>, usize>) -> String {
+fn outcomes(counts: &BTreeMap<Option<qstore::cache::expr::Outcome>, usize>) -> String {
     counts
         .iter()
         .map(|(o, n)| match o {
@@ -399,7 +399,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Info { cache: args, json } => {
             // The lease the locks use (flag, qstore.json, default), not the flag's default alone.
             let cache_lease =
-                qstore::lock::lease(&args.store, &lock_settings(&args))?.as_secs_f64();
+                qstore::cache::lock::lease(&args.store, &lock_settings(&args))?.as_secs_f64();
             let (store, cache) = open_cache(&args)?;
             let datasets = open_datasets(&args)?;
             let sets = datasets.entries()?;
@@ -421,7 +421,7 @@ fn run(cli: Cli) -> Result<u8> {
             let staleness = cache.stale(&store)?;
             let (stale, unreadable) =
                 (staleness.behind + staleness.corrected, staleness.unreadable);
-            let size = qstore::fsio::dir_size(cache.dir());
+            let size = qstore::store::fsio::dir_size(cache.dir());
             // When the oldest and newest entries were published (their metas' modification times).
             let times: Vec<std::time::SystemTime> = entries
                 .iter()
@@ -433,7 +433,7 @@ fn run(cli: Cli) -> Result<u8> {
                     .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
             };
             let (oldest, newest) = (stamp(times.iter().min()), stamp(times.iter().max()));
-            let opts = qstore::config::load(store.root())?;
+            let opts = qstore::store::settings::load(store.root())?;
             let mem = |c: qstore::store::CacheConfig| serde_json::json!({"limit": format!("{:?}", c.limit), "expire_s": c.expiry.map(|d| d.as_secs())});
             let v = serde_json::json!({
                 "cache_dir": cache.dir().display().to_string(),
@@ -452,7 +452,7 @@ fn run(cli: Cli) -> Result<u8> {
                     "dir": datasets.dir().display().to_string(),
                     "count": sets.len(),
                     "rows": sets_rows,
-                    "size_mb": qstore::fsio::dir_size(datasets.dir()) as f64 / 1e6,
+                    "size_mb": qstore::store::fsio::dir_size(datasets.dir()) as f64 / 1e6,
                     "stale": sets_behind,
                     "unreadable": sets_unreadable,
                     "available": DiskDatasetCache::available(),
@@ -643,9 +643,9 @@ fn run(cli: Cli) -> Result<u8> {
             let mut store = Store::open(&store)?;
             if let Some(m) = expr_cache {
                 store.use_expression_cache(match m {
-                    ExprCacheArg::Off => qstore::exprcache::Mode::Off,
-                    ExprCacheArg::Read => qstore::exprcache::Mode::Read,
-                    ExprCacheArg::Write => qstore::exprcache::Mode::Write,
+                    ExprCacheArg::Off => qstore::cache::expr::Mode::Off,
+                    ExprCacheArg::Read => qstore::cache::expr::Mode::Read,
+                    ExprCacheArg::Write => qstore::cache::expr::Mode::Write,
                 })?;
             }
             let store = store;
@@ -657,8 +657,8 @@ fn run(cli: Cli) -> Result<u8> {
                 .transpose()?;
             // The dataset cache and its mode, when one is asked for.
             let disk = match disk_cache {
-                1 => Some(qstore::datacache::DiskCacheMode::Use),
-                2 => Some(qstore::datacache::DiskCacheMode::Rebuild),
+                1 => Some(qstore::dataset::DiskCacheMode::Use),
+                2 => Some(qstore::dataset::DiskCacheMode::Rebuild),
                 _ => None,
             }
             .map(|mode| {
@@ -722,7 +722,7 @@ fn run(cli: Cli) -> Result<u8> {
             }
             match out {
                 Some(path) => {
-                    qstore::fsio::replace_atomic_with(&path, |w| write(&frame, format, w))
+                    qstore::store::fsio::replace_atomic_with(&path, |w| write(&frame, format, w))
                         .with_context(|| format!("writing {}", path.display()))?
                 }
                 None => {

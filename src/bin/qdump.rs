@@ -239,7 +239,7 @@ fn run(cli: Cli) -> Result<u8> {
             json,
         } => {
             let s = Store::open(&store)?;
-            let opts = qstore::check::CheckOptions {
+            let opts = qstore::store::check::CheckOptions {
                 freq,
                 market,
                 required,
@@ -247,7 +247,7 @@ fn run(cli: Cli) -> Result<u8> {
                 price_step,
                 volume_step,
             };
-            let report = qstore::check::check(&s, &opts)
+            let report = qstore::store::check::check(&s, &opts)
                 .with_context(|| format!("checking {}", store.display()))?;
             let code = if report.findings.is_empty() { 0 } else { 5 };
             if json {
@@ -360,7 +360,8 @@ fn all(all: AllArgs) -> Result<u8> {
     // Everything --warm needs is checked before the first write: the set, its expressions, the lock backend.
     let warm = all.warm.as_deref().map(prepare_warm).transpose()?;
     if warm.is_some() {
-        qstore::lock::check(&a.to, &Default::default()).context("checking --warm's writer lock")?;
+        qstore::cache::lock::check(&a.to, &Default::default())
+            .context("checking --warm's writer lock")?;
     }
     let source = open_source(a, start, end)?;
     let opts = import_options(a)?;
@@ -395,7 +396,7 @@ fn all(all: AllArgs) -> Result<u8> {
     {
         let warmed = (|| -> Result<_> {
             let store = Store::open(&a.to)?;
-            let cache = qstore::exprcache::DiskExpressionCache::for_store(&a.to, false)?;
+            let cache = qstore::cache::expr::DiskExpressionCache::for_store(&a.to, false)?;
             let symbols: Vec<String> = store
                 .instruments(&a.market)?
                 .symbols()
@@ -453,7 +454,7 @@ fn update(u: UpdateArgs) -> Result<u8> {
     let store =
         Store::open(&a.to).with_context(|| format!("opening the store {}", a.to.display()))?;
     if u.update_caches {
-        qstore::lock::check(&a.to, &Default::default()).context(
+        qstore::cache::lock::check(&a.to, &Default::default()).context(
             "checking the caches' writer lock for --update-caches (nothing was changed)",
         )?;
     }
@@ -491,7 +492,7 @@ fn update(u: UpdateArgs) -> Result<u8> {
     // The caches: bring them forward, or say how far behind they now are. The update is committed: a failure
     // here is exit 6, with what to run.
     let caches = report_after_commit(&mut code, &a.to, "expression cache", || {
-        let cache = qstore::exprcache::DiskExpressionCache::for_store(&a.to, !u.update_caches)?;
+        let cache = qstore::cache::expr::DiskExpressionCache::for_store(&a.to, !u.update_caches)?;
         if !cache.dir().is_dir() {
             return Ok(serde_json::Value::Null);
         }
@@ -506,11 +507,11 @@ fn update(u: UpdateArgs) -> Result<u8> {
         })
     });
     let datasets = report_after_commit(&mut code, &a.to, "dataset cache", || {
-        if !a.to.join(qstore::datacache::DATASET_DIR).is_dir() {
+        if !a.to.join(qstore::dataset::DATASET_DIR).is_dir() {
             return Ok(serde_json::Value::Null);
         }
         let store = Store::open(&a.to)?;
-        let sets = qstore::datacache::DiskDatasetCache::for_store(&a.to, !u.update_caches)?;
+        let sets = qstore::dataset::DiskDatasetCache::for_store(&a.to, !u.update_caches)?;
         Ok(if u.update_caches {
             let counts = sets
                 .update_all(&store)

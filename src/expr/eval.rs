@@ -18,7 +18,7 @@ use super::kernels::{
     self, CoMoments, Extreme, Moments, OrderStat, Spread, Sum, Weighted, rolling, rolling_stepped,
 };
 use crate::error::Result;
-use crate::feature::FeatureFile;
+use crate::store::bin::FeatureFile;
 
 /// Stored values of one field of one instrument: `values()[0]` is calendar row `start()`.
 #[derive(Clone)]

@@ -575,7 +575,7 @@ impl Lower<'_> {
             }
             Node::Field(f) => {
                 let name = f.to_lowercase();
-                crate::layout::validate_name(NameKind::Field, &name)
+                crate::store::layout::validate_name(NameKind::Field, &name)
                     .map_err(|e| self.err(pos, e.to_string()))?;
                 Expr::Field(name)
             }
@@ -784,7 +784,7 @@ impl Lower<'_> {
                         ),
                     ));
                 };
-                crate::layout::validate_name(NameKind::Instrument, &instrument)
+                crate::store::layout::validate_name(NameKind::Instrument, &instrument)
                     .map_err(|e| self.err(args[inst].1, e.to_string()))?;
                 Ok(Expr::Instrument(
                     Box::new(self.expr(args.swap_remove(x))?),

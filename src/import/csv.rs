@@ -13,9 +13,9 @@ use parking_lot::Mutex;
 use rayon::prelude::*;
 
 use super::{Failure, Source, SymbolRows, qlib_symbol};
-use crate::calendar::{Timestamp, parse_timestamp};
 use crate::error::{Error, NameKind, Result};
-use crate::layout::validate_name;
+use crate::store::calendar::{Timestamp, parse_timestamp};
+use crate::store::layout::validate_name;
 
 /// Which rows and columns to import.
 #[derive(Debug, Clone)]
@@ -486,7 +486,7 @@ impl Source for CsvSource {
         let start = self
             .opts
             .start
-            .map(|s| crate::calendar::format_timestamp(s, false));
+            .map(|s| crate::store::calendar::format_timestamp(s, false));
         (n > 0)
             .then(|| super::LeftOut {
                 rows: n,

@@ -15,8 +15,8 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 
 use super::{Failure, SymbolRows};
-use crate::calendar::Timestamp;
 use crate::error::{Error, Result};
+use crate::store::calendar::Timestamp;
 
 /// One symbol's rows so far.
 struct Group {

@@ -9,7 +9,7 @@
 
 use parking_lot::Mutex;
 
-use crate::calendar::Timestamp;
+use crate::store::calendar::Timestamp;
 
 /// Where a symbol's rows went: calendar indices as known in `epoch`.
 #[derive(Debug, Clone, PartialEq, Eq)]

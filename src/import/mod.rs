@@ -7,6 +7,8 @@
 //! ([`learned`]), unless the source has a table of trading days. `qdump update` first lists the new rows'
 //! dates ([`Source::dates`]) to check them against the store's calendar.
 
+pub mod loader;
+
 pub mod csv;
 mod group;
 mod learned;
@@ -22,13 +24,13 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::calendar::{Calendar, Timestamp};
 use crate::error::{Error, NameKind, Result};
-use crate::freq::Freq;
-use crate::fsio;
-use crate::instruments::{Instruments, Span};
-use crate::layout::validate_name;
 use crate::store::Store;
+use crate::store::calendar::{Calendar, Timestamp};
+use crate::store::freq::Freq;
+use crate::store::fsio;
+use crate::store::instruments::{Instruments, Span};
+use crate::store::layout::validate_name;
 
 pub use self::csv::CsvSource;
 pub use self::mysql::MysqlSource;
@@ -99,16 +101,17 @@ pub(crate) fn check_rows(
     fields: &[String],
     opts: &ImportOptions,
 ) -> std::result::Result<(), String> {
-    let at = |k: usize| crate::calendar::format_timestamp(rows.dates[k], opts.freq.date_only());
+    let at =
+        |k: usize| crate::store::calendar::format_timestamp(rows.dates[k], opts.freq.date_only());
     if let Some(k) = rows
         .dates
         .iter()
-        .position(|&d| !crate::calendar::fits(opts.freq, d))
+        .position(|&d| !crate::store::calendar::fits(opts.freq, d))
     {
         return Err(format!(
             "{}: the row dated {} has a time of day, which a {} calendar cannot hold; import it with a minute frequency (--freq 1min) or drop the time",
             rows.origin,
-            crate::calendar::format_timestamp(rows.dates[k], false),
+            crate::store::calendar::format_timestamp(rows.dates[k], false),
             opts.freq
         ));
     }
@@ -119,7 +122,7 @@ pub(crate) fn check_rows(
             "{}: the row dated {} is after {} (--max-date; default today): a date in the future would end every later update; fix the row, or pass --max-date",
             rows.origin,
             at(k),
-            crate::calendar::format_timestamp(max, true)
+            crate::store::calendar::format_timestamp(max, true)
         ));
     }
     for (col, name) in rows.columns.iter().zip(fields) {
@@ -465,7 +468,7 @@ pub fn import(
                 Ok(w) => {
                     rows.fetch_add(w.rows, Ordering::Relaxed);
                     ok.lock().push(w);
-                    crate::failpoint::hit("import:symbol");
+                    crate::util::failpoint::hit("import:symbol");
                 }
                 Err(f) => failed.lock().push(f),
             }
@@ -494,7 +497,7 @@ pub fn import(
             }
         };
         let fmt = |t: Option<Timestamp>| {
-            t.map(|t| crate::calendar::format_timestamp(t, opts.freq.date_only()))
+            t.map(|t| crate::store::calendar::format_timestamp(t, opts.freq.date_only()))
         };
         let s = ImportSummary {
             published: !ok.is_empty(),
@@ -516,7 +519,7 @@ pub fn import(
             return Err(Error::NothingImported);
         }
         store.save_calendar(&calendar)?;
-        crate::failpoint::hit("import:after-calendar");
+        crate::util::failpoint::hit("import:after-calendar");
         let mut instruments = Instruments::new();
         for w in &ok {
             instruments.push(&w.symbol, w.span)?;
@@ -566,13 +569,13 @@ fn place_again(
                 let mut bytes = 0;
                 for &f in &w.present {
                     let path = store.feature_path(&w.symbol, &fields[f], freq)?;
-                    let old = crate::writer::read_all(&path)?.map(|(_, v)| v);
+                    let old = crate::store::writer::read_all(&path)?.map(|(_, v)| v);
                     let values = old.as_deref().and_then(|v| r.spread(v)).ok_or_else(|| {
                         let why =
                             "the staging file's length changed during the import; run it again";
                         Error::io("placing again", &path, std::io::Error::other(why))
                     })?;
-                    bytes += crate::writer::create_unsynced(&path, r.start, &values)?;
+                    bytes += crate::store::writer::create_unsynced(&path, r.start, &values)?;
                 }
                 w.bytes = bytes;
                 Ok(n + 1)

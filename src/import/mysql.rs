@@ -17,8 +17,8 @@ use parking_lot::Mutex;
 
 use super::group::Grouper;
 use super::{Failure, Source, SymbolRows};
-use crate::calendar::{Timestamp, parse_timestamp};
 use crate::error::{Error, Result};
+use crate::store::calendar::{Timestamp, parse_timestamp};
 
 /// What to import from which table.
 #[derive(Debug, Clone)]
@@ -311,7 +311,7 @@ impl MysqlSource {
             .map(|c| find(c).is_some_and(|d| d.1.eq_ignore_ascii_case("decimal")))
             .collect();
         for f in &fields {
-            crate::layout::validate_name(crate::error::NameKind::Field, f)?;
+            crate::store::layout::validate_name(crate::error::NameKind::Field, f)?;
         }
 
         let mut src = MysqlSource {

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 
 use super::update::UpdateLock;
 use crate::error::{Error, Result};
-use crate::fsio;
-use crate::layout::{self, Owner};
 use crate::store::Store;
+use crate::store::fsio;
+use crate::store::layout::{self, Owner};
 
 /// How [`publish_new_store`] treats a `target` that already holds something.
 #[derive(Debug, Clone, Copy, Default)]
@@ -120,13 +120,13 @@ pub fn publish_new_store<T>(
             return Err(e);
         }
     };
-    crate::failpoint::hit("import:before-publish");
+    crate::util::failpoint::hit("import:before-publish");
     if let Some(old) = old {
         if let Err(e) = fsio::exchange(&staging, target) {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
-        crate::failpoint::hit("import:after-exchange");
+        crate::util::failpoint::hit("import:after-exchange");
         // The old store now sits at the staging name; what it held that was not qstore's was carried over.
         remove_owned(&staging, &old.foreign)?;
     } else {

@@ -26,13 +26,13 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::{Failure, ImportOptions, Source, SymbolRows, dedup};
-use crate::calendar::{Calendar, format_timestamp};
 use crate::error::{Error, NameKind, Result};
-use crate::fsio;
-use crate::instruments::{Instruments, Span};
-use crate::layout::{self, FEATURES_DIR, validate_name};
 use crate::store::Store;
-use crate::writer;
+use crate::store::calendar::{Calendar, format_timestamp};
+use crate::store::fsio;
+use crate::store::instruments::{Instruments, Span};
+use crate::store::layout::{self, FEATURES_DIR, validate_name};
+use crate::store::writer;
 
 /// The marker of an update in progress.
 pub const PENDING_MARKER: &str = layout::PENDING_MARKER;
@@ -383,17 +383,17 @@ fn apply(
     summary.last_day = new_cal.last().map(|d| format_timestamp(d, date_only));
 
     fsio::sync_filesystem(root)?;
-    crate::failpoint::hit("update:before-instruments");
+    crate::util::failpoint::hit("update:before-instruments");
     let spans_changed = summary.symbols_appended > 0 || !summary.new_listings.is_empty();
     if spans_changed || summary.recovered {
         marker.set()?;
         store.save_instruments(&opts.market, &instruments)?;
     }
-    crate::failpoint::hit("update:before-calendar");
+    crate::util::failpoint::hit("update:before-calendar");
     if summary.days_added > 0 {
         store.save_calendar(&new_cal)?;
     }
-    crate::failpoint::hit("update:after-calendar");
+    crate::util::failpoint::hit("update:after-calendar");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -558,7 +558,7 @@ fn write_plan(store: &Store, fields: &[String], opts: &ImportOptions, p: &Plan) 
     for (f, at, values) in &p.appends {
         let path = store.feature_path(&p.symbol, &fields[*f], opts.freq)?;
         writer::put_unpublished(&path, *at, values)?;
-        crate::failpoint::hit("update:file");
+        crate::util::failpoint::hit("update:file");
     }
     Ok(())
 }

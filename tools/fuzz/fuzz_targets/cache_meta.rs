@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use qstore::exprcache::DiskExpressionCache;
-use qstore::lock::FileLock;
+use qstore::cache::expr::DiskExpressionCache;
+use qstore::cache::lock::FileLock;
 use qstore::{Calendar, Freq, Store};
 
 struct Fixture {
@@ -35,7 +35,7 @@ fn fixture() -> &'static Fixture {
         let expr = qstore::expr::parse("Mean($close, 3)").unwrap();
         cache.warm(&store, &expr, "SH600000", Freq::DAY).unwrap();
         let values = cache.read(&store, &expr, "SH600000", Freq::DAY, 0..20).unwrap().unwrap();
-        let key = qstore::exprcache::key(&expr, "SH600000", Freq::DAY);
+        let key = qstore::cache::expr::key(&expr, "SH600000", Freq::DAY);
         let meta = cache_dir.join("sh600000").join(format!("{key}.meta"));
         Fixture { _dir: dir, store, cache, expr, meta, values }
     })

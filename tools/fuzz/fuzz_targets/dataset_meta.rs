@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use qstore::datacache::{DiskCacheMode, DiskDatasetCache};
-use qstore::lock::FileLock;
+use qstore::dataset::{DiskCacheMode, DiskDatasetCache};
+use qstore::cache::lock::FileLock;
 use qstore::{Calendar, Freq, Store, Universe};
 
 struct Fixture {

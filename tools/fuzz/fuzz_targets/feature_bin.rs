@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(shape) = qstore::feature::parse_shape(data) else {
+    let Ok(shape) = qstore::store::bin::parse_shape(data) else {
         return;
     };
     assert_eq!(shape.len, data.len().saturating_sub(4) / 4);
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(values.is_empty() || first == f.start());
     if let Some(start) = shape.start {
         // re-encoding what we read gives the same bytes back
-        let again = qstore::feature::encode(start, f.values());
+        let again = qstore::store::bin::encode(start, f.values());
         assert_eq!(&again[4..], &data[4..]);
     }
 });

@@ -1,21 +1,24 @@
 //! `Store::features`: expressions evaluated over many instruments into a [`Frame`] (qlib's `D.features`).
 
-use crate::exprcache::{Lookup, Outcome};
+pub mod featureset;
+pub mod frame;
+
+use crate::cache::expr::{Lookup, Outcome};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::calendar::Timestamp;
 use crate::error::{Error, NameKind, Result};
 use crate::expr::{self, Column, Expr, Fields, Query, Scratch};
-use crate::featureset::FeatureSet;
-use crate::frame::{Frame, Values};
-use crate::freq::Freq;
-use crate::layout::validate_name;
-use crate::memcache::Limit;
+use crate::query::featureset::FeatureSet;
+use crate::query::frame::{Frame, Values};
+use crate::store::calendar::Timestamp;
+use crate::store::freq::Freq;
+use crate::store::layout::validate_name;
 use crate::store::{FeatureKey, Store};
+use crate::util::memcache::Limit;
 
 /// Which instruments a query covers.
 #[derive(Debug, Clone, Copy)]
@@ -275,7 +278,7 @@ impl Store {
         universe: Universe<'_>,
         set: &'s FeatureSet,
         freq: Freq,
-    ) -> Result<Vec<&'s crate::featureset::Feature>> {
+    ) -> Result<Vec<&'s crate::query::featureset::Feature>> {
         let symbols: Vec<String> = match universe {
             Universe::Market(m) => self.instruments(m)?.symbols().map(str::to_owned).collect(),
             Universe::List(l) => l.to_vec(),
@@ -376,7 +379,7 @@ impl Store {
         let Some((disk, mode)) = &self.expr_cache else {
             return evaluate_all();
         };
-        if *mode == crate::exprcache::Mode::Read && !disk.has_instrument(instrument) {
+        if *mode == crate::cache::expr::Mode::Read && !disk.has_instrument(instrument) {
             // Nothing cached for this instrument: one look at its directory, not one per expression.
             let computed = which
                 .iter()
@@ -404,7 +407,7 @@ impl Store {
                 )
             };
             let mut found = look()?;
-            if *mode == crate::exprcache::Mode::Write && !matches!(found, Lookup::Hit(_)) {
+            if *mode == crate::cache::expr::Mode::Write && !matches!(found, Lookup::Hit(_)) {
                 // qlib's read-through: build or bring the entry forward under its lock, then read it.
                 let outcome = disk.warm(self, e, instrument, fields.freq)?;
                 if matches!(outcome, Outcome::Built | Outcome::Appended) {
@@ -497,7 +500,7 @@ impl Store {
 
     /// The fields stored for an instrument at `freq`, sorted.
     pub fn fields_of(&self, instrument: &str, freq: Freq) -> Result<Vec<String>> {
-        let dir = crate::layout::instrument_dir(self.root(), instrument)?;
-        crate::fsio::list_names(&dir, &format!(".{freq}.bin"))
+        let dir = crate::store::layout::instrument_dir(self.root(), instrument)?;
+        crate::store::fsio::list_names(&dir, &format!(".{freq}.bin"))
     }
 }

@@ -39,8 +39,11 @@ pub struct FeatureSet {
 }
 
 const BUILTIN: [(&str, &str); 2] = [
-    ("alpha158", include_str!("../featuresets/alpha158.json")),
-    ("technical", include_str!("../featuresets/technical.json")),
+    ("alpha158", include_str!("../../featuresets/alpha158.json")),
+    (
+        "technical",
+        include_str!("../../featuresets/technical.json"),
+    ),
 ];
 
 impl FeatureSet {

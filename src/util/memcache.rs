@@ -38,13 +38,13 @@ impl<T: Weigh + ?Sized> Weigh for Arc<T> {
     }
 }
 
-impl Weigh for crate::calendar::Calendar {
+impl Weigh for crate::store::calendar::Calendar {
     fn weight(&self) -> usize {
         std::mem::size_of::<Self>() + std::mem::size_of_val(self.dates())
     }
 }
 
-impl Weigh for crate::instruments::Instruments {
+impl Weigh for crate::store::instruments::Instruments {
     fn weight(&self) -> usize {
         // Per symbol: the map node (key String + Vec of spans) and their heap parts.
         let node = std::mem::size_of::<String>() + std::mem::size_of::<Vec<crate::Span>>() + 16;

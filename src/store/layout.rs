@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, NameKind, Result};
-use crate::freq::Freq;
+use crate::store::freq::Freq;
 
 /// Directory of calendar files.
 pub const CALENDARS_DIR: &str = "calendars";
@@ -150,7 +150,7 @@ pub fn owner(rel: &Path, kind: std::fs::FileType) -> Owner {
         return Owner::Foreign;
     };
     let (dir, file) = (kind.is_dir(), kind.is_file());
-    let temp = |n: &str| file && n.starts_with(crate::fsio::TEMP_PREFIX);
+    let temp = |n: &str| file && n.starts_with(crate::store::fsio::TEMP_PREFIX);
     let known = match parts.as_slice() {
         [CONFIG_FILE] if file => return Owner::Config,
         [n] if dir => [

@@ -23,16 +23,16 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::cache::lock::Lock;
 use crate::error::{Error, Result};
 use crate::expr::{self, Expr, Fields};
-use crate::feature::{self, FeatureFile};
-use crate::features::StoreFields;
-use crate::freq::Freq;
-use crate::fsio;
-use crate::layout;
-use crate::lock::Lock;
+use crate::query::StoreFields;
 use crate::store::Store;
-use crate::writer;
+use crate::store::bin::{self, FeatureFile};
+use crate::store::freq::Freq;
+use crate::store::fsio;
+use crate::store::layout;
+use crate::store::writer;
 
 /// The version of the `.meta` format.
 pub const META_FORMAT: u32 = 1;
@@ -245,7 +245,7 @@ pub(crate) enum Lookup {
 
 /// An entry whose data is written and whose meta waits to be published, with its lock.
 struct Pending {
-    guard: Box<dyn crate::lock::Guard>,
+    guard: Box<dyn crate::cache::lock::Guard>,
     meta: Meta,
     meta_path: PathBuf,
     dir: PathBuf,
@@ -376,14 +376,14 @@ impl DiskExpressionCache {
     /// is configured (unless `lock` is `file`, or the caller only reads: `read_only`), else file locks.
     pub fn for_store(root: &Path, read_only: bool) -> Result<DiskExpressionCache> {
         let dir = Self::dir_for(root, None)?;
-        let lock = crate::lock::for_store(root, &dir, &Default::default(), read_only)?;
+        let lock = crate::cache::lock::for_store(root, &dir, &Default::default(), read_only)?;
         Ok(DiskExpressionCache::new(dir, lock))
     }
 
     /// The cache directory of the store at `root`: `flag`, else `QSTORE_CACHE_DIR`, else qstore.json
     /// `expression_cache.dir` (relative to the store), else `<store>/features_cache`.
     pub fn dir_for(root: &Path, flag: Option<&Path>) -> Result<PathBuf> {
-        let file = crate::config::load(root)?.expression_cache;
+        let file = crate::store::settings::load(root)?.expression_cache;
         Ok(Self::dir_in(root, flag, &file))
     }
 
@@ -391,7 +391,7 @@ impl DiskExpressionCache {
     pub fn dir_in(
         root: &Path,
         flag: Option<&Path>,
-        settings: &crate::config::ExpressionCache,
+        settings: &crate::store::settings::ExpressionCache,
     ) -> PathBuf {
         match (flag, std::env::var_os("QSTORE_CACHE_DIR"), &settings.dir) {
             (Some(d), _, _) => d.to_path_buf(),
@@ -741,7 +741,7 @@ impl DiskExpressionCache {
                 values.extend_from_slice(&new_values);
                 let generation = old.as_ref().map_or(1, |m| m.generation + 1).max(token);
                 let path = Self::bin_path(&dir, &k, generation);
-                let bytes = feature::encode(start as u32, &values);
+                let bytes = bin::encode(start as u32, &values);
                 if durable {
                     fsio::replace_atomic(&path, &bytes)?;
                 } else {
@@ -764,7 +764,7 @@ impl DiskExpressionCache {
             calendar_len: cal_len,
             last_date: cal
                 .last()
-                .map(|d| crate::calendar::format_timestamp(d, freq.date_only())),
+                .map(|d| crate::store::calendar::format_timestamp(d, freq.date_only())),
             right,
             sources,
             token,
@@ -795,9 +795,9 @@ impl DiskExpressionCache {
             outcome,
         } = p;
         let generation = meta.generation;
-        crate::failpoint::hit("cache:before-meta");
+        crate::util::failpoint::hit("cache:before-meta");
         // Fencing: a newer writer's generation stays.
-        crate::lock::may_publish(
+        crate::cache::lock::may_publish(
             guard.as_ref(),
             Self::read_meta(&meta_path).map(|m| m.token),
             &format!("cache entry {}", meta_path.display()),

@@ -10,7 +10,7 @@ use std::path::Path;
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 
 use crate::error::{Error, Result};
-use crate::freq::Freq;
+use crate::store::freq::Freq;
 
 /// A timestamp of the calendar (no time zone: exchange-local time, as qlib stores it).
 pub type Timestamp = NaiveDateTime;
@@ -120,7 +120,7 @@ impl Calendar {
 
     /// Reads `path`.
     pub fn load(path: &Path, freq: Freq) -> Result<Calendar> {
-        let text = crate::fsio::read_text(path)?;
+        let text = crate::store::fsio::read_text(path)?;
         Calendar::parse(&text, path, freq)
     }
 

@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::freq::Freq;
-use crate::layout::{self, FEATURES_DIR};
 use crate::store::Store;
+use crate::store::freq::Freq;
+use crate::store::layout::{self, FEATURES_DIR};
 
 /// What to look for.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ pub fn check(store: &Store, opts: &CheckOptions) -> Result<CheckReport> {
     let day = |r: usize| {
         dates
             .get(r)
-            .map(|d| crate::calendar::format_timestamp(*d, opts.freq.date_only()))
+            .map(|d| crate::store::calendar::format_timestamp(*d, opts.freq.date_only()))
             .unwrap_or_else(|| format!("row {r}"))
     };
     let mut report = CheckReport {

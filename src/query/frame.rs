@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::calendar::{Calendar, Timestamp, format_timestamp};
+use crate::store::calendar::{Calendar, Timestamp, format_timestamp};
 
 /// Rows sorted by instrument then date (qlib's `D.features` order), values stored row-major so that a row,
 /// the unit a training sample is built from, is one contiguous slice.
@@ -338,7 +338,7 @@ impl ColumnStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freq::Freq;
+    use crate::store::freq::Freq;
 
     #[test]
     fn large_values_are_mapped_small_ones_on_the_heap_both_nan_and_writable() {
@@ -359,7 +359,10 @@ mod tests {
     #[test]
     fn stats_over_many_blocks_match_a_direct_count() {
         let dates: Vec<Timestamp> = (0..10_000)
-            .map(|d| crate::calendar::parse_timestamp("2000-01-01").unwrap() + chrono::Days::new(d))
+            .map(|d| {
+                crate::store::calendar::parse_timestamp("2000-01-01").unwrap()
+                    + chrono::Days::new(d)
+            })
             .collect();
         let calendar = Arc::new(Calendar::new(Freq::DAY, dates).unwrap());
         let rows = 2 * STATS_BLOCK_ROWS + 77;

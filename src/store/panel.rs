@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::feature::FeatureFile;
+use crate::store::bin::FeatureFile;
 
 /// Calendar steps per parallel work item. Small enough to spread 750 days over both cores, large enough that
 /// each file contributes one contiguous run per item.

@@ -81,7 +81,7 @@ fn owner_age(owner: &str) -> Option<Duration> {
     Some(Duration::from_millis(now_ms().saturating_sub(ms) as u64))
 }
 
-use crate::fsio::this_host;
+use crate::store::fsio::this_host;
 
 /// Whether `owner` (`host:pid:token`) names a process of this host that no longer runs.
 fn owner_gone(owner: &str) -> bool {
@@ -530,7 +530,7 @@ pub fn for_store(
         Backend::File => Ok(Box::new(FileLock::new(dir))),
         Backend::Redis { url, from, lease } => Ok(Box::new(RedisLock::connect(
             &url,
-            &crate::exprcache::store_id(root)?,
+            &crate::cache::expr::store_id(root)?,
             lease,
             &from,
         )?)),
@@ -551,13 +551,16 @@ pub fn check(root: &Path, settings: &LockSettings) -> Result<()> {
 /// The lease a Redis writer lock of the store at `root` has (flag, else qstore.json, else 30 s): the one
 /// definition `for_store` and `qcache info` share.
 pub fn lease(root: &Path, settings: &LockSettings) -> Result<Duration> {
-    resolve_lease(settings, &crate::config::load(root)?.expression_cache)
+    resolve_lease(
+        settings,
+        &crate::store::settings::load(root)?.expression_cache,
+    )
 }
 
 /// The lease the flag or qstore.json gives (30 s when neither does), checked to be usable.
 fn resolve_lease(
     settings: &LockSettings,
-    file: &crate::config::ExpressionCache,
+    file: &crate::store::settings::ExpressionCache,
 ) -> Result<Duration> {
     let lease = settings.lease_s.or(file.lease_s).unwrap_or(30.0);
     // A writer renews its lease every third of it; below a second that is no margin at all, and Redis refuses
@@ -586,7 +589,7 @@ enum Backend {
 }
 
 fn backend(root: &Path, settings: &LockSettings, read_only: bool) -> Result<Backend> {
-    let file = crate::config::load(root)?.expression_cache;
+    let file = crate::store::settings::load(root)?.expression_cache;
     let url = settings
         .redis_url
         .clone()

@@ -18,8 +18,8 @@ use std::path::Path;
 use byteorder::ByteOrder;
 
 use crate::error::{CorruptReason, Error, Result};
-use crate::feature::{self, HEADER_LEN, MAX_START};
-use crate::fsio;
+use crate::store::bin::{self, HEADER_LEN, MAX_START};
+use crate::store::fsio;
 
 /// What a write did to the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ fn existing(path: &Path) -> Result<Option<Existing>> {
     let mut header = [0u8; 4];
     file.read_exact(&mut header)
         .map_err(|e| Error::io("reading", path, e))?;
-    let start = feature::decode_start(header).map_err(corrupt)? as usize;
+    let start = bin::decode_start(header).map_err(corrupt)? as usize;
     Ok(Some(Existing {
         start,
         len: (size as usize - HEADER_LEN) / 4,
@@ -105,7 +105,7 @@ fn publish_new(path: &Path, start: usize, values: &[f32]) -> Result<()> {
     if let Some(dir) = path.parent() {
         fsio::create_dir_all_synced(dir)?;
     }
-    fsio::replace_atomic(path, &feature::encode(start as u32, values))
+    fsio::replace_atomic(path, &bin::encode(start as u32, values))
 }
 
 /// Writes `data` at calendar index `index` (`None`: right after the last value). See the module table.
@@ -123,7 +123,7 @@ pub fn write(path: &Path, index: Option<usize>, data: &[f32]) -> Result<WriteKin
     if at >= end && !ex.torn {
         let mut tail = vec![f32::NAN; at - end];
         tail.extend_from_slice(data);
-        fsio::append_synced(path, &feature::encode_values(&tail))?;
+        fsio::append_synced(path, &bin::encode_values(&tail))?;
         return Ok(WriteKind::Appended);
     }
     // Overlap (or a torn tail to heal): build the merged series and publish it as a new file.
@@ -146,7 +146,7 @@ pub fn write(path: &Path, index: Option<usize>, data: &[f32]) -> Result<WriteKin
 /// as a whole before it is published). The parent directory must exist. Returns the bytes written.
 pub fn create_unsynced(path: &Path, start: usize, data: &[f32]) -> Result<u64> {
     check_range(path, start, start + data.len())?;
-    let bytes = feature::encode(start as u32, data);
+    let bytes = bin::encode(start as u32, data);
     fsio::write_unsynced(path, &bytes)?;
     Ok(bytes.len() as u64)
 }
@@ -175,7 +175,7 @@ pub fn put_unpublished(path: &Path, at: usize, data: &[f32]) -> Result<WriteKind
     use std::io::{Seek, SeekFrom, Write};
     let Some(ex) = existing(path)? else {
         check_range(path, at, at + data.len())?;
-        fsio::replace_unsynced(path, &feature::encode(at as u32, data))?;
+        fsio::replace_unsynced(path, &bin::encode(at as u32, data))?;
         return Ok(WriteKind::Created);
     };
     if at < ex.start {
@@ -198,7 +198,7 @@ pub fn put_unpublished(path: &Path, at: usize, data: &[f32]) -> Result<WriteKind
         let mut values = old[..at.min(end) - ex.start].to_vec();
         values.resize(at - ex.start, f32::NAN);
         values.extend_from_slice(data);
-        fsio::replace_unsynced(path, &feature::encode(ex.start as u32, &values))?;
+        fsio::replace_unsynced(path, &bin::encode(ex.start as u32, &values))?;
         return Ok(WriteKind::Replaced);
     }
     // Write from min(end, at): NaN for the gap, then the data; overwrite leftovers in place.
@@ -210,7 +210,7 @@ pub fn put_unpublished(path: &Path, at: usize, data: &[f32]) -> Result<WriteKind
         .open(path)
         .map_err(|e| Error::io("opening for update", path, e))?;
     file.seek(SeekFrom::Start((HEADER_LEN + 4 * (from - ex.start)) as u64))
-        .and_then(|_| file.write_all(&feature::encode_values(&tail)))
+        .and_then(|_| file.write_all(&bin::encode_values(&tail)))
         .map_err(|e| Error::io("writing", path, e))?;
     Ok(WriteKind::Appended)
 }
@@ -275,10 +275,7 @@ pub fn rebase(path: &Path, start: usize, end: usize) -> Result<WriteKind> {
         return Ok(WriteKind::Unchanged);
     }
     if start == ex.start && end > old_end && !ex.torn {
-        fsio::append_synced(
-            path,
-            &feature::encode_values(&vec![f32::NAN; end - old_end]),
-        )?;
+        fsio::append_synced(path, &bin::encode_values(&vec![f32::NAN; end - old_end]))?;
         return Ok(WriteKind::Appended);
     }
     let old = read_values(path, &ex)?;

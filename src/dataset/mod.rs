@@ -21,17 +21,17 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 
-use crate::calendar::Timestamp;
+pub use crate::cache::expr::Outcome;
+use crate::cache::lock::Lock;
 use crate::error::{Error, Result};
 use crate::expr::{self, Expr, Fields};
-pub use crate::exprcache::Outcome;
-use crate::features::{StoreFields, Universe};
-use crate::frame::Frame;
-use crate::freq::Freq;
-use crate::fsio;
-use crate::lock::Lock;
-use crate::memcache::{Limit, MemCache, Weigh};
+use crate::query::frame::Frame;
+use crate::query::{StoreFields, Universe};
 use crate::store::Store;
+use crate::store::calendar::Timestamp;
+use crate::store::freq::Freq;
+use crate::store::fsio;
+use crate::util::memcache::{Limit, MemCache, Weigh};
 
 /// qlib's `disk_cache` argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +112,7 @@ pub struct DiskDatasetCache {
 }
 
 /// The default directory inside a store.
-pub const DATASET_DIR: &str = crate::layout::DATASET_CACHE_DIR;
+pub const DATASET_DIR: &str = crate::store::layout::DATASET_CACHE_DIR;
 
 /// How long the DatasetURICache trusts a resolved request (a source corrected in place by another process
 /// is noticed after at most this long).
@@ -196,7 +196,7 @@ impl DiskDatasetCache {
     /// needs no Redis).
     pub fn for_store(root: &Path, read_only: bool) -> Result<DiskDatasetCache> {
         let dir = root.join(DATASET_DIR);
-        let lock = crate::lock::for_store(root, &dir, &Default::default(), read_only)?;
+        let lock = crate::cache::lock::for_store(root, &dir, &Default::default(), read_only)?;
         Ok(DiskDatasetCache::new(dir, lock))
     }
 
@@ -214,7 +214,7 @@ impl DiskDatasetCache {
     }
 
     /// The DatasetURICache's counters.
-    pub fn uri_stats(&self) -> crate::memcache::Stats {
+    pub fn uri_stats(&self) -> crate::util::memcache::Stats {
         self.uris.stats()
     }
 
@@ -328,7 +328,7 @@ impl DiskDatasetCache {
         r: &Resolved,
         names: Vec<String>,
         range: std::ops::Range<usize>,
-        cal: Arc<crate::calendar::Calendar>,
+        cal: Arc<crate::store::calendar::Calendar>,
     ) -> Result<Frame> {
         let (data, index) = self.files(&r.key, r.meta.generation);
         imp::read(&data, &index, &r.meta, &r.columns, names, range, cal)
@@ -461,7 +461,7 @@ impl DiskDatasetCache {
             last_date: now
                 .cal
                 .last()
-                .map(|d| crate::calendar::format_timestamp(d, req.freq.date_only())),
+                .map(|d| crate::store::calendar::format_timestamp(d, req.freq.date_only())),
             rows: written.rows,
             right,
             spans: now.spans,
@@ -469,9 +469,9 @@ impl DiskDatasetCache {
             token,
             generation,
         };
-        crate::failpoint::hit("dataset:before-meta");
+        crate::util::failpoint::hit("dataset:before-meta");
         // Fencing: a newer writer's generation stays.
-        crate::lock::may_publish(
+        crate::cache::lock::may_publish(
             guard.as_ref(),
             Self::read_meta(&meta_path).map(|m| m.token),
             &format!("dataset {}", meta_path.display()),
@@ -606,7 +606,7 @@ impl DiskDatasetCache {
         }
         let rows = writer.rows();
         writer.finish()?;
-        crate::failpoint::hit("dataset:after-data");
+        crate::util::failpoint::hit("dataset:after-data");
         imp::write_index(&index, &start, &end)?;
         Ok(Written {
             fields: columns.to_vec(),
@@ -658,7 +658,7 @@ impl DiskDatasetCache {
     pub fn entries(&self) -> Result<Vec<(PathBuf, Option<DatasetMeta>)>> {
         Ok(fsio::list_names(&self.dir, ".meta")?
             .into_iter()
-            .filter(|n| crate::layout::is_cache_file(&format!("{n}.meta")))
+            .filter(|n| crate::store::layout::is_cache_file(&format!("{n}.meta")))
             .map(|n| {
                 let p = self.dir.join(format!("{n}.meta"));
                 let m = Self::read_meta(&p);
@@ -769,7 +769,7 @@ struct Written {
 /// What a dataset must match to be current: the calendar's length, the sources' fingerprint and each
 /// instrument's rows (an instruments file can change without a new day or a changed value).
 struct State {
-    cal: Arc<crate::calendar::Calendar>,
+    cal: Arc<crate::store::calendar::Calendar>,
     fingerprint: String,
     spans: BTreeMap<String, Vec<(usize, usize)>>,
 }
@@ -864,7 +864,7 @@ fn fingerprint(store: &Store, req: &Request, len: usize) -> Result<String> {
     let mut sources = Vec::new();
     for sym in &symbols {
         for e in &req.parsed {
-            crate::exprcache::collect_sources(e, sym, &mut sources);
+            crate::cache::expr::collect_sources(e, sym, &mut sources);
         }
     }
     sources.sort();
@@ -971,10 +971,10 @@ mod imp {
     use xxhash_rust::xxh3::xxh3_64;
 
     use super::DatasetMeta;
-    use crate::calendar::Calendar;
     use crate::error::{Error, Result};
-    use crate::frame::Frame;
-    use crate::fsio;
+    use crate::query::frame::Frame;
+    use crate::store::calendar::Calendar;
+    use crate::store::fsio;
 
     /// Every open: no HDF5 file locks (our files are immutable once published and writers hold the
     /// dataset's lock; HDF5's flock would also fail on NFS), and a strong close, so dropping the file
@@ -1465,9 +1465,9 @@ mod imp {
     use std::sync::Arc;
 
     use super::DatasetMeta;
-    use crate::calendar::Calendar;
     use crate::error::Result;
-    use crate::frame::Frame;
+    use crate::query::frame::Frame;
+    use crate::store::calendar::Calendar;
 
     use super::unavailable;
 

@@ -25,11 +25,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::memcache::Limit;
 use crate::store::{CacheConfig, StoreOptions};
+use crate::util::memcache::Limit;
 
 /// The name of the configuration file inside a store.
-pub const CONFIG_FILE: &str = crate::layout::CONFIG_FILE;
+pub const CONFIG_FILE: &str = crate::store::layout::CONFIG_FILE;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -182,7 +182,7 @@ pub fn load_with(root: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<St
         ));
     }
     if let Some(m) = file.expression_cache.mode.as_deref()
-        && m.parse::<crate::exprcache::Mode>().is_err()
+        && m.parse::<crate::cache::expr::Mode>().is_err()
     {
         return Err(bad(
             &shown,

@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::calendar::Timestamp;
 use crate::error::{Error, NameKind, Result};
-use crate::features::Universe;
-use crate::frame::Frame;
 use crate::import::update::{self, UpdateLock, UpdateSummary};
 use crate::import::{ImportOptions, Source};
-use crate::layout::{self, validate_name};
+use crate::query::Universe;
+use crate::query::frame::Frame;
 use crate::store::Store;
+use crate::store::calendar::Timestamp;
+use crate::store::layout::{self, validate_name};
 
 /// Opens the loader's source for rows from `start` on (`None`: all rows) of `symbols` (`None`: all symbols).
 pub type SourceFactory =
@@ -153,12 +153,12 @@ impl KlineLoader {
         let s = update::update_locked(src.as_ref(), &self.root, &self.opts, &lock, &|_| {})?;
         drop(lock);
         // Computed expressions follow the data (as `qdump update --update-caches`).
-        let cache = crate::exprcache::DiskExpressionCache::for_store(&self.root, false)?;
+        let cache = crate::cache::expr::DiskExpressionCache::for_store(&self.root, false)?;
         if cache.dir().is_dir() {
             cache.update_all(&Store::open(&self.root)?)?;
         }
-        if self.root.join(crate::datacache::DATASET_DIR).is_dir() {
-            crate::datacache::DiskDatasetCache::for_store(&self.root, false)?
+        if self.root.join(crate::dataset::DATASET_DIR).is_dir() {
+            crate::dataset::DiskDatasetCache::for_store(&self.root, false)?
                 .update_all(&Store::open(&self.root)?)?;
         }
         Ok(Some(s))
@@ -193,7 +193,8 @@ impl KlineLoader {
         };
         Ok(CacheInfo {
             symbols,
-            size_mb: crate::fsio::dir_size(&self.root.join(layout::FEATURES_DIR)) as f64 / 1e6,
+            size_mb: crate::store::fsio::dir_size(&self.root.join(layout::FEATURES_DIR)) as f64
+                / 1e6,
             ttl: self.ttl,
             last_update: update::last_update(&self.root)?,
             last_day: store.calendar(self.opts.freq)?.last(),
@@ -206,12 +207,12 @@ impl KlineLoader {
         let store = Store::open(&self.root)?;
         let symbol = symbol.to_uppercase();
         let mut ins = (*store.instruments(&self.opts.market)?).clone();
-        let kept: Vec<(String, Vec<crate::instruments::Span>)> = ins
+        let kept: Vec<(String, Vec<crate::store::instruments::Span>)> = ins
             .iter()
             .filter(|(s, _)| *s != symbol)
             .map(|(s, sp)| (s.to_string(), sp.to_vec()))
             .collect();
-        ins = crate::instruments::Instruments::new();
+        ins = crate::store::instruments::Instruments::new();
         for (s, sp) in kept {
             ins.set(&s, sp)?;
         }
@@ -219,7 +220,7 @@ impl KlineLoader {
         store.save_instruments(&self.opts.market, &ins)?;
         let dir = layout::instrument_dir(&self.root, &symbol)?;
         match std::fs::remove_dir_all(&dir) {
-            Ok(()) => crate::fsio::fsync_dir(&self.root.join(layout::FEATURES_DIR)),
+            Ok(()) => crate::store::fsio::fsync_dir(&self.root.join(layout::FEATURES_DIR)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("removing", &dir, e)),
         }

@@ -7,7 +7,18 @@
 //! `Store` drop the affected handles, writes by other processes are seen after `refresh` (or once a handle is
 //! evicted and reopened).
 
-use crate::exprcache::Mode as ExprCacheMode;
+pub mod bin;
+pub mod calendar;
+pub mod check;
+pub mod freq;
+pub mod fsio;
+pub mod instruments;
+pub mod layout;
+pub mod panel;
+pub mod settings;
+pub mod writer;
+
+use crate::cache::expr::Mode as ExprCacheMode;
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -19,16 +30,15 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use rayon::prelude::*;
 
-use crate::calendar::{Calendar, Timestamp};
+use self::bin::{FeatureFile, FeatureSlice};
+use self::calendar::{Calendar, Timestamp};
+use self::freq::Freq;
+use self::instruments::Instruments;
+use self::layout::{CALENDARS_DIR, FEATURES_DIR, INSTRUMENTS_DIR};
 use crate::error::{CorruptReason, Error, Result};
-use crate::feature::{FeatureFile, FeatureSlice};
-use crate::freq::Freq;
-use crate::fsio;
-use crate::instruments::Instruments;
-use crate::layout::{self, CALENDARS_DIR, FEATURES_DIR, INSTRUMENTS_DIR};
-use crate::memcache::{Limit, MemCache};
-use crate::panel::{self, Panel};
-use crate::writer::{self, WriteKind};
+use crate::util::memcache::{Limit, MemCache};
+use panel::Panel;
+use writer::WriteKind;
 
 /// Key of the feature cache space: an expression's canonical text, for one instrument, over calendar rows
 /// `rows` of `freq`.
@@ -44,11 +54,11 @@ pub(crate) struct FeatureKey {
 /// Counters of the store's in-memory caches.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheStats {
-    pub calendar: crate::memcache::Stats,
-    pub instruments: crate::memcache::Stats,
-    pub features: crate::memcache::Stats,
+    pub calendar: crate::util::memcache::Stats,
+    pub instruments: crate::util::memcache::Stats,
+    pub features: crate::util::memcache::Stats,
     /// The disk expression cache's reads, when `features()` uses one.
-    pub disk: Option<crate::exprcache::DiskStats>,
+    pub disk: Option<crate::cache::expr::DiskStats>,
 }
 
 /// Bounds of one in-memory cache space.
@@ -85,7 +95,7 @@ pub struct StoreOptions {
     /// (cheaper for daily-sized files). 0 maps every file.
     pub map_threshold: u64,
     /// Settings of the expression cache's directory and writer locks (read by the binaries).
-    pub expression_cache: crate::config::ExpressionCache,
+    pub expression_cache: crate::store::settings::ExpressionCache,
 }
 
 impl Default for StoreOptions {
@@ -96,7 +106,7 @@ impl Default for StoreOptions {
             feature_cache: CacheConfig::default(),
             expression_cache: Default::default(),
             handle_cache: NonZeroUsize::new(16_384).expect("non-zero"),
-            map_threshold: crate::feature::DEFAULT_MAP_THRESHOLD,
+            map_threshold: crate::store::bin::DEFAULT_MAP_THRESHOLD,
         }
     }
 }
@@ -112,9 +122,9 @@ pub struct Store {
     handles: Mutex<LruCache<String, Handle>>,
     map_threshold: u64,
     /// Read by `features()` when set: computed expressions on disk, and how to use them.
-    pub(crate) expr_cache: Option<(Arc<crate::exprcache::DiskExpressionCache>, ExprCacheMode)>,
+    pub(crate) expr_cache: Option<(Arc<crate::cache::expr::DiskExpressionCache>, ExprCacheMode)>,
     /// The expression cache's settings as the store was opened with them.
-    expr_settings: crate::config::ExpressionCache,
+    expr_settings: crate::store::settings::ExpressionCache,
 }
 
 impl std::fmt::Debug for Store {
@@ -134,14 +144,14 @@ fn handle_key(instrument: &str, field: &str, freq: Freq) -> String {
 
 impl Store {
     /// Opens an existing store (a directory with `calendars/`), configured by its `qstore.json` and the
-    /// `QSTORE_*` environment variables (see [`crate::config`]).
+    /// `QSTORE_*` environment variables (see [`crate::store::settings`]).
     ///
     /// The store's expression cache is on its read path: `features()` reads its current entries (mode `read`,
     /// the default when the cache directory exists), or also fills it (`expression_cache.mode = "write"`).
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
         let root = root.as_ref();
         let options = if root.is_dir() {
-            crate::config::load(root)?
+            crate::store::settings::load(root)?
         } else {
             StoreOptions::default()
         };
@@ -159,13 +169,13 @@ impl Store {
     /// (taking writer locks, Redis when configured). Reading needs no lock and no more configuration: the
     /// settings the store was opened with name the directory.
     pub fn use_expression_cache(&mut self, mode: ExprCacheMode) -> Result<()> {
-        use crate::exprcache::DiskExpressionCache;
+        use crate::cache::expr::DiskExpressionCache;
         self.expr_cache = match mode {
             ExprCacheMode::Off => None,
             ExprCacheMode::Read => {
                 let dir = DiskExpressionCache::dir_in(&self.root, None, &self.expr_settings);
                 dir.is_dir().then(|| {
-                    let lock = Box::new(crate::lock::FileLock::new(&dir));
+                    let lock = Box::new(crate::cache::lock::FileLock::new(&dir));
                     (Arc::new(DiskExpressionCache::new(&dir, lock)), mode)
                 })
             }
@@ -232,14 +242,14 @@ impl Store {
     /// rows they have; `Write`: also stores what it computes).
     pub fn set_expression_cache(
         &mut self,
-        cache: Arc<crate::exprcache::DiskExpressionCache>,
+        cache: Arc<crate::cache::expr::DiskExpressionCache>,
         mode: ExprCacheMode,
     ) {
         self.expr_cache = (mode != ExprCacheMode::Off).then_some((cache, mode));
     }
 
     /// The expression cache `features()` uses, if any.
-    pub fn expression_cache(&self) -> Option<&crate::exprcache::DiskExpressionCache> {
+    pub fn expression_cache(&self) -> Option<&crate::cache::expr::DiskExpressionCache> {
         self.expr_cache.as_ref().map(|(c, _)| c.as_ref())
     }
 

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::calendar::{Timestamp, format_timestamp, parse_timestamp};
 use crate::error::{Error, NameKind, Result};
-use crate::layout::validate_name;
+use crate::store::calendar::{Timestamp, format_timestamp, parse_timestamp};
+use crate::store::layout::validate_name;
 
 /// A closed interval `[start, end]` during which an instrument belongs to a market.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -61,7 +61,7 @@ impl Instruments {
 
     /// Reads `path`.
     pub fn load(path: &Path) -> Result<Instruments> {
-        let text = crate::fsio::read_text(path)?;
+        let text = crate::store::fsio::read_text(path)?;
         Instruments::parse(&text, path)
     }
 
