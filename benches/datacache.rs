@@ -13,19 +13,18 @@ use qstore::cache::expr::DiskExpressionCache;
 use qstore::cache::lock::FileLock;
 use qstore::dataset::{DiskCacheMode, DiskDatasetCache};
 use qstore::store::CacheConfig;
+use qstore::store::settings::Settings;
 use qstore::util::memcache::Limit;
-use qstore::{FeatureSet, Freq, Store, StoreOptions, Universe, import};
+use qstore::{Engine, FeatureSet, Freq, Universe, import};
 
 /// A store without the in-memory feature cache, so every query computes (or reads a disk cache).
-fn uncached(root: &std::path::Path) -> Store {
-    let opts = StoreOptions {
-        feature_cache: CacheConfig {
-            limit: Limit::Entries(0),
-            expiry: None,
-        },
-        ..Default::default()
+fn uncached(root: &std::path::Path) -> Engine {
+    let mut settings = Settings::resolve(root, &Default::default()).unwrap();
+    settings.feature_cache = CacheConfig {
+        limit: Limit::Entries(0),
+        expiry: None,
     };
-    Store::open_with(root, opts).unwrap()
+    Engine::open_with(root, settings).unwrap()
 }
 
 fn benches(c: &mut Criterion) {
@@ -52,7 +51,7 @@ fn benches(c: &mut Criterion) {
     let set = FeatureSet::resolve("alpha158").unwrap();
     let cols = store.feature_set_columns(all, &set, Freq::DAY).unwrap();
     let exprs: Vec<&str> = cols.iter().map(|f| f.expr.as_str()).collect();
-    let cal = store.calendar(Freq::DAY).unwrap();
+    let cal = store.store().calendar(Freq::DAY).unwrap();
     let (m0, m1) = (cal.get(cal.len() - 21), cal.last());
     let dir = tmp.path().join("datasets");
     let datasets = DiskDatasetCache::new(&dir, Box::new(FileLock::new(&dir)));
@@ -84,12 +83,13 @@ fn benches(c: &mut Criterion) {
         .map(|e| qstore::expr::parse(e).unwrap())
         .collect();
     let symbols: Vec<String> = store
+        .store()
         .instruments("all")
         .unwrap()
         .symbols()
         .map(String::from)
         .collect();
-    ec.warm_all(&store, &symbols, &parsed, Freq::DAY, &|| {})
+    ec.warm_all(store.store(), &symbols, &parsed, Freq::DAY, &|| {})
         .unwrap();
     let mut via_ec = uncached(&root);
     via_ec.set_expression_cache(ec, qstore::cache::expr::Mode::Read);

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use qstore::expr::{Query, parse};
-use qstore::{Calendar, Freq, Store, StoreOptions, Universe, parse_timestamp};
+use qstore::store::settings::Settings;
+use qstore::{Calendar, Engine, Freq, Store, Universe, parse_timestamp};
 
 const ROWS: usize = 5000;
 
@@ -58,8 +59,8 @@ fn kernels(c: &mut Criterion) {
 }
 
 /// A store of `symbols` instruments x 750 days with a close field.
-fn store(dir: &std::path::Path, symbols: usize) -> Store {
-    let s = Store::open_with(
+fn store(dir: &std::path::Path, symbols: usize) -> Engine {
+    let s = Engine::open_with(
         {
             let s = Store::create(dir).unwrap();
             let first = parse_timestamp("2020-01-01").unwrap();
@@ -70,12 +71,13 @@ fn store(dir: &std::path::Path, symbols: usize) -> Store {
                 .unwrap();
             dir
         },
-        StoreOptions::default(),
+        Settings::resolve(dir, &Default::default()).unwrap(),
     )
     .unwrap();
     let values: Vec<f32> = series()[..750].to_vec();
     for i in 0..symbols {
-        s.write_feature(&format!("SH{:06}", i), "close", Freq::DAY, Some(0), &values)
+        s.store()
+            .write_feature(&format!("SH{:06}", i), "close", Freq::DAY, Some(0), &values)
             .unwrap();
     }
     s
@@ -90,7 +92,7 @@ fn repeated_features(c: &mut Criterion) {
         "Std($close,20)",
         "Corr($close,Ref($close,1),10)",
     ];
-    let q = |s: &Store| {
+    let q = |s: &Engine| {
         s.features(Universe::List(&list), &exprs, None, None, Freq::DAY)
             .unwrap()
     };

@@ -2,13 +2,14 @@
 //! `cargo run --release --example profile_exprs -- STORE [SET]`
 use std::time::Instant;
 
-use qstore::{FeatureSet, Freq, Store, Universe};
+use qstore::{Engine, FeatureSet, Freq, Universe};
 
 fn main() -> qstore::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let store = Store::open(&args[1])?;
+    let store = Engine::open(&args[1])?;
     let set = FeatureSet::resolve(args.get(2).map_or("alpha158", String::as_str))?;
     let symbols: Vec<String> = store
+        .store()
         .instruments("all")?
         .symbols()
         .map(String::from)

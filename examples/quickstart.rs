@@ -1,7 +1,7 @@
 //! The README's library walk-through, compiled and run by the test suite:
 //! `cargo run --example quickstart [STORE]` (default: a store built from fixtures/sample in a temp directory).
 
-use qstore::{Freq, Store, Universe, import, parse_timestamp};
+use qstore::{Engine, Freq, Universe, import, parse_timestamp};
 
 fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -21,15 +21,17 @@ fn main() -> anyhow::Result<()> {
         }
     };
 
-    let store = Store::open(&root)?;
-    let cal = store.calendar(Freq::DAY)?;
+    let store = Engine::open(&root)?;
+    let cal = store.store().calendar(Freq::DAY)?;
 
     // One field over a date range: zero-copy, borrowed from the mapped file.
     let (march, end) = (
         parse_timestamp("2023-03-01")?,
         parse_timestamp("2023-03-31")?,
     );
-    let close = store.read_dates("SH600000", "close", Freq::DAY, Some(march), Some(end))?;
+    let close = store
+        .store()
+        .read_dates("SH600000", "close", Freq::DAY, Some(march), Some(end))?;
     let valid: Vec<f32> = close.iter().copied().filter(|v| !v.is_nan()).collect();
     let mean = valid.iter().sum::<f32>() / valid.len().max(1) as f32;
     println!(
@@ -40,12 +42,15 @@ fn main() -> anyhow::Result<()> {
 
     // A training batch: time x instrument x field in one contiguous f32 array, NaN where there is no data.
     let instruments: Vec<String> = store
+        .store()
         .instruments("all")?
         .symbols()
         .map(String::from)
         .collect();
     let fields = vec!["close".to_string(), "volume".to_string()];
-    let panel = store.panel(&instruments, &fields, Freq::DAY, 0..cal.len())?;
+    let panel = store
+        .store()
+        .panel(&instruments, &fields, Freq::DAY, 0..cal.len())?;
     let (t, n, f) = panel.shape();
     let x: &[f32] = panel.data(); // element (t, i, f) at (t * n + i) * f_len + f
     let missing = x.iter().filter(|v| v.is_nan()).count();
@@ -76,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     #[cfg(feature = "hdf5")]
     {
         use qstore::dataset::{DiskCacheMode, DiskDatasetCache};
-        let datasets = DiskDatasetCache::for_store(store.root(), false)?;
+        let datasets = DiskDatasetCache::for_store(store.store().root(), false)?;
         let exprs = ["Mean($close, 5)", "Std($close, 20)"];
         let all = Universe::Market("all");
         let march = datasets.dataset(

@@ -205,11 +205,71 @@ pub enum Error {
     #[error("configuration {source_name}: {reason}; see the qstore.json section of README.md")]
     Config { source_name: String, reason: String },
 
-    /// A row of input data that cannot be imported.
+    /// A line of an input file (CSV, text) that cannot be read or imported.
     #[error("{}:{line}: {reason}", path.display())]
     Input {
         path: PathBuf,
         line: u64,
+        reason: String,
+    },
+
+    /// A writer lock that another process still held when the wait ran out.
+    #[error(
+        "{what} is still held by {holder} after waiting {waited:?}; if that process is gone, \
+         `qcache reset-lock` clears it"
+    )]
+    LockBusy {
+        what: String,
+        holder: String,
+        waited: std::time::Duration,
+    },
+
+    /// A newer writer published while this one's lease had run out: this writer's result was discarded.
+    #[error(
+        "{what}: a newer writer (token {newer}) published while this one (token {token}) held an expired \
+         lease; its result was discarded (nothing is wrong on disk; run the command again if needed)"
+    )]
+    Fenced {
+        what: String,
+        token: u64,
+        newer: u64,
+    },
+
+    /// The writer's lease ran out while it worked; nothing was published.
+    #[error(
+        "{what}: the lock's lease was lost while computing; nothing was published; check that Redis is \
+         reachable, or raise the lease (--lease-s, expression_cache.lease_s) for longer work"
+    )]
+    LeaseLost { what: String },
+
+    /// Redis, which holds the writer locks, cannot be reached or refused a command.
+    #[error(
+        "Redis at {url} (from {from}): {reason}; start it, fix the URL (--redis, QSTORE_REDIS_URL or \
+         qstore.json expression_cache.redis_url), or use file locks (--lock file) on a single machine"
+    )]
+    Redis {
+        url: String,
+        from: String,
+        reason: String,
+    },
+
+    /// A cache file that is damaged or disagrees with its meta.
+    #[error(
+        "{}: damaged cache file: {reason}; `qcache verify` lists such entries and `qcache clear` removes \
+         them (a warm rebuilds them)",
+        path.display()
+    )]
+    CorruptCache { path: PathBuf, reason: String },
+
+    /// The HDF5 library failed on a dataset cache file.
+    #[error(
+        "{what} {}: HDF5: {reason}; `qcache verify` checks the dataset cache and `qcache clear --datasets` \
+         removes it",
+        path.display()
+    )]
+    Hdf5 {
+        what: &'static str,
+        path: PathBuf,
         reason: String,
     },
 }

@@ -28,18 +28,21 @@
 //! ```
 
 pub mod cache;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod dataset;
 pub mod error;
 pub mod expr;
 pub mod import;
+pub mod loader;
 pub mod query;
 pub mod store;
 pub mod util;
 
 pub use error::{CorruptReason, Error, NameKind, Result};
-pub use query::Universe;
 pub use query::featureset::FeatureSet;
 pub use query::frame::Frame;
+pub use query::{Engine, Universe};
 pub use store::bin::{FeatureFile, FeatureSlice};
 pub use store::calendar::{Calendar, Timestamp, format_timestamp, parse_timestamp};
 pub use store::freq::{Freq, FreqBase};

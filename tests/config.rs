@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use qstore::store::CacheConfig;
-use qstore::store::settings::{self, CONFIG_FILE};
+use qstore::store::settings::{CONFIG_FILE, CacheMode, LockKind, Overrides, Settings};
 use qstore::{Freq, Limit, Store};
 
 fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -20,16 +20,23 @@ fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
 #[test]
 fn defaults_then_file_then_environment() {
     let dir = tempfile::tempdir().unwrap();
-    let o = settings::load_with(dir.path(), &env(&[])).unwrap();
+    let o = Settings::resolve_with(dir.path(), &Overrides::default(), &env(&[])).unwrap();
     let qlib = CacheConfig {
         limit: Limit::Entries(500),
         expiry: Some(Duration::from_secs(3600)),
     };
     assert_eq!(
-        (o.calendar_cache, o.instrument_cache, o.feature_cache),
+        (
+            o.store.calendar_cache,
+            o.store.instrument_cache,
+            o.feature_cache
+        ),
         (qlib, qlib, qlib)
     );
-    assert_eq!((o.handle_cache.get(), o.map_threshold), (16_384, 65_536));
+    assert_eq!(
+        (o.store.handle_cache.get(), o.store.map_threshold),
+        (16_384, 65_536)
+    );
 
     std::fs::write(
         dir.path().join(CONFIG_FILE),
@@ -38,19 +45,20 @@ fn defaults_then_file_then_environment() {
             "map_threshold": 0}"#,
     )
     .unwrap();
-    let o = settings::load_with(dir.path(), &env(&[])).unwrap();
+    let o = Settings::resolve_with(dir.path(), &Overrides::default(), &env(&[])).unwrap();
     assert_eq!(
-        o.calendar_cache,
+        o.store.calendar_cache,
         CacheConfig {
             limit: Limit::Bytes(1_000_000),
             expiry: None
         }
     );
-    assert_eq!(o.instrument_cache.limit, Limit::Entries(7));
-    assert_eq!(o.map_threshold, 0);
+    assert_eq!(o.store.instrument_cache.limit, Limit::Entries(7));
+    assert_eq!(o.store.map_threshold, 0);
 
-    let o = settings::load_with(
+    let o = Settings::resolve_with(
         dir.path(),
+        &Overrides::default(),
         &env(&[
             ("QSTORE_MEMCACHE_INSTRUMENTS_LIMIT", "9"),
             ("QSTORE_MEMCACHE_INSTRUMENTS_EXPIRE_S", "5"),
@@ -60,14 +68,14 @@ fn defaults_then_file_then_environment() {
     )
     .unwrap();
     assert_eq!(
-        o.instrument_cache,
+        o.store.instrument_cache,
         CacheConfig {
             limit: Limit::Entries(9),
             expiry: Some(Duration::from_secs(5))
         }
     );
-    assert_eq!(o.calendar_cache.limit, Limit::Entries(1_000_000));
-    assert_eq!(o.handle_cache.get(), 100);
+    assert_eq!(o.store.calendar_cache.limit, Limit::Entries(1_000_000));
+    assert_eq!(o.store.handle_cache.get(), 100);
 }
 
 #[test]
@@ -87,14 +95,15 @@ fn typos_and_bad_values_are_errors_naming_where() {
         ("{ not json", "line 1 column 3"),
     ] {
         std::fs::write(&file, text).unwrap();
-        let err = settings::load_with(dir.path(), &env(&[]))
+        let err = Settings::resolve_with(dir.path(), &Overrides::default(), &env(&[]))
             .unwrap_err()
             .to_string();
         assert!(err.contains(want), "{text}: {err}");
     }
     std::fs::remove_file(&file).unwrap();
-    let err = settings::load_with(
+    let err = Settings::resolve_with(
         dir.path(),
+        &Overrides::default(),
         &env(&[("QSTORE_MEMCACHE_CALENDAR_LIMIT", "lots")]),
     )
     .unwrap_err();
@@ -129,4 +138,107 @@ fn the_store_uses_its_configuration() {
     }
     let c = store.cache_stats().calendar;
     assert_eq!((c.hits, c.misses, c.entries), (0, 3, 0));
+}
+
+/// The cache section: each value from the flag, else the variable, else qstore.json, else the default; a bad
+/// lease, lock or mode is an error naming where it came from.
+#[test]
+fn cache_settings_are_resolved_once_flag_then_environment_then_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let none = Overrides::default();
+    let d = Settings::resolve_with(root, &none, &env(&[]))
+        .unwrap()
+        .cache;
+    assert_eq!(d.dir, root.join("features_cache"));
+    assert_eq!((d.redis_url, d.lock), (None, None));
+    assert_eq!(d.lease, Duration::from_secs(30));
+    assert_eq!(d.mode, CacheMode::Read);
+
+    std::fs::write(
+        root.join(CONFIG_FILE),
+        r#"{"expression_cache": {"dir": "cache", "redis_url": "redis://file:1/0", "lock": "file",
+            "lease_s": 12, "mode": "write"}}"#,
+    )
+    .unwrap();
+    let f = Settings::resolve_with(root, &none, &env(&[]))
+        .unwrap()
+        .cache;
+    assert_eq!(f.dir, root.join("cache"));
+    assert_eq!(f.redis_url.as_ref().unwrap().0, "redis://file:1/0");
+    assert!(f.redis_url.as_ref().unwrap().1.contains("qstore.json"));
+    assert_eq!(
+        (f.lock, f.lease, f.mode),
+        (
+            Some(LockKind::File),
+            Duration::from_secs(12),
+            CacheMode::Write
+        )
+    );
+
+    let vars = env(&[
+        ("QSTORE_CACHE_DIR", "/elsewhere"),
+        ("QSTORE_REDIS_URL", "redis://env:2/0"),
+    ]);
+    let e = Settings::resolve_with(root, &none, &vars).unwrap().cache;
+    assert_eq!(e.dir, std::path::PathBuf::from("/elsewhere"));
+    assert_eq!(
+        e.redis_url,
+        Some(("redis://env:2/0".into(), "QSTORE_REDIS_URL".into()))
+    );
+
+    let flags = Overrides {
+        cache_dir: Some("/flag".into()),
+        redis_url: Some("redis://flag:3/0".into()),
+        lock: Some(LockKind::Redis),
+        lease_s: Some(5.0),
+        mode: Some(CacheMode::Off),
+    };
+    let g = Settings::resolve_with(root, &flags, &vars).unwrap().cache;
+    assert_eq!(g.dir, std::path::PathBuf::from("/flag"));
+    assert_eq!(
+        g.redis_url,
+        Some(("redis://flag:3/0".into(), "--redis".into()))
+    );
+    assert_eq!(
+        (g.lock, g.lease, g.mode),
+        (
+            Some(LockKind::Redis),
+            Duration::from_secs(5),
+            CacheMode::Off
+        )
+    );
+
+    for (text, want) in [
+        (
+            r#"{"expression_cache": {"lease_s": 0.5}}"#,
+            "expression_cache.lease_s",
+        ),
+        (
+            r#"{"expression_cache": {"lock": "nfs"}}"#,
+            "use \"redis\" or \"file\"",
+        ),
+        (
+            r#"{"expression_cache": {"mode": "rw"}}"#,
+            "use \"off\", \"read\" or \"write\"",
+        ),
+    ] {
+        std::fs::write(root.join(CONFIG_FILE), text).unwrap();
+        let err = Settings::resolve_with(root, &none, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{text}: {err}");
+    }
+    std::fs::remove_file(root.join(CONFIG_FILE)).unwrap();
+    let err = Settings::resolve_with(
+        root,
+        &Overrides {
+            lease_s: Some(1e9),
+            ..Default::default()
+        },
+        &env(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--lease-s"), "{err}");
 }

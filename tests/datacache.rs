@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use qstore::cache::lock::FileLock;
 use qstore::dataset::{DiskCacheMode, DiskDatasetCache, Outcome};
-use qstore::{Frame, Freq, Store, Universe, import, parse_timestamp};
+use qstore::{Engine, Frame, Freq, Universe, import, parse_timestamp};
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");
 
-fn sample(dir: &Path) -> Store {
+fn sample(dir: &Path) -> Engine {
     let csv = import::CsvSource::open(Path::new(SAMPLE), Default::default()).unwrap();
     let root = dir.join("s");
     import::import(
@@ -27,7 +27,7 @@ fn sample(dir: &Path) -> Store {
         &|_| {},
     )
     .unwrap();
-    Store::open(root).unwrap()
+    Engine::open(root).unwrap()
 }
 
 fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -49,7 +49,7 @@ fn qcache(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 /// A store of the sample up to `end` (later days come by `qdump update`).
-fn store_until(dir: &Path, end: &str) -> Store {
+fn store_until(dir: &Path, end: &str) -> Engine {
     let root = dir.join("s");
     let out = qdump(&[
         "all",
@@ -62,7 +62,7 @@ fn store_until(dir: &Path, end: &str) -> Store {
     ]);
     // Exit 3: symbols listed after `end` have no rows yet.
     assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
-    Store::open(root).unwrap()
+    Engine::open(root).unwrap()
 }
 
 fn update_to(root: &Path, end: &str) {
@@ -106,13 +106,13 @@ const EXPRS: [&str; 6] = [
     "Ref($high, -2) - $low",
 ];
 
-fn full(s: &Store, universe: Universe<'_>, exprs: &[&str]) -> Frame {
+fn full(s: &Engine, universe: Universe<'_>, exprs: &[&str]) -> Frame {
     s.features(universe, exprs, None, None, Freq::DAY).unwrap()
 }
 
 /// The whole dataset read through `cache` (mode 1) equals what `Store::features` computes.
 #[track_caller]
-fn reads_back(cache: &DiskDatasetCache, s: &Store, u: Universe<'_>, exprs: &[&str]) {
+fn reads_back(cache: &DiskDatasetCache, s: &Engine, u: Universe<'_>, exprs: &[&str]) {
     let got = cache
         .dataset(s, u, exprs, None, None, Freq::DAY, DiskCacheMode::Use)
         .unwrap();
@@ -133,7 +133,7 @@ fn data_files(dir: &Path) -> Vec<String> {
 fn datasets_read_back_what_features_compute() {
     let dir = tempfile::tempdir().unwrap();
     let s = sample(dir.path());
-    let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
+    let cache = DiskDatasetCache::for_store(s.store().root(), false).unwrap();
     let d = |t: &str| Some(parse_timestamp(t).unwrap());
     let list: Vec<String> = ["SZ300009", "SH600000", "SH600009"]
         .map(String::from)
@@ -159,7 +159,7 @@ fn datasets_read_back_what_features_compute() {
         }
     }
     // Two datasets (market and list), each .data + .index of one generation, and a .meta.
-    let files = data_files(&s.root().join("dataset_cache"));
+    let files = data_files(&s.store().root().join("dataset_cache"));
     assert_eq!(files.len(), 6, "{files:?}");
     for ext in [".data", ".index", ".meta"] {
         assert_eq!(files.iter().filter(|f| f.ends_with(ext)).count(), 2);
@@ -186,8 +186,9 @@ impl Rng {
 fn random_requests_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let s = sample(dir.path());
-    let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
+    let cache = DiskDatasetCache::for_store(s.store().root(), false).unwrap();
     let symbols: Vec<String> = s
+        .store()
         .instruments("all")
         .unwrap()
         .symbols()
@@ -207,7 +208,7 @@ fn random_requests_round_trip() {
         "If($close > $open, 1, 0)",
         "Delta($close, 3) / Ref($close, 3)",
     ];
-    let cal = s.calendar(Freq::DAY).unwrap();
+    let cal = s.store().calendar(Freq::DAY).unwrap();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for case in 0..24 {
         let mut list: Vec<String> = symbols
@@ -255,14 +256,14 @@ fn random_requests_round_trip() {
 fn a_changed_store_makes_the_dataset_stale_and_skip_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = sample(dir.path());
-    let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
+    let cache = DiskDatasetCache::for_store(s.store().root(), false).unwrap();
     let exprs = ["Mean($close, 5)"];
     let all = Universe::Market("all");
     let skip = cache
         .dataset(&s, all, &exprs, None, None, Freq::DAY, DiskCacheMode::Skip)
         .unwrap();
     assert!(
-        !s.root().join("dataset_cache").exists(),
+        !s.store().root().join("dataset_cache").exists(),
         "mode 0 leaves the cache alone"
     );
     let first = cache
@@ -271,12 +272,17 @@ fn a_changed_store_makes_the_dataset_stale_and_skip_writes_nothing() {
     same(&first, &skip);
     // A correction to one close: the cached dataset is stale and is rebuilt with the new value (a
     // correction is not an append).
-    let f = s.feature("SH600000", "close", Freq::DAY).unwrap().unwrap();
+    let f = s
+        .store()
+        .feature("SH600000", "close", Freq::DAY)
+        .unwrap()
+        .unwrap();
     let mut v = f.values().to_vec();
     v[10] += 5.0;
-    s.rewrite_feature("SH600000", "close", Freq::DAY, f.start(), &v)
+    s.store()
+        .rewrite_feature("SH600000", "close", Freq::DAY, f.start(), &v)
         .unwrap();
-    assert_eq!(cache.behind(&s).unwrap(), 1);
+    assert_eq!(cache.behind(s.store()).unwrap(), 1);
     let fresh = cache_in(&dir.path().join("other"));
     assert_eq!(
         cache.warm(&s, all, &exprs, Freq::DAY, false).unwrap(),
@@ -293,9 +299,9 @@ fn a_changed_store_makes_the_dataset_stale_and_skip_writes_nothing() {
             .unwrap(),
     );
     assert_ne!(first.values(), again.values());
-    assert_eq!(cache.behind(&s).unwrap(), 0);
+    assert_eq!(cache.behind(s.store()).unwrap(), 0);
     // The market loses an instrument, with no new day and no changed value: stale too.
-    let path = s.root().join("instruments/all.txt");
+    let path = s.store().root().join("instruments/all.txt");
     let text: String = std::fs::read_to_string(&path)
         .unwrap()
         .lines()
@@ -303,8 +309,8 @@ fn a_changed_store_makes_the_dataset_stale_and_skip_writes_nothing() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&path, text).unwrap();
-    let s = Store::open(s.root()).unwrap();
-    assert_eq!(cache.behind(&s).unwrap(), 1);
+    let s = Engine::open(s.store().root()).unwrap();
+    assert_eq!(cache.behind(s.store()).unwrap(), 1);
     // This process remembers the request (for up to URI_EXPIRY, like qlib's DatasetURICache) while the
     // files exist and the calendar is the same; another process, or a refreshed cache, resolves again.
     cache.refresh();
@@ -329,7 +335,7 @@ const STEPS: [&str; 6] = [
 fn updates_append_and_equal_fresh_builds() {
     let dir = tempfile::tempdir().unwrap();
     let s = store_until(dir.path(), "2023-04-28");
-    let root = s.root().to_path_buf();
+    let root = s.store().root().to_path_buf();
     let list: Vec<String> = ["SH600000", "SH688001", "SH600009", "SZ000017"]
         .map(String::from)
         .to_vec();
@@ -342,8 +348,8 @@ fn updates_append_and_equal_fresh_builds() {
     }
     for (i, step) in STEPS.iter().enumerate() {
         update_to(&root, step);
-        let s = Store::open(&root).unwrap();
-        assert_eq!(cache.behind(&s).unwrap(), 2, "step {step}");
+        let s = Engine::open(&root).unwrap();
+        assert_eq!(cache.behind(s.store()).unwrap(), 2, "step {step}");
         let counts = cache.update_all(&s).unwrap();
         assert_eq!(
             counts.get(&Some(Outcome::Appended)),
@@ -361,8 +367,8 @@ fn updates_append_and_equal_fresh_builds() {
         assert_eq!(data_files(cache.dir()).len(), 6, "step {step}");
     }
     // Nothing new: nothing done.
-    let s = Store::open(&root).unwrap();
-    assert_eq!(cache.behind(&s).unwrap(), 0);
+    let s = Engine::open(&root).unwrap();
+    assert_eq!(cache.behind(s.store()).unwrap(), 0);
     assert_eq!(
         cache
             .warm(&s, Universe::Market("all"), &EXPRS, Freq::DAY, false)
@@ -375,7 +381,7 @@ fn updates_append_and_equal_fresh_builds() {
 fn killed_writers_leave_the_previous_dataset() {
     let dir = tempfile::tempdir().unwrap();
     let s = store_until(dir.path(), "2023-06-30");
-    let root = s.root().to_path_buf();
+    let root = s.store().root().to_path_buf();
     let r = root.to_str().unwrap();
     let warm = [
         "warm",
@@ -425,7 +431,7 @@ fn killed_writers_leave_the_previous_dataset() {
     let out = ok(qcache(&["update", r], &[]));
     assert!(out.contains("1 datasets: Appended: 1"), "{out}");
     assert!(cache.verify().unwrap().is_empty());
-    let s = Store::open(&root).unwrap();
+    let s = Engine::open(&root).unwrap();
     reads_back(&cache, &s, all, &exprs);
 }
 
@@ -440,7 +446,7 @@ fn readers_during_rebuilds_always_read_a_whole_dataset() {
     let month = s
         .features(all, &exprs, d("2023-07-01"), d("2023-07-31"), Freq::DAY)
         .unwrap();
-    let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
+    let cache = DiskDatasetCache::for_store(s.store().root(), false).unwrap();
     cache.warm(&s, all, &exprs, Freq::DAY, false).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Rebuilds under way (0 or 1), and reads that began and ended while one was.
@@ -453,7 +459,7 @@ fn readers_during_rebuilds_always_read_a_whole_dataset() {
         readers.push(std::thread::spawn(move || {
             use std::sync::atomic::Ordering::SeqCst;
             // Each reader is its own process's cache (own DatasetURICache).
-            let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
+            let cache = DiskDatasetCache::for_store(s.store().root(), false).unwrap();
             let mut n = 0;
             while !stop.load(SeqCst) || n < 5 {
                 let before = rebuilding.load(SeqCst);
@@ -500,7 +506,7 @@ fn two_writers_build_a_dataset_once() {
         .map(|_| {
             let s = s.clone();
             std::thread::spawn(move || {
-                let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
+                let cache = DiskDatasetCache::for_store(s.store().root(), false).unwrap();
                 cache
                     .warm(&s, Universe::Market("all"), &EXPRS, Freq::DAY, false)
                     .unwrap()
@@ -555,7 +561,7 @@ fn damaged_files_are_found_by_verify_and_rebuilt_on_read() {
         (".meta", "garbage"),
         (".meta", "empty"),
     ] {
-        let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
+        let cache = DiskDatasetCache::for_store(s.store().root(), false).unwrap();
         cache.warm(&s, all, &EXPRS, Freq::DAY, false).unwrap();
         assert!(cache.verify().unwrap().is_empty());
         damage(&generation_file(cache.dir(), ext), how);
@@ -581,7 +587,7 @@ fn the_uri_cache_skips_resolution_until_the_files_change() {
     let all = Universe::Market("all");
     let exprs = ["$close", "Mean($close, 5)"];
     let want = full(&s, all, &exprs);
-    let reader = DiskDatasetCache::for_store(s.root(), false).unwrap();
+    let reader = DiskDatasetCache::for_store(s.store().root(), false).unwrap();
     let read = |c: &DiskDatasetCache| {
         c.dataset(&s, all, &exprs, None, None, Freq::DAY, DiskCacheMode::Use)
             .unwrap()
@@ -593,7 +599,7 @@ fn the_uri_cache_skips_resolution_until_the_files_change() {
     assert_eq!(reader.uri_stats().hits, 2, "repeated requests are hits");
     // Another process rebuilds: the remembered generation's files are gone, so the next request
     // resolves again (and still reads the right data).
-    let writer = DiskDatasetCache::for_store(s.root(), false).unwrap();
+    let writer = DiskDatasetCache::for_store(s.store().root(), false).unwrap();
     writer.warm(&s, all, &exprs, Freq::DAY, true).unwrap();
     same(&read(&reader), &want);
     assert_eq!(reader.uri_stats().hits, 3, "a hit whose files are gone");
@@ -607,7 +613,7 @@ fn the_uri_cache_skips_resolution_until_the_files_change() {
 fn qcache_builds_lists_verifies_and_clears_datasets() {
     let dir = tempfile::tempdir().unwrap();
     let s = sample(dir.path());
-    let r = s.root().to_str().unwrap();
+    let r = s.store().root().to_str().unwrap();
     let out = ok(qcache(
         &["warm", r, "--dataset", "--feature-set", "technical"],
         &[],
@@ -642,7 +648,7 @@ fn qcache_builds_lists_verifies_and_clears_datasets() {
     assert_eq!(q("1"), q("0"));
     ok(qcache(&["verify", r], &[]));
     damage(
-        &generation_file(&s.root().join("dataset_cache"), ".data"),
+        &generation_file(&s.store().root().join("dataset_cache"), ".data"),
         "flip",
     );
     let out = qcache(&["verify", r], &[]);
@@ -659,13 +665,13 @@ fn qcache_builds_lists_verifies_and_clears_datasets() {
 fn an_update_over_a_damaged_file_builds_it_again() {
     let dir = tempfile::tempdir().unwrap();
     let s = store_until(dir.path(), "2023-06-30");
-    let root = s.root().to_path_buf();
+    let root = s.store().root().to_path_buf();
     let all = Universe::Market("all");
     let cache = DiskDatasetCache::for_store(&root, false).unwrap();
     cache.warm(&s, all, &EXPRS, Freq::DAY, false).unwrap();
     damage(&generation_file(cache.dir(), ".data"), "flip");
     update_to(&root, "2023-08-25");
-    let s = Store::open(&root).unwrap();
+    let s = Engine::open(&root).unwrap();
     let counts = cache.update_all(&s).unwrap();
     assert_eq!(counts.get(&Some(Outcome::Built)), Some(&1), "{counts:?}");
     assert!(cache.verify().unwrap().is_empty());
@@ -678,9 +684,9 @@ fn writers_on_redis_leases_build_once_and_fence_their_generations() {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(sample(dir.path()));
-    let id = qstore::cache::expr::store_id(s.root()).unwrap();
-    let open = |s: &Store| {
-        let dir = s.root().join("dataset_cache");
+    let id = qstore::cache::store_id(s.store().root()).unwrap();
+    let open = |s: &Engine| {
+        let dir = s.store().root().join("dataset_cache");
         let lock = qstore::cache::lock::RedisLock::connect(
             &url,
             &id,
@@ -718,7 +724,7 @@ fn writers_on_redis_leases_build_once_and_fence_their_generations() {
 fn qdump_update_brings_datasets_forward_or_says_they_are_behind() {
     let dir = tempfile::tempdir().unwrap();
     let s = store_until(dir.path(), "2023-06-30");
-    let root = s.root().to_path_buf();
+    let root = s.store().root().to_path_buf();
     let r = root.to_str().unwrap();
     ok(qcache(
         &[
@@ -750,9 +756,9 @@ fn qdump_update_brings_datasets_forward_or_says_they_are_behind() {
     let v = update("2023-08-31", &["--update-caches"]);
     assert_eq!(v["dataset_cache"]["updated"], 1, "{v}");
     assert_eq!(v["dataset_cache"]["behind"], 0, "{v}");
-    let s = Store::open(&root).unwrap();
+    let s = Engine::open(&root).unwrap();
     let cache = DiskDatasetCache::for_store(&root, false).unwrap();
-    assert_eq!(cache.behind(&s).unwrap(), 0);
+    assert_eq!(cache.behind(s.store()).unwrap(), 0);
     assert!(cache.verify().unwrap().is_empty());
 }
 
@@ -761,7 +767,7 @@ fn a_valid_hdf5_file_of_another_dataset_is_caught_not_trusted() {
     let dir = tempfile::tempdir().unwrap();
     let s = sample(dir.path());
     let all = Universe::Market("all");
-    let cache = DiskDatasetCache::for_store(s.root(), false).unwrap();
+    let cache = DiskDatasetCache::for_store(s.store().root(), false).unwrap();
     cache.warm(&s, all, &EXPRS, Freq::DAY, false).unwrap();
     let six = generation_file(cache.dir(), ".data");
     // A well-formed file of the wrong shape (two columns of a list universe) in its place.
@@ -790,7 +796,7 @@ fn a_valid_hdf5_file_of_another_dataset_is_caught_not_trusted() {
 fn builds_in_blocks_of_days_equal_one_block() {
     let dir = tempfile::tempdir().unwrap();
     let s = store_until(dir.path(), "2023-06-30");
-    let root = s.root().to_path_buf();
+    let root = s.store().root().to_path_buf();
     let list: Vec<String> = ["SH600000", "SZ300009"].map(String::from).to_vec();
     // One day per block (the smallest budget), and seven.
     for (name, bytes) in [("one", 1), ("seven", 7 * 12 * EXPRS.len() * 4)] {
@@ -803,7 +809,7 @@ fn builds_in_blocks_of_days_equal_one_block() {
     }
     // An update in blocks too.
     update_to(&root, "2023-08-25");
-    let s = Store::open(&root).unwrap();
+    let s = Engine::open(&root).unwrap();
     let mut cache = cache_in(&dir.path().join("one"));
     cache.build_bytes = 1;
     let counts = cache.update_all(&s).unwrap();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use qstore::cache::expr::{DiskExpressionCache, Outcome, key};
 use qstore::cache::lock::{FileLock, Lock};
 use qstore::expr::parse;
-use qstore::{Freq, Store, Universe};
+use qstore::{Engine, Freq, Universe};
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");
 
@@ -94,13 +94,13 @@ fn keys_are_canonical_and_pinned() {
 fn cached_reads_equal_evaluation_and_never_write() {
     let dir = tempfile::tempdir().unwrap();
     let root = store_at(dir.path(), None);
-    let mut store = Store::open(&root).unwrap();
+    let mut store = Engine::open(&root).unwrap();
     let cache = Arc::new(file_cache(&root));
     for sym in ["SH600000", "SZ300009", "SH600009"] {
         for e in EXPRS {
             assert_eq!(
                 cache
-                    .warm(&store, &parse(e).unwrap(), sym, Freq::DAY)
+                    .warm(store.store(), &parse(e).unwrap(), sym, Freq::DAY)
                     .unwrap(),
                 Outcome::Built
             );
@@ -127,7 +127,7 @@ fn cached_reads_equal_evaluation_and_never_write() {
     // Hits really come from the cache: a planted value shows (and `verify` would flag it).
     let e = parse(EXPRS[0]).unwrap();
     let got = cache
-        .read(&store, &e, "SH600000", Freq::DAY, 10..11)
+        .read(store.store(), &e, "SH600000", Freq::DAY, 10..11)
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -226,11 +226,16 @@ fn update_rounds_equal_fresh_builds() {
         assert_eq!(entry_values(&inc), fresh_values);
     }
     // The source is corrected: the affected entries are rebuilt in full, and still equal a fresh build.
-    let s = Store::open(&root).unwrap();
-    let f = s.feature("SH600000", "close", Freq::DAY).unwrap().unwrap();
+    let s = Engine::open(&root).unwrap();
+    let f = s
+        .store()
+        .feature("SH600000", "close", Freq::DAY)
+        .unwrap()
+        .unwrap();
     let mut v = f.values().to_vec();
     v[3] += 1.0;
-    s.rewrite_feature("SH600000", "close", Freq::DAY, f.start(), &v)
+    s.store()
+        .rewrite_feature("SH600000", "close", Freq::DAY, f.start(), &v)
         .unwrap();
     let out = qcache(&[
         "update",
@@ -255,7 +260,7 @@ fn update_rounds_equal_fresh_builds() {
 fn verify_finds_planted_corruption_and_bad_files_are_misses() {
     let dir = tempfile::tempdir().unwrap();
     let root = store_at(dir.path(), None);
-    let store = Store::open(&root).unwrap();
+    let store = Engine::open(&root).unwrap();
     let cache = file_cache(&root);
     let exprs: Vec<_> = [
         "Mean($close,5)",
@@ -267,7 +272,7 @@ fn verify_finds_planted_corruption_and_bad_files_are_misses() {
     .map(|e| parse(e).unwrap())
     .collect();
     for e in &exprs {
-        cache.warm(&store, e, "SH600000", Freq::DAY).unwrap();
+        cache.warm(store.store(), e, "SH600000", Freq::DAY).unwrap();
     }
     let d = root.join("features_cache/sh600000");
     let path_of = |e: &qstore::expr::Expr, ext: &str| {
@@ -309,7 +314,7 @@ fn verify_finds_planted_corruption_and_bad_files_are_misses() {
     for e in &exprs[..3] {
         assert!(
             fresh
-                .read(&store, e, "SH600000", Freq::DAY, 0..250)
+                .read(store.store(), e, "SH600000", Freq::DAY, 0..250)
                 .unwrap()
                 .is_none()
         );
@@ -317,13 +322,13 @@ fn verify_finds_planted_corruption_and_bad_files_are_misses() {
     std::fs::write(path_of(&exprs[3], "meta"), b"{ not json").unwrap();
     assert!(
         fresh
-            .read(&store, &exprs[3], "SH600000", Freq::DAY, 0..250)
+            .read(store.store(), &exprs[3], "SH600000", Freq::DAY, 0..250)
             .unwrap()
             .is_none()
     );
     for e in &exprs {
         assert_eq!(
-            fresh.warm(&store, e, "SH600000", Freq::DAY).unwrap(),
+            fresh.warm(store.store(), e, "SH600000", Freq::DAY).unwrap(),
             Outcome::Built
         );
     }
@@ -639,16 +644,20 @@ fn redis_going_away_fails_writers_clearly_and_readers_keep_working() {
     assert_eq!(out.status.code(), Some(1));
     let t = text(&out);
     assert!(
-        t.contains(&url) && t.contains("QSTORE_REDIS_URL") && t.contains("cannot be reached"),
+        t.contains(&url)
+            && t.contains("(from --redis)")
+            && t.contains("QSTORE_REDIS_URL")
+            && t.contains("cannot be reached")
+            && !t.contains("see the qstore.json section"),
         "{t}"
     );
     // Readers need no Redis: the existing entry still serves, and nothing was corrupted.
-    let mut store = Store::open(&root).unwrap();
+    let mut store = Engine::open(&root).unwrap();
     let cache = Arc::new(file_cache(&root));
     let e = parse("Mean($close,5)").unwrap();
     assert!(
         cache
-            .read(&store, &e, "SH600000", Freq::DAY, 0..250)
+            .read(store.store(), &e, "SH600000", Freq::DAY, 0..250)
             .unwrap()
             .is_some()
     );
@@ -706,13 +715,13 @@ fn qdump_update_reports_and_updates_caches() {
     let v = update("2023-08-31", &["--update-caches"]);
     assert_eq!(v["expression_cache"]["updated"], 4, "{v}");
     assert_eq!(v["expression_cache"]["behind"], 0, "{v}");
-    let mut store = Store::open(&root).unwrap();
+    let mut store = Engine::open(&root).unwrap();
     store.set_expression_cache(Arc::new(file_cache(&root)), qstore::cache::expr::Mode::Read);
     let cache = file_cache(&root);
     assert!(
         cache
             .read(
-                &store,
+                store.store(),
                 &parse("Ref($close,-1)").unwrap(),
                 "SZ000002",
                 Freq::DAY,
@@ -763,4 +772,37 @@ fn the_cache_is_configured_in_qstore_json() {
         "{}",
         text(&out)
     );
+}
+
+/// Lock and Redis failures are variants callers can match, each with its own advice.
+#[test]
+fn lock_failures_are_typed_errors() {
+    use qstore::cache::lock::{FileLock, Lock, RedisLock};
+    let dir = tempfile::tempdir().unwrap();
+    let lock = FileLock::new(dir.path());
+    let held = lock.acquire("e", Duration::from_secs(1)).unwrap();
+    match lock.acquire("e", Duration::from_millis(50)) {
+        Err(qstore::Error::LockBusy { what, waited, .. }) => {
+            assert!(what.contains("e.lock"), "{what}");
+            assert_eq!(waited, Duration::from_millis(50));
+        }
+        other => panic!("expected LockBusy, got {:?}", other.map(|_| ())),
+    }
+    drop(held);
+    assert!(lock.acquire("e", Duration::from_millis(50)).is_ok());
+    match RedisLock::connect(
+        "redis://127.0.0.1:1/0",
+        "id",
+        Duration::from_secs(30),
+        "--redis",
+    ) {
+        Err(e @ qstore::Error::Redis { .. }) => {
+            let t = e.to_string();
+            assert!(
+                t.contains("redis://127.0.0.1:1/0") && t.contains("--lock file"),
+                "{t}"
+            );
+        }
+        other => panic!("expected a Redis error, got {:?}", other.map(|_| ())),
+    }
 }

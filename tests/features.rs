@@ -6,9 +6,10 @@ mod common;
 use std::path::Path;
 
 use qstore::expr::{evaluate, parse};
-use qstore::{Error, FeatureSet, Freq, Store, Universe, import, parse_timestamp};
+use qstore::store::settings::Settings;
+use qstore::{Engine, Error, FeatureSet, Freq, Store, Universe, import, parse_timestamp};
 
-fn sample_store(dir: &Path) -> Store {
+fn sample_store(dir: &Path) -> Engine {
     let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample"));
     let csv = import::CsvSource::open(fixtures, Default::default()).unwrap();
     let root = dir.join("store");
@@ -20,7 +21,7 @@ fn sample_store(dir: &Path) -> Store {
         &|_| {},
     )
     .unwrap();
-    Store::open(root).unwrap()
+    Engine::open(root).unwrap()
 }
 
 fn ts(s: &str) -> qstore::Timestamp {
@@ -48,20 +49,15 @@ fn market_rows_follow_the_spans_and_values_equal_direct_evaluation() {
         .unwrap();
     gaps.push("SH688001", span("2023-08-01", "2023-10-31"))
         .unwrap();
-    s.save_instruments("gaps", &gaps).unwrap();
+    s.store().save_instruments("gaps", &gaps).unwrap();
     // Small queries go through the feature cache; with no room in it, every value is evaluated and
     // placed straight into the frame (in tiles of rows, or row by row where spans leave gaps).
-    let uncached = Store::open_with(
-        s.root(),
-        qstore::StoreOptions {
-            feature_cache: qstore::store::CacheConfig {
-                limit: qstore::Limit::Entries(0),
-                expiry: None,
-            },
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut settings = Settings::resolve(s.store().root(), &Default::default()).unwrap();
+    settings.feature_cache = qstore::store::CacheConfig {
+        limit: qstore::Limit::Entries(0),
+        expiry: None,
+    };
+    let uncached = Engine::open_with(s.store().root(), settings).unwrap();
     for store in [&s, &uncached] {
         for market in ["all", "gaps"] {
             let f = check_market(store, market);
@@ -78,7 +74,7 @@ fn market_rows_follow_the_spans_and_values_equal_direct_evaluation() {
 }
 
 /// Queries `market` and checks its rows against the spans and its values against direct evaluation.
-fn check_market(s: &Store, market: &str) -> qstore::Frame {
+fn check_market(s: &Engine, market: &str) -> qstore::Frame {
     let exprs = [
         "$close",
         "Mean($close, 5)",
@@ -90,11 +86,11 @@ fn check_market(s: &Store, market: &str) -> qstore::Frame {
     let f = s
         .features(Universe::Market(market), &exprs, None, None, Freq::DAY)
         .unwrap();
-    let cal = s.calendar(Freq::DAY).unwrap();
-    let ins = s.instruments(market).unwrap();
+    let cal = s.store().calendar(Freq::DAY).unwrap();
+    let ins = s.store().instruments(market).unwrap();
     assert_eq!(f.instruments().len(), ins.len());
     assert_eq!(f.columns(), &exprs.map(String::from));
-    let fields = qstore_fields(s);
+    let fields = qstore_fields(s.store());
     let parsed: Vec<_> = exprs.iter().map(|e| parse(e).unwrap()).collect();
     for (sym, spans) in ins.iter() {
         let rows = f.rows_of(sym);
@@ -174,13 +170,15 @@ fn a_date_range_gives_the_same_values_as_the_full_history() {
 #[test]
 fn repeated_queries_come_from_memory_and_writes_invalidate_them() {
     let dir = tempfile::tempdir().unwrap();
-    let s = common::store_with_calendar(dir.path(), 10);
-    s.write_feature("SH600000", "close", Freq::DAY, Some(0), &[1.0; 10])
+    common::store_with_calendar(dir.path(), 10);
+    let s = Engine::open(dir.path()).unwrap();
+    let w = s.store();
+    w.write_feature("SH600000", "close", Freq::DAY, Some(0), &[1.0; 10])
         .unwrap();
-    s.write_feature("SZ000001", "close", Freq::DAY, Some(0), &[2.0; 10])
+    w.write_feature("SZ000001", "close", Freq::DAY, Some(0), &[2.0; 10])
         .unwrap();
     let list = vec!["SH600000".to_string(), "SZ000001".to_string()];
-    let q = |s: &Store| {
+    let q = |s: &Engine| {
         s.features(
             Universe::List(&list),
             &["Mean($close, 3)"],
@@ -198,7 +196,7 @@ fn repeated_queries_come_from_memory_and_writes_invalidate_them() {
     assert_eq!(after.misses, before.misses);
     assert_eq!(first.values(), second.values());
     // A write to one instrument drops its entries only.
-    s.rewrite_feature("SH600000", "close", Freq::DAY, 0, &[4.0; 10])
+    w.rewrite_feature("SH600000", "close", Freq::DAY, 0, &[4.0; 10])
         .unwrap();
     let third = q(&s);
     let last = s.cache_stats().features;

@@ -7,13 +7,13 @@
 use std::path::Path;
 
 use qstore::import;
-use qstore::{FeatureSet, Frame, Freq, Store, Universe};
+use qstore::{Engine, FeatureSet, Frame, Freq, Store, Universe};
 
 const INSTRUMENTS: [&str; 6] = [
     "BJ830806", "SH600000", "SH600009", "SH688001", "SZ000002", "SZ300009",
 ];
 
-fn store(dir: &Path) -> Store {
+fn store(dir: &Path) -> Engine {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sample");
     let csv = import::CsvSource::open(&fixtures, Default::default()).unwrap();
     let root = dir.join("s");
@@ -25,7 +25,7 @@ fn store(dir: &Path) -> Store {
         &|_| {},
     )
     .unwrap();
-    Store::open(&root).unwrap()
+    Engine::open(&root).unwrap()
 }
 
 struct Golden {
@@ -151,7 +151,7 @@ fn compare(set: &str, exprs: &[String]) {
         g.index,
         "{set}: the rows differ from qlib's"
     );
-    let cal = s.calendar(Freq::DAY).unwrap();
+    let cal = s.store().calendar(Freq::DAY).unwrap();
     let ncol = g.columns.len();
     let mut failures = Vec::new();
     let mut worst: Vec<(u64, String)> = Vec::new();
@@ -171,7 +171,10 @@ fn compare(set: &str, exprs: &[String]) {
                 }
                 Rule::SkipNanWindows(fields) => {
                     let n = window_of(name);
-                    if fields.iter().any(|fl| nan_in_window(&s, inst, fl, row, n)) {
+                    if fields
+                        .iter()
+                        .any(|fl| nan_in_window(s.store(), inst, fl, row, n))
+                    {
                         continue;
                     }
                     ulps(ours, theirs) <= 1
@@ -179,13 +182,14 @@ fn compare(set: &str, exprs: &[String]) {
                 Rule::WmaTimesN => {
                     let n = window_of(name);
                     let start = s
+                        .store()
                         .feature(inst, "close", Freq::DAY)
                         .unwrap()
                         .unwrap()
                         .start();
                     if row < start {
                         ours.is_nan() && theirs.is_nan()
-                    } else if nan_in_window(&s, inst, "close", row, n) {
+                    } else if nan_in_window(s.store(), inst, "close", row, n) {
                         continue;
                     } else {
                         let len = n.min(row + 1 - start) as f32;

@@ -14,7 +14,7 @@ use hdf5_sys::h5p::H5P_DEFAULT;
 use hdf5_sys::h5s::{H5S_ALL, H5Sclose, H5Sget_simple_extent_dims};
 use hdf5_sys::h5t::{H5T_NATIVE_FLOAT, H5T_NATIVE_UINT32, H5T_NATIVE_UINT64};
 use qstore::dataset::{DatasetMeta, DiskDatasetCache};
-use qstore::{Freq, Store, Universe, import};
+use qstore::{Engine, Freq, Universe, import};
 
 /// Reads a whole dataset of `T` (whose HDF5 memory type is `mem`) and its dimensions.
 fn read<T: Default + Clone>(file: hid_t, name: &str, mem: hid_t) -> (Vec<T>, Vec<usize>) {
@@ -68,7 +68,7 @@ fn dataset_files_are_plain_hdf5() {
         &|_| {},
     )
     .unwrap();
-    let s = Store::open(&root).unwrap();
+    let s = Engine::open(&root).unwrap();
     let exprs = ["Mean($close, 5)", "$close", "Ref($close, -1)"];
     let cache = DiskDatasetCache::for_store(&root, false).unwrap();
     cache

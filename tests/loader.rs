@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use qstore::import::loader::{KlineLoader, SourceFactory};
 use qstore::import::{self, CsvSource, Source};
+use qstore::loader::{KlineLoader, SourceFactory};
 use qstore::{Freq, Store, Timestamp, parse_timestamp};
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample");

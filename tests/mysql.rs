@@ -694,9 +694,9 @@ fn mysql_updates_and_loader() {
         table: t.clone(),
         ..Default::default()
     };
-    let loader = qstore::import::loader::KlineLoader::new(
+    let loader = qstore::loader::KlineLoader::new(
         &behind,
-        Some(qstore::import::loader::mysql_source(conn, opts)),
+        Some(qstore::loader::mysql_source(conn, opts)),
         std::time::Duration::from_secs(3600),
     );
     let f = loader.load("SH600000", None, None).unwrap();

@@ -25,55 +25,20 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::cache::lock::Lock;
 use crate::error::{Error, Result};
+use crate::expr::StoreFields;
 use crate::expr::{self, Expr, Fields};
-use crate::query::StoreFields;
 use crate::store::Store;
 use crate::store::bin::{self, FeatureFile};
 use crate::store::freq::Freq;
 use crate::store::fsio;
 use crate::store::layout;
+use crate::store::settings::CacheSettings;
 use crate::store::writer;
 
 /// The version of the `.meta` format.
 pub const META_FORMAT: u32 = 1;
 /// The default cache directory inside a store.
 pub const CACHE_DIR: &str = layout::EXPR_CACHE_DIR;
-
-/// The store's id for lock names (`<store>/.qstore-id`, created by the first writer that needs it): stores on
-/// shared media keep one id whatever path each machine mounts them at.
-pub fn store_id(root: &Path) -> Result<String> {
-    let path = root.join(layout::STORE_ID_FILE);
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        let id = id.trim();
-        if !id.is_empty() {
-            return Ok(id.to_string());
-        }
-    }
-    let seed = format!(
-        "{}\0{}\0{:?}",
-        root.display(),
-        std::process::id(),
-        std::time::SystemTime::now()
-    );
-    let id = format!("{:016x}", xxh3_64(seed.as_bytes()));
-    // Publish with link(2), which fails when the name exists: of several processes creating the id at once,
-    // exactly one wins and the others read its id (a rename would let each keep its own).
-    let tmp = root.join(format!("{}id-{}", fsio::TEMP_PREFIX, std::process::id()));
-    fsio::replace_atomic(&tmp, format!("{id}\n").as_bytes())?;
-    let linked = std::fs::hard_link(&tmp, &path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {
-            fsio::fsync_dir(root)?;
-            Ok(id)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let id = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
-            Ok(id.trim().to_string())
-        }
-        Err(e) => Err(Error::io("creating", &path, e)),
-    }
-}
 
 /// The entry key: 32 hex digits of xxh3-128 over `v1\0<canonical expression>\0<INSTRUMENT>\0<freq>`.
 pub fn key(expr: &Expr, instrument: &str, freq: Freq) -> String {
@@ -164,33 +129,7 @@ pub struct DiskExpressionCache {
     counters: Counters,
 }
 
-/// How a query uses the expression cache (qstore.json `expression_cache.mode`, `qcache query --expr-cache`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Compute everything.
-    Off,
-    /// Use current entries (and behind ones for the rows they have); compute the rest; write nothing.
-    #[default]
-    Read,
-    /// qlib's read-through: a missing or stale entry is computed, stored under its writer lock, and used.
-    Write,
-}
-
-impl std::str::FromStr for Mode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Mode> {
-        match s {
-            "off" => Ok(Mode::Off),
-            "read" => Ok(Mode::Read),
-            "write" => Ok(Mode::Write),
-            other => Err(Error::Config {
-                source_name: "the expression cache mode".into(),
-                reason: format!("{other:?} is not a mode: use off, read or write"),
-            }),
-        }
-    }
-}
+pub use crate::store::settings::CacheMode as Mode;
 
 /// What reads found in the disk cache (this process, since the cache was opened).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -371,34 +310,21 @@ impl DiskExpressionCache {
         Ok(found)
     }
 
-    /// The expression cache of the store at `root` as its configuration names it (qstore.json
-    /// `expression_cache`, overridden by `QSTORE_CACHE_DIR` and `QSTORE_REDIS_URL`): Redis leases when a URL
-    /// is configured (unless `lock` is `file`, or the caller only reads: `read_only`), else file locks.
-    pub fn for_store(root: &Path, read_only: bool) -> Result<DiskExpressionCache> {
-        let dir = Self::dir_for(root, None)?;
-        let lock = crate::cache::lock::for_store(root, &dir, &Default::default(), read_only)?;
-        Ok(DiskExpressionCache::new(dir, lock))
-    }
-
-    /// The cache directory of the store at `root`: `flag`, else `QSTORE_CACHE_DIR`, else qstore.json
-    /// `expression_cache.dir` (relative to the store), else `<store>/features_cache`.
-    pub fn dir_for(root: &Path, flag: Option<&Path>) -> Result<PathBuf> {
-        let file = crate::store::settings::load(root)?.expression_cache;
-        Ok(Self::dir_in(root, flag, &file))
-    }
-
-    /// [`dir_for`](Self::dir_for) with the store's settings already loaded.
-    pub fn dir_in(
+    /// The expression cache of the store at `root` as its settings name it, locking as they say (Redis leases
+    /// when a URL is configured, unless the caller only reads: `read_only`).
+    pub fn open(
         root: &Path,
-        flag: Option<&Path>,
-        settings: &crate::store::settings::ExpressionCache,
-    ) -> PathBuf {
-        match (flag, std::env::var_os("QSTORE_CACHE_DIR"), &settings.dir) {
-            (Some(d), _, _) => d.to_path_buf(),
-            (None, Some(d), _) => PathBuf::from(d),
-            (None, None, Some(d)) => root.join(d),
-            (None, None, None) => root.join(CACHE_DIR),
-        }
+        settings: &CacheSettings,
+        read_only: bool,
+    ) -> Result<DiskExpressionCache> {
+        let lock = crate::cache::lock::for_settings(root, &settings.dir, settings, read_only)?;
+        Ok(DiskExpressionCache::new(&settings.dir, lock))
+    }
+
+    /// [`open`](Self::open) with the store's own settings ([`Settings::resolve`](crate::store::settings::Settings::resolve)).
+    pub fn for_store(root: &Path, read_only: bool) -> Result<DiskExpressionCache> {
+        let settings = crate::store::settings::Settings::resolve(root, &Default::default())?;
+        Self::open(root, &settings.cache, read_only)
     }
 
     pub fn dir(&self) -> &Path {

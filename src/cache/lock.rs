@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use redis::Commands;
 
 use crate::error::{Error, Result};
+use crate::store::settings::{CacheSettings, LockKind};
 
 /// A held lock. Dropping it releases the lock.
 pub trait Guard: Send {
@@ -115,11 +116,10 @@ impl RedisLock {
         ttl: Duration,
         config_key: &str,
     ) -> Result<RedisLock> {
-        let unreachable = |e: &dyn std::fmt::Display| Error::Config {
-            source_name: config_key.to_string(),
-            reason: format!(
-                "Redis at {url} cannot be reached ({e}); start it, fix the URL, or use file locks (--lock file) on a single machine"
-            ),
+        let unreachable = |e: &dyn std::fmt::Display| Error::Redis {
+            url: url.to_string(),
+            from: config_key.to_string(),
+            reason: format!("cannot be reached ({e})"),
         };
         let client = redis::Client::open(url).map_err(|e| unreachable(&e))?;
         let mut c = client
@@ -143,8 +143,9 @@ impl RedisLock {
     }
 
     fn err(&self, e: redis::RedisError) -> Error {
-        Error::Config {
-            source_name: format!("Redis at {}", self.url),
+        Error::Redis {
+            url: self.url.clone(),
+            from: "the lock".into(),
             reason: format!("{e}; the cache was not changed"),
         }
     }
@@ -240,14 +241,13 @@ impl Lock for RedisLock {
             if Instant::now() >= deadline {
                 let holder: Option<String> = c.get(&key).map_err(|e| self.err(e))?;
                 let left: i64 = c.pttl(&key).map_err(|e| self.err(e))?;
-                return Err(Error::Config {
-                    source_name: format!("lock {key} at {}", self.url),
-                    reason: format!(
-                        "held by {} for another {} ms after waiting {:?}; if that process is gone, `qcache reset-lock` clears it",
-                        holder.unwrap_or_else(|| "?".into()),
-                        left,
-                        wait.unwrap_or_default()
+                return Err(Error::LockBusy {
+                    what: format!("lock {key} at {}", self.url),
+                    holder: format!(
+                        "{} (for another {left} ms)",
+                        holder.unwrap_or_else(|| "?".into())
                     ),
+                    waited: wait.unwrap_or_default(),
                 });
             }
             std::thread::sleep(pause);
@@ -386,12 +386,10 @@ impl Lock for FileLock {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(Error::Config {
-                        source_name: format!("lock {}", path.display()),
-                        reason: format!(
-                            "still held by another process after waiting {:?}",
-                            wait.unwrap_or_default()
-                        ),
+                    return Err(Error::LockBusy {
+                        what: format!("lock {}", path.display()),
+                        holder: "another process".into(),
+                        waited: wait.unwrap_or_default(),
                     });
                 }
                 Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("locking", &path, e)),
@@ -490,135 +488,73 @@ impl Lock for FileLock {
 pub fn may_publish(guard: &dyn Guard, published: Option<u64>, what: &str) -> Result<()> {
     let token = guard.token();
     if let Some(now) = published.filter(|&t| t > token) {
-        return Err(Error::Config {
-            source_name: what.to_string(),
-            reason: format!(
-                "a newer writer (token {now}) published while this one (token {token}) held an expired lease; its result was discarded"
-            ),
+        return Err(Error::Fenced {
+            what: what.to_string(),
+            token,
+            newer: now,
         });
     }
     if !guard.held() {
-        return Err(Error::Config {
-            source_name: what.to_string(),
-            reason: "the lock's lease was lost while computing; nothing was published".into(),
+        return Err(Error::LeaseLost {
+            what: what.to_string(),
         });
     }
     Ok(())
 }
 
-/// What the caller (command-line flags) says about locking; unset parts come from `QSTORE_REDIS_URL` and
-/// the store's `qstore.json` (`expression_cache`), which configure every cache of the store.
-#[derive(Debug, Clone, Default)]
-pub struct LockSettings {
-    /// `redis` or `file`.
-    pub kind: Option<String>,
-    /// A Redis URL and where it came from (for errors).
-    pub redis_url: Option<(String, String)>,
-    pub lease_s: Option<f64>,
-}
-
-/// The writer lock of the caches of the store at `root`: Redis leases when a URL is configured (unless the
-/// kind is `file`, or the caller only reads: `read_only`), else file locks in `dir`. One place decides this
-/// for the expression and the dataset cache, so both always lock the same way.
-pub fn for_store(
+/// The writer lock of a store's caches as its settings name it: Redis leases when a URL is configured (unless
+/// the kind is `file`, or the caller only reads: `read_only`), else file locks in `dir`. One place decides
+/// this for the expression and the dataset cache, so both always lock the same way. `root` is the store (its
+/// id names the Redis keys).
+pub fn for_settings(
     root: &Path,
     dir: &Path,
-    settings: &LockSettings,
+    settings: &CacheSettings,
     read_only: bool,
 ) -> Result<Box<dyn Lock>> {
-    match backend(root, settings, read_only)? {
+    match backend(settings, read_only)? {
         Backend::File => Ok(Box::new(FileLock::new(dir))),
-        Backend::Redis { url, from, lease } => Ok(Box::new(RedisLock::connect(
-            &url,
-            &crate::cache::expr::store_id(root)?,
-            lease,
-            &from,
+        Backend::Redis { url, from } => Ok(Box::new(RedisLock::connect(
+            url,
+            &crate::cache::store_id(root)?,
+            settings.lease,
+            from,
         )?)),
     }
 }
 
-/// Checks, before anything is written, that the writer lock [`for_store`] would use can be had: the settings
-/// are valid and a configured Redis answers. `root` need not exist yet (a store about to be built).
-pub fn check(root: &Path, settings: &LockSettings) -> Result<()> {
-    match backend(root, settings, false)? {
+/// Checks, before anything is written, that the writer lock [`for_settings`] would use can be had: a
+/// configured Redis answers.
+pub fn check(settings: &CacheSettings) -> Result<()> {
+    match backend(settings, false)? {
         Backend::File => Ok(()),
-        Backend::Redis { url, from, lease } => {
-            RedisLock::connect(&url, "check", lease, &from).map(drop)
+        Backend::Redis { url, from } => {
+            RedisLock::connect(url, "check", settings.lease, from).map(drop)
         }
     }
 }
 
-/// The lease a Redis writer lock of the store at `root` has (flag, else qstore.json, else 30 s): the one
-/// definition `for_store` and `qcache info` share.
-pub fn lease(root: &Path, settings: &LockSettings) -> Result<Duration> {
-    resolve_lease(
-        settings,
-        &crate::store::settings::load(root)?.expression_cache,
-    )
-}
-
-/// The lease the flag or qstore.json gives (30 s when neither does), checked to be usable.
-fn resolve_lease(
-    settings: &LockSettings,
-    file: &crate::store::settings::ExpressionCache,
-) -> Result<Duration> {
-    let lease = settings.lease_s.or(file.lease_s).unwrap_or(30.0);
-    // A writer renews its lease every third of it; below a second that is no margin at all, and Redis refuses
-    // an expiry of 0.
-    if !(lease.is_finite() && (MIN_LEASE_S..=MAX_LEASE_S).contains(&lease)) {
-        return Err(Error::Config {
-            source_name: "the lock lease (--lease-s, or expression_cache.lease_s in qstore.json)"
-                .into(),
-            reason: format!(
-                "{lease} s is out of range; give a number of seconds from {MIN_LEASE_S} to {MAX_LEASE_S} (30 is usual)"
-            ),
-        });
-    }
-    Ok(Duration::from_secs_f64(lease))
-}
-
-/// The kind of writer lock the settings, `QSTORE_REDIS_URL` and qstore.json name.
-enum Backend {
+/// The kind of writer lock the settings name.
+enum Backend<'a> {
     File,
     Redis {
-        url: String,
+        url: &'a str,
         /// Where the URL came from, for errors.
-        from: String,
-        lease: Duration,
+        from: &'a str,
     },
 }
 
-fn backend(root: &Path, settings: &LockSettings, read_only: bool) -> Result<Backend> {
-    let file = crate::store::settings::load(root)?.expression_cache;
-    let url = settings
-        .redis_url
-        .clone()
-        .or_else(|| {
-            std::env::var("QSTORE_REDIS_URL")
-                .ok()
-                .map(|u| (u, "QSTORE_REDIS_URL".to_string()))
-        })
-        .or_else(|| {
-            file.redis_url
-                .clone()
-                .map(|u| (u, "qstore.json expression_cache.redis_url".to_string()))
-        });
-    let kind = settings.kind.clone().or(file.lock.clone());
-    let lease = resolve_lease(settings, &file)?;
-    match (kind.as_deref(), url) {
-        (Some("redis"), None) if !read_only => Err(Error::Config {
+fn backend(settings: &CacheSettings, read_only: bool) -> Result<Backend<'_>> {
+    match (settings.lock, &settings.redis_url) {
+        (Some(LockKind::Redis), None) if !read_only => Err(Error::Config {
             source_name: "lock settings".into(),
             reason: "redis locks need a Redis URL: pass --redis redis://HOST:PORT/DB, set QSTORE_REDIS_URL, or set expression_cache.redis_url in qstore.json".into(),
         }),
-        (Some("file"), _) | (_, None) => Ok(Backend::File),
+        (Some(LockKind::File), _) | (_, None) => Ok(Backend::File),
         (_, Some(_)) if read_only => Ok(Backend::File),
-        (_, Some((url, from))) => Ok(Backend::Redis { url, from, lease }),
+        (_, Some((url, from))) => Ok(Backend::Redis { url, from }),
     }
 }
-
-/// The shortest and longest lease a Redis writer lock may have, in seconds.
-const MIN_LEASE_S: f64 = 1.0;
-const MAX_LEASE_S: f64 = 86_400.0;
 
 #[cfg(test)]
 mod tests {

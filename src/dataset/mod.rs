@@ -24,23 +24,29 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 pub use crate::cache::expr::Outcome;
 use crate::cache::lock::Lock;
 use crate::error::{Error, Result};
+use crate::expr::StoreFields;
 use crate::expr::{self, Expr, Fields};
 use crate::query::frame::Frame;
-use crate::query::{StoreFields, Universe};
+use crate::query::{Engine, Universe};
 use crate::store::Store;
 use crate::store::calendar::Timestamp;
 use crate::store::freq::Freq;
 use crate::store::fsio;
+use crate::store::settings::CacheSettings;
 use crate::util::memcache::{Limit, MemCache, Weigh};
 
 /// qlib's `disk_cache` argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum DiskCacheMode {
     /// 0: compute, leave the cache alone.
+    #[cfg_attr(feature = "cli", value(alias = "0"))]
     Skip,
     /// 1: read the cached dataset, building or updating it first when it is missing or stale.
+    #[cfg_attr(feature = "cli", value(alias = "1"))]
     Use,
     /// 2: rebuild it, then read.
+    #[cfg_attr(feature = "cli", value(alias = "2"))]
     Rebuild,
 }
 
@@ -191,16 +197,23 @@ impl DiskDatasetCache {
         }
     }
 
-    /// The dataset cache in `<store>/dataset_cache`, locking as the store's configuration says (the same
-    /// backend as the expression cache; file locks for a caller that only reads: `read_only`, so that it
-    /// needs no Redis).
-    pub fn for_store(root: &Path, read_only: bool) -> Result<DiskDatasetCache> {
+    /// The dataset cache of the store at `root`, locking as its settings say (the expression cache's locks).
+    pub fn open(
+        root: &Path,
+        settings: &CacheSettings,
+        read_only: bool,
+    ) -> Result<DiskDatasetCache> {
         let dir = root.join(DATASET_DIR);
-        let lock = crate::cache::lock::for_store(root, &dir, &Default::default(), read_only)?;
+        let lock = crate::cache::lock::for_settings(root, &dir, settings, read_only)?;
         Ok(DiskDatasetCache::new(dir, lock))
     }
 
-    /// Whether this build can read and write datasets (the `hdf5` cargo feature).
+    /// [`open`](Self::open) with the store's own settings ([`Settings::resolve`](crate::store::settings::Settings::resolve)).
+    pub fn for_store(root: &Path, read_only: bool) -> Result<DiskDatasetCache> {
+        let settings = crate::store::settings::Settings::resolve(root, &Default::default())?;
+        Self::open(root, &settings.cache, read_only)
+    }
+
     pub fn available() -> bool {
         cfg!(feature = "hdf5")
     }
@@ -244,7 +257,7 @@ impl DiskDatasetCache {
     #[allow(clippy::too_many_arguments)]
     pub fn dataset<S: AsRef<str>>(
         &self,
-        store: &Store,
+        engine: &Engine,
         universe: Universe<'_>,
         exprs: &[S],
         start: Option<Timestamp>,
@@ -253,9 +266,9 @@ impl DiskDatasetCache {
         mode: DiskCacheMode,
     ) -> Result<Frame> {
         if mode == DiskCacheMode::Skip {
-            return store.features(universe, exprs, start, end, freq);
+            return engine.features(universe, exprs, start, end, freq);
         }
-        let cal = store.calendar(freq)?;
+        let cal = engine.store().calendar(freq)?;
         let range = cal.locate(start, end);
         let names: Vec<String> = exprs.iter().map(|e| e.as_ref().to_string()).collect();
         let uri: UriKey = (normalize(universe), names.clone(), freq);
@@ -272,7 +285,7 @@ impl DiskDatasetCache {
         let req = Request::new(universe, exprs, freq)?;
         let mut broken = None;
         if mode == DiskCacheMode::Use {
-            let now = State::of(store, &req)?;
+            let now = State::of(engine.store(), &req)?;
             // A writer may publish (and delete the files this meta names) between reading the meta and
             // opening the files: then the meta is read again.
             for _ in 0..5 {
@@ -300,7 +313,7 @@ impl DiskDatasetCache {
             }
         }
         let (meta, _) = self.refresh_locked(
-            store,
+            engine,
             &req,
             match (mode, broken) {
                 (DiskCacheMode::Rebuild, _) => Refresh::Rebuild,
@@ -338,7 +351,7 @@ impl DiskDatasetCache {
     /// computes it in full.
     pub fn warm<S: AsRef<str>>(
         &self,
-        store: &Store,
+        engine: &Engine,
         universe: Universe<'_>,
         exprs: &[S],
         freq: Freq,
@@ -352,18 +365,18 @@ impl DiskDatasetCache {
         } else {
             Refresh::Update
         };
-        Ok(self.refresh_locked(store, &req, how)?.1)
+        Ok(self.refresh_locked(engine, &req, how)?.1)
     }
 
     /// Brings every dataset forward to the store as it is now. Returns how many ended how; unreadable
     /// metas are counted under `None` (see [`verify`](Self::verify)).
-    pub fn update_all(&self, store: &Store) -> Result<BTreeMap<Option<Outcome>, usize>> {
+    pub fn update_all(&self, engine: &Engine) -> Result<BTreeMap<Option<Outcome>, usize>> {
         fsio::remove_abandoned_temps(&self.dir)?;
         let mut out = BTreeMap::new();
         for (_, meta) in self.entries()? {
             let o = match meta {
                 Some(m) => Some(
-                    self.refresh_locked(store, &Request::from_meta(&m)?, Refresh::Update)?
+                    self.refresh_locked(engine, &Request::from_meta(&m)?, Refresh::Update)?
                         .1,
                 ),
                 None => None,
@@ -390,7 +403,7 @@ impl DiskDatasetCache {
     /// the new days when the published rows are still right, else a full build. Returns the published meta.
     fn refresh_locked(
         &self,
-        store: &Store,
+        engine: &Engine,
         req: &Request,
         how: Refresh,
     ) -> Result<(DatasetMeta, Outcome)> {
@@ -403,7 +416,7 @@ impl DiskDatasetCache {
             .acquire(&format!("dataset-{}", req.key), self.wait)?;
         let token = guard.token();
         let meta_path = self.meta_path(&req.key);
-        let now = State::of(store, req)?;
+        let now = State::of(engine.store(), req)?;
         let published = Self::read_meta(&meta_path);
         // Above every generation so far (published, or files left on disk) and at least the lock's fencing
         // token: never a name a reader may still hold.
@@ -445,9 +458,9 @@ impl DiskDatasetCache {
             .unwrap_or(0);
         let base = old.as_ref().filter(|_| how != Refresh::Rebuild);
         // An append that fails (say, a damaged chunk in the rows it keeps) is done again as a full build.
-        let written = match self.write_generation(store, req, &now, base, right, generation) {
+        let written = match self.write_generation(engine, req, &now, base, right, generation) {
             Err(_) if base.is_some() => {
-                self.write_generation(store, req, &now, None, right, generation)?
+                self.write_generation(engine, req, &now, None, right, generation)?
             }
             r => r?,
         };
@@ -492,7 +505,7 @@ impl DiskDatasetCache {
     /// still right, computing only from the first row that changed, else everything.
     fn write_generation(
         &self,
-        store: &Store,
+        engine: &Engine,
         req: &Request,
         now: &State,
         base: Option<&DatasetMeta>,
@@ -506,12 +519,14 @@ impl DiskDatasetCache {
         let base = base.filter(|m| {
             m.calendar_len <= n_cal
                 && m.right == right
-                && fingerprint(store, req, m.calendar_len).is_ok_and(|f| f == m.fingerprint)
+                && fingerprint(engine.store(), req, m.calendar_len)
+                    .is_ok_and(|f| f == m.fingerprint)
         });
         let base = match base {
             Some(m) => {
                 let (d, i) = self.files(&req.key, m.generation);
-                let changed = first_change(&m.spans, &rows_of(store, req, m.calendar_len)?);
+                let changed =
+                    first_change(&m.spans, &rows_of(engine.store(), req, m.calendar_len)?);
                 imp::read_index(&i)
                     .ok()
                     .filter(|(s, e)| s.len() == m.calendar_len && e.len() == m.calendar_len)
@@ -572,7 +587,7 @@ impl DiskDatasetCache {
         let mut t0 = from;
         while t0 < n_cal {
             let t1 = (t0 + days).min(n_cal);
-            let frame = store.features(
+            let frame = engine.features(
                 universe_of(&req.universe),
                 columns,
                 cal.get(t0),
@@ -989,7 +1004,11 @@ mod imp {
     }
 
     fn h5(what: &'static str, path: &Path, e: hdf5::Error) -> Error {
-        Error::io(what, path, std::io::Error::other(e.to_string()))
+        Error::Hdf5 {
+            what,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
     }
 
     /// Rows per chunk of `values` (the unit of its checksums).
@@ -1084,8 +1103,8 @@ mod imp {
                         block.as_slice().expect("standard layout"),
                     )) != sum
                     {
-                        return Err(Error::Config {
-                            source_name: tmp.display().to_string(),
+                        return Err(Error::CorruptCache {
+                            path: tmp.to_path_buf(),
                             reason: "the rows an append keeps do not match their checksum".into(),
                         });
                     }
@@ -1242,8 +1261,8 @@ mod imp {
             (s as usize, (e as usize).min(meta.rows))
         };
         if !holds(data, meta) {
-            return Err(Error::Config {
-                source_name: data.display().to_string(),
+            return Err(Error::CorruptCache {
+                path: data.to_path_buf(),
                 reason: format!(
                     "the meta publishes {} rows x {} fields, more than the file holds; the dataset is rebuilt",
                     meta.rows,
@@ -1270,8 +1289,8 @@ mod imp {
             || rows.len() != b - a
             || inst.iter().any(|&c| c as usize >= meta.instruments.len())
         {
-            return Err(Error::Config {
-                source_name: data.display().to_string(),
+            return Err(Error::CorruptCache {
+                path: data.to_path_buf(),
                 reason: "instrument codes and the meta disagree".into(),
             });
         }
@@ -1319,8 +1338,8 @@ mod imp {
             let step = chunk_step(&ds);
             let total = ds.shape().first().copied().unwrap_or(0);
             if ds.shape() != [total, ncol] || total < b {
-                return Err(Error::Config {
-                    source_name: data.display().to_string(),
+                return Err(Error::CorruptCache {
+                    path: data.to_path_buf(),
                     reason: format!(
                         "values has shape {:?}; the meta publishes {} rows x {ncol} fields",
                         ds.shape(),
@@ -1346,8 +1365,8 @@ mod imp {
                 if block.len() != (c1 - c0) * ncol
                     || xxh3_64(bytemuck::cast_slice(block)) != sums[c - a / step]
                 {
-                    return Err(Error::Config {
-                        source_name: data.display().to_string(),
+                    return Err(Error::CorruptCache {
+                        path: data.to_path_buf(),
                         reason: format!(
                             "rows {c0}..{c1} of values do not match their checksum: the file is damaged"
                         ),

@@ -63,6 +63,22 @@ pub trait Fields: Sync {
     fn column(&self, instrument: &str, field: &str) -> Result<Option<Column>>;
 }
 
+/// A store's fields at one frequency: what the query layer and the expression cache evaluate over.
+pub struct StoreFields<'a> {
+    pub store: &'a crate::store::Store,
+    pub freq: crate::store::freq::Freq,
+}
+
+impl Fields for StoreFields<'_> {
+    fn column(&self, instrument: &str, field: &str) -> Result<Option<Column>> {
+        let end = self.store.calendar(self.freq)?.len();
+        Ok(self
+            .store
+            .feature(instrument, field, self.freq)?
+            .map(|file| Column::File { file, end }))
+    }
+}
+
 /// In-memory fields: `(instrument, field) -> (start row, values)`.
 impl Fields for HashMap<(String, String), (usize, Vec<f32>)> {
     fn column(&self, instrument: &str, field: &str) -> Result<Option<Column>> {
@@ -268,7 +284,7 @@ impl Query {
         mut sink: impl FnMut(usize, usize, &[f64]),
     ) -> Result<()> {
         if let Some((k, depth)) = self.too_deep {
-            return Err(crate::Error::Expr {
+            return Err(crate::error::Error::Expr {
                 expr: format!("expression #{k}"),
                 pos: 0,
                 reason: format!(

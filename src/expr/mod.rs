@@ -20,7 +20,7 @@
 //! tree, which is what caches key on.
 //!
 //! [`evaluate`] computes expressions for one instrument (see `eval` for the rules that make results
-//! independent of the rows requested); `Store::features` runs it over many instruments.
+//! independent of the rows requested); `query::Engine::features` runs it over many instruments.
 
 /// Stack left below which a recursive step (parsing, evaluating) moves to a new segment of [`STACK_SEGMENT`]
 /// bytes (`stacker`): trees up to the parser's depth limit never overflow a small thread stack.
@@ -33,5 +33,5 @@ mod kernels;
 mod parse;
 
 pub use ast::{Binary, Expr, ExtWindow, Extent, Pair, Rolling, Unary, Window};
-pub use eval::{Column, Fields, Query, Scratch, domain, evaluate};
+pub use eval::{Column, Fields, Query, Scratch, StoreFields, domain, evaluate};
 pub use parse::parse;

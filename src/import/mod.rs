@@ -7,8 +7,6 @@
 //! ([`learned`]), unless the source has a table of trading days. `qdump update` first lists the new rows'
 //! dates ([`Source::dates`]) to check them against the store's calendar.
 
-pub mod loader;
-
 pub mod csv;
 mod group;
 mod learned;
@@ -141,7 +139,8 @@ pub(crate) fn check_rows(
 }
 
 /// What to do with two rows of one symbol on the same date.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum OnDuplicate {
     /// The symbol fails, naming the date.
     #[default]
@@ -153,7 +152,8 @@ pub enum OnDuplicate {
 }
 
 /// How symbols are named in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum SymbolFormat {
     /// qlib's convention: `600000.SH` -> `SH600000`, everything upper-case.
     #[default]

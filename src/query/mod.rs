@@ -1,4 +1,6 @@
-//! `Store::features`: expressions evaluated over many instruments into a [`Frame`] (qlib's `D.features`).
+//! The query layer: [`Engine`] evaluates expressions over many instruments into a [`Frame`] (qlib's
+//! `D.features`), reading the store's expression cache for the columns it holds and keeping recent results
+//! in memory (qlib's `H["f"]`).
 
 pub mod featureset;
 pub mod frame;
@@ -10,15 +12,21 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::cache::expr::{DiskExpressionCache, DiskStats, Mode};
 use crate::error::{Error, NameKind, Result};
-use crate::expr::{self, Column, Expr, Fields, Query, Scratch};
+use crate::expr::StoreFields;
+use crate::expr::{self, Expr, Query, Scratch};
 use crate::query::featureset::FeatureSet;
 use crate::query::frame::{Frame, Values};
 use crate::store::calendar::Timestamp;
 use crate::store::freq::Freq;
 use crate::store::layout::validate_name;
-use crate::store::{FeatureKey, Store};
+use crate::store::settings::{CacheConfig, CacheSettings, Overrides, Settings};
+use crate::store::{self, Store};
 use crate::util::memcache::Limit;
+use crate::util::memcache::{MemCache, Stats};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Which instruments a query covers.
 #[derive(Debug, Clone, Copy)]
@@ -27,22 +35,6 @@ pub enum Universe<'a> {
     Market(&'a str),
     /// These instruments, each on the rows where its fields have data.
     List(&'a [String]),
-}
-
-/// A store's fields at one frequency, for the evaluator.
-pub(crate) struct StoreFields<'a> {
-    pub store: &'a Store,
-    pub freq: Freq,
-}
-
-impl Fields for StoreFields<'_> {
-    fn column(&self, instrument: &str, field: &str) -> Result<Option<Column>> {
-        let end = self.store.calendar(self.freq)?.len();
-        Ok(self
-            .store
-            .feature(instrument, field, self.freq)?
-            .map(|file| Column::File { file, end }))
-    }
 }
 
 /// Where an instrument's values go in its block of a row-major frame.
@@ -99,7 +91,161 @@ fn transpose(columns: &[f32], rows: usize, out: &mut [f32]) {
     }
 }
 
-impl Store {
+/// Key of the feature cache space: an expression's canonical text, for one instrument, over calendar rows
+/// `rows` of `freq`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FeatureKey {
+    expr: String,
+    /// Upper case, as instruments files write symbols.
+    instrument: String,
+    rows: (usize, usize),
+    freq: Freq,
+}
+
+/// Counters of an engine's caches.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheStats {
+    pub calendar: Stats,
+    pub instruments: Stats,
+    pub features: Stats,
+    /// The disk expression cache's reads, when the engine uses one.
+    pub disk: Option<DiskStats>,
+}
+
+/// A store with its caches, answering feature queries: the type training code and the commands read through.
+pub struct Engine {
+    store: Store,
+    /// Evaluated columns of this process (qlib's `H["f"]`).
+    features: MemCache<FeatureKey, Arc<Vec<f32>>>,
+    /// The store's write count when `features` was last known good.
+    seen_writes: AtomicU64,
+    /// Computed expressions on disk, and how to use them.
+    disk: Option<(Arc<DiskExpressionCache>, Mode)>,
+    /// The cache settings the engine was opened with.
+    cache_settings: CacheSettings,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("root", &self.store.root())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens the store at `root` with its settings ([`Settings::resolve`]: qstore.json, `QSTORE_*`). Its
+    /// expression cache is on the read path: `features()` reads current entries (mode `read`, the default,
+    /// when the cache directory exists), or also fills it (`expression_cache.mode = "write"`).
+    pub fn open(root: impl AsRef<Path>) -> Result<Engine> {
+        let root = root.as_ref();
+        Engine::open_with(root, Settings::resolve(root, &Overrides::default())?)
+    }
+
+    /// Opens the store at `root` with these settings (nothing else is read).
+    pub fn open_with(root: impl AsRef<Path>, settings: Settings) -> Result<Engine> {
+        let store = Store::open_with(root, settings.store.clone())?;
+        Engine::new(store, settings.feature_cache, settings.cache)
+    }
+
+    /// An engine over an open store, with a feature cache of these bounds, using the expression cache as
+    /// `cache` says.
+    pub fn new(store: Store, feature_cache: CacheConfig, cache: CacheSettings) -> Result<Engine> {
+        let mut engine = Engine {
+            features: MemCache::new(feature_cache.limit, feature_cache.expiry),
+            seen_writes: AtomicU64::new(store.writes()),
+            store,
+            disk: None,
+            cache_settings: cache,
+        };
+        engine.use_expression_cache(engine.cache_settings.mode)?;
+        Ok(engine)
+    }
+
+    /// The store the engine reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Sets how `features()` uses the store's own expression cache (as the settings name it): `Off` never,
+    /// `Read` when its directory exists, `Write` always (taking writer locks, Redis when configured). Reading
+    /// needs no lock.
+    pub fn use_expression_cache(&mut self, mode: Mode) -> Result<()> {
+        let settings = &self.cache_settings;
+        self.disk = match mode {
+            Mode::Off => None,
+            Mode::Read => settings.dir.is_dir().then(|| {
+                let lock = Box::new(crate::cache::lock::FileLock::new(&settings.dir));
+                (
+                    Arc::new(DiskExpressionCache::new(&settings.dir, lock)),
+                    mode,
+                )
+            }),
+            Mode::Write => Some((
+                Arc::new(DiskExpressionCache::open(
+                    self.store.root(),
+                    settings,
+                    false,
+                )?),
+                mode,
+            )),
+        };
+        Ok(())
+    }
+
+    /// Makes `features()` use this disk cache in `mode` (`Read`: current entries, and behind ones for the
+    /// rows they have; `Write`: also stores what it computes).
+    pub fn set_expression_cache(&mut self, cache: Arc<DiskExpressionCache>, mode: Mode) {
+        self.disk = (mode != Mode::Off).then_some((cache, mode));
+    }
+
+    /// The expression cache `features()` uses, if any.
+    pub fn expression_cache(&self) -> Option<&DiskExpressionCache> {
+        self.disk.as_ref().map(|(c, _)| c.as_ref())
+    }
+
+    /// Forgets what this process loaded and computed, so the next reads see what other processes published.
+    pub fn refresh(&self) {
+        self.store.refresh();
+        self.features.clear();
+        if let Some((c, _)) = &self.disk {
+            c.refresh();
+        }
+    }
+
+    /// Counters of the in-memory cache spaces and of the disk cache's reads.
+    pub fn cache_stats(&self) -> CacheStats {
+        let store::CacheStats {
+            calendar,
+            instruments,
+        } = self.store.cache_stats();
+        CacheStats {
+            calendar,
+            instruments,
+            features: self.features.stats(),
+            disk: self.expression_cache().map(|c| c.stats()),
+        }
+    }
+
+    /// Drops what the feature cache holds of instruments written through the store since it was filled: every
+    /// evaluated expression of the instrument or naming it (`Mask(x,'SH600000')`).
+    fn sync_with_writes(&self) {
+        let (now, changes) = self
+            .store
+            .changes_since(self.seen_writes.load(Ordering::Acquire));
+        match changes {
+            store::Changes::None => return,
+            store::Changes::All => self.features.clear(),
+            store::Changes::Instruments(list) => {
+                let quoted: Vec<String> = list.iter().map(|i| format!("'{i}'")).collect();
+                self.features.remove_if(|k| {
+                    list.binary_search(&k.instrument).is_ok()
+                        || quoted.iter().any(|q| k.expr.contains(q))
+                });
+            }
+        }
+        self.seen_writes.store(now, Ordering::Release);
+    }
     /// Evaluates `exprs` (qlib expressions, one column each, named as given) for every instrument of
     /// `universe` between `start` and `end` (inclusive; `None`: the calendar's ends). Instruments are evaluated
     /// in parallel; results of an (expression, instrument, rows) already computed by this process come from
@@ -113,18 +259,20 @@ impl Store {
         end: Option<Timestamp>,
         freq: Freq,
     ) -> Result<Frame> {
+        self.sync_with_writes();
         let parsed: Vec<Expr> = exprs
             .iter()
             .map(|e| expr::parse(e.as_ref()))
             .collect::<Result<_>>()?;
         let canonical: Vec<String> = parsed.iter().map(Expr::to_string).collect();
         let query = Query::new(parsed.clone());
-        let calendar = self.calendar(freq)?;
+        let calendar = self.store.calendar(freq)?;
         let range = calendar.locate(start, end);
         let columns: Vec<String> = exprs.iter().map(|e| e.as_ref().to_string()).collect();
         // Each instrument's requested rows: span rows for a market, everything (cut to data later) for a list.
         let targets: Vec<(String, Option<Vec<Range<usize>>>)> = match universe {
             Universe::Market(m) => self
+                .store
                 .instruments(m)?
                 .iter()
                 .map(|(sym, spans)| {
@@ -153,7 +301,10 @@ impl Store {
             }
         };
         self.check_fields(&parsed, exprs, targets.iter().map(|t| t.0.as_str()), freq)?;
-        let fields = StoreFields { store: self, freq };
+        let fields = StoreFields {
+            store: &self.store,
+            freq,
+        };
         // Rows of each instrument first, so the frame is allocated once and filled in place in parallel.
         let spans: Vec<Vec<Range<usize>>> = targets
             .par_iter()
@@ -225,7 +376,7 @@ impl Store {
                         for (c, col) in cols.iter().enumerate() {
                             at.put(out, c, hull.start, col, |v| v);
                         }
-                    } else if self.expr_cache.is_some() {
+                    } else if self.disk.is_some() {
                         let all: Vec<usize> = (0..ncol).collect();
                         let cols =
                             self.columns(&fields, inst, &query, &canonical, hull.clone(), &all)?;
@@ -280,7 +431,12 @@ impl Store {
         freq: Freq,
     ) -> Result<Vec<&'s crate::query::featureset::Feature>> {
         let symbols: Vec<String> = match universe {
-            Universe::Market(m) => self.instruments(m)?.symbols().map(str::to_owned).collect(),
+            Universe::Market(m) => self
+                .store
+                .instruments(m)?
+                .symbols()
+                .map(str::to_owned)
+                .collect(),
             Universe::List(l) => l.to_vec(),
         };
         let mut chosen = Vec::new();
@@ -291,7 +447,7 @@ impl Store {
                 for field in e.fields() {
                     let mut any = false;
                     for s in &symbols {
-                        if self.feature(s, field, freq)?.is_some() {
+                        if self.store.feature(s, field, freq)?.is_some() {
                             any = true;
                             break;
                         }
@@ -376,10 +532,10 @@ impl Store {
                 expr::evaluate(fields, instrument, &exprs, rows.clone())
             }
         };
-        let Some((disk, mode)) = &self.expr_cache else {
+        let Some((disk, mode)) = &self.disk else {
             return evaluate_all();
         };
-        if *mode == crate::cache::expr::Mode::Read && !disk.has_instrument(instrument) {
+        if *mode == Mode::Read && !disk.has_instrument(instrument) {
             // Nothing cached for this instrument: one look at its directory, not one per expression.
             let computed = which
                 .iter()
@@ -398,7 +554,7 @@ impl Store {
             }
             let look = || {
                 disk.lookup(
-                    self,
+                    &self.store,
                     &canonical[c],
                     e,
                     instrument,
@@ -407,9 +563,9 @@ impl Store {
                 )
             };
             let mut found = look()?;
-            if *mode == crate::cache::expr::Mode::Write && !matches!(found, Lookup::Hit(_)) {
+            if *mode == Mode::Write && !matches!(found, Lookup::Hit(_)) {
                 // qlib's read-through: build or bring the entry forward under its lock, then read it.
-                let outcome = disk.warm(self, e, instrument, fields.freq)?;
+                let outcome = disk.warm(&self.store, e, instrument, fields.freq)?;
                 if matches!(outcome, Outcome::Built | Outcome::Appended) {
                     disk.count_write();
                 }
@@ -465,7 +621,7 @@ impl Store {
             let mut any = false;
             let mut example = None;
             for inst in instruments.clone() {
-                if self.feature(inst, field, freq)?.is_some() {
+                if self.store.feature(inst, field, freq)?.is_some() {
                     any = true;
                     break;
                 }
@@ -478,7 +634,7 @@ impl Store {
             let pos = text.to_lowercase().find(&format!("${field}")).unwrap_or(0);
             let available = match example {
                 Some(inst) => {
-                    let fields = self.fields_of(inst, freq)?;
+                    let fields = self.store.fields_of(inst, freq)?;
                     if fields.is_empty() {
                         format!("{inst} has no fields at {freq}")
                     } else {
@@ -496,11 +652,5 @@ impl Store {
             });
         }
         Ok(())
-    }
-
-    /// The fields stored for an instrument at `freq`, sorted.
-    pub fn fields_of(&self, instrument: &str, freq: Freq) -> Result<Vec<String>> {
-        let dir = crate::store::layout::instrument_dir(self.root(), instrument)?;
-        crate::store::fsio::list_names(&dir, &format!(".{freq}.bin"))
     }
 }

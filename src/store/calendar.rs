@@ -230,6 +230,13 @@ fn order_reason(prev: Timestamp, t: Timestamp) -> String {
     }
 }
 
+/// What a calendar costs in the store's calendar cache.
+impl crate::util::memcache::Weigh for Calendar {
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Self>() + std::mem::size_of_val(self.dates())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

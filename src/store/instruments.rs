@@ -137,6 +137,19 @@ impl Instruments {
     }
 }
 
+/// What an instrument list costs in the store's instrument cache.
+impl crate::util::memcache::Weigh for Instruments {
+    fn weight(&self) -> usize {
+        // Per symbol: the map node (key String + Vec of spans) and their heap parts.
+        let node = std::mem::size_of::<String>() + std::mem::size_of::<Vec<Span>>() + 16;
+        std::mem::size_of::<Self>()
+            + self
+                .iter()
+                .map(|(s, spans)| node + s.len() + std::mem::size_of_val(spans))
+                .sum::<usize>()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,13 +18,9 @@ pub mod panel;
 pub mod settings;
 pub mod writer;
 
-use crate::cache::expr::Mode as ExprCacheMode;
-use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use std::time::Duration;
 
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -35,80 +31,18 @@ use self::calendar::{Calendar, Timestamp};
 use self::freq::Freq;
 use self::instruments::Instruments;
 use self::layout::{CALENDARS_DIR, FEATURES_DIR, INSTRUMENTS_DIR};
+pub use self::settings::{CacheConfig, StoreOptions};
+use self::settings::{Overrides, Settings};
 use crate::error::{CorruptReason, Error, Result};
-use crate::util::memcache::{Limit, MemCache};
+use crate::util::memcache::MemCache;
 use panel::Panel;
 use writer::WriteKind;
-
-/// Key of the feature cache space: an expression's canonical text, for one instrument, over calendar rows
-/// `rows` of `freq`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct FeatureKey {
-    pub expr: String,
-    /// Upper case, as instruments files write symbols.
-    pub instrument: String,
-    pub rows: (usize, usize),
-    pub freq: Freq,
-}
 
 /// Counters of the store's in-memory caches.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheStats {
     pub calendar: crate::util::memcache::Stats,
     pub instruments: crate::util::memcache::Stats,
-    pub features: crate::util::memcache::Stats,
-    /// The disk expression cache's reads, when `features()` uses one.
-    pub disk: Option<crate::cache::expr::DiskStats>,
-}
-
-/// Bounds of one in-memory cache space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheConfig {
-    pub limit: Limit,
-    /// Entries older than this are reloaded; `None`: never.
-    pub expiry: Option<Duration>,
-}
-
-impl Default for CacheConfig {
-    /// qlib's defaults: 500 entries, expiring after an hour.
-    fn default() -> Self {
-        CacheConfig {
-            limit: Limit::Entries(500),
-            expiry: Some(Duration::from_secs(3600)),
-        }
-    }
-}
-
-/// Tuning of an open store.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    /// The in-memory cache of calendars (qlib's `H["c"]`).
-    pub calendar_cache: CacheConfig,
-    /// The in-memory cache of instrument lists (qlib's `H["i"]`).
-    pub instrument_cache: CacheConfig,
-    /// The in-memory cache of evaluated expressions per instrument and row range (qlib's `H["f"]`).
-    pub feature_cache: CacheConfig,
-    /// How many feature files stay mapped. Each costs one memory mapping (the kernel allows about 65,000 per
-    /// process by default) and no file descriptor.
-    pub handle_cache: NonZeroUsize,
-    /// Files of at least this many bytes are memory-mapped; smaller ones are read into memory when opened
-    /// (cheaper for daily-sized files). 0 maps every file.
-    pub map_threshold: u64,
-    /// Settings of the expression cache's directory and writer locks (read by the binaries).
-    pub expression_cache: crate::store::settings::ExpressionCache,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            calendar_cache: CacheConfig::default(),
-            instrument_cache: CacheConfig::default(),
-            feature_cache: CacheConfig::default(),
-            expression_cache: Default::default(),
-            handle_cache: NonZeroUsize::new(16_384).expect("non-zero"),
-            map_threshold: crate::store::bin::DEFAULT_MAP_THRESHOLD,
-        }
-    }
 }
 
 type Handle = Option<Arc<FeatureFile>>;
@@ -118,13 +52,41 @@ pub struct Store {
     root: PathBuf,
     calendars: MemCache<Freq, Arc<Calendar>>,
     instruments: MemCache<String, Arc<Instruments>>,
-    pub(crate) features: MemCache<FeatureKey, Arc<Vec<f32>>>,
     handles: Mutex<LruCache<String, Handle>>,
     map_threshold: u64,
-    /// Read by `features()` when set: computed expressions on disk, and how to use them.
-    pub(crate) expr_cache: Option<(Arc<crate::cache::expr::DiskExpressionCache>, ExprCacheMode)>,
-    /// The expression cache's settings as the store was opened with them.
-    expr_settings: crate::store::settings::ExpressionCache,
+    /// The writes made through this `Store`, so that the query layer can forget what it derived from them.
+    writes: Mutex<WriteLog>,
+}
+
+/// The last writes through a `Store`: a sequence number, and the instruments of the most recent ones (`None`:
+/// everything changed, as when a calendar is replaced).
+#[derive(Default)]
+struct WriteLog {
+    seq: u64,
+    recent: std::collections::VecDeque<(u64, Option<String>)>,
+}
+
+/// How many writes the log remembers; a reader further behind forgets everything it derived.
+const WRITE_LOG_LEN: usize = 4096;
+
+impl WriteLog {
+    fn push(&mut self, instrument: Option<String>) {
+        self.seq += 1;
+        if self.recent.len() == WRITE_LOG_LEN {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((self.seq, instrument));
+    }
+}
+
+/// What changed in a store since a reader last looked ([`Store::changes_since`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Changes {
+    None,
+    /// These instruments (upper case) were written.
+    Instruments(Vec<String>),
+    /// Anything may have changed.
+    All,
 }
 
 impl std::fmt::Debug for Store {
@@ -144,47 +106,10 @@ fn handle_key(instrument: &str, field: &str, freq: Freq) -> String {
 
 impl Store {
     /// Opens an existing store (a directory with `calendars/`), configured by its `qstore.json` and the
-    /// `QSTORE_*` environment variables (see [`crate::store::settings`]).
-    ///
-    /// The store's expression cache is on its read path: `features()` reads its current entries (mode `read`,
-    /// the default when the cache directory exists), or also fills it (`expression_cache.mode = "write"`).
+    /// `QSTORE_*` environment variables ([`Settings::resolve`]).
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
         let root = root.as_ref();
-        let options = if root.is_dir() {
-            crate::store::settings::load(root)?
-        } else {
-            StoreOptions::default()
-        };
-        let mode = match options.expression_cache.mode.as_deref() {
-            Some(m) => m.parse()?,
-            None => ExprCacheMode::Read,
-        };
-        let mut store = Store::open_with(root, options)?;
-        store.use_expression_cache(mode)?;
-        Ok(store)
-    }
-
-    /// Sets how `features()` uses the store's own expression cache (as configured: qstore.json, then
-    /// `QSTORE_CACHE_DIR`, `QSTORE_REDIS_URL`): `Off` never, `Read` when its directory exists, `Write` always
-    /// (taking writer locks, Redis when configured). Reading needs no lock and no more configuration: the
-    /// settings the store was opened with name the directory.
-    pub fn use_expression_cache(&mut self, mode: ExprCacheMode) -> Result<()> {
-        use crate::cache::expr::DiskExpressionCache;
-        self.expr_cache = match mode {
-            ExprCacheMode::Off => None,
-            ExprCacheMode::Read => {
-                let dir = DiskExpressionCache::dir_in(&self.root, None, &self.expr_settings);
-                dir.is_dir().then(|| {
-                    let lock = Box::new(crate::cache::lock::FileLock::new(&dir));
-                    (Arc::new(DiskExpressionCache::new(&dir, lock)), mode)
-                })
-            }
-            ExprCacheMode::Write => Some((
-                Arc::new(DiskExpressionCache::for_store(&self.root, false)?),
-                mode,
-            )),
-        };
-        Ok(())
+        Store::open_with(root, Settings::resolve(root, &Overrides::default())?.store)
     }
 
     /// Opens an existing store with these options (no configuration file or environment is read).
@@ -209,11 +134,9 @@ impl Store {
                 options.instrument_cache.limit,
                 options.instrument_cache.expiry,
             ),
-            features: MemCache::new(options.feature_cache.limit, options.feature_cache.expiry),
             handles: Mutex::new(LruCache::new(options.handle_cache)),
             map_threshold: options.map_threshold,
-            expr_cache: None,
-            expr_settings: options.expression_cache,
+            writes: Mutex::new(WriteLog::default()),
         })
     }
 
@@ -234,23 +157,34 @@ impl Store {
     pub fn refresh(&self) {
         self.calendars.clear();
         self.instruments.clear();
-        self.features.clear();
         self.handles.lock().clear();
     }
 
-    /// Makes `features()` use this disk cache in `mode` (`Read`: current entries, and behind ones for the
-    /// rows they have; `Write`: also stores what it computes).
-    pub fn set_expression_cache(
-        &mut self,
-        cache: Arc<crate::cache::expr::DiskExpressionCache>,
-        mode: ExprCacheMode,
-    ) {
-        self.expr_cache = (mode != ExprCacheMode::Off).then_some((cache, mode));
+    /// The sequence number of the last write through this `Store`.
+    pub fn writes(&self) -> u64 {
+        self.writes.lock().seq
     }
 
-    /// The expression cache `features()` uses, if any.
-    pub fn expression_cache(&self) -> Option<&crate::cache::expr::DiskExpressionCache> {
-        self.expr_cache.as_ref().map(|(c, _)| c.as_ref())
+    /// What was written through this `Store` after write number `seen`, and the number now.
+    pub fn changes_since(&self, seen: u64) -> (u64, Changes) {
+        let log = self.writes.lock();
+        if log.seq == seen {
+            return (seen, Changes::None);
+        }
+        let first = log.recent.front().map_or(u64::MAX, |(n, _)| *n);
+        if first > seen + 1 {
+            return (log.seq, Changes::All);
+        }
+        let mut out = Vec::new();
+        for (_, inst) in log.recent.iter().filter(|(n, _)| *n > seen) {
+            match inst {
+                Some(i) => out.push(i.clone()),
+                None => return (log.seq, Changes::All),
+            }
+        }
+        out.sort();
+        out.dedup();
+        (log.seq, Changes::Instruments(out))
     }
 
     /// How many feature files the handle cache holds open now (at most `handle_cache`).
@@ -263,8 +197,6 @@ impl Store {
         CacheStats {
             calendar: self.calendars.stats(),
             instruments: self.instruments.stats(),
-            features: self.features.stats(),
-            disk: self.expression_cache().map(|c| c.stats()),
         }
     }
 
@@ -454,7 +386,7 @@ impl Store {
         self.calendars
             .insert(calendar.freq(), Arc::new(calendar.clone()));
         // Cached results are keyed by calendar rows; a replaced calendar may renumber them.
-        self.features.clear();
+        self.writes.lock().push(None);
         self.handles.lock().clear();
         Ok(())
     }
@@ -537,15 +469,18 @@ impl Store {
         Ok(kind)
     }
 
-    /// Drops what this process has cached about a feature that was just written: its handle, and every
-    /// evaluated expression of the instrument or naming it (`Mask(x,'SH600000')`).
+    /// The fields stored for an instrument at `freq`, sorted.
+    pub fn fields_of(&self, instrument: &str, freq: Freq) -> Result<Vec<String>> {
+        let dir = layout::instrument_dir(&self.root, instrument)?;
+        fsio::list_names(&dir, &format!(".{freq}.bin"))
+    }
+
+    /// Drops what this process has cached about a feature that was just written: its handle here, and (through
+    /// the write count) what the query layer derived from the store.
     fn forget(&self, instrument: &str, field: &str, freq: Freq) {
         self.handles
             .lock()
             .pop(&handle_key(instrument, field, freq));
-        let upper = instrument.to_uppercase();
-        let quoted = format!("'{upper}'");
-        self.features
-            .remove_if(|k| k.instrument == upper || k.expr.contains(&quoted));
+        self.writes.lock().push(Some(instrument.to_uppercase()));
     }
 }

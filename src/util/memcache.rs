@@ -38,24 +38,6 @@ impl<T: Weigh + ?Sized> Weigh for Arc<T> {
     }
 }
 
-impl Weigh for crate::store::calendar::Calendar {
-    fn weight(&self) -> usize {
-        std::mem::size_of::<Self>() + std::mem::size_of_val(self.dates())
-    }
-}
-
-impl Weigh for crate::store::instruments::Instruments {
-    fn weight(&self) -> usize {
-        // Per symbol: the map node (key String + Vec of spans) and their heap parts.
-        let node = std::mem::size_of::<String>() + std::mem::size_of::<Vec<crate::Span>>() + 16;
-        std::mem::size_of::<Self>()
-            + self
-                .iter()
-                .map(|(s, spans)| node + s.len() + std::mem::size_of_val(spans))
-                .sum::<usize>()
-    }
-}
-
 /// What bounds a cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {

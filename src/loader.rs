@@ -7,6 +7,9 @@
 //! store does not have is backfilled from the source (all its rows). Without a source it serves what the store
 //! has. After an update it brings the store's expression cache forward too.
 
+use crate::cache::expr::DiskExpressionCache;
+use crate::query::Engine;
+use crate::store::settings::{Overrides, Settings};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -110,8 +113,9 @@ impl KlineLoader {
                 self.backfill(&symbol)?;
             }
         }
-        let store = Store::open(&self.root)?;
-        let fields: Vec<String> = store
+        let engine = Engine::open(&self.root)?;
+        let fields: Vec<String> = engine
+            .store()
             .fields_of(&symbol, self.opts.freq)?
             .into_iter()
             .map(|f| format!("${f}"))
@@ -122,7 +126,7 @@ impl KlineLoader {
                 reason: "has no feature files: the store does not have this symbol (and the loader has no source that does)",
             });
         }
-        let mut frame = store.features(
+        let mut frame = engine.features(
             Universe::List(std::slice::from_ref(&symbol)),
             &fields,
             start,
@@ -153,13 +157,14 @@ impl KlineLoader {
         let s = update::update_locked(src.as_ref(), &self.root, &self.opts, &lock, &|_| {})?;
         drop(lock);
         // Computed expressions follow the data (as `qdump update --update-caches`).
-        let cache = crate::cache::expr::DiskExpressionCache::for_store(&self.root, false)?;
-        if cache.dir().is_dir() {
-            cache.update_all(&Store::open(&self.root)?)?;
+        let settings = Settings::resolve(&self.root, &Overrides::default())?;
+        if settings.cache.dir.is_dir() {
+            DiskExpressionCache::open(&self.root, &settings.cache, false)?
+                .update_all(&Store::open_with(&self.root, settings.store.clone())?)?;
         }
         if self.root.join(crate::dataset::DATASET_DIR).is_dir() {
-            crate::dataset::DiskDatasetCache::for_store(&self.root, false)?
-                .update_all(&Store::open(&self.root)?)?;
+            crate::dataset::DiskDatasetCache::open(&self.root, &settings.cache, false)?
+                .update_all(&Engine::open_with(&self.root, settings)?)?;
         }
         Ok(Some(s))
     }

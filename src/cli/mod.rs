@@ -1,0 +1,97 @@
+//! The command-line programs (`qdump`, `qcache`), behind the `cli` feature so that the library does not
+//! depend on clap, indicatif or rpassword. `src/bin/*.rs` only call [`qdump::main`] and [`qcache::main`].
+//!
+//! Each flag that several commands take is defined once here ([`CacheArgs`]); errors are anyhow chains,
+//! printed as `<program>: error: ...` with exit 1 (the library's typed errors are the chain's root).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::store::settings::{CacheMode, LockKind, Overrides, Settings};
+
+/// `println!` that returns the write error instead of panicking, so a closed pipe (`| head`) ends the command
+/// quietly ([`finish`] turns `BrokenPipe` into exit 0).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    };
+}
+
+/// `eprintln!` for reports (counters) that must not panic when stderr is closed.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        // Counters on stderr are a report, not the command's output: a closed stderr is ignored.
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+pub mod qcache;
+pub mod qdump;
+
+/// Where a store's caches are and how their writers lock: the flags of every `qcache` command.
+#[derive(clap::Args, Clone)]
+pub struct CacheArgs {
+    /// The store directory.
+    pub store: PathBuf,
+    /// The cache directory [default: QSTORE_CACHE_DIR, else qstore.json expression_cache.dir, else
+    /// STORE/features_cache].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Writer locks [default: redis when a Redis URL is configured, else file].
+    #[arg(long, value_enum)]
+    pub lock: Option<LockKind>,
+    /// Redis for the writer locks, e.g. redis://127.0.0.1:6379/0 [default: QSTORE_REDIS_URL, else
+    /// qstore.json expression_cache.redis_url].
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Lease of a Redis lock in seconds (renewed while the writer works; a killed writer's runs out)
+    /// [default: qstore.json expression_cache.lease_s, else 30].
+    #[arg(long)]
+    pub lease_s: Option<f64>,
+    /// How long a writer waits for another writer of the same entry, in seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub wait_s: f64,
+}
+
+impl CacheArgs {
+    /// The store's settings with these flags over them.
+    pub fn settings(&self, mode: Option<CacheMode>) -> crate::Result<Settings> {
+        Settings::resolve(
+            &self.store,
+            &Overrides {
+                cache_dir: self.cache_dir.clone(),
+                redis_url: self.redis.clone(),
+                lock: self.lock,
+                lease_s: self.lease_s,
+                mode,
+            },
+        )
+    }
+}
+
+/// A progress bar on standard error when it is a terminal, else nothing.
+pub fn progress_bar(n: u64) -> indicatif::ProgressBar {
+    if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(n)
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}
+
+/// The process's exit: the command's code, or 1 with the error chain (a closed pipe is not a failure).
+pub fn finish(program: &str, result: anyhow::Result<u8>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("{program}: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! `qcache`: compute and inspect derived data of a qstore store.
+//!
+//! Exit codes: 0 success; 1 the command failed (bad expression, unknown field, missing store, unreachable
+//! Redis, I/O); 2 bad command-line usage; 5 `verify` found problems (listed).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use super::{CacheArgs, progress_bar};
+use crate::cache::expr::{DiskExpressionCache, Outcome};
+use crate::dataset::{DiskCacheMode, DiskDatasetCache};
+use crate::expr::Expr;
+use crate::query::Engine;
+use crate::store::settings::{CacheMode, Settings};
+use crate::{FeatureSet, Frame, Freq, Timestamp, Universe, parse_timestamp};
+
+#[derive(Parser)]
+#[command(
+    name = "qcache",
+    version,
+    about = "Compute and inspect expressions and caches of a qstore store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, ValueEnum)]
+enum Format {
+    /// `instrument,datetime,<columns>`; NaN is an empty cell.
+    Csv,
+    /// One JSON object per row and line; NaN is null.
+    Json,
+    /// Per column: rows, NaN count, mean, min, max (a quick look at a large query).
+    Stats,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compute expressions (or a feature set) for instruments into the disk cache, in parallel.
+    Warm(WarmArgs),
+    /// Bring every cache entry and dataset forward to the store's calendar (new days, corrected sources).
+    Update {
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Entries, instruments, expressions, size, stale entries, lock backend, in-memory cache settings.
+    Info {
+        #[command(flatten)]
+        cache: CacheArgs,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove entries: of one instrument, of one expression, or all.
+    Clear(ClearArgs),
+    /// Check every entry (meta, data, checksum, lengths) and find orphans and temp files. Exit 5 on problems.
+    Verify {
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// List this store's writer locks and delete those whose holder is gone (`--all --force`: every one).
+    ResetLock(ResetLockArgs),
+    /// Evaluate expressions or a feature set and print the values (rows by instrument, then date).
+    Query(QueryArgs),
+}
+
+/// What to compute: expressions, or a feature set, for instruments of a market.
+#[derive(Args)]
+struct Selection {
+    /// Comma-separated instruments, or `all` for every instrument of --market (rows restricted to their
+    /// spans).
+    #[arg(long, default_value = "all")]
+    instruments: String,
+    /// Expressions, one column each: --fields '$close' 'Mean($close, 5)'.
+    #[arg(long, num_args = 1.., required_unless_present = "feature_set", conflicts_with = "feature_set")]
+    fields: Vec<String>,
+    /// A feature set: `alpha158`, `technical`, or the path of a JSON file of the same shape.
+    #[arg(long)]
+    feature_set: Option<String>,
+    /// The frequency (calendar) to read: day, 1min, 5min, ...
+    #[arg(long, default_value = "day")]
+    freq: Freq,
+    /// The market whose instruments `--instruments all` means (instruments/<market>.txt).
+    #[arg(long, default_value = "all")]
+    market: String,
+}
+
+#[derive(Args)]
+struct WarmArgs {
+    #[command(flatten)]
+    cache: CacheArgs,
+    #[command(flatten)]
+    what: Selection,
+    /// Build the dataset (STORE/dataset_cache, HDF5) of these instruments and expressions instead of
+    /// per-instrument expression entries: what `qcache query --disk-cache use` then reads.
+    #[arg(long)]
+    dataset: bool,
+}
+
+#[derive(Args)]
+struct ClearArgs {
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// Every entry of this instrument.
+    #[arg(long)]
+    instrument: Option<String>,
+    /// Every entry of this expression (any spelling of it).
+    #[arg(long)]
+    expr: Option<String>,
+    /// Every dataset (STORE/dataset_cache).
+    #[arg(long)]
+    datasets: bool,
+    /// Every entry and every dataset.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Args)]
+struct ResetLockArgs {
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// List what would be deleted; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Every lock, held or not (needs --force).
+    #[arg(long)]
+    all: bool,
+    /// Confirms --all.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// The store directory.
+    store: PathBuf,
+    #[command(flatten)]
+    what: Selection,
+    /// First date (YYYY-MM-DD), inclusive.
+    #[arg(long, value_parser = parse_timestamp, value_name = "DATE")]
+    start: Option<Timestamp>,
+    /// Last date (YYYY-MM-DD), inclusive.
+    #[arg(long, value_parser = parse_timestamp, value_name = "DATE")]
+    end: Option<Timestamp>,
+    /// The output format.
+    #[arg(long, value_enum, default_value = "csv")]
+    format: Format,
+    /// Write here (replaced atomically) instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Evaluate the query this many times in one process (a training loop's repeated reads), then print the
+    /// in-memory caches' counters (hits, misses, evictions, bytes) to standard error.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Print the caches' counters to standard error at the end: the disk expression cache's hits, partial
+    /// hits (rows computed past an entry's end), misses and writes, and the in-memory caches'.
+    #[arg(long)]
+    cache_stats: bool,
+    /// With --cache-stats: the counters as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// How the store's expression cache is used [default: qstore.json expression_cache.mode, else read].
+    #[arg(long, value_enum)]
+    expr_cache: Option<CacheMode>,
+    /// qlib's `disk_cache`: whether to read the dataset cache (STORE/dataset_cache, HDF5); 0, 1 and 2 are
+    /// accepted for skip, use and rebuild.
+    #[arg(long, value_enum, default_value = "skip")]
+    disk_cache: DiskCacheMode,
+}
+
+/// `qcache`'s entry point.
+pub fn main() -> ExitCode {
+    super::finish("qcache", run(Cli::parse()))
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Warm(a) => warm(a),
+        Command::Update { cache } => update(&cache),
+        Command::Info { cache, json } => info(&cache, json),
+        Command::Clear(a) => clear(a),
+        Command::Verify { cache } => verify(&cache),
+        Command::ResetLock(a) => reset_lock(a),
+        Command::Query(a) => query(a),
+    }
+}
+
+/// The store (through an engine, with the settings the flags give) and its expression cache, with its locks.
+fn open_cache(a: &CacheArgs) -> Result<(Engine, Arc<DiskExpressionCache>, Settings)> {
+    let settings = a.settings(None)?;
+    let engine = Engine::open_with(&a.store, settings.clone())?;
+    let mut cache = DiskExpressionCache::open(&a.store, &settings.cache, false)?;
+    cache.wait = Duration::from_secs_f64(a.wait_s);
+    Ok((engine, Arc::new(cache), settings))
+}
+
+/// The store's dataset cache, locking as the expression cache does.
+fn open_datasets(a: &CacheArgs, settings: &Settings) -> Result<DiskDatasetCache> {
+    let mut cache = DiskDatasetCache::open(&a.store, &settings.cache, false)?;
+    cache.wait = Duration::from_secs_f64(a.wait_s);
+    Ok(cache)
+}
+
+/// `--instruments all` (every instrument of `market`, on its spans) or a comma-separated list (kept in `list`).
+fn universe<'a>(
+    instruments: &str,
+    market: &'a str,
+    list: &'a mut Vec<String>,
+) -> Result<Universe<'a>> {
+    if instruments == "all" {
+        return Ok(Universe::Market(market));
+    }
+    *list = instruments
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if list.is_empty() {
+        bail!("--instruments lists no instrument; give SH600000,SZ000001 or all");
+    }
+    Ok(Universe::List(list))
+}
+
+/// `Built: 3, Appended: 40` (unreadable entries as `Unreadable`).
+fn outcomes(counts: &BTreeMap<Option<Outcome>, usize>) -> String {
+    counts
+        .iter()
+        .map(|(o, n)| match o {
+            Some(o) => format!("{o:?}: {n}"),
+            None => format!("Unreadable (see qcache verify): {n}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn warm(a: WarmArgs) -> Result<u8> {
+    let WarmArgs {
+        cache,
+        what:
+            Selection {
+                instruments,
+                fields,
+                feature_set,
+                freq,
+                market,
+            },
+        dataset,
+    } = a;
+    let (engine, exprcache, settings) = open_cache(&cache)?;
+    let set = feature_set
+        .as_deref()
+        .map(FeatureSet::resolve)
+        .transpose()?;
+    let exprs: Vec<String> = match &set {
+        Some(set) => set.features.iter().map(|f| f.expr.clone()).collect(),
+        None => fields,
+    };
+    if dataset {
+        let mut list = Vec::new();
+        let universe = universe(&instruments, &market, &mut list)?;
+        // A feature set's optional features the store lacks are left out, as `query` does.
+        let exprs: Vec<String> = match &set {
+            Some(set) => engine
+                .feature_set_columns(universe, set, freq)?
+                .into_iter()
+                .map(|f| f.expr.clone())
+                .collect(),
+            None => exprs,
+        };
+        let t = std::time::Instant::now();
+        let outcome =
+            open_datasets(&cache, &settings)?.warm(&engine, universe, &exprs, freq, false)?;
+        outln!(
+            "qcache warm: dataset of {} expressions: {outcome:?} in {:.1} s",
+            exprs.len(),
+            t.elapsed().as_secs_f64()
+        )?;
+        return Ok(0);
+    }
+    let cache = exprcache;
+    let parsed: Vec<Expr> = exprs
+        .iter()
+        .map(|e| crate::expr::parse(e))
+        .collect::<crate::Result<_>>()?;
+    let symbols: Vec<String> = if instruments == "all" {
+        engine
+            .store()
+            .instruments(&market)?
+            .symbols()
+            .map(String::from)
+            .collect()
+    } else {
+        instruments
+            .split(',')
+            .map(|s| s.trim().to_uppercase())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let per = parsed
+        .iter()
+        .filter(|e| !matches!(e, Expr::Field(_)))
+        .count();
+    let bar = progress_bar((per * symbols.len()) as u64);
+    let counts = cache.warm_all(engine.store(), &symbols, &parsed, freq, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    outln!(
+        "qcache warm: {} entries ({} instruments x {per} expressions): {}",
+        per * symbols.len(),
+        symbols.len(),
+        counts
+            .iter()
+            .map(|(o, n)| format!("{o:?}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    Ok(0)
+}
+
+fn update(args: &CacheArgs) -> Result<u8> {
+    let (engine, cache, settings) = open_cache(args)?;
+    let counts = cache.update_all(engine.store())?;
+    let total: usize = counts.values().sum();
+    outln!("qcache update: {total} entries: {}", outcomes(&counts))?;
+    let datasets = open_datasets(args, &settings)?;
+    if datasets.dir().is_dir() {
+        let counts = datasets.update_all(&engine)?;
+        let total: usize = counts.values().sum();
+        outln!("qcache update: {total} datasets: {}", outcomes(&counts))?;
+    }
+    Ok(0)
+}
+
+fn info(args: &CacheArgs, json: bool) -> Result<u8> {
+    let (engine, cache, settings) = open_cache(args)?;
+    let store = engine.store();
+    // The lease the locks use (flag, qstore.json, default), not the flag's default alone.
+    let cache_lease = settings.cache.lease.as_secs_f64();
+    let datasets = open_datasets(args, &settings)?;
+    let sets = datasets.entries()?;
+    let sets_unreadable = sets.iter().filter(|(_, m)| m.is_none()).count();
+    let sets_behind = datasets.behind(store)?;
+    let sets_rows: usize = sets
+        .iter()
+        .filter_map(|(_, m)| m.as_ref())
+        .map(|m| m.rows)
+        .sum();
+    let entries = cache.entries()?;
+    let mut instruments = std::collections::BTreeSet::new();
+    let mut exprs = std::collections::BTreeSet::new();
+    for m in entries.iter().filter_map(|(_, m)| m.as_ref()) {
+        instruments.insert(m.instrument.clone());
+        exprs.insert(m.expr.clone());
+    }
+    // Stale as a read sees it: behind the calendar, or built from values corrected since.
+    let staleness = cache.stale(store)?;
+    let (stale, unreadable) = (staleness.behind + staleness.corrected, staleness.unreadable);
+    let size = crate::store::fsio::dir_size(cache.dir());
+    // When the oldest and newest entries were published (their metas' modification times).
+    let times: Vec<std::time::SystemTime> = entries
+        .iter()
+        .filter_map(|(p, _)| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect();
+    let stamp = |t: Option<&std::time::SystemTime>| {
+        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| chrono::DateTime::from_timestamp(d.as_secs() as i64, 0))
+            .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+    };
+    let (oldest, newest) = (stamp(times.iter().min()), stamp(times.iter().max()));
+    let mem = |c: crate::store::CacheConfig| serde_json::json!({"limit": format!("{:?}", c.limit), "expire_s": c.expiry.map(|d| d.as_secs())});
+    let v = serde_json::json!({
+        "cache_dir": cache.dir().display().to_string(),
+        "entries": entries.len(),
+        "instruments": instruments.len(),
+        "expressions": exprs.len(),
+        "size_mb": size as f64 / 1e6,
+        "stale_entries": stale,
+        "stale_by_reason": {"behind": staleness.behind, "corrected": staleness.corrected},
+        "unreadable_entries": unreadable,
+        "lock": cache.lock_backend().describe(),
+        "lease_s": cache_lease,
+        "oldest": oldest,
+        "newest": newest,
+        "datasets": {
+            "dir": datasets.dir().display().to_string(),
+            "count": sets.len(),
+            "rows": sets_rows,
+            "size_mb": crate::store::fsio::dir_size(datasets.dir()) as f64 / 1e6,
+            "stale": sets_behind,
+            "unreadable": sets_unreadable,
+            "available": DiskDatasetCache::available(),
+            "list": sets.iter().filter_map(|(p, m)| m.as_ref().map(|m| serde_json::json!({
+                "meta": p.display().to_string(),
+                "universe": m.universe,
+                "fields": m.fields.len(),
+                "freq": m.freq,
+                "rows": m.rows,
+                "last_date": m.last_date,
+                "generation": m.generation,
+            }))).collect::<Vec<_>>(),
+        },
+        "memcache": {
+            "calendar": mem(settings.store.calendar_cache),
+            "instruments": mem(settings.store.instrument_cache),
+            "features": mem(settings.feature_cache),
+        },
+    });
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        outln!("cache     {}", cache.dir().display())?;
+        outln!(
+            "entries   {} ({} instruments, {} expressions), {:.1} MB, {stale} stale, {unreadable} unreadable",
+            entries.len(),
+            instruments.len(),
+            exprs.len(),
+            size as f64 / 1e6
+        )?;
+        outln!(
+            "lock      {} (lease {cache_lease} s)",
+            cache.lock_backend().describe()
+        )?;
+        outln!(
+            "published {} .. {}",
+            oldest.as_deref().unwrap_or("-"),
+            newest.as_deref().unwrap_or("-")
+        )?;
+        outln!(
+            "datasets  {} in {} ({sets_rows} rows), {:.1} MB, {sets_behind} stale, {sets_unreadable} unreadable{}",
+            sets.len(),
+            datasets.dir().display(),
+            v["datasets"]["size_mb"].as_f64().unwrap_or(0.0),
+            if DiskDatasetCache::available() {
+                ""
+            } else {
+                " (this build has no HDF5)"
+            }
+        )?;
+        for (p, m) in sets.iter().take(20) {
+            if let Some(m) = m {
+                let universe = match m.universe.as_slice() {
+                    [one] => one.clone(),
+                    list => format!("{} instruments", list.len()),
+                };
+                outln!(
+                    "  {}  {universe}, {} expressions, {} rows to {} ({})",
+                    p.file_stem().and_then(|s| s.to_str()).unwrap_or("?"),
+                    m.fields.len(),
+                    m.rows,
+                    m.last_date.as_deref().unwrap_or("-"),
+                    m.freq
+                )?;
+            }
+        }
+        outln!("memcache  {} (per process)", v["memcache"])?;
+    }
+    Ok(0)
+}
+
+fn clear(a: ClearArgs) -> Result<u8> {
+    let ClearArgs {
+        cache: args,
+        instrument,
+        expr,
+        datasets,
+        all,
+    } = a;
+    if instrument.is_none() && expr.is_none() && !datasets && !all {
+        bail!("say what to clear: --instrument SYMBOL, --expr EXPRESSION, --datasets, or --all");
+    }
+    if datasets || all {
+        let n = open_datasets(&args, &args.settings(None)?)?.clear(|_| true, true)?;
+        outln!("qcache clear: {n} datasets removed")?;
+        if !all && instrument.is_none() && expr.is_none() {
+            return Ok(0);
+        }
+    }
+    let (_engine, cache, _) = open_cache(&args)?;
+    let canonical = expr
+        .as_deref()
+        .map(crate::expr::parse)
+        .transpose()?
+        .map(|e| e.to_string());
+    let inst = instrument.map(|i| i.to_uppercase());
+    let n = cache.clear(|m| {
+        inst.as_ref().is_none_or(|i| &m.instrument == i)
+            && canonical.as_ref().is_none_or(|c| &m.expr == c)
+    })?;
+    outln!("qcache clear: {n} entries removed")?;
+    Ok(0)
+}
+
+fn verify(args: &CacheArgs) -> Result<u8> {
+    let (_engine, cache, settings) = open_cache(args)?;
+    let mut problems = cache.verify()?;
+    problems.extend(open_datasets(args, &settings)?.verify()?);
+    for p in &problems {
+        outln!("{p}")?;
+    }
+    outln!("qcache verify: {} problems", problems.len())?;
+    Ok(if problems.is_empty() { 0 } else { 5 })
+}
+
+fn reset_lock(a: ResetLockArgs) -> Result<u8> {
+    let ResetLockArgs {
+        cache: cache_args,
+        dry_run,
+        all,
+        force,
+    } = a;
+    if all && !force {
+        bail!("--all deletes locks that running writers may hold; add --force to mean it");
+    }
+    let (_engine, cache, settings) = open_cache(&cache_args)?;
+    let datasets = open_datasets(&cache_args, &settings)?;
+    // Redis lists every lock of the store once; file locks live next to each cache's files.
+    let mut backends = vec![cache.lock_backend()];
+    if datasets.lock_backend().describe() != cache.lock_backend().describe() {
+        backends.push(datasets.lock_backend());
+    }
+    let mut held = Vec::new();
+    for b in &backends {
+        held.extend(b.list()?.into_iter().map(|h| (*b, h)));
+    }
+    let mut removed = 0;
+    for (lock, h) in &held {
+        let act = (h.holder_gone || all) && !dry_run;
+        outln!(
+            "{}\t{}\t{}\t{}\t{}{}",
+            h.name,
+            h.owner,
+            h.age.map_or("-".to_string(), |a| format!(
+                "held {:.1} s",
+                a.as_secs_f64()
+            )),
+            h.remaining.map_or("-".to_string(), |r| format!(
+                "{:.1} s left",
+                r.as_secs_f64()
+            )),
+            if h.holder_gone {
+                "holder gone"
+            } else {
+                "holder may be running"
+            },
+            if act { " -> deleted" } else { "" }
+        )?;
+        if act && lock.remove(&h.name)? {
+            removed += 1;
+        }
+    }
+    outln!(
+        "qcache reset-lock: {} locks held, {removed} deleted ({})",
+        held.len(),
+        backends
+            .iter()
+            .map(|b| b.describe())
+            .collect::<Vec<_>>()
+            .join("; ")
+    )?;
+    Ok(0)
+}
+
+fn query(a: QueryArgs) -> Result<u8> {
+    let QueryArgs {
+        store,
+        what:
+            Selection {
+                instruments,
+                fields,
+                feature_set,
+                freq,
+                market,
+            },
+        start,
+        end,
+        format,
+        out,
+        repeat,
+        cache_stats,
+        json,
+        expr_cache,
+        disk_cache,
+    } = a;
+    let settings = Settings::resolve(
+        &store,
+        &crate::store::settings::Overrides {
+            mode: expr_cache,
+            ..Default::default()
+        },
+    )?;
+    let engine = Engine::open_with(&store, settings.clone())?;
+    let mut list = Vec::new();
+    let universe = universe(&instruments, &market, &mut list)?;
+    let set = feature_set
+        .as_deref()
+        .map(FeatureSet::resolve)
+        .transpose()?;
+    // The dataset cache, when one is asked for.
+    let disk = match disk_cache {
+        DiskCacheMode::Skip => None,
+        mode => Some((
+            DiskDatasetCache::open(&store, &settings.cache, false)?,
+            mode,
+        )),
+    };
+    let run = || match (&set, &disk) {
+        (Some(set), None) => engine.feature_set(universe, set, start, end, freq),
+        (None, None) => engine.features(universe, &fields, start, end, freq),
+        (Some(set), Some((datasets, mode))) => {
+            let chosen = engine.feature_set_columns(universe, set, freq)?;
+            let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
+            let mut frame = datasets.dataset(&engine, universe, &exprs, start, end, freq, *mode)?;
+            frame.rename_columns(chosen.iter().map(|f| f.name.clone()).collect());
+            Ok(frame)
+        }
+        (None, Some((datasets, mode))) => {
+            datasets.dataset(&engine, universe, &fields, start, end, freq, *mode)
+        }
+    };
+    let frame = run()?;
+    for _ in 1..repeat {
+        run()?;
+    }
+    if (cache_stats || repeat > 1) && json {
+        let s = engine.cache_stats();
+        let v = serde_json::json!({
+            "expression_cache": s.disk,
+            "memcache": {"calendar": s.calendar, "instruments": s.instruments, "features": s.features},
+        });
+        errln!("{v}");
+    } else if cache_stats || repeat > 1 {
+        let s = engine.cache_stats();
+        match s.disk {
+            Some(d) => errln!(
+                "expression cache: {} hits, {} partial, {} misses, {} writes",
+                d.hits,
+                d.partial,
+                d.misses,
+                d.writes
+            ),
+            None => errln!("expression cache: not used"),
+        }
+        for (name, st) in [
+            ("calendar", s.calendar),
+            ("instruments", s.instruments),
+            ("features", s.features),
+        ] {
+            errln!(
+                "memcache {name}: {} hits, {} misses, {} evictions, {} expired, {} oversized, {} entries, {} bytes",
+                st.hits,
+                st.misses,
+                st.evictions,
+                st.expired,
+                st.oversized,
+                st.entries,
+                st.bytes
+            );
+        }
+    }
+    match out {
+        Some(path) => crate::store::fsio::replace_atomic_with(&path, |w| write(&frame, format, w))
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            write(&frame, format, &mut w)?;
+            w.flush()?;
+        }
+    }
+    Ok(0)
+}
+
+fn write(frame: &Frame, format: Format, out: &mut impl Write) -> std::io::Result<()> {
+    match format {
+        // The I/O error itself (a closed pipe must stay recognisable as one).
+        Format::Csv => frame.write_csv(out).map_err(|e| match e.into_kind() {
+            csv::ErrorKind::Io(io) => io,
+            other => std::io::Error::other(format!("{other:?}")),
+        }),
+        Format::Json => frame.write_json_lines(out),
+        Format::Stats => frame.write_stats(out),
+    }
+}
