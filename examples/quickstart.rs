@@ -21,17 +21,17 @@ fn main() -> anyhow::Result<()> {
         }
     };
 
-    let store = Engine::open(&root)?;
-    let cal = store.store().calendar(Freq::DAY)?;
+    // The engine answers queries through its caches; its store reads and writes the files.
+    let engine = Engine::open(&root)?;
+    let store = engine.store();
+    let cal = store.calendar(Freq::DAY)?;
 
     // One field over a date range: zero-copy, borrowed from the mapped file.
     let (march, end) = (
         parse_timestamp("2023-03-01")?,
         parse_timestamp("2023-03-31")?,
     );
-    let close = store
-        .store()
-        .read_dates("SH600000", "close", Freq::DAY, Some(march), Some(end))?;
+    let close = store.read_dates("SH600000", "close", Freq::DAY, Some(march), Some(end))?;
     let valid: Vec<f32> = close.iter().copied().filter(|v| !v.is_nan()).collect();
     let mean = valid.iter().sum::<f32>() / valid.len().max(1) as f32;
     println!(
@@ -42,15 +42,12 @@ fn main() -> anyhow::Result<()> {
 
     // A training batch: time x instrument x field in one contiguous f32 array, NaN where there is no data.
     let instruments: Vec<String> = store
-        .store()
         .instruments("all")?
         .symbols()
         .map(String::from)
         .collect();
     let fields = vec!["close".to_string(), "volume".to_string()];
-    let panel = store
-        .store()
-        .panel(&instruments, &fields, Freq::DAY, 0..cal.len())?;
+    let panel = store.panel(&instruments, &fields, Freq::DAY, 0..cal.len())?;
     let (t, n, f) = panel.shape();
     let x: &[f32] = panel.data(); // element (t, i, f) at (t * n + i) * f_len + f
     let missing = x.iter().filter(|v| v.is_nan()).count();
@@ -60,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     // Expressions, evaluated for every instrument in parallel (qlib's D.features).
-    let frame = store.features(
+    let frame = engine.features(
         Universe::Market("all"),
         &["Mean($close, 5)", "Std($close, 20)"],
         None,
@@ -81,11 +78,11 @@ fn main() -> anyhow::Result<()> {
     #[cfg(feature = "hdf5")]
     {
         use qstore::dataset::{DiskCacheMode, DiskDatasetCache};
-        let datasets = DiskDatasetCache::for_store(store.store().root(), false)?;
+        let datasets = DiskDatasetCache::for_store(store.root(), false)?;
         let exprs = ["Mean($close, 5)", "Std($close, 20)"];
         let all = Universe::Market("all");
         let march = datasets.dataset(
-            &store,
+            &engine,
             all,
             &exprs,
             Some(march),

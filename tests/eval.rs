@@ -1,4 +1,5 @@
-//! Expression evaluation: qlib's golden vectors (qlib-reference.md §11.2, §11.4), our fixes of qlib's bugs,
+//! Expression evaluation: golden vectors computed with qlib 0.9.7 (the rules are in docs/expressions.md; more
+//! lines from qlib itself in tools/golden/operators.txt), our fixes of qlib's bugs,
 //! straightforward reference implementations of every rolling operator, and sub-range evaluation equal to
 //! slicing the full evaluation bit for bit.
 

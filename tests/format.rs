@@ -1,4 +1,5 @@
-//! The `.bin` format against qlib-reference.md §4.3 (reads) and §4.4/§4.5 (writes), with qlib's crashes
+//! The `.bin` format against storage-layout.md §4 (bytes, start index, validity) and §5-6 (writes, and where
+//! qstore differs from qlib), with qlib's crashes
 //! replaced by the behaviour its documentation intends; byte identity with qlib's writer; corrupt files.
 
 mod common;
@@ -9,7 +10,7 @@ use qstore::{CorruptReason, Error, FeatureFile, Freq, WriteKind};
 
 const NAN: f32 = f32::NAN;
 
-/// A file holding calendar indexes 3..=10 with value = index + 1 (the §4.3 fixture).
+/// A file holding calendar indexes 3..=10 with value = index + 1 (the fixture of storage-layout.md §4.3).
 fn fixture(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("close.day.bin");
     std::fs::write(&path, qlib_bytes(3, &[4., 5., 6., 7., 8., 9., 10., 11.])).unwrap();
@@ -23,7 +24,7 @@ fn read_table_4_3() {
     }
 }
 
-/// The §4.3 rows, with the file mapped (threshold 0) or read into memory.
+/// The fixture's rows, with the file mapped (threshold 0) or read into memory.
 fn read_table_4_3_with(threshold: u64) {
     let dir = tempfile::tempdir().unwrap();
     let f = FeatureFile::open_with(&fixture(dir.path()), threshold)

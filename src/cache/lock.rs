@@ -556,6 +556,64 @@ fn backend(settings: &CacheSettings, read_only: bool) -> Result<Backend<'_>> {
     }
 }
 
+/// The exclusive writer lock of a store (`File::lock` on `.qstore-update.lock`), released on drop. Every
+/// writer of a store's data takes it: `qdump update`, `qdump all --overwrite` (for the whole build and the
+/// switch), the loader's refresh.
+pub struct UpdateLock {
+    _file: std::fs::File,
+}
+
+impl UpdateLock {
+    /// Takes the lock, waiting for the other writer to finish when `wait` is set; otherwise fails at once.
+    ///
+    /// A store replaced while this waited (`qdump all --overwrite` removes the old store's lock file with it)
+    /// has a new lock file: the lock is taken again on the file at the path now, so it always guards the
+    /// store that `root` names when it returns.
+    pub fn acquire(root: &Path, wait: bool) -> Result<UpdateLock> {
+        use std::os::unix::fs::MetadataExt;
+        let path = root.join(crate::store::layout::UPDATE_LOCK_FILE);
+        loop {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io("opening the update lock", &path, e))?;
+            if wait {
+                file.lock().map_err(|e| Error::io("locking", &path, e))?;
+            } else {
+                match file.try_lock() {
+                    Ok(()) => {}
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        return Err(Error::io(
+                            "locking",
+                            &path,
+                            std::io::Error::new(
+                                std::io::ErrorKind::WouldBlock,
+                                "another writer (qdump update, qdump all --overwrite, a loader refresh) is changing this store; wait for it (or pass --wait)",
+                            ),
+                        ));
+                    }
+                    Err(std::fs::TryLockError::Error(e)) => {
+                        return Err(Error::io("locking", &path, e));
+                    }
+                }
+            }
+            let held = file
+                .metadata()
+                .map_err(|e| Error::io("inspecting", &path, e))?;
+            match std::fs::metadata(&path) {
+                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
+                    return Ok(UpdateLock { _file: file });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("inspecting", &path, e)),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -307,7 +307,7 @@ mod tests {
     use parking_lot::Mutex;
 
     fn day(n: i64) -> Timestamp {
-        crate::parse_timestamp("2020-01-01").unwrap() + chrono::Duration::days(n)
+        crate::store::calendar::parse_timestamp("2020-01-01").unwrap() + chrono::Duration::days(n)
     }
 
     type Row = (&'static str, i64, i64, f32);

@@ -174,7 +174,7 @@ mod tests {
     use super::*;
 
     fn day(n: i64) -> Timestamp {
-        crate::parse_timestamp("2020-01-01").unwrap() + chrono::Duration::days(n)
+        crate::store::calendar::parse_timestamp("2020-01-01").unwrap() + chrono::Duration::days(n)
     }
 
     #[test]

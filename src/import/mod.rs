@@ -604,7 +604,7 @@ mod tests {
             origin: "test".into(),
             dates: dates
                 .iter()
-                .map(|d| crate::parse_timestamp(d).unwrap())
+                .map(|d| crate::store::calendar::parse_timestamp(d).unwrap())
                 .collect(),
             columns: vec![Some(values.to_vec())],
         }
@@ -673,7 +673,7 @@ mod tests {
     #[test]
     fn a_learned_calendar_builds_the_same_store_in_any_order() {
         let day = |n: u64| {
-            crate::parse_timestamp("2020-01-01").unwrap() + chrono::Duration::days(n as i64)
+            crate::store::calendar::parse_timestamp("2020-01-01").unwrap() + chrono::Duration::days(n as i64)
         };
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move |n: u64| {

@@ -17,8 +17,8 @@
 //! and removes the marker. Recovery frees space before it needs any: temp files and unpublished files are
 //! removed, and on a full disk unpublished tails are cut in place (`fsio::truncate_unpublished`).
 
+pub use crate::cache::lock::UpdateLock;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -37,7 +37,6 @@ use crate::store::writer;
 /// The marker of an update in progress.
 pub const PENDING_MARKER: &str = layout::PENDING_MARKER;
 /// The lock file that serialises updates of one store.
-pub const LOCK_FILE: &str = layout::UPDATE_LOCK_FILE;
 /// When the store was last updated: seconds since the Unix epoch, written at the end of every update.
 pub const STAMP_FILE: &str = layout::STAMP_FILE;
 
@@ -83,64 +82,6 @@ pub struct UpdateSummary {
     /// Rows the source read but left out, and why (older days without --since, rows without a symbol).
     pub left_out: Vec<super::LeftOut>,
     pub elapsed_s: f64,
-}
-
-/// The exclusive writer lock of a store (`File::lock` on `.qstore-update.lock`), released on drop. Every
-/// writer of a store's data takes it: `qdump update`, `qdump all --overwrite` (for the whole build and the
-/// switch), the loader's refresh.
-pub struct UpdateLock {
-    _file: File,
-}
-
-impl UpdateLock {
-    /// Takes the lock, waiting for the other writer to finish when `wait` is set; otherwise fails at once.
-    ///
-    /// A store replaced while this waited (`qdump all --overwrite` removes the old store's lock file with it)
-    /// has a new lock file: the lock is taken again on the file at the path now, so it always guards the
-    /// store that `root` names when it returns.
-    pub fn acquire(root: &Path, wait: bool) -> Result<UpdateLock> {
-        use std::os::unix::fs::MetadataExt;
-        let path = root.join(LOCK_FILE);
-        loop {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(|e| Error::io("opening the update lock", &path, e))?;
-            if wait {
-                file.lock().map_err(|e| Error::io("locking", &path, e))?;
-            } else {
-                match file.try_lock() {
-                    Ok(()) => {}
-                    Err(std::fs::TryLockError::WouldBlock) => {
-                        return Err(Error::io(
-                            "locking",
-                            &path,
-                            std::io::Error::new(
-                                std::io::ErrorKind::WouldBlock,
-                                "another writer (qdump update, qdump all --overwrite, a loader refresh) is changing this store; wait for it (or pass --wait)",
-                            ),
-                        ));
-                    }
-                    Err(std::fs::TryLockError::Error(e)) => {
-                        return Err(Error::io("locking", &path, e));
-                    }
-                }
-            }
-            let held = file
-                .metadata()
-                .map_err(|e| Error::io("inspecting", &path, e))?;
-            match std::fs::metadata(&path) {
-                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
-                    return Ok(UpdateLock { _file: file });
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("inspecting", &path, e)),
-            }
-        }
-    }
 }
 
 /// One symbol's planned writes, checked before anything is written.

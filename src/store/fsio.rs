@@ -9,6 +9,13 @@
 //!
 //! Nothing here rewrites a file in place. The one truncation is [`truncate_unpublished`]: recovery on a full
 //! disk cutting bytes that were never published (past the calendar), which no reader reads.
+//!
+//! In the whole crate, exactly two other places write inside an existing file, each safe for the reason given:
+//! - `store::writer::put_unpublished` (and `write`'s in-place tail) write only past the calendar's end, bytes no
+//!   reader reads until a longer calendar publishes them (an update's data before its commit).
+//! - `cache::lock` rewrites its own lock files (a fencing token and owner, synced before use, under `flock`).
+//!   Lock files hold no data and readers never open them; only the lock module creates, rewrites or deletes
+//!   them (`qcache clear` and store replaces leave them alone).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

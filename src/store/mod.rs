@@ -11,7 +11,7 @@ pub mod bin;
 pub mod calendar;
 pub mod check;
 pub mod freq;
-pub mod fsio;
+pub(crate) mod fsio;
 pub mod instruments;
 pub mod layout;
 pub mod panel;

@@ -171,7 +171,7 @@ pub fn read_all(path: &Path) -> Result<Option<(usize, Vec<f32>)>> {
 /// a killed run (or a torn value) are overwritten in place, which no reader sees because they lie past the
 /// published end. Only when such leftovers reach past the new end is the file replaced (temp + rename) instead,
 /// so that it never ends in stale values.
-pub fn put_unpublished(path: &Path, at: usize, data: &[f32]) -> Result<WriteKind> {
+pub(crate) fn put_unpublished(path: &Path, at: usize, data: &[f32]) -> Result<WriteKind> {
     use std::io::{Seek, SeekFrom, Write};
     let Some(ex) = existing(path)? else {
         check_range(path, at, at + data.len())?;

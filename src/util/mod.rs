@@ -1,4 +1,4 @@
 //! Helpers that know nothing of stores: the generic in-memory cache and the test-only failpoints.
 
-pub mod failpoint;
+pub(crate) mod failpoint;
 pub mod memcache;

@@ -7,11 +7,11 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use qstore::dataset::{DiskCacheMode, DiskDatasetCache};
 use qstore::cache::lock::FileLock;
-use qstore::{Calendar, Freq, Store, Universe};
+use qstore::{Calendar, Engine, Freq, Store, Universe};
 
 struct Fixture {
     _dir: tempfile::TempDir,
-    store: Store,
+    store: Engine,
     cache: DiskDatasetCache,
     meta: std::path::PathBuf,
     rows: Vec<Vec<f32>>,
@@ -40,6 +40,7 @@ fn fixture() -> &'static Fixture {
             inst.push(sym, qstore::Span { start: days[0], end: days[19] }).unwrap();
         }
         store.save_instruments("all", &inst).unwrap();
+        let store = Engine::open(&root).unwrap();
         let cache_dir = root.join("dataset_cache");
         let cache = DiskDatasetCache::new(&cache_dir, Box::new(FileLock::new(&cache_dir)));
         let frame = cache
