@@ -559,3 +559,62 @@ fn qcache_query_disk_cache_reads_the_same_values_from_hdf5() {
     let out = qcache(&["query", s, "--fields", "$close", "--disk-cache", "3"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Every argument and flag of every command of both programs says what it is in `--help`, and `update` lists
+/// only what it takes (not `all`'s --overwrite or --warm).
+#[test]
+fn every_flag_has_help_text() {
+    let programs = [
+        (
+            env!("CARGO_BIN_EXE_qdump"),
+            &["all", "update", "check", "show"][..],
+        ),
+        (
+            env!("CARGO_BIN_EXE_qcache"),
+            &[
+                "warm",
+                "update",
+                "info",
+                "clear",
+                "verify",
+                "reset-lock",
+                "query",
+            ][..],
+        ),
+    ];
+    for (bin, commands) in programs {
+        for command in commands {
+            let out = Command::new(bin)
+                .args([command, "--help"])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            let help = String::from_utf8(out.stdout).unwrap();
+            let lines: Vec<&str> = help.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                let t = line.trim_start();
+                let indent = line.len() - t.len();
+                // `  -h, --help`, `      --flag <V>`, `  <STORE>` (a possible value is `          - name: ...`).
+                let is_arg = (indent == 2 || indent == 6)
+                    && (t.starts_with("--") || t.starts_with('<') || t.starts_with("-h,"));
+                if !is_arg {
+                    continue;
+                }
+                // Help on the same line (short form) after two spaces, or on the next line (long form).
+                let inline = t.split_once("  ").map(|(_, h)| h.trim()).unwrap_or("");
+                let next = lines.get(i + 1).copied().unwrap_or("");
+                let has = (!inline.is_empty() && !inline.starts_with("[default"))
+                    || (next.starts_with("          ") && !next.trim().is_empty());
+                assert!(has, "{bin} {command}: {line:?} has no help text");
+            }
+            if *command == "update" && bin.ends_with("qdump") {
+                for flag in ["--overwrite", "--keep-unknown", "--warm ", "--start "] {
+                    assert!(
+                        !lines.iter().any(|l| l.trim_start().starts_with(flag)),
+                        "qdump update --help offers {flag}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -46,8 +46,10 @@ enum Command {
     Check {
         /// The store directory.
         store: PathBuf,
+        /// The frequency (calendar) to read: day, 1min, 5min, ...
         #[arg(long, default_value = "day")]
         freq: Freq,
+        /// The market whose instruments are read (instruments/<market>.txt).
         #[arg(long, default_value = "all")]
         market: String,
         /// Fields every instrument must have.
@@ -86,8 +88,10 @@ enum Command {
         /// Last date (YYYY-MM-DD), inclusive.
         #[arg(long, value_parser = parse_timestamp, value_name = "DATE")]
         end: Option<Timestamp>,
+        /// The frequency (calendar) to read: day, 1min, 5min, ...
         #[arg(long, default_value = "day")]
         freq: Freq,
+        /// The market whose instruments are read (instruments/<market>.txt).
         #[arg(long, default_value = "all")]
         market: String,
     },
@@ -140,7 +144,7 @@ struct SourceArgs {
     /// one symbol).
     #[arg(long)]
     csv: Option<PathBuf>,
-    /// The store directory to create (or replace, with --overwrite).
+    /// The store directory: created (or replaced, with --overwrite) by `all`, extended by `update`.
     #[arg(long)]
     to: PathBuf,
     /// The K-line table (MySQL).

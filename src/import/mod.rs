@@ -673,7 +673,8 @@ mod tests {
     #[test]
     fn a_learned_calendar_builds_the_same_store_in_any_order() {
         let day = |n: u64| {
-            crate::store::calendar::parse_timestamp("2020-01-01").unwrap() + chrono::Duration::days(n as i64)
+            crate::store::calendar::parse_timestamp("2020-01-01").unwrap()
+                + chrono::Duration::days(n as i64)
         };
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move |n: u64| {
