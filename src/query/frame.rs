@@ -143,9 +143,19 @@ impl Frame {
     }
 
     /// Row `r`'s instrument as an index into [`instruments`](Self::instruments).
-    #[cfg_attr(not(feature = "hdf5"), allow(dead_code))]
-    pub(crate) fn instrument_code(&self, r: usize) -> usize {
+    pub fn instrument_code(&self, r: usize) -> usize {
         self.index[r].0 as usize
+    }
+
+    /// Every row's (instrument code, calendar row): the frame's index without a copy, for bindings that
+    /// build their own (pandas' MultiIndex).
+    pub fn index(&self) -> &[(u32, u32)] {
+        &self.index
+    }
+
+    /// The calendar the rows' dates come from.
+    pub fn calendar(&self) -> &Calendar {
+        &self.calendar
     }
 
     /// The calendar row of row `r`.

@@ -1,0 +1,318 @@
+"""qstore: a qlib-compatible market-data store, read from Python without copies.
+
+>>> import qstore
+>>> store = qstore.Store("path/to/store")
+>>> close = store.read("SH600000", "close", start="2023-03-01", end="2023-03-31")   # a view of the file
+>>> df = store.features(["Mean($close, 5)", "$volume"], start="2023-01-01")        # qlib's D.features frame
+>>> x = store.features("alpha158", output="numpy").values                          # rows x 158 float32
+
+Reads need no lock and never write; one ``Store`` may be shared by threads, and processes forked after it
+was opened (PyTorch DataLoader workers) read correctly.
+"""
+
+import datetime as _dt
+from typing import NamedTuple
+
+import numpy as _np
+
+from . import errors
+from ._qstore import Store as _RustStore
+from ._qstore import __version__
+from ._qstore import feature_set as _feature_set
+from .errors import (
+    ConfigError,
+    CorruptFile,
+    Error,
+    ExpressionError,
+    InvalidArgument,
+    LockBusy,
+    NotFound,
+)
+
+__all__ = [
+    "Store",
+    "FeatureArrays",
+    "WindowSampler",
+    "feature_set",
+    "errors",
+    "Error",
+    "NotFound",
+    "CorruptFile",
+    "ExpressionError",
+    "LockBusy",
+    "ConfigError",
+    "InvalidArgument",
+    "__version__",
+]
+
+_OUTPUTS = ("pandas", "numpy", "arrow", "polars")
+
+
+def _date(value, what):
+    """A date-like value (str, datetime.date/datetime, numpy.datetime64, pandas.Timestamp) as the text the
+    library parses, or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, _np.datetime64):
+        if _np.isnat(value):
+            raise InvalidArgument(f"{what} is NaT; give a date such as '2023-01-31'")
+        return str(value.astype("datetime64[s]")).replace("T", " ")
+    if isinstance(value, _dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    raise InvalidArgument(
+        f"{what} must be a date (str 'YYYY-MM-DD', datetime.date, datetime64, pandas.Timestamp), "
+        f"not {type(value).__name__}"
+    )
+
+
+def _range(start, end):
+    s, e = _date(start, "start"), _date(end, "end")
+    if s is not None and e is not None:
+        a, b = _np.datetime64(s.replace(" ", "T")), _np.datetime64(e.replace(" ", "T"))
+        if a > b:
+            raise InvalidArgument(f"start {s} is after end {e}; swap them")
+    return s, e
+
+
+class FeatureArrays(NamedTuple):
+    """A features query as arrays (``output="numpy"``): row ``r`` is ``instruments[codes[r]]`` on
+    ``datetime[r]``; ``values`` is a read-only ``rows x columns`` float32 view of the engine's result."""
+
+    values: _np.ndarray
+    codes: _np.ndarray
+    instruments: list
+    datetime: _np.ndarray
+    columns: list
+
+    def rows_of(self, instrument):
+        """The slice of rows of one instrument (rows are grouped by instrument)."""
+        k = self.instruments.index(instrument)
+        lo = int(_np.searchsorted(self.codes, k, side="left"))
+        hi = int(_np.searchsorted(self.codes, k, side="right"))
+        return slice(lo, hi)
+
+
+def feature_set(name):
+    """The ``(name, expression)`` pairs of a feature set: ``alpha158``, ``technical``, or a JSON file."""
+    return _feature_set(name)
+
+
+def _is_feature_set(text):
+    return not any(c in text for c in "$()") and (
+        text in ("alpha158", "technical") or text.endswith(".json")
+    )
+
+
+class Store:
+    """A store opened for reading: ``Store(path)``. Raises :class:`qstore.NotFound` when ``path`` is not a
+    store. Configured by the store's ``qstore.json`` and ``QSTORE_*`` variables, as the commands are."""
+
+    def __init__(self, path):
+        self._s = _RustStore(str(path))
+
+    @property
+    def path(self):
+        return self._s.path
+
+    def __repr__(self):
+        return repr(self._s)
+
+    def calendar(self, freq="day"):
+        """The trading days of ``freq`` as a ``datetime64[s]`` array."""
+        return self._s.calendar(freq)
+
+    def instruments(self, market="all", start=None, end=None):
+        """Symbols of ``market`` trading at some point in ``[start, end]`` (either optional), sorted."""
+        s, e = _range(start, end)
+        return self._s.instruments(market, s, e)
+
+    def fields(self, instrument, freq="day"):
+        """The fields stored for ``instrument``, sorted."""
+        return self._s.fields(instrument, freq)
+
+    def read(self, instrument, field, start=None, end=None, freq="day", with_dates=False):
+        """One field between two dates (inclusive, either optional) as a read-only float32 array that is a view
+        of the mapped file: no copy, valid for as long as the array lives (even after the ``Store`` is gone).
+
+        The array covers the days in range that the file has data for. ``with_dates=True`` returns
+        ``(dates, values)`` with the ``datetime64[s]`` day of each value.
+        """
+        s, e = _range(start, end)
+        first, values = self._s.read(instrument, field, s, e, freq)
+        if not with_dates:
+            return values
+        return self.calendar(freq)[first : first + len(values)], values
+
+    def panel(self, fields, instruments="all", start=None, end=None, freq="day", market="all"):
+        """A ``time x instrument x field`` float32 array (NaN where there is no data) and its axes:
+        ``(array, dates, instruments, fields)``. ``instruments="all"`` means every instrument of ``market``."""
+        s, e = _range(start, end)
+        fields = [fields] if isinstance(fields, str) else list(fields)
+        if isinstance(instruments, str):
+            instruments = (
+                self._s.instruments(market, s, e)
+                if instruments == "all"
+                else [i.strip() for i in instruments.split(",") if i.strip()]
+            )
+        instruments = list(instruments)
+        first, array = self._s.panel(fields, instruments, s, e, freq)
+        dates = self.calendar(freq)[first : first + array.shape[0]]
+        return array, dates, instruments, fields
+
+    def features(
+        self,
+        exprs,
+        instruments="all",
+        start=None,
+        end=None,
+        freq="day",
+        market="all",
+        output="pandas",
+    ):
+        """Evaluates qlib expressions, or a feature set (``"alpha158"``, ``"technical"``, a JSON file), for the
+        instruments of ``market`` (``instruments="all"``, each on its listed spans) or a list of instruments,
+        between ``start`` and ``end`` (inclusive, either optional). Computed on qstore's engine with the GIL
+        released; the store's expression cache serves the columns it holds.
+
+        ``output``:
+        ``"pandas"``: qlib's ``D.features`` frame (MultiIndex ``instrument``, ``datetime``; one float32 column
+        per expression, named as given, or by feature name); ``"numpy"``: :class:`FeatureArrays` (a view, no
+        copy); ``"arrow"``: a ``pyarrow.Table``; ``"polars"``: a ``polars.DataFrame`` (both with
+        ``instrument`` and ``datetime`` columns; they copy the values into columns).
+        """
+        if output not in _OUTPUTS:
+            raise InvalidArgument(f"output must be one of {', '.join(_OUTPUTS)}, not {output!r}")
+        s, e = _range(start, end)
+        if isinstance(exprs, str):
+            exprs, set_name = ([], exprs) if _is_feature_set(exprs) else ([exprs], None)
+        else:
+            exprs, set_name = list(exprs), None
+            if not exprs:
+                raise InvalidArgument("no expressions given; pass a list such as ['$close'] or 'alpha158'")
+        if isinstance(instruments, str):
+            universe = (
+                None
+                if instruments == "all"
+                else [i.strip() for i in instruments.split(",") if i.strip()]
+            )
+        else:
+            universe = list(instruments)
+        values, codes, names, dates, columns = self._s.features(
+            exprs, set_name, universe, market, s, e, freq
+        )
+        arrays = FeatureArrays(values, codes, names, dates, columns)
+        if output == "numpy":
+            return arrays
+        if output == "pandas":
+            return _to_pandas(arrays)
+        if output == "arrow":
+            return _to_arrow(arrays)
+        return _to_polars(arrays)
+
+    def refresh(self):
+        """Forgets loaded calendars, open files and cached results, so the next reads see what other processes
+        published since."""
+        self._s.refresh()
+
+
+def _to_pandas(a):
+    import pandas as pd
+
+    index = pd.MultiIndex.from_arrays(
+        [
+            pd.Categorical.from_codes(a.codes.astype(_np.int64), categories=a.instruments),
+            pd.DatetimeIndex(a.datetime.astype("datetime64[ns]")),
+        ],
+        names=["instrument", "datetime"],
+    )
+    return pd.DataFrame(a.values, index=index, columns=a.columns, copy=False)
+
+
+def _to_arrow(a):
+    import pyarrow as pa
+
+    instrument = pa.DictionaryArray.from_arrays(
+        pa.array(a.codes, type=pa.int32()), pa.array(a.instruments, type=pa.string())
+    )
+    cols = {"instrument": instrument, "datetime": pa.array(a.datetime)}
+    for k, name in enumerate(a.columns):
+        cols[name] = pa.array(_np.ascontiguousarray(a.values[:, k]))
+    return pa.table(cols)
+
+
+def _to_polars(a):
+    import polars as pl
+
+    return pl.from_arrow(_to_arrow(a))
+
+
+class WindowSampler:
+    """Training windows over a features query, as qlib's ``TSDataSampler`` hands them to time-series models.
+
+    Sample ``i`` is one (instrument, day) of the query; ``sampler[i]`` is the ``window x n_features`` float32
+    array of that instrument's last ``window`` rows up to the day (rows before its first day are NaN), and with
+    a ``label`` expression ``(x, y)``. Random access costs O(window); the sampler holds the query's values once,
+    never the windows. A map-style dataset: ``torch.utils.data.DataLoader(sampler, ...)`` works as it is.
+    """
+
+    def __init__(
+        self,
+        store,
+        features,
+        label=None,
+        window=60,
+        instruments="all",
+        start=None,
+        end=None,
+        freq="day",
+        market="all",
+    ):
+        if int(window) < 1:
+            raise InvalidArgument(f"window must be at least 1, not {window}")
+        self.window = int(window)
+        if isinstance(features, str) and _is_feature_set(features):
+            exprs = [e for _, e in feature_set(features)]
+        else:
+            exprs = [features] if isinstance(features, str) else list(features)
+        self.n_features = len(exprs)
+        query = exprs + ([label] if label is not None else [])
+        arrays = store.features(
+            query, instruments=instruments, start=start, end=end, freq=freq, market=market,
+            output="numpy",
+        )
+        self._values = arrays.values
+        self._has_label = label is not None
+        self.instruments = arrays.instruments
+        self.codes = arrays.codes
+        self.datetime = arrays.datetime
+        # The first row of each sample's instrument, so a window never reaches into the previous instrument.
+        starts = _np.flatnonzero(_np.r_[True, arrays.codes[1:] != arrays.codes[:-1]])
+        lengths = _np.diff(_np.r_[starts, len(arrays.codes)])
+        self._first = _np.repeat(starts, lengths)
+
+    def __len__(self):
+        return len(self._values)
+
+    def index(self, i):
+        """The (instrument, datetime64) of sample ``i``."""
+        return self.instruments[self.codes[i]], self.datetime[i]
+
+    def __getitem__(self, i):
+        n = len(self._values)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} of {n}")
+        i %= n
+        lo = max(int(self._first[i]), i + 1 - self.window)
+        rows = self._values[lo : i + 1, : self.n_features]
+        if len(rows) < self.window:
+            x = _np.full((self.window, self.n_features), _np.nan, dtype=_np.float32)
+            x[self.window - len(rows) :] = rows
+        else:
+            x = rows
+        if self._has_label:
+            return x, self._values[i, self.n_features]
+        return x

@@ -1,0 +1,374 @@
+//! `qstore._qstore`: the Rust side of `import qstore`.
+//!
+//! The Python package (`python/python/qstore`) wraps these functions in the API users call; this module keeps to
+//! what must be Rust: opening a store once, handing its mapped values to numpy without a copy, and running
+//! queries on qstore's engine with the GIL released.
+//!
+//! Zero-copy arrays keep what they view alive through numpy's `base` object: a [`Values`] owning the mapped
+//! file (`read`) or the query's frame (`features`), so an array stays valid after its `Store` is gone.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use numpy::datetime::{Datetime, units};
+use numpy::ndarray::{ArrayView1, ArrayView2};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use qstore::query::Engine;
+use qstore::store::bin::FeatureSlice;
+use qstore::{FeatureSet, Frame, Freq, Timestamp, Universe};
+
+/// Turns a library error into the Python exception of its kind (`qstore.errors`), with the library's message.
+fn to_py(py: Python<'_>, e: qstore::Error) -> PyErr {
+    use qstore::Error as E;
+    let message = e.detail();
+    let (kind, extra): (&str, Option<(String, usize)>) = match &e {
+        E::MissingStore { .. } | E::NoCalendar { .. } | E::NoMarket { .. } => ("NotFound", None),
+        E::CorruptFeature { .. }
+        | E::CorruptCache { .. }
+        | E::Calendar { .. }
+        | E::Instruments { .. }
+        | E::Hdf5 { .. } => ("CorruptFile", None),
+        E::Expr { expr, pos, .. } => ("ExpressionError", Some((expr.clone(), *pos))),
+        E::LockBusy { .. } | E::Fenced { .. } | E::LeaseLost { .. } => ("LockBusy", None),
+        E::Config { .. } | E::Redis { .. } => ("ConfigError", None),
+        E::InvalidName { .. } | E::InvalidDate { .. } | E::UnknownFreq { .. } => {
+            ("InvalidArgument", None)
+        }
+        _ => ("Error", None),
+    };
+    let raised = || -> PyResult<PyErr> {
+        let class = py.import("qstore.errors")?.getattr(kind)?;
+        let value = match extra {
+            Some((expr, pos)) => class.call1((message.clone(), expr, pos))?,
+            None => class.call1((message.clone(),))?,
+        };
+        Ok(PyErr::from_value(value))
+    };
+    raised().unwrap_or_else(|err| err)
+}
+
+/// The thread pool queries run on in this process. A process forked from one that had started a pool (a
+/// PyTorch DataLoader worker) has none of its threads, so each process builds its own.
+fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
+    static POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut slot = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((owner, pool)) = slot.as_ref()
+        && *owner == pid
+    {
+        return Ok(pool.clone());
+    }
+    if let Some(old) = slot.take() {
+        // The parent's pool: its threads do not exist here, so dropping it would wait for them forever.
+        std::mem::forget(old);
+    }
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("qstore-{i}"))
+            .build()
+            .map_err(|e| PyValueError::new_err(format!("starting qstore's threads: {e}")))?,
+    );
+    *slot = Some((pid, pool.clone()));
+    Ok(pool)
+}
+
+fn freq_of(py: Python<'_>, freq: &str) -> PyResult<Freq> {
+    freq.parse().map_err(|e| to_py(py, e))
+}
+
+fn date_of(py: Python<'_>, text: Option<&str>) -> PyResult<Option<Timestamp>> {
+    text.map(|t| qstore::parse_timestamp(t).map_err(|e| to_py(py, e)))
+        .transpose()
+}
+
+/// Seconds since 1970 as numpy's `datetime64[s]`.
+fn datetime64(t: Timestamp) -> Datetime<units::Seconds> {
+    Datetime::from(t.and_utc().timestamp())
+}
+
+/// What a zero-copy array views: kept alive as the array's `base`.
+#[pyclass(frozen, module = "qstore._qstore")]
+struct Values {
+    held: Held,
+}
+
+enum Held {
+    File(FeatureSlice),
+    Frame(Arc<Frame>),
+}
+
+impl Values {
+    fn as_slice(&self) -> &[f32] {
+        match &self.held {
+            Held::File(s) => s,
+            Held::Frame(f) => f.values(),
+        }
+    }
+}
+
+/// A read-only 1-D view of `values`' data.
+fn view_1d<'py>(py: Python<'py>, values: Values) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let owner = Bound::new(py, values)?;
+    let data = owner.get().as_slice();
+    let view = ArrayView1::from(data);
+    // SAFETY: `data` lives in `owner` (a mapped or loaded file, or a frame that is never mutated), which the
+    // array keeps alive as its base object; the array is made read-only below, so numpy never writes to it.
+    let array = unsafe { PyArray1::borrow_from_array(&view, owner.clone().into_any()) };
+    array.call_method1("setflags", (false,))?;
+    Ok(array)
+}
+
+/// A read-only `rows x cols` view of a frame's row-major values.
+fn view_2d<'py>(py: Python<'py>, frame: Arc<Frame>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let (rows, cols) = (frame.len(), frame.columns().len());
+    let owner = Bound::new(
+        py,
+        Values {
+            held: Held::Frame(frame),
+        },
+    )?;
+    let data = owner.get().as_slice();
+    let view = ArrayView2::from_shape((rows, cols), data)
+        .map_err(|e| PyValueError::new_err(format!("frame shape: {e}")))?;
+    // SAFETY: as in `view_1d`: the frame's values live in `owner`, the array's base, and are never written.
+    let array = unsafe { PyArray2::borrow_from_array(&view, owner.clone().into_any()) };
+    array.call_method1("setflags", (false,))?;
+    Ok(array)
+}
+
+/// A store opened for reading, with its caches (the library's `Engine`). Safe to share between threads.
+#[pyclass(frozen, module = "qstore._qstore")]
+struct Store {
+    engine: Arc<Engine>,
+    path: PathBuf,
+}
+
+#[pymethods]
+impl Store {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Store> {
+        let engine = py
+            .detach(|| Engine::open(&path))
+            .map_err(|e| to_py(py, e))?;
+        Ok(Store {
+            engine: Arc::new(engine),
+            path,
+        })
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    /// The trading days of `freq` as `datetime64[s]`.
+    #[pyo3(signature = (freq = "day"))]
+    fn calendar<'py>(
+        &self,
+        py: Python<'py>,
+        freq: &str,
+    ) -> PyResult<Bound<'py, PyArray1<Datetime<units::Seconds>>>> {
+        let freq = freq_of(py, freq)?;
+        let cal = self
+            .engine
+            .store()
+            .calendar(freq)
+            .map_err(|e| to_py(py, e))?;
+        let days: Vec<_> = cal.dates().iter().map(|&t| datetime64(t)).collect();
+        Ok(days.into_pyarray(py))
+    }
+
+    /// Symbols of `market` with a span overlapping `[start, end]` (either optional), sorted.
+    #[pyo3(signature = (market = "all", start = None, end = None))]
+    fn instruments(
+        &self,
+        py: Python<'_>,
+        market: &str,
+        start: Option<&str>,
+        end: Option<&str>,
+    ) -> PyResult<Vec<String>> {
+        let (start, end) = (date_of(py, start)?, date_of(py, end)?);
+        let list = self
+            .engine
+            .store()
+            .instruments(market)
+            .map_err(|e| to_py(py, e))?;
+        Ok(list
+            .iter()
+            .filter(|(_, spans)| {
+                spans
+                    .iter()
+                    .any(|s| start.is_none_or(|a| s.end >= a) && end.is_none_or(|b| s.start <= b))
+            })
+            .map(|(sym, _)| sym.to_string())
+            .collect())
+    }
+
+    /// The fields stored for `instrument` at `freq`, sorted.
+    #[pyo3(signature = (instrument, freq = "day"))]
+    fn fields(&self, py: Python<'_>, instrument: &str, freq: &str) -> PyResult<Vec<String>> {
+        let freq = freq_of(py, freq)?;
+        self.engine
+            .store()
+            .fields_of(instrument, freq)
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// `(first calendar index, values)` of one field between two dates: the values are a read-only float32
+    /// view of the file (no copy), cut to the days the file has data for.
+    #[pyo3(signature = (instrument, field, start = None, end = None, freq = "day"))]
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        instrument: &str,
+        field: &str,
+        start: Option<&str>,
+        end: Option<&str>,
+        freq: &str,
+    ) -> PyResult<(usize, Bound<'py, PyArray1<f32>>)> {
+        let freq = freq_of(py, freq)?;
+        let (start, end) = (date_of(py, start)?, date_of(py, end)?);
+        let slice = py
+            .detach(|| {
+                self.engine
+                    .store()
+                    .read_dates(instrument, field, freq, start, end)
+            })
+            .map_err(|e| to_py(py, e))?;
+        let first = slice.start();
+        Ok((
+            first,
+            view_1d(
+                py,
+                Values {
+                    held: Held::File(slice),
+                },
+            )?,
+        ))
+    }
+
+    /// A `time x instrument x field` float32 array over `[start, end]` (NaN where there is no data), and the
+    /// calendar index of its first row. The array owns its memory (moved from Rust, not copied).
+    #[pyo3(signature = (fields, instruments, start = None, end = None, freq = "day"))]
+    fn panel<'py>(
+        &self,
+        py: Python<'py>,
+        fields: Vec<String>,
+        instruments: Vec<String>,
+        start: Option<&str>,
+        end: Option<&str>,
+        freq: &str,
+    ) -> PyResult<(usize, Bound<'py, PyAny>)> {
+        let freq = freq_of(py, freq)?;
+        let (start, end) = (date_of(py, start)?, date_of(py, end)?);
+        let pool = pool()?;
+        let panel = py
+            .detach(|| {
+                pool.install(|| {
+                    let store = self.engine.store();
+                    let range = store.calendar(freq)?.locate(start, end);
+                    store.panel(&instruments, &fields, freq, range)
+                })
+            })
+            .map_err(|e| to_py(py, e))?;
+        let first = panel.start();
+        let (t, n, f) = panel.shape();
+        let flat = panel.into_data().into_pyarray(py);
+        Ok((first, flat.reshape([t, n, f])?.into_any()))
+    }
+
+    /// Evaluates expressions (or the feature set `feature_set`, whose names become the columns) for a market or
+    /// a list of instruments. Returns `(values, codes, instruments, datetimes, columns)`: a read-only
+    /// `rows x columns` float32 view of the result (no copy), each row's instrument as an index into
+    /// `instruments`, each row's date, and the column names. Rows are by instrument, then date (qlib's order).
+    #[pyo3(signature = (exprs, feature_set = None, instruments = None, market = "all", start = None, end = None, freq = "day"))]
+    #[allow(clippy::too_many_arguments)]
+    fn features<'py>(
+        &self,
+        py: Python<'py>,
+        exprs: Vec<String>,
+        feature_set: Option<&str>,
+        instruments: Option<Vec<String>>,
+        market: &str,
+        start: Option<&str>,
+        end: Option<&str>,
+        freq: &str,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let freq = freq_of(py, freq)?;
+        let (start, end) = (date_of(py, start)?, date_of(py, end)?);
+        let set = feature_set
+            .map(FeatureSet::resolve)
+            .transpose()
+            .map_err(|e| to_py(py, e))?;
+        let pool = pool()?;
+        let engine = &self.engine;
+        let frame = py
+            .detach(|| {
+                pool.install(|| {
+                    let universe = match &instruments {
+                        Some(list) => Universe::List(list),
+                        None => Universe::Market(market),
+                    };
+                    match &set {
+                        Some(set) => engine.feature_set(universe, set, start, end, freq),
+                        None => engine.features(universe, &exprs, start, end, freq),
+                    }
+                })
+            })
+            .map_err(|e| to_py(py, e))?;
+        let frame = Arc::new(frame);
+        let codes: Vec<u32> = frame.index().iter().map(|&(c, _)| c).collect();
+        let dates = frame.calendar().dates();
+        let times: Vec<_> = frame
+            .index()
+            .iter()
+            .map(|&(_, r)| datetime64(dates[r as usize]))
+            .collect();
+        let names = frame.instruments().to_vec();
+        let columns = frame.columns().to_vec();
+        let values = view_2d(py, frame)?;
+        (
+            values,
+            codes.into_pyarray(py),
+            names,
+            times.into_pyarray(py),
+            columns,
+        )
+            .into_pyobject(py)
+    }
+
+    /// Forgets loaded calendars, open files and cached results, so the next reads see what other processes
+    /// published.
+    fn refresh(&self) {
+        self.engine.refresh();
+    }
+
+    fn __repr__(&self) -> String {
+        format!("qstore.Store({:?})", self.path.display().to_string())
+    }
+}
+
+/// The names of the shipped feature sets and the (name, expression) pairs of one set (`alpha158`,
+/// `technical`, or a JSON file of the same shape).
+#[pyfunction]
+fn feature_set(py: Python<'_>, name: &str) -> PyResult<Vec<(String, String)>> {
+    let set = FeatureSet::resolve(name).map_err(|e| to_py(py, e))?;
+    Ok(set
+        .features
+        .iter()
+        .map(|f| (f.name.clone(), f.expr.clone()))
+        .collect())
+}
+
+#[pymodule]
+fn _qstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Store>()?;
+    m.add_class::<Values>()?;
+    m.add_function(wrap_pyfunction!(feature_set, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
