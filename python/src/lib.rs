@@ -15,10 +15,16 @@ use numpy::ndarray::{ArrayView1, ArrayView2};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 
+use qstore::Store as RustStore;
+use qstore::cache::expr::DiskExpressionCache;
+use qstore::cache::lock::UpdateLock;
+use qstore::import::{ImportOptions, Origin, ReplaceOptions, SourceSpec};
+use qstore::loader::KlineLoader;
 use qstore::query::Engine;
 use qstore::store::bin::FeatureSlice;
+use qstore::store::settings::{Overrides, Settings};
 use qstore::{FeatureSet, Frame, Freq, Timestamp, Universe};
 
 /// Turns a library error into the Python exception of its kind (`qstore.errors`), with the library's message.
@@ -138,6 +144,30 @@ fn view_2d<'py>(py: Python<'py>, frame: Arc<Frame>) -> PyResult<Bound<'py, PyArr
     let array = unsafe { PyArray2::borrow_from_array(&view, owner.clone().into_any()) };
     array.call_method1("setflags", (false,))?;
     Ok(array)
+}
+
+/// `(values, codes, instruments, datetimes, columns)` of a frame: a read-only view of its values (no copy),
+/// each row's instrument as an index into `instruments`, each row's date, and the column names.
+fn frame_tuple(py: Python<'_>, frame: Frame) -> PyResult<Bound<'_, PyTuple>> {
+    let frame = Arc::new(frame);
+    let codes: Vec<u32> = frame.index().iter().map(|&(c, _)| c).collect();
+    let dates = frame.calendar().dates();
+    let times: Vec<_> = frame
+        .index()
+        .iter()
+        .map(|&(_, r)| datetime64(dates[r as usize]))
+        .collect();
+    let names = frame.instruments().to_vec();
+    let columns = frame.columns().to_vec();
+    let values = view_2d(py, frame)?;
+    (
+        values,
+        codes.into_pyarray(py),
+        names,
+        times.into_pyarray(py),
+        columns,
+    )
+        .into_pyobject(py)
 }
 
 /// A store opened for reading, with its caches (the library's `Engine`). Safe to share between threads.
@@ -320,25 +350,7 @@ impl Store {
                 })
             })
             .map_err(|e| to_py(py, e))?;
-        let frame = Arc::new(frame);
-        let codes: Vec<u32> = frame.index().iter().map(|&(c, _)| c).collect();
-        let dates = frame.calendar().dates();
-        let times: Vec<_> = frame
-            .index()
-            .iter()
-            .map(|&(_, r)| datetime64(dates[r as usize]))
-            .collect();
-        let names = frame.instruments().to_vec();
-        let columns = frame.columns().to_vec();
-        let values = view_2d(py, frame)?;
-        (
-            values,
-            codes.into_pyarray(py),
-            names,
-            times.into_pyarray(py),
-            columns,
-        )
-            .into_pyobject(py)
+        frame_tuple(py, frame)
     }
 
     /// Forgets loaded calendars, open files and cached results, so the next reads see what other processes
@@ -349,6 +361,320 @@ impl Store {
 
     fn __repr__(&self) -> String {
         format!("qstore.Store({:?})", self.path.display().to_string())
+    }
+}
+
+/// The source a Python call describes: a dict of `qdump`'s source flags (`mysql` or `csv`, `password`, `table`,
+/// `symbol_column`, `date_column`, `fields`, `symbols`, `limit`, `connections`, `calendar_table`,
+/// `calendar_column`). An unknown key is an error, so a typo cannot fall back to a default.
+fn spec_of(py: Python<'_>, d: &Bound<'_, PyDict>) -> PyResult<SourceSpec> {
+    let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
+        Ok(d.get_item(k)?.filter(|v| !v.is_none()))
+    };
+    let origin = match (get("mysql")?, get("csv")?) {
+        (Some(url), None) => Origin::Mysql {
+            url: url.extract()?,
+            password: get("password")?.map(|p| p.extract()).transpose()?,
+        },
+        (None, Some(path)) => Origin::Csv(path.extract()?),
+        _ => {
+            return Err(invalid(
+                py,
+                "give exactly one source: mysql='mysql://user@host/db' or csv='DIR_OR_FILE'",
+            ));
+        }
+    };
+    let mut spec = SourceSpec::new(origin);
+    for (k, v) in d.iter() {
+        let k: String = k.extract()?;
+        if v.is_none() {
+            continue;
+        }
+        match k.as_str() {
+            "mysql" | "csv" | "password" => {}
+            "table" => spec.table = v.extract()?,
+            "symbol_column" => spec.symbol_column = v.extract()?,
+            "date_column" => spec.date_column = Some(v.extract()?),
+            "fields" => spec.fields = Some(v.extract()?),
+            "symbols" => spec.symbols = Some(v.extract()?),
+            "limit" => spec.limit = Some(v.extract()?),
+            "connections" => spec.connections = v.extract()?,
+            "calendar_table" => spec.calendar_table = Some(v.extract()?),
+            "calendar_column" => spec.calendar_column = Some(v.extract()?),
+            other => return Err(invalid(py, &format!("unknown source option {other:?}"))),
+        }
+    }
+    Ok(spec)
+}
+
+/// `qstore.InvalidArgument(message)`.
+fn invalid(py: Python<'_>, message: &str) -> PyErr {
+    match py
+        .import("qstore.errors")
+        .and_then(|m| m.getattr("InvalidArgument"))
+        .and_then(|c| c.call1((message,)))
+    {
+        Ok(v) => PyErr::from_value(v),
+        Err(e) => e,
+    }
+}
+
+/// Import options from a dict (`freq`, `market`, `max_date`): `qdump`'s defaults otherwise (rows dated after
+/// today fail their symbol).
+fn import_options(py: Python<'_>, d: &Bound<'_, PyDict>) -> PyResult<ImportOptions> {
+    let mut o = ImportOptions::default();
+    if let Some(f) = d.get_item("freq")?.filter(|v| !v.is_none()) {
+        o.freq = freq_of(py, &f.extract::<String>()?)?;
+    }
+    if let Some(m) = d.get_item("market")?.filter(|v| !v.is_none()) {
+        o.market = m.extract()?;
+    }
+    let max = match d.get_item("max_date")?.filter(|v| !v.is_none()) {
+        Some(t) => date_of(py, Some(&t.extract::<String>()?))?,
+        None => None,
+    };
+    o.max_date = Some(ImportOptions::end_of(max));
+    Ok(o)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> PyResult<String> {
+    serde_json::to_string(value).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// `qdump all`: imports the source into a new store at `path`, switched in atomically (`overwrite` replaces
+/// a store there). Returns the summary as JSON text.
+#[pyfunction]
+#[pyo3(signature = (path, source, options, start = None, end = None, overwrite = false, keep_unknown = false, wait = false))]
+#[allow(clippy::too_many_arguments)]
+fn dump_all(
+    py: Python<'_>,
+    path: PathBuf,
+    source: &Bound<'_, PyDict>,
+    options: &Bound<'_, PyDict>,
+    start: Option<&str>,
+    end: Option<&str>,
+    overwrite: bool,
+    keep_unknown: bool,
+    wait: bool,
+) -> PyResult<String> {
+    let spec = spec_of(py, source)?;
+    let opts = import_options(py, options)?;
+    let (start, end) = (date_of(py, start)?, date_of(py, end)?);
+    let replace = ReplaceOptions {
+        overwrite,
+        keep_unknown,
+        wait,
+    };
+    let pool = pool()?;
+    let summary = py
+        .detach(|| {
+            pool.install(|| {
+                let src = spec.open(start, end)?;
+                qstore::import::import(src.as_ref(), &path, &replace, &opts, &|_| {})
+            })
+        })
+        .map_err(|e| to_py(py, e))?;
+    json(&summary)
+}
+
+/// `qdump update`: appends the days after the store's last one (or corrects from `since` on), crash-safe,
+/// under the store's writer lock; `update_caches` brings the expression cache forward too. Returns the summary
+/// as JSON text.
+#[pyfunction]
+#[pyo3(signature = (path, source, options, since = None, end = None, update_caches = false, wait = false))]
+#[allow(clippy::too_many_arguments)]
+fn update(
+    py: Python<'_>,
+    path: PathBuf,
+    source: &Bound<'_, PyDict>,
+    options: &Bound<'_, PyDict>,
+    since: Option<&str>,
+    end: Option<&str>,
+    update_caches: bool,
+    wait: bool,
+) -> PyResult<String> {
+    let spec = spec_of(py, source)?;
+    let opts = import_options(py, options)?;
+    let (since, end) = (date_of(py, since)?, date_of(py, end)?);
+    let pool = pool()?;
+    let out = py
+        .detach(|| {
+            pool.install(|| -> qstore::Result<serde_json::Value> {
+                let settings = Settings::resolve(&path, &Overrides::default())?;
+                if update_caches {
+                    qstore::cache::lock::check(&settings.cache)?;
+                }
+                let lock = UpdateLock::acquire(&path, wait)?;
+                let last = RustStore::open_with(&path, settings.store.clone())?
+                    .calendar(opts.freq)?
+                    .last();
+                let start = since.or(last.map(|l| l + chrono::Duration::seconds(1)));
+                let src = spec.open(start, end)?;
+                let summary = qstore::import::update::update_locked(
+                    src.as_ref(),
+                    &path,
+                    &opts,
+                    &lock,
+                    &|_| {},
+                )?;
+                drop(lock);
+                let mut v = serde_json::to_value(&summary).unwrap_or_default();
+                if update_caches && settings.cache.dir.is_dir() {
+                    let cache = DiskExpressionCache::open(&path, &settings.cache, false)?;
+                    let counts = cache.update_all(&RustStore::open_with(&path, settings.store)?)?;
+                    v["expression_cache_updated"] = counts.values().sum::<usize>().into();
+                }
+                Ok(v)
+            })
+        })
+        .map_err(|e| to_py(py, e))?;
+    json(&out)
+}
+
+/// `qcache warm`: computes expressions (or a feature set) for instruments into the store's expression cache,
+/// under its writer locks. Returns `{outcome: count}` as JSON text.
+#[pyfunction]
+#[pyo3(signature = (path, exprs, feature_set = None, instruments = None, market = "all", freq = "day"))]
+fn warm(
+    py: Python<'_>,
+    path: PathBuf,
+    exprs: Vec<String>,
+    feature_set: Option<&str>,
+    instruments: Option<Vec<String>>,
+    market: &str,
+    freq: &str,
+) -> PyResult<String> {
+    let freq = freq_of(py, freq)?;
+    let exprs = match feature_set {
+        Some(name) => FeatureSet::resolve(name)
+            .map_err(|e| to_py(py, e))?
+            .features
+            .into_iter()
+            .map(|f| f.expr)
+            .collect(),
+        None => exprs,
+    };
+    let parsed = exprs
+        .iter()
+        .map(|e| qstore::expr::parse(e))
+        .collect::<qstore::Result<Vec<_>>>()
+        .map_err(|e| to_py(py, e))?;
+    let pool = pool()?;
+    let counts = py
+        .detach(|| {
+            pool.install(|| {
+                let settings = Settings::resolve(&path, &Overrides::default())?;
+                let store = RustStore::open_with(&path, settings.store.clone())?;
+                let cache = DiskExpressionCache::open(&path, &settings.cache, false)?;
+                let symbols = match instruments {
+                    Some(list) => list.iter().map(|s| s.to_uppercase()).collect(),
+                    None => store
+                        .instruments(market)?
+                        .symbols()
+                        .map(String::from)
+                        .collect::<Vec<_>>(),
+                };
+                cache.warm_all(&store, &symbols, &parsed, freq, &|| {})
+            })
+        })
+        .map_err(|e| to_py(py, e))?;
+    let counts: std::collections::BTreeMap<String, usize> = counts
+        .into_iter()
+        .map(|(o, n)| (format!("{o:?}").to_lowercase(), n))
+        .collect();
+    json(&counts)
+}
+
+/// `(symbols, size_mb, ttl_s, last_update_unix_s, last_day)`.
+type CacheInfoTuple = (usize, f64, f64, Option<f64>, Option<String>);
+
+/// The read-through loader (`qstore::loader::KlineLoader`): a store refreshed from its source when older than
+/// the TTL, under the store's update lock.
+#[pyclass(frozen, module = "qstore._qstore")]
+struct Loader {
+    inner: KlineLoader,
+}
+
+#[pymethods]
+impl Loader {
+    #[new]
+    #[pyo3(signature = (path, source, options, ttl_s))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        source: Option<&Bound<'_, PyDict>>,
+        options: &Bound<'_, PyDict>,
+        ttl_s: f64,
+    ) -> PyResult<Loader> {
+        if !(ttl_s.is_finite() && ttl_s >= 0.0) {
+            return Err(invalid(
+                py,
+                &format!("ttl must be a number of seconds >= 0, not {ttl_s}"),
+            ));
+        }
+        let factory = source
+            .map(|d| spec_of(py, d))
+            .transpose()?
+            .map(SourceSpec::factory);
+        let opts = import_options(py, options)?;
+        Ok(Loader {
+            inner: KlineLoader::new(path, factory, std::time::Duration::from_secs_f64(ttl_s))
+                .with_options(opts),
+        })
+    }
+
+    /// Every field of `symbol` between two dates, refreshing or backfilling the store first when needed.
+    #[pyo3(signature = (symbol, start = None, end = None))]
+    fn load<'py>(
+        &self,
+        py: Python<'py>,
+        symbol: &str,
+        start: Option<&str>,
+        end: Option<&str>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let (start, end) = (date_of(py, start)?, date_of(py, end)?);
+        let pool = pool()?;
+        let frame = py
+            .detach(|| pool.install(|| self.inner.load(symbol, start, end)))
+            .map_err(|e| to_py(py, e))?;
+        frame_tuple(py, frame)
+    }
+
+    /// Updates now when `force`, else only when the store is older than the TTL. Returns the update's summary
+    /// (JSON text) or None when nothing ran.
+    fn refresh(&self, py: Python<'_>, force: bool) -> PyResult<Option<String>> {
+        let pool = pool()?;
+        let s = py
+            .detach(|| pool.install(|| self.inner.refresh(force)))
+            .map_err(|e| to_py(py, e))?;
+        s.map(|s| json(&s)).transpose()
+    }
+
+    /// `(symbols, size_mb, ttl_s, last_update_unix_s, last_day)`.
+    fn cache_info(
+        &self,
+        py: Python<'_>,
+    ) -> PyResult<CacheInfoTuple> {
+        let i = self.inner.cache_info().map_err(|e| to_py(py, e))?;
+        Ok((
+            i.symbols,
+            i.size_mb,
+            i.ttl.as_secs_f64(),
+            i.last_update
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64()),
+            i.last_day.map(|d| qstore::format_timestamp(d, true)),
+        ))
+    }
+
+    /// Drops one symbol (or, with None, every symbol) from the store, so the next load backfills it.
+    #[pyo3(signature = (symbol = None))]
+    fn clear(&self, py: Python<'_>, symbol: Option<&str>) -> PyResult<()> {
+        py.detach(|| match symbol {
+            Some(s) => self.inner.clear(s),
+            None => self.inner.clear_all(),
+        })
+        .map_err(|e| to_py(py, e))
     }
 }
 
@@ -368,7 +694,11 @@ fn feature_set(py: Python<'_>, name: &str) -> PyResult<Vec<(String, String)>> {
 fn _qstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Store>()?;
     m.add_class::<Values>()?;
+    m.add_class::<Loader>()?;
     m.add_function(wrap_pyfunction!(feature_set, m)?)?;
+    m.add_function(wrap_pyfunction!(dump_all, m)?)?;
+    m.add_function(wrap_pyfunction!(update, m)?)?;
+    m.add_function(wrap_pyfunction!(warm, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

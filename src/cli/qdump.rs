@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::expr::DiskExpressionCache;
 use crate::dataset::DiskDatasetCache;
-use crate::import::{
-    self, CsvSource, ImportOptions, ImportSummary, MysqlSource, OnDuplicate, Source, SymbolFormat,
-};
+use crate::import::{self, ImportOptions, ImportSummary, OnDuplicate, Source, SymbolFormat};
 use crate::query::Engine;
 use crate::store::settings::{Overrides, Settings};
 use crate::{Freq, Store, Timestamp, format_timestamp, parse_timestamp};
@@ -581,32 +579,23 @@ fn report_cache(name: &str, unit: &str, v: &serde_json::Value) -> Result<()> {
 
 /// How rows become files, from the flags `all` and `update` share.
 fn import_options(a: &SourceArgs) -> Result<ImportOptions> {
-    let day = match a.max_date {
-        Some(d) => d,
-        None => chrono::Local::now()
-            .date_naive()
-            .and_time(chrono::NaiveTime::MIN),
-    };
     Ok(ImportOptions {
         freq: a.freq,
         market: a.market.clone(),
         on_duplicate: a.on_duplicate,
         symbol_format: a.symbol_format,
         // Any time on that day.
-        max_date: Some(
-            day.date().and_time(chrono::NaiveTime::MIN) + chrono::Duration::seconds(86_399),
-        ),
+        max_date: Some(ImportOptions::end_of(a.max_date)),
     })
 }
 
-/// The source named by the flags, restricted to `start..=end`.
+/// The source the flags describe, for rows from `start` to `end`.
 fn open_source(
     a: &SourceArgs,
     start: Option<Timestamp>,
     end: Option<Timestamp>,
 ) -> Result<Box<dyn Source>> {
-    let symbols = symbols_arg(&a.symbols)?;
-    let source: Box<dyn Source> = if let Some(url) = &a.mysql {
+    let origin = if let Some(url) = &a.mysql {
         let password = match std::env::var("QSTORE_MYSQL_PASSWORD") {
             Ok(p) => Some(p),
             Err(_) if a.ask_password => Some(
@@ -614,39 +603,32 @@ fn open_source(
             ),
             Err(_) => None,
         };
-        let conn = import::mysql::Connection::parse(url, password)?;
-        let opts = import::mysql::MysqlOptions {
-            table: a.table.clone(),
-            symbol_column: a.symbol_column.clone(),
-            date_column: a.date_column.clone().unwrap_or_else(|| "trade_date".into()),
-            fields: a.fields.clone(),
-            symbols,
-            start,
-            end,
-            limit: a.limit,
-            connections: a.connections,
-            calendar_table: a.calendar_table.clone(),
-            calendar_column: a.calendar_column.clone(),
-            ..Default::default()
-        };
-        Box::new(MysqlSource::open(conn, opts)?)
+        import::Origin::Mysql {
+            url: url.clone(),
+            password,
+        }
     } else {
-        let path = a.csv.clone().expect("clap requires --mysql or --csv");
-        let opts = import::csv::CsvOptions {
-            date_column: a.date_column.clone().unwrap_or_else(|| "date".into()),
-            symbol_column: a.symbol_column.clone(),
-            fields: a.fields.clone(),
-            symbols,
-            start,
-            end,
-            limit: a.limit,
-        };
-        Box::new(
-            CsvSource::open(&path, opts)
-                .with_context(|| format!("reading CSV input {}", path.display()))?,
-        )
+        import::Origin::Csv(a.csv.clone().expect("clap requires --mysql or --csv"))
     };
-    Ok(source)
+    let spec = import::SourceSpec {
+        table: a.table.clone(),
+        symbol_column: a.symbol_column.clone(),
+        date_column: a.date_column.clone(),
+        fields: a.fields.clone(),
+        symbols: symbols_arg(&a.symbols)?,
+        limit: a.limit,
+        connections: a.connections,
+        calendar_table: a.calendar_table.clone(),
+        calendar_column: a.calendar_column.clone(),
+        ..import::SourceSpec::new(origin)
+    };
+    let source = spec.open(start, end);
+    Ok(match (&spec.origin, source) {
+        (import::Origin::Csv(path), Err(e)) => {
+            return Err(e).with_context(|| format!("reading CSV input {}", path.display()));
+        }
+        (_, s) => s?,
+    })
 }
 
 fn print_summary(s: &ImportSummary, to: &std::path::Path) -> Result<()> {

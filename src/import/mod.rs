@@ -12,6 +12,7 @@ mod group;
 mod learned;
 pub mod mysql;
 mod replace;
+pub mod spec;
 pub mod update;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use crate::store::layout::validate_name;
 pub use self::csv::CsvSource;
 pub use self::mysql::MysqlSource;
 pub use self::replace::{ReplaceOptions, publish_new_store};
+pub use self::spec::{Origin, SourceSpec};
 pub use self::update::{UpdateSummary, update};
 
 /// The rows of one symbol as a source delivers them (not necessarily sorted).
@@ -214,6 +216,17 @@ pub struct ImportOptions {
     /// Rows dated after this fail their symbol (`None`: no limit). The command line's default is the end of
     /// today: a future date would be the store's last day, and every later update would skip the days before it.
     pub max_date: Option<Timestamp>,
+}
+
+impl ImportOptions {
+    /// The end of `day` (`None`: today, local time): the latest row time a `max_date` of that day lets in.
+    pub fn end_of(day: Option<Timestamp>) -> Timestamp {
+        let day = match day {
+            Some(d) => d.date(),
+            None => chrono::Local::now().date_naive(),
+        };
+        day.and_time(chrono::NaiveTime::MIN) + chrono::Duration::seconds(86_399)
+    }
 }
 
 impl Default for ImportOptions {

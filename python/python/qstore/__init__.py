@@ -16,6 +16,9 @@ from typing import NamedTuple
 import numpy as _np
 
 from . import errors
+import json as _json
+
+from . import _qstore
 from ._qstore import Store as _RustStore
 from ._qstore import __version__
 from ._qstore import feature_set as _feature_set
@@ -33,6 +36,10 @@ __all__ = [
     "Store",
     "FeatureArrays",
     "WindowSampler",
+    "KlineLoader",
+    "dump_all",
+    "update",
+    "warm",
     "feature_set",
     "errors",
     "Error",
@@ -316,3 +323,141 @@ class WindowSampler:
         if self._has_label:
             return x, self._values[i, self.n_features]
         return x
+
+
+def _source(mysql, csv, password, table, symbol_column, date_column, fields, symbols, limit, connections,
+            calendar_table=None, calendar_column=None):
+    if (mysql is None) == (csv is None):
+        raise InvalidArgument("give exactly one source: mysql='mysql://user@host/db' or csv='DIR_OR_FILE'")
+    if isinstance(symbols, str):
+        symbols = [s.strip() for s in symbols.split(",") if s.strip()]
+    if isinstance(fields, str):
+        fields = [f.strip() for f in fields.split(",") if f.strip()]
+    return {
+        "mysql": mysql,
+        "csv": None if csv is None else str(csv),
+        "password": password,
+        "table": table,
+        "symbol_column": symbol_column,
+        "date_column": date_column,
+        "fields": None if fields is None else list(fields),
+        "symbols": None if symbols is None else list(symbols),
+        "limit": limit,
+        "connections": connections,
+        "calendar_table": calendar_table,
+        "calendar_column": calendar_column,
+    }
+
+
+def dump_all(
+    path, *, mysql=None, csv=None, password=None, table=None, symbol_column=None, date_column=None,
+    fields=None, symbols=None, limit=None, connections=None, calendar_table=None, calendar_column=None,
+    start=None, end=None, freq="day", market="all", max_date=None, overwrite=False, keep_unknown=False,
+    wait=False,
+):
+    """``qdump all``: imports K-lines from MySQL (``mysql=URL``, ``table=``) or CSV (``csv=DIR_OR_FILE``) into a
+    new store at ``path``, switched in atomically when complete (``overwrite=True`` replaces a store there,
+    deleting only what qstore wrote). Returns the summary (symbols, rows, failed symbols with reasons, ...)
+    as a dict. Options mean what the ``qdump all`` flags of the same names do."""
+    s, e = _range(start, end)
+    source = _source(mysql, csv, password, table, symbol_column, date_column, fields, symbols, limit,
+                     connections, calendar_table, calendar_column)
+    options = {"freq": freq, "market": market, "max_date": _date(max_date, "max_date")}
+    return _json.loads(_qstore.dump_all(str(path), source, options, s, e, overwrite, keep_unknown, wait))
+
+
+def update(
+    path, *, mysql=None, csv=None, password=None, table=None, symbol_column=None, date_column=None,
+    fields=None, symbols=None, limit=None, connections=None, since=None, end=None, freq="day",
+    market="all", max_date=None, update_caches=False, wait=False,
+):
+    """``qdump update``: appends the days after the store's last day (or, with ``since``, corrects the days
+    from then on), crash-safe and under the store's writer lock (``wait=True`` waits for another writer);
+    ``update_caches=True`` brings the expression cache forward too. Returns the summary as a dict."""
+    s, e = _range(since, end)
+    source = _source(mysql, csv, password, table, symbol_column, date_column, fields, symbols, limit,
+                     connections)
+    options = {"freq": freq, "market": market, "max_date": _date(max_date, "max_date")}
+    return _json.loads(_qstore.update(str(path), source, options, s, e, update_caches, wait))
+
+
+def warm(path, exprs, instruments="all", market="all", freq="day"):
+    """``qcache warm``: computes expressions, or a feature set (``"alpha158"``, ``"technical"``, a JSON file), for
+    the instruments into the store's expression cache (each entry built once across processes, under its
+    writer lock). Returns how many entries ended how, e.g. ``{"built": 1580, "fresh": 0}``."""
+    if isinstance(exprs, str) and _is_feature_set(exprs):
+        exprs, set_name = [], exprs
+    else:
+        exprs, set_name = ([exprs] if isinstance(exprs, str) else list(exprs)), None
+    if isinstance(instruments, str):
+        instruments = None if instruments == "all" else [i.strip() for i in instruments.split(",") if i.strip()]
+    return _json.loads(_qstore.warm(str(path), exprs, set_name, instruments, market, freq))
+
+
+class KlineLoader:
+    """The loader training code calls: K-lines of a symbol from the store, which is brought up to date from its
+    source (MySQL or CSV) when older than ``ttl`` seconds, once for all the processes that ask at the same time
+    (under the store's update lock); a symbol the store lacks is backfilled.
+
+    >>> loader = qstore.KlineLoader("STORE", mysql="mysql://root@127.0.0.1/market", table="stock_kline_data")
+    >>> df = loader.load_kline_data("600000.SH", "2023-01-01", "2023-06-30")
+    """
+
+    def __init__(
+        self, store, *, mysql=None, csv=None, password=None, table=None, symbol_column=None,
+        date_column=None, fields=None, ttl=86400, freq="day", market="all", max_date=None,
+    ):
+        self.path = str(getattr(store, "path", store))
+        source = (
+            None
+            if mysql is None and csv is None
+            else _source(mysql, csv, password, table, symbol_column, date_column, fields, None, None, None)
+        )
+        options = {"freq": freq, "market": market, "max_date": _date(max_date, "max_date")}
+        self.ttl = float(ttl)
+        self._l = _qstore.Loader(self.path, source, options, self.ttl)
+
+    @staticmethod
+    def _symbol(symbol):
+        # The users' spelling (600000.SH) or the store's (SH600000).
+        if "." in symbol:
+            code, exchange = symbol.split(".", 1)
+            return exchange.upper() + code
+        return symbol.upper()
+
+    def load_kline_data(self, symbol, start=None, end=None, use_cache=True, force_refresh=False):
+        """Every field of ``symbol`` between two dates as a pandas frame indexed by (instrument, datetime).
+        ``force_refresh=True`` (or ``use_cache=False``) updates from the source first whatever the TTL says."""
+        s, e = _range(start, end)
+        if force_refresh or not use_cache:
+            self._l.refresh(True)
+        return _to_pandas(FeatureArrays(*self._l.load(self._symbol(symbol), s, e)))
+
+    def get_features(self, symbol, start=None, end=None, feature_set="technical"):
+        """A feature set (or a list of expressions) for ``symbol``, after the same freshness check as
+        :meth:`load_kline_data`."""
+        s, e = _range(start, end)
+        symbol = self._symbol(symbol)
+        self._l.load(symbol, s, e)
+        return Store(self.path).features(feature_set, instruments=[symbol], start=s, end=e)
+
+    def get_cache_info(self):
+        """``cached_stocks``, ``total_size_mb``, ``cache_ttl_hours``, ``last_update`` (a datetime or None) and
+        ``last_day`` (the store's last trading day)."""
+        symbols, size_mb, ttl_s, last_update, last_day = self._l.cache_info()
+        return {
+            "cached_stocks": symbols,
+            "total_size_mb": size_mb,
+            "cache_ttl_hours": ttl_s / 3600,
+            "last_update": None if last_update is None else _dt.datetime.fromtimestamp(last_update),
+            "last_day": last_day,
+        }
+
+    def clear_cache(self, symbol=None):
+        """Drops one symbol (or every symbol) from the store; the next load backfills it from the source."""
+        self._l.clear(None if symbol is None else self._symbol(symbol))
+
+    def refresh(self, force=False):
+        """Updates now (``force``) or when older than the TTL; the update's summary, or None."""
+        out = self._l.refresh(bool(force))
+        return None if out is None else _json.loads(out)
