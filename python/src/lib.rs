@@ -281,6 +281,39 @@ impl Store {
         ))
     }
 
+    /// One field over calendar rows `start..end` (clipped to the calendar and the file's data): the fast path
+    /// of `read` for training loops that index by row. A read-only view of the file.
+    #[pyo3(signature = (instrument, field, start, end, freq = "day"))]
+    fn read_rows<'py>(
+        &self,
+        py: Python<'py>,
+        instrument: &str,
+        field: &str,
+        start: usize,
+        end: usize,
+        freq: &str,
+    ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let freq = if freq == "day" {
+            Freq::DAY
+        } else {
+            freq_of(py, freq)?
+        };
+        if start > end {
+            return Err(invalid(py, &format!("rows {start}..{end} are reversed")));
+        }
+        let slice = self
+            .engine
+            .store()
+            .read(instrument, field, freq, start..end)
+            .map_err(|e| to_py(py, e))?;
+        view_1d(
+            py,
+            Values {
+                held: Held::File(slice),
+            },
+        )
+    }
+
     /// A `time x instrument x field` float32 array over `[start, end]` (NaN where there is no data), and the
     /// calendar index of its first row. The array owns its memory (moved from Rust, not copied).
     #[pyo3(signature = (fields, instruments, start = None, end = None, freq = "day"))]
@@ -651,10 +684,7 @@ impl Loader {
     }
 
     /// `(symbols, size_mb, ttl_s, last_update_unix_s, last_day)`.
-    fn cache_info(
-        &self,
-        py: Python<'_>,
-    ) -> PyResult<CacheInfoTuple> {
+    fn cache_info(&self, py: Python<'_>) -> PyResult<CacheInfoTuple> {
         let i = self.inner.cache_info().map_err(|e| to_py(py, e))?;
         Ok((
             i.symbols,

@@ -54,6 +54,8 @@ def test_read_is_a_read_only_view_of_the_file(store_path, tmp_path, mapped):
     assert str(dates[0])[:10] == "2023-03-01" and str(dates[-1])[:10] == "2023-03-31"
     with pytest.raises(ValueError):
         v[0] = 1.0
+    # By calendar rows: the same values.
+    np.testing.assert_array_equal(s.read_rows("SH600000", "close", first, first + len(v)), v)
     # The view outlives the store: it holds the file, not the Store.
     whole = s.read("SH600000", "close")
     del s

@@ -154,6 +154,11 @@ class Store:
             return values
         return self.calendar(freq)[first : first + len(values)], values
 
+    def read_rows(self, instrument, field, start, end, freq="day"):
+        """One field over calendar rows ``start:end`` (indexes into :meth:`calendar`): :meth:`read` for loops that
+        index by row, without parsing dates. The values the file has in that range, as a read-only view."""
+        return self._s.read_rows(instrument, field, start, end, freq)
+
     def panel(self, fields, instruments="all", start=None, end=None, freq="day", market="all"):
         """A ``time x instrument x field`` float32 array (NaN where there is no data) and its axes:
         ``(array, dates, instruments, fields)``. ``instruments="all"`` means every instrument of ``market``."""

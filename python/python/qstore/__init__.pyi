@@ -62,6 +62,9 @@ class Store:
         *,
         with_dates: Literal[True],
     ) -> Tuple[npt.NDArray[np.datetime64], npt.NDArray[np.float32]]: ...
+    def read_rows(
+        self, instrument: str, field: str, start: int, end: int, freq: str = "day"
+    ) -> npt.NDArray[np.float32]: ...
     def panel(
         self,
         fields: Union[str, Sequence[str]],
