@@ -98,3 +98,12 @@ log "Python package: pip install (maturin, pytest, numpy, pandas, pyarrow, polar
 log "Python package: maturin develop, pytest"
 (cd python && VIRTUAL_ENV="$PWD/../$venv" PATH="$PWD/../$venv/bin:$PATH" maturin develop -q)
 QSTORE_BIN_DIR=target/debug "$venv/bin/python" -m pytest -q python/tests
+
+# The drop-in qlib provider against stock qlib: pyqlib 0.9.7 is a test-time dependency, in a virtualenv of its
+# own (about 1.4 GB, installed once), with the package built into it.
+qvenv=target/venv-qlib
+[ -x "$qvenv/bin/python" ] || "$python" -m venv "$qvenv"
+log "qlib provider: pip install pyqlib==0.9.7 pytest into $qvenv"
+"$qvenv/bin/python" -m pip install -q --disable-pip-version-check pyqlib==0.9.7 pytest
+(cd python && VIRTUAL_ENV="$PWD/../$qvenv" PATH="$PWD/../$qvenv/bin:$PATH" "$PWD/../$venv/bin/maturin" develop -q)
+QSTORE_BIN_DIR=target/debug "$qvenv/bin/python" -m pytest -q python/tests_qlib

@@ -1,0 +1,131 @@
+"""A drop-in qlib data provider: existing qlib code (``D.features``, the ``Alpha158`` / ``Alpha360`` handlers and
+their processors) gets its features from qstore's engine.
+
+>>> import qstore.qlib
+>>> qstore.qlib.init(provider_uri="STORE", region="cn")     # instead of qlib.init(...)
+>>> from qlib.data import D
+>>> D.features(D.instruments("all"), ["$close", "Mean($close, 5)"], "2023-01-01", "2023-06-30")
+
+or, in an existing ``qlib.init``: ``dataset_provider={"class": "QstoreDatasetProvider", "module_path":
+"qstore.qlib"}`` (and ``expression_provider`` likewise). qlib itself still reads the calendar and the instrument
+lists (the formats are the same); every feature is computed by qstore, with qlib's numbers except the
+documented fixes of qlib's bugs (docs/expressions.md). pyqlib is needed only by this module.
+"""
+
+import numpy as np
+import pandas as pd
+from qlib.config import C
+from qlib.data.data import Cal, DatasetProvider, ExpressionProvider
+
+from . import Store
+
+__all__ = ["init", "QstoreDatasetProvider", "QstoreExpressionProvider"]
+
+_PROVIDERS = {
+    "dataset_provider": {"class": "QstoreDatasetProvider", "module_path": "qstore.qlib"},
+    "expression_provider": {"class": "QstoreExpressionProvider", "module_path": "qstore.qlib"},
+    # qlib's own caches would sit in front of ours and cache the same values again.
+    "expression_cache": None,
+    "dataset_cache": None,
+}
+
+
+def init(provider_uri, region="cn", **kwargs):
+    """``qlib.init`` with qstore's providers (other keyword arguments go to ``qlib.init`` unchanged)."""
+    import qlib
+
+    for k, v in _PROVIDERS.items():
+        kwargs.setdefault(k, v)
+    qlib.init(provider_uri=str(provider_uri), region=region, **kwargs)
+
+
+_stores = {}
+
+
+def _store(freq):
+    """The qstore Store of qlib's provider_uri for ``freq`` (one per process and path)."""
+    uri = str(C.dpm.get_data_uri(freq))
+    s = _stores.get(uri)
+    if s is None:
+        s = _stores[uri] = Store(uri)
+    return s
+
+
+def _day(t):
+    return None if t is None else str(pd.Timestamp(t))
+
+
+class QstoreDatasetProvider(DatasetProvider):
+    """qlib's ``DatasetProvider`` on qstore: one engine query for every instrument and field."""
+
+    def __init__(self, align_time=True):
+        super().__init__()
+        self.align_time = align_time
+
+    def dataset(self, instruments, fields, start_time=None, end_time=None, freq="day", inst_processors=[]):
+        instruments_d = self.get_instruments_d(instruments, freq)
+        column_names = self.get_column_names(fields)
+        empty = pd.DataFrame(
+            index=pd.MultiIndex.from_arrays([[], []], names=("instrument", "datetime")),
+            columns=column_names,
+            dtype=np.float32,
+        )
+        if self.align_time:
+            cal = Cal.calendar(start_time, end_time, freq)
+            if len(cal) == 0:
+                return empty
+            start_time, end_time = cal[0], cal[-1]
+        names = sorted(instruments_d)
+        if not names:
+            return empty
+        arrays = _store(freq).features(
+            column_names, instruments=names, start=_day(start_time), end=_day(end_time), freq=freq,
+            output="numpy",
+        )
+        keep = np.ones(len(arrays.codes), dtype=bool)
+        if isinstance(instruments_d, dict):
+            # Rows inside each instrument's listed spans, as qlib's inst_calculator keeps them.
+            keep[:] = False
+            for k, inst in enumerate(arrays.instruments):
+                rows = arrays.rows_of(inst)
+                days = arrays.datetime[rows]
+                for begin, end in instruments_d[inst]:
+                    keep[rows] |= (days >= np.datetime64(pd.Timestamp(begin))) & (
+                        days <= np.datetime64(pd.Timestamp(end))
+                    )
+        index = pd.MultiIndex.from_arrays(
+            [
+                np.asarray(arrays.instruments, dtype=object)[arrays.codes[keep]],
+                pd.DatetimeIndex(arrays.datetime[keep].astype("datetime64[ns]")),
+            ],
+            names=["instrument", "datetime"],
+        )
+        data = pd.DataFrame(arrays.values[keep], index=index, columns=column_names)
+        if not inst_processors:
+            return data
+        from qlib.data.inst_processor import InstProcessor
+        from qlib.utils import init_instance_by_config
+
+        parts = {}
+        for inst, part in data.groupby(level="instrument", sort=True):
+            part = part.droplevel("instrument")
+            for p in inst_processors:
+                if p:
+                    part = init_instance_by_config(p, accept_types=InstProcessor)(part, instrument=inst)
+            parts[inst] = part
+        return pd.concat(parts, names=["instrument"], sort=False) if parts else empty
+
+
+class QstoreExpressionProvider(ExpressionProvider):
+    """qlib's ``ExpressionProvider`` on qstore: one expression for one instrument, indexed by calendar position
+    (as qlib's ``LocalExpressionProvider`` returns it)."""
+
+    def expression(self, instrument, field, start_time=None, end_time=None, freq="day"):
+        cal = Cal.calendar(freq=freq)
+        _, _, start_index, end_index = Cal.locate_index(start_time, end_time, freq=freq, future=False)
+        arrays = _store(freq).features(
+            [str(field)], instruments=[instrument], start=_day(cal[start_index]), end=_day(cal[end_index]),
+            freq=freq, output="numpy",
+        )
+        positions = np.searchsorted(cal.values.astype("datetime64[s]"), arrays.datetime)
+        return pd.Series(arrays.values[:, 0], index=positions, dtype=np.float32)
