@@ -27,13 +27,15 @@ if [ ! -d "$store" ]; then
   $bin/qdump all --csv "$work/csv" --to "$store" --max-date 2100-12-31 >/dev/null || [ $? = 3 ]
 fi
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $n instruments x $days days"
-cli=$( { /usr/bin/time -f "%e" $bin/qcache query "$store" --feature-set alpha158 --format stats \
-  --expr-cache off >/dev/null; } 2>&1 | tail -1)
-cli2=$( { /usr/bin/time -f "%e" $bin/qcache query "$store" --feature-set alpha158 --format stats \
-  --expr-cache off >/dev/null; } 2>&1 | tail -1)
-QSTORE_CLI_S="$cli $cli2" "$venv/bin/python" - "$store" <<'EOF'
-import os, sys, time, tracemalloc
+cli=""
+for _ in 1 2 3 4 5; do
+  cli+=" $( { /usr/bin/time -f "%e" $bin/qcache query "$store" --feature-set alpha158 --format stats \
+    --expr-cache off >/dev/null; } 2>&1 | tail -1)"
+done
+QSTORE_CLI_S="$cli" "$venv/bin/python" - "$store" <<'EOF'
+import os, sys, time
 import numpy as np
+import pandas  # imported before timing: its first import alone takes about 0.3 s
 import qstore
 
 store = sys.argv[1]
@@ -63,9 +65,10 @@ np.testing.assert_array_equal(v, mm[1 + starts[0] - first : 1 + starts[0] - firs
 print(f"read 250 values: np.memmap slice {t_mm:.2f} us, Store.read_rows {t_idx:.2f} us "
       f"({t_idx / t_mm:.2f}x), Store.read by dates {t_dates:.2f} us ({t_dates / t_mm:.2f}x)")
 
-# features: alpha158 from Python (a fresh Store each time: nothing cached in memory) vs the CLI.
+# features: alpha158 from Python (a fresh Store each time: nothing cached in memory) vs the CLI; the best of 5
+# of each (the machine is shared: single runs vary by 30%).
 times = []
-for _ in range(2):
+for _ in range(5):
     fresh = qstore.Store(store)
     t = time.perf_counter()
     arrays = fresh.features("alpha158", output="numpy")
