@@ -23,9 +23,7 @@ use crate::store::Store;
 use crate::store::calendar::Timestamp;
 use crate::store::layout::{self, validate_name};
 
-/// Opens the loader's source for rows from `start` on (`None`: all rows) of `symbols` (`None`: all symbols).
-pub type SourceFactory =
-    dyn Fn(Option<Timestamp>, Option<Vec<String>>) -> Result<Box<dyn Source>> + Send + Sync;
+pub use crate::import::spec::SourceFactory;
 
 /// What the loader holds.
 #[derive(Debug, Clone, PartialEq)]

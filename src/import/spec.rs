@@ -9,8 +9,12 @@ use super::csv::{CsvOptions, CsvSource};
 use super::mysql::{Connection, MysqlOptions, MysqlSource};
 use super::{Source, source_spellings};
 use crate::error::Result;
-use crate::loader::SourceFactory;
 use crate::store::calendar::Timestamp;
+
+/// Opens a source for rows from `start` on (`None`: all rows) of `symbols` (`None`: all symbols): what the
+/// loader refreshes and backfills from.
+pub type SourceFactory =
+    dyn Fn(Option<Timestamp>, Option<Vec<String>>) -> Result<Box<dyn Source>> + Send + Sync;
 
 /// Where the rows are.
 #[derive(Debug, Clone)]

@@ -50,7 +50,7 @@ impl Default for CacheConfig {
     }
 }
 
-/// Tuning of an open [`Store`](crate::Store).
+/// Tuning of an open [`Store`](crate::store::Store).
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// The in-memory cache of calendars (qlib's `H["c"]`).
