@@ -45,6 +45,8 @@ fn temp_prefix() -> String {
 
 /// A temp file name for a writer that names its own temp files (a library that wants a path, such as HDF5):
 /// `path`'s name after this process's temp prefix, in the same directory.
+// Used by the dataset cache only.
+#[cfg_attr(not(feature = "hdf5"), allow(dead_code))]
 pub fn temp_path(path: &Path) -> std::path::PathBuf {
     let name = path
         .file_name()
@@ -127,6 +129,8 @@ pub fn replace_atomic_with(
 
 /// Publishes a finished temp file written by someone else (a library that wants a path, such as HDF5):
 /// fsync, rename over `path`, directory fsync.
+// Used by the dataset cache only.
+#[cfg_attr(not(feature = "hdf5"), allow(dead_code))]
 pub fn publish_file(tmp: &Path, path: &Path) -> Result<()> {
     let f = std::fs::File::open(tmp).map_err(|e| Error::io("opening", tmp, e))?;
     f.sync_all().map_err(|e| Error::io("syncing", tmp, e))?;
