@@ -72,8 +72,9 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-log "cargo clippy --no-default-features (the build without HDF5)"
-cargo clippy --lib --bins --quiet --no-default-features -- -D warnings
+log "cargo clippy --no-default-features (the library alone; the programs without HDF5)"
+cargo clippy --lib --quiet --no-default-features -- -D warnings
+cargo clippy --lib --bins --quiet --no-default-features --features cli -- -D warnings
 log "cargo test (all targets; benches run once each in test mode)"
 cargo test --workspace --all-targets
 log "doc tests"
