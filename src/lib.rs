@@ -41,7 +41,7 @@ pub mod util;
 
 pub use error::{CorruptReason, Error, NameKind, Result};
 pub use query::featureset::FeatureSet;
-pub use query::frame::Frame;
+pub use query::frame::{ColumnFrame, Frame};
 pub use query::{Engine, Universe};
 pub use store::bin::{FeatureFile, FeatureSlice};
 pub use store::calendar::{Calendar, Timestamp, format_timestamp, parse_timestamp};

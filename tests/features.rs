@@ -1,4 +1,4 @@
-//! `Store::features` and feature sets over the sample store and hand-built stores: rows, ranges, the feature
+//! `Engine::features` (and `features_by_column`) and feature sets over the sample store and hand-built stores: rows, ranges, the feature
 //! cache and its invalidation, errors, writers.
 
 mod common;
@@ -363,5 +363,93 @@ fn csv_and_json_writers_round_trip() {
     assert!(
         f.column(0).iter().any(|v| v.is_nan()),
         "the sample has missing highs"
+    );
+}
+
+/// A column-major query holds the bits of the row-major one, on every evaluation path: the feature cache
+/// (small queries), the direct path (no room in it), spans with gaps (row by row), and the disk expression
+/// cache.
+#[test]
+fn column_frames_hold_the_same_values_as_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sample_store(dir.path());
+    let root = s.store().root().to_path_buf();
+    let span = |a: &str, b: &str| qstore::Span {
+        start: ts(a),
+        end: ts(b),
+    };
+    let mut gaps = qstore::Instruments::new();
+    gaps.push("SH600000", span("2023-01-03", "2023-03-31"))
+        .unwrap();
+    gaps.push("SH600000", span("2023-06-01", "2023-09-29"))
+        .unwrap();
+    gaps.push("SZ000002", span("2023-02-01", "2023-11-30"))
+        .unwrap();
+    s.store().save_instruments("gaps", &gaps).unwrap();
+    let mut settings = Settings::resolve(&root, &Default::default()).unwrap();
+    settings.feature_cache = qstore::store::CacheConfig {
+        limit: qstore::Limit::Entries(0),
+        expiry: None,
+    };
+    let uncached = Engine::open_with(&root, settings).unwrap();
+    let exprs = ["$close", "Mean($close, 5)", "Ref($close, -1) / $close - 1"];
+    // The disk cache path: every expression warmed, read back in `read` mode.
+    let cache = qstore::cache::expr::DiskExpressionCache::for_store(&root, false).unwrap();
+    let symbols: Vec<String> = s
+        .store()
+        .instruments("all")
+        .unwrap()
+        .symbols()
+        .map(String::from)
+        .collect();
+    let parsed: Vec<_> = exprs.iter().map(|e| parse(e).unwrap()).collect();
+    cache
+        .warm_all(s.store(), &symbols, &parsed, Freq::DAY, &|| {})
+        .unwrap();
+    let from_disk = Engine::open(&root).unwrap();
+    assert!(from_disk.expression_cache().is_some());
+    let list = vec!["SH600000".to_string(), "SZ000002".to_string()];
+    for engine in [&s, &uncached, &from_disk] {
+        for universe in [
+            Universe::Market("all"),
+            Universe::Market("gaps"),
+            Universe::List(&list),
+        ] {
+            let rows = engine
+                .features(universe, &exprs, None, None, Freq::DAY)
+                .unwrap();
+            let cols = engine
+                .features_by_column(universe, &exprs, None, None, Freq::DAY)
+                .unwrap();
+            assert_eq!(cols.instruments(), rows.instruments());
+            assert_eq!(cols.index(), rows.index());
+            assert_eq!(cols.columns(), rows.columns());
+            assert!(!cols.is_empty());
+            for c in 0..exprs.len() {
+                let want: Vec<u32> = rows.column(c).iter().map(|v| v.to_bits()).collect();
+                let got: Vec<u32> = cols.column(c).iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{universe:?} column {c}");
+            }
+        }
+    }
+    let set = FeatureSet::resolve("technical").unwrap();
+    let by_rows = s
+        .feature_set(Universe::List(&list), &set, None, None, Freq::DAY)
+        .unwrap();
+    let by_cols = s
+        .feature_set_by_column(Universe::List(&list), &set, None, None, Freq::DAY)
+        .unwrap();
+    assert_eq!(by_cols.columns(), by_rows.columns());
+    assert_eq!(
+        by_cols
+            .column(3)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>(),
+        by_rows
+            .column(3)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
     );
 }

@@ -25,7 +25,7 @@ use qstore::loader::KlineLoader;
 use qstore::query::Engine;
 use qstore::store::bin::FeatureSlice;
 use qstore::store::settings::{Overrides, Settings};
-use qstore::{FeatureSet, Frame, Freq, Timestamp, Universe};
+use qstore::{ColumnFrame, FeatureSet, Frame, Freq, Timestamp, Universe};
 
 /// Turns a library error into the Python exception of its kind (`qstore.errors`), with the library's message.
 fn to_py(py: Python<'_>, e: qstore::Error) -> PyErr {
@@ -105,6 +105,8 @@ struct Values {
 enum Held {
     File(FeatureSlice),
     Frame(Arc<Frame>),
+    /// One column of a column-major frame.
+    Column(Arc<ColumnFrame>, usize),
 }
 
 impl Values {
@@ -112,6 +114,7 @@ impl Values {
         match &self.held {
             Held::File(s) => s,
             Held::Frame(f) => f.values(),
+            Held::Column(f, c) => f.column(*c),
         }
     }
 }
@@ -384,6 +387,72 @@ impl Store {
             })
             .map_err(|e| to_py(py, e))?;
         frame_tuple(py, frame)
+    }
+
+    /// [`features`](Self::features) column by column: `(columns, codes, instruments, datetimes, names)` where
+    /// `columns` is a list of read-only float32 views, one contiguous array per column (no copy: what Arrow
+    /// and polars take whole).
+    #[pyo3(signature = (exprs, feature_set = None, instruments = None, market = "all", start = None, end = None, freq = "day"))]
+    #[allow(clippy::too_many_arguments)]
+    fn features_by_column<'py>(
+        &self,
+        py: Python<'py>,
+        exprs: Vec<String>,
+        feature_set: Option<&str>,
+        instruments: Option<Vec<String>>,
+        market: &str,
+        start: Option<&str>,
+        end: Option<&str>,
+        freq: &str,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let freq = freq_of(py, freq)?;
+        let (start, end) = (date_of(py, start)?, date_of(py, end)?);
+        let set = feature_set
+            .map(FeatureSet::resolve)
+            .transpose()
+            .map_err(|e| to_py(py, e))?;
+        let pool = pool()?;
+        let engine = &self.engine;
+        let frame = py
+            .detach(|| {
+                pool.install(|| {
+                    let universe = match &instruments {
+                        Some(list) => Universe::List(list),
+                        None => Universe::Market(market),
+                    };
+                    match &set {
+                        Some(set) => engine.feature_set_by_column(universe, set, start, end, freq),
+                        None => engine.features_by_column(universe, &exprs, start, end, freq),
+                    }
+                })
+            })
+            .map_err(|e| to_py(py, e))?;
+        let frame = Arc::new(frame);
+        let codes: Vec<u32> = frame.index().iter().map(|&(c, _)| c).collect();
+        let dates = frame.calendar().dates();
+        let times: Vec<_> = frame
+            .index()
+            .iter()
+            .map(|&(_, r)| datetime64(dates[r as usize]))
+            .collect();
+        let columns = (0..frame.columns().len())
+            .map(|c| {
+                view_1d(
+                    py,
+                    Values {
+                        held: Held::Column(frame.clone(), c),
+                    },
+                )
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        (
+            columns,
+            codes.into_pyarray(py),
+            frame.instruments().to_vec(),
+            times.into_pyarray(py),
+            frame.columns().to_vec(),
+        )
+            .into_pyobject(py)
     }
 
     /// Forgets loaded calendars, open files and cached results, so the next reads see what other processes

@@ -107,6 +107,11 @@ def test_feature_sets_and_outputs(store_path):
     rows = arrays.rows_of("SZ000002")
     assert set(arrays.codes[rows]) == {arrays.instruments.index("SZ000002")}
     table = s.features(EXPRS, instruments=["SH600000"], output="arrow")
+    # No copy on the way into Arrow: the array's buffer is the engine's column.
+    cols, *_ = s._s.features_by_column(EXPRS, None, ["SH600000"], "all", None, None, "day")
+    import pyarrow as pa
+
+    assert pa.array(cols[1]).buffers()[1].address == cols[1].ctypes.data
     assert table.column_names == ["instrument", "datetime", *EXPRS]
     np.testing.assert_array_equal(
         table.column(EXPRS[1]).to_numpy(zero_copy_only=False),

@@ -88,16 +88,7 @@ impl Frame {
         values: impl Into<Values>,
     ) -> Frame {
         let values = values.into();
-        let mut instruments = Vec::new();
-        let mut index = Vec::new();
-        for (inst, rs) in rows {
-            if rs.is_empty() {
-                continue;
-            }
-            let code = instruments.len() as u32;
-            instruments.push(inst);
-            index.extend(rs.into_iter().map(|r| (code, r as u32)));
-        }
+        let (instruments, index) = row_index(rows);
         assert_eq!(
             index.len() * columns.len(),
             values.as_slice().len(),
@@ -342,6 +333,100 @@ impl ColumnStats {
             self.lo[c] = self.lo[c].min(o.lo[c]);
             self.hi[c] = self.hi[c].max(o.hi[c]);
         }
+    }
+}
+
+/// The instruments that have rows, and each row's (instrument code, calendar row), from each instrument's rows.
+fn row_index(rows: Vec<(String, Vec<usize>)>) -> (Vec<String>, Vec<(u32, u32)>) {
+    let mut instruments = Vec::new();
+    let mut index = Vec::new();
+    for (inst, rs) in rows {
+        if rs.is_empty() {
+            continue;
+        }
+        let code = instruments.len() as u32;
+        instruments.push(inst);
+        index.extend(rs.into_iter().map(|r| (code, r as u32)));
+    }
+    (instruments, index)
+}
+
+/// A features query column by column ([`Engine::features_by_column`](crate::query::Engine::features_by_column)):
+/// the rows of a [`Frame`], in its order, with each column one contiguous slice (what Arrow, Parquet and
+/// column stores take whole).
+#[derive(Debug)]
+pub struct ColumnFrame {
+    columns: Vec<String>,
+    instruments: Vec<String>,
+    index: Vec<(u32, u32)>,
+    calendar: Arc<Calendar>,
+    values: Values,
+}
+
+impl ColumnFrame {
+    /// A frame of `values` (column-major) whose rows are, in order, each instrument's calendar rows.
+    pub(crate) fn from_parts(
+        columns: Vec<String>,
+        rows: Vec<(String, Vec<usize>)>,
+        calendar: Arc<Calendar>,
+        values: Values,
+    ) -> ColumnFrame {
+        let (instruments, index) = row_index(rows);
+        assert_eq!(
+            index.len() * columns.len(),
+            values.as_slice().len(),
+            "one value per row and column"
+        );
+        ColumnFrame {
+            columns,
+            instruments,
+            index,
+            calendar,
+            values,
+        }
+    }
+
+    /// Renames the columns (a feature set's names). Panics unless there is one name per column.
+    pub fn rename_columns(&mut self, names: Vec<String>) {
+        assert_eq!(names.len(), self.columns.len(), "one name per column");
+        self.columns = names;
+    }
+
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// The instruments that have rows, in row order.
+    pub fn instruments(&self) -> &[String] {
+        &self.instruments
+    }
+
+    /// Every row's (instrument code, calendar row).
+    pub fn index(&self) -> &[(u32, u32)] {
+        &self.index
+    }
+
+    pub fn calendar(&self) -> &Calendar {
+        &self.calendar
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Column `c`, one value per row.
+    pub fn column(&self, c: usize) -> &[f32] {
+        let n = self.len();
+        &self.values.as_slice()[c * n..(c + 1) * n]
+    }
+
+    /// All values, column-major (`columns().len() x len()`).
+    pub fn values(&self) -> &[f32] {
+        self.values.as_slice()
     }
 }
 

@@ -17,7 +17,7 @@ use crate::error::{Error, NameKind, Result};
 use crate::expr::StoreFields;
 use crate::expr::{self, Expr, Query, Scratch};
 use crate::query::featureset::FeatureSet;
-use crate::query::frame::{Frame, Values};
+use crate::query::frame::{ColumnFrame, Frame, Values};
 use crate::store::calendar::Timestamp;
 use crate::store::freq::Freq;
 use crate::store::layout::validate_name;
@@ -70,6 +70,83 @@ impl Placement<'_> {
                         out[i * self.ncol + c] = f32_of(v);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// How a query's values are laid out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Row-major (a [`Frame`]): a row, the unit of a training sample, is one slice.
+    Rows,
+    /// Column-major (a [`ColumnFrame`]): a column is one slice.
+    Columns,
+}
+
+/// Where one instrument's values go.
+enum Dest<'a> {
+    /// Its block of a row-major frame.
+    Rows(&'a mut [f32]),
+    /// Its rows, from this one on, in every column of a column-major frame.
+    Columns(usize),
+}
+
+/// A column-major buffer that many threads write at once, each a disjoint range of rows.
+struct ColumnSink {
+    ptr: *mut f32,
+    rows: usize,
+    ncol: usize,
+}
+
+// SAFETY: the sink is only a pointer to a buffer that outlives the parallel loop using it; writes through it
+// go to disjoint row ranges (see `put_column`), so sharing it between threads races on nothing.
+unsafe impl Send for ColumnSink {}
+// SAFETY: as for Send.
+unsafe impl Sync for ColumnSink {}
+
+impl ColumnSink {
+    fn new(values: &mut [f32], rows: usize, ncol: usize) -> ColumnSink {
+        assert_eq!(values.len(), rows * ncol, "a rows x ncol buffer");
+        ColumnSink {
+            ptr: values.as_mut_ptr(),
+            rows,
+            ncol,
+        }
+    }
+
+    /// Writes `values` into column `c` from row `r0` on.
+    ///
+    /// # Safety
+    /// No other thread writes or reads those rows of that column meanwhile, and the buffer is alive.
+    unsafe fn put_column(&self, c: usize, r0: usize, values: &[f32]) {
+        assert!(
+            c < self.ncol && r0 + values.len() <= self.rows,
+            "inside the buffer"
+        );
+        // SAFETY: in bounds (asserted); exclusive per the caller's contract.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr(),
+                self.ptr.add(c * self.rows + r0),
+                values.len(),
+            )
+        };
+    }
+
+    /// Writes a row-major block of `ncol` columns into rows `r0..` of every column.
+    ///
+    /// # Safety
+    /// As for [`put_column`](Self::put_column), for every column.
+    unsafe fn put_rows(&self, r0: usize, block: &[f32]) {
+        let n = block.len() / self.ncol.max(1);
+        assert!(r0 + n <= self.rows, "inside the buffer");
+        for c in 0..self.ncol {
+            // SAFETY: column c's rows r0..r0 + n are in bounds (asserted) and exclusive per the contract.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(self.ptr.add(c * self.rows + r0), n) };
+            for (o, row) in dst.iter_mut().zip(block.chunks_exact(self.ncol)) {
+                *o = row[c];
             }
         }
     }
@@ -259,6 +336,43 @@ impl Engine {
         end: Option<Timestamp>,
         freq: Freq,
     ) -> Result<Frame> {
+        let (columns, index, calendar, values) =
+            self.evaluate(universe, exprs, start, end, freq, Layout::Rows)?;
+        Ok(Frame::from_parts(columns, index, calendar, values))
+    }
+
+    /// [`features`](Self::features) laid out column by column: each column one contiguous slice, written in
+    /// place by the evaluation (no transposition of a finished frame), for consumers that take columns whole
+    /// (Arrow, Parquet, the Python package's arrow and polars outputs).
+    pub fn features_by_column<S: AsRef<str>>(
+        &self,
+        universe: Universe<'_>,
+        exprs: &[S],
+        start: Option<Timestamp>,
+        end: Option<Timestamp>,
+        freq: Freq,
+    ) -> Result<ColumnFrame> {
+        let (columns, index, calendar, values) =
+            self.evaluate(universe, exprs, start, end, freq, Layout::Columns)?;
+        Ok(ColumnFrame::from_parts(columns, index, calendar, values))
+    }
+
+    /// The rows, column names and values of a query, in `layout`.
+    #[allow(clippy::type_complexity)]
+    fn evaluate<S: AsRef<str>>(
+        &self,
+        universe: Universe<'_>,
+        exprs: &[S],
+        start: Option<Timestamp>,
+        end: Option<Timestamp>,
+        freq: Freq,
+        layout: Layout,
+    ) -> Result<(
+        Vec<String>,
+        Vec<(String, Vec<usize>)>,
+        Arc<crate::store::calendar::Calendar>,
+        Values,
+    )> {
         self.sync_with_writes();
         let parsed: Vec<Expr> = exprs
             .iter()
@@ -325,14 +439,38 @@ impl Engine {
             .iter()
             .map(|s| s.iter().map(|r| r.len()).sum())
             .collect();
-        let mut values = Values::nan(counts.iter().sum::<usize>() * ncol);
-        let mut slices = Vec::with_capacity(counts.len());
-        let mut rest = values.as_mut_slice();
-        for &c in &counts {
-            let (head, tail) = rest.split_at_mut(c * ncol);
-            slices.push(head);
-            rest = tail;
-        }
+        let total: usize = counts.iter().sum();
+        let mut values = Values::nan(total * ncol);
+        // Where each instrument's rows go: its own block of a row-major frame, or a range of rows of every
+        // column of a column-major one (written through `sink`; the ranges are disjoint).
+        let (dests, sink): (Vec<Dest<'_>>, Option<ColumnSink>) = match layout {
+            Layout::Rows => {
+                let mut dests = Vec::with_capacity(counts.len());
+                let mut rest = values.as_mut_slice();
+                for &c in &counts {
+                    let (head, tail) = rest.split_at_mut(c * ncol);
+                    dests.push(Dest::Rows(head));
+                    rest = tail;
+                }
+                (dests, None)
+            }
+            Layout::Columns => {
+                let mut r0 = 0;
+                let dests = counts
+                    .iter()
+                    .map(|&c| {
+                        let d = Dest::Columns(r0);
+                        r0 += c;
+                        d
+                    })
+                    .collect();
+                (
+                    dests,
+                    Some(ColumnSink::new(values.as_mut_slice(), total, ncol)),
+                )
+            }
+        };
+        let sink = sink.as_ref();
         // A query whose results cannot all fit in the feature cache would only evict everything, itself
         // included, before anyone asks again: such scans bypass it (as in scan-resistant buffer pools).
         let cells = counts.iter().filter(|&&c| c > 0).count() * ncol;
@@ -349,12 +487,22 @@ impl Engine {
         targets
             .par_iter()
             .zip(spans.par_iter())
-            .zip(slices.into_par_iter())
+            .zip(dests.into_par_iter())
             .try_for_each_init(
-                || (Scratch::default(), Vec::new()),
-                |(scratch, columns), (((inst, _), spans), out)| -> Result<()> {
+                || (Scratch::default(), Vec::new(), Vec::new()),
+                |(scratch, columns, block), (((inst, _), spans), dest)| -> Result<()> {
                     let (Some(first), Some(last)) = (spans.first(), spans.last()) else {
                         return Ok(());
+                    };
+                    let n: usize = spans.iter().map(|r| r.len()).sum();
+                    // A column-major destination gets the instrument's rows as a row-major block first.
+                    let (out, col_r0): (&mut [f32], Option<usize>) = match dest {
+                        Dest::Rows(out) => (out, None),
+                        Dest::Columns(r0) => {
+                            block.clear();
+                            block.resize(n * ncol, f32::NAN);
+                            (&mut block[..], Some(r0))
+                        }
                     };
                     let hull = first.start..last.end;
                     // Output row of each calendar row of the hull, when spans leave gaps in it.
@@ -401,7 +549,19 @@ impl Engine {
                                     .for_each(|(o, &x)| *o = x as f32);
                             },
                         )?;
-                        transpose(columns, len, out);
+                        match (col_r0, sink) {
+                            (Some(r0), Some(sink)) => {
+                                // Already column by column: each column's rows straight into place.
+                                for (c, col) in columns.chunks_exact(len).enumerate() {
+                                    // SAFETY: rows r0..r0 + n of every column belong to this instrument
+                                    // alone (the destinations are disjoint row ranges), and len == n here
+                                    // (one span: no gaps).
+                                    unsafe { sink.put_column(c, r0, col) };
+                                }
+                                return Ok(());
+                            }
+                            _ => transpose(columns, len, out),
+                        }
                     } else {
                         query.evaluate_into(
                             &fields,
@@ -411,6 +571,10 @@ impl Engine {
                             |c, from, v| at.put(out, c, from, v, |x| x as f32),
                         )?;
                     }
+                    if let (Some(r0), Some(sink)) = (col_r0, sink) {
+                        // SAFETY: as above, rows r0..r0 + n of every column are this instrument's alone.
+                        unsafe { sink.put_rows(r0, block) };
+                    }
                     Ok(())
                 },
             )?;
@@ -419,7 +583,7 @@ impl Engine {
             .zip(spans)
             .map(|((inst, _), spans)| (inst, spans.into_iter().flatten().collect()))
             .collect();
-        Ok(Frame::from_parts(columns, index, calendar, values))
+        Ok((columns, index, calendar, values))
     }
 
     /// The features of `set` this query computes: all but the optional ones whose fields no instrument of
@@ -476,6 +640,23 @@ impl Engine {
         let chosen = self.feature_set_columns(universe, set, freq)?;
         let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
         let mut frame = self.features(universe, &exprs, start, end, freq)?;
+        frame.rename_columns(chosen.iter().map(|f| f.name.clone()).collect());
+        Ok(frame)
+    }
+
+    /// [`feature_set`](Self::feature_set) laid out column by column (see
+    /// [`features_by_column`](Self::features_by_column)).
+    pub fn feature_set_by_column(
+        &self,
+        universe: Universe<'_>,
+        set: &FeatureSet,
+        start: Option<Timestamp>,
+        end: Option<Timestamp>,
+        freq: Freq,
+    ) -> Result<ColumnFrame> {
+        let chosen = self.feature_set_columns(universe, set, freq)?;
+        let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
+        let mut frame = self.features_by_column(universe, &exprs, start, end, freq)?;
         frame.rename_columns(chosen.iter().map(|f| f.name.clone()).collect());
         Ok(frame)
     }

@@ -194,7 +194,8 @@ class Store:
         ``"pandas"``: qlib's ``D.features`` frame (MultiIndex ``instrument``, ``datetime``; one float32 column
         per expression, named as given, or by feature name); ``"numpy"``: :class:`FeatureArrays` (a view, no
         copy); ``"arrow"``: a ``pyarrow.Table``; ``"polars"``: a ``polars.DataFrame`` (both with
-        ``instrument`` and ``datetime`` columns; they copy the values into columns).
+        ``instrument`` and ``datetime`` columns, each value column over the engine's own buffer: the engine
+        evaluates column by column for them, no copy is made).
         """
         if output not in _OUTPUTS:
             raise InvalidArgument(f"output must be one of {', '.join(_OUTPUTS)}, not {output!r}")
@@ -213,17 +214,22 @@ class Store:
             )
         else:
             universe = list(instruments)
+        if output in ("arrow", "polars"):
+            # Column by column from the engine: each column is handed over whole.
+            cols, codes, names, dates, columns = self._s.features_by_column(
+                exprs, set_name, universe, market, s, e, freq
+            )
+            table = _to_arrow(cols, codes, names, dates, columns)
+            if output == "arrow":
+                return table
+            import polars as pl
+
+            return pl.from_arrow(table)
         values, codes, names, dates, columns = self._s.features(
             exprs, set_name, universe, market, s, e, freq
         )
         arrays = FeatureArrays(values, codes, names, dates, columns)
-        if output == "numpy":
-            return arrays
-        if output == "pandas":
-            return _to_pandas(arrays)
-        if output == "arrow":
-            return _to_arrow(arrays)
-        return _to_polars(arrays)
+        return arrays if output == "numpy" else _to_pandas(arrays)
 
     def refresh(self):
         """Forgets loaded calendars, open files and cached results, so the next reads see what other processes
@@ -244,22 +250,18 @@ def _to_pandas(a):
     return pd.DataFrame(a.values, index=index, columns=a.columns, copy=False)
 
 
-def _to_arrow(a):
+def _to_arrow(cols, codes, instruments, dates, names):
     import pyarrow as pa
 
     instrument = pa.DictionaryArray.from_arrays(
-        pa.array(a.codes, type=pa.int32()), pa.array(a.instruments, type=pa.string())
+        pa.array(codes.astype(_np.int32), type=pa.int32()), pa.array(instruments, type=pa.string())
     )
-    cols = {"instrument": instrument, "datetime": pa.array(a.datetime)}
-    for k, name in enumerate(a.columns):
-        cols[name] = pa.array(_np.ascontiguousarray(a.values[:, k]))
-    return pa.table(cols)
-
-
-def _to_polars(a):
-    import polars as pl
-
-    return pl.from_arrow(_to_arrow(a))
+    table = {"instrument": instrument, "datetime": pa.array(dates)}
+    for name, col in zip(names, cols):
+        # A contiguous float32 array without a mask becomes an Arrow array over the same buffer (NaN stays
+        # NaN, not null, as in qlib's frames).
+        table[name] = pa.array(col)
+    return pa.table(table)
 
 
 class WindowSampler:
