@@ -82,25 +82,31 @@ class QstoreDatasetProvider(DatasetProvider):
             column_names, instruments=names, start=_day(start_time), end=_day(end_time), freq=freq,
             output="numpy",
         )
-        keep = np.ones(len(arrays.codes), dtype=bool)
+        keep = None
         if isinstance(instruments_d, dict):
             # Rows inside each instrument's listed spans, as qlib's inst_calculator keeps them.
-            keep[:] = False
-            for k, inst in enumerate(arrays.instruments):
+            keep = np.zeros(len(arrays.codes), dtype=bool)
+            for inst in arrays.instruments:
                 rows = arrays.rows_of(inst)
                 days = arrays.datetime[rows]
                 for begin, end in instruments_d[inst]:
-                    keep[rows] |= (days >= np.datetime64(pd.Timestamp(begin))) & (
-                        days <= np.datetime64(pd.Timestamp(end))
-                    )
-        index = pd.MultiIndex.from_arrays(
-            [
-                np.asarray(arrays.instruments, dtype=object)[arrays.codes[keep]],
-                pd.DatetimeIndex(arrays.datetime[keep].astype("datetime64[ns]")),
-            ],
+                    lo = np.searchsorted(days, np.datetime64(pd.Timestamp(begin), "s"), side="left")
+                    hi = np.searchsorted(days, np.datetime64(pd.Timestamp(end), "s"), side="right")
+                    keep[rows.start + lo : rows.start + hi] = True
+        codes, dates = arrays.codes, arrays.datetime
+        # Owned, writable values: qlib's processors may change them in place. Taking the rows copies them
+        # once; a frame of every row copies once here.
+        values = arrays.values[keep] if keep is not None else np.array(arrays.values)
+        if keep is not None:
+            codes, dates = codes[keep], dates[keep]
+        days, day_codes = np.unique(dates, return_inverse=True)
+        index = pd.MultiIndex(
+            levels=[pd.Index(arrays.instruments), pd.DatetimeIndex(days.astype("datetime64[ns]"))],
+            codes=[codes.astype(np.int32), day_codes.astype(np.int32)],
             names=["instrument", "datetime"],
+            verify_integrity=False,
         )
-        data = pd.DataFrame(arrays.values[keep], index=index, columns=column_names)
+        data = pd.DataFrame(values, index=index, columns=column_names, copy=False)
         if not inst_processors:
             return data
         from qlib.data.inst_processor import InstProcessor
