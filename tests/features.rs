@@ -28,27 +28,32 @@ fn ts(s: &str) -> qstore::Timestamp {
     parse_timestamp(s).unwrap()
 }
 
-#[test]
-fn market_rows_follow_the_spans_and_values_equal_direct_evaluation() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = sample_store(dir.path());
-    // A market where one instrument has two spans (a gap of months between them).
+/// A market where instruments have several spans (months of gap between them). SH688001's data starts on
+/// 2023-05-18: the rows of its first span before that are NaN.
+fn gaps_market() -> qstore::Instruments {
     let span = |a: &str, b: &str| qstore::Span {
         start: ts(a),
         end: ts(b),
     };
     let mut gaps = qstore::Instruments::new();
-    gaps.push("SH600000", span("2023-01-03", "2023-03-31"))
-        .unwrap();
-    gaps.push("SH600000", span("2023-06-01", "2023-09-29"))
-        .unwrap();
-    gaps.push("SZ000002", span("2023-02-01", "2023-11-30"))
-        .unwrap();
-    // SH688001's data starts on 2023-05-18: the rows of its first span before that are NaN.
-    gaps.push("SH688001", span("2023-01-03", "2023-06-30"))
-        .unwrap();
-    gaps.push("SH688001", span("2023-08-01", "2023-10-31"))
-        .unwrap();
+    for (sym, a, b) in [
+        ("SH600000", "2023-01-03", "2023-03-31"),
+        ("SH600000", "2023-06-01", "2023-09-29"),
+        ("SZ000002", "2023-02-01", "2023-11-30"),
+        ("SH688001", "2023-01-03", "2023-06-30"),
+        ("SH688001", "2023-08-01", "2023-10-31"),
+    ] {
+        gaps.push(sym, span(a, b)).unwrap();
+    }
+    gaps
+}
+
+#[test]
+fn market_rows_follow_the_spans_and_values_equal_direct_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sample_store(dir.path());
+    // A market where one instrument has two spans (a gap of months between them).
+    let gaps = gaps_market();
     s.store().save_instruments("gaps", &gaps).unwrap();
     // Small queries go through the feature cache; with no room in it, every value is evaluated and
     // placed straight into the frame (in tiles of rows, or row by row where spans leave gaps).
@@ -374,17 +379,7 @@ fn column_frames_hold_the_same_values_as_frames() {
     let dir = tempfile::tempdir().unwrap();
     let s = sample_store(dir.path());
     let root = s.store().root().to_path_buf();
-    let span = |a: &str, b: &str| qstore::Span {
-        start: ts(a),
-        end: ts(b),
-    };
-    let mut gaps = qstore::Instruments::new();
-    gaps.push("SH600000", span("2023-01-03", "2023-03-31"))
-        .unwrap();
-    gaps.push("SH600000", span("2023-06-01", "2023-09-29"))
-        .unwrap();
-    gaps.push("SZ000002", span("2023-02-01", "2023-11-30"))
-        .unwrap();
+    let gaps = gaps_market();
     s.store().save_instruments("gaps", &gaps).unwrap();
     let mut settings = Settings::resolve(&root, &Default::default()).unwrap();
     settings.feature_cache = qstore::store::CacheConfig {

@@ -149,26 +149,61 @@ fn view_2d<'py>(py: Python<'py>, frame: Arc<Frame>) -> PyResult<Bound<'py, PyArr
     Ok(array)
 }
 
-/// `(values, codes, instruments, datetimes, columns)` of a frame: a read-only view of its values (no copy),
-/// each row's instrument as an index into `instruments`, each row's date, and the column names.
-fn frame_tuple(py: Python<'_>, frame: Frame) -> PyResult<Bound<'_, PyTuple>> {
-    let frame = Arc::new(frame);
-    let codes: Vec<u32> = frame.index().iter().map(|&(c, _)| c).collect();
-    let dates = frame.calendar().dates();
-    let times: Vec<_> = frame
-        .index()
+/// A query's result in either layout.
+enum Evaluated {
+    Rows(Frame),
+    Columns(ColumnFrame),
+}
+
+/// Each row's instrument code and date, from a frame's index.
+#[allow(clippy::type_complexity)]
+fn row_axes<'py>(
+    py: Python<'py>,
+    index: &[(u32, u32)],
+    calendar: &qstore::Calendar,
+) -> (
+    Bound<'py, PyArray1<u32>>,
+    Bound<'py, PyArray1<Datetime<units::Seconds>>>,
+) {
+    let codes: Vec<u32> = index.iter().map(|&(c, _)| c).collect();
+    let dates = calendar.dates();
+    let times: Vec<_> = index
         .iter()
         .map(|&(_, r)| datetime64(dates[r as usize]))
         .collect();
+    (codes.into_pyarray(py), times.into_pyarray(py))
+}
+
+/// `(values, codes, instruments, datetimes, columns)` of a row-major frame: a read-only view of its values.
+fn frame_tuple(py: Python<'_>, frame: Frame) -> PyResult<Bound<'_, PyTuple>> {
+    let frame = Arc::new(frame);
+    let (codes, times) = row_axes(py, frame.index(), frame.calendar());
     let names = frame.instruments().to_vec();
     let columns = frame.columns().to_vec();
     let values = view_2d(py, frame)?;
+    (values, codes, names, times, columns).into_pyobject(py)
+}
+
+/// The same of a column-major frame, `values` a list of read-only views, one per column.
+fn column_tuple(py: Python<'_>, frame: ColumnFrame) -> PyResult<Bound<'_, PyTuple>> {
+    let frame = Arc::new(frame);
+    let (codes, times) = row_axes(py, frame.index(), frame.calendar());
+    let values = (0..frame.columns().len())
+        .map(|c| {
+            view_1d(
+                py,
+                Values {
+                    held: Held::Column(frame.clone(), c),
+                },
+            )
+        })
+        .collect::<PyResult<Vec<_>>>()?;
     (
         values,
-        codes.into_pyarray(py),
-        names,
-        times.into_pyarray(py),
-        columns,
+        codes,
+        frame.instruments().to_vec(),
+        times,
+        frame.columns().to_vec(),
     )
         .into_pyobject(py)
 }
@@ -348,10 +383,12 @@ impl Store {
     }
 
     /// Evaluates expressions (or the feature set `feature_set`, whose names become the columns) for a market or
-    /// a list of instruments. Returns `(values, codes, instruments, datetimes, columns)`: a read-only
-    /// `rows x columns` float32 view of the result (no copy), each row's instrument as an index into
-    /// `instruments`, each row's date, and the column names. Rows are by instrument, then date (qlib's order).
-    #[pyo3(signature = (exprs, feature_set = None, instruments = None, market = "all", start = None, end = None, freq = "day"))]
+    /// a list of instruments. Returns `(values, codes, instruments, datetimes, columns)`: the result (no copy),
+    /// each row's instrument as an index into `instruments`, each row's date, and the column names. Rows are
+    /// by instrument, then date (qlib's order). `values` is a read-only `rows x columns` float32 view, or with
+    /// `by_column` a list of read-only float32 views, one contiguous array per column (what Arrow and polars
+    /// take whole; the engine writes that layout directly).
+    #[pyo3(signature = (exprs, feature_set = None, instruments = None, market = "all", start = None, end = None, freq = "day", by_column = false))]
     #[allow(clippy::too_many_arguments)]
     fn features<'py>(
         &self,
@@ -363,6 +400,7 @@ impl Store {
         start: Option<&str>,
         end: Option<&str>,
         freq: &str,
+        by_column: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let freq = freq_of(py, freq)?;
         let (start, end) = (date_of(py, start)?, date_of(py, end)?);
@@ -372,87 +410,34 @@ impl Store {
             .map_err(|e| to_py(py, e))?;
         let pool = pool()?;
         let engine = &self.engine;
-        let frame = py
+        let out = py
             .detach(|| {
-                pool.install(|| {
+                pool.install(|| -> qstore::Result<Evaluated> {
                     let universe = match &instruments {
                         Some(list) => Universe::List(list),
                         None => Universe::Market(market),
                     };
-                    match &set {
-                        Some(set) => engine.feature_set(universe, set, start, end, freq),
-                        None => engine.features(universe, &exprs, start, end, freq),
-                    }
+                    Ok(match (&set, by_column) {
+                        (Some(set), false) => {
+                            Evaluated::Rows(engine.feature_set(universe, set, start, end, freq)?)
+                        }
+                        (None, false) => {
+                            Evaluated::Rows(engine.features(universe, &exprs, start, end, freq)?)
+                        }
+                        (Some(set), true) => Evaluated::Columns(
+                            engine.feature_set_by_column(universe, set, start, end, freq)?,
+                        ),
+                        (None, true) => Evaluated::Columns(
+                            engine.features_by_column(universe, &exprs, start, end, freq)?,
+                        ),
+                    })
                 })
             })
             .map_err(|e| to_py(py, e))?;
-        frame_tuple(py, frame)
-    }
-
-    /// [`features`](Self::features) column by column: `(columns, codes, instruments, datetimes, names)` where
-    /// `columns` is a list of read-only float32 views, one contiguous array per column (no copy: what Arrow
-    /// and polars take whole).
-    #[pyo3(signature = (exprs, feature_set = None, instruments = None, market = "all", start = None, end = None, freq = "day"))]
-    #[allow(clippy::too_many_arguments)]
-    fn features_by_column<'py>(
-        &self,
-        py: Python<'py>,
-        exprs: Vec<String>,
-        feature_set: Option<&str>,
-        instruments: Option<Vec<String>>,
-        market: &str,
-        start: Option<&str>,
-        end: Option<&str>,
-        freq: &str,
-    ) -> PyResult<Bound<'py, PyTuple>> {
-        let freq = freq_of(py, freq)?;
-        let (start, end) = (date_of(py, start)?, date_of(py, end)?);
-        let set = feature_set
-            .map(FeatureSet::resolve)
-            .transpose()
-            .map_err(|e| to_py(py, e))?;
-        let pool = pool()?;
-        let engine = &self.engine;
-        let frame = py
-            .detach(|| {
-                pool.install(|| {
-                    let universe = match &instruments {
-                        Some(list) => Universe::List(list),
-                        None => Universe::Market(market),
-                    };
-                    match &set {
-                        Some(set) => engine.feature_set_by_column(universe, set, start, end, freq),
-                        None => engine.features_by_column(universe, &exprs, start, end, freq),
-                    }
-                })
-            })
-            .map_err(|e| to_py(py, e))?;
-        let frame = Arc::new(frame);
-        let codes: Vec<u32> = frame.index().iter().map(|&(c, _)| c).collect();
-        let dates = frame.calendar().dates();
-        let times: Vec<_> = frame
-            .index()
-            .iter()
-            .map(|&(_, r)| datetime64(dates[r as usize]))
-            .collect();
-        let columns = (0..frame.columns().len())
-            .map(|c| {
-                view_1d(
-                    py,
-                    Values {
-                        held: Held::Column(frame.clone(), c),
-                    },
-                )
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        (
-            columns,
-            codes.into_pyarray(py),
-            frame.instruments().to_vec(),
-            times.into_pyarray(py),
-            frame.columns().to_vec(),
-        )
-            .into_pyobject(py)
+        match out {
+            Evaluated::Rows(frame) => frame_tuple(py, frame),
+            Evaluated::Columns(frame) => column_tuple(py, frame),
+        }
     }
 
     /// Forgets loaded calendars, open files and cached results, so the next reads see what other processes

@@ -108,7 +108,7 @@ def test_feature_sets_and_outputs(store_path):
     assert set(arrays.codes[rows]) == {arrays.instruments.index("SZ000002")}
     table = s.features(EXPRS, instruments=["SH600000"], output="arrow")
     # No copy on the way into Arrow: the array's buffer is the engine's column.
-    cols, *_ = s._s.features_by_column(EXPRS, None, ["SH600000"], "all", None, None, "day")
+    cols, *_ = s._s.features(EXPRS, None, ["SH600000"], "all", None, None, "day", True)
     import pyarrow as pa
 
     assert pa.array(cols[1]).buffers()[1].address == cols[1].ctypes.data

@@ -216,8 +216,8 @@ class Store:
             universe = list(instruments)
         if output in ("arrow", "polars"):
             # Column by column from the engine: each column is handed over whole.
-            cols, codes, names, dates, columns = self._s.features_by_column(
-                exprs, set_name, universe, market, s, e, freq
+            cols, codes, names, dates, columns = self._s.features(
+                exprs, set_name, universe, market, s, e, freq, True
             )
             table = _to_arrow(cols, codes, names, dates, columns)
             if output == "arrow":
