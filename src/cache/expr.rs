@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lru::LruCache;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
@@ -116,14 +117,20 @@ pub struct Meta {
 /// A validated entry: its meta and its open data file.
 type Entry = (Arc<Meta>, Arc<FeatureFile>);
 
+/// How many validated entries a cache keeps (as many as the store keeps feature files open by default).
+const VALIDATED_ENTRIES: std::num::NonZeroUsize =
+    std::num::NonZeroUsize::new(16_384).expect("non-zero");
+
 /// Where a cache lives and how its writers lock.
 pub struct DiskExpressionCache {
     dir: PathBuf,
     lock: Box<dyn Lock>,
     /// How long a writer waits for another writer of the same entry.
     pub wait: Duration,
-    /// Entries validated in this process: key -> (meta, data file).
-    valid: Mutex<HashMap<u128, Entry>>,
+    /// Entries validated in this process: key -> (meta, data file), the most recently used ones. Bounded: a
+    /// whole-universe read would otherwise keep every entry's values in memory (3 GB for Alpha158 over 5,000
+    /// daily series) and get slower as the map grew.
+    valid: Mutex<LruCache<u128, Entry>>,
     /// Source fingerprints readers computed: (instrument, field, freq, calendar length) -> fingerprint.
     seen_sources: Mutex<HashMap<(String, String, Freq, usize), SourceFingerprint>>,
     counters: Counters,
@@ -231,7 +238,7 @@ impl DiskExpressionCache {
             dir: dir.as_ref().to_path_buf(),
             lock,
             wait: Duration::from_secs(600),
-            valid: Mutex::new(HashMap::new()),
+            valid: Mutex::new(LruCache::new(VALIDATED_ENTRIES)),
             seen_sources: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         }
@@ -538,7 +545,7 @@ impl DiskExpressionCache {
             return Ok(Found::Behind(Arc::new(meta), Arc::new(file)));
         }
         let (meta, file) = (Arc::new(meta), Arc::new(file));
-        self.valid.lock().insert(id, (meta.clone(), file.clone()));
+        self.valid.lock().put(id, (meta.clone(), file.clone()));
         Ok(Found::Current(meta, file))
     }
 
@@ -583,7 +590,7 @@ impl DiskExpressionCache {
         };
         // Someone may have built it while this process waited.
         let id = key128(&e.to_string(), instrument, freq);
-        self.valid.lock().remove(&id);
+        self.valid.lock().pop(&id);
         if self.current(store, e, instrument, freq)?.is_some() {
             return Ok(Prepared::Done(Outcome::DoneByOther));
         }
@@ -750,7 +757,7 @@ impl DiskExpressionCache {
                 }
             }
         }
-        self.valid.lock().remove(&id);
+        self.valid.lock().pop(&id);
         drop(guard);
         Ok(outcome)
     }
@@ -1114,5 +1121,61 @@ pub(crate) fn collect_sources(e: &Expr, inst: &str, out: &mut Vec<(String, Strin
         Expr::Field(f) => out.push((inst.to_string(), f.clone())),
         Expr::Instrument(x, other) => collect_sources(x, other, out),
         _ => e.children().for_each(|c| collect_sources(c, inst, out)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::calendar::{Calendar, parse_timestamp};
+
+    /// Reads keep at most the bound of validated entries, and an entry pushed out is read again correctly.
+    #[test]
+    fn validated_entries_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let first = parse_timestamp("2024-01-01").unwrap();
+        let days = (0..30).map(|k| first + chrono::Days::new(k)).collect();
+        store
+            .save_calendar(&Calendar::new(Freq::DAY, days).unwrap())
+            .unwrap();
+        let values: Vec<f32> = (0..30).map(|k| k as f32).collect();
+        store
+            .write_feature("SH600000", "close", Freq::DAY, Some(0), &values)
+            .unwrap();
+        let cache_dir = dir.path().join(CACHE_DIR);
+        let cache = DiskExpressionCache::new(
+            &cache_dir,
+            Box::new(crate::cache::lock::FileLock::new(&cache_dir)),
+        );
+        *cache.valid.lock() = LruCache::new(std::num::NonZeroUsize::new(2).unwrap());
+        let exprs: Vec<Expr> = ["Mean($close, 2)", "Mean($close, 3)", "Mean($close, 4)"]
+            .iter()
+            .map(|e| expr::parse(e).unwrap())
+            .collect();
+        for e in &exprs {
+            cache.warm(&store, e, "SH600000", Freq::DAY).unwrap();
+        }
+        for round in 0..2 {
+            for e in &exprs {
+                let got = cache
+                    .read(&store, e, "SH600000", Freq::DAY, 0..30)
+                    .unwrap()
+                    .expect("a current entry");
+                let want = expr::evaluate(
+                    &StoreFields {
+                        store: &store,
+                        freq: Freq::DAY,
+                    },
+                    "SH600000",
+                    std::slice::from_ref(e),
+                    0..30,
+                )
+                .unwrap()
+                .remove(0);
+                assert_eq!(got, want, "round {round}, {e}");
+                assert!(cache.valid.lock().len() <= 2);
+            }
+        }
     }
 }
