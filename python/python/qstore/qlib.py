@@ -94,10 +94,12 @@ class QstoreDatasetProvider(DatasetProvider):
                     hi = np.searchsorted(days, np.datetime64(pd.Timestamp(end), "s"), side="right")
                     keep[rows.start + lo : rows.start + hi] = True
         codes, dates = arrays.codes, arrays.datetime
-        # Owned, writable values: qlib's processors may change them in place. Taking the rows copies them
-        # once; a frame of every row copies once here.
-        values = arrays.values[keep] if keep is not None else np.array(arrays.values)
-        if keep is not None:
+        # Owned, writable values: qlib's processors may change them in place. One copy either way: a plain
+        # one when every row is kept (the usual case: spans cover the data), else the kept rows.
+        if keep is None or keep.all():
+            values = arrays.values.copy()
+        else:
+            values = arrays.values[keep]
             codes, dates = codes[keep], dates[keep]
         days, day_codes = np.unique(dates, return_inverse=True)
         index = pd.MultiIndex(
