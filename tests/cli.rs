@@ -618,3 +618,127 @@ fn every_flag_has_help_text() {
         }
     }
 }
+
+/// Every file qstore publishes (store, caches, a query's --out) gets the mode a program's new file gets,
+/// `0666 & !umask`, not a temp file's 0600, so a store built by one account is readable by the others; as
+/// root, another account (nobody) reads them for real.
+#[test]
+fn published_files_are_readable_by_other_accounts() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: umask only reads and sets this process's file-creation mask; it is put back at once.
+    let umask = unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let out = import_csv(SAMPLE, s, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let qcache = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_qcache"))
+            .args(args)
+            .env_remove("QSTORE_REDIS_URL")
+            .output()
+            .unwrap()
+    };
+    let out = qcache(&["warm", s, "--fields", "Mean($close,5)", "--lock", "file"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = qcache(&[
+        "warm",
+        s,
+        "--fields",
+        "Std($close,5)",
+        "--dataset",
+        "--lock",
+        "file",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let csv = dir.path().join("out.csv");
+    let out = qcache(&[
+        "query",
+        s,
+        "--fields",
+        "Mean($close,5)",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (file_mode, dir_mode) = (0o666 & !umask, 0o777 & !umask);
+    let mut files = vec![csv.clone()];
+    let mut stack = vec![store.clone()];
+    while let Some(d) = stack.pop() {
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            dir_mode,
+            "{}",
+            d.display()
+        );
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|x| x == "meta"))
+    );
+    for f in &files {
+        assert_eq!(
+            std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+            file_mode,
+            "{}",
+            f.display()
+        );
+    }
+    // SAFETY: geteuid only reads the process's effective user id.
+    if unsafe { libc::geteuid() } == 0 {
+        let as_nobody = |program: &str, args: &[&str]| {
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", program])
+                .args(args)
+                .output()
+                .expect("setpriv (util-linux) runs a command as another account")
+        };
+        let out = as_nobody(
+            env!("CARGO_BIN_EXE_qdump"),
+            &["show", s, "--instruments", "SH600000"],
+        );
+        assert!(
+            out.status.success(),
+            "nobody cannot read the store: {}",
+            text(&out)
+        );
+        let out = as_nobody(
+            env!("CARGO_BIN_EXE_qcache"),
+            &[
+                "query",
+                s,
+                "--fields",
+                "Mean($close,5)",
+                "--expr-cache",
+                "read",
+                "--cache-stats",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "nobody cannot read the cache: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains("hits"), "{}", text(&out));
+        let out = as_nobody("cat", &[csv.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "nobody cannot read --out: {}",
+            text(&out)
+        );
+    }
+}

@@ -96,6 +96,27 @@ pub fn remove_abandoned_temps(dir: &Path) -> Result<usize> {
     Ok(n)
 }
 
+/// A temp file in `dir` that will be renamed over `target`, with the mode `target` should have: the mode of
+/// the file it replaces, or `0666 & !umask` for a new one, as any file a program creates. (A temp file's own
+/// default, 0600, survives the rename and would make a store unreadable by every other account.)
+fn temp_beside(dir: &Path, target: &Path) -> Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    let replaced = std::fs::metadata(target)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o7777);
+    let tmp = tempfile::Builder::new()
+        .prefix(&temp_prefix())
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("creating a temp file in", dir, e))?;
+    if let Some(mode) = replaced {
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("setting the mode of", tmp.path().to_path_buf(), e))?;
+    }
+    Ok(tmp)
+}
+
 /// Writes `bytes` to `path` atomically and durably (temp file + fsync + rename + directory fsync).
 pub fn replace_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     replace_atomic_with(path, |w| w.write_all(bytes))
@@ -108,10 +129,7 @@ pub fn replace_atomic_with(
     fill: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
 ) -> Result<()> {
     let dir = parent(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&temp_prefix())
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("creating a temp file in", dir, e))?;
+    let mut tmp = temp_beside(dir, path)?;
     let tmp_path = tmp.path().to_path_buf();
     {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
@@ -240,10 +258,7 @@ pub fn write_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// the caller makes it durable later (one `syncfs` before a commit point).
 pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&temp_prefix())
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("creating a temp file in", dir, e))?;
+    let mut tmp = temp_beside(dir, path)?;
     tmp.write_all(bytes)
         .map_err(|e| Error::io("writing", tmp.path().to_path_buf(), e))?;
     tmp.persist(path)
