@@ -12,7 +12,7 @@ if ! pkg-config --exists hdf5 2>/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libhdf5-dev pkg-config >/dev/null
   else
     echo "demo.sh: libhdf5-dev is missing (apt-get install libhdf5-dev as root); building without the dataset cache" >&2
-    features=(--no-default-features)
+    features=(--no-default-features --features cli)
   fi
 fi
 cargo build --release --quiet "${features[@]}" --bin qdump

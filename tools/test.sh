@@ -99,6 +99,9 @@ log "Python package: pip install (maturin, pytest, numpy, pandas, pyarrow, polar
 log "Python package: maturin develop, pytest"
 (cd python && VIRTUAL_ENV="$PWD/../$venv" PATH="$PWD/../$venv/bin:$PATH" maturin develop -q)
 QSTORE_BIN_DIR=target/debug "$venv/bin/python" -m pytest -q python/tests
+log "Python example: python/examples/quickstart.py"
+rm -rf target/py-quickstart
+"$venv/bin/python" python/examples/quickstart.py target/py-quickstart/store >/dev/null
 
 # The drop-in qlib provider against stock qlib: pyqlib 0.9.7 is a test-time dependency, in a virtualenv of its
 # own (about 1.4 GB, installed once), with the package built into it.
