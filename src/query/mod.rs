@@ -637,11 +637,9 @@ impl Engine {
         end: Option<Timestamp>,
         freq: Freq,
     ) -> Result<Frame> {
-        let chosen = self.feature_set_columns(universe, set, freq)?;
-        let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
-        let mut frame = self.features(universe, &exprs, start, end, freq)?;
-        frame.rename_columns(chosen.iter().map(|f| f.name.clone()).collect());
-        Ok(frame)
+        self.with_set(universe, set, freq, Frame::rename_columns, |exprs| {
+            self.features(universe, exprs, start, end, freq)
+        })
     }
 
     /// [`feature_set`](Self::feature_set) laid out column by column (see
@@ -654,10 +652,24 @@ impl Engine {
         end: Option<Timestamp>,
         freq: Freq,
     ) -> Result<ColumnFrame> {
+        self.with_set(universe, set, freq, ColumnFrame::rename_columns, |exprs| {
+            self.features_by_column(universe, exprs, start, end, freq)
+        })
+    }
+
+    /// Runs `query` on the expressions of `set` this universe computes, then names the columns by feature.
+    fn with_set<F>(
+        &self,
+        universe: Universe<'_>,
+        set: &FeatureSet,
+        freq: Freq,
+        rename: impl FnOnce(&mut F, Vec<String>),
+        query: impl FnOnce(&[&str]) -> Result<F>,
+    ) -> Result<F> {
         let chosen = self.feature_set_columns(universe, set, freq)?;
         let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
-        let mut frame = self.features_by_column(universe, &exprs, start, end, freq)?;
-        frame.rename_columns(chosen.iter().map(|f| f.name.clone()).collect());
+        let mut frame = query(&exprs)?;
+        rename(&mut frame, chosen.iter().map(|f| f.name.clone()).collect());
         Ok(frame)
     }
 
