@@ -150,20 +150,15 @@ impl KlineLoader {
         if !needed()? {
             return Ok(None);
         }
-        let last = Store::open(&self.root)?.calendar(self.opts.freq)?.last();
-        let src = source(last.map(|l| l + chrono::Duration::seconds(1)), None)?;
+        let start = update::first_new_row(&Store::open(&self.root)?, self.opts.freq, None, &lock)?;
+        let src = source(start, None)?;
         let s = update::update_locked(src.as_ref(), &self.root, &self.opts, &lock, &|_| {})?;
         drop(lock);
         // Computed expressions follow the data (as `qdump update --update-caches`).
-        let settings = Settings::resolve(&self.root, &Overrides::default())?;
-        if settings.cache.dir.is_dir() {
-            DiskExpressionCache::open(&self.root, &settings.cache, false)?
-                .update_all(&Store::open_with(&self.root, settings.store.clone())?)?;
-        }
-        if self.root.join(crate::dataset::DATASET_DIR).is_dir() {
-            crate::dataset::DiskDatasetCache::open(&self.root, &settings.cache, false)?
-                .update_all(&Engine::open_with(&self.root, settings)?)?;
-        }
+        update_caches(
+            &self.root,
+            Settings::resolve(&self.root, &Overrides::default())?,
+        )?;
         Ok(Some(s))
     }
 
@@ -242,6 +237,26 @@ impl KlineLoader {
         }
         Ok(())
     }
+}
+
+/// Brings a store's caches forward after its data changed, each one the store has: the expression cache's
+/// entries and the dataset cache's datasets (what `qdump update --update-caches` runs). Returns how many
+/// entries and datasets were brought forward.
+pub fn update_caches(root: &Path, settings: Settings) -> Result<(usize, usize)> {
+    let mut counts = (0, 0);
+    if settings.cache.dir.is_dir() {
+        counts.0 = DiskExpressionCache::open(root, &settings.cache, false)?
+            .update_all(&Store::open_with(root, settings.store.clone())?)?
+            .values()
+            .sum();
+    }
+    if root.join(crate::dataset::DATASET_DIR).is_dir() {
+        counts.1 = crate::dataset::DiskDatasetCache::open(root, &settings.cache, false)?
+            .update_all(&Engine::open_with(root, settings)?)?
+            .values()
+            .sum();
+    }
+    Ok(counts)
 }
 
 /// A loader source over a MySQL K-line table: `base` with its start date and symbol list set per request.

@@ -331,11 +331,7 @@ impl Store {
         end: usize,
         freq: &str,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-        let freq = if freq == "day" {
-            Freq::DAY
-        } else {
-            freq_of(py, freq)?
-        };
+        let freq = freq_of(py, freq)?;
         if start > end {
             return Err(invalid(py, &format!("rows {start}..{end} are reversed")));
         }
@@ -565,7 +561,7 @@ fn dump_all(
 }
 
 /// `qdump update`: appends the days after the store's last one (or corrects from `since` on), crash-safe,
-/// under the store's writer lock; `update_caches` brings the expression cache forward too. Returns the summary
+/// under the store's writer lock; `update_caches` brings the store's caches forward too. Returns the summary
 /// as JSON text.
 #[pyfunction]
 #[pyo3(signature = (path, source, options, since = None, end = None, update_caches = false, wait = false))]
@@ -592,10 +588,8 @@ fn update(
                     qstore::cache::lock::check(&settings.cache)?;
                 }
                 let lock = UpdateLock::acquire(&path, wait)?;
-                let last = RustStore::open_with(&path, settings.store.clone())?
-                    .calendar(opts.freq)?
-                    .last();
-                let start = since.or(last.map(|l| l + chrono::Duration::seconds(1)));
+                let store = RustStore::open_with(&path, settings.store.clone())?;
+                let start = qstore::import::update::first_new_row(&store, opts.freq, since, &lock)?;
                 let src = spec.open(start, end)?;
                 let summary = qstore::import::update::update_locked(
                     src.as_ref(),
@@ -606,10 +600,10 @@ fn update(
                 )?;
                 drop(lock);
                 let mut v = serde_json::to_value(&summary).unwrap_or_default();
-                if update_caches && settings.cache.dir.is_dir() {
-                    let cache = DiskExpressionCache::open(&path, &settings.cache, false)?;
-                    let counts = cache.update_all(&RustStore::open_with(&path, settings.store)?)?;
-                    v["expression_cache_updated"] = counts.values().sum::<usize>().into();
+                if update_caches {
+                    let (entries, datasets) = qstore::loader::update_caches(&path, settings)?;
+                    v["expression_cache_updated"] = entries.into();
+                    v["dataset_cache_updated"] = datasets.into();
                 }
                 Ok(v)
             })

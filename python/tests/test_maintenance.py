@@ -57,6 +57,9 @@ def test_dump_all_update_and_warm_match_the_commands(tmp_path):
         "fresh": 4
     }
     assert run("qcache", "verify", path, "--lock", "file").strip().endswith("0 problems")
+    caught_up = qstore.update(path, csv=SAMPLE, update_caches=True)
+    assert caught_up["days_added"] == 0 and caught_up["expression_cache_updated"] == 4
+    assert caught_up["dataset_cache_updated"] == 0
     with pytest.raises(qstore.InvalidArgument, match="exactly one source"):
         qstore.update(path)
     with pytest.raises(qstore.ExpressionError):

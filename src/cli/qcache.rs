@@ -197,9 +197,15 @@ fn run(cli: Cli) -> Result<u8> {
 fn open_cache(a: &CacheArgs) -> Result<(Engine, Arc<DiskExpressionCache>, Settings)> {
     let settings = a.settings(None)?;
     let engine = Engine::open_with(&a.store, settings.clone())?;
+    let cache = cache_of(a, &settings)?;
+    Ok((engine, cache, settings))
+}
+
+/// The expression cache the settings name, with its locks and the flags' wait.
+fn cache_of(a: &CacheArgs, settings: &Settings) -> Result<Arc<DiskExpressionCache>> {
     let mut cache = DiskExpressionCache::open(&a.store, &settings.cache, false)?;
     cache.wait = Duration::from_secs_f64(a.wait_s);
-    Ok((engine, Arc::new(cache), settings))
+    Ok(Arc::new(cache))
 }
 
 /// The store's dataset cache, locking as the expression cache does.
@@ -471,14 +477,15 @@ fn clear(a: ClearArgs) -> Result<u8> {
     if instrument.is_none() && expr.is_none() && !datasets && !all {
         bail!("say what to clear: --instrument SYMBOL, --expr EXPRESSION, --datasets, or --all");
     }
+    let settings = args.settings(None)?;
     if datasets || all {
-        let n = open_datasets(&args, &args.settings(None)?)?.clear(|_| true, true)?;
+        let n = open_datasets(&args, &settings)?.clear(|_| true, true)?;
         outln!("qcache clear: {n} datasets removed")?;
         if !all && instrument.is_none() && expr.is_none() {
             return Ok(0);
         }
     }
-    let (_engine, cache, _) = open_cache(&args)?;
+    let cache = cache_of(&args, &settings)?;
     let canonical = expr
         .as_deref()
         .map(crate::expr::parse)

@@ -449,23 +449,14 @@ fn update(u: UpdateArgs) -> Result<u8> {
     // The lock first: the days to read depend on the store as the lock holder sees it.
     let lock = import::update::UpdateLock::acquire(&a.to, a.wait)
         .with_context(|| format!("updating {}", a.to.display()))?;
-    let last = store
-        .calendar(a.freq)
-        .with_context(|| {
+    let start =
+        import::update::first_new_row(&store, a.freq, u.since, &lock).with_context(|| {
             format!(
                 "reading the calendar of {} (build the store with qdump all first)",
                 a.to.display()
             )
-        })?
-        .last();
+        })?;
     drop(store);
-    let since = u.since;
-    // Rows strictly after the last stored bar, or from --since on.
-    let start = match (since, last) {
-        (Some(s), _) => Some(s),
-        (None, Some(l)) => Some(l + chrono::Duration::seconds(1)),
-        (None, None) => None,
-    };
     let end = a.end_date;
     let source = open_source(a, start, end)?;
     let opts = import_options(a)?;

@@ -28,7 +28,8 @@ use serde::Serialize;
 use super::{Failure, ImportOptions, Source, SymbolRows, dedup};
 use crate::error::{Error, NameKind, Result};
 use crate::store::Store;
-use crate::store::calendar::{Calendar, format_timestamp};
+use crate::store::calendar::{Calendar, Timestamp, format_timestamp};
+use crate::store::freq::Freq;
 use crate::store::fsio;
 use crate::store::instruments::{Instruments, Span};
 use crate::store::layout::{self, FEATURES_DIR, validate_name};
@@ -109,6 +110,20 @@ pub fn update(
 ) -> Result<UpdateSummary> {
     let lock = UpdateLock::acquire(root, wait)?;
     update_locked(source, root, opts, &lock, progress)
+}
+
+/// The first row time an update reads: `since` when given (a correction from then on), else the moment after
+/// the store's last bar of `freq` (`None`: an empty calendar, read everything). Read under the update lock:
+/// the answer depends on the store as its writer sees it.
+pub fn first_new_row(
+    store: &Store,
+    freq: Freq,
+    since: Option<Timestamp>,
+    _lock: &UpdateLock,
+) -> Result<Option<Timestamp>> {
+    // Read even with `since`: a store without this calendar is an error either way.
+    let last = store.calendar(freq)?.last();
+    Ok(since.or(last.map(|l| l + chrono::Duration::seconds(1))))
 }
 
 /// [`update`] for a caller that already holds the store's update lock (a loader that checks, under the lock,

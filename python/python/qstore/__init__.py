@@ -380,7 +380,8 @@ def update(
 ):
     """``qdump update``: appends the days after the store's last day (or, with ``since``, corrects the days
     from then on), crash-safe and under the store's writer lock (``wait=True`` waits for another writer);
-    ``update_caches=True`` brings the expression cache forward too. Returns the summary as a dict."""
+    ``update_caches=True`` brings the store's expression and dataset caches forward too (counts in
+    ``expression_cache_updated``, ``dataset_cache_updated``). Returns the summary as a dict."""
     s, e = _range(since, end)
     source = _source(mysql, csv, password, table, symbol_column, date_column, fields, symbols, limit,
                      connections)

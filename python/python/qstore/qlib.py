@@ -86,13 +86,15 @@ class QstoreDatasetProvider(DatasetProvider):
         if isinstance(instruments_d, dict):
             # Rows inside each instrument's listed spans, as qlib's inst_calculator keeps them.
             keep = np.zeros(len(arrays.codes), dtype=bool)
-            for inst in arrays.instruments:
-                rows = arrays.rows_of(inst)
-                days = arrays.datetime[rows]
+            # Rows are grouped by instrument code: every instrument's first row in one search.
+            bounds = np.searchsorted(arrays.codes, np.arange(len(arrays.instruments) + 1))
+            for k, inst in enumerate(arrays.instruments):
+                first = int(bounds[k])
+                days = arrays.datetime[first : int(bounds[k + 1])]
                 for begin, end in instruments_d[inst]:
                     lo = np.searchsorted(days, np.datetime64(pd.Timestamp(begin), "s"), side="left")
                     hi = np.searchsorted(days, np.datetime64(pd.Timestamp(end), "s"), side="right")
-                    keep[rows.start + lo : rows.start + hi] = True
+                    keep[first + lo : first + hi] = True
         codes, dates = arrays.codes, arrays.datetime
         # Owned, writable values: qlib's processors may change them in place. One copy either way: a plain
         # one when every row is kept (the usual case: spans cover the data), else the kept rows.
