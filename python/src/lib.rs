@@ -436,6 +436,11 @@ impl Store {
         }
     }
 
+    /// The caches' counters since the Store was opened, as JSON text (`qcache query --cache-stats --json`).
+    fn cache_stats(&self) -> String {
+        self.engine.cache_stats().to_json().to_string()
+    }
+
     /// Forgets loaded calendars, open files and cached results, so the next reads see what other processes
     /// published.
     fn refresh(&self) {

@@ -228,8 +228,13 @@ def test_window_sampler(store_path):
 
 
 def test_expression_cache_is_on_the_read_path(fresh_store):
+    assert qstore.Store(fresh_store).cache_stats()["expression_cache"] is None
     run("qcache", "warm", fresh_store, "--fields", *EXPRS[1:], "--lock", "file")
-    cached = qstore.Store(fresh_store).features(EXPRS)
+    s = qstore.Store(fresh_store)
+    cached = s.features(EXPRS)
+    disk = s.cache_stats()["expression_cache"]
+    # Every computed column of every instrument came from its entry ($close is a field, read as one).
+    assert disk["hits"] == 3 * len(s.instruments()) and disk["misses"] == 0, disk
     run("qcache", "clear", fresh_store, "--all", "--lock", "file")
     computed = qstore.Store(fresh_store).features(EXPRS)
     np.testing.assert_array_equal(cached.to_numpy(), computed.to_numpy())

@@ -632,12 +632,7 @@ fn query(a: QueryArgs) -> Result<u8> {
         run()?;
     }
     if (cache_stats || repeat > 1) && json {
-        let s = engine.cache_stats();
-        let v = serde_json::json!({
-            "expression_cache": s.disk,
-            "memcache": {"calendar": s.calendar, "instruments": s.instruments, "features": s.features},
-        });
-        errln!("{v}");
+        errln!("{}", engine.cache_stats().to_json());
     } else if cache_stats || repeat > 1 {
         let s = engine.cache_stats();
         match s.disk {

@@ -189,6 +189,21 @@ pub struct CacheStats {
     pub disk: Option<DiskStats>,
 }
 
+impl CacheStats {
+    /// The counters as `qcache query --cache-stats --json` prints them: `expression_cache` (null when no disk
+    /// cache is read) and `memcache` (`calendar`, `instruments`, `features`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "expression_cache": self.disk,
+            "memcache": {
+                "calendar": self.calendar,
+                "instruments": self.instruments,
+                "features": self.features,
+            },
+        })
+    }
+}
+
 /// A store with its caches, answering feature queries: the type training code and the commands read through.
 pub struct Engine {
     store: Store,

@@ -231,6 +231,11 @@ class Store:
         arrays = FeatureArrays(values, codes, names, dates, columns)
         return arrays if output == "numpy" else _to_pandas(arrays)
 
+    def cache_stats(self):
+        """The caches' counters since this Store was opened: ``expression_cache`` (disk entries read whole,
+        partially, missed, written; None when the store has no expression cache) and ``memcache``."""
+        return _json.loads(self._s.cache_stats())
+
     def refresh(self):
         """Forgets loaded calendars, open files and cached results, so the next reads see what other processes
         published since."""
