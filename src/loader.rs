@@ -158,6 +158,7 @@ impl KlineLoader {
         update_caches(
             &self.root,
             Settings::resolve(&self.root, &Overrides::default())?,
+            CacheParts::All,
         )?;
         Ok(Some(s))
     }
@@ -239,18 +240,41 @@ impl KlineLoader {
     }
 }
 
+/// Which of a store's caches [`update_caches`] brings forward.
+#[derive(Debug, Clone, Copy)]
+pub enum CacheParts<'a> {
+    /// Every expression-cache entry and every dataset.
+    All,
+    /// The expression-cache entries of these instruments: one part of an update spread over a cluster.
+    Entries(&'a [String]),
+    /// The datasets only (each covers many instruments, so it is one task's work).
+    Datasets,
+}
+
 /// Brings a store's caches forward after its data changed, each one the store has: the expression cache's
-/// entries and the dataset cache's datasets (what `qdump update --update-caches` runs). Returns how many
-/// entries and datasets were brought forward.
-pub fn update_caches(root: &Path, settings: Settings) -> Result<(usize, usize)> {
+/// entries and the dataset cache's datasets (what `qdump update --update-caches` runs), or the `parts` asked
+/// for. Returns how many entries and datasets were brought forward.
+pub fn update_caches(
+    root: &Path,
+    settings: Settings,
+    parts: CacheParts<'_>,
+) -> Result<(usize, usize)> {
     let mut counts = (0, 0);
-    if settings.cache.dir.is_dir() {
+    let entries = match parts {
+        CacheParts::All => Some(None),
+        CacheParts::Entries(list) => Some(Some(list)),
+        CacheParts::Datasets => None,
+    };
+    if let Some(only) = entries
+        && settings.cache.dir.is_dir()
+    {
         counts.0 = DiskExpressionCache::open(root, &settings.cache, false)?
-            .update_all(&Store::open_with(root, settings.store.clone())?)?
+            .update(&Store::open_with(root, settings.store.clone())?, only)?
             .values()
             .sum();
     }
-    if root.join(crate::dataset::DATASET_DIR).is_dir() {
+    let datasets = matches!(parts, CacheParts::All | CacheParts::Datasets);
+    if datasets && root.join(crate::dataset::DATASET_DIR).is_dir() {
         counts.1 = crate::dataset::DiskDatasetCache::open(root, &settings.cache, false)?
             .update_all(&Engine::open_with(root, settings)?)?
             .values()

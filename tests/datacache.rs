@@ -819,3 +819,25 @@ fn builds_in_blocks_of_days_equal_one_block() {
     }
     assert!(cache.verify().unwrap().is_empty());
 }
+
+/// A dataset covers a whole universe; a part of a query (a cluster's partition) is refused, not cached under
+/// a key that would mix it up with its whole.
+#[test]
+fn a_part_of_a_query_is_refused_by_the_dataset_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sample(dir.path());
+    let cache = DiskDatasetCache::for_store(s.store().root(), false).unwrap();
+    let part = vec!["SH600000".to_string()];
+    let err = cache
+        .dataset(
+            &s,
+            Universe::Part(&Universe::Market("all"), &part),
+            &["$close"],
+            None,
+            None,
+            Freq::DAY,
+            DiskCacheMode::Use,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("not a part of a query"), "{err}");
+}

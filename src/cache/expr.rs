@@ -13,7 +13,7 @@
 //! the calendar moves) and the data's checksum, then serves the range. Anything that does not match is a miss;
 //! nothing on the read path writes or locks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -765,8 +765,18 @@ impl DiskExpressionCache {
     /// Brings every entry forward to the store as it is now (new days appended, corrected sources rebuilt), in
     /// parallel. Returns how many entries ended how; unreadable metas are counted under `None`.
     pub fn update_all(&self, store: &Store) -> Result<BTreeMap<Option<Outcome>, usize>> {
+        self.update(store, None)
+    }
+
+    /// [`update_all`](Self::update_all) for the entries of some instruments only (`None`: all): one part of an
+    /// update that a cluster spreads over its workers by instrument.
+    pub fn update(
+        &self,
+        store: &Store,
+        instruments: Option<&[String]>,
+    ) -> Result<BTreeMap<Option<Outcome>, usize>> {
         self.remove_abandoned_temps()?;
-        let entries = self.entries()?;
+        let entries = self.entries_of(instruments)?;
         let mut parsed = Vec::new();
         let mut unreadable = 0;
         for (path, meta) in &entries {
@@ -806,7 +816,7 @@ impl DiskExpressionCache {
         self.remove_abandoned_temps()?;
         // One entry per distinct canonical text (MA20 and BOLL_MID are one entry): a batch must not wait for
         // a lock it holds itself.
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         let distinct: Vec<&Expr> = exprs
             .iter()
             .filter(|e| !matches!(e, Expr::Field(_)) && seen.insert(e.to_string()))
@@ -945,13 +955,50 @@ impl DiskExpressionCache {
 
     /// Every entry's meta path and parsed meta (`None` when unreadable).
     pub fn entries(&self) -> Result<Vec<(PathBuf, Option<Meta>)>> {
+        self.entries_of(None)
+    }
+
+    /// The instruments that have entries (one directory each), sorted.
+    pub fn instruments(&self) -> Result<Vec<String>> {
+        let Ok(dirs) = std::fs::read_dir(&self.dir) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<String> = dirs
+            .flatten()
+            .filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|d| {
+                let name = d.file_name().into_string().ok()?;
+                Some(layout::fname_to_code(&name).to_uppercase())
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The entries of some instruments (`None`: all), as [`entries`](Self::entries).
+    fn entries_of(&self, instruments: Option<&[String]>) -> Result<Vec<(PathBuf, Option<Meta>)>> {
         let mut out = Vec::new();
         let Ok(dirs) = std::fs::read_dir(&self.dir) else {
             return Ok(out);
         };
+        let wanted: Option<HashSet<String>> = instruments
+            .map(|l| {
+                l.iter()
+                    .map(|s| {
+                        layout::validate_name(crate::error::NameKind::Instrument, s)?;
+                        Ok(layout::code_to_fname(&s.to_uppercase()).to_lowercase())
+                    })
+                    .collect::<Result<_>>()
+            })
+            .transpose()?;
         // Only qstore's names, and never through a link: a user's `notes.meta` is not an entry.
         for d in dirs.flatten() {
             if !d.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if let Some(w) = &wanted
+                && !d.file_name().to_str().is_some_and(|n| w.contains(n))
+            {
                 continue;
             }
             let files =

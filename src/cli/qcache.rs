@@ -297,15 +297,7 @@ fn warm(a: WarmArgs) -> Result<u8> {
         .map(|e| crate::expr::parse(e))
         .collect::<crate::Result<_>>()?;
     let mut list = Vec::new();
-    let symbols: Vec<String> = match universe(&instruments, &market, &mut list)? {
-        Universe::Market(m) => engine
-            .store()
-            .instruments(m)?
-            .symbols()
-            .map(String::from)
-            .collect(),
-        Universe::List(l) => l.iter().map(|s| s.to_uppercase()).collect(),
-    };
+    let symbols = universe(&instruments, &market, &mut list)?.symbols(engine.store())?;
     let per = parsed
         .iter()
         .filter(|e| !matches!(e, Expr::Field(_)))

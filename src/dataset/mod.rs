@@ -156,7 +156,7 @@ impl Request {
         parsed.sort_by_cached_key(Expr::to_string);
         parsed.dedup_by_key(|e| e.to_string());
         let fields: Vec<String> = parsed.iter().map(Expr::to_string).collect();
-        let universe = normalize(universe);
+        let universe = normalize(universe)?;
         let key = key(&universe, &fields, freq);
         Ok(Request {
             universe,
@@ -271,7 +271,7 @@ impl DiskDatasetCache {
         let cal = engine.store().calendar(freq)?;
         let range = cal.locate(start, end);
         let names: Vec<String> = exprs.iter().map(|e| e.as_ref().to_string()).collect();
-        let uri: UriKey = (normalize(universe), names.clone(), freq);
+        let uri: UriKey = (normalize(universe)?, names.clone(), freq);
         if mode == DiskCacheMode::Use
             && let Some(r) = self.uris.get(&uri)
         {
@@ -825,9 +825,10 @@ fn is_current(m: &DatasetMeta, req: &Request, now: &State) -> bool {
         && m.freq == req.freq.to_string()
 }
 
-/// The normalised universe: `market:<name>`, or the sorted, de-duplicated, upper-case instrument list.
-fn normalize(universe: Universe<'_>) -> Vec<String> {
-    match universe {
+/// The normalised universe: `market:<name>`, or the sorted, de-duplicated, upper-case instrument list. A
+/// dataset covers a whole universe: a part of one is refused.
+fn normalize(universe: Universe<'_>) -> Result<Vec<String>> {
+    Ok(match universe {
         Universe::Market(m) => vec![format!("market:{m}")],
         Universe::List(l) => {
             let mut v: Vec<String> = l.iter().map(|s| s.to_uppercase()).collect();
@@ -835,6 +836,16 @@ fn normalize(universe: Universe<'_>) -> Vec<String> {
             v.dedup();
             v
         }
+        Universe::Part(..) => return Err(part_refused()),
+    })
+}
+
+fn part_refused() -> Error {
+    Error::Config {
+        source_name: "the dataset cache".into(),
+        reason:
+            "a dataset covers a market or a list, not a part of a query; ask for the whole universe"
+                .into(),
     }
 }
 
@@ -872,10 +883,7 @@ fn fingerprint(store: &Store, req: &Request, len: usize) -> Result<String> {
     for d in &cal.dates()[..len] {
         h.update(&d.and_utc().timestamp().to_le_bytes());
     }
-    let symbols: Vec<String> = match universe_of(&req.universe) {
-        Universe::Market(m) => store.instruments(m)?.symbols().map(String::from).collect(),
-        Universe::List(l) => l.to_vec(),
-    };
+    let symbols = universe_of(&req.universe).symbols(store)?;
     let mut sources = Vec::new();
     for sym in &symbols {
         for e in &req.parsed {
@@ -952,6 +960,7 @@ fn rows_of(
                 }
             }
         }
+        Universe::Part(..) => return Err(part_refused()),
     }
     Ok(out)
 }

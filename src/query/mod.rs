@@ -6,7 +6,7 @@ pub mod featureset;
 pub mod frame;
 
 use crate::cache::expr::{Lookup, Outcome};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -35,6 +35,36 @@ pub enum Universe<'a> {
     Market(&'a str),
     /// These instruments, each on the rows where its fields have data.
     List(&'a [String]),
+    /// One part of a query over `whole`: its instruments that are in the list (spelled as `whole` spells them),
+    /// each on the rows `whole` gives it. Fields are checked, and a feature set's columns chosen, as for
+    /// `whole`, so every part of a split query (a cluster's partition) has the same columns, and the parts
+    /// together are the whole query.
+    Part(&'a Universe<'a>, &'a [String]),
+}
+
+impl Universe<'_> {
+    /// The instruments the universe names, upper case, in the market file's order or the list's.
+    pub fn symbols(&self, store: &Store) -> Result<Vec<String>> {
+        Ok(match *self {
+            Universe::Market(m) => store.instruments(m)?.symbols().map(str::to_owned).collect(),
+            Universe::List(l) => l.iter().map(|s| s.to_uppercase()).collect(),
+            Universe::Part(whole, part) => {
+                let part: HashSet<String> = part.iter().map(|s| s.to_uppercase()).collect();
+                let mut v = whole.symbols(store)?;
+                v.retain(|s| part.contains(s));
+                v
+            }
+        })
+    }
+
+    /// The universe whose instruments a query's fields are checked against and a feature set's columns are
+    /// chosen for: the whole one, for a part.
+    fn whole(&self) -> &Self {
+        match self {
+            Universe::Part(whole, _) => whole.whole(),
+            u => u,
+        }
+    }
 }
 
 /// Where an instrument's values go in its block of a row-major frame.
@@ -398,38 +428,14 @@ impl Engine {
         let calendar = self.store.calendar(freq)?;
         let range = calendar.locate(start, end);
         let columns: Vec<String> = exprs.iter().map(|e| e.as_ref().to_string()).collect();
-        // Each instrument's requested rows: span rows for a market, everything (cut to data later) for a list.
-        let targets: Vec<(String, Option<Vec<Range<usize>>>)> = match universe {
-            Universe::Market(m) => self
-                .store
-                .instruments(m)?
-                .iter()
-                .map(|(sym, spans)| {
-                    let rows = spans
-                        .iter()
-                        .map(|s| {
-                            let r = calendar.locate(Some(s.start), Some(s.end));
-                            r.start.max(range.start)..r.end.min(range.end)
-                        })
-                        .filter(|r| !r.is_empty())
-                        .collect();
-                    (sym.to_string(), Some(rows))
-                })
-                .collect(),
-            Universe::List(list) => {
-                let mut v = list
-                    .iter()
-                    .map(|s| {
-                        validate_name(NameKind::Instrument, s)?;
-                        Ok((s.clone(), None))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                v.sort_by(|a, b| a.0.cmp(&b.0));
-                v.dedup_by(|a, b| a.0 == b.0);
-                v
+        let targets = self.targets(universe, &calendar, &range)?;
+        match universe {
+            Universe::Part(..) => {
+                let whole = self.targets(*universe.whole(), &calendar, &range)?;
+                self.check_fields(&parsed, exprs, whole.iter().map(|t| t.0.as_str()), freq)?
             }
-        };
-        self.check_fields(&parsed, exprs, targets.iter().map(|t| t.0.as_str()), freq)?;
+            _ => self.check_fields(&parsed, exprs, targets.iter().map(|t| t.0.as_str()), freq)?,
+        }
         let fields = StoreFields {
             store: &self.store,
             freq,
@@ -601,23 +607,62 @@ impl Engine {
         Ok((columns, index, calendar, values))
     }
 
+    /// Each instrument of a query and its requested rows: span rows for a market, everything (`None`, cut to
+    /// data later) for a list, in the order of the frame.
+    #[allow(clippy::type_complexity)]
+    fn targets(
+        &self,
+        universe: Universe<'_>,
+        calendar: &crate::store::calendar::Calendar,
+        range: &Range<usize>,
+    ) -> Result<Vec<(String, Option<Vec<Range<usize>>>)>> {
+        Ok(match universe {
+            Universe::Market(m) => self
+                .store
+                .instruments(m)?
+                .iter()
+                .map(|(sym, spans)| {
+                    let rows = spans
+                        .iter()
+                        .map(|s| {
+                            let r = calendar.locate(Some(s.start), Some(s.end));
+                            r.start.max(range.start)..r.end.min(range.end)
+                        })
+                        .filter(|r| !r.is_empty())
+                        .collect();
+                    (sym.to_string(), Some(rows))
+                })
+                .collect(),
+            Universe::List(list) => {
+                let mut v = list
+                    .iter()
+                    .map(|s| {
+                        validate_name(NameKind::Instrument, s)?;
+                        Ok((s.clone(), None))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                v.dedup_by(|a, b| a.0 == b.0);
+                v
+            }
+            Universe::Part(whole, part) => {
+                let part: HashSet<&str> = part.iter().map(String::as_str).collect();
+                let mut v = self.targets(*whole, calendar, range)?;
+                v.retain(|t| part.contains(t.0.as_str()));
+                v
+            }
+        })
+    }
+
     /// The features of `set` this query computes: all but the optional ones whose fields no instrument of
-    /// `universe` has.
+    /// `universe` (the whole one, for a part) has.
     pub fn feature_set_columns<'s>(
         &self,
         universe: Universe<'_>,
         set: &'s FeatureSet,
         freq: Freq,
     ) -> Result<Vec<&'s crate::query::featureset::Feature>> {
-        let symbols: Vec<String> = match universe {
-            Universe::Market(m) => self
-                .store
-                .instruments(m)?
-                .symbols()
-                .map(str::to_owned)
-                .collect(),
-            Universe::List(l) => l.to_vec(),
-        };
+        let symbols = universe.whole().symbols(&self.store)?;
         let mut chosen = Vec::new();
         for f in &set.features {
             if f.optional {

@@ -34,12 +34,14 @@ from .errors import (
 
 __all__ = [
     "Store",
+    "CacheOptions",
     "FeatureArrays",
     "WindowSampler",
     "KlineLoader",
     "dump_all",
     "update",
     "warm",
+    "update_caches",
     "feature_set",
     "errors",
     "Error",
@@ -103,6 +105,37 @@ class FeatureArrays(NamedTuple):
         return slice(lo, hi)
 
 
+class CacheOptions(NamedTuple):
+    """Cache settings that travel with a call (``cache=`` of :class:`Store`, :func:`warm`, :func:`update`,
+    :func:`update_caches` and :mod:`qstore.dask`), above ``QSTORE_*`` and qstore.json as ``qcache``'s flags
+    are. ``None`` leaves a setting to those.
+
+    ``dir``: the expression cache's directory; ``redis_url``: Redis for the writer locks (``lock="redis"``);
+    ``lock``: ``"redis"`` or ``"file"``; ``lease_s``: a Redis lock's lease in seconds (how soon the entry of a
+    writer that died may be rebuilt); ``mode``: the read path's use of the cache, ``"off"``, ``"read"`` or
+    ``"write"`` (qlib's read-through).
+    """
+
+    dir: object = None
+    redis_url: object = None
+    lock: object = None
+    lease_s: object = None
+    mode: object = None
+
+
+def _cache(cache):
+    """``cache=`` as the dict the library takes (None, a dict of the same keys, or :class:`CacheOptions`)."""
+    if cache is None:
+        return None
+    if isinstance(cache, CacheOptions):
+        cache = cache._asdict()
+    if not isinstance(cache, dict):
+        raise InvalidArgument(
+            f"cache must be a qstore.CacheOptions or a dict, not {type(cache).__name__}"
+        )
+    return {k: (str(v) if k == "dir" and v is not None else v) for k, v in cache.items()}
+
+
 def feature_set(name):
     """The ``(name, expression)`` pairs of a feature set: ``alpha158``, ``technical``, or a JSON file."""
     return _feature_set(name)
@@ -114,12 +147,32 @@ def _is_feature_set(text):
     )
 
 
+def _query(exprs, instruments):
+    """A query's ``(expressions, feature set name or None, instrument list or None for a market)``."""
+    if isinstance(exprs, str):
+        exprs, set_name = ([], exprs) if _is_feature_set(exprs) else ([exprs], None)
+    else:
+        exprs, set_name = list(exprs), None
+        if not exprs:
+            raise InvalidArgument("no expressions given; pass a list such as ['$close'] or 'alpha158'")
+    if isinstance(instruments, str):
+        universe = (
+            None
+            if instruments == "all"
+            else [i.strip() for i in instruments.split(",") if i.strip()]
+        )
+    else:
+        universe = list(instruments)
+    return exprs, set_name, universe
+
+
 class Store:
     """A store opened for reading: ``Store(path)``. Raises :class:`qstore.NotFound` when ``path`` is not a
-    store. Configured by the store's ``qstore.json`` and ``QSTORE_*`` variables, as the commands are."""
+    store. Configured by the store's ``qstore.json`` and ``QSTORE_*`` variables, as the commands are, and by
+    ``cache=`` (:class:`CacheOptions`) above them."""
 
-    def __init__(self, path):
-        self._s = _RustStore(str(path))
+    def __init__(self, path, cache=None):
+        self._s = _RustStore(str(path), _cache(cache))
 
     @property
     def path(self):
@@ -200,20 +253,7 @@ class Store:
         if output not in _OUTPUTS:
             raise InvalidArgument(f"output must be one of {', '.join(_OUTPUTS)}, not {output!r}")
         s, e = _range(start, end)
-        if isinstance(exprs, str):
-            exprs, set_name = ([], exprs) if _is_feature_set(exprs) else ([exprs], None)
-        else:
-            exprs, set_name = list(exprs), None
-            if not exprs:
-                raise InvalidArgument("no expressions given; pass a list such as ['$close'] or 'alpha158'")
-        if isinstance(instruments, str):
-            universe = (
-                None
-                if instruments == "all"
-                else [i.strip() for i in instruments.split(",") if i.strip()]
-            )
-        else:
-            universe = list(instruments)
+        exprs, set_name, universe = _query(exprs, instruments)
         if output in ("arrow", "polars"):
             # Column by column from the engine: each column is handed over whole.
             cols, codes, names, dates, columns = self._s.features(
@@ -242,12 +282,17 @@ class Store:
         self._s.refresh()
 
 
-def _to_pandas(a):
+def _to_pandas(a, categories=None, codes=None):
+    """qlib's frame over the arrays; ``categories``/``codes``: the instrument level's categories and each row's
+    code in them, when they are a larger query's (a partition of :func:`qstore.dask.features`)."""
     import pandas as pd
 
     index = pd.MultiIndex.from_arrays(
         [
-            pd.Categorical.from_codes(a.codes.astype(_np.int64), categories=a.instruments),
+            pd.Categorical.from_codes(
+                (a.codes if codes is None else codes).astype(_np.int64),
+                categories=a.instruments if categories is None else categories,
+            ),
             pd.DatetimeIndex(a.datetime.astype("datetime64[ns]")),
         ],
         names=["instrument", "datetime"],
@@ -292,19 +337,29 @@ class WindowSampler:
     ):
         if int(window) < 1:
             raise InvalidArgument(f"window must be at least 1, not {window}")
-        self.window = int(window)
         if isinstance(features, str) and _is_feature_set(features):
             exprs = [e for _, e in feature_set(features)]
         else:
             exprs = [features] if isinstance(features, str) else list(features)
-        self.n_features = len(exprs)
         query = exprs + ([label] if label is not None else [])
         arrays = store.features(
             query, instruments=instruments, start=start, end=end, freq=freq, market=market,
             output="numpy",
         )
+        self._init(arrays, len(exprs), int(window), label is not None)
+
+    @classmethod
+    def _over(cls, arrays, n_features, window, has_label):
+        """A sampler over a query already made (:mod:`qstore.dask` builds one per partition)."""
+        sampler = cls.__new__(cls)
+        sampler._init(arrays, n_features, window, has_label)
+        return sampler
+
+    def _init(self, arrays, n_features, window, has_label):
+        self.window = window
+        self.n_features = n_features
         self._values = arrays.values
-        self._has_label = label is not None
+        self._has_label = has_label
         self.instruments = arrays.instruments
         self.codes = arrays.codes
         self.datetime = arrays.datetime
@@ -381,7 +436,7 @@ def dump_all(
 def update(
     path, *, mysql=None, csv=None, password=None, table=None, symbol_column=None, date_column=None,
     fields=None, symbols=None, limit=None, connections=None, since=None, end=None, freq="day",
-    market="all", max_date=None, update_caches=False, wait=False,
+    market="all", max_date=None, update_caches=False, wait=False, cache=None,
 ):
     """``qdump update``: appends the days after the store's last day (or, with ``since``, corrects the days
     from then on), crash-safe and under the store's writer lock (``wait=True`` waits for another writer);
@@ -391,20 +446,27 @@ def update(
     source = _source(mysql, csv, password, table, symbol_column, date_column, fields, symbols, limit,
                      connections)
     options = {"freq": freq, "market": market, "max_date": _date(max_date, "max_date")}
-    return _json.loads(_qstore.update(str(path), source, options, s, e, update_caches, wait))
+    return _json.loads(
+        _qstore.update(str(path), source, options, s, e, update_caches, wait, _cache(cache))
+    )
 
 
-def warm(path, exprs, instruments="all", market="all", freq="day"):
+def update_caches(path, cache=None):
+    """``qcache update``: brings the store's expression-cache entries and datasets forward to the store as it
+    is now (after an update made without ``update_caches=True``). Returns
+    ``{"expression_cache_updated": n, "dataset_cache_updated": m}``."""
+    entries, datasets = _qstore.update_caches(str(path), "all", None, _cache(cache))
+    return {"expression_cache_updated": entries, "dataset_cache_updated": datasets}
+
+
+def warm(path, exprs, instruments="all", market="all", freq="day", cache=None):
     """``qcache warm``: computes expressions, or a feature set (``"alpha158"``, ``"technical"``, a JSON file), for
     the instruments into the store's expression cache (each entry built once across processes, under its
     writer lock). Returns how many entries ended how, e.g. ``{"built": 1580, "fresh": 0}``."""
-    if isinstance(exprs, str) and _is_feature_set(exprs):
-        exprs, set_name = [], exprs
-    else:
-        exprs, set_name = ([exprs] if isinstance(exprs, str) else list(exprs)), None
-    if isinstance(instruments, str):
-        instruments = None if instruments == "all" else [i.strip() for i in instruments.split(",") if i.strip()]
-    return _json.loads(_qstore.warm(str(path), exprs, set_name, instruments, market, freq))
+    exprs, set_name, instruments = _query(exprs, instruments)
+    return _json.loads(
+        _qstore.warm(str(path), exprs, set_name, instruments, market, freq, _cache(cache))
+    )
 
 
 class KlineLoader:

@@ -1,6 +1,7 @@
 """Type stubs of qstore (see the docstrings in qstore/__init__.py)."""
 
 import datetime
+import os
 from typing import Literal, NamedTuple, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
@@ -32,8 +33,19 @@ class FeatureArrays(NamedTuple):
 
 def feature_set(name: str) -> list[Tuple[str, str]]: ...
 
+Path = Union[str, "os.PathLike[str]"]
+
+class CacheOptions(NamedTuple):
+    dir: Optional[Path] = None
+    redis_url: Optional[str] = None
+    lock: Optional[Literal["redis", "file"]] = None
+    lease_s: Optional[float] = None
+    mode: Optional[Literal["off", "read", "write"]] = None
+
+Cache = Union[CacheOptions, dict, None]
+
 class Store:
-    def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None: ...
+    def __init__(self, path: Path, cache: Cache = None) -> None: ...
     @property
     def path(self) -> str: ...
     def calendar(self, freq: str = "day") -> npt.NDArray[np.datetime64]: ...
@@ -109,4 +121,97 @@ class WindowSampler:
         self, i: int
     ) -> Union[npt.NDArray[np.float32], Tuple[npt.NDArray[np.float32], np.float32]]: ...
 
-import os
+
+def dump_all(
+    path: Path,
+    *,
+    mysql: Optional[str] = None,
+    csv: Optional[Path] = None,
+    password: Optional[str] = None,
+    table: Optional[str] = None,
+    symbol_column: Optional[str] = None,
+    date_column: Optional[str] = None,
+    fields: Union[str, Sequence[str], None] = None,
+    symbols: Union[str, Sequence[str], None] = None,
+    limit: Optional[int] = None,
+    connections: Optional[int] = None,
+    calendar_table: Optional[str] = None,
+    calendar_column: Optional[str] = None,
+    start: DateLike = None,
+    end: DateLike = None,
+    freq: str = "day",
+    market: str = "all",
+    max_date: DateLike = None,
+    overwrite: bool = False,
+    keep_unknown: bool = False,
+    wait: bool = False,
+) -> dict: ...
+def update(
+    path: Path,
+    *,
+    mysql: Optional[str] = None,
+    csv: Optional[Path] = None,
+    password: Optional[str] = None,
+    table: Optional[str] = None,
+    symbol_column: Optional[str] = None,
+    date_column: Optional[str] = None,
+    fields: Union[str, Sequence[str], None] = None,
+    symbols: Union[str, Sequence[str], None] = None,
+    limit: Optional[int] = None,
+    connections: Optional[int] = None,
+    since: DateLike = None,
+    end: DateLike = None,
+    freq: str = "day",
+    market: str = "all",
+    max_date: DateLike = None,
+    update_caches: bool = False,
+    wait: bool = False,
+    cache: Cache = None,
+) -> dict: ...
+def update_caches(path: Path, cache: Cache = None) -> dict: ...
+def warm(
+    path: Path,
+    exprs: Union[str, Sequence[str]],
+    instruments: Instruments = "all",
+    market: str = "all",
+    freq: str = "day",
+    cache: Cache = None,
+) -> dict: ...
+
+class KlineLoader:
+    path: str
+    ttl: float
+    def __init__(
+        self,
+        store: Union[Path, Store],
+        *,
+        mysql: Optional[str] = None,
+        csv: Optional[Path] = None,
+        password: Optional[str] = None,
+        table: Optional[str] = None,
+        symbol_column: Optional[str] = None,
+        date_column: Optional[str] = None,
+        fields: Union[str, Sequence[str], None] = None,
+        ttl: float = 86400,
+        freq: str = "day",
+        market: str = "all",
+        max_date: DateLike = None,
+    ) -> None: ...
+    def load_kline_data(
+        self,
+        symbol: str,
+        start: DateLike = None,
+        end: DateLike = None,
+        use_cache: bool = True,
+        force_refresh: bool = False,
+    ): ...
+    def get_features(
+        self,
+        symbol: str,
+        start: DateLike = None,
+        end: DateLike = None,
+        feature_set: Union[str, Sequence[str]] = "technical",
+    ): ...
+    def get_cache_info(self) -> dict: ...
+    def clear_cache(self, symbol: Optional[str] = None) -> None: ...
+    def refresh(self, force: bool = False) -> Optional[dict]: ...

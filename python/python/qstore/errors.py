@@ -25,6 +25,10 @@ class ExpressionError(Error, ValueError):
         self.expr = expr
         self.pos = pos
 
+    def __reduce__(self):
+        # Raised on a Dask worker, it travels to the client by pickle with its expression and position.
+        return (type(self), (self.args[0], self.expr, self.pos))
+
 
 class LockBusy(Error):
     """A writer lock another process holds, or a lease lost while writing."""
