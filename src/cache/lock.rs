@@ -162,12 +162,37 @@ impl RedisLock {
 
 struct RedisGuard {
     client: redis::Client,
+    /// The connection the lock was taken on, kept for `held` and the release (a connection per call cost a
+    /// TCP handshake each, several per cache entry).
+    conn: parking_lot::Mutex<Option<redis::Connection>>,
     key: String,
     owner: String,
     token: u64,
     held: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the renewal thread at once (it waits on the channel between renewals; a thread that
+    /// polled a flag kept every release waiting for its next wake-up).
+    stop: Option<std::sync::mpsc::Sender<()>>,
     renewer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RedisGuard {
+    /// Runs `f` on the kept connection, opening a new one if there is none or it failed (once).
+    fn with_conn<T>(
+        &self,
+        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Option<T> {
+        let mut slot = self.conn.lock();
+        if let Some(c) = slot.as_mut()
+            && let Ok(v) = f(c)
+        {
+            return Some(v);
+        }
+        *slot = self
+            .client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .ok();
+        slot.as_mut().and_then(|c| f(c).ok())
+    }
 }
 
 impl Guard for RedisGuard {
@@ -179,10 +204,7 @@ impl Guard for RedisGuard {
         // last renewal is not ours any more.
         self.held.load(Ordering::SeqCst)
             && self
-                .client
-                .get_connection_with_timeout(Duration::from_secs(2))
-                .ok()
-                .and_then(|mut c| c.get::<_, Option<String>>(&self.key).ok())
+                .with_conn(|c| c.get::<_, Option<String>>(&self.key))
                 .flatten()
                 .is_some_and(|v| v == self.owner)
     }
@@ -190,19 +212,16 @@ impl Guard for RedisGuard {
 
 impl Drop for RedisGuard {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        drop(self.stop.take());
         if let Some(t) = self.renewer.take() {
             let _ = t.join();
         }
-        if let Ok(mut c) = self
-            .client
-            .get_connection_with_timeout(Duration::from_secs(2))
-        {
-            let _: redis::RedisResult<i64> = redis::Script::new(RELEASE)
+        self.with_conn(|c| {
+            redis::Script::new(RELEASE)
                 .key(&self.key)
                 .arg(&self.owner)
-                .invoke(&mut c);
-        }
+                .invoke::<i64>(c)
+        });
     }
 }
 
@@ -254,30 +273,30 @@ impl Lock for RedisLock {
             pause = (pause * 2).min(Duration::from_millis(250));
         }
         let held = Arc::new(AtomicBool::new(true));
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let renewer = {
             let (client, key, owner) = (self.client.clone(), key.clone(), owner.clone());
-            let (held, stop) = (held.clone(), stop.clone());
+            let held = held.clone();
             let every = self.ttl / 3;
             std::thread::spawn(move || {
-                let mut last = Instant::now();
-                while !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(10).min(every));
-                    if last.elapsed() < every {
-                        continue;
+                let mut conn: Option<redis::Connection> = None;
+                // Until the guard drops its sender: renew every third of the lease.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(every)
+                {
+                    if conn.is_none() {
+                        conn = client
+                            .get_connection_with_timeout(Duration::from_secs(2))
+                            .ok();
                     }
-                    last = Instant::now();
-                    let renewed = client
-                        .get_connection_with_timeout(Duration::from_secs(2))
-                        .ok()
-                        .and_then(|mut c| {
-                            redis::Script::new(RENEW)
-                                .key(&key)
-                                .arg(&owner)
-                                .arg(ttl_ms)
-                                .invoke::<i64>(&mut c)
-                                .ok()
-                        });
+                    let renewed = conn.as_mut().and_then(|c| {
+                        redis::Script::new(RENEW)
+                            .key(&key)
+                            .arg(&owner)
+                            .arg(ttl_ms)
+                            .invoke::<i64>(c)
+                            .ok()
+                    });
                     if renewed != Some(1) {
                         held.store(false, Ordering::SeqCst);
                         return;
@@ -287,11 +306,12 @@ impl Lock for RedisLock {
         };
         Ok(Some(Box::new(RedisGuard {
             client: self.client.clone(),
+            conn: parking_lot::Mutex::new(Some(c)),
             key,
             owner,
             token,
             held,
-            stop,
+            stop: Some(stop),
             renewer: Some(renewer),
         })))
     }
