@@ -314,6 +314,17 @@ def _to_arrow(cols, codes, instruments, dates, names):
     return pa.table(table)
 
 
+def _sampler_query(features, label, window):
+    """A sampler's ``(number of features, expressions to query: the features then the label, window)``."""
+    if int(window) < 1:
+        raise InvalidArgument(f"window must be at least 1, not {window}")
+    if isinstance(features, str) and _is_feature_set(features):
+        exprs = [e for _, e in feature_set(features)]
+    else:
+        exprs = [features] if isinstance(features, str) else list(features)
+    return len(exprs), exprs + ([label] if label is not None else []), int(window)
+
+
 class WindowSampler:
     """Training windows over a features query, as qlib's ``TSDataSampler`` hands them to time-series models.
 
@@ -335,18 +346,12 @@ class WindowSampler:
         freq="day",
         market="all",
     ):
-        if int(window) < 1:
-            raise InvalidArgument(f"window must be at least 1, not {window}")
-        if isinstance(features, str) and _is_feature_set(features):
-            exprs = [e for _, e in feature_set(features)]
-        else:
-            exprs = [features] if isinstance(features, str) else list(features)
-        query = exprs + ([label] if label is not None else [])
+        n_features, query, window = _sampler_query(features, label, window)
         arrays = store.features(
             query, instruments=instruments, start=start, end=end, freq=freq, market=market,
             output="numpy",
         )
-        self._init(arrays, len(exprs), int(window), label is not None)
+        self._init(arrays, n_features, window, label is not None)
 
     @classmethod
     def _over(cls, arrays, n_features, window, has_label):

@@ -30,6 +30,7 @@ from . import (
     _query,
     _qstore,
     _range,
+    _sampler_query,
     _to_pandas,
 )
 
@@ -118,9 +119,12 @@ def features(
     divisions = (
         tuple(p[0] for p in parts) + (parts[-1][-1],) if names else (None, None)
     )
-    return _dd.from_map(
-        _features_part, parts, meta=meta, divisions=divisions, label="qstore-features", **query
-    )
+    # The frame has no text columns (the instrument level is categorical), so Dask's conversion of text to
+    # Arrow strings would be a pass over every partition that changes nothing.
+    with dask.config.set({"dataframe.convert-string": False}):
+        return _dd.from_map(
+            _features_part, parts, meta=meta, divisions=divisions, label="qstore-features", **query
+        )
 
 
 def _instruments(path, cache, market):
@@ -192,9 +196,9 @@ def update(store_path, partition_size=PARTITION_SIZE, cache=None):
     return {"expression_cache_updated": sum(counts), "dataset_cache_updated": n_datasets}
 
 
-def _sampler_part(part, features, label, window, query):
+def _sampler_part(part, n_features, has_label, window, query):
     arrays = _part_arrays(part=part, **query)
-    return WindowSampler._over(arrays, len(features), window, label is not None)
+    return WindowSampler._over(arrays, n_features, window, has_label)
 
 
 class Samples:
@@ -206,9 +210,9 @@ class Samples:
     >>> losses = dask.compute(*s.map(train_one_epoch, lr=1e-3))    # train_one_epoch(sampler, lr=...)
     """
 
-    def __init__(self, parts, features, label, window, query):
+    def __init__(self, parts, n_features, has_label, window, query):
         self.parts = parts
-        self._args = (features, label, window, query)
+        self._args = (n_features, has_label, window, query)
 
     @property
     def npartitions(self):
@@ -242,19 +246,13 @@ def samples(
     """:class:`qstore.WindowSampler` over a cluster: :class:`Samples` whose partitions are groups of
     ``partition_size`` instruments, each sampler holding the values of its own instruments only. Sample ``i``
     of a partition is what ``WindowSampler(Store(store_path), ...)`` gives for the same (instrument, day)."""
-    if int(window) < 1:
-        raise InvalidArgument(f"window must be at least 1, not {window}")
+    n_features, query_exprs, window = _sampler_query(features, label, window)
     path, cache = str(store_path), _cache(cache)
     s, e = _range(start, end)
-    exprs, set_name, universe = _query(features, instruments)
-    if set_name is not None:
-        import qstore
-
-        exprs = [x for _, x in qstore.feature_set(set_name)]
-    query_exprs = exprs + ([label] if label is not None else [])
+    _, _, universe = _query(query_exprs, instruments)
     query = dict(
         path=path, cache=cache, exprs=query_exprs, set_name=None, universe=universe, market=market,
         start=s, end=e, freq=freq,
     )
     names, _ = _on_cluster(_plan, *query.values())
-    return Samples(_groups(names, partition_size), exprs, label, int(window), query)
+    return Samples(_groups(names, partition_size), n_features, label is not None, window, query)
