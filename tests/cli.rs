@@ -742,3 +742,109 @@ fn published_files_are_readable_by_other_accounts() {
         );
     }
 }
+
+/// `qdump info` and `qdump ls` describe a store from its files; `qdump show` refuses names the store lacks.
+#[test]
+fn info_ls_and_show_of_unknown_names() {
+    let (_dir, to) = sample_store();
+    let store = to.to_str().unwrap();
+    let out = qdump(&["info", store, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["calendars"][0]["freq"], "day");
+    assert_eq!(v["calendars"][0]["days"], 250);
+    assert_eq!(v["calendars"][0]["first"], "2023-01-03");
+    assert_eq!(v["calendars"][0]["last"], "2024-01-11");
+    let symbols = std::fs::read_dir(SAMPLE).unwrap().count();
+    assert_eq!(v["markets"]["all"], symbols);
+    assert_eq!(v["instruments_with_data"], symbols);
+    let fields: Vec<&str> = v["fields"]["day"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"close") && fields.contains(&"factor"),
+        "{fields:?}"
+    );
+    assert!(v["data_bytes"].as_u64().unwrap() > 0);
+    assert!(v["last_update"].as_str().unwrap().ends_with("UTC"));
+    let out = qdump(&["info", store]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("calendar    day: 250 days, 2023-01-03 to 2024-01-11"),
+        "{}",
+        text(&out)
+    );
+
+    let lines = |args: &[&str]| -> Vec<String> {
+        let out = qdump(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let days = lines(&[
+        "ls",
+        "calendar",
+        store,
+        "--start",
+        "2023-03-01",
+        "--end",
+        "2023-03-07",
+    ]);
+    assert_eq!(
+        days,
+        [
+            "2023-03-01",
+            "2023-03-02",
+            "2023-03-03",
+            "2023-03-06",
+            "2023-03-07"
+        ]
+    );
+    let all = lines(&["ls", "instruments", store]);
+    assert_eq!(all.len(), symbols);
+    // SH600009's span ends on 2023-08-24: it is not listed for later days.
+    let late = lines(&["ls", "instruments", store, "--start", "2023-09-01"]);
+    assert!(all.contains(&"SH600009".to_string()) && !late.contains(&"SH600009".to_string()));
+    assert_eq!(late.len(), all.len() - 1);
+    assert_eq!(lines(&["ls", "fields", store]), fields);
+    assert_eq!(
+        lines(&["ls", "fields", store, "--instrument", "SH600000"]),
+        fields
+    );
+
+    for (args, says) in [
+        (
+            vec![
+                "show",
+                store,
+                "--instruments",
+                "SH600000",
+                "--fields",
+                "close,nope",
+            ],
+            "unknown field nope",
+        ),
+        (
+            vec!["show", store, "--instruments", "SH600000,XX000000"],
+            "unknown instrument XX000000",
+        ),
+        (
+            vec!["ls", "fields", store, "--instrument", "XX000000"],
+            "unknown instrument XX000000",
+        ),
+    ] {
+        let out = qdump(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+        assert!(
+            out.stdout.is_empty(),
+            "no header before the error: {args:?}"
+        );
+    }
+}

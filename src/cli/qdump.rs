@@ -93,6 +93,49 @@ enum Command {
         #[arg(long, default_value = "all")]
         market: String,
     },
+    /// What a store holds: its calendars (days, first, last), markets, instruments, fields, last update and
+    /// size on disk, without reading values.
+    Info {
+        /// The store directory.
+        store: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a store's trading days, instruments or fields, one per line (qlib's D.calendar and
+    /// D.list_instruments). Example: `qdump ls instruments STORE --market csi300 --start 2023-01-01`.
+    Ls {
+        /// What to list.
+        what: LsWhat,
+        /// The store directory.
+        store: PathBuf,
+        /// The frequency (calendar) to read: day, 1min, 5min, ...
+        #[arg(long, default_value = "day")]
+        freq: Freq,
+        /// For `instruments`: the market (instruments/<market>.txt).
+        #[arg(long, default_value = "all")]
+        market: String,
+        /// For `fields`: one instrument's fields (default: every field any instrument has).
+        #[arg(long)]
+        instrument: Option<String>,
+        /// First date (YYYY-MM-DD), inclusive: days from it on, instruments trading from it on.
+        #[arg(long, value_parser = parse_timestamp, value_name = "DATE")]
+        start: Option<Timestamp>,
+        /// Last date (YYYY-MM-DD), inclusive.
+        #[arg(long, value_parser = parse_timestamp, value_name = "DATE")]
+        end: Option<Timestamp>,
+    },
+}
+
+/// What `qdump ls` lists.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LsWhat {
+    /// The trading days of --freq.
+    Calendar,
+    /// The instruments of --market trading at some point in [--start, --end].
+    Instruments,
+    /// The fields of --instrument, or of any instrument.
+    Fields,
 }
 
 #[derive(Args)]
@@ -287,6 +330,28 @@ fn run(cli: Cli) -> Result<u8> {
                     "--instruments and --fields must name at least one item each, without empty entries"
                 );
             }
+            // A name that is not in the store is an error, as in `qcache query`, not an empty table.
+            let mut have: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+            for inst in &instruments {
+                let f = store.fields_of(inst, freq)?;
+                if f.is_empty() {
+                    bail!(
+                        "unknown instrument {inst}: the store has no features/{}/*.{freq}.bin; \
+                         `qdump ls instruments {}` lists its instruments",
+                        inst.to_lowercase(),
+                        store.root().display()
+                    );
+                }
+                have.extend(f);
+            }
+            if let Some(missing) = fields.iter().find(|f| !have.contains(f.as_str())) {
+                bail!(
+                    "unknown field {missing}: no instrument shown has it at {freq} (they have: {}); \
+                     `qdump ls fields {}` lists the store's fields",
+                    have.iter().cloned().collect::<Vec<_>>().join(", "),
+                    store.root().display()
+                );
+            }
             let range = calendar.locate(start, end);
             let panel = store.panel(&instruments, &fields, freq, range)?;
             let (t_len, n, m) = panel.shape();
@@ -316,7 +381,117 @@ fn run(cli: Cli) -> Result<u8> {
             out.flush()?;
             Ok(0)
         }
+        Command::Info { store, json } => info(&store, json),
+        Command::Ls {
+            what,
+            store,
+            freq,
+            market,
+            instrument,
+            start,
+            end,
+        } => ls(
+            what,
+            &store,
+            freq,
+            &market,
+            instrument.as_deref(),
+            start,
+            end,
+        ),
     }
+}
+
+/// `qdump info`.
+fn info(store: &std::path::Path, json: bool) -> Result<u8> {
+    let store = Store::open(store)?;
+    let i = crate::store::info::info(&store)?;
+    if json {
+        outln!("{}", serde_json::to_string(&i)?)?;
+        return Ok(0);
+    }
+    outln!("store       {}", i.path)?;
+    for c in &i.calendars {
+        outln!(
+            "calendar    {}: {} days, {} to {}",
+            c.freq,
+            c.days,
+            c.first.as_deref().unwrap_or("-"),
+            c.last.as_deref().unwrap_or("-")
+        )?;
+    }
+    for (m, n) in &i.markets {
+        outln!("market      {m}: {n} instruments")?;
+    }
+    outln!("instruments {} with data", i.instruments_with_data)?;
+    for (freq, f) in &i.fields {
+        outln!("fields      {freq}: {}", f.join(", "))?;
+    }
+    outln!(
+        "last update {}",
+        i.last_update.as_deref().unwrap_or("never (no calendar)")
+    )?;
+    outln!(
+        "size        {:.1} MB of data, {:.1} MB of caches",
+        i.data_bytes as f64 / 1e6,
+        i.cache_bytes as f64 / 1e6
+    )?;
+    Ok(0)
+}
+
+/// `qdump ls`.
+fn ls(
+    what: LsWhat,
+    store: &std::path::Path,
+    freq: Freq,
+    market: &str,
+    instrument: Option<&str>,
+    start: Option<Timestamp>,
+    end: Option<Timestamp>,
+) -> Result<u8> {
+    let store = Store::open(store)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match what {
+        LsWhat::Calendar => {
+            let cal = store.calendar(freq)?;
+            for d in &cal.dates()[cal.locate(start, end)] {
+                writeln!(out, "{}", format_timestamp(*d, freq.date_only()))?;
+            }
+        }
+        LsWhat::Instruments => {
+            for (sym, spans) in store.instruments(market)?.iter() {
+                let trades = spans
+                    .iter()
+                    .any(|s| start.is_none_or(|a| s.end >= a) && end.is_none_or(|b| s.start <= b));
+                if trades {
+                    writeln!(out, "{sym}")?;
+                }
+            }
+        }
+        LsWhat::Fields => {
+            let fields = match instrument {
+                Some(inst) => {
+                    let f = store.fields_of(inst, freq)?;
+                    if f.is_empty() {
+                        bail!(
+                            "unknown instrument {inst}: the store has no features/{}/*.{freq}.bin",
+                            inst.to_lowercase()
+                        );
+                    }
+                    f
+                }
+                None => crate::store::info::fields_by_freq(store.root())?
+                    .1
+                    .remove(&freq.to_string())
+                    .unwrap_or_default(),
+            };
+            for f in fields {
+                writeln!(out, "{f}")?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(0)
 }
 
 fn symbols_arg(s: &str) -> Result<Option<Vec<String>>> {

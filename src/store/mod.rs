@@ -12,6 +12,7 @@ pub mod calendar;
 pub mod check;
 pub mod freq;
 pub(crate) mod fsio;
+pub mod info;
 pub mod instruments;
 pub mod layout;
 pub mod panel;
