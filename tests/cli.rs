@@ -516,6 +516,10 @@ fn qdump_all_warm_fills_the_expression_cache() {
         v["entries"], 516,
         "43 distinct expressions x 12 (MA20 and BOLL_MID are one)"
     );
+    // Limits in qstore.json's own terms, never Rust debug text such as "Entries(500)".
+    assert_eq!(v["memcache"]["calendar"]["limit"], 500);
+    assert_eq!(v["memcache"]["calendar"]["limit_type"], "length");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Entries("));
 }
 
 #[cfg(feature = "hdf5")]
@@ -847,4 +851,33 @@ fn info_ls_and_show_of_unknown_names() {
             "no header before the error: {args:?}"
         );
     }
+}
+
+/// `--threads N` sizes the pool every parallel step runs on, before or after the subcommand; 0 is a usage
+/// error. The results do not depend on it.
+#[test]
+fn threads_flag_sizes_the_pool_and_changes_no_result() {
+    let (_dir, to) = sample_store();
+    let store = to.to_str().unwrap();
+    for args in [
+        vec!["--threads", "1", "info", store, "--json"],
+        vec!["info", store, "--json", "--threads", "1"],
+    ] {
+        let out = qcache(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["threads"], 1, "{args:?}");
+    }
+    let query = |extra: &[&str]| {
+        let mut args = vec!["query", store, "--feature-set", "alpha158"];
+        args.extend_from_slice(extra);
+        let out = qcache(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        out.stdout
+    };
+    assert_eq!(query(&["--threads", "1"]), query(&[]));
+    let out = qcache(&["query", store, "--fields", "$close", "--threads", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = qdump(&["--threads", "2", "ls", "calendar", store]);
+    assert!(out.status.success(), "{}", text(&out));
 }

@@ -70,10 +70,36 @@ impl CacheArgs {
     }
 }
 
-/// A progress bar on standard error when it is a terminal, else nothing.
+/// `--threads`, taken by both programs before their subcommand or after it.
+#[derive(clap::Args)]
+pub struct Threads {
+    /// Worker threads for evaluation, imports and cache writes (default: one per core). Set it below the
+    /// core count to leave room for other work on the machine.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+}
+
+impl Threads {
+    /// Sizes the process's thread pool (rayon's global pool, which every parallel step runs on).
+    pub fn apply(&self) -> anyhow::Result<()> {
+        if let Some(n) = self.threads {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n.into())
+                .build_global()
+                .map_err(|e| anyhow::anyhow!("starting {n} threads (--threads): {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A progress bar on standard error when it is a terminal (with the rate and the time left), else nothing.
 pub fn progress_bar(n: u64) -> indicatif::ProgressBar {
     if std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new(n)
+        let style = indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} [{elapsed_precise}] {per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        indicatif::ProgressBar::new(n).with_style(style)
     } else {
         indicatif::ProgressBar::hidden()
     }

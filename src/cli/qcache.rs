@@ -30,6 +30,8 @@ use crate::{FeatureSet, Frame, Freq, Timestamp, Universe, parse_timestamp};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    threads: super::Threads,
 }
 
 #[derive(Copy, Clone, ValueEnum)]
@@ -178,7 +180,8 @@ struct QueryArgs {
 
 /// `qcache`'s entry point.
 pub fn main() -> ExitCode {
-    super::finish("qcache", run(Cli::parse()))
+    let cli = Cli::parse();
+    super::finish("qcache", cli.threads.apply().and_then(|()| run(cli)))
 }
 
 fn run(cli: Cli) -> Result<u8> {
@@ -368,7 +371,14 @@ fn info(args: &CacheArgs, json: bool) -> Result<u8> {
             .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
     };
     let (oldest, newest) = (stamp(times.iter().min()), stamp(times.iter().max()));
-    let mem = |c: crate::store::CacheConfig| serde_json::json!({"limit": format!("{:?}", c.limit), "expire_s": c.expiry.map(|d| d.as_secs())});
+    // The shape of qstore.json's `mem_cache` entries, not Rust's debug text.
+    let mem = |c: crate::store::CacheConfig| {
+        let (limit, limit_type) = match c.limit {
+            crate::util::memcache::Limit::Entries(n) => (n, "length"),
+            crate::util::memcache::Limit::Bytes(n) => (n, "bytes"),
+        };
+        serde_json::json!({"limit": limit, "limit_type": limit_type, "expire_s": c.expiry.map(|d| d.as_secs())})
+    };
     let v = serde_json::json!({
         "cache_dir": cache.dir().display().to_string(),
         "entries": entries.len(),
@@ -380,6 +390,7 @@ fn info(args: &CacheArgs, json: bool) -> Result<u8> {
         "unreadable_entries": unreadable,
         "lock": cache.lock_backend().describe(),
         "lease_s": cache_lease,
+        "threads": rayon::current_num_threads(),
         "oldest": oldest,
         "newest": newest,
         "datasets": {
@@ -421,6 +432,7 @@ fn info(args: &CacheArgs, json: bool) -> Result<u8> {
             "lock      {} (lease {cache_lease} s)",
             cache.lock_backend().describe()
         )?;
+        outln!("threads   {}", rayon::current_num_threads())?;
         outln!(
             "published {} .. {}",
             oldest.as_deref().unwrap_or("-"),

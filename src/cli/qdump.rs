@@ -31,6 +31,8 @@ use parking_lot::Mutex;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    threads: super::Threads,
 }
 
 #[derive(Subcommand)]
@@ -249,7 +251,8 @@ struct SourceArgs {
 
 /// `qdump`'s entry point.
 pub fn main() -> ExitCode {
-    super::finish("qdump", run(Cli::parse()))
+    let cli = Cli::parse();
+    super::finish("qdump", cli.threads.apply().and_then(|()| run(cli)))
 }
 
 fn run(cli: Cli) -> Result<u8> {
