@@ -881,3 +881,69 @@ fn threads_flag_sizes_the_pool_and_changes_no_result() {
     let out = qdump(&["--threads", "2", "ls", "calendar", store]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// `--instruments` takes names, `@FILE` and patterns wherever instruments are taken; a pattern that matches
+/// nothing, a broken pattern and a missing file are errors that say so.
+#[test]
+fn instruments_take_files_and_patterns() {
+    let (dir, to) = sample_store();
+    let store = to.to_str().unwrap();
+    let rows = |out: Output| -> Vec<String> {
+        assert!(out.status.success(), "{}", text(&out));
+        let mut v: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split(',').next().map(String::from))
+            .collect();
+        v.dedup();
+        v
+    };
+    let query = |instruments: &str| {
+        qcache(&[
+            "query",
+            store,
+            "--fields",
+            "$close",
+            "--instruments",
+            instruments,
+            "--end",
+            "2023-01-05",
+        ])
+    };
+    let sh6 = rows(query("sh6*"));
+    assert_eq!(
+        sh6,
+        ["SH600000", "SH600009", "SH600015", "SH688010"],
+        "SH688001's data starts after --end"
+    );
+    let file = dir.path().join("list.txt");
+    std::fs::write(&file, "SZ000002\nSH600000, SH600015\n").unwrap();
+    let from_file = rows(query(&format!("@{}", file.display())));
+    assert_eq!(from_file, ["SH600000", "SH600015", "SZ000002"]);
+    assert_eq!(
+        rows(query("SH60000[0-9],SZ000002")),
+        ["SH600000", "SH600009", "SZ000002"]
+    );
+    let out = qdump(&[
+        "show",
+        store,
+        "--instruments",
+        "SZ3*",
+        "--fields",
+        "close",
+        "--end",
+        "2023-01-03",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("SZ300003"), "{}", text(&out));
+    for (arg, says) in [
+        ("XX*", "matches no instrument"),
+        ("SH[6", "is not a pattern"),
+        ("@/nonexistent/list.txt", "reading the --instruments file"),
+    ] {
+        let out = query(arg);
+        assert_eq!(out.status.code(), Some(1), "{arg}: {}", text(&out));
+        assert!(text(&out).contains(says), "{arg}: {}", text(&out));
+    }
+}

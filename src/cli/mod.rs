@@ -70,6 +70,74 @@ impl CacheArgs {
     }
 }
 
+/// A list of names as a flag takes it: `all` (`None`), names separated by commas, `@FILE` (names separated by
+/// commas, spaces or lines), and glob patterns (`SH6*`, `SZ00000?`, `SH60000[0-4]`; case-insensitive) matched
+/// against `candidates()` (asked only when a pattern is given). Each pattern must match something.
+pub fn name_list(
+    flag: &str,
+    arg: &str,
+    candidates: impl FnOnce() -> anyhow::Result<Vec<String>>,
+) -> anyhow::Result<Option<Vec<String>>> {
+    use anyhow::Context;
+    if arg.trim() == "all" {
+        return Ok(None);
+    }
+    let text = match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "reading the {flag} file {path} (@FILE: names separated by commas, spaces or lines)"
+            )
+        })?,
+        None => arg.to_owned(),
+    };
+    let tokens: Vec<&str> = text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if tokens.is_empty() {
+        anyhow::bail!(
+            "{flag} names nothing; give names such as SH600000,SZ000001, a pattern such as 'SH6*', @FILE or all"
+        );
+    }
+    let mut out = Vec::new();
+    let mut candidates = Some(candidates);
+    let mut known: Vec<String> = Vec::new();
+    for t in tokens {
+        if !t.contains(['*', '?', '[']) {
+            out.push(t.to_owned());
+            continue;
+        }
+        if let Some(f) = candidates.take() {
+            known = f()?;
+        }
+        let pattern = glob::Pattern::new(t).map_err(|e| {
+            anyhow::anyhow!(
+                "{flag}: {t:?} is not a pattern: {} at byte {}",
+                e.msg,
+                e.pos
+            )
+        })?;
+        let options = glob::MatchOptions {
+            case_sensitive: false,
+            ..Default::default()
+        };
+        let before = out.len();
+        out.extend(
+            known
+                .iter()
+                .filter(|k| pattern.matches_with(k, options))
+                .cloned(),
+        );
+        if out.len() == before {
+            anyhow::bail!(
+                "{flag}: the pattern {t:?} matches no instrument ({} to choose from)",
+                known.len()
+            );
+        }
+    }
+    Ok(Some(out))
+}
+
 /// `--threads`, taken by both programs before their subcommand or after it.
 #[derive(clap::Args)]
 pub struct Threads {

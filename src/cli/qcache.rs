@@ -19,7 +19,7 @@ use crate::dataset::{DiskCacheMode, DiskDatasetCache};
 use crate::expr::Expr;
 use crate::query::Engine;
 use crate::store::settings::{CacheMode, Settings};
-use crate::{FeatureSet, Frame, Freq, Timestamp, Universe, parse_timestamp};
+use crate::{FeatureSet, Frame, Freq, Store, Timestamp, Universe, parse_timestamp};
 
 #[derive(Parser)]
 #[command(
@@ -218,24 +218,27 @@ fn open_datasets(a: &CacheArgs, settings: &Settings) -> Result<DiskDatasetCache>
     Ok(cache)
 }
 
-/// `--instruments all` (every instrument of `market`, on its spans) or a comma-separated list (kept in `list`).
+/// `--instruments all` (every instrument of `market`, on its spans) or a list ([`super::name_list`]: names,
+/// `@FILE`, patterns matched against `market`'s instruments), kept in `list`.
 fn universe<'a>(
+    store: &Store,
     instruments: &str,
     market: &'a str,
     list: &'a mut Vec<String>,
 ) -> Result<Universe<'a>> {
-    if instruments == "all" {
-        return Ok(Universe::Market(market));
+    match super::name_list("--instruments", instruments, || {
+        Ok(store
+            .instruments(market)?
+            .symbols()
+            .map(String::from)
+            .collect())
+    })? {
+        None => Ok(Universe::Market(market)),
+        Some(names) => {
+            *list = names;
+            Ok(Universe::List(list))
+        }
     }
-    *list = instruments
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    if list.is_empty() {
-        bail!("--instruments lists no instrument; give SH600000,SZ000001 or all");
-    }
-    Ok(Universe::List(list))
 }
 
 /// `Built: 3, Appended: 40` (unreadable entries as `Unreadable`).
@@ -274,7 +277,7 @@ fn warm(a: WarmArgs) -> Result<u8> {
     };
     if dataset {
         let mut list = Vec::new();
-        let universe = universe(&instruments, &market, &mut list)?;
+        let universe = universe(engine.store(), &instruments, &market, &mut list)?;
         // A feature set's optional features the store lacks are left out, as `query` does.
         let exprs: Vec<String> = match &set {
             Some(set) => engine
@@ -300,7 +303,8 @@ fn warm(a: WarmArgs) -> Result<u8> {
         .map(|e| crate::expr::parse(e))
         .collect::<crate::Result<_>>()?;
     let mut list = Vec::new();
-    let symbols = universe(&instruments, &market, &mut list)?.symbols(engine.store())?;
+    let symbols =
+        universe(engine.store(), &instruments, &market, &mut list)?.symbols(engine.store())?;
     let per = parsed
         .iter()
         .filter(|e| !matches!(e, Expr::Field(_)))
@@ -604,7 +608,7 @@ fn query(a: QueryArgs) -> Result<u8> {
     )?;
     let engine = Engine::open_with(&store, settings.clone())?;
     let mut list = Vec::new();
-    let universe = universe(&instruments, &market, &mut list)?;
+    let universe = universe(engine.store(), &instruments, &market, &mut list)?;
     let set = feature_set
         .as_deref()
         .map(FeatureSet::resolve)

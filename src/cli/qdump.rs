@@ -315,17 +315,16 @@ fn run(cli: Cli) -> Result<u8> {
         } => {
             let store = Store::open(&store)?;
             let calendar = store.calendar(freq)?;
-            let instruments: Vec<String> = if instruments == "all" {
-                store
+            let of_market = || -> Result<Vec<String>> {
+                Ok(store
                     .instruments(&market)?
                     .symbols()
                     .map(str::to_owned)
-                    .collect()
-            } else {
-                instruments
-                    .split(',')
-                    .map(|s| s.trim().to_owned())
-                    .collect()
+                    .collect())
+            };
+            let instruments = match super::name_list("--instruments", &instruments, of_market)? {
+                Some(list) => list,
+                None => of_market()?,
             };
             let fields: Vec<String> = fields.split(',').map(|s| s.trim().to_owned()).collect();
             if instruments.is_empty() || fields.iter().any(String::is_empty) {
@@ -498,23 +497,12 @@ fn ls(
 }
 
 fn symbols_arg(s: &str) -> Result<Option<Vec<String>>> {
-    if s == "all" {
-        return Ok(None);
-    }
-    let text = match s.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading --symbols file {path}"))?,
-        None => s.to_owned(),
-    };
-    let list: Vec<String> = text
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|x| !x.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if list.is_empty() {
-        bail!("--symbols names no symbol");
-    }
-    Ok(Some(list))
+    // The source's symbols are not known before it is read: names and @FILE, not patterns.
+    super::name_list("--symbols", s, || {
+        bail!(
+            "--symbols takes names or @FILE, not patterns (the source's symbols are not listed before reading)"
+        )
+    })
 }
 
 fn all(all: AllArgs) -> Result<u8> {
