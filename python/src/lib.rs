@@ -267,15 +267,7 @@ impl Store {
             .store()
             .instruments(market)
             .map_err(|e| to_py(py, e))?;
-        Ok(list
-            .iter()
-            .filter(|(_, spans)| {
-                spans
-                    .iter()
-                    .any(|s| start.is_none_or(|a| s.end >= a) && end.is_none_or(|b| s.start <= b))
-            })
-            .map(|(sym, _)| sym.to_string())
-            .collect())
+        Ok(list.trading_between(start, end).map(String::from).collect())
     }
 
     /// The fields stored for `instrument` at `freq`, sorted.

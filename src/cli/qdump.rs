@@ -461,13 +461,8 @@ fn ls(
             }
         }
         LsWhat::Instruments => {
-            for (sym, spans) in store.instruments(market)?.iter() {
-                let trades = spans
-                    .iter()
-                    .any(|s| start.is_none_or(|a| s.end >= a) && end.is_none_or(|b| s.start <= b));
-                if trades {
-                    writeln!(out, "{sym}")?;
-                }
+            for sym in store.instruments(market)?.trading_between(start, end) {
+                writeln!(out, "{sym}")?;
             }
         }
         LsWhat::Fields => {

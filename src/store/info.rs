@@ -68,11 +68,11 @@ pub fn info(store: &Store) -> Result<StoreInfo> {
         FEATURES_DIR,
     ]
     .iter()
-    .map(|d| bytes_under(&root.join(d)))
+    .map(|d| crate::store::fsio::dir_size(&root.join(d)))
     .sum();
     let cache_bytes = [EXPR_CACHE_DIR, DATASET_CACHE_DIR]
         .iter()
-        .map(|d| bytes_under(&root.join(d)))
+        .map(|d| crate::store::fsio::dir_size(&root.join(d)))
         .sum();
     Ok(StoreInfo {
         path: root.display().to_string(),
@@ -129,19 +129,4 @@ pub fn fields_by_freq(root: &Path) -> Result<(usize, BTreeMap<String, Vec<String
             .map(|(k, v)| (k, v.into_iter().collect()))
             .collect(),
     ))
-}
-
-/// The bytes of the regular files under `dir` (0 when it does not exist); links are not followed.
-fn bytes_under(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => bytes_under(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
-            _ => 0,
-        })
-        .sum()
 }

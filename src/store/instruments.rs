@@ -104,6 +104,22 @@ impl Instruments {
         self.spans.keys().map(String::as_str)
     }
 
+    /// The symbols with a span reaching into `[start, end]` (either open), in order: qlib's
+    /// `list_instruments` as a list.
+    pub fn trading_between(
+        &self,
+        start: Option<Timestamp>,
+        end: Option<Timestamp>,
+    ) -> impl Iterator<Item = &str> {
+        self.iter()
+            .filter(move |(_, spans)| {
+                spans
+                    .iter()
+                    .any(|s| start.is_none_or(|a| s.end >= a) && end.is_none_or(|b| s.start <= b))
+            })
+            .map(|(sym, _)| sym)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[Span])> {
         self.spans.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
     }
