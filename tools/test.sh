@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf 'test.sh: %s\n' "$*" >&2; }
+log() { printf 'test.sh [%4ss]: %s\n' "$SECONDS" "$*" >&2; }
 
 apt_updated=""
 apt_install() {
