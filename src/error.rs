@@ -261,6 +261,13 @@ pub enum Error {
     )]
     CorruptCache { path: PathBuf, reason: String },
 
+    /// Arrow or Parquet could not encode (or decode) a query's output or an input file.
+    #[error("{format}: {reason}")]
+    Output {
+        format: &'static str,
+        reason: String,
+    },
+
     /// The HDF5 library failed on a dataset cache file.
     #[error(
         "{what} {}: HDF5: {reason}; `qcache verify` checks the dataset cache and `qcache clear --datasets` \

@@ -430,6 +430,147 @@ fn qcache_query_prints_csv_json_and_writes_files() {
     );
 }
 
+/// The CSV, Parquet and Arrow outputs of one query (alpha158 over the sample market) as (instrument,
+/// datetime, values) rows, so their values can be compared bit for bit.
+#[test]
+fn qcache_query_writes_parquet_and_arrow_with_the_csv_values() {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float32Type, Int32Type, TimestampSecondType};
+    let (dir, store) = sample_store();
+    let s = store.to_str().unwrap();
+    let query = |format: &str, name: &str, extra: &[&str]| {
+        let file = dir.path().join(name);
+        let mut args = vec![
+            "query",
+            s,
+            "--feature-set",
+            "alpha158",
+            "--start",
+            "2023-02-01",
+            "--format",
+            format,
+            "--out",
+            file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = qcache(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        file
+    };
+    let csv_file = query("csv", "q.csv", &[]);
+    let mut rd = csv::Reader::from_path(&csv_file).unwrap();
+    let header: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(header[2..4], ["KMID", "KLEN"], "columns named by feature");
+    type Rows = Vec<(String, String, Vec<u32>)>;
+    let csv_rows: Rows = rd
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            let values = r
+                .iter()
+                .skip(2)
+                .map(|c| {
+                    if c.is_empty() {
+                        f32::NAN.to_bits()
+                    } else {
+                        c.parse::<f32>().unwrap().to_bits()
+                    }
+                })
+                .collect();
+            (r[0].to_string(), r[1].to_string(), values)
+        })
+        .collect();
+    let names: std::collections::BTreeSet<&str> = csv_rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(names.len(), 12, "every instrument of the sample");
+    let rows_of = |batches: Vec<arrow_array::RecordBatch>| -> Rows {
+        let mut rows = Rows::new();
+        for b in batches {
+            assert_eq!(
+                b.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect::<Vec<_>>(),
+                header,
+                "the CSV's columns"
+            );
+            let inst = b.column(0).as_dictionary::<Int32Type>();
+            let names = inst.values().as_string::<i32>();
+            let dates = b.column(1).as_primitive::<TimestampSecondType>();
+            for r in 0..b.num_rows() {
+                let when = chrono::DateTime::from_timestamp(dates.value(r), 0).unwrap();
+                // Every NaN as the CSV's empty cell reads back (a computed NaN may carry a sign).
+                let values = (2..b.num_columns())
+                    .map(|c| b.column(c).as_primitive::<Float32Type>().value(r))
+                    .map(|v| if v.is_nan() { f32::NAN } else { v }.to_bits())
+                    .collect();
+                rows.push((
+                    names.value(inst.keys().value(r) as usize).to_string(),
+                    when.format("%Y-%m-%d").to_string(),
+                    values,
+                ));
+            }
+        }
+        rows
+    };
+    // Parts of 5 instruments: three row groups, one dictionary of every instrument.
+    let pq = query("parquet", "q.parquet", &["--part-size", "5"]);
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&pq).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        reader.metadata().num_row_groups(),
+        3,
+        "one row group per part"
+    );
+    let batches: Vec<_> = reader.build().unwrap().map(Result::unwrap).collect();
+    assert!(
+        csv_rows == rows_of(batches),
+        "Parquet holds the CSV's values, bit for bit"
+    );
+    let ipc = query("arrow", "q.arrow", &["--part-size", "5"]);
+    let reader =
+        arrow_ipc::reader::FileReader::try_new(std::fs::File::open(&ipc).unwrap(), None).unwrap();
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    assert_eq!(batches.len(), 3, "one record batch per part");
+    assert!(
+        csv_rows == rows_of(batches),
+        "Arrow holds the CSV's values, bit for bit"
+    );
+    // Parts change nothing in the text outputs either.
+    for format in ["csv", "json", "stats"] {
+        let whole = std::fs::read(query(format, "whole", &[])).unwrap();
+        let parts = std::fs::read(query(format, "parts", &["--part-size", "1"])).unwrap();
+        assert!(
+            whole == parts,
+            "--format {format} in parts of one instrument"
+        );
+    }
+}
+
+#[test]
+fn qcache_query_failure_leaves_no_output_file() {
+    let (dir, store) = sample_store();
+    let file = dir.path().join("q.parquet");
+    let out = qcache(&[
+        "query",
+        store.to_str().unwrap(),
+        "--fields",
+        "$close",
+        "Mean($nosuch, 5)",
+        "--format",
+        "parquet",
+        "--part-size",
+        "2",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("$nosuch"), "{}", text(&out));
+    assert_eq!(entries(dir.path()), vec!["store"], "no file, no temp file");
+}
+
 #[test]
 fn qcache_query_errors_have_codes_and_positions() {
     let (dir, store) = sample_store();

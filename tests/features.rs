@@ -334,15 +334,26 @@ fn csv_and_json_writers_round_trip() {
             Freq::DAY,
         )
         .unwrap();
-    let mut csv_out = Vec::new();
-    f.write_csv(&mut csv_out).unwrap();
+    let write = |format| {
+        let mut out = Vec::new();
+        let header = qstore::query::output::Header {
+            columns: f.columns().to_vec(),
+            instruments: f.instruments().to_vec(),
+            freq: Freq::DAY,
+            path: "-".into(),
+        };
+        let mut sink = qstore::query::output::sink(format, &mut out, header).unwrap();
+        sink.write(&f.to_columns()).unwrap();
+        sink.finish().unwrap();
+        out
+    };
+    let csv_out = write(qstore::query::output::Format::Csv);
     let mut rd = csv::Reader::from_reader(csv_out.as_slice());
     assert_eq!(
         rd.headers().unwrap().iter().collect::<Vec<_>>(),
         ["instrument", "datetime", "$high", "Std($close, 5)"]
     );
-    let mut json_out = Vec::new();
-    f.write_json_lines(&mut json_out).unwrap();
+    let json_out = write(qstore::query::output::Format::Json);
     let lines: Vec<serde_json::Value> = json_out
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
@@ -424,6 +435,39 @@ fn column_frames_hold_the_same_values_as_frames() {
                 let want: Vec<u32> = rows.column(c).iter().map(|v| v.to_bits()).collect();
                 let got: Vec<u32> = cols.column(c).iter().map(|v| v.to_bits()).collect();
                 assert_eq!(got, want, "{universe:?} column {c}");
+            }
+            // Part by part (parts of 1 and of 5 instruments): the same rows and values, in order.
+            let rows_of = |f: &qstore::ColumnFrame| -> Vec<(String, u32)> {
+                f.index()
+                    .iter()
+                    .map(|&(i, r)| (f.instruments()[i as usize].clone(), r))
+                    .collect()
+            };
+            for size in [1, 5] {
+                let (mut rows, mut values, mut parts) = (Vec::new(), vec![Vec::new(); 3], 0);
+                engine
+                    .features_in_parts(universe, &exprs, None, None, Freq::DAY, size, |p| {
+                        assert_eq!(p.columns(), cols.columns());
+                        assert!(p.instruments().len() <= size);
+                        rows.extend(rows_of(&p));
+                        for (c, v) in values.iter_mut().enumerate() {
+                            v.extend(p.column(c).iter().map(|x| x.to_bits()));
+                        }
+                        parts += 1;
+                        Ok(())
+                    })
+                    .unwrap();
+                assert_eq!(rows, rows_of(&cols), "{universe:?} in parts of {size}");
+                let n = engine
+                    .instruments_of(universe, None, None, Freq::DAY)
+                    .unwrap()
+                    .len();
+                let expected = if n <= size { 1 } else { n.div_ceil(size) };
+                assert_eq!(parts, expected, "{universe:?} in parts of {size}");
+                for (c, v) in values.iter().enumerate() {
+                    let want: Vec<u32> = cols.column(c).iter().map(|v| v.to_bits()).collect();
+                    assert!(*v == want, "{universe:?} column {c} in parts of {size}");
+                }
             }
         }
     }

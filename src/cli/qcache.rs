@@ -4,7 +4,7 @@
 //! Redis, I/O); 2 bad command-line usage; 5 `verify` found problems (listed).
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use super::{CacheArgs, progress_bar};
 use crate::cache::expr::{DiskExpressionCache, Outcome};
 use crate::dataset::{DiskCacheMode, DiskDatasetCache};
 use crate::expr::Expr;
-use crate::query::Engine;
+use crate::query::{Engine, output};
 use crate::store::settings::{CacheMode, Settings};
 use crate::{FeatureSet, Frame, Freq, Store, Timestamp, Universe, parse_timestamp};
 
@@ -42,6 +42,24 @@ enum Format {
     Json,
     /// Per column: rows, NaN count, mean, min, max (a quick look at a large query).
     Stats,
+    /// Parquet: `instrument`, `datetime`, one float32 column per feature (NaN stays NaN); one row group per
+    /// part of the query.
+    Parquet,
+    /// An Arrow IPC file (Feather v2) with the Parquet schema: `pyarrow.feather.read_table`,
+    /// `polars.read_ipc`.
+    Arrow,
+}
+
+impl Format {
+    fn into_output(self) -> output::Format {
+        match self {
+            Format::Csv => output::Format::Csv,
+            Format::Json => output::Format::Json,
+            Format::Stats => output::Format::Stats,
+            Format::Parquet => output::Format::Parquet,
+            Format::Arrow => output::Format::Arrow,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -158,6 +176,10 @@ struct QueryArgs {
     /// Write here (replaced atomically) instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Instruments computed (and then written) at a time: memory against per-part overhead [default: as
+    /// many as fit in about 64 MB of values].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    part_size: Option<u64>,
     /// Evaluate the query this many times in one process (a training loop's repeated reads), then print the
     /// in-memory caches' counters (hits, misses, evictions, bytes) to standard error.
     #[arg(long, default_value_t = 1)]
@@ -593,6 +615,7 @@ fn query(a: QueryArgs) -> Result<u8> {
         end,
         format,
         out,
+        part_size,
         repeat,
         cache_stats,
         json,
@@ -621,23 +644,74 @@ fn query(a: QueryArgs) -> Result<u8> {
             mode,
         )),
     };
-    let run = || match (&set, &disk) {
-        (Some(set), None) => engine.feature_set(universe, set, start, end, freq),
-        (None, None) => engine.features(universe, &fields, start, end, freq),
-        (Some(set), Some((datasets, mode))) => {
-            let chosen = engine.feature_set_columns(universe, set, freq)?;
-            let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
-            let mut frame = datasets.dataset(&engine, universe, &exprs, start, end, freq, *mode)?;
-            frame.rename_columns(chosen.iter().map(|f| f.name.clone()).collect());
-            Ok(frame)
+    let format = format.into_output();
+    if out.is_none() && format.is_binary() && std::io::stdout().is_terminal() {
+        bail!(
+            "--format {} is binary: write it to a file (--out FILE) or a pipe",
+            format.name()
+        );
+    }
+    let path = out.clone().unwrap_or_else(|| PathBuf::from("-"));
+    match disk {
+        // The dataset cache gives the whole frame at once.
+        Some((datasets, mode)) => {
+            let run = || -> crate::Result<Frame> {
+                Ok(match &set {
+                    Some(set) => {
+                        let chosen = engine.feature_set_columns(universe, set, freq)?;
+                        let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
+                        let mut frame =
+                            datasets.dataset(&engine, universe, &exprs, start, end, freq, mode)?;
+                        frame.rename_columns(chosen.iter().map(|f| f.name.clone()).collect());
+                        frame
+                    }
+                    None => datasets.dataset(&engine, universe, &fields, start, end, freq, mode)?,
+                })
+            };
+            for _ in 1..repeat {
+                run()?;
+            }
+            let frame = run()?.to_columns();
+            let header = output::Header {
+                columns: frame.columns().to_vec(),
+                instruments: frame.instruments().to_vec(),
+                freq,
+                path,
+            };
+            emit(out.as_deref(), format, header, |each| each(frame))?;
         }
-        (None, Some((datasets, mode))) => {
-            datasets.dataset(&engine, universe, &fields, start, end, freq, *mode)
+        // Everything else is computed and written part by part: one part is held at a time.
+        None => {
+            let columns = match &set {
+                Some(set) => engine
+                    .feature_set_columns(universe, set, freq)?
+                    .iter()
+                    .map(|f| f.name.clone())
+                    .collect(),
+                None => fields.clone(),
+            };
+            let part_size = match part_size {
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                None => engine.part_size(columns.len(), start, end, freq)?,
+            };
+            let run =
+                |each: &mut dyn FnMut(crate::ColumnFrame) -> crate::Result<()>| match &set {
+                    Some(set) => engine
+                        .feature_set_in_parts(universe, set, start, end, freq, part_size, each),
+                    None => engine
+                        .features_in_parts(universe, &fields, start, end, freq, part_size, each),
+                };
+            for _ in 1..repeat {
+                run(&mut |_| Ok(()))?;
+            }
+            let header = output::Header {
+                columns,
+                instruments: engine.instruments_of(universe, start, end, freq)?,
+                freq,
+                path,
+            };
+            emit(out.as_deref(), format, header, run)?;
         }
-    };
-    let frame = run()?;
-    for _ in 1..repeat {
-        run()?;
     }
     if (cache_stats || repeat > 1) && json {
         errln!("{}", engine.cache_stats().to_json());
@@ -670,26 +744,28 @@ fn query(a: QueryArgs) -> Result<u8> {
             );
         }
     }
-    match out {
-        Some(path) => crate::store::fsio::replace_atomic_with(&path, |w| write(&frame, format, w))
-            .with_context(|| format!("writing {}", path.display()))?,
-        None => {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-            write(&frame, format, &mut w)?;
-            w.flush()?;
-        }
-    }
     Ok(0)
 }
 
-fn write(frame: &Frame, format: Format, out: &mut impl Write) -> std::io::Result<()> {
-    match format {
-        // The I/O error itself (a closed pipe must stay recognisable as one).
-        Format::Csv => frame.write_csv(out).map_err(|e| match e.into_kind() {
-            csv::ErrorKind::Io(io) => io,
-            other => std::io::Error::other(format!("{other:?}")),
-        }),
-        Format::Json => frame.write_json_lines(out),
-        Format::Stats => frame.write_stats(out),
+/// Writes a query's parts, as `produce` hands them out, in `format` to `out` (replaced atomically: a failed
+/// query leaves no file) or to standard output.
+fn emit(
+    out: Option<&std::path::Path>,
+    format: output::Format,
+    header: output::Header,
+    produce: impl FnOnce(&mut dyn FnMut(crate::ColumnFrame) -> crate::Result<()>) -> crate::Result<()>,
+) -> Result<()> {
+    match out {
+        Some(path) => crate::store::fsio::replace_atomic_with(path, |w| {
+            output::write_parts(output::sink(format, w, header)?, produce)
+        })
+        .with_context(|| format!("writing {}", path.display())),
+        None => {
+            let w = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+            Ok(output::write_parts(
+                output::sink(format, w, header)?,
+                produce,
+            )?)
+        }
     }
 }

@@ -1,12 +1,11 @@
 //! The result of a features query: rows indexed by (instrument, datetime), one f32 column per expression.
 
-use std::io::Write;
 use std::ops::Range;
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::store::calendar::{Calendar, Timestamp, format_timestamp};
+use crate::store::calendar::{Calendar, Timestamp};
 
 /// Rows sorted by instrument then date (qlib's `D.features` order), values stored row-major so that a row,
 /// the unit a training sample is built from, is one contiguous slice.
@@ -189,149 +188,30 @@ impl Frame {
         self.values.as_slice()
     }
 
-    /// Writes `instrument,datetime,<columns...>` CSV; NaN is an empty cell (as pandas writes it).
-    pub fn write_csv(&self, out: impl Write) -> csv::Result<()> {
-        let mut w = csv::Writer::from_writer(out);
-        let date_only = self.calendar.freq().date_only();
-        let mut header = vec!["instrument".to_string(), "datetime".to_string()];
-        header.extend(self.columns.iter().cloned());
-        w.write_record(&header)?;
-        let mut rec = Vec::with_capacity(header.len());
-        for r in 0..self.len() {
-            rec.clear();
-            rec.push(self.instrument(r).to_string());
-            rec.push(format_timestamp(self.datetime(r), date_only));
-            rec.extend(self.row(r).iter().map(|v| {
-                if v.is_nan() {
-                    String::new()
-                } else {
-                    // Shortest text that reads back to the same f32.
-                    v.to_string()
-                }
-            }));
-            w.write_record(&rec)?;
+    /// The same frame laid out column by column (transposed on every core), for the writers, which take
+    /// columns.
+    pub fn to_columns(&self) -> ColumnFrame {
+        let n = self.len();
+        let ncol = self.columns.len();
+        let mut values = Values::nan(n * ncol);
+        if n > 0 {
+            let rows = self.values.as_slice();
+            values
+                .as_mut_slice()
+                .par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(c, col)| {
+                    for (r, v) in col.iter_mut().enumerate() {
+                        *v = rows[r * ncol + c];
+                    }
+                });
         }
-        w.flush()?;
-        Ok(())
-    }
-
-    /// One JSON object per row and line, keys in column order: `{"instrument": .., "datetime": ..,
-    /// "<column>": value}`; NaN and infinities are `null`.
-    pub fn write_json_lines(&self, mut out: impl Write) -> std::io::Result<()> {
-        let date_only = self.calendar.freq().date_only();
-        let keys: Vec<String> = self
-            .columns
-            .iter()
-            .map(|c| serde_json::to_string(c).expect("strings serialize"))
-            .collect();
-        let mut line = String::new();
-        for r in 0..self.len() {
-            line.clear();
-            line.push_str("{\"instrument\":");
-            line.push_str(&serde_json::to_string(self.instrument(r)).expect("strings serialize"));
-            line.push_str(",\"datetime\":\"");
-            line.push_str(&format_timestamp(self.datetime(r), date_only));
-            line.push('"');
-            for (k, v) in keys.iter().zip(self.row(r)) {
-                line.push(',');
-                line.push_str(k);
-                line.push(':');
-                if v.is_finite() {
-                    line.push_str(&v.to_string());
-                } else {
-                    line.push_str("null");
-                }
-            }
-            line.push_str("}\n");
-            out.write_all(line.as_bytes())?;
-        }
-        Ok(())
-    }
-
-    /// Per column: rows, NaN count, mean, min and max of the other values, tab-separated with a header.
-    pub fn write_stats(&self, mut out: impl Write) -> std::io::Result<()> {
-        let n = self.columns.len();
-        // Blocks of rows summarised in parallel and merged in block order: the sums do not depend on the
-        // number of threads.
-        let parts: Vec<ColumnStats> = self
-            .values
-            .as_slice()
-            .par_chunks(STATS_BLOCK_ROWS * n.max(1))
-            .map(|block| {
-                let mut s = ColumnStats::new(n);
-                for row in block.chunks_exact(n.max(1)) {
-                    s.add_row(row);
-                }
-                s
-            })
-            .collect();
-        let mut all = ColumnStats::new(n);
-        for p in &parts {
-            all.merge(p);
-        }
-        let ColumnStats { nan, sum, lo, hi } = all;
-        writeln!(out, "column\trows\tnan\tmean\tmin\tmax")?;
-        for (c, name) in self.columns.iter().enumerate() {
-            let valid = self.len() - nan[c] as usize;
-            let mean = if valid == 0 {
-                f64::NAN
-            } else {
-                sum[c] / valid as f64
-            };
-            writeln!(
-                out,
-                "{name}\t{}\t{}\t{mean}\t{}\t{}",
-                self.len(),
-                nan[c],
-                lo[c],
-                hi[c]
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// Rows per block of [`Frame::write_stats`].
-const STATS_BLOCK_ROWS: usize = 4096;
-
-/// Per column: NaN count, sum, min and max of the other values.
-struct ColumnStats {
-    nan: Vec<u64>,
-    sum: Vec<f64>,
-    /// The extremes in f32: exact, with no conversion per value.
-    lo: Vec<f32>,
-    hi: Vec<f32>,
-}
-
-impl ColumnStats {
-    fn new(n: usize) -> Self {
-        ColumnStats {
-            nan: vec![0; n],
-            sum: vec![0.0; n],
-            lo: vec![f32::INFINITY; n],
-            hi: vec![f32::NEG_INFINITY; n],
-        }
-    }
-
-    /// Branch-free over the columns (`min`/`max` skip NaN), so the loop runs in vector registers.
-    fn add_row(&mut self, row: &[f32]) {
-        let cols = self.nan.iter_mut().zip(self.sum.iter_mut());
-        let ends = self.lo.iter_mut().zip(self.hi.iter_mut());
-        for ((&v, (nan, sum)), (lo, hi)) in row.iter().zip(cols).zip(ends) {
-            let valid = !v.is_nan();
-            *nan += u64::from(!valid);
-            *sum += if valid { f64::from(v) } else { 0.0 };
-            *lo = lo.min(v);
-            *hi = hi.max(v);
-        }
-    }
-
-    fn merge(&mut self, o: &ColumnStats) {
-        for c in 0..self.nan.len() {
-            self.nan[c] += o.nan[c];
-            self.sum[c] += o.sum[c];
-            self.lo[c] = self.lo[c].min(o.lo[c]);
-            self.hi[c] = self.hi[c].max(o.hi[c]);
+        ColumnFrame {
+            columns: self.columns.clone(),
+            instruments: self.instruments.clone(),
+            index: self.index.clone(),
+            calendar: self.calendar.clone(),
+            values,
         }
     }
 }
@@ -433,7 +313,6 @@ impl ColumnFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::freq::Freq;
 
     #[test]
     fn large_values_are_mapped_small_ones_on_the_heap_both_nan_and_writable() {
@@ -449,53 +328,5 @@ mod tests {
             assert_eq!(copy.as_slice()[len - 1], 7.0);
             assert!(copy.as_slice()[len - 2].is_nan());
         }
-    }
-
-    #[test]
-    fn stats_over_many_blocks_match_a_direct_count() {
-        let dates: Vec<Timestamp> = (0..10_000)
-            .map(|d| {
-                crate::store::calendar::parse_timestamp("2000-01-01").unwrap()
-                    + chrono::Days::new(d)
-            })
-            .collect();
-        let calendar = Arc::new(Calendar::new(Freq::DAY, dates).unwrap());
-        let rows = 2 * STATS_BLOCK_ROWS + 77;
-        // Column 0 all NaN, column 1 NaN every 7th row, column 2 integers (exact sums).
-        let values: Vec<f32> = (0..rows)
-            .flat_map(|r| {
-                let b = if r % 7 == 0 {
-                    f32::NAN
-                } else {
-                    r as f32 - 100.0
-                };
-                [f32::NAN, b, (r % 1000) as f32]
-            })
-            .collect();
-        let frame = Frame::from_parts(
-            vec!["a".into(), "b".into(), "c".into()],
-            vec![("X".into(), (0..rows).collect())],
-            calendar,
-            values,
-        );
-        let mut out = Vec::new();
-        frame.write_stats(&mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
-        assert_eq!(lines[0], ["column", "rows", "nan", "mean", "min", "max"]);
-        assert_eq!(
-            lines[1][1..],
-            [&*rows.to_string(), &*rows.to_string(), "NaN", "inf", "-inf"]
-        );
-        let valid_b: Vec<f64> = (0..rows)
-            .filter(|r| r % 7 != 0)
-            .map(|r| r as f64 - 100.0)
-            .collect();
-        let mean_b = valid_b.iter().sum::<f64>() / valid_b.len() as f64;
-        assert_eq!(lines[2][2], (rows - valid_b.len()).to_string());
-        assert_eq!(lines[2][3].parse::<f64>().unwrap(), mean_b);
-        assert_eq!(lines[2][4..], ["-99", &*(rows as f64 - 101.0).to_string()]);
-        let mean_c = (0..rows).map(|r| (r % 1000) as f64).sum::<f64>() / rows as f64;
-        assert_eq!(lines[3][2..], ["0", &*mean_c.to_string(), "0", "999"]);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod featureset;
 pub mod frame;
+pub mod output;
 
 use crate::cache::expr::{Lookup, Outcome};
 use std::collections::{BTreeMap, HashSet};
@@ -27,6 +28,9 @@ use crate::util::memcache::Limit;
 use crate::util::memcache::{MemCache, Stats};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Values per part of a query evaluated part by part (64 MB of f32).
+const PART_VALUES: usize = 16 << 20;
 
 /// Which instruments a query covers.
 #[derive(Debug, Clone, Copy)]
@@ -382,7 +386,7 @@ impl Engine {
         freq: Freq,
     ) -> Result<Frame> {
         let (columns, index, calendar, values) =
-            self.evaluate(universe, exprs, start, end, freq, Layout::Rows)?;
+            self.evaluate(universe, exprs, start, end, freq, Layout::Rows, false)?;
         Ok(Frame::from_parts(columns, index, calendar, values))
     }
 
@@ -398,12 +402,95 @@ impl Engine {
         freq: Freq,
     ) -> Result<ColumnFrame> {
         let (columns, index, calendar, values) =
-            self.evaluate(universe, exprs, start, end, freq, Layout::Columns)?;
+            self.evaluate(universe, exprs, start, end, freq, Layout::Columns, false)?;
         Ok(ColumnFrame::from_parts(columns, index, calendar, values))
     }
 
-    /// The rows, column names and values of a query, in `layout`.
-    #[allow(clippy::type_complexity)]
+    /// [`features_by_column`](Self::features_by_column) part by part: at most `part_size` instruments at a
+    /// time, in the frame's row order, each part handed to `each` before the next is computed. The parts'
+    /// rows together are the whole frame's, but only one part is held at a time: what a writer of a
+    /// whole-universe query needs (the whole Alpha158 frame of 5000 instruments x 750 days is 2.4 GB). A
+    /// query of more than one part bypasses the in-memory feature cache, like any scan too large for it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn features_in_parts<S: AsRef<str>>(
+        &self,
+        universe: Universe<'_>,
+        exprs: &[S],
+        start: Option<Timestamp>,
+        end: Option<Timestamp>,
+        freq: Freq,
+        part_size: usize,
+        mut each: impl FnMut(ColumnFrame) -> Result<()>,
+    ) -> Result<()> {
+        let names = self.instruments_of(universe, start, end, freq)?;
+        if names.len() <= part_size.max(1) {
+            return each(self.features_by_column(universe, exprs, start, end, freq)?);
+        }
+        for part in names.chunks(part_size.max(1)) {
+            let part = Universe::Part(&universe, part);
+            let (columns, index, calendar, values) =
+                self.evaluate(part, exprs, start, end, freq, Layout::Columns, true)?;
+            each(ColumnFrame::from_parts(columns, index, calendar, values))?;
+        }
+        Ok(())
+    }
+
+    /// [`feature_set_by_column`](Self::feature_set_by_column) part by part (see
+    /// [`features_in_parts`](Self::features_in_parts)).
+    #[allow(clippy::too_many_arguments)]
+    pub fn feature_set_in_parts(
+        &self,
+        universe: Universe<'_>,
+        set: &FeatureSet,
+        start: Option<Timestamp>,
+        end: Option<Timestamp>,
+        freq: Freq,
+        part_size: usize,
+        mut each: impl FnMut(ColumnFrame) -> Result<()>,
+    ) -> Result<()> {
+        let chosen = self.feature_set_columns(universe, set, freq)?;
+        let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
+        let names: Vec<String> = chosen.iter().map(|f| f.name.clone()).collect();
+        self.features_in_parts(universe, &exprs, start, end, freq, part_size, |mut part| {
+            part.rename_columns(names.clone());
+            each(part)
+        })
+    }
+
+    /// The instruments of a query in the frame's row order, spelled as [`Universe::Part`] takes them; those
+    /// without rows in the range included.
+    pub fn instruments_of(
+        &self,
+        universe: Universe<'_>,
+        start: Option<Timestamp>,
+        end: Option<Timestamp>,
+        freq: Freq,
+    ) -> Result<Vec<String>> {
+        let calendar = self.store.calendar(freq)?;
+        let range = calendar.locate(start, end);
+        Ok(self
+            .targets(universe, &calendar, &range)?
+            .into_iter()
+            .map(|t| t.0)
+            .collect())
+    }
+
+    /// How many instruments a part of [`features_in_parts`](Self::features_in_parts) should hold so that
+    /// it stays near 64 MB of values: `columns` columns over the calendar rows from `start` to `end`.
+    pub fn part_size(
+        &self,
+        columns: usize,
+        start: Option<Timestamp>,
+        end: Option<Timestamp>,
+        freq: Freq,
+    ) -> Result<usize> {
+        let rows = self.store.calendar(freq)?.locate(start, end).len();
+        Ok((PART_VALUES / (columns.max(1) * rows.max(1))).max(1))
+    }
+
+    /// The rows, column names and values of a query, in `layout`. `scan`: bypass the in-memory feature
+    /// cache (one part of a larger query).
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn evaluate<S: AsRef<str>>(
         &self,
         universe: Universe<'_>,
@@ -412,6 +499,7 @@ impl Engine {
         end: Option<Timestamp>,
         freq: Freq,
         layout: Layout,
+        scan: bool,
     ) -> Result<(
         Vec<String>,
         Vec<(String, Vec<usize>)>,
@@ -495,16 +583,17 @@ impl Engine {
         // A query whose results cannot all fit in the feature cache would only evict everything, itself
         // included, before anyone asks again: such scans bypass it (as in scan-resistant buffer pools).
         let cells = counts.iter().filter(|&&c| c > 0).count() * ncol;
-        let use_cache = match self.features.limit() {
-            Limit::Entries(n) => cells <= n,
-            Limit::Bytes(b) => {
-                let rows: usize = spans
-                    .iter()
-                    .map(|s| s.first().zip(s.last()).map_or(0, |(a, z)| z.end - a.start))
-                    .sum();
-                rows * ncol * 4 <= b
-            }
-        };
+        let use_cache = !scan
+            && match self.features.limit() {
+                Limit::Entries(n) => cells <= n,
+                Limit::Bytes(b) => {
+                    let rows: usize = spans
+                        .iter()
+                        .map(|s| s.first().zip(s.last()).map_or(0, |(a, z)| z.end - a.start))
+                        .sum();
+                    rows * ncol * 4 <= b
+                }
+            };
         targets
             .par_iter()
             .zip(spans.par_iter())

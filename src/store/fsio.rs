@@ -119,22 +119,25 @@ fn temp_beside(dir: &Path, target: &Path) -> Result<tempfile::NamedTempFile> {
 
 /// Writes `bytes` to `path` atomically and durably (temp file + fsync + rename + directory fsync).
 pub fn replace_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    replace_atomic_with(path, |w| w.write_all(bytes))
+    replace_atomic_with(path, |w| {
+        w.write_all(bytes)
+            .map_err(|e| Error::io("writing", path, e))
+    })
 }
 
 /// [`replace_atomic`] for content streamed by `fill` (large outputs need not be held in memory). If `fill`
 /// fails, the temp file is removed and `path` is untouched.
 pub fn replace_atomic_with(
     path: &Path,
-    fill: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
+    fill: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> Result<()>,
 ) -> Result<()> {
     let dir = parent(path);
     let mut tmp = temp_beside(dir, path)?;
     let tmp_path = tmp.path().to_path_buf();
     {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        fill(&mut w)
-            .and_then(|()| w.flush())
+        fill(&mut w)?;
+        w.flush()
             .map_err(|e| Error::io("writing", tmp_path.clone(), e))?;
     }
     tmp.as_file()

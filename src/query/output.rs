@@ -1,0 +1,699 @@
+//! Where a query's rows go: CSV, JSON lines, per-column statistics, Parquet and Arrow IPC files.
+//!
+//! Every output takes the query in parts (groups of instruments, in the frame's row order, as
+//! [`Engine::features_in_parts`](crate::query::Engine::features_in_parts) hands them out), so a whole-universe
+//! query is written while it is computed and never held whole, in text or in values. [`write_parts`] runs the
+//! writer on its own thread, so one part is encoded while the next is computed.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::query::frame::ColumnFrame;
+use crate::store::calendar::format_timestamp;
+use crate::store::freq::Freq;
+
+/// An output format of a query.
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// `instrument,datetime,<columns>`; NaN is an empty cell (as pandas writes it).
+    Csv,
+    /// One JSON object per row and line, keys in column order; NaN and infinities are `null`.
+    Json,
+    /// Per column: rows, NaN count, mean, min and max of the other values, tab-separated with a header.
+    Stats,
+    /// A Parquet file: `instrument` (dictionary-encoded string), `datetime` (timestamp), one float32 column
+    /// per feature (NaN stays NaN, as in qlib's frames); one row group per part.
+    Parquet,
+    /// An Arrow IPC file (Feather v2) with the Parquet output's schema; one record batch per part.
+    Arrow,
+}
+
+impl Format {
+    /// The format's name, as the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Json => "json",
+            Format::Stats => "stats",
+            Format::Parquet => "parquet",
+            Format::Arrow => "arrow",
+        }
+    }
+
+    /// A binary format, which a terminal cannot show.
+    pub fn is_binary(self) -> bool {
+        matches!(self, Format::Parquet | Format::Arrow)
+    }
+}
+
+/// What every part of one query shares.
+#[derive(Debug, Clone)]
+pub struct Header {
+    /// The column names (a feature set's names or the expressions).
+    pub columns: Vec<String>,
+    /// Every instrument of the query in row order ([`Engine::instruments_of`](crate::query::Engine::instruments_of)):
+    /// the dictionary of the Arrow and Parquet `instrument` column, one for all parts.
+    pub instruments: Vec<String>,
+    pub freq: Freq,
+    /// Where the output goes, for messages (`-` for standard output).
+    pub path: PathBuf,
+}
+
+/// A writer of one query's output, fed its parts in row order.
+pub trait Sink: Send {
+    /// Writes one part's rows.
+    fn write(&mut self, part: &ColumnFrame) -> Result<()>;
+    /// Ends the output (a Parquet or Arrow footer, the statistics table) and flushes it.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// The writer of `format` into `out`.
+pub fn sink<'w, W: Write + Send + 'w>(
+    format: Format,
+    out: W,
+    header: Header,
+) -> Result<Box<dyn Sink + 'w>> {
+    Ok(match format {
+        Format::Csv => Box::new(Csv::new(out, header)?),
+        Format::Json => Box::new(JsonLines::new(out, header)),
+        Format::Stats => Box::new(Stats::new(out, header)),
+        #[cfg(feature = "parquet")]
+        Format::Parquet => Box::new(arrow::ParquetSink::new(out, header)?),
+        #[cfg(feature = "parquet")]
+        Format::Arrow => Box::new(arrow::ArrowSink::new(out, header)?),
+        #[cfg(not(feature = "parquet"))]
+        Format::Parquet | Format::Arrow => {
+            return Err(Error::Config {
+                source_name: format!("--format {}", format.name()),
+                reason:
+                    "this build of qstore has no Parquet or Arrow support (the `parquet` cargo \
+                         feature); rebuild with default features, or use csv"
+                        .into(),
+            });
+        }
+    })
+}
+
+/// Runs `produce`, which hands its parts to the closure it is given, and writes each part with `sink` on a
+/// second thread: part k is encoded while part k + 1 is computed, and at most one part waits in between.
+/// The first error of either side is returned; a failed writer stops the producer at its next part.
+pub fn write_parts<'w>(
+    mut sink: Box<dyn Sink + 'w>,
+    produce: impl FnOnce(&mut dyn FnMut(ColumnFrame) -> Result<()>) -> Result<()>,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<ColumnFrame>(1);
+        let writer = scope.spawn(move || -> Result<()> {
+            for part in rx {
+                sink.write(&part)?;
+            }
+            sink.finish()
+        });
+        let produced = produce(&mut |part| {
+            // A closed channel means the writer failed: its error is the one to report.
+            tx.send(part).map_err(|_| Error::Output {
+                format: "output",
+                reason: "the writer stopped".into(),
+            })
+        });
+        drop(tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        written.and(produced)
+    })
+}
+
+/// An I/O error of the output, with its path.
+fn io_error(header: &Header, e: std::io::Error) -> Error {
+    Error::io("writing", header.path.clone(), e)
+}
+
+/// The timestamp text of a frame's rows.
+fn date_text(part: &ColumnFrame, r: usize, date_only: bool) -> String {
+    format_timestamp(
+        part.calendar().dates()[part.index()[r].1 as usize],
+        date_only,
+    )
+}
+
+struct Csv<W: Write> {
+    out: csv::Writer<W>,
+    header: Header,
+    record: Vec<String>,
+}
+
+impl<W: Write> Csv<W> {
+    fn new(out: W, header: Header) -> Result<Self> {
+        let mut out = csv::Writer::from_writer(out);
+        let mut names = vec!["instrument".to_string(), "datetime".to_string()];
+        names.extend(header.columns.iter().cloned());
+        out.write_record(&names)
+            .map_err(|e| csv_error(&header, e))?;
+        Ok(Csv {
+            out,
+            header,
+            record: Vec::new(),
+        })
+    }
+}
+
+/// A CSV writer's error: the I/O error itself where there is one (a closed pipe must stay recognisable).
+fn csv_error(header: &Header, e: csv::Error) -> Error {
+    match e.into_kind() {
+        csv::ErrorKind::Io(io) => io_error(header, io),
+        other => Error::Output {
+            format: "csv",
+            reason: format!("{other:?}"),
+        },
+    }
+}
+
+impl<W: Write + Send> Sink for Csv<W> {
+    fn write(&mut self, part: &ColumnFrame) -> Result<()> {
+        let date_only = self.header.freq.date_only();
+        let columns: Vec<&[f32]> = (0..part.columns().len()).map(|c| part.column(c)).collect();
+        for (r, &(code, _)) in part.index().iter().enumerate() {
+            self.record.clear();
+            self.record.push(part.instruments()[code as usize].clone());
+            self.record.push(date_text(part, r, date_only));
+            self.record.extend(columns.iter().map(|col| {
+                let v = col[r];
+                if v.is_nan() {
+                    String::new()
+                } else {
+                    // The shortest text that reads back to the same f32.
+                    v.to_string()
+                }
+            }));
+            self.out
+                .write_record(&self.record)
+                .map_err(|e| csv_error(&self.header, e))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.out.flush().map_err(|e| io_error(&self.header, e))
+    }
+}
+
+struct JsonLines<W: Write> {
+    out: W,
+    header: Header,
+    /// The column names as JSON strings.
+    keys: Vec<String>,
+    line: String,
+}
+
+impl<W: Write> JsonLines<W> {
+    fn new(out: W, header: Header) -> Self {
+        let keys = header.columns.iter().map(|c| json_string(c)).collect();
+        JsonLines {
+            out,
+            header,
+            keys,
+            line: String::new(),
+        }
+    }
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+impl<W: Write + Send> Sink for JsonLines<W> {
+    fn write(&mut self, part: &ColumnFrame) -> Result<()> {
+        let date_only = self.header.freq.date_only();
+        let columns: Vec<&[f32]> = (0..part.columns().len()).map(|c| part.column(c)).collect();
+        let names: Vec<String> = part.instruments().iter().map(|i| json_string(i)).collect();
+        for (r, &(code, _)) in part.index().iter().enumerate() {
+            let line = &mut self.line;
+            line.clear();
+            line.push_str("{\"instrument\":");
+            line.push_str(&names[code as usize]);
+            line.push_str(",\"datetime\":\"");
+            line.push_str(&date_text(part, r, date_only));
+            line.push('"');
+            for (k, col) in self.keys.iter().zip(&columns) {
+                line.push(',');
+                line.push_str(k);
+                line.push(':');
+                let v = col[r];
+                if v.is_finite() {
+                    line.push_str(&v.to_string());
+                } else {
+                    line.push_str("null");
+                }
+            }
+            line.push_str("}\n");
+            self.out
+                .write_all(line.as_bytes())
+                .map_err(|e| io_error(&self.header, e))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.out.flush().map_err(|e| io_error(&self.header, e))
+    }
+}
+
+/// Summation lanes of a column's statistics: row `r` of the query adds into lane `r % LANES`, and the lanes
+/// are added in order at the end, so the sums do not depend on where the parts begin or on the threads, and
+/// the inner loop runs in vector registers.
+const LANES: usize = 8;
+
+struct Stats<W: Write> {
+    out: W,
+    header: Header,
+    rows: usize,
+    nan: Vec<u64>,
+    sum: Vec<[f64; LANES]>,
+    /// The extremes in f32: exact, with no conversion per value.
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+}
+
+impl<W: Write> Stats<W> {
+    fn new(out: W, header: Header) -> Self {
+        let n = header.columns.len();
+        Stats {
+            out,
+            header,
+            rows: 0,
+            nan: vec![0; n],
+            sum: vec![[0.0; LANES]; n],
+            lo: vec![f32::INFINITY; n],
+            hi: vec![f32::NEG_INFINITY; n],
+        }
+    }
+}
+
+impl<W: Write + Send> Sink for Stats<W> {
+    fn write(&mut self, part: &ColumnFrame) -> Result<()> {
+        use rayon::prelude::*;
+        let offset = self.rows % LANES;
+        (self.nan.par_iter_mut(), self.sum.par_iter_mut())
+            .into_par_iter()
+            .zip((self.lo.par_iter_mut(), self.hi.par_iter_mut()).into_par_iter())
+            .enumerate()
+            .for_each(|(c, ((nan, sum), (lo, hi)))| {
+                for (r, &v) in part.column(c).iter().enumerate() {
+                    let valid = !v.is_nan();
+                    *nan += u64::from(!valid);
+                    sum[(offset + r) % LANES] += if valid { f64::from(v) } else { 0.0 };
+                    // `min`/`max` skip NaN.
+                    *lo = lo.min(v);
+                    *hi = hi.max(v);
+                }
+            });
+        self.rows += part.len();
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        let mut text = String::from("column\trows\tnan\tmean\tmin\tmax\n");
+        for (c, name) in self.header.columns.iter().enumerate() {
+            let valid = self.rows - self.nan[c] as usize;
+            let sum: f64 = self.sum[c].iter().sum();
+            let mean = if valid == 0 {
+                f64::NAN
+            } else {
+                sum / valid as f64
+            };
+            text.push_str(&format!(
+                "{name}\t{}\t{}\t{mean}\t{}\t{}\n",
+                self.rows, self.nan[c], self.lo[c], self.hi[c]
+            ));
+        }
+        self.out
+            .write_all(text.as_bytes())
+            .and_then(|()| self.out.flush())
+            .map_err(|e| io_error(&self.header, e))
+    }
+}
+
+#[cfg(feature = "parquet")]
+mod arrow {
+    //! The Arrow and Parquet writers, through the Apache Arrow crates.
+
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use arrow_array::types::Int32Type;
+    use arrow_array::{
+        ArrayRef, DictionaryArray, Float32Array, Int32Array, RecordBatch, StringArray,
+        TimestampSecondArray,
+    };
+    use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::Compression;
+    use parquet::errors::ParquetError;
+    use parquet::file::properties::WriterProperties;
+
+    use super::{Header, Sink};
+    use crate::error::{Error, Result};
+    use crate::query::frame::ColumnFrame;
+
+    /// The schema of both files: `instrument`, `datetime`, then one float32 column per feature.
+    fn schema(header: &Header) -> SchemaRef {
+        let mut fields = vec![
+            Field::new_dictionary("instrument", DataType::Int32, DataType::Utf8, false),
+            Field::new(
+                "datetime",
+                DataType::Timestamp(TimeUnit::Second, None),
+                false,
+            ),
+        ];
+        fields.extend(
+            header
+                .columns
+                .iter()
+                .map(|c| Field::new(c, DataType::Float32, false)),
+        );
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Builds a part's record batch: the instrument column keys into the header's dictionary (one
+    /// dictionary for every batch, which the Arrow file format requires), the values copied once from the
+    /// part's columns.
+    struct Batches {
+        schema: SchemaRef,
+        dictionary: ArrayRef,
+        codes: std::collections::HashMap<String, i32>,
+    }
+
+    impl Batches {
+        fn new(header: &Header) -> Batches {
+            Batches {
+                schema: schema(header),
+                dictionary: Arc::new(StringArray::from_iter_values(&header.instruments)),
+                codes: header
+                    .instruments
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.clone(), i as i32))
+                    .collect(),
+            }
+        }
+
+        fn batch(&self, part: &ColumnFrame) -> Result<RecordBatch> {
+            // The part's instrument codes in the query's dictionary.
+            let global: Vec<i32> = part
+                .instruments()
+                .iter()
+                .map(|i| {
+                    self.codes.get(i).copied().ok_or_else(|| Error::Output {
+                        format: "arrow",
+                        reason: format!("instrument {i:?} is not in the query's list"),
+                    })
+                })
+                .collect::<Result<_>>()?;
+            let keys =
+                Int32Array::from_iter_values(part.index().iter().map(|&(c, _)| global[c as usize]));
+            let instrument = DictionaryArray::<Int32Type>::try_new(keys, self.dictionary.clone())
+                .map_err(arrow_error)?;
+            let dates = part.calendar().dates();
+            let datetime = TimestampSecondArray::from_iter_values(
+                part.index()
+                    .iter()
+                    .map(|&(_, r)| dates[r as usize].and_utc().timestamp()),
+            );
+            let mut columns: Vec<ArrayRef> = vec![Arc::new(instrument), Arc::new(datetime)];
+            columns.extend(
+                (0..part.columns().len())
+                    .map(|c| Arc::new(Float32Array::from(part.column(c).to_vec())) as ArrayRef),
+            );
+            RecordBatch::try_new(self.schema.clone(), columns).map_err(arrow_error)
+        }
+    }
+
+    fn arrow_error(e: ArrowError) -> Error {
+        Error::Output {
+            format: "arrow",
+            reason: e.to_string(),
+        }
+    }
+
+    /// A Parquet error; the I/O error itself where there is one.
+    fn parquet_error(header: &Header, e: ParquetError) -> Error {
+        match e {
+            ParquetError::External(inner) => match inner.downcast::<std::io::Error>() {
+                Ok(io) => super::io_error(header, *io),
+                Err(other) => Error::Output {
+                    format: "parquet",
+                    reason: other.to_string(),
+                },
+            },
+            other => Error::Output {
+                format: "parquet",
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    pub(super) struct ParquetSink<W: Write + Send> {
+        writer: ArrowWriter<W>,
+        batches: Batches,
+        header: Header,
+    }
+
+    impl<W: Write + Send> ParquetSink<W> {
+        pub(super) fn new(out: W, header: Header) -> Result<Self> {
+            let batches = Batches::new(&header);
+            // Snappy: what pandas and pyarrow write by default, fast both ways. Dictionary encoding only
+            // where it pays (the instrument column); float features rarely repeat.
+            let props = WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .set_dictionary_enabled(false)
+                .set_column_dictionary_enabled("instrument".into(), true)
+                .set_created_by(format!("qstore {}", env!("CARGO_PKG_VERSION")))
+                .build();
+            let writer = ArrowWriter::try_new(out, batches.schema.clone(), Some(props))
+                .map_err(|e| parquet_error(&header, e))?;
+            Ok(ParquetSink {
+                writer,
+                batches,
+                header,
+            })
+        }
+    }
+
+    impl<W: Write + Send> Sink for ParquetSink<W> {
+        fn write(&mut self, part: &ColumnFrame) -> Result<()> {
+            if part.is_empty() {
+                return Ok(());
+            }
+            let batch = self.batches.batch(part)?;
+            self.writer
+                .write(&batch)
+                .map_err(|e| parquet_error(&self.header, e))?;
+            // One row group per part: the writer holds one part's encoded pages, not the query's.
+            self.writer
+                .flush()
+                .map_err(|e| parquet_error(&self.header, e))
+        }
+
+        fn finish(self: Box<Self>) -> Result<()> {
+            let ParquetSink { writer, header, .. } = *self;
+            let mut out = writer.into_inner().map_err(|e| parquet_error(&header, e))?;
+            out.flush().map_err(|e| super::io_error(&header, e))
+        }
+    }
+
+    pub(super) struct ArrowSink<W: Write> {
+        writer: arrow_ipc::writer::FileWriter<W>,
+        batches: Batches,
+        header: Header,
+    }
+
+    impl<W: Write> ArrowSink<W> {
+        pub(super) fn new(out: W, header: Header) -> Result<Self> {
+            let batches = Batches::new(&header);
+            let writer = arrow_ipc::writer::FileWriter::try_new(out, &batches.schema)
+                .map_err(|e| ipc_error(&header, e))?;
+            Ok(ArrowSink {
+                writer,
+                batches,
+                header,
+            })
+        }
+    }
+
+    /// An Arrow IPC error; the I/O error itself where there is one.
+    fn ipc_error(header: &Header, e: ArrowError) -> Error {
+        match e {
+            ArrowError::IoError(_, io) => super::io_error(header, io),
+            other => arrow_error(other),
+        }
+    }
+
+    impl<W: Write + Send> Sink for ArrowSink<W> {
+        fn write(&mut self, part: &ColumnFrame) -> Result<()> {
+            if part.is_empty() {
+                return Ok(());
+            }
+            let batch = self.batches.batch(part)?;
+            self.writer
+                .write(&batch)
+                .map_err(|e| ipc_error(&self.header, e))
+        }
+
+        fn finish(self: Box<Self>) -> Result<()> {
+            let ArrowSink {
+                mut writer, header, ..
+            } = *self;
+            writer.finish().map_err(|e| ipc_error(&header, e))?;
+            let mut out = writer.into_inner().map_err(|e| ipc_error(&header, e))?;
+            out.flush().map_err(|e| super::io_error(&header, e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::query::frame::Values;
+    use crate::store::calendar::{Calendar, Timestamp, parse_timestamp};
+
+    /// `rows` rows of instrument X with three columns: all NaN; NaN every 7th row, else `r - 100`; `r % 1000`
+    /// (integers: exact sums), cut into parts of the given sizes.
+    fn parts(rows: usize, sizes: &[usize]) -> Vec<ColumnFrame> {
+        let dates: Vec<Timestamp> = (0..rows as u64)
+            .map(|d| parse_timestamp("2000-01-01").unwrap() + chrono::Days::new(d))
+            .collect();
+        let calendar = Arc::new(Calendar::new(Freq::DAY, dates).unwrap());
+        let mut out = Vec::new();
+        let mut r0 = 0;
+        for &n in sizes {
+            let rs: Vec<usize> = (r0..r0 + n).collect();
+            let mut values: Vec<f32> = rs.iter().map(|_| f32::NAN).collect();
+            values.extend(rs.iter().map(|&r| {
+                if r % 7 == 0 {
+                    f32::NAN
+                } else {
+                    r as f32 - 100.0
+                }
+            }));
+            values.extend(rs.iter().map(|&r| (r % 1000) as f32));
+            out.push(ColumnFrame::from_parts(
+                vec!["a".into(), "b".into(), "c".into()],
+                vec![("X".into(), rs)],
+                calendar.clone(),
+                Values::from(values),
+            ));
+            r0 += n;
+        }
+        out
+    }
+
+    fn written(format: Format, parts: Vec<ColumnFrame>) -> String {
+        let mut out = Vec::new();
+        let header = Header {
+            columns: vec!["a".into(), "b".into(), "c".into()],
+            instruments: vec!["X".into()],
+            freq: Freq::DAY,
+            path: "-".into(),
+        };
+        write_parts(sink(format, &mut out, header).unwrap(), |each| {
+            parts.into_iter().try_for_each(each)
+        })
+        .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn stats_match_a_direct_count_wherever_the_parts_begin() {
+        let rows = 3 * 4096 + 77;
+        let text = written(Format::Stats, parts(rows, &[rows]));
+        for sizes in [
+            &[1, rows - 1][..],
+            &[4096, 4096, 4096, 77],
+            &[13, 5000, rows - 5013],
+        ] {
+            assert_eq!(
+                written(Format::Stats, parts(rows, sizes)),
+                text,
+                "{sizes:?}"
+            );
+        }
+        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+        assert_eq!(lines[0], ["column", "rows", "nan", "mean", "min", "max"]);
+        assert_eq!(
+            lines[1][1..],
+            [&*rows.to_string(), &*rows.to_string(), "NaN", "inf", "-inf"]
+        );
+        let valid_b: Vec<f64> = (0..rows)
+            .filter(|r| r % 7 != 0)
+            .map(|r| r as f64 - 100.0)
+            .collect();
+        let mean_b = valid_b.iter().sum::<f64>() / valid_b.len() as f64;
+        assert_eq!(lines[2][2], (rows - valid_b.len()).to_string());
+        assert_eq!(lines[2][3].parse::<f64>().unwrap(), mean_b);
+        assert_eq!(lines[2][4..], ["-99", &*(rows as f64 - 101.0).to_string()]);
+        let mean_c = (0..rows).map(|r| (r % 1000) as f64).sum::<f64>() / rows as f64;
+        assert_eq!(lines[3][2..], ["0", &*mean_c.to_string(), "0", "999"]);
+    }
+
+    #[test]
+    fn text_outputs_do_not_depend_on_the_parts() {
+        for format in [Format::Csv, Format::Json] {
+            let whole = written(format, parts(50, &[50]));
+            assert_eq!(written(format, parts(50, &[1, 20, 29])), whole);
+            assert_eq!(
+                whole.lines().count(),
+                50 + usize::from(format == Format::Csv)
+            );
+        }
+        let csv = written(Format::Csv, parts(8, &[8]));
+        assert_eq!(csv.lines().nth(1), Some("X,2000-01-01,,,0"));
+        assert_eq!(csv.lines().nth(2), Some("X,2000-01-02,,-99,1"));
+        let json = written(Format::Json, parts(8, &[8]));
+        assert_eq!(
+            json.lines().nth(1),
+            Some(r#"{"instrument":"X","datetime":"2000-01-02","a":null,"b":-99,"c":1}"#)
+        );
+    }
+
+    #[test]
+    fn a_failed_writer_stops_the_producer_with_its_own_error() {
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::from(std::io::ErrorKind::StorageFull))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let header = Header {
+            columns: vec!["a".into(), "b".into(), "c".into()],
+            instruments: vec!["X".into()],
+            freq: Freq::DAY,
+            path: "out.csv".into(),
+        };
+        let mut produced = 0;
+        let err = write_parts(sink(Format::Json, Full, header).unwrap(), |each| {
+            for p in parts(100, &[10; 10]) {
+                produced += 1;
+                each(p)?;
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { path, source, .. }
+                if path.as_os_str() == "out.csv" && source.kind() == std::io::ErrorKind::StorageFull),
+            "{err:?}"
+        );
+        assert!(
+            produced < 10,
+            "the producer stopped early ({produced} parts)"
+        );
+    }
+}
