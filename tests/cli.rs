@@ -435,7 +435,7 @@ fn qcache_query_prints_csv_json_and_writes_files() {
 #[test]
 fn qcache_query_writes_parquet_and_arrow_with_the_csv_values() {
     use arrow_array::cast::AsArray;
-    use arrow_array::types::{Float32Type, Int32Type, TimestampSecondType};
+    use arrow_array::types::{Float32Type, Int32Type, TimestampMillisecondType};
     let (dir, store) = sample_store();
     let s = store.to_str().unwrap();
     let query = |format: &str, name: &str, extra: &[&str]| {
@@ -496,9 +496,9 @@ fn qcache_query_writes_parquet_and_arrow_with_the_csv_values() {
             );
             let inst = b.column(0).as_dictionary::<Int32Type>();
             let names = inst.values().as_string::<i32>();
-            let dates = b.column(1).as_primitive::<TimestampSecondType>();
+            let dates = b.column(1).as_primitive::<TimestampMillisecondType>();
             for r in 0..b.num_rows() {
-                let when = chrono::DateTime::from_timestamp(dates.value(r), 0).unwrap();
+                let when = chrono::DateTime::from_timestamp_millis(dates.value(r)).unwrap();
                 // Every NaN as the CSV's empty cell reads back (a computed NaN may carry a sign).
                 let values = (2..b.num_columns())
                     .map(|c| b.column(c).as_primitive::<Float32Type>().value(r))

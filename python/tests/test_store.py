@@ -121,6 +121,37 @@ def test_feature_sets_and_outputs(store_path):
     assert pl.columns == ["instrument", "datetime", *EXPRS] and pl.height == table.num_rows
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_qcache_parquet_and_arrow_files_read_back_in_pyarrow_and_polars(store_path, tmp_path, fmt):
+    import polars as pl
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
+
+    args = ["--feature-set", "alpha158", "--start", "2023-02-01"]
+    path = tmp_path / f"q.{fmt}"
+    # Parts of 5 instruments: several row groups / record batches sharing one instrument dictionary.
+    run("qcache", "query", store_path, *args, "--format", fmt, "--part-size", 5, "--out", path)
+    table = pq.read_table(path) if fmt == "parquet" else feather.read_table(path)
+    want = qcache_frame(store_path, args)
+    assert table.column_names == ["instrument", "datetime", *want.columns]
+    assert str(table.schema.field("datetime").type) == "timestamp[ms]"
+    assert all(str(table.schema.field(c).type) == "float" for c in want.columns)
+    df = table.to_pandas()
+    assert isinstance(df["instrument"].dtype, pd.CategoricalDtype)
+    df = df.astype({"instrument": str}).set_index(["instrument", "datetime"])
+    assert list(df.index.get_level_values(0)) == list(want.index.get_level_values(0))
+    assert (df.index.get_level_values(1) == want.index.get_level_values(1)).all()
+    # The CSV's values, bit for bit (NaN where the CSV has an empty cell), and the Python API's frame.
+    np.testing.assert_array_equal(df.to_numpy(), want.to_numpy().astype(np.float32))
+    from_api = qstore.Store(store_path).features("alpha158", start="2023-02-01")
+    np.testing.assert_array_equal(df.to_numpy(), from_api.to_numpy())
+    frame = pl.read_parquet(path) if fmt == "parquet" else pl.read_ipc(path)
+    assert frame.columns == table.column_names and frame.height == table.num_rows
+    assert frame.schema["instrument"] == pl.Categorical and frame.schema["KMID"] == pl.Float32
+    np.testing.assert_array_equal(frame.select(want.columns).to_numpy(), df.to_numpy())
+    assert frame["instrument"].cast(pl.String).to_list() == list(want.index.get_level_values(0))
+
+
 def test_bad_arguments_raise_and_write_nothing(store_path):
     before = sorted(p.relative_to(store_path) for p in store_path.rglob("*"))
     s = qstore.Store(store_path)

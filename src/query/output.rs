@@ -23,7 +23,8 @@ pub enum Format {
     Json,
     /// Per column: rows, NaN count, mean, min and max of the other values, tab-separated with a header.
     Stats,
-    /// A Parquet file: `instrument` (dictionary-encoded string), `datetime` (timestamp), one float32 column
+    /// A Parquet file: `instrument` (dictionary-encoded string), `datetime` (timestamp in milliseconds, no
+    /// time zone, as the calendar), one float32 column
     /// per feature (NaN stays NaN, as in qlib's frames); one row group per part.
     Parquet,
     /// An Arrow IPC file (Feather v2) with the Parquet output's schema; one record batch per part.
@@ -346,7 +347,7 @@ mod arrow {
     use arrow_array::types::Int32Type;
     use arrow_array::{
         ArrayRef, DictionaryArray, Float32Array, Int32Array, RecordBatch, StringArray,
-        TimestampSecondArray,
+        TimestampMillisecondArray,
     };
     use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
     use parquet::arrow::ArrowWriter;
@@ -358,13 +359,15 @@ mod arrow {
     use crate::error::{Error, Result};
     use crate::query::frame::ColumnFrame;
 
-    /// The schema of both files: `instrument`, `datetime`, then one float32 column per feature.
+    /// The schema of both files: `instrument`, `datetime`, then one float32 column per feature. The time is
+    /// in milliseconds: Parquet has no timestamp of seconds (arrow-rs would write a bare integer), and
+    /// milliseconds are polars' own unit.
     fn schema(header: &Header) -> SchemaRef {
         let mut fields = vec![
             Field::new_dictionary("instrument", DataType::Int32, DataType::Utf8, false),
             Field::new(
                 "datetime",
-                DataType::Timestamp(TimeUnit::Second, None),
+                DataType::Timestamp(TimeUnit::Millisecond, None),
                 false,
             ),
         ];
@@ -417,10 +420,10 @@ mod arrow {
             let instrument = DictionaryArray::<Int32Type>::try_new(keys, self.dictionary.clone())
                 .map_err(arrow_error)?;
             let dates = part.calendar().dates();
-            let datetime = TimestampSecondArray::from_iter_values(
+            let datetime = TimestampMillisecondArray::from_iter_values(
                 part.index()
                     .iter()
-                    .map(|&(_, r)| dates[r as usize].and_utc().timestamp()),
+                    .map(|&(_, r)| dates[r as usize].and_utc().timestamp_millis()),
             );
             let mut columns: Vec<ArrayRef> = vec![Arc::new(instrument), Arc::new(datetime)];
             columns.extend(
