@@ -119,6 +119,74 @@ fn reads_back(cache: &DiskDatasetCache, s: &Engine, u: Universe<'_>, exprs: &[&s
     same(&got, &full(s, u, exprs));
 }
 
+/// A string dataset of an HDF5 file.
+fn h5_strings(path: &Path, name: &str) -> Vec<String> {
+    let f = hdf5::File::open(path).unwrap();
+    let v: Vec<hdf5::types::VarLenUnicode> = f.dataset(name).unwrap().read_raw().unwrap();
+    v.iter().map(|s| s.as_str().to_string()).collect()
+}
+
+/// Reads a `.data` file the way an h5py user would, with no meta: the `fields` attribute names the columns,
+/// `instruments[instrument[i]]` and `calendar[row[i]]` say what row i is. Its rows, values and `freq` are
+/// the engine's for `universe`, bit for bit.
+#[track_caller]
+fn described_by_itself(path: &Path, s: &Engine, universe: Universe<'_>) {
+    let f = hdf5::File::open(path).unwrap();
+    let text = |name: &str| -> String {
+        let a: hdf5::types::VarLenUnicode = f.attr(name).unwrap().read_scalar().unwrap();
+        a.as_str().to_string()
+    };
+    assert_eq!(text("freq"), "day");
+    assert!(text("description").contains("instrument[i]: index into `instruments`"));
+    let fields: Vec<String> = text("fields").lines().map(String::from).collect();
+    let names = h5_strings(path, "instruments");
+    let dates = h5_strings(path, "calendar");
+    assert_eq!(dates.len(), s.store().calendar(Freq::DAY).unwrap().len());
+    let inst: Vec<u32> = f.dataset("instrument").unwrap().read_raw().unwrap();
+    let rows: Vec<u32> = f.dataset("row").unwrap().read_raw().unwrap();
+    let values: Vec<f32> = f.dataset("values").unwrap().read_raw().unwrap();
+    let mut from_file: Vec<(String, String, Vec<u32>)> = (0..inst.len())
+        .map(|i| {
+            let n = fields.len();
+            (
+                names[inst[i] as usize].clone(),
+                dates[rows[i] as usize].clone(),
+                values[i * n..(i + 1) * n]
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+            )
+        })
+        .collect();
+    from_file.sort();
+    let want = full(
+        s,
+        universe,
+        &fields.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let want: Vec<(String, String, Vec<u32>)> = (0..want.len())
+        .map(|r| {
+            (
+                want.instrument(r).to_string(),
+                want.datetime(r).date().to_string(),
+                want.row(r).iter().map(|v| v.to_bits()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        from_file.len(),
+        want.len(),
+        "{} rows; names {names:?}, {} dates, universe {universe:?}, first {:?} last {:?}",
+        path.display(),
+        dates.len(),
+        from_file.first(),
+        from_file.last()
+    );
+    for (a, b) in from_file.iter().zip(&want) {
+        assert_eq!(a, b, "{} read without its meta", path.display());
+    }
+}
+
 fn data_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -363,6 +431,22 @@ fn updates_append_and_equal_fresh_builds() {
             reads_back(&fresh, &s, u, &EXPRS);
         }
         assert!(cache.verify().unwrap().is_empty(), "step {step}");
+        // An appended file still describes itself: its own names, dates and fields give the computation.
+        for name in data_files(cache.dir())
+            .iter()
+            .filter(|n| n.ends_with(".data"))
+        {
+            let path = cache.dir().join(name);
+            let u = if h5_strings(&path, "instruments")
+                .iter()
+                .all(|n| list.contains(n))
+            {
+                Universe::List(&list)
+            } else {
+                Universe::Market("all")
+            };
+            described_by_itself(&path, &s, u);
+        }
         // Old generations are gone: still one .data and one .index per dataset.
         assert_eq!(data_files(cache.dir()).len(), 6, "step {step}");
     }

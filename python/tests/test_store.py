@@ -152,6 +152,31 @@ def test_qcache_parquet_and_arrow_files_read_back_in_pyarrow_and_polars(store_pa
     assert frame["instrument"].cast(pl.String).to_list() == list(want.index.get_level_values(0))
 
 
+def test_dataset_cache_files_describe_themselves_to_h5py(fresh_store):
+    import glob
+    import json
+
+    import h5py
+
+    run("qcache", "warm", fresh_store, "--dataset", "--fields", *EXPRS, "--lock", "file")
+    [data] = glob.glob(str(fresh_store / "dataset_cache" / "*.data"))
+    [meta] = glob.glob(str(fresh_store / "dataset_cache" / "*.meta"))
+    rows = json.loads(open(meta).read())["rows"]
+    with h5py.File(data, "r") as f:
+        # What a row is comes from the file alone; the meta is read only for how many rows are published.
+        assert f.attrs["freq"] == "day" and "instruments" in f.attrs["description"]
+        fields = f.attrs["fields"].split("\n")
+        names = f["instruments"].asstr()[:]
+        dates = pd.to_datetime(f["calendar"].asstr()[:])
+        index = pd.MultiIndex.from_arrays(
+            [names[f["instrument"][:rows]], dates[f["row"][:rows]]], names=["instrument", "datetime"]
+        )
+        df = pd.DataFrame(f["values"][:rows], index=index, columns=fields).sort_index()
+    want = qstore.Store(fresh_store).features(fields)
+    assert df.index.equals(want.index)
+    np.testing.assert_array_equal(df.to_numpy(), want.to_numpy())
+
+
 def test_bad_arguments_raise_and_write_nothing(store_path):
     before = sorted(p.relative_to(store_path) for p in store_path.rglob("*"))
     s = qstore.Store(store_path)

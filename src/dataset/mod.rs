@@ -50,7 +50,7 @@ pub enum DiskCacheMode {
     Rebuild,
 }
 
-const META_FORMAT: u32 = 3;
+const META_FORMAT: u32 = 4;
 
 /// The `.meta` of a dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -620,7 +620,11 @@ impl DiskDatasetCache {
             t0 = t1;
         }
         let rows = writer.rows();
-        writer.finish()?;
+        let dates: Vec<String> = cal.dates()[..n_cal]
+            .iter()
+            .map(|&d| crate::store::calendar::format_timestamp(d, req.freq.date_only()))
+            .collect();
+        writer.finish(&instruments, &dates, req.freq)?;
         crate::util::failpoint::hit("dataset:after-data");
         imp::write_index(&index, &start, &end)?;
         Ok(Written {
@@ -996,6 +1000,13 @@ mod imp {
 
     use super::DatasetMeta;
     use crate::error::{Error, Result};
+    use crate::store::freq::Freq;
+
+    /// The `description` attribute: how to read a file without its meta (h5py, HDF5 tools).
+    const DESCRIPTION: &str = "qstore dataset cache. values[i, j]: row i, column j (attribute `fields`: \
+        the expressions, one per line). instrument[i]: index into `instruments`; row[i]: index into \
+        `calendar` (the row's date). checksum[k]: xxh3-64 of chunk k of values. Rows are sorted by date; \
+        the meta (<key>.meta, JSON) says how many rows are published (`rows`): read no further.";
     use crate::query::frame::Frame;
     use crate::store::calendar::Calendar;
     use crate::store::fsio;
@@ -1174,9 +1185,42 @@ mod imp {
             self.rows
         }
 
-        /// The checksums of the chunks that changed, then fsync + rename to the generation's name.
-        pub fn finish(self) -> Result<()> {
+        /// The checksums of the chunks that changed and what makes the file describe itself (the names
+        /// `instrument` and `row` index: `instruments`, `calendar`; the `freq` attribute), then fsync +
+        /// rename to the generation's name.
+        pub fn finish(self, instruments: &[String], calendar: &[String], freq: Freq) -> Result<()> {
             let w = |e| h5("writing HDF5", &self.tmp, e);
+            for (name, texts) in [("instruments", instruments), ("calendar", calendar)] {
+                // Small and rewritten whole: a copied file's old list is replaced, not resized.
+                if self.file.link_exists(name) {
+                    self.file.unlink(name).map_err(w)?;
+                }
+                let texts: Vec<VarLenUnicode> = texts
+                    .iter()
+                    .map(|t| t.parse().expect("names and dates hold no NUL"))
+                    .collect();
+                self.file
+                    .new_dataset_builder()
+                    .with_data(&texts)
+                    .create(name)
+                    .map_err(w)?;
+            }
+            for (name, text) in [
+                ("freq", freq.to_string()),
+                ("description", DESCRIPTION.into()),
+            ] {
+                let text: VarLenUnicode = text.parse().expect("no NUL");
+                let attr = match self.file.attr(name) {
+                    Ok(a) => a,
+                    Err(_) => self
+                        .file
+                        .new_attr::<VarLenUnicode>()
+                        .shape(())
+                        .create(name)
+                        .map_err(w)?,
+                };
+                attr.write_scalar(&text).map_err(w)?;
+            }
             {
                 let values = self.file.dataset("values").map_err(w)?;
                 let step = chunk_step(&values);
@@ -1416,6 +1460,25 @@ mod imp {
         if fields.as_str() != m.fields.join("\n") {
             return Err("the data's fields differ from the meta's".into());
         }
+        let names: Vec<VarLenUnicode> = f
+            .dataset("instruments")
+            .and_then(|d| d.read_raw())
+            .map_err(e)?;
+        if !names
+            .iter()
+            .map(VarLenUnicode::as_str)
+            .eq(m.instruments.iter().map(String::as_str))
+        {
+            return Err("the data's instruments differ from the meta's".into());
+        }
+        let calendar = f.dataset("calendar").map_err(e)?;
+        if calendar.size() != m.calendar_len {
+            return Err(format!(
+                "the data's calendar has {} dates, the meta's {}",
+                calendar.size(),
+                m.calendar_len
+            ));
+        }
         let values = f.dataset("values").map_err(e)?;
         let total = values.shape().first().copied().unwrap_or(0);
         if values.shape() != [total, m.fields.len()] || total < m.rows {
@@ -1520,7 +1583,7 @@ mod imp {
             0
         }
 
-        pub fn finish(self) -> Result<()> {
+        pub fn finish(self, _: &[String], _: &[String], _: crate::store::freq::Freq) -> Result<()> {
             Err(unavailable())
         }
     }
