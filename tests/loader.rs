@@ -17,7 +17,7 @@ fn d(s: &str) -> Timestamp {
 }
 
 fn build(dir: &Path, end: &str) -> PathBuf {
-    let opts = import::csv::CsvOptions {
+    let opts = import::FileOptions {
         end: Some(d(end)),
         ..Default::default()
     };
@@ -37,7 +37,7 @@ fn build(dir: &Path, end: &str) -> PathBuf {
 /// The sample as a source whose data reach only to `today` (days "arrive" when the test moves it).
 fn source(today: Arc<Mutex<Timestamp>>) -> Arc<SourceFactory> {
     Arc::new(move |start, symbols| {
-        let opts = import::csv::CsvOptions {
+        let opts = import::FileOptions {
             start,
             end: Some(*today.lock().unwrap()),
             symbols,

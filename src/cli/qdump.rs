@@ -178,7 +178,7 @@ struct AllArgs {
 
 /// What `all` and `update` share: the source, its column mapping, the target store and how to report.
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["mysql", "csv"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["mysql", "csv", "parquet"])))]
 struct SourceArgs {
     /// mysql://user[:password]@host[:port]/database (password also from QSTORE_MYSQL_PASSWORD or --ask-password).
     #[arg(long)]
@@ -187,6 +187,10 @@ struct SourceArgs {
     /// one symbol).
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// Parquet: a directory of per-symbol files (file stem = symbol), or files with a symbol column (one
+    /// file, or a directory of them, e.g. one per day). Dates as date, timestamp or text; fields numeric.
+    #[arg(long)]
+    parquet: Option<PathBuf>,
     /// The store directory: created (or replaced, with --overwrite) by `all`, extended by `update`.
     #[arg(long)]
     to: PathBuf,
@@ -196,7 +200,7 @@ struct SourceArgs {
     /// The symbol column.
     #[arg(long, default_value = "symbol")]
     symbol_column: String,
-    /// The date column [default: trade_date for MySQL, date for CSV].
+    /// The date column [default: trade_date for MySQL, date for CSV and Parquet].
     #[arg(long)]
     date_column: Option<String>,
     /// Comma-separated field columns [default: every numeric column but symbol, date and auto-increment ids].
@@ -759,8 +763,14 @@ fn open_source(
             url: url.clone(),
             password,
         }
+    } else if let Some(path) = &a.parquet {
+        import::Origin::Parquet(path.clone())
     } else {
-        import::Origin::Csv(a.csv.clone().expect("clap requires --mysql or --csv"))
+        import::Origin::Csv(
+            a.csv
+                .clone()
+                .expect("clap requires --mysql, --csv or --parquet"),
+        )
     };
     let spec = import::SourceSpec {
         table: a.table.clone(),
@@ -778,6 +788,9 @@ fn open_source(
     Ok(match (&spec.origin, source) {
         (import::Origin::Csv(path), Err(e)) => {
             return Err(e).with_context(|| format!("reading CSV input {}", path.display()));
+        }
+        (import::Origin::Parquet(path), Err(e)) => {
+            return Err(e).with_context(|| format!("reading Parquet input {}", path.display()));
         }
         (_, s) => s?,
     })

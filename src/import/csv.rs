@@ -12,39 +12,12 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use rayon::prelude::*;
 
-use super::{Failure, Source, SymbolRows, qlib_symbol};
-use crate::error::{Error, NameKind, Result};
+use super::files::{
+    FileOptions, choose_fields, file_fields, list_files, source_err, symbol_filter,
+};
+use super::{Failure, Source, SymbolRows};
+use crate::error::{Error, Result};
 use crate::store::calendar::{Timestamp, parse_timestamp};
-use crate::store::layout::validate_name;
-
-/// Which rows and columns to import.
-#[derive(Debug, Clone)]
-pub struct CsvOptions {
-    pub date_column: String,
-    pub symbol_column: String,
-    /// Only these fields (default: every column but the date and symbol columns).
-    pub fields: Option<Vec<String>>,
-    /// Only these symbols, in either spelling (`600000.SH` or `SH600000`).
-    pub symbols: Option<Vec<String>>,
-    pub start: Option<Timestamp>,
-    pub end: Option<Timestamp>,
-    /// Only the first N symbols (by file name, or by symbol for a combined file).
-    pub limit: Option<usize>,
-}
-
-impl Default for CsvOptions {
-    fn default() -> Self {
-        CsvOptions {
-            date_column: "date".into(),
-            symbol_column: "symbol".into(),
-            fields: None,
-            symbols: None,
-            start: None,
-            end: None,
-            limit: None,
-        }
-    }
-}
 
 enum Input {
     /// One symbol's file, read when needed.
@@ -56,22 +29,29 @@ enum Input {
     Loaded(std::result::Result<SymbolRows, Failure>),
 }
 
+/// A CSV input that is a Parquet file (it starts with `PAR1`) is an error that says so, not a garbled header.
+fn sniff_parquet(file: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(file).and_then(|mut f| f.read_exact(&mut magic));
+    if read.is_ok() && &magic == b"PAR1" {
+        return Err(source_err(
+            file,
+            "is a Parquet file, not CSV; import it with --parquet".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// K-lines from CSV files.
 pub struct CsvSource {
     inputs: Vec<Input>,
     fields: Vec<String>,
-    opts: CsvOptions,
+    opts: FileOptions,
     /// Files whose dates could not be read in pass 1, reported again in pass 2.
     pass1_failures: Mutex<HashMap<usize, String>>,
     /// Rows dated before `start` that the full pass skipped (an update's input holding older days).
     before_start: std::sync::atomic::AtomicU64,
-}
-
-fn source_err(path: &Path, reason: String) -> Error {
-    Error::Source {
-        source_name: path.display().to_string(),
-        reason,
-    }
 }
 
 /// The column names of a CSV file.
@@ -103,42 +83,12 @@ fn parse_cell(cell: &str) -> Option<f32> {
 
 impl CsvSource {
     /// Opens a directory of per-symbol files, one per-symbol file, or one file with a symbol column.
-    pub fn open(path: &Path, opts: CsvOptions) -> Result<CsvSource> {
-        let wanted = opts.symbols.as_ref().map(|s| {
-            s.iter()
-                .map(|x| qlib_symbol(x))
-                .collect::<std::collections::HashSet<_>>()
-        });
-        let keep = |raw: &str| {
-            wanted
-                .as_ref()
-                .is_none_or(|w| w.contains(&qlib_symbol(raw)))
-        };
-        let files: Vec<PathBuf> = if path.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| Error::io("listing", path, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("csv")))
-                .collect();
-            v.sort();
-            if v.is_empty() {
-                return Err(source_err(path, "no .csv files in this directory".into()));
-            }
-            v
-        } else if path.is_file() {
-            vec![path.to_path_buf()]
-        } else if path.exists() {
-            return Err(source_err(
-                path,
-                "is neither a regular file nor a directory (a device or a pipe?); give a CSV file or a directory of them".into(),
-            ));
-        } else {
-            return Err(Error::io(
-                "reading",
-                path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
-            ));
-        };
+    pub fn open(path: &Path, opts: FileOptions) -> Result<CsvSource> {
+        let keep = symbol_filter(&opts);
+        let files = list_files(path, "csv", "CSV")?;
+        if path.is_file() {
+            sniff_parquet(path)?;
+        }
 
         // Fields: the union of the columns of every file, in first-seen order. A file whose header cannot be
         // used fails its symbol when other files can be; when none can, the layout (or a flag) is wrong.
@@ -146,8 +96,8 @@ impl CsvSource {
         let mut combined = false;
         let mut bad_files: HashMap<PathBuf, Error> = HashMap::new();
         for f in &files {
-            let columns =
-                headers(f).and_then(|cols| file_fields(f, &cols, &opts).map(|n| (cols, n)));
+            let columns = headers(f)
+                .and_then(|cols| file_fields(f, &cols, &opts, "line 1: ").map(|n| (cols, n)));
             let (cols, names) = match columns {
                 Ok(c) => c,
                 Err(e) => {
@@ -168,26 +118,7 @@ impl CsvSource {
         if bad_files.len() == files.len() {
             return Err(bad_files.remove(&files[0]).expect("every file failed"));
         }
-        let fields = match &opts.fields {
-            None => all_fields,
-            Some(list) => {
-                let mut out = Vec::new();
-                for f in list {
-                    let f = f.to_lowercase();
-                    if !all_fields.contains(&f) {
-                        return Err(source_err(
-                            path,
-                            format!(
-                                "no column {f:?} in the input (columns: {})",
-                                all_fields.join(", ")
-                            ),
-                        ));
-                    }
-                    out.push(f);
-                }
-                out
-            }
-        };
+        let fields = choose_fields(path, all_fields, &opts)?;
 
         let inputs = if combined {
             load_combined(&files[0], &fields, &opts, &keep)?
@@ -221,45 +152,8 @@ impl CsvSource {
     }
 
     fn in_range(&self, d: Timestamp) -> bool {
-        self.opts.start.is_none_or(|s| d >= s) && self.opts.end.is_none_or(|e| d <= e)
+        self.opts.in_range(d)
     }
-}
-
-/// The field names of a file's columns (lower-case), checked: a date column, valid and distinct names.
-fn file_fields(f: &Path, cols: &[String], opts: &CsvOptions) -> Result<Vec<String>> {
-    if !cols
-        .iter()
-        .any(|c| c.eq_ignore_ascii_case(&opts.date_column))
-    {
-        return Err(source_err(
-            f,
-            format!(
-                "line 1: no date column {:?} (columns: {}); name it with --date-column",
-                opts.date_column,
-                cols.join(", ")
-            ),
-        ));
-    }
-    let mut here = Vec::new();
-    for c in cols {
-        if c.eq_ignore_ascii_case(&opts.date_column) || c.eq_ignore_ascii_case(&opts.symbol_column)
-        {
-            continue;
-        }
-        let name = c.to_lowercase();
-        validate_name(NameKind::Field, &name)
-            .map_err(|e| source_err(f, format!("line 1: column {c:?}: {e}")))?;
-        if here.contains(&name) {
-            return Err(source_err(
-                f,
-                format!(
-                    "line 1: two columns are named {name:?} (field names are case-insensitive); rename one"
-                ),
-            ));
-        }
-        here.push(name);
-    }
-    Ok(here)
 }
 
 /// Reads a per-symbol file: its dates only (`fields` empty) or everything.
@@ -267,7 +161,7 @@ fn read_file(
     path: &Path,
     raw_symbol: &str,
     fields: &[String],
-    opts: &CsvOptions,
+    opts: &FileOptions,
     in_range: &dyn Fn(Timestamp) -> bool,
 ) -> std::result::Result<SymbolRows, Failure> {
     let fail = |line: u64, reason: String| Failure {
@@ -328,7 +222,7 @@ fn read_file(
 fn load_combined(
     path: &Path,
     fields: &[String],
-    opts: &CsvOptions,
+    opts: &FileOptions,
     keep: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<Input>> {
     let mut rdr = csv::ReaderBuilder::new()
@@ -394,7 +288,7 @@ fn load_combined(
         })();
         match parsed {
             Ok((d, vals)) => {
-                if opts.start.is_none_or(|s| d >= s) && opts.end.is_none_or(|e| d <= e) {
+                if opts.in_range(d) {
                     rows.dates.push(d);
                     for (c, v) in rows.columns.iter_mut().zip(vals) {
                         c.as_mut().expect("combined files have every field").push(v);

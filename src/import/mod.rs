@@ -8,9 +8,12 @@
 //! dates ([`Source::dates`]) to check them against the store's calendar.
 
 pub mod csv;
+mod files;
 mod group;
 mod learned;
 pub mod mysql;
+#[cfg(feature = "parquet")]
+pub mod parquet;
 mod replace;
 pub mod spec;
 pub mod update;
@@ -32,7 +35,10 @@ use crate::store::instruments::{Instruments, Span};
 use crate::store::layout::validate_name;
 
 pub use self::csv::CsvSource;
+pub use self::files::FileOptions;
 pub use self::mysql::MysqlSource;
+#[cfg(feature = "parquet")]
+pub use self::parquet::ParquetSource;
 pub use self::replace::{ReplaceOptions, publish_new_store};
 pub use self::spec::{Origin, SourceSpec};
 pub use self::update::{UpdateSummary, update};

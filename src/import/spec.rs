@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::csv::{CsvOptions, CsvSource};
+use super::csv::CsvSource;
+use super::files::FileOptions;
 use super::mysql::{Connection, MysqlOptions, MysqlSource};
 use super::{Source, source_spellings};
 use crate::error::Result;
@@ -26,6 +27,9 @@ pub enum Origin {
     },
     /// A directory of per-symbol CSV files (file stem = symbol), or one CSV file.
     Csv(PathBuf),
+    /// Parquet files: one per symbol (file stem = symbol), or files with a symbol column (one, or a
+    /// directory of them).
+    Parquet(PathBuf),
 }
 
 /// A source and its column mapping; `None` fields take each source's default.
@@ -35,7 +39,7 @@ pub struct SourceSpec {
     /// The K-line table (MySQL).
     pub table: String,
     pub symbol_column: String,
-    /// Default: `trade_date` for MySQL, `date` for CSV.
+    /// Default: `trade_date` for MySQL, `date` for files.
     pub date_column: Option<String>,
     /// Default: every numeric column but the symbol, the date and auto-increment ids.
     pub fields: Option<Vec<String>>,
@@ -114,19 +118,42 @@ impl SourceSpec {
                 };
                 Box::new(MysqlSource::open(conn, opts)?)
             }
-            Origin::Csv(path) => {
-                let opts = CsvOptions {
-                    date_column: self.date_column.clone().unwrap_or_else(|| "date".into()),
-                    symbol_column: self.symbol_column.clone(),
-                    fields: self.fields.clone(),
-                    symbols,
-                    start,
-                    end,
-                    limit: self.limit,
-                };
-                Box::new(CsvSource::open(path, opts)?)
+            Origin::Csv(path) => Box::new(CsvSource::open(
+                path,
+                self.file_options(symbols, start, end),
+            )?),
+            #[cfg(feature = "parquet")]
+            Origin::Parquet(path) => Box::new(super::ParquetSource::open(
+                path,
+                self.file_options(symbols, start, end),
+            )?),
+            #[cfg(not(feature = "parquet"))]
+            Origin::Parquet(path) => {
+                return Err(crate::Error::Source {
+                    source_name: path.display().to_string(),
+                    reason: "this build of qstore has no Parquet support (the `parquet` cargo feature); \
+                             rebuild with default features, or export CSV"
+                        .into(),
+                });
             }
         })
+    }
+
+    fn file_options(
+        &self,
+        symbols: Option<Vec<String>>,
+        start: Option<Timestamp>,
+        end: Option<Timestamp>,
+    ) -> FileOptions {
+        FileOptions {
+            date_column: self.date_column.clone().unwrap_or_else(|| "date".into()),
+            symbol_column: self.symbol_column.clone(),
+            fields: self.fields.clone(),
+            symbols,
+            start,
+            end,
+            limit: self.limit,
+        }
     }
 
     /// The loader's source: rows from a start date, of the symbols a request names (else the spec's).
