@@ -549,6 +549,69 @@ fn qcache_query_writes_parquet_and_arrow_with_the_csv_values() {
     }
 }
 
+/// Alpha158 on a store without `$vwap` (qlib gives VWAP0 a column of NaN): the query runs without VWAP0 and
+/// says so, in text and in `--json`; `qcache warm` leaves it out too.
+#[test]
+fn feature_set_columns_a_store_lacks_are_left_out_and_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("store");
+    let fields = ["--fields", "open,high,low,close,volume,factor"];
+    let out = import_csv(SAMPLE, to.to_str().unwrap(), &fields);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = to.to_str().unwrap();
+    let query = [
+        "query",
+        s,
+        "--feature-set",
+        "alpha158",
+        "--instruments",
+        "SH600000",
+    ];
+    let out = qcache(&query);
+    assert!(out.status.success(), "{}", text(&out));
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    assert_eq!(header.len(), 2 + 157, "alpha158 without VWAP0");
+    assert!(!header.contains(&"VWAP0") && header.contains(&"KMID"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("VWAP0 left out: no instrument of the query has $vwap"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = qcache(&[&query[..], &["--json", "--format", "stats"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(
+        report["left_out"],
+        serde_json::json!([{"name": "VWAP0", "missing": ["vwap"]}])
+    );
+    let out = qcache(&["warm", s, "--feature-set", "alpha158", "--lock", "file"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("VWAP0 left out"), "{}", text(&out));
+    // A store with $vwap computes it and says nothing.
+    let (_d, full) = sample_store();
+    let out = qcache(&[
+        "query",
+        full.to_str().unwrap(),
+        "--feature-set",
+        "alpha158",
+        "--instruments",
+        "SH600000",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .contains("VWAP0")
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(report["left_out"], serde_json::json!([]));
+}
+
 #[test]
 fn qcache_query_failure_leaves_no_output_file() {
     let (dir, store) = sample_store();

@@ -86,8 +86,8 @@ cargo build --quiet --workspace --examples
 target/debug/examples/quickstart
 log "crash soak, short form (tools/chaos.sh 10; the soak is 200+)"
 tools/chaos.sh 10
-log "fuzz targets, 10 s each (tools/fuzz.sh; minutes each by hand)"
-tools/fuzz.sh 10
+log "fuzz targets, 10 s each, unoptimised build (tools/fuzz.sh; minutes each, optimised, by hand)"
+QSTORE_FUZZ_DEV=1 tools/fuzz.sh 10
 
 # The Python package (python/): built by maturin into a virtualenv under target/, tested by pytest against
 # stores the debug binaries build (cargo test built them above).

@@ -438,8 +438,10 @@ impl Store {
     }
 
     /// The `(name, expression)` pairs of a feature set that a query over `instruments` (or `market`) computes:
-    /// all but the optional ones whose fields no instrument has.
+    /// all but the optional ones whose fields no instrument has; and those left out, as `(name, [field])`
+    /// pairs of the fields no instrument has.
     #[pyo3(signature = (feature_set, instruments = None, market = "all", freq = "day"))]
+    #[allow(clippy::type_complexity)]
     fn feature_set_columns(
         &self,
         py: Python<'_>,
@@ -447,7 +449,7 @@ impl Store {
         instruments: Option<Vec<String>>,
         market: &str,
         freq: &str,
-    ) -> PyResult<Vec<(String, String)>> {
+    ) -> PyResult<(Vec<(String, String)>, Vec<(String, Vec<String>)>)> {
         let freq = freq_of(py, freq)?;
         let set = FeatureSet::resolve(feature_set).map_err(|e| to_py(py, e))?;
         py.detach(|| {
@@ -455,12 +457,14 @@ impl Store {
                 Some(list) => Universe::List(list),
                 None => Universe::Market(market),
             };
-            Ok(self
-                .engine
-                .feature_set_columns(universe, &set, freq)?
-                .into_iter()
-                .map(|f| (f.name.clone(), f.expr.clone()))
-                .collect())
+            let (chosen, left_out) = self.engine.feature_set_plan(universe, &set, freq)?;
+            Ok((
+                chosen
+                    .into_iter()
+                    .map(|f| (f.name.clone(), f.expr.clone()))
+                    .collect(),
+                left_out.into_iter().map(|l| (l.name, l.missing)).collect(),
+            ))
         })
         .map_err(|e| to_py(py, e))
     }

@@ -5,13 +5,14 @@ import gc
 import io
 import multiprocessing
 import threading
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import qstore
-from conftest import run
+from conftest import SAMPLE, run
 
 
 def bin_values(path):
@@ -175,6 +176,18 @@ def test_dataset_cache_files_describe_themselves_to_h5py(fresh_store):
     want = qstore.Store(fresh_store).features(fields)
     assert df.index.equals(want.index)
     np.testing.assert_array_equal(df.to_numpy(), want.to_numpy())
+
+
+def test_feature_set_columns_a_store_lacks_are_left_out_with_a_warning(tmp_path):
+    path = tmp_path / "no-vwap"
+    run("qdump", "all", "--csv", SAMPLE, "--to", path, "--fields", "open,high,low,close,volume,factor")
+    s = qstore.Store(path)
+    with pytest.warns(qstore.LeftOutWarning, match=r"VWAP0 left out: no instrument of the query has \$vwap"):
+        df = s.features("alpha158", instruments=["SH600000"])
+    assert "VWAP0" not in df.columns and len(df.columns) == 157
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s.features(EXPRS, instruments=["SH600000"])  # no feature set, nothing left out, no warning
 
 
 def test_bad_arguments_raise_and_write_nothing(store_path):

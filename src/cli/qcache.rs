@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use super::{CacheArgs, progress_bar};
 use crate::cache::expr::{DiskExpressionCache, Outcome};
@@ -32,34 +32,6 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     threads: super::Threads,
-}
-
-#[derive(Copy, Clone, ValueEnum)]
-enum Format {
-    /// `instrument,datetime,<columns>`; NaN is an empty cell.
-    Csv,
-    /// One JSON object per row and line; NaN is null.
-    Json,
-    /// Per column: rows, NaN count, mean, min, max (a quick look at a large query).
-    Stats,
-    /// Parquet: `instrument`, `datetime`, one float32 column per feature (NaN stays NaN); one row group per
-    /// part of the query.
-    Parquet,
-    /// An Arrow IPC file (Feather v2) with the Parquet schema: `pyarrow.feather.read_table`,
-    /// `polars.read_ipc`.
-    Arrow,
-}
-
-impl Format {
-    fn into_output(self) -> output::Format {
-        match self {
-            Format::Csv => output::Format::Csv,
-            Format::Json => output::Format::Json,
-            Format::Stats => output::Format::Stats,
-            Format::Parquet => output::Format::Parquet,
-            Format::Arrow => output::Format::Arrow,
-        }
-    }
 }
 
 #[derive(Subcommand)]
@@ -172,7 +144,7 @@ struct QueryArgs {
     end: Option<Timestamp>,
     /// The output format.
     #[arg(long, value_enum, default_value = "csv")]
-    format: Format,
+    format: output::Format,
     /// Write here (replaced atomically) instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -188,7 +160,8 @@ struct QueryArgs {
     /// hits (rows computed past an entry's end), misses and writes, and the in-memory caches'.
     #[arg(long)]
     cache_stats: bool,
-    /// With --cache-stats: the counters as one JSON object.
+    /// Report on standard error as one JSON object: `left_out` (a feature set's optional features the store
+    /// cannot give, each with the fields it lacks) and, with --cache-stats, the counters.
     #[arg(long)]
     json: bool,
     /// How the store's expression cache is used [default: qstore.json expression_cache.mode, else read].
@@ -293,22 +266,20 @@ fn warm(a: WarmArgs) -> Result<u8> {
         .as_deref()
         .map(FeatureSet::resolve)
         .transpose()?;
+    let mut list = Vec::new();
+    let universe = universe(engine.store(), &instruments, &market, &mut list)?;
+    // A feature set's optional features the store lacks are left out (and said), as `query` does.
     let exprs: Vec<String> = match &set {
-        Some(set) => set.features.iter().map(|f| f.expr.clone()).collect(),
+        Some(set) => {
+            let (chosen, left_out) = engine.feature_set_plan(universe, set, freq)?;
+            for l in &left_out {
+                errln!("qcache warm: {l}");
+            }
+            chosen.into_iter().map(|f| f.expr.clone()).collect()
+        }
         None => fields,
     };
     if dataset {
-        let mut list = Vec::new();
-        let universe = universe(engine.store(), &instruments, &market, &mut list)?;
-        // A feature set's optional features the store lacks are left out, as `query` does.
-        let exprs: Vec<String> = match &set {
-            Some(set) => engine
-                .feature_set_columns(universe, set, freq)?
-                .into_iter()
-                .map(|f| f.expr.clone())
-                .collect(),
-            None => exprs,
-        };
         let t = std::time::Instant::now();
         let outcome =
             open_datasets(&cache, &settings)?.warm(&engine, universe, &exprs, freq, false)?;
@@ -324,9 +295,7 @@ fn warm(a: WarmArgs) -> Result<u8> {
         .iter()
         .map(|e| crate::expr::parse(e))
         .collect::<crate::Result<_>>()?;
-    let mut list = Vec::new();
-    let symbols =
-        universe(engine.store(), &instruments, &market, &mut list)?.symbols(engine.store())?;
+    let symbols = universe.symbols(engine.store())?;
     let per = parsed
         .iter()
         .filter(|e| !matches!(e, Expr::Field(_)))
@@ -644,7 +613,6 @@ fn query(a: QueryArgs) -> Result<u8> {
             mode,
         )),
     };
-    let format = format.into_output();
     if out.is_none() && format.is_binary() && std::io::stdout().is_terminal() {
         bail!(
             "--format {} is binary: write it to a file (--out FILE) or a pipe",
@@ -652,6 +620,16 @@ fn query(a: QueryArgs) -> Result<u8> {
         );
     }
     let path = out.clone().unwrap_or_else(|| PathBuf::from("-"));
+    // Optional features of the set that this store cannot give, said before the work starts.
+    let left_out = match &set {
+        Some(set) => engine.feature_set_plan(universe, set, freq)?.1,
+        None => Vec::new(),
+    };
+    if !json {
+        for l in &left_out {
+            errln!("qcache query: {l}");
+        }
+    }
     match disk {
         // The dataset cache gives the whole frame at once.
         Some((datasets, mode)) => {
@@ -713,8 +691,14 @@ fn query(a: QueryArgs) -> Result<u8> {
             emit(out.as_deref(), format, header, run)?;
         }
     }
-    if (cache_stats || repeat > 1) && json {
-        errln!("{}", engine.cache_stats().to_json());
+    if json {
+        let mut report = if cache_stats || repeat > 1 {
+            engine.cache_stats().to_json()
+        } else {
+            serde_json::json!({})
+        };
+        report["left_out"] = serde_json::to_value(&left_out)?;
+        errln!("{report}");
     } else if cache_stats || repeat > 1 {
         let s = engine.cache_stats();
         match s.disk {

@@ -13,21 +13,12 @@ use parking_lot::Mutex;
 use rayon::prelude::*;
 
 use super::files::{
-    FileOptions, choose_fields, file_fields, list_files, source_err, symbol_filter,
+    FileOptions, Input, choose_fields, file_fields, left_before_start, list_files, per_symbol,
+    source_err, symbol_filter,
 };
 use super::{Failure, Source, SymbolRows};
 use crate::error::{Error, Result};
 use crate::store::calendar::{Timestamp, parse_timestamp};
-
-enum Input {
-    /// One symbol's file, read when needed.
-    File { path: PathBuf, raw_symbol: String },
-    /// One symbol's file whose header cannot be used (empty, not UTF-8, no date column ...), in a directory
-    /// whose other files can: that symbol fails, the rest are imported.
-    Failed(Failure),
-    /// One symbol's rows from a combined file, already read (or why they could not be).
-    Loaded(std::result::Result<SymbolRows, Failure>),
-}
 
 /// A CSV input that is a Parquet file (it starts with `PAR1`) is an error that says so, not a garbled header.
 fn sniff_parquet(file: &Path) -> Result<()> {
@@ -123,24 +114,7 @@ impl CsvSource {
         let inputs = if combined {
             load_combined(&files[0], &fields, &opts, &keep)?
         } else {
-            let mut v: Vec<Input> = files
-                .into_iter()
-                .filter_map(|path| {
-                    let raw_symbol = path.file_stem()?.to_string_lossy().into_owned();
-                    if !keep(&raw_symbol) {
-                        return None;
-                    }
-                    Some(match bad_files.remove(&path) {
-                        Some(e) => Input::Failed(Failure {
-                            symbol: raw_symbol,
-                            reason: e.detail(),
-                        }),
-                        None => Input::File { path, raw_symbol },
-                    })
-                })
-                .collect();
-            v.truncate(opts.limit.unwrap_or(usize::MAX));
-            v
+            per_symbol(files, bad_files, &keep, opts.limit)
         };
         Ok(CsvSource {
             inputs,
@@ -377,20 +351,7 @@ impl Source for CsvSource {
 
     fn left_out(&self) -> Vec<super::LeftOut> {
         let n = self.before_start.load(std::sync::atomic::Ordering::Relaxed);
-        let start = self
-            .opts
-            .start
-            .map(|s| crate::store::calendar::format_timestamp(s, false));
-        (n > 0)
-            .then(|| super::LeftOut {
-                rows: n,
-                reason: format!(
-                    "dated before {} (days the store already has); pass --since DATE to read them as corrections",
-                    start.unwrap_or_default()
-                ),
-            })
-            .into_iter()
-            .collect()
+        left_before_start(n, self.opts.start).into_iter().collect()
     }
 }
 

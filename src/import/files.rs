@@ -1,10 +1,10 @@
 //! What the file sources (CSV, Parquet) share: their options, how a path becomes a list of files, and how
 //! columns become fields.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use super::qlib_symbol;
+use super::{Failure, LeftOut, SymbolRows, qlib_symbol};
 use crate::error::{Error, NameKind, Result};
 use crate::store::calendar::Timestamp;
 use crate::store::layout::validate_name;
@@ -168,4 +168,55 @@ pub(super) fn choose_fields(
         out.push(f);
     }
     Ok(out)
+}
+
+/// One symbol's input to a file source.
+pub(super) enum Input {
+    /// One symbol's file, read when needed.
+    File { path: PathBuf, raw_symbol: String },
+    /// One symbol's file that cannot be used (no date column, not the format ...), in a directory whose
+    /// other files can: that symbol fails, the rest are imported.
+    Failed(Failure),
+    /// One symbol's rows from files with a symbol column, already read (or why they could not be).
+    Loaded(std::result::Result<SymbolRows, Failure>),
+}
+
+/// The inputs of a directory of one file per symbol (file stem = symbol): those `keep` accepts, failed where
+/// `bad` has the file's error, the first `limit`.
+pub(super) fn per_symbol(
+    files: Vec<PathBuf>,
+    mut bad: HashMap<PathBuf, Error>,
+    keep: &dyn Fn(&str) -> bool,
+    limit: Option<usize>,
+) -> Vec<Input> {
+    let mut v: Vec<Input> = files
+        .into_iter()
+        .filter_map(|path| {
+            let raw_symbol = path.file_stem()?.to_string_lossy().into_owned();
+            if !keep(&raw_symbol) {
+                return None;
+            }
+            Some(match bad.remove(&path) {
+                Some(e) => Input::Failed(Failure {
+                    symbol: raw_symbol,
+                    reason: e.detail(),
+                }),
+                None => Input::File { path, raw_symbol },
+            })
+        })
+        .collect();
+    v.truncate(limit.unwrap_or(usize::MAX));
+    v
+}
+
+/// The rows an update's input held before its first day (`n` of them), skipped and reported.
+pub(super) fn left_before_start(n: u64, start: Option<Timestamp>) -> Option<LeftOut> {
+    let start = start.map(|s| crate::store::calendar::format_timestamp(s, false));
+    (n > 0).then(|| LeftOut {
+        rows: n,
+        reason: format!(
+            "dated before {} (days the store already has); pass --since DATE to read them as corrections",
+            start.unwrap_or_default()
+        ),
+    })
 }

@@ -24,7 +24,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 
 use super::files::{
-    FileOptions, choose_fields, file_fields, list_files, source_err, symbol_filter,
+    FileOptions, Input, choose_fields, file_fields, left_before_start, list_files, per_symbol,
+    source_err, symbol_filter,
 };
 use super::{Failure, LeftOut, Source, SymbolRows};
 use crate::error::Result;
@@ -39,15 +40,6 @@ pub struct ParquetSource {
     before_start: std::sync::atomic::AtomicU64,
     /// Rows of files with a symbol column whose symbol is null.
     no_symbol: u64,
-}
-
-enum Input {
-    /// One symbol's file, read when needed.
-    File { path: PathBuf, raw_symbol: String },
-    /// One symbol's file that cannot be used, in a directory whose other files can.
-    Failed(Failure),
-    /// One symbol's rows from files with a symbol column, already read (or why they could not be).
-    Loaded(std::result::Result<SymbolRows, Failure>),
 }
 
 /// A file's reader, its column names, and the error of a file that is not Parquet.
@@ -68,8 +60,23 @@ fn open_file(path: &Path) -> Result<(ParquetRecordBatchReaderBuilder<std::fs::Fi
     Ok((builder, names))
 }
 
-/// The record batches of `columns` of a file (matched case-insensitively; absent ones left out).
+/// The record batches of `columns` of a file (matched case-insensitively; absent ones left out). A file the
+/// Parquet library cannot decode is an error of that file, even where the library panics on it.
 fn read_columns(path: &Path, columns: &[&str]) -> Result<Vec<RecordBatch>> {
+    std::panic::catch_unwind(|| decode_columns(path, columns)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(source_err(
+            path,
+            format!("the Parquet reader failed on this file ({why}); is it damaged?"),
+        ))
+    })
+}
+
+fn decode_columns(path: &Path, columns: &[&str]) -> Result<Vec<RecordBatch>> {
     let (builder, names) = open_file(path)?;
     let roots: Vec<usize> = names
         .iter()
@@ -369,24 +376,7 @@ impl ParquetSource {
             no_symbol = nulls;
             inputs
         } else {
-            let mut v: Vec<Input> = files
-                .into_iter()
-                .filter_map(|path| {
-                    let raw_symbol = path.file_stem()?.to_string_lossy().into_owned();
-                    if !keep(&raw_symbol) {
-                        return None;
-                    }
-                    Some(match bad.remove(&path) {
-                        Some(e) => Input::Failed(Failure {
-                            symbol: raw_symbol,
-                            reason: e.detail(),
-                        }),
-                        None => Input::File { path, raw_symbol },
-                    })
-                })
-                .collect();
-            v.truncate(opts.limit.unwrap_or(usize::MAX));
-            v
+            per_symbol(files, bad, &keep, opts.limit)
         };
         Ok(ParquetSource {
             inputs,
@@ -568,22 +558,8 @@ impl Source for ParquetSource {
     }
 
     fn left_out(&self) -> Vec<LeftOut> {
-        let mut out = Vec::new();
         let n = self.before_start.load(std::sync::atomic::Ordering::Relaxed);
-        if n > 0 {
-            let start = self
-                .opts
-                .start
-                .map(|s| crate::store::calendar::format_timestamp(s, false))
-                .unwrap_or_default();
-            out.push(LeftOut {
-                rows: n,
-                reason: format!(
-                    "dated before {start} (days the store already has); pass --since DATE to read them as \
-                     corrections"
-                ),
-            });
-        }
+        let mut out: Vec<LeftOut> = left_before_start(n, self.opts.start).into_iter().collect();
         if self.no_symbol > 0 {
             out.push(LeftOut {
                 rows: self.no_symbol,

@@ -29,6 +29,26 @@ use crate::util::memcache::{MemCache, Stats};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// An optional feature of a set that a query left out, and the fields (without `$`) no instrument of the
+/// query has.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LeftOutFeature {
+    pub name: String,
+    pub missing: Vec<String>,
+}
+
+impl std::fmt::Display for LeftOutFeature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fields: Vec<String> = self.missing.iter().map(|m| format!("${m}")).collect();
+        write!(
+            f,
+            "{} left out: no instrument of the query has {}",
+            self.name,
+            fields.join(", ")
+        )
+    }
+}
+
 /// Values per part of a query evaluated part by part (64 MB of f32).
 const PART_VALUES: usize = 16 << 20;
 
@@ -751,12 +771,28 @@ impl Engine {
         set: &'s FeatureSet,
         freq: Freq,
     ) -> Result<Vec<&'s crate::query::featureset::Feature>> {
+        Ok(self.feature_set_plan(universe, set, freq)?.0)
+    }
+
+    /// [`feature_set_columns`](Self::feature_set_columns), and the optional features left out, each with
+    /// the fields no instrument of the query has: what a caller reports so that a missing column is never a
+    /// silent surprise.
+    pub fn feature_set_plan<'s>(
+        &self,
+        universe: Universe<'_>,
+        set: &'s FeatureSet,
+        freq: Freq,
+    ) -> Result<(
+        Vec<&'s crate::query::featureset::Feature>,
+        Vec<LeftOutFeature>,
+    )> {
         let symbols = universe.whole().symbols(&self.store)?;
         let mut chosen = Vec::new();
+        let mut left_out = Vec::new();
         for f in &set.features {
             if f.optional {
                 let e = expr::parse(&f.expr)?;
-                let mut present = true;
+                let mut missing = Vec::new();
                 for field in e.fields() {
                     let mut any = false;
                     for s in &symbols {
@@ -765,15 +801,21 @@ impl Engine {
                             break;
                         }
                     }
-                    present &= any;
+                    if !any && !missing.iter().any(|m: &String| m == field) {
+                        missing.push(field.to_string());
+                    }
                 }
-                if !present {
+                if !missing.is_empty() {
+                    left_out.push(LeftOutFeature {
+                        name: f.name.clone(),
+                        missing,
+                    });
                     continue;
                 }
             }
             chosen.push(f);
         }
-        Ok(chosen)
+        Ok((chosen, left_out))
     }
 
     /// Evaluates a feature set ([`Store::features`] with the set's expressions, columns named by feature).

@@ -14,8 +14,9 @@ use crate::query::frame::ColumnFrame;
 use crate::store::calendar::format_timestamp;
 use crate::store::freq::Freq;
 
-/// An output format of a query.
+/// An output format of a query (`qcache query --format`).
 #[derive(Debug, Copy, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Format {
     /// `instrument,datetime,<columns>`; NaN is an empty cell (as pandas writes it).
     Csv,

@@ -28,6 +28,7 @@ from .errors import (
     Error,
     ExpressionError,
     InvalidArgument,
+    LeftOutWarning,
     LockBusy,
     NotFound,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "LockBusy",
     "ConfigError",
     "InvalidArgument",
+    "LeftOutWarning",
     "__version__",
 ]
 
@@ -139,6 +141,19 @@ def _cache(cache):
 def feature_set(name):
     """The ``(name, expression)`` pairs of a feature set: ``alpha158``, ``technical``, or a JSON file."""
     return _feature_set(name)
+
+
+def _warn_left_out(s, set_name, universe, market, freq):
+    """Warns (``qstore.LeftOutWarning``) of each optional feature of a set that the query cannot give, as
+    ``qcache query`` says it: the frame simply lacks its column."""
+    import warnings
+
+    _, left_out = s.feature_set_columns(set_name, universe, market, freq)
+    for name, missing in left_out:
+        fields = ", ".join(f"${m}" for m in missing)
+        warnings.warn(
+            f"{name} left out: no instrument of the query has {fields}", LeftOutWarning, stacklevel=3
+        )
 
 
 def _is_feature_set(text):
@@ -254,6 +269,8 @@ class Store:
             raise InvalidArgument(f"output must be one of {', '.join(_OUTPUTS)}, not {output!r}")
         s, e = _range(start, end)
         exprs, set_name, universe = _query(exprs, instruments)
+        if set_name is not None:
+            _warn_left_out(self._s, set_name, universe, market, freq)
         if output in ("arrow", "polars"):
             # Column by column from the engine: each column is handed over whole.
             cols, codes, names, dates, columns = self._s.features(

@@ -14,6 +14,7 @@ from .errors import (
     Error as Error,
     ExpressionError as ExpressionError,
     InvalidArgument as InvalidArgument,
+    LeftOutWarning as LeftOutWarning,
     LockBusy as LockBusy,
     NotFound as NotFound,
 )

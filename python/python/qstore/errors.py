@@ -40,3 +40,9 @@ class ConfigError(Error):
 
 class InvalidArgument(Error, ValueError):
     """A bad argument: a name, date or frequency that cannot be used, or reversed dates."""
+
+
+class LeftOutWarning(UserWarning):
+    """An optional feature of a feature set that a query cannot give (no instrument has its fields), so the
+    frame has no column for it: say ``$vwap`` for Alpha158's ``VWAP0``. ``warnings.simplefilter("error",
+    qstore.LeftOutWarning)`` makes it an error."""

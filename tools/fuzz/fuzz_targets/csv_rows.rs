@@ -6,7 +6,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use qstore::import::csv::{CsvOptions, CsvSource};
+use qstore::import::FileOptions;
+use qstore::import::csv::CsvSource;
 use qstore::import::Source;
 
 fn dir() -> &'static std::path::Path {
@@ -36,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
             root.join("ALL.csv")
         }
     };
-    let Ok(source) = CsvSource::open(&path, CsvOptions::default()) else { return };
+    let Ok(source) = CsvSource::open(&path, FileOptions::default()) else { return };
     let _ = source.dates();
     let _ = source.stream(&|item| {
         if let Ok(rows) = item {
