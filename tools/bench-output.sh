@@ -36,10 +36,11 @@ timed() {
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-query() { # format, out, extra args...
+# The command of one query into `cmd`: format, out, extra args...
+query() {
   local format=$1 out=$2
   shift 2
-  $bin/qcache query "$store" --feature-set alpha158 --expr-cache off --format "$format" --out "$out" "$@"
+  cmd=("$bin/qcache" query "$store" --feature-set alpha158 --expr-cache off --format "$format" --out "$out" "$@")
 }
 
 echo "# Alpha158 over $n instruments x $days days, qcache query --out, median of $runs runs ($(nproc) cores)"
@@ -51,11 +52,12 @@ for spec in $formats whole-stats whole-parquet; do
     *) format=$spec; extra=() ;;
   esac
   out=$work/out.$spec
-  query "$format" "$out" "${extra[@]}" # warm the page cache
+  query "$format" "$out" "${extra[@]}"
+  "${cmd[@]}" >/dev/null # warm the page cache
   secs=()
   peak=()
   for _ in $(seq "$runs"); do
-    read -r s kb < <(timed query "$format" "$out" "${extra[@]}")
+    read -r s kb < <(timed "${cmd[@]}")
     secs+=("$s")
     peak+=("$kb")
   done
