@@ -149,7 +149,7 @@ struct QueryArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Instruments computed (and then written) at a time: memory against per-part overhead [default: as
-    /// many as fit in about 64 MB of values].
+    /// many as fit in about 128 MB of values].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     part_size: Option<u64>,
     /// Evaluate the query this many times in one process (a training loop's repeated reads), then print the
