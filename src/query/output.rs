@@ -147,8 +147,8 @@ trait RowText: Sync {
 
 /// Rows formatted at a time: blocks of `BLOCK_ROWS` are formatted on every core, then written in order, so
 /// the text held is bounded whatever the part's size.
-const WINDOW_ROWS: usize = 1 << 16;
-const BLOCK_ROWS: usize = 4096;
+const WINDOW_ROWS: usize = 1 << 14;
+const BLOCK_ROWS: usize = 2048;
 
 /// A text writer's state: the output, its header, and each calendar row's date text (formatted once per
 /// query, not per row).
