@@ -19,7 +19,7 @@ use crate::dataset::{DiskCacheMode, DiskDatasetCache};
 use crate::expr::Expr;
 use crate::query::{Engine, output};
 use crate::store::settings::{CacheMode, Settings};
-use crate::{FeatureSet, Frame, Freq, Store, Timestamp, Universe, parse_timestamp};
+use crate::{FeatureSet, Freq, Store, Timestamp, Universe, parse_timestamp};
 
 #[derive(Parser)]
 #[command(
@@ -620,10 +620,16 @@ fn query(a: QueryArgs) -> Result<u8> {
         );
     }
     let path = out.clone().unwrap_or_else(|| PathBuf::from("-"));
-    // Optional features of the set that this store cannot give, said before the work starts.
-    let left_out = match &set {
-        Some(set) => engine.feature_set_plan(universe, set, freq)?.1,
-        None => Vec::new(),
+    // What to compute and how the columns are named: a feature set's features this store can give (the
+    // optional ones it cannot are said before the work starts), or the expressions as given.
+    let (exprs, columns, left_out) = match &set {
+        Some(set) => {
+            let (chosen, left_out) = engine.feature_set_plan(universe, set, freq)?;
+            let exprs: Vec<String> = chosen.iter().map(|f| f.expr.clone()).collect();
+            let names: Vec<String> = chosen.iter().map(|f| f.name.clone()).collect();
+            (exprs, names, left_out)
+        }
+        None => (fields.clone(), fields, Vec::new()),
     };
     if !json {
         for l in &left_out {
@@ -633,25 +639,15 @@ fn query(a: QueryArgs) -> Result<u8> {
     match disk {
         // The dataset cache gives the whole frame at once.
         Some((datasets, mode)) => {
-            let run = || -> crate::Result<Frame> {
-                Ok(match &set {
-                    Some(set) => {
-                        let chosen = engine.feature_set_columns(universe, set, freq)?;
-                        let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
-                        let mut frame =
-                            datasets.dataset(&engine, universe, &exprs, start, end, freq, mode)?;
-                        frame.rename_columns(chosen.iter().map(|f| f.name.clone()).collect());
-                        frame
-                    }
-                    None => datasets.dataset(&engine, universe, &fields, start, end, freq, mode)?,
-                })
-            };
+            let run = || datasets.dataset(&engine, universe, &exprs, start, end, freq, mode);
             for _ in 1..repeat {
                 run()?;
             }
-            let frame = run()?.to_columns();
+            let mut frame = run()?;
+            frame.rename_columns(columns.clone());
+            let frame = frame.to_columns();
             let header = output::Header {
-                columns: frame.columns().to_vec(),
+                columns,
                 instruments: frame.instruments().to_vec(),
                 freq,
                 path,
@@ -660,30 +656,29 @@ fn query(a: QueryArgs) -> Result<u8> {
         }
         // Everything else is computed and written part by part: one part is held at a time.
         None => {
-            let columns = match &set {
-                Some(set) => engine
-                    .feature_set_columns(universe, set, freq)?
-                    .iter()
-                    .map(|f| f.name.clone())
-                    .collect(),
-                None => fields.clone(),
-            };
             let part_size = match part_size {
                 Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
                 None => engine.part_size(columns.len(), start, end, freq)?,
             };
-            let run =
-                |each: &mut dyn FnMut(crate::ColumnFrame) -> crate::Result<()>| match &set {
-                    Some(set) => engine
-                        .feature_set_in_parts(universe, set, start, end, freq, part_size, each),
-                    None => engine
-                        .features_in_parts(universe, &fields, start, end, freq, part_size, each),
-                };
+            let run = |each: &mut dyn FnMut(crate::ColumnFrame) -> crate::Result<()>| {
+                engine.features_in_parts(
+                    universe,
+                    &exprs,
+                    start,
+                    end,
+                    freq,
+                    part_size,
+                    |mut part| {
+                        part.rename_columns(columns.clone());
+                        each(part)
+                    },
+                )
+            };
             for _ in 1..repeat {
                 run(&mut |_| Ok(()))?;
             }
             let header = output::Header {
-                columns,
+                columns: columns.clone(),
                 instruments: engine.instruments_of(universe, start, end, freq)?,
                 freq,
                 path,

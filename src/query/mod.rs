@@ -456,28 +456,6 @@ impl Engine {
         Ok(())
     }
 
-    /// [`feature_set_by_column`](Self::feature_set_by_column) part by part (see
-    /// [`features_in_parts`](Self::features_in_parts)).
-    #[allow(clippy::too_many_arguments)]
-    pub fn feature_set_in_parts(
-        &self,
-        universe: Universe<'_>,
-        set: &FeatureSet,
-        start: Option<Timestamp>,
-        end: Option<Timestamp>,
-        freq: Freq,
-        part_size: usize,
-        mut each: impl FnMut(ColumnFrame) -> Result<()>,
-    ) -> Result<()> {
-        let chosen = self.feature_set_columns(universe, set, freq)?;
-        let exprs: Vec<&str> = chosen.iter().map(|f| f.expr.as_str()).collect();
-        let names: Vec<String> = chosen.iter().map(|f| f.name.clone()).collect();
-        self.features_in_parts(universe, &exprs, start, end, freq, part_size, |mut part| {
-            part.rename_columns(names.clone());
-            each(part)
-        })
-    }
-
     /// The instruments of a query in the frame's row order, spelled as [`Universe::Part`] takes them; those
     /// without rows in the range included.
     pub fn instruments_of(
