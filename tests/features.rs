@@ -317,7 +317,7 @@ fn user_feature_set_files_are_validated() {
         .to_string();
     assert!(err.contains("appears twice"), "{err}");
     let err = FeatureSet::resolve("alpha999").unwrap_err().to_string();
-    assert!(err.contains("alpha158, technical"), "{err}");
+    assert!(err.contains("alpha158, alpha360, technical"), "{err}");
 }
 
 #[test]

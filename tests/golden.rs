@@ -238,6 +238,16 @@ fn alpha158_matches_qlib() {
 }
 
 #[test]
+fn alpha360_matches_qlib() {
+    let set = FeatureSet::resolve("alpha360").unwrap();
+    let g = golden("alpha360");
+    let names: Vec<&str> = set.features.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, g.columns, "names and order are qlib's");
+    let exprs: Vec<String> = set.features.iter().map(|f| f.expr.clone()).collect();
+    compare("alpha360", &exprs);
+}
+
+#[test]
 fn technical_matches_qlib_evaluating_the_same_expressions() {
     let set = FeatureSet::resolve("technical").unwrap();
     let g = golden("technical");

@@ -272,8 +272,8 @@ fn warm(a: WarmArgs) -> Result<u8> {
     let exprs: Vec<String> = match &set {
         Some(set) => {
             let (chosen, left_out) = engine.feature_set_plan(universe, set, freq)?;
-            for l in &left_out {
-                errln!("qcache warm: {l}");
+            for line in crate::query::left_out_lines(&left_out) {
+                errln!("qcache warm: {line}");
             }
             chosen.into_iter().map(|f| f.expr.clone()).collect()
         }
@@ -632,8 +632,8 @@ fn query(a: QueryArgs) -> Result<u8> {
         None => (fields.clone(), fields, Vec::new()),
     };
     if !json {
-        for l in &left_out {
-            errln!("qcache query: {l}");
+        for line in crate::query::left_out_lines(&left_out) {
+            errln!("qcache query: {line}");
         }
     }
     match disk {

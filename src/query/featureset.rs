@@ -38,8 +38,9 @@ pub struct FeatureSet {
     pub features: Vec<Feature>,
 }
 
-const BUILTIN: [(&str, &str); 2] = [
+const BUILTIN: [(&str, &str); 3] = [
     ("alpha158", include_str!("../../featuresets/alpha158.json")),
+    ("alpha360", include_str!("../../featuresets/alpha360.json")),
     (
         "technical",
         include_str!("../../featuresets/technical.json"),

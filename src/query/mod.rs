@@ -37,16 +37,35 @@ pub struct LeftOutFeature {
     pub missing: Vec<String>,
 }
 
-impl std::fmt::Display for LeftOutFeature {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let fields: Vec<String> = self.missing.iter().map(|m| format!("${m}")).collect();
-        write!(
-            f,
-            "{} left out: no instrument of the query has {}",
-            self.name,
-            fields.join(", ")
-        )
+/// What to say of the features a query left out: one line per set of missing fields (Alpha360 without `$vwap`
+/// is one line for its 60 VWAP columns, not 60), naming up to four features.
+pub fn left_out_lines(left: &[LeftOutFeature]) -> Vec<String> {
+    let mut groups: Vec<(&[String], Vec<&str>)> = Vec::new();
+    for l in left {
+        match groups.iter_mut().find(|(m, _)| *m == l.missing.as_slice()) {
+            Some((_, names)) => names.push(&l.name),
+            None => groups.push((&l.missing, vec![&l.name])),
+        }
     }
+    groups
+        .into_iter()
+        .map(|(missing, names)| {
+            let names = match names.as_slice() {
+                [first, second, third, .., last] if names.len() > 4 => {
+                    format!(
+                        "{} features ({first}, {second}, {third}, ..., {last})",
+                        names.len()
+                    )
+                }
+                _ => names.join(", "),
+            };
+            let fields: Vec<String> = missing.iter().map(|m| format!("${m}")).collect();
+            format!(
+                "{names} left out: no instrument of the query has {}",
+                fields.join(", ")
+            )
+        })
+        .collect()
 }
 
 /// Values per part of a query evaluated part by part (128 MB of f32: Alpha158 over 750 days is 283 instruments a

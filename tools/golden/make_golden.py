@@ -1,4 +1,4 @@
-"""Writes fixtures/golden/*.csv: qlib's own values for the operator list and both feature sets.
+"""Writes fixtures/golden/*.csv: qlib's own values for the operator list and the feature sets.
 
 Run through tools/golden.sh, which creates the virtualenv (pyqlib 0.9.7 from PyPI) and the store. The CSVs
 hold float32 values as '%.9g' (exact round trip), NaN as an empty cell; rows are qlib's D.features rows for a
@@ -14,6 +14,8 @@ import qlib
 from qlib.data import D
 
 store, repo = Path(sys.argv[1]), Path(sys.argv[2])
+# Which files to write (default: all); the others are left as they are.
+only = set(sys.argv[3:])
 out = repo / "fixtures" / "golden"
 INSTRUMENTS = ["BJ830806", "SH600000", "SH600009", "SH688001", "SZ000002", "SZ300009"]
 
@@ -21,6 +23,8 @@ qlib.init(provider_uri=str(store), region="cn", expression_cache=None, dataset_c
 
 
 def dump(name, columns, exprs):
+    if only and name not in only:
+        return
     df = D.features(INSTRUMENTS, exprs, freq="day")
     df.columns = columns
     df = df.astype(np.float32).reset_index()
@@ -33,9 +37,9 @@ def dump(name, columns, exprs):
 ops = [l.strip() for l in (repo / "tools/golden/operators.txt").read_text().splitlines()]
 ops = [l for l in ops if l and not l.startswith("#")]
 dump("operators", ops, ops)
-for set_name in ["alpha158", "technical"]:
+for set_name in ["alpha158", "alpha360", "technical"]:
+    # Optional features too: the sample store has every field.
     fs = json.loads((repo / "featuresets" / f"{set_name}.json").read_text())["features"]
-    fs = [f for f in fs if not f.get("optional")]
     # qlib's parser is Python: `0-$volume` is fine, unary minus is not used in the shipped sets.
     dump(set_name, [f["name"] for f in fs], [f["expr"] for f in fs])
 

@@ -139,21 +139,35 @@ def _cache(cache):
 
 
 def feature_set(name):
-    """The ``(name, expression)`` pairs of a feature set: ``alpha158``, ``technical``, or a JSON file."""
+    """The ``(name, expression)`` pairs of a feature set: ``alpha158``, ``alpha360``, ``technical``, or a JSON
+    file."""
     return _feature_set(name)
 
 
 def _warn_left_out(s, set_name, universe, market, freq):
-    """Warns (``qstore.LeftOutWarning``) of each optional feature of a set that the query cannot give, as
-    ``qcache query`` says it: the frame simply lacks its column."""
+    """Warns (``qstore.LeftOutWarning``) of the optional features of a set that the query cannot give, once per
+    set of missing fields, as ``qcache query`` says it: the frame simply lacks their columns."""
     import warnings
 
     _, left_out = s.feature_set_columns(set_name, universe, market, freq)
+    for names, fields in _left_out_groups(left_out):
+        warnings.warn(f"{names} left out: no instrument of the query has {fields}", LeftOutWarning, stacklevel=3)
+
+
+def _left_out_groups(left_out):
+    """``(names, fields)`` texts of left-out features grouped by the fields they miss (the rule of
+    ``qstore::query::left_out_lines``)."""
+    groups = {}
     for name, missing in left_out:
-        fields = ", ".join(f"${m}" for m in missing)
-        warnings.warn(
-            f"{name} left out: no instrument of the query has {fields}", LeftOutWarning, stacklevel=3
-        )
+        groups.setdefault(tuple(missing), []).append(name)
+    out = []
+    for missing, names in groups.items():
+        if len(names) > 4:
+            text = f"{len(names)} features ({', '.join(names[:3])}, ..., {names[-1]})"
+        else:
+            text = ", ".join(names)
+        out.append((text, ", ".join(f"${m}" for m in missing)))
+    return out
 
 
 def _is_feature_set(text):
