@@ -589,6 +589,31 @@ fn feature_set_columns_a_store_lacks_are_left_out_and_said() {
     let out = qcache(&["warm", s, "--feature-set", "alpha158", "--lock", "file"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("VWAP0 left out"), "{}", text(&out));
+    // Alpha360's 60 VWAP columns: 300 columns, and one line that says so.
+    let out = qcache(&[
+        "query",
+        s,
+        "--feature-set",
+        "alpha360",
+        "--instruments",
+        "SH600000",
+        "--format",
+        "csv",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    assert_eq!(header.len(), 2 + 300, "alpha360 without the VWAP columns");
+    assert_eq!(
+        (header[2], header[2 + 299]),
+        ("CLOSE59", "VOLUME0"),
+        "qlib's order"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        said.trim(),
+        "qcache query: 60 features (VWAP59, VWAP58, VWAP57, ..., VWAP0) left out: no instrument of the query has $vwap",
+    );
     // A store with $vwap computes it and says nothing.
     let (_d, full) = sample_store();
     let out = qcache(&[
@@ -646,7 +671,11 @@ fn qcache_query_errors_have_codes_and_positions() {
     assert!(text(&out).contains("unknown field $vol"), "{}", text(&out));
     let out = qcache(&["query", s, "--feature-set", "nope"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("alpha158, technical"), "{}", text(&out));
+    assert!(
+        text(&out).contains("alpha158, alpha360, technical"),
+        "{}",
+        text(&out)
+    );
     let out = qcache(&["query", s]);
     assert_eq!(
         out.status.code(),
@@ -1150,4 +1179,73 @@ fn instruments_take_files_and_patterns() {
         assert_eq!(out.status.code(), Some(1), "{arg}: {}", text(&out));
         assert!(text(&out).contains(says), "{arg}: {}", text(&out));
     }
+}
+
+/// The sample fixtures with every date rewritten by `rewrite` (a `YYYY-MM-DD` text), in a new directory.
+fn sample_with_dates(dir: &Path, rewrite: &dyn Fn(&str) -> String) -> std::path::PathBuf {
+    let out = dir.join("dated");
+    std::fs::create_dir_all(&out).unwrap();
+    for e in std::fs::read_dir(SAMPLE).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let mut lines = text.lines();
+        let mut new = format!("{}\n", lines.next().unwrap());
+        for l in lines {
+            let (date, rest) = l.split_once(',').unwrap();
+            new.push_str(&format!("{},{rest}\n", rewrite(date)));
+        }
+        std::fs::write(out.join(p.file_name().unwrap()), new).unwrap();
+    }
+    out
+}
+
+/// `--date-format`: CSV dates written `20230103` (or `03/01/2023`) import to the store of the ISO dates, byte for
+/// byte; without the flag every symbol fails with a message that names the flag; a pattern that names no day
+/// is exit 2 before anything is read.
+#[test]
+fn date_format_reads_dates_as_the_source_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, want) = sample_store();
+    for (pattern, rewrite) in [
+        (
+            "%Y%m%d",
+            (|d: &str| d.replace('-', "")) as fn(&str) -> String,
+        ),
+        ("%d/%m/%Y", |d: &str| {
+            let p: Vec<&str> = d.split('-').collect();
+            format!("{}/{}/{}", p[2], p[1], p[0])
+        }),
+    ] {
+        let input = sample_with_dates(dir.path(), &rewrite);
+        let to = dir.path().join("got");
+        let out = import_csv(
+            input.to_str().unwrap(),
+            to.to_str().unwrap(),
+            &["--date-format", pattern, "--overwrite"],
+        );
+        assert!(out.status.success(), "{pattern}: {}", text(&out));
+        assert!(tree(&to) == tree(&want), "{pattern}");
+        std::fs::remove_dir_all(&input).unwrap();
+    }
+    let input = sample_with_dates(dir.path(), &|d| d.replace('-', ""));
+    let out = import_csv(
+        input.to_str().unwrap(),
+        dir.path().join("none").to_str().unwrap(),
+        &[],
+    );
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains("invalid date \"20230103\"")
+            && said.contains("--date-format (for example %Y%m%d)"),
+        "{said}"
+    );
+    let out = import_csv(
+        input.to_str().unwrap(),
+        dir.path().join("none").to_str().unwrap(),
+        &["--date-format", "%Y%m"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("does not name a day"), "{}", text(&out));
+    assert!(!dir.path().join("none").exists());
 }

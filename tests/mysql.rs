@@ -821,3 +821,300 @@ fn null_symbols_and_missing_requested_symbols_are_reported() {
     );
     drop_table(&mut c, &t);
 }
+
+/// Turns MariaDB's general query log on (to a table) for as long as it lives, and back to what it was.
+struct GeneralLog {
+    was: (i64, String),
+}
+
+impl GeneralLog {
+    fn on(c: &mut mysql::PooledConn) -> GeneralLog {
+        let was: (i64, String) = c
+            .query_first("SELECT @@GLOBAL.general_log + 0, @@GLOBAL.log_output")
+            .unwrap()
+            .unwrap();
+        c.query_drop("SET GLOBAL log_output = 'TABLE', general_log = 1")
+            .unwrap();
+        GeneralLog { was }
+    }
+
+    /// Statements logged so far that read from `table`.
+    fn reads_of(c: &mut mysql::PooledConn, table: &str) -> Vec<String> {
+        let statements: Vec<Vec<u8>> = c
+            .exec(
+                "SELECT argument FROM mysql.general_log WHERE command_type IN ('Query', 'Execute') \
+                 AND argument LIKE ? AND argument NOT LIKE '%general_log%'",
+                (format!("%FROM `{table}`%"),),
+            )
+            .unwrap();
+        statements
+            .into_iter()
+            .map(|s| String::from_utf8_lossy(&s).into_owned())
+            .collect()
+    }
+}
+
+impl Drop for GeneralLog {
+    fn drop(&mut self) {
+        // Back as it was (a log left on would record every later statement of the server).
+        let mut c = conn();
+        c.exec_drop(
+            "SET GLOBAL general_log = ?, log_output = ?",
+            (self.was.0, &self.was.1),
+        )
+        .unwrap();
+        if self.was.0 == 0 {
+            c.query_drop("TRUNCATE TABLE mysql.general_log").unwrap();
+        }
+    }
+}
+
+/// How `qdump update --mysql` reads a whole table's new rows, on three schemas: with `PRIMARY KEY (symbol,
+/// trade_date)` (the most common, no index on the date) it never scans the table: the general query log shows
+/// the symbols read from the index and then each symbol's range of it (EXPLAIN: no full scan); with an index
+/// on the date, one statement for the server to run on it (on a table this small it scans the table
+/// instead); with neither, one scan of the table (two connections on halves of its id). No listing of symbols, dates or counts first. Every
+/// result equals a full import byte for byte, also when the new rows pass the hold and go
+/// through the spill file.
+#[test]
+fn an_update_reads_only_the_new_rows_once() {
+    let mut c = conn();
+    let sample = table("once_src");
+    load_sample(&mut c, &sample, true);
+    let columns = "symbol VARCHAR(16) NOT NULL, trade_date DATE NOT NULL, open DECIMAL(12,2), \
+                   high DECIMAL(12,2), low DECIMAL(12,2), close DECIMAL(12,2), volume BIGINT, amount DOUBLE, \
+                   vwap DOUBLE, factor DOUBLE, name VARCHAR(32)";
+    let schemas = [
+        ("once_pk", "PRIMARY KEY (symbol, trade_date)"),
+        (
+            "once_date",
+            "PRIMARY KEY (symbol, trade_date), KEY by_date (trade_date)",
+        ),
+        ("once_none", "id BIGINT AUTO_INCREMENT PRIMARY KEY"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let u = url();
+    let strip = |v: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
+        v.into_iter()
+            .filter(|(p, _)| !p.starts_with(".qstore-update"))
+            .collect()
+    };
+    for (name, keys) in schemas {
+        let t = table(name);
+        drop_table(&mut c, &t);
+        c.query_drop(format!("CREATE TABLE `{t}` ({columns}, {keys})"))
+            .unwrap();
+        c.query_drop(format!(
+            "INSERT INTO `{t}` (symbol, trade_date, open, high, low, close, volume, amount, vwap, factor, name)
+             SELECT symbol, trade_date, open, high, low, close, volume, amount, vwap, factor, name FROM `{sample}`"
+        ))
+        .unwrap();
+        let (full, inc, spilled) = (
+            dir.path().join(format!("{name}-full")),
+            dir.path().join(format!("{name}-inc")),
+            dir.path().join(format!("{name}-spilled")),
+        );
+        assert!(import_mysql(&t, &full, &[]).status.success());
+        for to in [&inc, &spilled] {
+            let out = import_mysql(&t, to, &["--end-date", "2023-08-24"]);
+            assert!(out.status.success(), "{}", text(&out));
+        }
+        let log = GeneralLog::on(&mut c);
+        let before = GeneralLog::reads_of(&mut c, &t).len();
+        let out = qdump(
+            &[
+                "update",
+                "--mysql",
+                &u,
+                "--table",
+                &t,
+                "--to",
+                inc.to_str().unwrap(),
+                "--json",
+            ],
+            &[],
+        );
+        let reads = GeneralLog::reads_of(&mut c, &t).split_off(before);
+        drop(log);
+        assert!(out.status.success(), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["days_added"], 93, "{name}: {v}");
+        // How the server runs each statement: (type, Extra) of its plan.
+        let plans: Vec<(String, String)> = reads
+            .iter()
+            .map(|sql| {
+                let row: mysql::Row = c.query_first(format!("EXPLAIN {sql}")).unwrap().unwrap();
+                let get = |k: &str| -> String {
+                    row.get_opt::<Option<String>, _>(k)
+                        .and_then(|v| v.ok())
+                        .flatten()
+                        .unwrap_or_default()
+                };
+                (get("type"), get("Extra"))
+            })
+            .collect();
+        match name {
+            "once_pk" => {
+                assert!(reads.len() >= 2, "{name}: {reads:#?}");
+                assert!(
+                    reads[0].starts_with("SELECT DISTINCT `symbol`"),
+                    "{reads:#?}"
+                );
+                assert!(
+                    plans[0].1.contains("Using index for group-by"),
+                    "{name}: {plans:?}"
+                );
+                assert!(
+                    reads[1..].iter().all(|r| r.contains("`symbol` IN (")),
+                    "{reads:#?}"
+                );
+                assert!(
+                    plans.iter().all(|p| p.0 == "range"),
+                    "{name}: no statement scans the table: {plans:?}"
+                );
+            }
+            "once_date" => {
+                // One statement the server may run on the date index (on a table this small it scans it).
+                assert_eq!(reads.len(), 1, "{name}: {reads:#?}");
+                assert!(reads[0].contains("`trade_date` >="), "{reads:#?}");
+            }
+            _ => {
+                // The id's bounds, then one scan per connection over disjoint ranges of it.
+                assert!(
+                    reads[0].starts_with("SELECT MIN(`id`), MAX(`id`)"),
+                    "{reads:#?}"
+                );
+                assert!(
+                    reads[1..]
+                        .iter()
+                        .all(|r| r.contains("`trade_date` >=") && r.contains("`id` ")),
+                    "{reads:#?}"
+                );
+                assert_eq!(reads.len(), 3, "{name}: {reads:#?}");
+            }
+        }
+
+        // The library with a hold of a few kilobytes: the new rows go to the spill file and back.
+        let store = Store::open(&spilled).unwrap();
+        let lock = qstore::import::update::UpdateLock::acquire(&spilled, false).unwrap();
+        let start = qstore::import::update::first_new_row(&store, Freq::DAY, None, &lock).unwrap();
+        let src = qstore::import::MysqlSource::open(
+            qstore::import::mysql::Connection::parse(&u, None).unwrap(),
+            qstore::import::mysql::MysqlOptions {
+                table: t.clone(),
+                start,
+                hold_bytes: 4096,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        use qstore::import::Source;
+        assert_eq!(src.symbol_count(), None);
+        let s = qstore::import::update::update_locked(
+            &src,
+            &spilled,
+            &Default::default(),
+            &lock,
+            &|_| {},
+        )
+        .unwrap();
+        assert_eq!((s.days_added, s.failed.len()), (93, 0), "{name}");
+        drop(lock);
+        assert!(strip(tree(&inc)) == strip(tree(&full)), "{name}");
+        assert!(strip(tree(&spilled)) == strip(tree(&full)), "{name}");
+        drop_table(&mut c, &t);
+    }
+    drop_table(&mut c, &sample);
+}
+
+/// A VARCHAR date column written `20230103` (sorts as text: the server selects an update's range) or
+/// `03/01/2023` (does not: rows are kept by date as they are read) imports with `--date-format` to the store of
+/// the DATE column, and `qdump all` to a day plus `qdump update` equals the whole import; without the flag the
+/// failure shows the text as it is (`"20230103"`, not a driver's debug form) and names the flag.
+#[test]
+fn text_dates_in_the_source_format() {
+    let mut c = conn();
+    let sample = table("textdate_src");
+    load_sample(&mut c, &sample, true);
+    let dir = tempfile::tempdir().unwrap();
+    let want = dir.path().join("want");
+    assert!(import_mysql(&sample, &want, &[]).status.success());
+    let u = url();
+    for (name, pattern, sql) in [
+        ("td_ymd", "%Y%m%d", "DATE_FORMAT(trade_date, '%Y%m%d')"),
+        ("td_dmy", "%d/%m/%Y", "DATE_FORMAT(trade_date, '%d/%m/%Y')"),
+    ] {
+        let t = table(name);
+        drop_table(&mut c, &t);
+        c.query_drop(format!(
+            "CREATE TABLE `{t}` (symbol VARCHAR(16) NOT NULL, trade_date VARCHAR(10) NOT NULL, open DECIMAL(12,2),
+             high DECIMAL(12,2), low DECIMAL(12,2), close DECIMAL(12,2), volume BIGINT, amount DOUBLE,
+             vwap DOUBLE, factor DOUBLE, name VARCHAR(32), PRIMARY KEY (symbol, trade_date))"
+        ))
+        .unwrap();
+        c.query_drop(format!(
+            "INSERT INTO `{t}` SELECT symbol, {sql}, open, high, low, close, volume, amount, vwap, factor, name
+             FROM `{sample}`"
+        ))
+        .unwrap();
+        let (full, inc) = (
+            dir.path().join(format!("{name}-full")),
+            dir.path().join(format!("{name}-inc")),
+        );
+        let out = import_mysql(&t, &full, &["--date-format", pattern]);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        assert!(tree(&full) == tree(&want), "{name}");
+        let out = import_mysql(
+            &t,
+            &inc,
+            &["--date-format", pattern, "--end-date", "2023-08-24"],
+        );
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let out = qdump(
+            &[
+                "update",
+                "--mysql",
+                &u,
+                "--table",
+                &t,
+                "--to",
+                inc.to_str().unwrap(),
+                "--date-format",
+                pattern,
+                "--json",
+            ],
+            &[],
+        );
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // No stored day comes back (not even the last, which `>= '20230824'` selects): kept by date here.
+        assert_eq!(
+            (
+                v["days_added"].as_u64(),
+                v["corrections"].as_u64(),
+                v["unchanged_rows"].as_u64()
+            ),
+            (Some(93), Some(0), Some(0)),
+            "{name}: {v}"
+        );
+        let strip = |v: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
+            v.into_iter()
+                .filter(|(p, _)| !p.starts_with(".qstore-update"))
+                .collect()
+        };
+        assert!(strip(tree(&inc)) == strip(tree(&full)), "{name}");
+        if name == "td_ymd" {
+            let out = import_mysql(&t, &dir.path().join("no-format"), &[]);
+            assert!(!out.status.success());
+            let said = text(&out);
+            assert!(
+                said.contains("a row has date \"20230103\" in column trade_date")
+                    && said.contains("--date-format")
+                    && !said.contains("Bytes("),
+                "{said}"
+            );
+        }
+        drop_table(&mut c, &t);
+    }
+    drop_table(&mut c, &sample);
+}

@@ -72,7 +72,13 @@ fn unscaled(cell: &str, scale: usize) -> Option<i128> {
 /// Writes `rows` as one Parquet file with the types a pipeline would use: prices as float64, volume as
 /// int64, amount and factor as decimals; the date as date32, or (with a symbol column, as pandas writes a
 /// frame) as a timestamp in nanoseconds, the symbol dictionary-encoded.
-fn write_parquet(path: &Path, names: &[String], rows: &[Row], with_symbol: bool) {
+fn write_parquet(
+    path: &Path,
+    names: &[String],
+    rows: &[Row],
+    with_symbol: bool,
+    text_dates: Option<&str>,
+) {
     let day = |d: &str| {
         chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
             .unwrap()
@@ -99,6 +105,12 @@ fn write_parquet(path: &Path, names: &[String], rows: &[Row], with_symbol: bool)
         columns.push(Arc::new(TimestampNanosecondArray::from_iter_values(
             rows.iter()
                 .map(|r| day(&r.1).timestamp_nanos_opt().unwrap()),
+        )));
+    } else if let Some(pattern) = text_dates {
+        // Dates as text, as a pipeline that wrote strings leaves them.
+        fields.push(Field::new("date", DataType::Utf8, false));
+        columns.push(Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| day(&r.1).format(pattern).to_string()),
         )));
     } else {
         fields.push(Field::new("date", DataType::Date32, false));
@@ -170,6 +182,7 @@ fn parquet_layouts_give_the_csv_store_byte_for_byte() {
             &names,
             &mine,
             false,
+            None,
         );
     }
     let a = dir.path().join("a");
@@ -184,11 +197,39 @@ fn parquet_layouts_give_the_csv_store_byte_for_byte() {
         "per-symbol Parquet files give the CSV's store"
     );
 
+    // Dates as text in another format, read with --date-format.
+    let text_dates = dir.path().join("text-dates");
+    std::fs::create_dir(&text_dates).unwrap();
+    for symbol in rows
+        .iter()
+        .map(|r| r.0.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let mine: Vec<Row> = rows.iter().filter(|r| r.0 == symbol).cloned().collect();
+        write_parquet(
+            &text_dates.join(format!("{symbol}.parquet")),
+            &names,
+            &mine,
+            false,
+            Some("%Y/%m/%d"),
+        );
+    }
+    let t = dir.path().join("t");
+    let source = ["--parquet", text_dates.to_str().unwrap()];
+    common::ok(all(&source, &t, &["--date-format", "%Y/%m/%d"]));
+    assert!(tree(&t) == tree(&from_csv), "text dates with --date-format");
+    let out = all(&source, &dir.path().join("t2"), &[]);
+    assert!(
+        text(&out).contains("invalid date \"2023/01/03\"") && text(&out).contains("--date-format"),
+        "{}",
+        text(&out)
+    );
+
     // One file with a symbol column (named in another case), rows interleaved by date.
     let mut by_date = rows.clone();
     by_date.sort_by(|x, y| x.1.cmp(&y.1));
     let combined = dir.path().join("all.parquet");
-    write_parquet(&combined, &names, &by_date, true);
+    write_parquet(&combined, &names, &by_date, true, None);
     let b = dir.path().join("b");
     common::ok(all(&["--parquet", combined.to_str().unwrap()], &b, &[]));
     assert!(
@@ -205,6 +246,7 @@ fn parquet_layouts_give_the_csv_store_byte_for_byte() {
             &names,
             chunk,
             true,
+            None,
         );
     }
     let (c, c_csv) = (dir.path().join("c"), dir.path().join("c-csv"));
@@ -245,6 +287,7 @@ fn qdump_update_appends_days_from_parquet_files() {
             &names,
             chunk,
             true,
+            None,
         );
     }
     let out = qdump(&[
@@ -269,7 +312,7 @@ fn bad_parquet_input_says_what_and_where() {
     let dir = tempfile::tempdir().unwrap();
     let (names, rows) = sample_rows();
     let file = dir.path().join("all.parquet");
-    write_parquet(&file, &names, &rows, true);
+    write_parquet(&file, &names, &rows, true, None);
     let to = dir.path().join("store");
     let err = |out: Output| {
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -486,7 +486,7 @@ impl Store {
 }
 
 /// The source a Python call describes: a dict of `qdump`'s source flags (`mysql` or `csv`, `password`, `table`,
-/// `symbol_column`, `date_column`, `fields`, `symbols`, `limit`, `connections`, `calendar_table`,
+/// `symbol_column`, `date_column`, `date_format`, `fields`, `symbols`, `limit`, `connections`, `calendar_table`,
 /// `calendar_column`). An unknown key is an error, so a typo cannot fall back to a default.
 fn spec_of(py: Python<'_>, d: &Bound<'_, PyDict>) -> PyResult<SourceSpec> {
     let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
@@ -516,6 +516,10 @@ fn spec_of(py: Python<'_>, d: &Bound<'_, PyDict>) -> PyResult<SourceSpec> {
             "table" => spec.table = v.extract()?,
             "symbol_column" => spec.symbol_column = v.extract()?,
             "date_column" => spec.date_column = Some(v.extract()?),
+            "date_format" => {
+                spec.date_format = qstore::import::DateFormat::new(&v.extract::<String>()?)
+                    .map_err(|e| to_py(py, e))?
+            }
             "fields" => spec.fields = Some(v.extract()?),
             "symbols" => spec.symbols = Some(v.extract()?),
             "limit" => spec.limit = Some(v.extract()?),

@@ -124,3 +124,23 @@ def test_loader_without_a_source_serves_the_store(store_path, tmp_path):
     )
     with pytest.raises(qstore.Error, match="does not have this symbol"):
         loader.load_kline_data("SH999999")
+
+
+def test_date_format_reads_the_sources_dates(tmp_path):
+    """``date_format=`` reads CSV dates written another way into the store the ISO dates give, byte for byte;
+    a pattern that names no day is a ``qstore.ConfigError`` before anything is written."""
+    dated = tmp_path / "dated"
+    dated.mkdir()
+    for f in SAMPLE.glob("*.csv"):
+        lines = f.read_text().splitlines()
+        rows = [lines[0]] + [line[:10].replace("-", "") + line[10:] for line in lines[1:]]
+        (dated / f.name).write_text("\n".join(rows) + "\n")
+    want, got = tmp_path / "want", tmp_path / "got"
+    qstore.dump_all(want, csv=SAMPLE)
+    summary = qstore.dump_all(got, csv=dated, date_format="%Y%m%d")
+    assert summary["symbols_ok"] == 12 and not summary["failed"]
+    for a in sorted(p for p in want.rglob("*.bin")):
+        assert (got / a.relative_to(want)).read_bytes() == a.read_bytes(), a
+    with pytest.raises(qstore.ConfigError, match="does not name a day"):
+        qstore.dump_all(tmp_path / "bad", csv=dated, date_format="%Y%m")
+    assert not (tmp_path / "bad").exists()

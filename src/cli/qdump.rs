@@ -203,6 +203,11 @@ struct SourceArgs {
     /// The date column [default: trade_date for MySQL, date for CSV and Parquet].
     #[arg(long)]
     date_column: Option<String>,
+    /// How text dates are written, as a strftime pattern: `%Y%m%d`, `%Y/%m/%d`, `%Y-%m-%dT%H:%M:%S`, ...
+    /// [default: YYYY-MM-DD or YYYY-MM-DD HH:MM:SS]. For CSV, Parquet text and MySQL CHAR/VARCHAR date
+    /// columns; typed dates need none.
+    #[arg(long, value_parser = date_format, value_name = "PATTERN")]
+    date_format: Option<import::DateFormat>,
     /// Comma-separated field columns [default: every numeric column but symbol, date and auto-increment ids].
     #[arg(long, value_delimiter = ',')]
     fields: Option<Vec<String>>,
@@ -515,7 +520,7 @@ fn all(all: AllArgs) -> Result<u8> {
     }
     let source = open_source(a, start, end)?;
     let opts = import_options(a)?;
-    let progress = Progress::new(source.symbol_count() as u64, a.json);
+    let progress = Progress::new(source.symbol_count(), a.json);
     let replace = import::ReplaceOptions {
         overwrite: all.overwrite,
         keep_unknown: all.keep_unknown,
@@ -625,7 +630,7 @@ fn update(u: UpdateArgs) -> Result<u8> {
     let end = a.end_date;
     let source = open_source(a, start, end)?;
     let opts = import_options(a)?;
-    let progress = Progress::new(source.symbol_count() as u64, a.json);
+    let progress = Progress::new(source.symbol_count(), a.json);
     let summary = import::update::update_locked(source.as_ref(), &a.to, &opts, &lock, &|rows| {
         progress.tick(rows)
     })
@@ -776,6 +781,7 @@ fn open_source(
         table: a.table.clone(),
         symbol_column: a.symbol_column.clone(),
         date_column: a.date_column.clone(),
+        date_format: a.date_format.clone().unwrap_or_default(),
         fields: a.fields.clone(),
         symbols: symbols_arg(&a.symbols)?,
         limit: a.limit,
@@ -793,6 +799,14 @@ fn open_source(
             return Err(e).with_context(|| format!("reading Parquet input {}", path.display()));
         }
         (_, s) => s?,
+    })
+}
+
+/// `--date-format`, checked as clap parses it.
+fn date_format(pattern: &str) -> std::result::Result<import::DateFormat, String> {
+    import::DateFormat::new(pattern).map_err(|e| match e {
+        crate::Error::Config { reason, .. } => reason,
+        other => other.to_string(),
     })
 }
 
@@ -837,21 +851,28 @@ struct Progress {
     bar: Option<indicatif::ProgressBar>,
     rows: AtomicU64,
     done: AtomicU64,
-    total: u64,
+    total: Option<usize>,
     t0: Instant,
     last_line: Mutex<Instant>,
     quiet: bool,
 }
 
 impl Progress {
-    fn new(total: u64, quiet: bool) -> Progress {
+    /// `total`: the symbols to come, when the source knows them before it reads the rows.
+    fn new(total: Option<usize>, quiet: bool) -> Progress {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
+            let (bar, template) = match total {
+                Some(n) => (
+                    indicatif::ProgressBar::new(n as u64),
                     "{bar:40} {pos}/{len} symbols  {msg}  ETA {eta}",
-                )
-                .expect("valid template"),
+                ),
+                None => (
+                    indicatif::ProgressBar::no_length(),
+                    "{spinner} {pos} symbols  {msg}",
+                ),
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(template).expect("valid template"),
             );
             bar
         });
@@ -877,10 +898,8 @@ impl Progress {
             let mut last = self.last_line.lock();
             if last.elapsed() >= Duration::from_secs(5) {
                 *last = Instant::now();
-                eprintln!(
-                    "qdump: {done}/{} symbols, {rows} rows, {rate:.0} rows/s",
-                    self.total
-                );
+                let of = self.total.map(|t| format!("/{t}")).unwrap_or_default();
+                eprintln!("qdump: {done}{of} symbols, {rows} rows, {rate:.0} rows/s");
             }
         }
     }

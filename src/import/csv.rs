@@ -18,7 +18,7 @@ use super::files::{
 };
 use super::{Failure, Source, SymbolRows};
 use crate::error::{Error, Result};
-use crate::store::calendar::{Timestamp, parse_timestamp};
+use crate::store::calendar::Timestamp;
 
 /// A CSV input that is a Parquet file (it starts with `PAR1`) is an error that says so, not a garbled header.
 fn sniff_parquet(file: &Path) -> Result<()> {
@@ -166,8 +166,10 @@ fn read_file(
         let record =
             record.map_err(|e| fail(e.position().map_or(0, |p| p.line()), e.to_string()))?;
         let line = record.position().map_or(0, |p| p.line());
-        let d = parse_timestamp(record.get(date_at).unwrap_or(""))
-            .map_err(|e| fail(line, e.to_string()))?;
+        let d = opts
+            .date_format
+            .parse(record.get(date_at).unwrap_or(""))
+            .map_err(|e| fail(line, e))?;
         if !in_range(d) {
             continue;
         }
@@ -247,8 +249,10 @@ fn load_combined(
             reason: format!("{}:{line}: {reason}", path.display()),
         };
         let parsed = (|| {
-            let d = parse_timestamp(record.get(date_at).unwrap_or(""))
-                .map_err(|e| fail(e.to_string()))?;
+            let d = opts
+                .date_format
+                .parse(record.get(date_at).unwrap_or(""))
+                .map_err(fail)?;
             let mut vals = Vec::with_capacity(at.len());
             for (&a, name) in at.iter().zip(fields) {
                 let cell = record.get(a).unwrap_or("");
@@ -282,8 +286,8 @@ impl Source for CsvSource {
         &self.fields
     }
 
-    fn symbol_count(&self) -> usize {
-        self.inputs.len()
+    fn symbol_count(&self) -> Option<usize> {
+        Some(self.inputs.len())
     }
 
     fn dates(&self) -> Result<Vec<Timestamp>> {

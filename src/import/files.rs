@@ -13,6 +13,8 @@ use crate::store::layout::validate_name;
 #[derive(Debug, Clone)]
 pub struct FileOptions {
     pub date_column: String,
+    /// How the date column's text is written (typed Parquet dates need none).
+    pub date_format: super::DateFormat,
     pub symbol_column: String,
     /// Only these fields (default: every column but the date and symbol columns).
     pub fields: Option<Vec<String>>,
@@ -28,6 +30,7 @@ impl Default for FileOptions {
     fn default() -> Self {
         FileOptions {
             date_column: "date".into(),
+            date_format: Default::default(),
             symbol_column: "symbol".into(),
             fields: None,
             symbols: None,

@@ -8,6 +8,7 @@
 //! dates ([`Source::dates`]) to check them against the store's calendar.
 
 pub mod csv;
+mod dates;
 mod files;
 mod group;
 mod learned;
@@ -35,6 +36,7 @@ use crate::store::instruments::{Instruments, Span};
 use crate::store::layout::validate_name;
 
 pub use self::csv::CsvSource;
+pub use self::dates::DateFormat;
 pub use self::files::FileOptions;
 pub use self::mysql::MysqlSource;
 #[cfg(feature = "parquet")]
@@ -66,11 +68,25 @@ pub struct Failure {
 pub trait Source: Sync {
     /// Field names, lower-case, in output order.
     fn fields(&self) -> &[String];
-    /// How many symbols [`Source::stream`] will deliver (for progress).
-    fn symbol_count(&self) -> usize;
-    /// Every timestamp of the rows to import (any order, duplicates allowed): a pass of its own, which
-    /// `qdump update` makes to check the new days before it writes anything.
+    /// How many symbols [`Source::stream`] will deliver (for progress); `None` when the source learns its
+    /// symbols from the rows as they come.
+    fn symbol_count(&self) -> Option<usize>;
+    /// Every timestamp of the rows to import (any order, duplicates allowed): a pass of its own, which the
+    /// default [`Source::stream_after_dates`] makes.
     fn dates(&self) -> Result<Vec<Timestamp>>;
+    /// What `qdump update` calls: hands `dates` every timestamp of the rows to import (any order, duplicates
+    /// allowed), then streams them as [`Source::stream`] does. The dates come first because the new days are
+    /// checked and placed before any symbol is written. The default lists them in a pass of their own; a
+    /// source for which that pass costs as much as the rows (a MySQL table without an index on its date
+    /// column) reads the rows once, learns the dates from them and holds the rows until the scan ends.
+    fn stream_after_dates(
+        &self,
+        dates: &mut dyn FnMut(Vec<Timestamp>) -> Result<()>,
+        sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
+    ) -> Result<()> {
+        dates(self.dates()?)?;
+        self.stream(sink)
+    }
     /// The trading days to import against, when the source has them apart from the rows (a table of trading
     /// days); `None` when the calendar is the union of the rows' dates.
     fn trading_days(&self) -> Result<Option<Vec<Timestamp>>> {
@@ -641,8 +657,8 @@ mod tests {
         fn fields(&self) -> &[String] {
             &self.fields
         }
-        fn symbol_count(&self) -> usize {
-            self.symbols.len()
+        fn symbol_count(&self) -> Option<usize> {
+            Some(self.symbols.len())
         }
         fn dates(&self) -> Result<Vec<Timestamp>> {
             Ok(self.symbols.iter().flat_map(|s| s.dates.clone()).collect())

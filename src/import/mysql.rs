@@ -4,7 +4,10 @@
 //! table is scanned in its own order on one connection and grouped by symbol here (`group`); a selection of
 //! symbols streams `ORDER BY symbol, date` over several connections, each on a disjoint, contiguous range of
 //! the sorted symbol list, holding one symbol per connection. The calendar is learned from the rows (or read
-//! from a trading-day table); only `qdump update` asks for the distinct dates first.
+//! from a trading-day table). `qdump update` needs the new rows' dates before it writes: the new rows of a
+//! whole table are read once, learning the symbols and dates and holding the rows until the read ends
+//! (`MysqlSource::learns_symbols`), through an index that leads with (symbol, date) when the table has one and
+//! none on the date (`NewRows`); a selection of symbols asks for the distinct dates first.
 //! Table and column names are checked against `information_schema` and quoted; symbols and dates are always
 //! bound parameters. No raw SQL comes from flags. The password never appears in messages.
 
@@ -18,7 +21,7 @@ use parking_lot::Mutex;
 use super::group::Grouper;
 use super::{Failure, Source, SymbolRows};
 use crate::error::{Error, Result};
-use crate::store::calendar::{Timestamp, parse_timestamp};
+use crate::store::calendar::Timestamp;
 
 /// What to import from which table.
 #[derive(Debug, Clone)]
@@ -44,6 +47,8 @@ pub struct MysqlOptions {
     /// Rows held in memory while a whole-table scan waits for symbols to complete, in bytes; past it they go to a
     /// spill file (see `group`).
     pub hold_bytes: usize,
+    /// How a text (CHAR/VARCHAR) date column writes its dates; DATE and DATETIME columns need none.
+    pub date_format: super::DateFormat,
 }
 
 impl Default for MysqlOptions {
@@ -61,6 +66,7 @@ impl Default for MysqlOptions {
             calendar_table: None,
             calendar_column: None,
             hold_bytes: 128 << 20,
+            date_format: Default::default(),
         }
     }
 }
@@ -184,6 +190,26 @@ pub struct MysqlSource {
     requested: Option<Vec<String>>,
     /// Rows of a whole-table scan whose symbol is NULL (counted by the per-symbol count query).
     null_symbol_rows: std::sync::atomic::AtomicU64,
+    /// How an update finds the new rows of a whole table (from its indexes).
+    new_rows: NewRows,
+    /// Whether the symbol column may be NULL.
+    symbol_nullable: bool,
+    date_format: super::DateFormat,
+    /// Whether the date column is text, so that `date_format` reads it and a range of it is selected by
+    /// comparing text (only when the format sorts as text; else rows are kept by date here).
+    date_is_text: bool,
+}
+
+/// How an update's new rows of a whole table are read, decided from the table's indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NewRows {
+    /// One scan of the whole table (no index helps), or of an index that leads with the date column (the
+    /// server's range of it).
+    Scan,
+    /// An index leads with (symbol, date), as the common `PRIMARY KEY (symbol, trade_date)`: the symbols come
+    /// from the index (one seek each), then each symbol's range of it from the start date, so an update reads
+    /// the pages of the new rows and not the whole table, however long its history.
+    BySymbolDate,
 }
 
 impl MysqlSource {
@@ -206,9 +232,9 @@ impl MysqlSource {
         };
         let mut c = conn.connect()?;
         let db = conn.opts.get_db_name().unwrap_or("").to_owned();
-        let cols: Vec<(String, String, String, String)> = c
+        let cols: Vec<(String, String, String, String, String)> = c
             .exec(
-                "SELECT COLUMN_NAME, DATA_TYPE, EXTRA, COLUMN_KEY FROM information_schema.COLUMNS \
+                "SELECT COLUMN_NAME, DATA_TYPE, EXTRA, COLUMN_KEY, IS_NULLABLE FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (&db, &o.table),
             )
@@ -341,13 +367,24 @@ impl MysqlSource {
             hold_bytes: o.hold_bytes,
             requested: o.symbols.clone(),
             null_symbol_rows: Default::default(),
+            new_rows: NewRows::Scan,
+            symbol_nullable: false,
+            date_format: o.date_format,
+            date_is_text: ["char", "varchar"].contains(&date.1.to_lowercase().as_str()),
         };
+        if src.learns_symbols() {
+            src.new_rows = src.new_rows_plan(&mut c, &db)?;
+            src.symbol_nullable = cols
+                .iter()
+                .any(|col| col.0 == src.symbol_column && col.4 != "NO");
+        }
         src.symbols = match o.symbols {
             Some(list) => list
                 .into_iter()
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect(),
+            None if src.learns_symbols() => Vec::new(),
             None => {
                 let (cond, params) = src.date_filter(&src.date_column);
                 let sql = format!(
@@ -363,11 +400,67 @@ impl MysqlSource {
         Ok(src)
     }
 
-    /// ` AND <column> >= ? AND <column> <= ?` for the range, with its parameters.
+    /// Whether `qdump update` reads this source's rows once, learning the symbols and dates from them
+    /// ([`Source::stream_after_dates`]): rows from a start date of the whole table, with no trading-day
+    /// table. Listing the symbols, the dates and each symbol's row count first cost three more scans of the
+    /// table when its date column has no index (the common `PRIMARY KEY (symbol, trade_date)`).
+    fn learns_symbols(&self) -> bool {
+        !self.restricted && self.calendar.is_none() && self.start.is_some()
+    }
+
+    /// Reads the table's indexes: an index that leads with the date column is a range the server scans
+    /// itself; else one that leads with (symbol, date) is read symbol by symbol.
+    fn new_rows_plan(&self, c: &mut Conn, db: &str) -> Result<NewRows> {
+        let keys: Vec<(String, u32, String)> = c
+            .exec(
+                "SELECT INDEX_NAME, SEQ_IN_INDEX, COLUMN_NAME FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+                (db, &self.table),
+            )
+            .map_err(|e| self.conn.err(e.to_string()))?;
+        let column = |index: &str, seq: u32| {
+            keys.iter()
+                .find(|k| k.0 == index && k.1 == seq)
+                .map(|k| k.2.as_str())
+        };
+        let leads = |first: &str, second: Option<&str>| {
+            keys.iter().any(|k| {
+                k.1 == 1
+                    && k.2.eq_ignore_ascii_case(first)
+                    && second.is_none_or(|c2| {
+                        column(&k.0, 2).is_some_and(|x| x.eq_ignore_ascii_case(c2))
+                    })
+            })
+        };
+        Ok(
+            if !leads(&self.date_column, None)
+                && leads(&self.symbol_column, Some(&self.date_column))
+            {
+                NewRows::BySymbolDate
+            } else {
+                NewRows::Scan
+            },
+        )
+    }
+
+    /// ` AND <column> >= ? AND <column> <= ?` for the range, with its parameters. Nothing for a text date
+    /// column whose format does not sort as text (`%d/%m/%Y`): its rows are kept by date as they are read
+    /// ([`MysqlSource::in_range`], which every row passes anyway).
     fn date_filter(&self, column: &str) -> (String, Vec<Value>) {
         let mut cond = String::new();
         let mut params = Vec::new();
-        let ts = |t: Timestamp| Value::from(t.format("%Y-%m-%d %H:%M:%S").to_string());
+        let text = column == self.date_column && self.date_is_text;
+        if text && !self.date_format.sorts_as_text() {
+            return (cond, params);
+        }
+        // A date-only format writes the start's day, which may select a day before it: `in_range` drops it.
+        let ts = |t: Timestamp| {
+            Value::from(if text {
+                self.date_format.format(t)
+            } else {
+                t.format("%Y-%m-%d %H:%M:%S").to_string()
+            })
+        };
         if let Some(s) = self.start {
             cond.push_str(&format!(" AND `{column}` >= ?"));
             params.push(ts(s));
@@ -425,7 +518,9 @@ impl MysqlSource {
                 let row = row.map_err(|e| self.conn.err(format!("reading dates: {e}")))?;
                 let v = row.unwrap().into_iter().next().unwrap_or(Value::NULL);
                 // A row whose date does not parse fails its symbol in pass 2; it adds nothing here.
-                if let Some(t) = to_timestamp(&v) {
+                if let Ok(t) = to_timestamp(&v, &self.date_format)
+                    && self.in_range(t)
+                {
                     out.push(t);
                 }
             }
@@ -455,12 +550,19 @@ impl MysqlSource {
 
     /// A row's date, or why it has none.
     fn row_date(&self, v: &Value) -> std::result::Result<Timestamp, String> {
-        to_timestamp(v).ok_or_else(|| {
+        to_timestamp(v, &self.date_format).map_err(|why| {
             format!(
-                "a row has date {v:?} in column {}, which is not a date",
+                "a row has date {} in column {}: {why}",
+                show(v),
                 self.date_column
             )
         })
+    }
+
+    /// Whether a row's date is in the range asked for (the server selected it already, except on a text
+    /// column whose format does not sort as text).
+    fn in_range(&self, d: Timestamp) -> bool {
+        self.start.is_none_or(|s| d >= s) && self.end.is_none_or(|e| d <= e)
     }
 
     /// The auto-increment column as ", <name>" for a select list or an ORDER BY; empty without one.
@@ -497,8 +599,13 @@ impl MysqlSource {
     /// moment its last row arrives and its files are written on another thread while the scans go on. Every
     /// connection opens a consistent snapshot, one right after the other; a commit in between that adds rows
     /// to a symbol already handed on fails the import (nothing is published) rather than import it twice.
+    ///
+    /// With `learn` (an update's new rows, [`MysqlSource::learns_symbols`]) there is no count query: every
+    /// symbol is held (spilled past `hold_bytes`) until the scan ends, `learn` gets the distinct dates of the
+    /// rows, and only then are the symbols handed on: the table is read once.
     fn stream_table(
         &self,
+        mut learn: Option<&mut dyn FnMut(Vec<Timestamp>) -> Result<()>>,
         sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
     ) -> Result<()> {
         let err = |e: mysql::Error| self.conn.err(e.to_string());
@@ -510,9 +617,13 @@ impl MysqlSource {
         };
         let (s, d, t) = (&self.symbol_column, &self.date_column, &self.table);
         let mut count = self.conn.connect()?;
+        let by_symbol = learn.is_some() && self.new_rows == NewRows::BySymbolDate;
         // Key ranges split at even steps of the id: the first and last are open, so every row is in one.
         let mut cuts: Vec<i64> = Vec::new();
-        if let (true, Some(id)) = (self.row_id_is_key && self.connections > 1, &self.row_id) {
+        if let (true, Some(id)) = (
+            self.row_id_is_key && self.connections > 1 && !by_symbol,
+            &self.row_id,
+        ) {
             let span: Option<(Option<i64>, Option<i64>)> = count
                 .query_first(format!("SELECT MIN(`{id}`), MAX(`{id}`) FROM `{t}`"))
                 .map_err(err)?;
@@ -524,58 +635,130 @@ impl MysqlSource {
                 cuts.dedup();
             }
         }
-        let mut scans = (0..=cuts.len())
+        let (cond, params) = self.date_filter(&self.date_column);
+        // NULL symbols are counted too (their group), to report them: they cannot be imported.
+        let count_sql = format!("SELECT `{s}`, COUNT(*) FROM `{t}` WHERE 1=1{cond} GROUP BY `{s}`");
+        let id = self.row_id_column();
+        let fields = self.select_fields();
+        // The queries each scanning connection runs, one after the other.
+        let plan: Vec<Vec<(String, Vec<Value>)>> = if by_symbol {
+            // The symbols from the index (a loose index scan: one seek per symbol), then each symbol's range
+            // of it from the start date: the pages of the new rows, however long the history. Lists stay
+            // under the 1,000 items past which MariaDB turns an IN list into a join that reads each symbol
+            // whole.
+            snapshot(&mut count)?;
+            let symbols: Vec<Value> = count
+                .query_iter(format!(
+                    "SELECT DISTINCT `{s}` FROM `{t}` WHERE `{s}` IS NOT NULL"
+                ))
+                .map_err(err)?
+                .map(|row| row.map(|r| r.unwrap().into_iter().next().unwrap_or(Value::NULL)))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(err)?;
+            if self.symbol_nullable {
+                // A range of the same index: NULL symbols of the new rows are counted, to be reported.
+                let nulls: Option<u64> = count
+                    .exec_first(
+                        format!("SELECT COUNT(*) FROM `{t}` WHERE `{s}` IS NULL{cond}"),
+                        params.clone(),
+                    )
+                    .map_err(err)?;
+                self.null_symbol_rows
+                    .store(nulls.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+            }
+            let mut plan =
+                vec![Vec::new(); self.connections.min(symbols.len().div_ceil(500)).max(1)];
+            let k = plan.len();
+            for (j, chunk) in symbols.chunks(500).enumerate() {
+                let marks = vec!["?"; chunk.len()].join(",");
+                let mut p = chunk.to_vec();
+                p.extend(params.iter().cloned());
+                plan[j % k].push((
+                    format!(
+                        "SELECT `{s}`, `{d}`{id}, {fields} FROM `{t}` WHERE `{s}` IN ({marks}){cond}"
+                    ),
+                    p,
+                ));
+            }
+            plan
+        } else {
+            // Counted scans leave NULL symbols to the count query; a learning scan counts them as they come.
+            let not_null = match learn {
+                Some(_) => "1=1".to_string(),
+                None => format!("`{s}` IS NOT NULL"),
+            };
+            let select =
+                format!("SELECT `{s}`, `{d}`{id}, {fields} FROM `{t}` WHERE {not_null}{cond}");
+            (0..=cuts.len())
+                .map(|j| {
+                    let key = self.row_id.as_deref().unwrap_or_default();
+                    let mut p = params.clone();
+                    let mut sql = select.clone();
+                    if j > 0 {
+                        sql.push_str(&format!(" AND `{key}` > ?"));
+                        p.push(Value::from(cuts[j - 1]));
+                    }
+                    if j < cuts.len() {
+                        sql.push_str(&format!(" AND `{key}` <= ?"));
+                        p.push(Value::from(cuts[j]));
+                    }
+                    vec![(sql, p)]
+                })
+                .collect()
+        };
+        let mut scans = (0..plan.len())
             .map(|_| self.conn.connect())
             .collect::<Result<Vec<Conn>>>()?;
         for c in &mut scans {
             snapshot(c)?;
         }
-        snapshot(&mut count)?;
-        let (cond, params) = self.date_filter(&self.date_column);
-        // NULL symbols are counted too (their group), to report them: they cannot be imported.
-        let count_sql = format!("SELECT `{s}`, COUNT(*) FROM `{t}` WHERE 1=1{cond} GROUP BY `{s}`");
-        let id = self.row_id_column();
-        let select = format!(
-            "SELECT `{s}`, `{d}`{id}, {fields} FROM `{t}` WHERE `{s}` IS NOT NULL{cond}",
-            fields = self.select_fields()
-        );
-        let ranges: Vec<(String, Vec<Value>)> = (0..=cuts.len())
-            .map(|j| {
-                let key = self.row_id.as_deref().unwrap_or_default();
-                let mut p = params.clone();
-                let mut sql = select.clone();
-                if j > 0 {
-                    sql.push_str(&format!(" AND `{key}` > ?"));
-                    p.push(Value::from(cuts[j - 1]));
-                }
-                if j < cuts.len() {
-                    sql.push_str(&format!(" AND `{key}` <= ?"));
-                    p.push(Value::from(cuts[j]));
-                }
-                (sql, p)
-            })
-            .collect();
+        if learn.is_none() {
+            snapshot(&mut count)?;
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let rx = Mutex::new(rx);
         let (counts_tx, counts_rx) = std::sync::mpsc::channel();
         let origin = |sym: &str| format!("{t}.{s} = {sym:?}");
         let emit = |item| {
             // The writer only stops early by panicking, which the join below reports.
             let _ = tx.send(Some(item));
         };
-        let groups = Mutex::new((
-            Grouper::new(
+        let learning = learn.is_some();
+        let groups = Mutex::new(Shared {
+            groups: Grouper::new(
                 self.columns.len(),
                 self.row_id.is_some(),
                 self.hold_bytes,
                 &origin,
                 &emit,
             ),
-            Some(counts_rx),
-        ));
+            counts: (!learning).then_some(counts_rx),
+            dates: learning.then(BTreeSet::new),
+        });
         std::thread::scope(|scope| {
-            // `None` ends the writer (the sender stays borrowed by `emit` until the scope ends).
-            let writer = scope.spawn(move || rx.into_iter().map_while(|item| item).for_each(sink));
+            // Writers on every core: a symbol's files are written while the scan goes on, and a learning scan
+            // hands every symbol on at its end, when only writing is left. A `None` ends one writer (the sender
+            // stays borrowed by `emit` until the scope ends).
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let writers: Vec<_> = (0..cores.min(4))
+                .map(|_| {
+                    let rx = &rx;
+                    scope.spawn(move || {
+                        loop {
+                            // The lock is released before the symbol is written.
+                            let next = rx.lock().recv();
+                            match next {
+                                Ok(Some(item)) => sink(item),
+                                _ => break,
+                            }
+                        }
+                    })
+                })
+                .collect();
             scope.spawn(move || {
+                if learning {
+                    return;
+                }
                 let counts: Result<HashMap<Vec<u8>, u64>> = count
                     .exec_iter(count_sql, params)
                     .and_then(|rows| {
@@ -597,10 +780,10 @@ impl MysqlSource {
             });
             let scanned = scans
                 .into_iter()
-                .zip(ranges)
-                .map(|(c, (sql, p))| {
+                .zip(plan)
+                .map(|(c, queries)| {
                     let groups = &groups;
-                    scope.spawn(move || self.scan_range(c, sql, p, groups))
+                    scope.spawn(move || self.scan_range(c, queries, groups))
                 })
                 .collect::<Vec<_>>()
                 .into_iter()
@@ -608,41 +791,53 @@ impl MysqlSource {
                 .collect::<Result<Vec<()>>>()
                 .and_then(|_| {
                     let mut g = groups.lock();
-                    let (groups, counts) = &mut *g;
-                    if let Some(rx) = counts.take() {
+                    let shared = &mut *g;
+                    if let Some(rx) = shared.counts.take() {
                         // The counts still matter: a failed count query fails the import.
-                        groups.counts(rx.recv().expect("the counting thread sends once")?)?;
+                        shared
+                            .groups
+                            .counts(rx.recv().expect("the counting thread sends once")?)?;
                     }
-                    groups.end()
+                    if let (Some(learn), Some(dates)) = (learn.as_mut(), shared.dates.take()) {
+                        learn(dates.into_iter().collect())?;
+                    }
+                    shared.groups.end()
                 });
-            let _ = tx.send(None);
-            writer.join().expect("the writing thread panicked");
+            for _ in &writers {
+                let _ = tx.send(None);
+            }
+            for w in writers {
+                w.join().expect("a writing thread panicked");
+            }
             scanned
         })?;
         Ok(())
     }
 
-    /// One scan of [`stream_table`](Self::stream_table): rows are decoded on this thread and handed to the
-    /// shared grouper in batches, so that the lock is taken once per batch.
+    /// One connection's scans of [`stream_table`](Self::stream_table), query after query: rows are decoded on
+    /// this thread and handed to the shared grouper in batches, so that the lock is taken once per batch.
     fn scan_range(
         &self,
         mut c: Conn,
-        sql: String,
-        params: Vec<Value>,
+        queries: Vec<(String, Vec<Value>)>,
         groups: &Mutex<Shared>,
     ) -> Result<()> {
         const BATCH: usize = 512;
         let mut batch = Batch::default();
         let flush = |batch: &mut Batch| -> Result<()> {
             let mut g = groups.lock();
-            let (groups, counts) = &mut *g;
-            if let Some(Ok(c)) = counts.as_ref().map(|rx| rx.try_recv()) {
-                *counts = None;
-                groups.counts(c?)?;
+            let shared = &mut *g;
+            if let Some(Ok(c)) = shared.counts.as_ref().map(|rx| rx.try_recv()) {
+                shared.counts = None;
+                shared.groups.counts(c?)?;
             }
+            let (groups, dates) = (&mut shared.groups, &mut shared.dates);
             let n = self.columns.len();
             for (k, sym) in batch.symbols.iter().enumerate() {
                 let date = std::mem::replace(&mut batch.dates[k], Err(String::new()));
+                if let (Some(dates), Ok(d)) = (dates.as_mut(), &date) {
+                    dates.insert(*d);
+                }
                 let mut cells = batch.cells[k * n..(k + 1) * n].iter().cloned();
                 groups.push(sym, date, batch.ids[k], &mut cells)?;
             }
@@ -652,35 +847,43 @@ impl MysqlSource {
             batch.cells.clear();
             Ok(())
         };
-        let result = c
-            .exec_iter(sql, params)
-            .map_err(|e| self.conn.err(e.to_string()))?;
-        for row in result {
-            let row = row.map_err(|e| self.conn.err(format!("reading rows: {e}")))?;
-            let mut values = row.unwrap().into_iter();
-            let Some(Value::Bytes(sym)) = values.next() else {
-                continue; // NULL symbols are not selected
-            };
-            let date = self.row_date(&values.next().unwrap_or(Value::NULL));
-            let id = match self.row_id {
-                Some(_) => match values.next() {
-                    Some(Value::Int(i)) => Some(i),
-                    Some(Value::UInt(u)) => Some(u as i64),
-                    _ => Some(i64::MAX),
-                },
-                None => None,
-            };
-            let day = date.as_ref().ok().copied();
-            batch.cells.extend(
-                values
-                    .zip(&self.columns)
-                    .map(|(v, name)| cell(&v, name, day)),
-            );
-            batch.symbols.push(sym);
-            batch.dates.push(date);
-            batch.ids.push(id);
-            if batch.symbols.len() == BATCH {
-                flush(&mut batch)?;
+        for (sql, params) in queries {
+            let result = c
+                .exec_iter(sql, params)
+                .map_err(|e| self.conn.err(e.to_string()))?;
+            for row in result {
+                let row = row.map_err(|e| self.conn.err(format!("reading rows: {e}")))?;
+                let mut values = row.unwrap().into_iter();
+                let Some(Value::Bytes(sym)) = values.next() else {
+                    // Only a learning scan selects NULL symbols: they are counted, to be reported.
+                    self.null_symbol_rows
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                };
+                let date = self.row_date(&values.next().unwrap_or(Value::NULL));
+                if date.as_ref().is_ok_and(|&d| !self.in_range(d)) {
+                    continue;
+                }
+                let id = match self.row_id {
+                    Some(_) => match values.next() {
+                        Some(Value::Int(i)) => Some(i),
+                        Some(Value::UInt(u)) => Some(u as i64),
+                        _ => Some(i64::MAX),
+                    },
+                    None => None,
+                };
+                let day = date.as_ref().ok().copied();
+                batch.cells.extend(
+                    values
+                        .zip(&self.columns)
+                        .map(|(v, name)| cell(&v, name, day)),
+                );
+                batch.symbols.push(sym);
+                batch.dates.push(date);
+                batch.ids.push(id);
+                if batch.symbols.len() == BATCH {
+                    flush(&mut batch)?;
+                }
             }
         }
         flush(&mut batch)?;
@@ -746,6 +949,7 @@ impl MysqlSource {
                     reason,
                 };
                 let date = match self.row_date(&values.next().unwrap_or(Value::NULL)) {
+                    Ok(d) if !self.in_range(d) => continue,
                     Ok(d) => d,
                     Err(reason) => {
                         current = Some(Err(fail(reason)));
@@ -772,11 +976,17 @@ impl MysqlSource {
     }
 }
 
-/// The grouper of a whole-table scan, and the per-symbol counts until they arrive.
-type Shared<'a> = (
-    Grouper<'a>,
-    Option<std::sync::mpsc::Receiver<Result<HashMap<Vec<u8>, u64>>>>,
-);
+/// Rows per symbol (raw bytes), from the count query.
+type Counts = HashMap<Vec<u8>, u64>;
+
+/// What the scans of a whole table share.
+struct Shared<'a> {
+    groups: Grouper<'a>,
+    /// The per-symbol counts until they arrive (a counted scan).
+    counts: Option<std::sync::mpsc::Receiver<Result<Counts>>>,
+    /// The distinct dates of the rows (a learning scan).
+    dates: Option<BTreeSet<Timestamp>>,
+}
 
 /// Rows decoded by one scan, waiting for the grouper's lock.
 #[derive(Default)]
@@ -791,9 +1001,20 @@ struct Batch {
 /// A field's cell as f32, or why it is not a number (naming the column and the row's date when it has one).
 fn cell(v: &Value, column: &str, day: Option<Timestamp>) -> std::result::Result<f32, String> {
     to_f32(v).ok_or_else(|| match day {
-        Some(day) => format!("column {column} holds {v:?} on {day}, which is not a number"),
-        None => format!("column {column} holds {v:?}, which is not a number"),
+        Some(day) => format!(
+            "column {column} holds {} on {day}, which is not a number",
+            show(v)
+        ),
+        None => format!("column {column} holds {}, which is not a number", show(v)),
     })
+}
+
+/// A SQL value as a message shows it: text quoted, others as SQL writes them (never the driver's debug form).
+fn show(v: &Value) -> String {
+    match v {
+        Value::Bytes(b) => format!("{:?}", String::from_utf8_lossy(b)),
+        other => other.as_sql(true),
+    }
 }
 
 /// A numeric SQL value as f32 (NULL is NaN); `None` when it is not a number.
@@ -816,19 +1037,22 @@ fn to_f32(v: &Value) -> Option<f32> {
     }
 }
 
-fn to_timestamp(v: &Value) -> Option<Timestamp> {
+/// A date cell as a moment (text through `format`), or why it is none.
+fn to_timestamp(v: &Value, format: &super::DateFormat) -> std::result::Result<Timestamp, String> {
     match v {
         Value::Date(y, m, d, h, mi, s, _) => {
-            NaiveDate::from_ymd_opt(i32::from(*y), u32::from(*m), u32::from(*d))?
-                .and_time(NaiveTime::from_hms_opt(
+            NaiveDate::from_ymd_opt(i32::from(*y), u32::from(*m), u32::from(*d))
+                .zip(NaiveTime::from_hms_opt(
                     u32::from(*h),
                     u32::from(*mi),
                     u32::from(*s),
-                )?)
-                .into()
+                ))
+                .map(|(d, t)| d.and_time(t))
+                .ok_or_else(|| "not a valid date".to_string())
         }
-        Value::Bytes(b) => parse_timestamp(std::str::from_utf8(b).ok()?).ok(),
-        _ => None,
+        Value::Bytes(b) => format.parse(&String::from_utf8_lossy(b)),
+        Value::NULL => Err("the date is NULL".into()),
+        _ => Err("not a date".into()),
     }
 }
 
@@ -837,12 +1061,12 @@ impl Source for MysqlSource {
         &self.fields
     }
 
-    fn symbol_count(&self) -> usize {
-        self.symbols.len()
+    fn symbol_count(&self) -> Option<usize> {
+        (!self.learns_symbols()).then_some(self.symbols.len())
     }
 
     fn dates(&self) -> Result<Vec<Timestamp>> {
-        if self.symbols.is_empty() {
+        if self.symbols.is_empty() && !self.learns_symbols() {
             return Ok(Vec::new());
         }
         self.query_dates(&self.symbols)
@@ -859,11 +1083,15 @@ impl Source for MysqlSource {
         &self,
         sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
     ) -> Result<()> {
+        if self.learns_symbols() {
+            // The symbols were not listed: the whole-table scan finds them.
+            return self.stream_table(None, sink);
+        }
         if self.symbols.is_empty() {
             return Ok(());
         }
         if !self.restricted {
-            return self.stream_table(sink);
+            return self.stream_table(None, sink);
         }
         let k = self.connections.min(self.symbols.len());
         let per = self.symbols.len().div_ceil(k);
@@ -879,6 +1107,18 @@ impl Source for MysqlSource {
                 .collect::<Result<Vec<()>>>()
         })?;
         Ok(())
+    }
+
+    fn stream_after_dates(
+        &self,
+        dates: &mut dyn FnMut(Vec<Timestamp>) -> Result<()>,
+        sink: &(dyn Fn(std::result::Result<SymbolRows, Failure>) + Sync),
+    ) -> Result<()> {
+        if self.learns_symbols() {
+            return self.stream_table(Some(dates), sink);
+        }
+        dates(self.dates()?)?;
+        self.stream(sink)
     }
 
     fn requested(&self) -> Option<&[String]> {

@@ -23,13 +23,14 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 
+use super::DateFormat;
 use super::files::{
     FileOptions, Input, choose_fields, file_fields, left_before_start, list_files, per_symbol,
     source_err, symbol_filter,
 };
 use super::{Failure, LeftOut, Source, SymbolRows};
 use crate::error::Result;
-use crate::store::calendar::{Timestamp, parse_timestamp};
+use crate::store::calendar::Timestamp;
 
 /// K-lines from Parquet files.
 pub struct ParquetSource {
@@ -106,7 +107,12 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a ArrayRef> {
 }
 
 /// A date column's values. `row0`: the first row's number in the file, for messages.
-fn dates(a: &dyn Array, name: &str, row0: usize) -> std::result::Result<Vec<Timestamp>, String> {
+fn dates(
+    a: &dyn Array,
+    name: &str,
+    format: &DateFormat,
+    row0: usize,
+) -> std::result::Result<Vec<Timestamp>, String> {
     let epoch = chrono::DateTime::UNIX_EPOCH.naive_utc();
     let out_of_range =
         |r: usize| format!("row {}: column {name:?}: date out of range", row0 + r + 1);
@@ -175,7 +181,8 @@ fn dates(a: &dyn Array, name: &str, row0: usize) -> std::result::Result<Vec<Time
                 .iter()
                 .enumerate()
                 .map(|(r, t)| {
-                    parse_timestamp(t)
+                    format
+                        .parse(t)
                         .map_err(|e| format!("row {}: column {name:?}: {e}", row0 + r + 1))
                 })
                 .collect::<std::result::Result<_, _>>()?
@@ -274,7 +281,12 @@ fn batch_rows(
 ) -> std::result::Result<Rows, String> {
     let date_col = column(b, &opts.date_column)
         .ok_or_else(|| format!("no date column {:?}", opts.date_column))?;
-    let dates = dates(date_col.as_ref(), &opts.date_column, row0)?;
+    let dates = dates(
+        date_col.as_ref(),
+        &opts.date_column,
+        &opts.date_format,
+        row0,
+    )?;
     let cols = fields
         .iter()
         .map(|f| {
@@ -417,7 +429,7 @@ fn read_file(
         if let (Some(counter), Some(start), Some(col)) =
             (before_start, opts.start, column(b, &opts.date_column))
         {
-            let early = dates(col.as_ref(), &opts.date_column, row0)
+            let early = dates(col.as_ref(), &opts.date_column, &opts.date_format, row0)
                 .map_err(fail)?
                 .iter()
                 .filter(|&&d| d < start)
@@ -462,7 +474,13 @@ fn load_combined(
             let syms = strings(sym_col.as_ref(), &opts.symbol_column, row0).map_err(err)?;
             let date_col = column(&b, &opts.date_column)
                 .ok_or_else(|| err(format!("no date column {:?}", opts.date_column)))?;
-            let ds = dates(date_col.as_ref(), &opts.date_column, row0).map_err(err)?;
+            let ds = dates(
+                date_col.as_ref(),
+                &opts.date_column,
+                &opts.date_format,
+                row0,
+            )
+            .map_err(err)?;
             let cols: Vec<Vec<f64>> = fields
                 .iter()
                 .map(|f| match column(&b, f) {
@@ -513,8 +531,8 @@ impl Source for ParquetSource {
         &self.fields
     }
 
-    fn symbol_count(&self) -> usize {
-        self.inputs.len()
+    fn symbol_count(&self) -> Option<usize> {
+        Some(self.inputs.len())
     }
 
     fn dates(&self) -> Result<Vec<Timestamp>> {

@@ -41,6 +41,8 @@ pub struct SourceSpec {
     pub symbol_column: String,
     /// Default: `trade_date` for MySQL, `date` for files.
     pub date_column: Option<String>,
+    /// How text dates are written (`--date-format`); typed dates need none.
+    pub date_format: super::DateFormat,
     /// Default: every numeric column but the symbol, the date and auto-increment ids.
     pub fields: Option<Vec<String>>,
     /// Only these symbols, in either spelling (`600000.SH` or `SH600000`).
@@ -63,6 +65,7 @@ impl SourceSpec {
             table: mysql.table,
             symbol_column: mysql.symbol_column,
             date_column: None,
+            date_format: Default::default(),
             fields: None,
             symbols: None,
             limit: None,
@@ -114,6 +117,7 @@ impl SourceSpec {
                     connections: self.connections,
                     calendar_table: self.calendar_table.clone(),
                     calendar_column: self.calendar_column.clone(),
+                    date_format: self.date_format.clone(),
                     ..Default::default()
                 };
                 Box::new(MysqlSource::open(conn, opts)?)
@@ -147,6 +151,7 @@ impl SourceSpec {
     ) -> FileOptions {
         FileOptions {
             date_column: self.date_column.clone().unwrap_or_else(|| "date".into()),
+            date_format: self.date_format.clone(),
             symbol_column: self.symbol_column.clone(),
             fields: self.fields.clone(),
             symbols,

@@ -85,12 +85,20 @@ pub struct UpdateSummary {
     pub elapsed_s: f64,
 }
 
+/// (field index, the file open and what it held when planned, calendar row to write at, values); the file is
+/// closed once written.
+type Append = (
+    usize,
+    Option<(std::fs::File, writer::Existing)>,
+    usize,
+    Vec<f32>,
+);
+
 /// One symbol's planned writes, checked before anything is written.
 struct Plan {
     symbol: String,
     new_listing: bool,
-    /// (field index, calendar row to write at, values)
-    appends: Vec<(usize, usize, Vec<f32>)>,
+    appends: Vec<Append>,
     /// (field index, start, whole corrected file)
     rewrites: Vec<(usize, usize, Vec<f32>)>,
     corrections: u64,
@@ -217,71 +225,66 @@ fn apply(
         summary.recovered = true;
     }
 
-    let last = calendar.last();
-    let mut dates = source.dates()?;
-    dates.sort_unstable();
-    dates.dedup();
-    let mut new_days = Vec::new();
-    for d in dates {
-        if last.is_some_and(|l| d <= l) {
-            if calendar.index_of(d).is_none() {
-                return Err(Error::Source {
-                    source_name: "the input".into(),
-                    reason: format!(
-                        "it has rows dated {d}, before the store's last day ({}) but not in its calendar; an update only adds days after the last one (rebuild with qdump all)",
-                        last.map(|l| l.to_string()).unwrap_or_default()
-                    ),
-                });
-            }
-        } else {
-            new_days.push(d);
-        }
-    }
-    let mut new_cal = (*calendar).clone();
-    new_cal.extend(new_days.iter().copied())?;
-
+    // The new days, checked and placed before any symbol is written: set from the rows' dates, which the
+    // source hands over before it streams the rows.
+    let placed: std::sync::OnceLock<(Calendar, Vec<Timestamp>)> = std::sync::OnceLock::new();
     let seen: Mutex<HashMap<String, String>> = Mutex::new(HashMap::new());
     let plans: Mutex<Vec<Plan>> = Mutex::new(Vec::new());
     let failed: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
     let fields = source.fields();
     let write_error: Mutex<Option<Error>> = Mutex::new(None);
     let delivered: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    source.stream(&|item| {
-        let n = item.as_ref().map_or(0, |r| r.dates.len() as u64);
-        delivered.lock().push(match &item {
-            Ok(r) => r.raw_symbol.clone(),
-            Err(f) => f.symbol.clone(),
-        });
-        let planned = item.and_then(|rows| {
-            plan_symbol(
-                store,
-                &calendar,
-                &new_cal,
-                &instruments,
-                fields,
-                opts,
-                &seen,
-                rows,
-            )
-        });
-        match planned {
-            Ok(Some(p)) => {
-                // Write as symbols arrive (memory holds one symbol per connection); an I/O error stops the
-                // update before its commit.
-                if write_error.lock().is_none()
-                    && let Err(e) = marker
-                        .set()
-                        .and_then(|()| write_plan(store, fields, opts, &p))
-                {
-                    *write_error.lock() = Some(e);
+    source.stream_after_dates(
+        &mut |dates| {
+            let _ = placed.set(new_days(&calendar, dates)?);
+            Ok(())
+        },
+        &|item| {
+            let n = item.as_ref().map_or(0, |r| r.dates.len() as u64);
+            delivered.lock().push(match &item {
+                Ok(r) => r.raw_symbol.clone(),
+                Err(f) => f.symbol.clone(),
+            });
+            let (new_cal, _) = placed.get().expect("a source hands over the dates first");
+            let planned = item.and_then(|rows| {
+                plan_symbol(
+                    store,
+                    &calendar,
+                    new_cal,
+                    &instruments,
+                    fields,
+                    opts,
+                    &seen,
+                    rows,
+                )
+            });
+            match planned {
+                Ok(Some(mut p)) => {
+                    // Write as symbols arrive (memory holds one symbol per connection); an I/O error stops
+                    // the update before its commit.
+                    if write_error.lock().is_none()
+                        && let Err(e) = marker
+                            .set()
+                            .and_then(|()| write_plan(store, fields, opts, &mut p))
+                    {
+                        *write_error.lock() = Some(e);
+                    }
+                    // Files not written (after an error) are closed too.
+                    for append in &mut p.appends {
+                        append.1 = None;
+                    }
+                    plans.lock().push(p);
                 }
-                plans.lock().push(p);
+                Ok(None) => {}
+                Err(f) => failed.lock().push(f),
             }
-            Ok(None) => {}
-            Err(f) => failed.lock().push(f),
-        }
-        progress(n);
-    })?;
+            progress(n);
+        },
+    )?;
+    let new_days = match placed.into_inner() {
+        Some((_, days)) => days,
+        None => Vec::new(),
+    };
     if let Some(e) = write_error.into_inner() {
         return Err(e);
     }
@@ -357,6 +360,33 @@ fn apply(
     marker.clear()?;
     summary.elapsed_s = t0.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The calendar with the new days of `dates` (those after its last day) appended, and those days; a date
+/// before the last day must already be a calendar day (an update corrects it), else the update is refused.
+fn new_days(calendar: &Calendar, mut dates: Vec<Timestamp>) -> Result<(Calendar, Vec<Timestamp>)> {
+    dates.sort_unstable();
+    dates.dedup();
+    let last = calendar.last();
+    let mut new_days = Vec::new();
+    for d in dates {
+        if last.is_some_and(|l| d <= l) {
+            if calendar.index_of(d).is_none() {
+                return Err(Error::Source {
+                    source_name: "the input".into(),
+                    reason: format!(
+                        "it has rows dated {d}, before the store's last day ({}) but not in its calendar; an update only adds days after the last one (rebuild with qdump all)",
+                        last.map(|l| l.to_string()).unwrap_or_default()
+                    ),
+                });
+            }
+        } else {
+            new_days.push(d);
+        }
+    }
+    let mut new_cal = calendar.clone();
+    new_cal.extend(new_days.iter().copied())?;
+    Ok((new_cal, new_days))
 }
 
 /// The calendar row after a symbol's published data: the end of its last span, cut at the calendar's end.
@@ -443,17 +473,17 @@ fn plan_symbol(
             let path = store
                 .feature_path(&symbol, &fields[f], opts.freq)
                 .map_err(|e| fail(e.detail()))?;
-            let stored = writer::stored_range(&path).map_err(|e| fail(e.detail()))?;
+            let stored = writer::stored(&path).map_err(|e| fail(e.detail()))?;
             // Write from the published end of this file (a field may end before the symbol's span).
-            let at = match (stored, pub_end) {
-                (Some((start, len)), Some(end)) if start < end => (start + len).min(end),
+            let at = match (&stored, pub_end) {
+                (Some((_, ex)), Some(end)) if ex.start < end => (ex.start + ex.len).min(end),
                 _ => first_new,
             };
             let mut values = vec![f32::NAN; last_new + 1 - at];
             for (&i, &v) in new_rows.iter().zip(&col[split..]) {
                 values[i - at] = v;
             }
-            plan.appends.push((f, at, values));
+            plan.appends.push((f, stored, at, values));
         }
         plan.rows = new_rows.len() as u64;
         plan.span = Some(Span {
@@ -503,7 +533,7 @@ fn plan_symbol(
     Ok(Some(plan))
 }
 
-fn write_plan(store: &Store, fields: &[String], opts: &ImportOptions, p: &Plan) -> Result<()> {
+fn write_plan(store: &Store, fields: &[String], opts: &ImportOptions, p: &mut Plan) -> Result<()> {
     if !p.appends.is_empty() {
         let dir = layout::instrument_dir(store.root(), &p.symbol)?;
         fsio::create_dir_all_synced(&dir)?;
@@ -511,9 +541,12 @@ fn write_plan(store: &Store, fields: &[String], opts: &ImportOptions, p: &Plan) 
     for (f, start, values) in &p.rewrites {
         store.rewrite_feature(&p.symbol, &fields[*f], opts.freq, *start, values)?;
     }
-    for (f, at, values) in &p.appends {
+    for (f, stored, at, values) in &mut p.appends {
         let path = store.feature_path(&p.symbol, &fields[*f], opts.freq)?;
-        writer::put_unpublished(&path, *at, values)?;
+        // Planned under the update lock a moment ago: the file is as `stored` says. Closed once written (an
+        // update keeps its plans, not tens of thousands of open files).
+        let stored = stored.take();
+        writer::put_unpublished_known(&path, stored.as_ref().map(|(f, ex)| (f, *ex)), *at, values)?;
         crate::util::failpoint::hit("update:file");
     }
     Ok(())

@@ -12,7 +12,6 @@
 //! One writer per file at a time: callers serialise writers (the caches and `qdump update` hold locks).
 
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 use byteorder::ByteOrder;
@@ -35,19 +34,28 @@ pub enum WriteKind {
 }
 
 /// The header and size of an existing file, read without mapping it.
-struct Existing {
-    start: usize,
-    len: usize,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Existing {
+    /// Calendar index of the first value.
+    pub start: usize,
+    /// Whole values.
+    pub len: usize,
     /// Bytes past the last whole value: the tail of an append that crashed half-way.
-    torn: bool,
+    pub torn: bool,
 }
 
 fn existing(path: &Path) -> Result<Option<Existing>> {
-    let mut file = match File::open(path) {
+    let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("opening", path, e)),
     };
+    existing_in(path, &file)
+}
+
+/// [`existing`] of a file already open.
+fn existing_in(path: &Path, file: &File) -> Result<Option<Existing>> {
+    use std::os::unix::fs::FileExt;
     let size = file
         .metadata()
         .map_err(|e| Error::io("reading metadata of", path, e))?
@@ -63,7 +71,7 @@ fn existing(path: &Path) -> Result<Option<Existing>> {
         return Err(corrupt(CorruptReason::SizeNotMultipleOf4 { size }));
     }
     let mut header = [0u8; 4];
-    file.read_exact(&mut header)
+    file.read_exact_at(&mut header, 0)
         .map_err(|e| Error::io("reading", path, e))?;
     let start = bin::decode_start(header).map_err(corrupt)? as usize;
     Ok(Some(Existing {
@@ -157,6 +165,21 @@ pub fn stored_range(path: &Path) -> Result<Option<(usize, usize)>> {
     Ok(existing(path)?.map(|e| (e.start, e.len)))
 }
 
+/// A feature file open for an update, with its header and size (`None`: no file, or an empty one), for a
+/// writer that then calls [`put_unpublished_known`] without opening or reading it again.
+pub(crate) fn stored(path: &Path) -> Result<Option<(File, Existing)>> {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("opening for update", path, e)),
+    };
+    Ok(existing_in(path, &file)?.map(|ex| (file, ex)))
+}
+
 /// The whole values of a feature file and its start (for corrections, which rewrite it).
 pub fn read_all(path: &Path) -> Result<Option<(usize, Vec<f32>)>> {
     match existing(path)? {
@@ -172,8 +195,20 @@ pub fn read_all(path: &Path) -> Result<Option<(usize, Vec<f32>)>> {
 /// published end. Only when such leftovers reach past the new end is the file replaced (temp + rename) instead,
 /// so that it never ends in stale values.
 pub(crate) fn put_unpublished(path: &Path, at: usize, data: &[f32]) -> Result<WriteKind> {
-    use std::io::{Seek, SeekFrom, Write};
-    let Some(ex) = existing(path)? else {
+    let known = stored(path)?;
+    put_unpublished_known(path, known.as_ref().map(|(f, ex)| (f, *ex)), at, data)
+}
+
+/// [`put_unpublished`] given what [`stored`] read of the file, by a writer that holds the store's update lock
+/// (nothing changed the file since): an update writes each of its tens of thousands of files with one open.
+pub(crate) fn put_unpublished_known(
+    path: &Path,
+    known: Option<(&File, Existing)>,
+    at: usize,
+    data: &[f32],
+) -> Result<WriteKind> {
+    use std::os::unix::fs::FileExt;
+    let Some((file, ex)) = known else {
         check_range(path, at, at + data.len())?;
         fsio::replace_unsynced(path, &bin::encode(at as u32, data))?;
         return Ok(WriteKind::Created);
@@ -205,13 +240,11 @@ pub(crate) fn put_unpublished(path: &Path, at: usize, data: &[f32]) -> Result<Wr
     let from = end.min(at);
     let mut tail = vec![f32::NAN; at - from];
     tail.extend_from_slice(data);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io("opening for update", path, e))?;
-    file.seek(SeekFrom::Start((HEADER_LEN + 4 * (from - ex.start)) as u64))
-        .and_then(|_| file.write_all(&bin::encode_values(&tail)))
-        .map_err(|e| Error::io("writing", path, e))?;
+    file.write_all_at(
+        &bin::encode_values(&tail),
+        (HEADER_LEN + 4 * (from - ex.start)) as u64,
+    )
+    .map_err(|e| Error::io("writing", path, e))?;
     Ok(WriteKind::Appended)
 }
 

@@ -429,7 +429,7 @@ class WindowSampler:
 
 
 def _source(mysql, csv, password, table, symbol_column, date_column, fields, symbols, limit, connections,
-            calendar_table=None, calendar_column=None):
+            calendar_table=None, calendar_column=None, date_format=None):
     if (mysql is None) == (csv is None):
         raise InvalidArgument("give exactly one source: mysql='mysql://user@host/db' or csv='DIR_OR_FILE'")
     if isinstance(symbols, str):
@@ -443,6 +443,7 @@ def _source(mysql, csv, password, table, symbol_column, date_column, fields, sym
         "table": table,
         "symbol_column": symbol_column,
         "date_column": date_column,
+        "date_format": date_format,
         "fields": None if fields is None else list(fields),
         "symbols": None if symbols is None else list(symbols),
         "limit": limit,
@@ -456,7 +457,7 @@ def dump_all(
     path, *, mysql=None, csv=None, password=None, table=None, symbol_column=None, date_column=None,
     fields=None, symbols=None, limit=None, connections=None, calendar_table=None, calendar_column=None,
     start=None, end=None, freq="day", market="all", max_date=None, overwrite=False, keep_unknown=False,
-    wait=False,
+    wait=False, date_format=None,
 ):
     """``qdump all``: imports K-lines from MySQL (``mysql=URL``, ``table=``) or CSV (``csv=DIR_OR_FILE``) into a
     new store at ``path``, switched in atomically when complete (``overwrite=True`` replaces a store there,
@@ -464,7 +465,7 @@ def dump_all(
     as a dict. Options mean what the ``qdump all`` flags of the same names do."""
     s, e = _range(start, end)
     source = _source(mysql, csv, password, table, symbol_column, date_column, fields, symbols, limit,
-                     connections, calendar_table, calendar_column)
+                     connections, calendar_table, calendar_column, date_format)
     options = {"freq": freq, "market": market, "max_date": _date(max_date, "max_date")}
     return _json.loads(_qstore.dump_all(str(path), source, options, s, e, overwrite, keep_unknown, wait))
 
@@ -472,7 +473,7 @@ def dump_all(
 def update(
     path, *, mysql=None, csv=None, password=None, table=None, symbol_column=None, date_column=None,
     fields=None, symbols=None, limit=None, connections=None, since=None, end=None, freq="day",
-    market="all", max_date=None, update_caches=False, wait=False, cache=None,
+    market="all", max_date=None, update_caches=False, wait=False, cache=None, date_format=None,
 ):
     """``qdump update``: appends the days after the store's last day (or, with ``since``, corrects the days
     from then on), crash-safe and under the store's writer lock (``wait=True`` waits for another writer);
@@ -480,7 +481,7 @@ def update(
     ``expression_cache_updated``, ``dataset_cache_updated``). Returns the summary as a dict."""
     s, e = _range(since, end)
     source = _source(mysql, csv, password, table, symbol_column, date_column, fields, symbols, limit,
-                     connections)
+                     connections, date_format=date_format)
     options = {"freq": freq, "market": market, "max_date": _date(max_date, "max_date")}
     return _json.loads(
         _qstore.update(str(path), source, options, s, e, update_caches, wait, _cache(cache))
@@ -496,7 +497,8 @@ def update_caches(path, cache=None):
 
 
 def warm(path, exprs, instruments="all", market="all", freq="day", cache=None):
-    """``qcache warm``: computes expressions, or a feature set (``"alpha158"``, ``"technical"``, a JSON file), for
+    """``qcache warm``: computes expressions, or a feature set (``"alpha158"``, ``"alpha360"``, ``"technical"``, a
+    JSON file), for
     the instruments into the store's expression cache (each entry built once across processes, under its
     writer lock). Returns how many entries ended how, e.g. ``{"built": 1580, "fresh": 0}``."""
     exprs, set_name, instruments = _query(exprs, instruments)
@@ -516,13 +518,14 @@ class KlineLoader:
 
     def __init__(
         self, store, *, mysql=None, csv=None, password=None, table=None, symbol_column=None,
-        date_column=None, fields=None, ttl=86400, freq="day", market="all", max_date=None,
+        date_column=None, fields=None, ttl=86400, freq="day", market="all", max_date=None, date_format=None,
     ):
         self.path = str(getattr(store, "path", store))
         source = (
             None
             if mysql is None and csv is None
-            else _source(mysql, csv, password, table, symbol_column, date_column, fields, None, None, None)
+            else _source(mysql, csv, password, table, symbol_column, date_column, fields, None, None, None,
+                         date_format=date_format)
         )
         options = {"freq": freq, "market": market, "max_date": _date(max_date, "max_date")}
         self.ttl = float(ttl)

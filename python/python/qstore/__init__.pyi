@@ -146,6 +146,7 @@ def dump_all(
     overwrite: bool = False,
     keep_unknown: bool = False,
     wait: bool = False,
+    date_format: Optional[str] = None,
 ) -> dict: ...
 def update(
     path: Path,
@@ -168,6 +169,7 @@ def update(
     update_caches: bool = False,
     wait: bool = False,
     cache: Cache = None,
+    date_format: Optional[str] = None,
 ) -> dict: ...
 def update_caches(path: Path, cache: Cache = None) -> dict: ...
 def warm(
@@ -197,6 +199,7 @@ class KlineLoader:
         freq: str = "day",
         market: str = "all",
         max_date: DateLike = None,
+        date_format: Optional[str] = None,
     ) -> None: ...
     def load_kline_data(
         self,

@@ -51,7 +51,20 @@ enum Command {
         table: String,
         #[command(flatten)]
         spec: Spec,
+        /// The table's primary key: an auto-increment `id` (with a unique key on symbol and date), or
+        /// `(symbol, trade_date)` itself, the most common K-line schema.
+        #[arg(long, value_enum, default_value_t = Key::Id)]
+        key: Key,
+        /// Add an index on `trade_date` (without one, rows of a date range are found by scanning the table).
+        #[arg(long)]
+        date_index: bool,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Key {
+    Id,
+    SymbolDate,
 }
 
 /// What to generate.
@@ -305,7 +318,7 @@ fn generate(
     Ok(days.len())
 }
 
-fn write_mysql(url: &str, table: &str, spec: &Spec) -> Result<()> {
+fn write_mysql(url: &str, table: &str, spec: &Spec, key: Key, date_index: bool) -> Result<()> {
     use mysql::prelude::Queryable;
     anyhow::ensure!(
         !table.is_empty()
@@ -316,16 +329,32 @@ fn write_mysql(url: &str, table: &str, spec: &Spec) -> Result<()> {
     );
     let pool = mysql::Pool::new(mysql::Opts::from_url(url).context("parsing --url")?)?;
     let mut conn = pool.get_conn().context("connecting to MySQL")?;
+    // Filled under another name and renamed at the end, so a killed run never leaves a partial `table`.
+    let final_name = table;
+    let partial = format!("{table}__partial");
+    let table = partial.as_str();
     conn.query_drop(format!("DROP TABLE IF EXISTS `{table}`"))?;
+    let (id, keys) = match key {
+        Key::Id => (
+            "id BIGINT AUTO_INCREMENT PRIMARY KEY,",
+            "UNIQUE KEY uk_symbol_date (symbol, trade_date)",
+        ),
+        Key::SymbolDate => ("", "PRIMARY KEY (symbol, trade_date)"),
+    };
+    let date_key = if date_index {
+        ", KEY idx_trade_date (trade_date)"
+    } else {
+        ""
+    };
     conn.query_drop(format!(
         "CREATE TABLE `{table}` (
-           id BIGINT AUTO_INCREMENT PRIMARY KEY,
+           {id}
            symbol VARCHAR(16) NOT NULL,
            trade_date DATE NOT NULL,
            open DECIMAL(12,2), high DECIMAL(12,2), low DECIMAL(12,2), close DECIMAL(12,2),
            volume BIGINT, amount DOUBLE, vwap DOUBLE, factor DOUBLE,
            name VARCHAR(32),
-           UNIQUE KEY uk_symbol_date (symbol, trade_date)
+           {keys}{date_key}
          ) ENGINE=InnoDB"
     ))?;
     let mut batch: Vec<String> = Vec::with_capacity(2000);
@@ -371,6 +400,8 @@ fn write_mysql(url: &str, table: &str, spec: &Spec) -> Result<()> {
     })?;
     flush(&mut conn, &mut batch)?;
     conn.query_drop("COMMIT")?;
+    conn.query_drop(format!("DROP TABLE IF EXISTS `{final_name}`"))?;
+    conn.query_drop(format!("RENAME TABLE `{table}` TO `{final_name}`"))?;
     Ok(())
 }
 
@@ -427,8 +458,14 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::QueryPerSymbol { url, table } => query_per_symbol(&url, &table),
-        Command::Mysql { url, table, spec } => {
-            write_mysql(&url, &table, &spec)?;
+        Command::Mysql {
+            url,
+            table,
+            spec,
+            key,
+            date_index,
+        } => {
+            write_mysql(&url, &table, &spec, key, date_index)?;
             eprintln!(
                 "qgen: filled table {table} with {} symbols x {} days",
                 spec.symbols, spec.days
