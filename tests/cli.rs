@@ -1249,3 +1249,80 @@ fn date_format_reads_dates_as_the_source_writes_them() {
     assert!(text(&out).contains("does not name a day"), "{}", text(&out));
     assert!(!dir.path().join("none").exists());
 }
+
+/// An identifier column (`id`, `*_id`) is not imported as a field unless named, and the summary says so;
+/// `--exclude-fields` leaves columns out of the default fields (a name that is not one is an error, and it
+/// cannot be given with `--fields`).
+#[test]
+fn identifiers_and_excluded_columns_are_not_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("with-id");
+    std::fs::create_dir_all(&input).unwrap();
+    for (k, e) in std::fs::read_dir(SAMPLE).unwrap().enumerate() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let mut lines = text.lines();
+        let mut new = format!("{},id,source_id\n", lines.next().unwrap());
+        for (r, l) in lines.enumerate() {
+            new.push_str(&format!("{l},{},{k}\n", k * 1000 + r));
+        }
+        std::fs::write(input.join(p.file_name().unwrap()), new).unwrap();
+    }
+    let (_d, want) = sample_store();
+    let input = input.to_str().unwrap();
+    let got = dir.path().join("got");
+    let out = import_csv(input, got.to_str().unwrap(), &["--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(tree(&got) == tree(&want), "id and source_id are not fields");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let left: Vec<&str> = v["columns_left_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["column"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["id", "source_id"], "{v}");
+    let out = import_csv(input, dir.path().join("plain").to_str().unwrap(), &[]);
+    assert!(
+        text(&out).contains("column id left out: named as a row identifier"),
+        "{}",
+        text(&out)
+    );
+    // Named, it is imported.
+    let named = dir.path().join("named");
+    let out = import_csv(input, named.to_str().unwrap(), &["--fields", "close,id"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(named.join("features/sh600000/id.day.bin").exists());
+    // --exclude-fields: the store of --fields with the rest.
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let out = import_csv(
+        input,
+        a.to_str().unwrap(),
+        &["--exclude-fields", "amount,VWAP"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = import_csv(
+        input,
+        b.to_str().unwrap(),
+        &["--fields", "open,high,low,close,volume,factor"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(tree(&a) == tree(&b));
+    let out = import_csv(
+        input,
+        dir.path().join("c").to_str().unwrap(),
+        &["--exclude-fields", "amout"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("--exclude-fields names \"amout\""),
+        "{}",
+        text(&out)
+    );
+    let out = import_csv(
+        input,
+        dir.path().join("d").to_str().unwrap(),
+        &["--exclude-fields", "amount", "--fields", "close"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}

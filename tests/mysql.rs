@@ -1118,3 +1118,41 @@ fn text_dates_in_the_source_format() {
     }
     drop_table(&mut c, &sample);
 }
+
+/// An integer `id` that is not auto-increment (ids the loading job assigns) is not imported as a field: the
+/// store equals the one of the same rows with an auto-increment id, and the summary says which column was left
+/// out; `--exclude-fields` leaves out more.
+#[test]
+fn an_id_column_is_not_a_field() {
+    let mut c = conn();
+    let (sample, t) = (table("plainid_src"), table("plainid"));
+    load_sample(&mut c, &sample, true);
+    drop_table(&mut c, &t);
+    c.query_drop(format!(
+        "CREATE TABLE `{t}` (id BIGINT NOT NULL PRIMARY KEY, symbol VARCHAR(16) NOT NULL, trade_date DATE NOT NULL,
+         open DECIMAL(12,2), high DECIMAL(12,2), low DECIMAL(12,2), close DECIMAL(12,2), volume BIGINT,
+         amount DOUBLE, vwap DOUBLE, factor DOUBLE, name VARCHAR(32))"
+    ))
+    .unwrap();
+    c.query_drop(format!("INSERT INTO `{t}` SELECT * FROM `{sample}`"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (want, got) = (dir.path().join("want"), dir.path().join("got"));
+    assert!(import_mysql(&sample, &want, &[]).status.success());
+    let out = import_mysql(&t, &got, &["--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(tree(&got) == tree(&want));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["columns_left_out"][0]["column"], "id", "{v}");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    assert!(
+        import_mysql(&t, &a, &["--exclude-fields", "vwap,amount"])
+            .status
+            .success()
+    );
+    let fields = ["--fields", "open,high,low,close,volume,factor"];
+    assert!(import_mysql(&t, &b, &fields).status.success());
+    assert!(tree(&a) == tree(&b));
+    drop_table(&mut c, &t);
+    drop_table(&mut c, &sample);
+}

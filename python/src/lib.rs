@@ -486,8 +486,8 @@ impl Store {
 }
 
 /// The source a Python call describes: a dict of `qdump`'s source flags (`mysql` or `csv`, `password`, `table`,
-/// `symbol_column`, `date_column`, `date_format`, `fields`, `symbols`, `limit`, `connections`, `calendar_table`,
-/// `calendar_column`). An unknown key is an error, so a typo cannot fall back to a default.
+/// `symbol_column`, `date_column`, `date_format`, `fields`, `exclude_fields`, `symbols`, `limit`, `connections`,
+/// `calendar_table`, `calendar_column`). An unknown key is an error, so a typo cannot fall back to a default.
 fn spec_of(py: Python<'_>, d: &Bound<'_, PyDict>) -> PyResult<SourceSpec> {
     let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
         Ok(d.get_item(k)?.filter(|v| !v.is_none()))
@@ -521,6 +521,7 @@ fn spec_of(py: Python<'_>, d: &Bound<'_, PyDict>) -> PyResult<SourceSpec> {
                     .map_err(|e| to_py(py, e))?
             }
             "fields" => spec.fields = Some(v.extract()?),
+            "exclude_fields" => spec.exclude_fields = Some(v.extract()?),
             "symbols" => spec.symbols = Some(v.extract()?),
             "limit" => spec.limit = Some(v.extract()?),
             "connections" => spec.connections = v.extract()?,

@@ -208,9 +208,18 @@ struct SourceArgs {
     /// columns; typed dates need none.
     #[arg(long, value_parser = date_format, value_name = "PATTERN")]
     date_format: Option<import::DateFormat>,
-    /// Comma-separated field columns [default: every numeric column but symbol, date and auto-increment ids].
+    /// Comma-separated field columns [default: every numeric column but symbol, date, auto-increment ids and
+    /// columns named as identifiers: id, *_id].
     #[arg(long, value_delimiter = ',')]
     fields: Option<Vec<String>>,
+    /// Comma-separated columns to leave out of the default fields (each must be one).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "fields",
+        value_name = "COLUMNS"
+    )]
+    exclude_fields: Option<Vec<String>>,
     /// `all`, a comma-separated list (600000.SH,000001.SZ), or @FILE with one symbol per line.
     #[arg(long, default_value = "all")]
     symbols: String,
@@ -700,6 +709,9 @@ fn update(u: UpdateArgs) -> Result<u8> {
         for l in &summary.left_out {
             outln!("  {} rows left out: {}", l.rows, l.reason)?;
         }
+        for c in &summary.columns_left_out {
+            outln!("  column {} left out: {}", c.column, c.reason)?;
+        }
         report_cache("expression cache", "entries", &caches)?;
         report_cache("dataset cache", "datasets", &datasets)?;
         outln!("elapsed {:.2} s", summary.elapsed_s)?;
@@ -783,6 +795,7 @@ fn open_source(
         date_column: a.date_column.clone(),
         date_format: a.date_format.clone().unwrap_or_default(),
         fields: a.fields.clone(),
+        exclude_fields: a.exclude_fields.clone(),
         symbols: symbols_arg(&a.symbols)?,
         limit: a.limit,
         connections: a.connections,
@@ -828,6 +841,9 @@ fn print_summary(s: &ImportSummary, to: &std::path::Path) -> Result<()> {
     }
     for l in &s.left_out {
         outln!("  {} rows left out: {}", l.rows, l.reason)?;
+    }
+    for c in &s.columns_left_out {
+        outln!("  column {} left out: {}", c.column, c.reason)?;
     }
     if s.published {
         outln!(

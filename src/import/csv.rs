@@ -43,6 +43,7 @@ pub struct CsvSource {
     pass1_failures: Mutex<HashMap<usize, String>>,
     /// Rows dated before `start` that the full pass skipped (an update's input holding older days).
     before_start: std::sync::atomic::AtomicU64,
+    columns_left_out: Vec<super::LeftOutColumn>,
 }
 
 /// The column names of a CSV file.
@@ -109,7 +110,7 @@ impl CsvSource {
         if bad_files.len() == files.len() {
             return Err(bad_files.remove(&files[0]).expect("every file failed"));
         }
-        let fields = choose_fields(path, all_fields, &opts)?;
+        let (fields, columns_left_out) = choose_fields(path, all_fields, &opts)?;
 
         let inputs = if combined {
             load_combined(&files[0], &fields, &opts, &keep)?
@@ -122,6 +123,7 @@ impl CsvSource {
             opts,
             pass1_failures: Mutex::new(HashMap::new()),
             before_start: Default::default(),
+            columns_left_out,
         })
     }
 
@@ -356,6 +358,10 @@ impl Source for CsvSource {
     fn left_out(&self) -> Vec<super::LeftOut> {
         let n = self.before_start.load(std::sync::atomic::Ordering::Relaxed);
         left_before_start(n, self.opts.start).into_iter().collect()
+    }
+
+    fn columns_left_out(&self) -> Vec<super::LeftOutColumn> {
+        self.columns_left_out.clone()
     }
 }
 

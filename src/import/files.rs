@@ -16,8 +16,10 @@ pub struct FileOptions {
     /// How the date column's text is written (typed Parquet dates need none).
     pub date_format: super::DateFormat,
     pub symbol_column: String,
-    /// Only these fields (default: every column but the date and symbol columns).
+    /// Only these fields (default: every column but the date and symbol columns and identifiers).
     pub fields: Option<Vec<String>>,
+    /// Columns not to import when `fields` is not given.
+    pub exclude_fields: Option<Vec<String>>,
     /// Only these symbols, in either spelling (`600000.SH` or `SH600000`).
     pub symbols: Option<Vec<String>>,
     pub start: Option<Timestamp>,
@@ -33,6 +35,7 @@ impl Default for FileOptions {
             date_format: Default::default(),
             symbol_column: "symbol".into(),
             fields: None,
+            exclude_fields: None,
             symbols: None,
             start: None,
             end: None,
@@ -152,9 +155,10 @@ pub(super) fn choose_fields(
     path: &Path,
     all_fields: Vec<String>,
     opts: &FileOptions,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, Vec<super::LeftOutColumn>)> {
     let Some(list) = &opts.fields else {
-        return Ok(all_fields);
+        return super::default_fields(all_fields, opts.exclude_fields.as_deref())
+            .map_err(|reason| source_err(path, reason));
     };
     let mut out = Vec::new();
     for f in list {
@@ -170,7 +174,7 @@ pub(super) fn choose_fields(
         }
         out.push(f);
     }
-    Ok(out)
+    Ok((out, Vec::new()))
 }
 
 /// One symbol's input to a file source.

@@ -107,6 +107,62 @@ pub trait Source: Sync {
     fn left_out(&self) -> Vec<LeftOut> {
         Vec::new()
     }
+    /// Numeric columns that were not made fields without being asked to (identifiers such as `id`), with
+    /// why: reported, never silent.
+    fn columns_left_out(&self) -> Vec<LeftOutColumn> {
+        Vec::new()
+    }
+}
+
+/// A source column that is not imported as a field by default, and why (see [`Source::columns_left_out`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeftOutColumn {
+    pub column: String,
+    pub reason: String,
+}
+
+/// Whether a column is named as a row identifier (`id`, `row_id`, `kline_id`...), which numbers rows and is
+/// no value to compute on: left out of the default fields (`--fields` names it to import it anyway).
+pub(crate) fn is_identifier(column: &str) -> bool {
+    let c = column.to_ascii_lowercase();
+    c == "id" || c.ends_with("_id")
+}
+
+/// The default fields of a source: its value `columns` less `exclude` (each of which must be one of them; a
+/// typo is an error, not a no-op) and identifiers, and the identifiers left out.
+pub(crate) fn default_fields(
+    columns: Vec<String>,
+    exclude: Option<&[String]>,
+) -> std::result::Result<(Vec<String>, Vec<LeftOutColumn>), String> {
+    for x in exclude.unwrap_or_default() {
+        if !columns.iter().any(|c| c.eq_ignore_ascii_case(x)) {
+            return Err(format!(
+                "--exclude-fields names {x:?}, which is not a field column (fields: {})",
+                columns.join(", ")
+            ));
+        }
+    }
+    let mut kept = Vec::new();
+    let mut left = Vec::new();
+    for c in columns {
+        if exclude
+            .unwrap_or_default()
+            .iter()
+            .any(|x| x.eq_ignore_ascii_case(&c))
+        {
+            continue;
+        }
+        if is_identifier(&c) {
+            left.push(LeftOutColumn {
+                reason: "named as a row identifier, not a value; name it in --fields to import it"
+                    .into(),
+                column: c,
+            });
+        } else {
+            kept.push(c);
+        }
+    }
+    Ok((kept, left))
 }
 
 /// Rows a source left out, and why (see [`Source::left_out`]).
@@ -281,6 +337,8 @@ pub struct ImportSummary {
     pub placed_again: usize,
     /// Rows the source read but left out, and why.
     pub left_out: Vec<LeftOut>,
+    /// Columns not imported as fields without being asked to, and why.
+    pub columns_left_out: Vec<LeftOutColumn>,
     pub elapsed_s: f64,
 }
 
@@ -547,6 +605,7 @@ pub fn import(
             store_bytes: 0,
             placed_again,
             left_out: source.left_out(),
+            columns_left_out: source.columns_left_out(),
             elapsed_s: 0.0,
         };
         if ok.is_empty() {

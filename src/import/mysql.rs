@@ -29,8 +29,11 @@ pub struct MysqlOptions {
     pub table: String,
     pub symbol_column: String,
     pub date_column: String,
-    /// Only these columns (default: every numeric column but the symbol, the date and auto-increment ids).
+    /// Only these columns (default: every numeric column but the symbol, the date, auto-increment ids and
+    /// columns named as identifiers).
     pub fields: Option<Vec<String>>,
+    /// Columns not to import when `fields` is not given.
+    pub exclude_fields: Option<Vec<String>>,
     /// Only these symbols, spelled as in the table.
     pub symbols: Option<Vec<String>>,
     pub start: Option<Timestamp>,
@@ -58,6 +61,7 @@ impl Default for MysqlOptions {
             symbol_column: "symbol".into(),
             date_column: "trade_date".into(),
             fields: None,
+            exclude_fields: None,
             symbols: None,
             start: None,
             end: None,
@@ -190,6 +194,8 @@ pub struct MysqlSource {
     requested: Option<Vec<String>>,
     /// Rows of a whole-table scan whose symbol is NULL (counted by the per-symbol count query).
     null_symbol_rows: std::sync::atomic::AtomicU64,
+    /// Numeric columns left out of the default fields (identifiers).
+    columns_left_out: Vec<super::LeftOutColumn>,
     /// How an update finds the new rows of a whole table (from its indexes).
     new_rows: NewRows,
     /// Whether the symbol column may be NULL.
@@ -291,6 +297,7 @@ impl MysqlSource {
             )));
         }
         let date_column = date.0.clone();
+        let mut columns_left_out = Vec::new();
         let columns: Vec<String> = match &o.fields {
             Some(list) => {
                 let mut out = Vec::new();
@@ -313,16 +320,22 @@ impl MysqlSource {
                 }
                 out
             }
-            None => cols
-                .iter()
-                .filter(|c| {
-                    NUMERIC.contains(&c.1.to_lowercase().as_str())
-                        && !c.2.to_lowercase().contains("auto_increment")
-                        && c.0 != symbol_column
-                        && c.0 != date_column
-                })
-                .map(|c| c.0.clone())
-                .collect(),
+            None => {
+                let numeric = cols
+                    .iter()
+                    .filter(|c| {
+                        NUMERIC.contains(&c.1.to_lowercase().as_str())
+                            && !c.2.to_lowercase().contains("auto_increment")
+                            && c.0 != symbol_column
+                            && c.0 != date_column
+                    })
+                    .map(|c| c.0.clone())
+                    .collect();
+                let (kept, left) = super::default_fields(numeric, o.exclude_fields.as_deref())
+                    .map_err(|reason| conn.err(reason))?;
+                columns_left_out = left;
+                kept
+            }
         };
         if columns.is_empty() {
             return Err(conn.err(format!(
@@ -367,6 +380,7 @@ impl MysqlSource {
             hold_bytes: o.hold_bytes,
             requested: o.symbols.clone(),
             null_symbol_rows: Default::default(),
+            columns_left_out,
             new_rows: NewRows::Scan,
             symbol_nullable: false,
             date_format: o.date_format,
@@ -1123,6 +1137,10 @@ impl Source for MysqlSource {
 
     fn requested(&self) -> Option<&[String]> {
         self.requested.as_deref()
+    }
+
+    fn columns_left_out(&self) -> Vec<super::LeftOutColumn> {
+        self.columns_left_out.clone()
     }
 
     fn left_out(&self) -> Vec<super::LeftOut> {

@@ -41,6 +41,7 @@ pub struct ParquetSource {
     before_start: std::sync::atomic::AtomicU64,
     /// Rows of files with a symbol column whose symbol is null.
     no_symbol: u64,
+    columns_left_out: Vec<super::LeftOutColumn>,
 }
 
 /// A file's reader, its column names, and the error of a file that is not Parquet.
@@ -378,7 +379,7 @@ impl ParquetSource {
             }
         }
         all_fields.retain(|f| !not_numbers.contains_key(f));
-        let fields = choose_fields(path, all_fields, &opts)?;
+        let (fields, columns_left_out) = choose_fields(path, all_fields, &opts)?;
         let mut no_symbol = 0;
         let inputs = if combined {
             if let Some((_, e)) = bad.into_iter().next() {
@@ -396,6 +397,7 @@ impl ParquetSource {
             opts,
             before_start: Default::default(),
             no_symbol,
+            columns_left_out,
         })
     }
 }
@@ -588,5 +590,9 @@ impl Source for ParquetSource {
             });
         }
         out
+    }
+
+    fn columns_left_out(&self) -> Vec<super::LeftOutColumn> {
+        self.columns_left_out.clone()
     }
 }

@@ -43,8 +43,10 @@ pub struct SourceSpec {
     pub date_column: Option<String>,
     /// How text dates are written (`--date-format`); typed dates need none.
     pub date_format: super::DateFormat,
-    /// Default: every numeric column but the symbol, the date and auto-increment ids.
+    /// Default: every numeric column but the symbol, the date, auto-increment ids and identifiers.
     pub fields: Option<Vec<String>>,
+    /// Columns to leave out of the default fields.
+    pub exclude_fields: Option<Vec<String>>,
     /// Only these symbols, in either spelling (`600000.SH` or `SH600000`).
     pub symbols: Option<Vec<String>>,
     /// Only the first N symbols.
@@ -67,6 +69,7 @@ impl SourceSpec {
             date_column: None,
             date_format: Default::default(),
             fields: None,
+            exclude_fields: None,
             symbols: None,
             limit: None,
             connections: mysql.connections,
@@ -105,6 +108,7 @@ impl SourceSpec {
                         .clone()
                         .unwrap_or_else(|| "trade_date".into()),
                     fields: self.fields.clone(),
+                    exclude_fields: self.exclude_fields.clone(),
                     symbols: match symbols {
                         Some(s) if every_spelling => {
                             Some(s.iter().flat_map(|x| source_spellings(x)).collect())
@@ -154,6 +158,7 @@ impl SourceSpec {
             date_format: self.date_format.clone(),
             symbol_column: self.symbol_column.clone(),
             fields: self.fields.clone(),
+            exclude_fields: self.exclude_fields.clone(),
             symbols,
             start,
             end,

@@ -82,6 +82,8 @@ pub struct UpdateSummary {
     pub recovered: bool,
     /// Rows the source read but left out, and why (older days without --since, rows without a symbol).
     pub left_out: Vec<super::LeftOut>,
+    /// Columns not imported as fields without being asked to, and why.
+    pub columns_left_out: Vec<super::LeftOutColumn>,
     pub elapsed_s: f64,
 }
 
@@ -300,6 +302,7 @@ fn apply(
     failed.extend(super::missing_requested(source, &delivered, &failed));
     failed.sort_by(|a, b| a.symbol.cmp(&b.symbol));
     summary.left_out = source.left_out();
+    summary.columns_left_out = source.columns_left_out();
     summary.failed = failed;
 
     // Spans: extend the last span of each symbol that got rows, or add a new one.

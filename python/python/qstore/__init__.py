@@ -429,7 +429,7 @@ class WindowSampler:
 
 
 def _source(mysql, csv, password, table, symbol_column, date_column, fields, symbols, limit, connections,
-            calendar_table=None, calendar_column=None, date_format=None):
+            calendar_table=None, calendar_column=None, date_format=None, exclude_fields=None):
     if (mysql is None) == (csv is None):
         raise InvalidArgument("give exactly one source: mysql='mysql://user@host/db' or csv='DIR_OR_FILE'")
     if isinstance(symbols, str):
@@ -444,6 +444,9 @@ def _source(mysql, csv, password, table, symbol_column, date_column, fields, sym
         "symbol_column": symbol_column,
         "date_column": date_column,
         "date_format": date_format,
+        "exclude_fields": None if exclude_fields is None else list(
+            [f.strip() for f in exclude_fields.split(",")] if isinstance(exclude_fields, str) else exclude_fields
+        ),
         "fields": None if fields is None else list(fields),
         "symbols": None if symbols is None else list(symbols),
         "limit": limit,
@@ -457,7 +460,7 @@ def dump_all(
     path, *, mysql=None, csv=None, password=None, table=None, symbol_column=None, date_column=None,
     fields=None, symbols=None, limit=None, connections=None, calendar_table=None, calendar_column=None,
     start=None, end=None, freq="day", market="all", max_date=None, overwrite=False, keep_unknown=False,
-    wait=False, date_format=None,
+    wait=False, date_format=None, exclude_fields=None,
 ):
     """``qdump all``: imports K-lines from MySQL (``mysql=URL``, ``table=``) or CSV (``csv=DIR_OR_FILE``) into a
     new store at ``path``, switched in atomically when complete (``overwrite=True`` replaces a store there,
@@ -465,7 +468,7 @@ def dump_all(
     as a dict. Options mean what the ``qdump all`` flags of the same names do."""
     s, e = _range(start, end)
     source = _source(mysql, csv, password, table, symbol_column, date_column, fields, symbols, limit,
-                     connections, calendar_table, calendar_column, date_format)
+                     connections, calendar_table, calendar_column, date_format, exclude_fields)
     options = {"freq": freq, "market": market, "max_date": _date(max_date, "max_date")}
     return _json.loads(_qstore.dump_all(str(path), source, options, s, e, overwrite, keep_unknown, wait))
 
@@ -474,6 +477,7 @@ def update(
     path, *, mysql=None, csv=None, password=None, table=None, symbol_column=None, date_column=None,
     fields=None, symbols=None, limit=None, connections=None, since=None, end=None, freq="day",
     market="all", max_date=None, update_caches=False, wait=False, cache=None, date_format=None,
+    exclude_fields=None,
 ):
     """``qdump update``: appends the days after the store's last day (or, with ``since``, corrects the days
     from then on), crash-safe and under the store's writer lock (``wait=True`` waits for another writer);
@@ -481,7 +485,7 @@ def update(
     ``expression_cache_updated``, ``dataset_cache_updated``). Returns the summary as a dict."""
     s, e = _range(since, end)
     source = _source(mysql, csv, password, table, symbol_column, date_column, fields, symbols, limit,
-                     connections, date_format=date_format)
+                     connections, date_format=date_format, exclude_fields=exclude_fields)
     options = {"freq": freq, "market": market, "max_date": _date(max_date, "max_date")}
     return _json.loads(
         _qstore.update(str(path), source, options, s, e, update_caches, wait, _cache(cache))

@@ -147,6 +147,7 @@ def dump_all(
     keep_unknown: bool = False,
     wait: bool = False,
     date_format: Optional[str] = None,
+    exclude_fields: Union[str, Sequence[str], None] = None,
 ) -> dict: ...
 def update(
     path: Path,
@@ -170,6 +171,7 @@ def update(
     wait: bool = False,
     cache: Cache = None,
     date_format: Optional[str] = None,
+    exclude_fields: Union[str, Sequence[str], None] = None,
 ) -> dict: ...
 def update_caches(path: Path, cache: Cache = None) -> dict: ...
 def warm(
