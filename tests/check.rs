@@ -180,3 +180,83 @@ fn every_planted_defect_is_found() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["findings"].as_array().unwrap().len(), 10);
 }
+
+/// A 5:2 split on day 20, in a store of raw prices (the close falls to 40%, the factor rises 2.5x) and in one of
+/// qlib's convention (the close is adjusted and continuous, the factor doubles): `--prices auto` finds no step
+/// in either, and forcing the wrong convention finds exactly the split.
+#[test]
+fn a_split_is_no_price_step_in_either_convention() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = |k: usize| {
+        (parse_timestamp("2023-03-01").unwrap() + chrono::Duration::days(k as i64))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let store = |name: &str, close: &dyn Fn(usize) -> f64| -> Store {
+        let input = dir.path().join(format!("{name}-csv"));
+        std::fs::create_dir_all(&input).unwrap();
+        let mut text = String::from("date,open,high,low,close,volume,factor\n");
+        for k in 0..40 {
+            let c = close(k);
+            let f = if k < 20 { 1.0 } else { 2.5 };
+            text.push_str(&format!("{},{c},{c},{c},{c},1000,{f}\n", day(k)));
+        }
+        std::fs::write(input.join("SH600000.csv"), text).unwrap();
+        let csv = import::CsvSource::open(&input, Default::default()).unwrap();
+        let root = dir.path().join(name);
+        import::import(
+            &csv,
+            &root,
+            &Default::default(),
+            &Default::default(),
+            &|_| {},
+        )
+        .unwrap();
+        Store::open(root).unwrap()
+    };
+    let raw = store("raw", &|k| if k < 20 { 10.0 } else { 4.0 });
+    let adjusted = store("adjusted", &|_| 10.0);
+    let steps = |s: &Store, prices| -> Vec<String> {
+        let opts = CheckOptions {
+            prices,
+            ..Default::default()
+        };
+        check(s, &opts)
+            .unwrap()
+            .findings
+            .into_iter()
+            .filter(|f| f.kind == "price-step")
+            .map(|f| format!("{} {}", f.field.unwrap(), f.detail))
+            .collect()
+    };
+    use qstore::store::check::Prices;
+    assert_eq!(steps(&raw, Prices::Auto), Vec::<String>::new());
+    assert_eq!(steps(&adjusted, Prices::Auto), Vec::<String>::new());
+    let wrong = steps(&adjusted, Prices::Raw);
+    assert_eq!(wrong.len(), 4, "{wrong:?}");
+    assert!(
+        wrong[0]
+            .starts_with("close +150% from 2023-03-20 (10) to 2023-03-21 (25), prices x factor"),
+        "{wrong:?}"
+    );
+    let wrong = steps(&raw, Prices::Adjusted);
+    assert_eq!(wrong.len(), 4, "{wrong:?}");
+    assert!(
+        wrong[0].contains("-60%") && wrong[0].ends_with("prices as stored"),
+        "{wrong:?}"
+    );
+    // The command: `--prices raw` on the qlib-convention store reports the split, `auto` does not.
+    let run = |prices: &str| {
+        Command::new(env!("CARGO_BIN_EXE_qdump"))
+            .args([
+                "check",
+                adjusted.root().to_str().unwrap(),
+                "--prices",
+                prices,
+            ])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(run("auto").status.code(), Some(0));
+    assert_ne!(run("raw").status.code(), Some(0));
+}

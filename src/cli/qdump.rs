@@ -62,9 +62,13 @@ enum Command {
         /// Report runs of at least this many missing days inside a span.
         #[arg(long, default_value_t = 5)]
         nan_run: usize,
-        /// Report day-to-day price changes above this fraction (on prices times `factor` when there is one).
+        /// Report day-to-day price changes above this fraction, on adjusted prices (see --prices).
         #[arg(long, default_value_t = 0.5)]
         price_step: f64,
+        /// Stored prices are `raw` (adjusted = price x factor), `adjusted` (qlib's convention: factor gives
+        /// back the raw price), or `auto`: decided per instrument by which is continuous where factor changes.
+        #[arg(long, value_enum, default_value_t = crate::store::check::Prices::Auto)]
+        prices: crate::store::check::Prices,
         /// Report day-to-day volume changes above this fraction (3 = +300%).
         #[arg(long, default_value_t = 3.0)]
         volume_step: f64,
@@ -284,6 +288,7 @@ fn run(cli: Cli) -> Result<u8> {
             required,
             nan_run,
             price_step,
+            prices,
             volume_step,
             json,
         } => {
@@ -294,6 +299,7 @@ fn run(cli: Cli) -> Result<u8> {
                 required,
                 nan_run,
                 price_step,
+                prices,
                 volume_step,
             };
             let report = crate::store::check::check(&s, &opts)

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::store::Store;
+use crate::store::bin::FeatureFile;
 use crate::store::freq::Freq;
 use crate::store::layout::{self, FEATURES_DIR};
 
@@ -19,9 +20,12 @@ pub struct CheckOptions {
     pub required: Vec<String>,
     /// Report runs of at least this many missing values inside a span.
     pub nan_run: usize,
-    /// Report day-to-day price changes above this fraction (0.5: 50%), on prices times `factor` when the
-    /// store has one (so that splits and dividends are not steps).
+    /// Report day-to-day price changes above this fraction (0.5: 50%), on adjusted prices, so that splits
+    /// and dividends are not steps (see `prices`).
     pub price_step: f64,
+    /// Whether stored prices are raw (adjusted = price x `factor`) or already adjusted (qlib's convention:
+    /// `factor` only gives back the raw price), or decided per instrument.
+    pub prices: Prices,
     /// Report volume changes above this fraction (3: +300%, qlib's default).
     pub volume_step: f64,
 }
@@ -36,9 +40,52 @@ impl Default for CheckOptions {
                 .to_vec(),
             nan_run: 5,
             price_step: 0.5,
+            prices: Prices::Auto,
             volume_step: 3.0,
         }
     }
+}
+
+/// How a store's prices relate to its `factor` column.
+#[derive(Debug, Copy, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Prices {
+    /// Per instrument: whichever of the stored prices and the prices times `factor` is continuous where
+    /// `factor` changes (a split moves one of them, never both).
+    Auto,
+    /// Stored prices are the exchange's; prices times `factor` are adjusted (what most K-line tables hold).
+    Raw,
+    /// Stored prices are adjusted already; `factor` only gives back the raw ones (qlib's convention, as its
+    /// data collectors write them).
+    Adjusted,
+}
+
+/// Whether an instrument's stored prices are raw, decided from `close` where `factor` changes: the adjusted
+/// series is the one without the jump (a 2:1 split halves the raw close and doubles the factor).
+fn prices_are_raw(close: Option<&FeatureFile>, factor: Option<&FeatureFile>) -> bool {
+    let (Some(close), Some(factor)) = (close, factor) else {
+        return false;
+    };
+    let (mut as_raw, mut as_adjusted) = (0.0f64, 0.0f64);
+    let mut prev: Option<(f64, f64)> = None;
+    for r in close.start().max(factor.start())..close.end().min(factor.end()) {
+        let (Some(c), Some(f)) = (close.get(r), factor.get(r)) else {
+            continue;
+        };
+        let (c, f) = (c as f64, f as f64);
+        if !(c > 0.0 && f > 0.0 && c.is_finite() && f.is_finite()) {
+            continue;
+        }
+        if let Some((pc, pf)) = prev
+            && (f / pf - 1.0).abs() > 1e-6
+        {
+            as_raw += ((c * f) / (pc * pf)).ln().abs();
+            as_adjusted += (c / pc).ln().abs();
+        }
+        prev = Some((c, f));
+    }
+    as_raw < as_adjusted
 }
 
 /// One problem found.
@@ -111,6 +158,18 @@ pub fn check(store: &Store, opts: &CheckOptions) -> Result<CheckReport> {
         }
         let first_row = spans.first().map(|s| cal.locate(Some(s.start), None).start);
         let factor = store.feature(sym, "factor", opts.freq).ok().flatten();
+        let raw = match opts.prices {
+            Prices::Raw => true,
+            Prices::Adjusted => false,
+            Prices::Auto => prices_are_raw(
+                store
+                    .feature(sym, "close", opts.freq)
+                    .ok()
+                    .flatten()
+                    .as_deref(),
+                factor.as_deref(),
+            ),
+        };
         // Missing runs per field; a run every field has (a suspension) is reported once for the instrument.
         let mut runs: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
         for field in &fields {
@@ -195,7 +254,7 @@ pub fn check(store: &Store, opts: &CheckOptions) -> Result<CheckReport> {
             if let Some((kind, limit)) = step {
                 let adj = |r: usize| -> Option<f64> {
                     let v = f.get(r)? as f64;
-                    let k = if kind == "price-step" {
+                    let k = if kind == "price-step" && raw {
                         factor
                             .as_ref()
                             .and_then(|x| x.get(r))
@@ -217,10 +276,15 @@ pub fn check(store: &Store, opts: &CheckOptions) -> Result<CheckReport> {
                             Some(field),
                             kind,
                             format!(
-                                "{:+.0}% from {} ({p}) to {} ({v})",
+                                "{:+.0}% from {} ({p}) to {} ({v}){}",
                                 (v / p - 1.0) * 100.0,
                                 day(pr),
-                                day(r)
+                                day(r),
+                                match (kind, raw && factor.is_some()) {
+                                    ("price-step", true) => ", prices x factor",
+                                    ("price-step", false) => ", prices as stored",
+                                    _ => "",
+                                }
                             ),
                         ));
                     }
