@@ -1326,3 +1326,30 @@ fn identifiers_and_excluded_columns_are_not_fields() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// `--help` ends with examples and the exit codes; completions and man pages come from the same definitions
+/// (the bash script parses, the page is roff for the program, an unknown shell is usage error 2).
+#[test]
+fn help_completions_and_man_pages() {
+    for program in [env!("CARGO_BIN_EXE_qdump"), env!("CARGO_BIN_EXE_qcache")] {
+        let name = Path::new(program).file_name().unwrap().to_str().unwrap();
+        let run = |args: &[&str]| Command::new(program).args(args).output().unwrap();
+        let help = String::from_utf8(run(&["--help"]).stdout).unwrap();
+        assert!(
+            help.contains("Examples:\n") && help.contains("Exit codes:\n  0  success"),
+            "{help}"
+        );
+        let script = run(&["completions", "bash"]);
+        assert!(script.status.success());
+        let completion = String::from_utf8(script.stdout).unwrap();
+        assert!(completion.contains(&format!("_{name}()")), "{name}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("completion.bash");
+        std::fs::write(&file, &completion).unwrap();
+        let parsed = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+        assert!(parsed.status.success(), "{}", text(&parsed));
+        let man = String::from_utf8(run(&["man"]).stdout).unwrap();
+        assert!(man.contains(&format!(".TH {name} 1")), "{man}");
+        assert_eq!(run(&["completions", "nosh"]).status.code(), Some(2));
+    }
+}

@@ -26,8 +26,51 @@ macro_rules! errln {
     }};
 }
 
+/// What every program prints after its `--help`: the exit codes (README.md has the table). A macro, so that
+/// `concat!` can put each program's examples before it.
+macro_rules! exit_codes {
+    () => {
+        "Exit codes:
+  0  success
+  1  failed, nothing changed (the message says what, where and what to do)
+  2  bad command-line usage
+  3  qdump all/update: some symbols imported, others skipped (listed)
+  4  qdump all: no symbol imported; the target was left as it was
+  5  qdump check, qcache verify: problems found (listed)
+  6  committed, but a later step (--warm, --update-caches) failed; the message says what finishes it"
+    };
+}
+
 pub mod qcache;
 pub mod qdump;
+
+/// The commands every program has for its own shell integration: completions and a man page, generated from
+/// the same clap definitions as its parser.
+#[derive(clap::Subcommand, Clone)]
+pub enum Integration {
+    /// Print a shell completion script: `qdump completions bash > /etc/bash_completion.d/qdump`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `qdump man > /usr/local/share/man/man1/qdump.1`.
+    Man,
+}
+
+impl Integration {
+    /// Writes the script or page of `cmd` to standard output.
+    pub fn print(&self, mut cmd: clap::Command) -> anyhow::Result<u8> {
+        let name = cmd.get_name().to_string();
+        let mut out = std::io::stdout().lock();
+        match self {
+            Integration::Completions { shell } => {
+                clap_complete::generate(*shell, &mut cmd, name, &mut out)
+            }
+            Integration::Man => clap_mangen::Man::new(cmd).render(&mut out)?,
+        }
+        Ok(0)
+    }
+}
 
 /// Where a store's caches are and how their writers lock: the flags of every `qcache` command.
 #[derive(clap::Args, Clone)]

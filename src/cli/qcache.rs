@@ -25,7 +25,19 @@ use crate::{FeatureSet, Freq, Store, Timestamp, Universe, parse_timestamp};
 #[command(
     name = "qcache",
     version,
-    about = "Compute and inspect expressions and caches of a qstore store"
+    about = "Compute and inspect expressions and caches of a qstore store",
+    after_help = concat!(
+        "Examples:
+  qcache query store --fields '$close' 'Mean($close, 5)' --instruments SH600000
+  qcache query store --feature-set alpha158 --format parquet --out alpha158.parquet
+  qcache warm store --feature-set alpha158        # fill the expression cache
+  qcache query store --feature-set alpha158 --cache-stats   # read it back
+  qcache info store --json
+  qcache verify store
+
+",
+        exit_codes!()
+    )
 )]
 struct Cli {
     #[command(subcommand)]
@@ -58,6 +70,8 @@ enum Command {
         #[command(flatten)]
         cache: CacheArgs,
     },
+    #[command(flatten)]
+    Integration(super::Integration),
     /// List this store's writer locks and delete those whose holder is gone (`--all --force`: every one).
     ResetLock(ResetLockArgs),
     /// Evaluate expressions or a feature set and print the values (rows by instrument, then date).
@@ -188,6 +202,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Verify { cache } => verify(&cache),
         Command::ResetLock(a) => reset_lock(a),
         Command::Query(a) => query(a),
+        Command::Integration(i) => i.print(<Cli as clap::CommandFactory>::command()),
     }
 }
 

@@ -26,7 +26,19 @@ use parking_lot::Mutex;
 #[command(
     name = "qdump",
     version,
-    about = "Build and inspect qlib-compatible qstore stores"
+    about = "Build and inspect qlib-compatible qstore stores",
+    after_help = concat!(
+        "Examples:
+  qdump all --csv fixtures/sample --to store                 # a store from CSV files (one per symbol)
+  qdump all --mysql mysql://root@127.0.0.1/market --table stock_kline_data --to store
+  qdump update --mysql mysql://root@127.0.0.1/market --to store   # after each close
+  qdump check store --json
+  qdump info store
+  qdump show store --instruments SH600000 --fields close --start 2023-06-01
+
+",
+        exit_codes!()
+    )
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +53,8 @@ enum Command {
     All(AllArgs),
     /// Append the days after a store's last date from MySQL or CSV (crash-safe; run it after each close).
     Update(UpdateArgs),
+    #[command(flatten)]
+    Integration(super::Integration),
     /// Find bad data: unreadable files, files past the calendar or not starting at their span, missing fields,
     /// runs of missing days, price and volume steps, instruments without files and files without instruments.
     Check {
@@ -281,6 +295,7 @@ fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::All(args) => all(args),
         Command::Update(args) => update(args),
+        Command::Integration(i) => i.print(<Cli as clap::CommandFactory>::command()),
         Command::Check {
             store,
             freq,
