@@ -406,6 +406,7 @@ impl Store {
         let out = py
             .detach(|| {
                 pool.install(|| -> qstore::Result<Evaluated> {
+                    let instruments = select(engine.store(), market, instruments)?;
                     let whole = match &instruments {
                         Some(list) => Universe::List(list),
                         None => Universe::Market(market),
@@ -437,6 +438,19 @@ impl Store {
         }
     }
 
+    /// The instruments `names` gives, glob patterns (`"SH6*"`) replaced by those of `market` they match.
+    fn select_instruments(
+        &self,
+        py: Python<'_>,
+        names: Vec<String>,
+        market: &str,
+    ) -> PyResult<Vec<String>> {
+        let store = self.engine.store();
+        select(store, market, Some(names))
+            .map(Option::unwrap_or_default)
+            .map_err(|e| to_py(py, e))
+    }
+
     /// The `(name, expression)` pairs of a feature set that a query over `instruments` (or `market`) computes:
     /// all but the optional ones whose fields no instrument has; and those left out, as `(name, [field])`
     /// pairs of the fields no instrument has.
@@ -453,6 +467,7 @@ impl Store {
         let freq = freq_of(py, freq)?;
         let set = FeatureSet::resolve(feature_set).map_err(|e| to_py(py, e))?;
         py.detach(|| {
+            let instruments = select(self.engine.store(), market, instruments)?;
             let universe = match &instruments {
                 Some(list) => Universe::List(list),
                 None => Universe::Market(market),
@@ -531,6 +546,26 @@ fn spec_of(py: Python<'_>, d: &Bound<'_, PyDict>) -> PyResult<SourceSpec> {
         }
     }
     Ok(spec)
+}
+
+/// The instruments a call names, with glob patterns (`"SH6*"`) replaced by the market's instruments they
+/// match (`None`: the whole market); a pattern that matches nothing is an error.
+fn select(
+    store: &RustStore,
+    market: &str,
+    instruments: Option<Vec<String>>,
+) -> qstore::Result<Option<Vec<String>>> {
+    instruments
+        .map(|list| {
+            qstore::store::instruments::select("instruments", &list, || {
+                Ok(store
+                    .instruments(market)?
+                    .symbols()
+                    .map(String::from)
+                    .collect())
+            })
+        })
+        .transpose()
 }
 
 /// `qstore.InvalidArgument(message)`.
@@ -735,7 +770,7 @@ fn warm(
             pool.install(|| {
                 let store = RustStore::open_with(&path, settings.store.clone())?;
                 let cache = DiskExpressionCache::open(&path, &settings.cache, false)?;
-                let symbols = match instruments {
+                let symbols = match select(&store, market, instruments)? {
                     Some(list) => list.iter().map(|s| s.to_uppercase()).collect(),
                     None => store
                         .instruments(market)?

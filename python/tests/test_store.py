@@ -307,3 +307,22 @@ def test_expression_cache_is_on_the_read_path(fresh_store):
     run("qcache", "clear", fresh_store, "--all", "--lock", "file")
     computed = qstore.Store(fresh_store).features(EXPRS)
     np.testing.assert_array_equal(cached.to_numpy(), computed.to_numpy())
+
+
+def test_instruments_take_patterns_and_files(store_path, tmp_path):
+    """``instruments=`` takes what ``--instruments`` takes: glob patterns matched against the market
+    (case-insensitive), ``@FILE``, and lists mixing names and patterns; a pattern that matches nothing is a
+    ``qstore.ConfigError``, not an empty frame."""
+    s = qstore.Store(store_path)
+    every = s.instruments()
+    sh6 = sorted(i for i in every if i.startswith("SH6"))
+    df = s.features(["$close"], instruments="sh6*")
+    assert sorted(df.index.get_level_values("instrument").unique()) == sh6
+    listed = tmp_path / "mine.txt"
+    listed.write_text("SZ000002\nSH6*\n")
+    df = s.features(["$close"], instruments=f"@{listed}")
+    assert sorted(df.index.get_level_values("instrument").unique()) == sorted(sh6 + ["SZ000002"])
+    _, _, names, _ = s.panel(["close"], instruments=["SZ00000?", "BJ830806"])
+    assert names == [i for i in every if i.startswith("SZ00000")] + ["BJ830806"]
+    with pytest.raises(qstore.ConfigError, match="matches no instrument"):
+        s.features(["$close"], instruments="XX*")

@@ -142,42 +142,17 @@ pub fn name_list(
             "{flag} names nothing; give names such as SH600000,SZ000001, a pattern such as 'SH6*', @FILE or all"
         );
     }
-    let mut out = Vec::new();
-    let mut candidates = Some(candidates);
-    let mut known: Vec<String> = Vec::new();
-    for t in tokens {
-        if !t.contains(['*', '?', '[']) {
-            out.push(t.to_owned());
-            continue;
-        }
-        if let Some(f) = candidates.take() {
-            known = f()?;
-        }
-        let pattern = glob::Pattern::new(t).map_err(|e| {
-            anyhow::anyhow!(
-                "{flag}: {t:?} is not a pattern: {} at byte {}",
-                e.msg,
-                e.pos
-            )
-        })?;
-        let options = glob::MatchOptions {
-            case_sensitive: false,
-            ..Default::default()
-        };
-        let before = out.len();
-        out.extend(
-            known
-                .iter()
-                .filter(|k| pattern.matches_with(k, options))
-                .cloned(),
-        );
-        if out.len() == before {
-            anyhow::bail!(
-                "{flag}: the pattern {t:?} matches no instrument ({} to choose from)",
-                known.len()
-            );
-        }
-    }
+    let tokens: Vec<String> = tokens.into_iter().map(String::from).collect();
+    let out = crate::store::instruments::select(flag, &tokens, || {
+        candidates().map_err(|e| crate::Error::Config {
+            source_name: flag.to_string(),
+            reason: format!("{e:#}"),
+        })
+    })
+    .map_err(|e| match e {
+        crate::Error::Config { reason, .. } => anyhow::anyhow!("{flag}: {reason}"),
+        other => other.into(),
+    })?;
     Ok(Some(out))
 }
 

@@ -166,6 +166,57 @@ impl crate::util::memcache::Weigh for Instruments {
     }
 }
 
+/// Names as a user gives them: each plain name kept as given, each glob pattern (`SH6*`, `SZ00000?`,
+/// `SH60000[0-4]`; case-insensitive) replaced by the `candidates()` it matches, in their order (asked only when
+/// a pattern is given). A pattern that matches nothing, or is no pattern, is an error naming `what` (the
+/// flag or argument) so a typo is not an empty selection.
+pub fn select(
+    what: &str,
+    names: &[String],
+    candidates: impl FnOnce() -> Result<Vec<String>>,
+) -> Result<Vec<String>> {
+    let bad = |reason: String| crate::error::Error::Config {
+        source_name: what.to_string(),
+        reason,
+    };
+    let mut out = Vec::new();
+    let mut candidates = Some(candidates);
+    let mut known: Vec<String> = Vec::new();
+    for t in names {
+        if !t.contains(['*', '?', '[']) {
+            out.push(t.clone());
+            continue;
+        }
+        if let Some(f) = candidates.take() {
+            known = f()?;
+        }
+        let pattern = glob::Pattern::new(t).map_err(|e| {
+            bad(format!(
+                "{t:?} is not a pattern: {} at byte {}",
+                e.msg, e.pos
+            ))
+        })?;
+        let options = glob::MatchOptions {
+            case_sensitive: false,
+            ..Default::default()
+        };
+        let before = out.len();
+        out.extend(
+            known
+                .iter()
+                .filter(|k| pattern.matches_with(k, options))
+                .cloned(),
+        );
+        if out.len() == before {
+            return Err(bad(format!(
+                "the pattern {t:?} matches no instrument ({} to choose from)",
+                known.len()
+            )));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

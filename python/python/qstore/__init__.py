@@ -184,15 +184,29 @@ def _query(exprs, instruments):
         exprs, set_name = list(exprs), None
         if not exprs:
             raise InvalidArgument("no expressions given; pass a list such as ['$close'] or 'alpha158'")
+    return exprs, set_name, _instruments(instruments)
+
+
+def _instruments(instruments):
+    """``None`` for ``"all"``, else the list of names as ``--instruments`` takes them: a list, names separated by
+    commas, or ``"@FILE"`` (names separated by commas, spaces or lines); glob patterns (``"SH6*"``) are matched
+    against the market's instruments by the library."""
     if isinstance(instruments, str):
-        universe = (
-            None
-            if instruments == "all"
-            else [i.strip() for i in instruments.split(",") if i.strip()]
-        )
-    else:
-        universe = list(instruments)
-    return exprs, set_name, universe
+        if instruments.strip() == "all":
+            return None
+        text = instruments
+        if text.startswith("@"):
+            try:
+                with open(text[1:], encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as e:
+                raise NotFound(f"reading the instruments file {text[1:]} (@FILE: names separated by commas, "
+                               f"spaces or lines): {e}") from e
+        names = [i for i in text.replace(",", " ").split() if i]
+        if not names:
+            raise InvalidArgument("instruments names nothing; give names, a pattern such as 'SH6*', @FILE or 'all'")
+        return names
+    return list(instruments)
 
 
 class Store:
@@ -246,13 +260,10 @@ class Store:
         ``(array, dates, instruments, fields)``. ``instruments="all"`` means every instrument of ``market``."""
         s, e = _range(start, end)
         fields = [fields] if isinstance(fields, str) else list(fields)
-        if isinstance(instruments, str):
-            instruments = (
-                self._s.instruments(market, s, e)
-                if instruments == "all"
-                else [i.strip() for i in instruments.split(",") if i.strip()]
-            )
-        instruments = list(instruments)
+        names = _instruments(instruments)
+        instruments = (
+            self._s.instruments(market, s, e) if names is None else self._s.select_instruments(names, market)
+        )
         first, array = self._s.panel(fields, instruments, s, e, freq)
         dates = self.calendar(freq)[first : first + array.shape[0]]
         return array, dates, instruments, fields
