@@ -260,3 +260,116 @@ fn a_split_is_no_price_step_in_either_convention() {
     assert_eq!(run("auto").status.code(), Some(0));
     assert_ne!(run("raw").status.code(), Some(0));
 }
+
+/// One-minute bars (3 days of 240): the default thresholds scale to the frequency (a day of bars for a
+/// missing run, 0.5/sqrt(240) for a price step, 3*sqrt(240) for volume), so a 5% jump within a minute is found
+/// and a quiet half hour is not; messages count bars, not days.
+#[test]
+fn thresholds_and_words_follow_the_frequency() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let mut text = String::from("date,open,high,low,close,volume\n");
+    let mut price = 10.0f64;
+    for d in 0..3 {
+        for i in 0..240 {
+            let k = d * 240 + i;
+            // Missing: 30 bars of day 0 (quiet), 250 bars across days 1-2 (a suspension).
+            if (100..130).contains(&k) || (300..550).contains(&k) {
+                continue;
+            }
+            price *= if k == 650 {
+                1.05
+            } else if k % 2 == 0 {
+                1.001
+            } else {
+                0.999
+            };
+            let t = parse_timestamp(&format!("2023-03-0{} 09:31:00", d + 1)).unwrap()
+                + chrono::Duration::minutes(i as i64);
+            let p = format!("{price:.4}");
+            let v = if k % 7 == 0 { 9000 } else { 1000 };
+            text.push_str(&format!(
+                "{},{p},{p},{p},{p},{v}\n",
+                t.format("%Y-%m-%d %H:%M:%S")
+            ));
+        }
+    }
+    std::fs::write(input.join("SH600000.csv"), text).unwrap();
+    // Another instrument trades every minute, so the calendar has every bar.
+    let mut full = String::from("date,open,high,low,close,volume\n");
+    for d in 0..3 {
+        for i in 0..240 {
+            let t = parse_timestamp(&format!("2023-03-0{} 09:31:00", d + 1)).unwrap()
+                + chrono::Duration::minutes(i as i64);
+            full.push_str(&format!("{},5,5,5,5,100\n", t.format("%Y-%m-%d %H:%M:%S")));
+        }
+    }
+    std::fs::write(input.join("SH600009.csv"), full).unwrap();
+    let csv = import::CsvSource::open(&input, Default::default()).unwrap();
+    let root = dir.path().join("s");
+    let opts = import::ImportOptions {
+        freq: Freq::MINUTE,
+        ..Default::default()
+    };
+    import::import(&csv, &root, &Default::default(), &opts, &|_| {}).unwrap();
+    let s = Store::open(&root).unwrap();
+    let scaled = CheckOptions::for_store(&s, Freq::MINUTE).unwrap();
+    assert_eq!(scaled.nan_run, 240);
+    assert!((scaled.price_step - 0.5 / 240f64.sqrt()).abs() < 1e-12);
+    assert!((scaled.volume_step - 3.0 * 240f64.sqrt()).abs() < 1e-9);
+    let found: Vec<(Option<String>, &str, String)> = check(&s, &scaled)
+        .unwrap()
+        .findings
+        .into_iter()
+        .map(|f| (f.field, f.kind, f.detail))
+        .collect();
+    let kinds: Vec<(&str, &str)> = found
+        .iter()
+        .map(|f| (f.0.as_deref().unwrap_or("-"), f.1))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("-", "nan-run"),
+            ("close", "price-step"),
+            ("high", "price-step"),
+            ("low", "price-step"),
+            ("open", "price-step")
+        ],
+        "{found:?}"
+    );
+    assert!(
+        found[0].2.starts_with("250 bars without any value"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].2.starts_with("+5% from 2023-03-03 12:20:00"),
+        "{found:?}"
+    );
+    // The day's thresholds on minute bars: the jump is missed, the quiet half hour reported.
+    let daily = check(
+        &s,
+        &CheckOptions {
+            freq: Freq::MINUTE,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!daily.findings.iter().any(|f| f.kind == "price-step"));
+    assert!(
+        daily
+            .findings
+            .iter()
+            .any(|f| f.detail.starts_with("30 bars"))
+    );
+    // The command uses the scaled defaults and says which.
+    let out = Command::new(env!("CARGO_BIN_EXE_qdump"))
+        .args(["check", root.to_str().unwrap(), "--freq", "1min", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["thresholds"]["nan_run"], 240, "{v}");
+    assert_eq!(v["thresholds"]["unit"], "bars", "{v}");
+    assert_eq!(v["findings"].as_array().unwrap().len(), 5, "{v}");
+}

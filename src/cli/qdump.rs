@@ -73,19 +73,22 @@ enum Command {
             default_value = "open,high,low,close,volume"
         )]
         required: Vec<String>,
-        /// Report runs of at least this many missing days inside a span.
-        #[arg(long, default_value_t = 5)]
-        nan_run: usize,
-        /// Report day-to-day price changes above this fraction, on adjusted prices (see --prices).
-        #[arg(long, default_value_t = 0.5)]
-        price_step: f64,
+        /// Report runs of at least this many missing bars inside a span [default: 5 for daily and longer bars,
+        /// one trading day of intraday bars].
+        #[arg(long)]
+        nan_run: Option<usize>,
+        /// Report bar-to-bar price changes above this fraction, on adjusted prices (see --prices) [default: 0.5
+        /// for daily bars, scaled by 1/sqrt(bars a day): 0.032 for 1min].
+        #[arg(long)]
+        price_step: Option<f64>,
         /// Stored prices are `raw` (adjusted = price x factor), `adjusted` (qlib's convention: factor gives
         /// back the raw price), or `auto`: decided per instrument by which is continuous where factor changes.
         #[arg(long, value_enum, default_value_t = crate::store::check::Prices::Auto)]
         prices: crate::store::check::Prices,
-        /// Report day-to-day volume changes above this fraction (3 = +300%).
-        #[arg(long, default_value_t = 3.0)]
-        volume_step: f64,
+        /// Report bar-to-bar volume changes above this fraction (3 = +300%) [default: 3 for daily bars, scaled
+        /// by sqrt(bars a day) for intraday bars: 46 for 1min].
+        #[arg(long)]
+        volume_step: Option<f64>,
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -308,14 +311,16 @@ fn run(cli: Cli) -> Result<u8> {
             json,
         } => {
             let s = Store::open(&store)?;
+            let scaled = crate::store::check::CheckOptions::for_store(&s, freq)
+                .with_context(|| format!("checking {}", store.display()))?;
             let opts = crate::store::check::CheckOptions {
                 freq,
                 market,
                 required,
-                nan_run,
-                price_step,
+                nan_run: nan_run.unwrap_or(scaled.nan_run),
+                price_step: price_step.unwrap_or(scaled.price_step),
                 prices,
-                volume_step,
+                volume_step: volume_step.unwrap_or(scaled.volume_step),
             };
             let report = crate::store::check::check(&s, &opts)
                 .with_context(|| format!("checking {}", store.display()))?;
@@ -323,6 +328,10 @@ fn run(cli: Cli) -> Result<u8> {
             if json {
                 let mut v = serde_json::to_value(&report)?;
                 v["exit_code"] = serde_json::Value::from(code);
+                v["thresholds"] = serde_json::json!({
+                    "nan_run": opts.nan_run, "price_step": opts.price_step,
+                    "volume_step": opts.volume_step, "unit": opts.freq.bars_word(),
+                });
                 outln!("{}", serde_json::to_string_pretty(&v)?)?;
             } else {
                 for f in &report.findings {
@@ -335,10 +344,15 @@ fn run(cli: Cli) -> Result<u8> {
                     )?;
                 }
                 outln!(
-                    "qdump check: {} instruments, {} files, {} findings",
+                    "qdump check: {} instruments, {} files, {} findings (runs of {} missing {}, price steps over \
+                     {:.3}, volume steps over {:.1})",
                     report.instruments,
                     report.files,
-                    report.findings.len()
+                    report.findings.len(),
+                    opts.nan_run,
+                    opts.freq.bars_word(),
+                    opts.price_step,
+                    opts.volume_step
                 )?;
             }
             Ok(code)
@@ -453,8 +467,9 @@ fn info(store: &std::path::Path, json: bool) -> Result<u8> {
     }
     outln!("store       {}", i.path)?;
     for c in &i.calendars {
+        let unit = c.freq.parse::<Freq>().map_or("bars", Freq::bars_word);
         outln!(
-            "calendar    {}: {} days, {} to {}",
+            "calendar    {}: {} {unit}, {} to {}",
             c.freq,
             c.days,
             c.first.as_deref().unwrap_or("-"),
@@ -709,8 +724,9 @@ fn update(u: UpdateArgs) -> Result<u8> {
         outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         outln!(
-            "qdump update: {} days added ({} .. {}), {} symbols appended, {} new listings, {} corrections, {} rows, {} failed{}",
+            "qdump update: {} {} added ({} .. {}), {} symbols appended, {} new listings, {} corrections, {} rows, {} failed{}",
             summary.days_added,
+            a.freq.bars_word(),
             summary.first_new_day.as_deref().unwrap_or("-"),
             summary.last_day.as_deref().unwrap_or("-"),
             summary.symbols_appended,

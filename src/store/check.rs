@@ -46,6 +46,52 @@ impl Default for CheckOptions {
     }
 }
 
+impl CheckOptions {
+    /// The default thresholds scaled to `freq`, given its bars per trading day (from the store's calendar for
+    /// minute bars; 1/5 for weeks, 1/21 for months): the day's defaults are for daily bars. Missing runs are
+    /// counted in bars: 5 for daily and longer bars, one trading day of intraday bars (a few quiet minutes
+    /// are no finding). Step limits follow a random walk: a bar's typical move grows with the square root of
+    /// its length, so the price limit is 0.5 / sqrt(bars a day) (3.2% for 240 one-minute bars, 110% for
+    /// weeks), and volume, which is far spikier within a day, 3 x sqrt(bars a day) (46x for one-minute
+    /// bars).
+    pub fn scaled(freq: Freq, bars_per_day: f64) -> CheckOptions {
+        let day = CheckOptions::default();
+        let k = bars_per_day.max(f64::MIN_POSITIVE);
+        CheckOptions {
+            freq,
+            nan_run: if k > 1.0 {
+                k.round() as usize
+            } else {
+                day.nan_run
+            },
+            price_step: day.price_step / k.sqrt(),
+            volume_step: if k > 1.0 {
+                day.volume_step * k.sqrt()
+            } else {
+                day.volume_step
+            },
+            ..day
+        }
+    }
+
+    /// [`CheckOptions::scaled`] for a store: bars per trading day of `freq` from its calendar (the bars over
+    /// the distinct dates they fall on).
+    pub fn for_store(store: &Store, freq: Freq) -> Result<CheckOptions> {
+        let per_day = match freq.base() {
+            crate::store::freq::FreqBase::Minute => {
+                let cal = store.calendar(freq)?;
+                let days: BTreeSet<chrono::NaiveDate> =
+                    cal.dates().iter().map(|t| t.date()).collect();
+                cal.len() as f64 / days.len().max(1) as f64
+            }
+            crate::store::freq::FreqBase::Day => 1.0 / f64::from(freq.count()),
+            crate::store::freq::FreqBase::Week => 1.0 / (5.0 * f64::from(freq.count())),
+            crate::store::freq::FreqBase::Month => 1.0 / (21.0 * f64::from(freq.count())),
+        };
+        Ok(CheckOptions::scaled(freq, per_day))
+    }
+}
+
 /// How a store's prices relate to its `factor` column.
 #[derive(Debug, Copy, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -187,9 +233,10 @@ pub fn check(store: &Store, opts: &CheckOptions) -> Result<CheckReport> {
                     Some(field),
                     "past-calendar",
                     format!(
-                        "data runs to calendar row {} but the calendar has {} days",
+                        "data runs to calendar row {} but the calendar has {} {}",
                         f.end(),
-                        cal.len()
+                        cal.len(),
+                        opts.freq.bars_word()
                     ),
                 ));
             }
@@ -307,8 +354,9 @@ pub fn check(store: &Store, opts: &CheckOptions) -> Result<CheckReport> {
                 None,
                 "nan-run",
                 format!(
-                    "{} days without any value, {} .. {} (a suspension?)",
+                    "{} {} without any value, {} .. {} (a suspension?)",
                     r - st,
+                    opts.freq.bars_word(),
                     day(st),
                     day(r - 1)
                 ),
@@ -319,7 +367,13 @@ pub fn check(store: &Store, opts: &CheckOptions) -> Result<CheckReport> {
                 out.push(finding(
                     Some(field),
                     "nan-run",
-                    format!("{} missing days, {} .. {}", r - st, day(st), day(r - 1)),
+                    format!(
+                        "{} missing {}, {} .. {}",
+                        r - st,
+                        opts.freq.bars_word(),
+                        day(st),
+                        day(r - 1)
+                    ),
                 ));
             }
         }

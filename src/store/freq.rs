@@ -49,6 +49,16 @@ impl Freq {
         self.base
     }
 
+    /// What a run of this frequency's bars is called in messages: `days`, `weeks`, `months`, else `bars`.
+    pub fn bars_word(self) -> &'static str {
+        match (self.count, self.base) {
+            (1, FreqBase::Day) => "days",
+            (1, FreqBase::Week) => "weeks",
+            (1, FreqBase::Month) => "months",
+            _ => "bars",
+        }
+    }
+
     /// Whether timestamps of this frequency are written as dates only (`YYYY-MM-DD`).
     ///
     /// qlib's dump writes dates only for `day`; we extend that to every frequency of a day or longer,
