@@ -124,6 +124,22 @@ fn import_mysql(t: &str, to: &Path, extra: &[&str]) -> Output {
     qdump(&args, &[])
 }
 
+/// `qdump update --mysql <url> --table <t> --to <to> <extra...>`.
+fn update_mysql(t: &str, to: &Path, extra: &[&str]) -> Output {
+    let u = url();
+    let mut args = vec![
+        "update",
+        "--mysql",
+        &u,
+        "--table",
+        t,
+        "--to",
+        to.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    qdump(&args, &[])
+}
+
 #[test]
 fn mysql_import_equals_sql_and_csv() {
     let mut c = conn();
@@ -662,20 +678,7 @@ fn mysql_updates_and_loader() {
     assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
     let u = url();
     for end in ["2023-08-24", "2023-08-25", "2024-01-11"] {
-        let out = qdump(
-            &[
-                "update",
-                "--mysql",
-                &u,
-                "--table",
-                &t,
-                "--to",
-                inc.to_str().unwrap(),
-                "--end-date",
-                end,
-            ],
-            &[],
-        );
+        let out = update_mysql(&t, &inc, &["--end-date", end]);
         assert!(out.status.success(), "{}", text(&out));
     }
     let strip = |v: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
@@ -921,19 +924,7 @@ fn an_update_reads_only_the_new_rows_once() {
         }
         let log = GeneralLog::on(&mut c);
         let before = GeneralLog::reads_of(&mut c, &t).len();
-        let out = qdump(
-            &[
-                "update",
-                "--mysql",
-                &u,
-                "--table",
-                &t,
-                "--to",
-                inc.to_str().unwrap(),
-                "--json",
-            ],
-            &[],
-        );
+        let out = update_mysql(&t, &inc, &["--json"]);
         let reads = GeneralLog::reads_of(&mut c, &t).split_off(before);
         drop(log);
         assert!(out.status.success(), "{}", text(&out));
@@ -1039,7 +1030,6 @@ fn text_dates_in_the_source_format() {
     let dir = tempfile::tempdir().unwrap();
     let want = dir.path().join("want");
     assert!(import_mysql(&sample, &want, &[]).status.success());
-    let u = url();
     for (name, pattern, sql) in [
         ("td_ymd", "%Y%m%d", "DATE_FORMAT(trade_date, '%Y%m%d')"),
         ("td_dmy", "%d/%m/%Y", "DATE_FORMAT(trade_date, '%d/%m/%Y')"),
@@ -1070,21 +1060,7 @@ fn text_dates_in_the_source_format() {
             &["--date-format", pattern, "--end-date", "2023-08-24"],
         );
         assert!(out.status.success(), "{name}: {}", text(&out));
-        let out = qdump(
-            &[
-                "update",
-                "--mysql",
-                &u,
-                "--table",
-                &t,
-                "--to",
-                inc.to_str().unwrap(),
-                "--date-format",
-                pattern,
-                "--json",
-            ],
-            &[],
-        );
+        let out = update_mysql(&t, &inc, &["--date-format", pattern, "--json"]);
         assert!(out.status.success(), "{name}: {}", text(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         // No stored day comes back (not even the last, which `>= '20230824'` selects): kept by date here.

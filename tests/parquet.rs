@@ -168,23 +168,21 @@ fn parquet_layouts_give_the_csv_store_byte_for_byte() {
     let from_csv = dir.path().join("from-csv");
     common::ok(all(&["--csv", SAMPLE], &from_csv, &[]));
 
-    // One file per symbol.
+    // One file per symbol (dates typed, or as text in a format).
+    let per_symbol_files = |dir: &Path, text_dates: Option<&str>| {
+        std::fs::create_dir(dir).unwrap();
+        for symbol in rows
+            .iter()
+            .map(|r| r.0.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let mine: Vec<Row> = rows.iter().filter(|r| r.0 == symbol).cloned().collect();
+            let file = dir.join(format!("{symbol}.parquet"));
+            write_parquet(&file, &names, &mine, false, text_dates);
+        }
+    };
     let per_symbol = dir.path().join("per-symbol");
-    std::fs::create_dir(&per_symbol).unwrap();
-    for symbol in rows
-        .iter()
-        .map(|r| r.0.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        let mine: Vec<Row> = rows.iter().filter(|r| r.0 == symbol).cloned().collect();
-        write_parquet(
-            &per_symbol.join(format!("{symbol}.parquet")),
-            &names,
-            &mine,
-            false,
-            None,
-        );
-    }
+    per_symbol_files(&per_symbol, None);
     let a = dir.path().join("a");
     let out = all(&["--parquet", per_symbol.to_str().unwrap()], &a, &[]);
     assert!(
@@ -199,21 +197,7 @@ fn parquet_layouts_give_the_csv_store_byte_for_byte() {
 
     // Dates as text in another format, read with --date-format.
     let text_dates = dir.path().join("text-dates");
-    std::fs::create_dir(&text_dates).unwrap();
-    for symbol in rows
-        .iter()
-        .map(|r| r.0.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        let mine: Vec<Row> = rows.iter().filter(|r| r.0 == symbol).cloned().collect();
-        write_parquet(
-            &text_dates.join(format!("{symbol}.parquet")),
-            &names,
-            &mine,
-            false,
-            Some("%Y/%m/%d"),
-        );
-    }
+    per_symbol_files(&text_dates, Some("%Y/%m/%d"));
     let t = dir.path().join("t");
     let source = ["--parquet", text_dates.to_str().unwrap()];
     common::ok(all(&source, &t, &["--date-format", "%Y/%m/%d"]));
