@@ -1353,3 +1353,35 @@ fn help_completions_and_man_pages() {
         assert_eq!(run(&["completions", "nosh"]).status.code(), Some(2));
     }
 }
+
+/// `-v` prints the library's decisions on standard error (as `RUST_LOG` does), `-q` nothing but errors; the
+/// two together are a usage error.
+#[test]
+fn verbose_and_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qdump"));
+        cmd.args(args).env_remove("RUST_LOG");
+        if let Some(v) = env {
+            cmd.env("RUST_LOG", v);
+        }
+        cmd.output().unwrap()
+    };
+    let to = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let (a, b, c) = (to("a"), to("b"), to("c"));
+    let out = run(&["-v", "all", "--csv", SAMPLE, "--to", &a], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("importing 8 fields of 12 symbols"), "{said}");
+    let out = run(&["all", "--csv", SAMPLE, "--to", &b], Some("qstore=info"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("importing 8 fields"));
+    let out = run(&["all", "--csv", SAMPLE, "--to", &c, "-q"], None);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).is_empty(),
+        "the summary is output"
+    );
+    let out = run(&["-v", "-q", "info", &a], None);
+    assert_eq!(out.status.code(), Some(2));
+}

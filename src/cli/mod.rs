@@ -156,18 +156,58 @@ pub fn name_list(
     Ok(Some(out))
 }
 
-/// `--threads`, taken by both programs before their subcommand or after it.
+/// The flags both programs take before their subcommand or after it: `--threads`, `-v`, `-q`.
 #[derive(clap::Args)]
-pub struct Threads {
+pub struct Global {
     /// Worker threads for evaluation, imports and cache writes (default: one per core). Set it below the
     /// core count to leave room for other work on the machine.
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    /// Say more on standard error: -v what the library decides (how a source is read, what an update
+    /// appends), -vv details, -vvv everything. RUST_LOG (e.g. RUST_LOG=qstore=debug) applies without -v/-q.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Say nothing on standard error but errors: no progress, no warnings.
+    #[arg(short, long, global = true)]
+    quiet: bool,
 }
 
-impl Threads {
-    /// Sizes the process's thread pool (rayon's global pool, which every parallel step runs on).
+/// Whether `-q` was given (progress stays off).
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether progress and reports on standard error are off (`-q`).
+pub fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Global {
+    /// Sizes the process's thread pool (rayon's global pool, which every parallel step runs on) and starts
+    /// printing the library's events on standard error, at the level `-v`/`-q` (else `RUST_LOG`, else
+    /// warnings) asks for.
     pub fn apply(&self) -> anyhow::Result<()> {
+        QUIET.store(self.quiet, std::sync::atomic::Ordering::Relaxed);
+        let level = match (self.quiet, self.verbose) {
+            (true, _) => Some("error"),
+            (false, 0) => None,
+            (false, 1) => Some("info"),
+            (false, 2) => Some("debug"),
+            _ => Some("trace"),
+        };
+        let filter = match (level, std::env::var("RUST_LOG")) {
+            (None, Ok(v)) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&v)
+                .map_err(|e| anyhow::anyhow!("RUST_LOG={v:?} is not a filter: {e}"))?,
+            (level, _) => {
+                tracing_subscriber::EnvFilter::new(format!("qstore={}", level.unwrap_or("warn")))
+            }
+        };
+        // A second start (a test calling main twice) keeps the first subscriber.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .without_time()
+            .with_target(false)
+            .try_init();
         if let Some(n) = self.threads {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(n.into())
@@ -180,7 +220,7 @@ impl Threads {
 
 /// A progress bar on standard error when it is a terminal (with the rate and the time left), else nothing.
 pub fn progress_bar(n: u64) -> indicatif::ProgressBar {
-    if std::io::stderr().is_terminal() {
+    if std::io::stderr().is_terminal() && !quiet() {
         let style = indicatif::ProgressStyle::with_template(
             "{bar:40} {pos}/{len} [{elapsed_precise}] {per_sec} ETA {eta}",
         )

@@ -43,7 +43,7 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     #[command(flatten)]
-    threads: super::Threads,
+    global: super::Global,
 }
 
 #[derive(Subcommand)]
@@ -190,7 +190,7 @@ struct QueryArgs {
 /// `qcache`'s entry point.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    super::finish("qcache", cli.threads.apply().and_then(|()| run(cli)))
+    super::finish("qcache", cli.global.apply().and_then(|()| run(cli)))
 }
 
 fn run(cli: Cli) -> Result<u8> {

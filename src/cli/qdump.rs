@@ -44,7 +44,7 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     #[command(flatten)]
-    threads: super::Threads,
+    global: super::Global,
 }
 
 #[derive(Subcommand)]
@@ -291,7 +291,7 @@ struct SourceArgs {
 /// `qdump`'s entry point.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    super::finish("qdump", cli.threads.apply().and_then(|()| run(cli)))
+    super::finish("qdump", cli.global.apply().and_then(|()| run(cli)))
 }
 
 fn run(cli: Cli) -> Result<u8> {
@@ -913,6 +913,7 @@ struct Progress {
 impl Progress {
     /// `total`: the symbols to come, when the source knows them before it reads the rows.
     fn new(total: Option<usize>, quiet: bool) -> Progress {
+        let quiet = quiet || super::quiet();
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let (bar, template) = match total {
                 Some(n) => (

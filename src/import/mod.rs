@@ -531,6 +531,14 @@ pub fn import(
 ) -> Result<ImportSummary> {
     let t0 = Instant::now();
     let mut summary = None;
+    tracing::info!(
+        "importing {} fields of {} symbols into {}",
+        source.fields().len(),
+        source
+            .symbol_count()
+            .map_or_else(|| "the source's".to_string(), |n| n.to_string()),
+        target.display()
+    );
     let built = publish_new_store(target, replace, |store| {
         let known = match source.trading_days()? {
             Some(mut days) => {

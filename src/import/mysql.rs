@@ -682,6 +682,13 @@ impl MysqlSource {
             }
             let mut plan =
                 vec![Vec::new(); self.connections.min(symbols.len().div_ceil(500)).max(1)];
+            tracing::info!(
+                "reading the new rows of `{t}` through its ({s}, {d}) key: {} symbols, {} statements on {} \
+                 connections",
+                symbols.len(),
+                symbols.len().div_ceil(500),
+                plan.len()
+            );
             let k = plan.len();
             for (j, chunk) in symbols.chunks(500).enumerate() {
                 let marks = vec!["?"; chunk.len()].join(",");
@@ -703,6 +710,20 @@ impl MysqlSource {
             };
             let select =
                 format!("SELECT `{s}`, `{d}`{id}, {fields} FROM `{t}` WHERE {not_null}{cond}");
+            tracing::info!(
+                "reading `{t}` in {} scan(s){}{}",
+                cuts.len() + 1,
+                if cuts.is_empty() {
+                    ""
+                } else {
+                    " over ranges of its id"
+                },
+                if learn.is_some() {
+                    ", learning the symbols and days from the rows"
+                } else {
+                    ", counting each symbol's rows beside it"
+                }
+            );
             (0..=cuts.len())
                 .map(|j| {
                     let key = self.row_id.as_deref().unwrap_or_default();

@@ -262,6 +262,7 @@ fn apply(
             });
             match planned {
                 Ok(Some(mut p)) => {
+                    tracing::debug!(symbol = %p.symbol, rows = p.rows, "appending");
                     // Write as symbols arrive (memory holds one symbol per connection); an I/O error stops
                     // the update before its commit.
                     if write_error.lock().is_none()
@@ -287,6 +288,12 @@ fn apply(
         Some((_, days)) => days,
         None => Vec::new(),
     };
+    tracing::info!(
+        "{} new {} in the source, {} symbols with rows",
+        new_days.len(),
+        opts.freq.bars_word(),
+        plans.lock().len()
+    );
     if let Some(e) = write_error.into_inner() {
         return Err(e);
     }
