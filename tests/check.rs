@@ -6,19 +6,16 @@ use std::process::Command;
 use qstore::store::check::{CheckOptions, check};
 use qstore::{Freq, Instruments, Span, Store, import, parse_timestamp};
 
+/// The store `qdump all --csv <input>` builds at `root`, with `opts`.
+fn import_csv(input: &Path, root: &Path, opts: &import::ImportOptions) -> Store {
+    let csv = import::CsvSource::open(input, Default::default()).unwrap();
+    import::import(&csv, root, &Default::default(), opts, &|_| {}).unwrap();
+    Store::open(root).unwrap()
+}
+
 fn sample(dir: &Path) -> Store {
     let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample"));
-    let csv = import::CsvSource::open(fixtures, Default::default()).unwrap();
-    let root = dir.join("s");
-    import::import(
-        &csv,
-        &root,
-        &Default::default(),
-        &Default::default(),
-        &|_| {},
-    )
-    .unwrap();
-    Store::open(root).unwrap()
+    import_csv(fixtures, &dir.join("s"), &Default::default())
 }
 
 /// Thresholds under which the generated sample (with its suspensions and volume spikes) is clean.
@@ -202,17 +199,7 @@ fn a_split_is_no_price_step_in_either_convention() {
             text.push_str(&format!("{},{c},{c},{c},{c},1000,{f}\n", day(k)));
         }
         std::fs::write(input.join("SH600000.csv"), text).unwrap();
-        let csv = import::CsvSource::open(&input, Default::default()).unwrap();
-        let root = dir.path().join(name);
-        import::import(
-            &csv,
-            &root,
-            &Default::default(),
-            &Default::default(),
-            &|_| {},
-        )
-        .unwrap();
-        Store::open(root).unwrap()
+        import_csv(&input, &dir.path().join(name), &Default::default())
     };
     let raw = store("raw", &|k| if k < 20 { 10.0 } else { 4.0 });
     let adjusted = store("adjusted", &|_| 10.0);
@@ -306,14 +293,12 @@ fn thresholds_and_words_follow_the_frequency() {
         }
     }
     std::fs::write(input.join("SH600009.csv"), full).unwrap();
-    let csv = import::CsvSource::open(&input, Default::default()).unwrap();
     let root = dir.path().join("s");
     let opts = import::ImportOptions {
         freq: Freq::MINUTE,
         ..Default::default()
     };
-    import::import(&csv, &root, &Default::default(), &opts, &|_| {}).unwrap();
-    let s = Store::open(&root).unwrap();
+    let s = import_csv(&input, &root, &opts);
     let scaled = CheckOptions::for_store(&s, Freq::MINUTE).unwrap();
     assert_eq!(scaled.nan_run, 240);
     assert!((scaled.price_step - 0.5 / 240f64.sqrt()).abs() < 1e-12);

@@ -109,10 +109,11 @@ fn qdump(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-fn import_mysql(t: &str, to: &Path, extra: &[&str]) -> Output {
+/// `qdump <command> --mysql <url> --table <t> --to <to> <extra...>`.
+fn from_mysql(command: &str, t: &str, to: &Path, extra: &[&str]) -> Output {
     let u = url();
     let mut args = vec![
-        "all",
+        command,
         "--mysql",
         &u,
         "--table",
@@ -124,20 +125,21 @@ fn import_mysql(t: &str, to: &Path, extra: &[&str]) -> Output {
     qdump(&args, &[])
 }
 
-/// `qdump update --mysql <url> --table <t> --to <to> <extra...>`.
+fn import_mysql(t: &str, to: &Path, extra: &[&str]) -> Output {
+    from_mysql("all", t, to, extra)
+}
+
 fn update_mysql(t: &str, to: &Path, extra: &[&str]) -> Output {
-    let u = url();
-    let mut args = vec![
-        "update",
-        "--mysql",
-        &u,
-        "--table",
-        t,
-        "--to",
-        to.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    qdump(&args, &[])
+    from_mysql("update", t, to, extra)
+}
+
+/// A store's files as `tree` gives them, without the update's lock and marker (which a store built by one
+/// `qdump all` does not have).
+fn store_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    tree(dir)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(".qstore-update"))
+        .collect()
 }
 
 #[test]
@@ -681,12 +683,7 @@ fn mysql_updates_and_loader() {
         let out = update_mysql(&t, &inc, &["--end-date", end]);
         assert!(out.status.success(), "{}", text(&out));
     }
-    let strip = |v: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
-        v.into_iter()
-            .filter(|(p, _)| !p.starts_with(".qstore-update"))
-            .collect()
-    };
-    assert_eq!(strip(tree(&inc)), strip(tree(&full)));
+    assert_eq!(store_tree(&inc), store_tree(&full));
 
     // The loader: a store a month behind is brought forward by the first load, and a cleared symbol returns.
     let behind = dir.path().join("behind");
@@ -897,11 +894,6 @@ fn an_update_reads_only_the_new_rows_once() {
     ];
     let dir = tempfile::tempdir().unwrap();
     let u = url();
-    let strip = |v: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
-        v.into_iter()
-            .filter(|(p, _)| !p.starts_with(".qstore-update"))
-            .collect()
-    };
     for (name, keys) in schemas {
         let t = table(name);
         drop_table(&mut c, &t);
@@ -1020,8 +1012,8 @@ fn an_update_reads_only_the_new_rows_once() {
         .unwrap();
         assert_eq!((s.days_added, s.failed.len()), (93, 0), "{name}");
         drop(lock);
-        assert!(strip(tree(&inc)) == strip(tree(&full)), "{name}");
-        assert!(strip(tree(&spilled)) == strip(tree(&full)), "{name}");
+        assert!(store_tree(&inc) == store_tree(&full), "{name}");
+        assert!(store_tree(&spilled) == store_tree(&full), "{name}");
         drop_table(&mut c, &t);
     }
     drop_table(&mut c, &sample);
@@ -1082,12 +1074,7 @@ fn text_dates_in_the_source_format() {
             (Some(93), Some(0), Some(0)),
             "{name}: {v}"
         );
-        let strip = |v: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
-            v.into_iter()
-                .filter(|(p, _)| !p.starts_with(".qstore-update"))
-                .collect()
-        };
-        assert!(strip(tree(&inc)) == strip(tree(&full)), "{name}");
+        assert!(store_tree(&inc) == store_tree(&full), "{name}");
         if name == "td_ymd" {
             let out = import_mysql(&t, &dir.path().join("no-format"), &[]);
             assert!(!out.status.success());

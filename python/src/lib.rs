@@ -791,6 +791,13 @@ fn warm(
 
 /// `qcache update`, or one part of it: brings the expression cache's entries (of `instruments` only, when
 /// given) and the datasets forward to the store as it is now. `part` is "all", "entries" or "datasets".
+/// The names an `instruments=` string gives, as `--instruments` reads it (`None` for "all"; commas, `@FILE`);
+/// patterns among them are matched later, against the store (`select`).
+#[pyfunction]
+fn instrument_names(py: Python<'_>, arg: &str) -> PyResult<Option<Vec<String>>> {
+    qstore::store::instruments::names("instruments", arg).map_err(|e| to_py(py, e))
+}
+
 /// Returns `(entries, datasets)` brought forward.
 #[pyfunction]
 #[pyo3(signature = (path, part = "all", instruments = None, cache = None))]
@@ -946,6 +953,7 @@ fn _qstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(update, m)?)?;
     m.add_function(wrap_pyfunction!(warm, m)?)?;
     m.add_function(wrap_pyfunction!(update_caches, m)?)?;
+    m.add_function(wrap_pyfunction!(instrument_names, m)?)?;
     m.add_function(wrap_pyfunction!(cached_instruments, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

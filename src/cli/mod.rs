@@ -121,38 +121,20 @@ pub fn name_list(
     arg: &str,
     candidates: impl FnOnce() -> anyhow::Result<Vec<String>>,
 ) -> anyhow::Result<Option<Vec<String>>> {
-    use anyhow::Context;
-    if arg.trim() == "all" {
-        return Ok(None);
-    }
-    let text = match arg.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "reading the {flag} file {path} (@FILE: names separated by commas, spaces or lines)"
-            )
-        })?,
-        None => arg.to_owned(),
+    let to_anyhow = |e: crate::Error| match e {
+        crate::Error::Config { reason, .. } => anyhow::anyhow!("{flag}: {reason}"),
+        other => other.into(),
     };
-    let tokens: Vec<&str> = text
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|t| !t.is_empty())
-        .collect();
-    if tokens.is_empty() {
-        anyhow::bail!(
-            "{flag} names nothing; give names such as SH600000,SZ000001, a pattern such as 'SH6*', @FILE or all"
-        );
-    }
-    let tokens: Vec<String> = tokens.into_iter().map(String::from).collect();
+    let Some(tokens) = crate::store::instruments::names(flag, arg).map_err(to_anyhow)? else {
+        return Ok(None);
+    };
     let out = crate::store::instruments::select(flag, &tokens, || {
         candidates().map_err(|e| crate::Error::Config {
             source_name: flag.to_string(),
             reason: format!("{e:#}"),
         })
     })
-    .map_err(|e| match e {
-        crate::Error::Config { reason, .. } => anyhow::anyhow!("{flag}: {reason}"),
-        other => other.into(),
-    })?;
+    .map_err(to_anyhow)?;
     Ok(Some(out))
 }
 

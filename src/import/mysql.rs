@@ -165,6 +165,10 @@ const NUMERIC: [&str; 9] = [
     "double",
 ];
 
+/// Symbols per `IN` list when an update reads a table symbol by symbol through its key: under the 1,000 items
+/// past which MariaDB turns the list into a join that reads each symbol whole.
+const IN_LIST: usize = 500;
+
 /// K-lines from one MySQL table.
 pub struct MysqlSource {
     conn: Connection,
@@ -657,9 +661,7 @@ impl MysqlSource {
         // The queries each scanning connection runs, one after the other.
         let plan: Vec<Vec<(String, Vec<Value>)>> = if by_symbol {
             // The symbols from the index (a loose index scan: one seek per symbol), then each symbol's range
-            // of it from the start date: the pages of the new rows, however long the history. Lists stay
-            // under the 1,000 items past which MariaDB turns an IN list into a join that reads each symbol
-            // whole.
+            // of it from the start date: the pages of the new rows, however long the history.
             snapshot(&mut count)?;
             let symbols: Vec<Value> = count
                 .query_iter(format!(
@@ -680,17 +682,17 @@ impl MysqlSource {
                 self.null_symbol_rows
                     .store(nulls.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
             }
-            let mut plan =
-                vec![Vec::new(); self.connections.min(symbols.len().div_ceil(500)).max(1)];
+            let statements = symbols.len().div_ceil(IN_LIST);
+            let mut plan = vec![Vec::new(); self.connections.min(statements).max(1)];
             tracing::info!(
                 "reading the new rows of `{t}` through its ({s}, {d}) key: {} symbols, {} statements on {} \
                  connections",
                 symbols.len(),
-                symbols.len().div_ceil(500),
+                statements,
                 plan.len()
             );
             let k = plan.len();
-            for (j, chunk) in symbols.chunks(500).enumerate() {
+            for (j, chunk) in symbols.chunks(IN_LIST).enumerate() {
                 let marks = vec!["?"; chunk.len()].join(",");
                 let mut p = chunk.to_vec();
                 p.extend(params.iter().cloned());

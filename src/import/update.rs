@@ -268,11 +268,11 @@ fn apply(
                     if write_error.lock().is_none()
                         && let Err(e) = marker
                             .set()
-                            .and_then(|()| write_plan(store, fields, opts, &mut p))
+                            .and_then(|()| write_plan(store, fields, opts, &p))
                     {
                         *write_error.lock() = Some(e);
                     }
-                    // Files not written (after an error) are closed too.
+                    // The plan is kept, its files are closed (written or not, after an error).
                     for append in &mut p.appends {
                         append.1 = None;
                     }
@@ -543,7 +543,7 @@ fn plan_symbol(
     Ok(Some(plan))
 }
 
-fn write_plan(store: &Store, fields: &[String], opts: &ImportOptions, p: &mut Plan) -> Result<()> {
+fn write_plan(store: &Store, fields: &[String], opts: &ImportOptions, p: &Plan) -> Result<()> {
     if !p.appends.is_empty() {
         let dir = layout::instrument_dir(store.root(), &p.symbol)?;
         fsio::create_dir_all_synced(&dir)?;
@@ -551,11 +551,9 @@ fn write_plan(store: &Store, fields: &[String], opts: &ImportOptions, p: &mut Pl
     for (f, start, values) in &p.rewrites {
         store.rewrite_feature(&p.symbol, &fields[*f], opts.freq, *start, values)?;
     }
-    for (f, stored, at, values) in &mut p.appends {
+    for (f, stored, at, values) in &p.appends {
         let path = store.feature_path(&p.symbol, &fields[*f], opts.freq)?;
-        // Planned under the update lock a moment ago: the file is as `stored` says. Closed once written (an
-        // update keeps its plans, not tens of thousands of open files).
-        let stored = stored.take();
+        // Planned under the update lock a moment ago: the file is as `stored` says.
         writer::put_unpublished_known(&path, stored.as_ref().map(|(f, ex)| (f, *ex)), *at, values)?;
         crate::util::failpoint::hit("update:file");
     }

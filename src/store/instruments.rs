@@ -166,6 +166,38 @@ impl crate::util::memcache::Weigh for Instruments {
     }
 }
 
+/// The names an argument gives (`None` for `all`): names separated by commas, or `@FILE` with names separated
+/// by commas, spaces or lines; patterns among them are for [`select`]. An argument that names nothing is an
+/// error naming `what`.
+pub fn names(what: &str, arg: &str) -> Result<Option<Vec<String>>> {
+    let bad = |reason: String| crate::error::Error::Config {
+        source_name: what.to_string(),
+        reason,
+    };
+    if arg.trim() == "all" {
+        return Ok(None);
+    }
+    let text = match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            bad(format!(
+                "reading the {what} file {path} (@FILE: names separated by commas, spaces or lines): {e}"
+            ))
+        })?,
+        None => arg.to_owned(),
+    };
+    let tokens: Vec<String> = text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect();
+    if tokens.is_empty() {
+        return Err(bad(format!(
+            "{what} names nothing; give names such as SH600000,SZ000001, a pattern such as 'SH6*', @FILE or all"
+        )));
+    }
+    Ok(Some(tokens))
+}
+
 /// Names as a user gives them: each plain name kept as given, each glob pattern (`SH6*`, `SZ00000?`,
 /// `SH60000[0-4]`; case-insensitive) replaced by the `candidates()` it matches, in their order (asked only when
 /// a pattern is given). A pattern that matches nothing, or is no pattern, is an error naming `what` (the

@@ -189,23 +189,10 @@ def _query(exprs, instruments):
 
 def _instruments(instruments):
     """``None`` for ``"all"``, else the list of names as ``--instruments`` takes them: a list, names separated by
-    commas, or ``"@FILE"`` (names separated by commas, spaces or lines); glob patterns (``"SH6*"``) are matched
+    commas, or ``"@FILE"`` (read by the library, as the commands read it); glob patterns (``"SH6*"``) are matched
     against the market's instruments by the library."""
     if isinstance(instruments, str):
-        if instruments.strip() == "all":
-            return None
-        text = instruments
-        if text.startswith("@"):
-            try:
-                with open(text[1:], encoding="utf-8") as f:
-                    text = f.read()
-            except OSError as e:
-                raise NotFound(f"reading the instruments file {text[1:]} (@FILE: names separated by commas, "
-                               f"spaces or lines): {e}") from e
-        names = [i for i in text.replace(",", " ").split() if i]
-        if not names:
-            raise InvalidArgument("instruments names nothing; give names, a pattern such as 'SH6*', @FILE or 'all'")
-        return names
+        return _qstore.instrument_names(instruments)
     return list(instruments)
 
 
