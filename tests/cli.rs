@@ -3,6 +3,7 @@
 mod common;
 
 use common::text;
+use qstore::store::settings::Compat;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -1384,4 +1385,103 @@ fn verbose_and_quiet() {
     );
     let out = run(&["-v", "-q", "info", &a], None);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn qcache_query_compat_qlib_gives_the_librarys_qlib_values_from_every_setting() {
+    let (_dir, store) = sample_store();
+    let s = store.to_str().unwrap();
+    let exprs = [
+        "Mean($close,5)",
+        "EMA($close,10)",
+        "IdxMax($high,10)",
+        "WMA($close,5)",
+    ];
+    let query = |extra: &[&str]| {
+        let mut args = vec!["query", s, "--instruments", "SH600000,SZ000002"];
+        args.push("--fields");
+        args.extend_from_slice(&exprs);
+        args.extend_from_slice(&["--start", "2023-06-01", "--end", "2023-08-31"]);
+        args.extend_from_slice(extra);
+        let out = qcache(&args);
+        assert!(out.status.success(), "{extra:?}: {}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The library's values, as CSV cells.
+    let library = |compat: Compat| {
+        let mut e = qstore::Engine::open(&store).unwrap();
+        e.set_compat(compat);
+        let list = vec!["SH600000".to_string(), "SZ000002".to_string()];
+        let day = |d| Some(qstore::store::calendar::parse_timestamp(d).unwrap());
+        let f = e
+            .features(
+                qstore::Universe::List(&list),
+                &exprs,
+                day("2023-06-01"),
+                day("2023-08-31"),
+                qstore::Freq::DAY,
+            )
+            .unwrap();
+        (0..f.len())
+            .map(|r| (0..exprs.len()).map(|c| f.value(r, c).to_bits()).collect())
+            .collect::<Vec<Vec<u32>>>()
+    };
+    let cells = |csv: &str| -> Vec<Vec<u32>> {
+        csv.lines()
+            .skip(1)
+            .map(|l| {
+                // The expressions hold commas: the values are the last four cells.
+                let cells: Vec<&str> = l.rsplitn(exprs.len() + 1, ',').collect();
+                cells[..exprs.len()]
+                    .iter()
+                    .rev()
+                    .map(|c| c.parse::<f32>().unwrap_or(f32::NAN).to_bits())
+                    .collect()
+            })
+            .collect()
+    };
+    let own = query(&[]);
+    let qlib = query(&["--compat", "qlib"]);
+    let same_nan = |v: Vec<Vec<u32>>| -> Vec<Vec<u32>> {
+        v.into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .map(|b| {
+                        if f32::from_bits(b).is_nan() {
+                            0x7fc0_0000
+                        } else {
+                            b
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    assert_eq!(same_nan(cells(&qlib)), same_nan(library(Compat::Qlib)));
+    assert_eq!(same_nan(cells(&own)), same_nan(library(Compat::None)));
+    assert_ne!(own, qlib);
+    // The same from the environment and from qstore.json; the flag wins over both.
+    let with_env = Command::new(env!("CARGO_BIN_EXE_qcache"))
+        .args(["query", s, "--instruments", "SH600000,SZ000002", "--fields"])
+        .args(exprs)
+        .args(["--start", "2023-06-01", "--end", "2023-08-31"])
+        .env("QSTORE_COMPAT", "qlib")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(with_env.stdout).unwrap(), qlib);
+    std::fs::write(store.join("qstore.json"), r#"{"compat": "qlib"}"#).unwrap();
+    assert_eq!(query(&[]), qlib);
+    assert_eq!(query(&["--compat", "none"]), own);
+    // A dataset-cache request with such an expression is computed, not cached with start-independent values.
+    assert_eq!(query(&["--disk-cache", "use"]), qlib);
+    assert!(
+        !store.join("dataset_cache").exists()
+            || std::fs::read_dir(store.join("dataset_cache"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "no dataset was built"
+    );
+    let out = qcache(&["query", s, "--fields", "$close", "--compat", "pandas"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }

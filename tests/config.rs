@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use qstore::store::CacheConfig;
-use qstore::store::settings::{CONFIG_FILE, CacheMode, LockKind, Overrides, Settings};
+use qstore::store::settings::{CONFIG_FILE, CacheMode, Compat, LockKind, Overrides, Settings};
 use qstore::{Freq, Limit, Store};
 
 fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -193,6 +193,7 @@ fn cache_settings_are_resolved_once_flag_then_environment_then_file() {
         lock: Some(LockKind::Redis),
         lease_s: Some(5.0),
         mode: Some(CacheMode::Off),
+        compat: None,
     };
     let g = Settings::resolve_with(root, &flags, &vars).unwrap().cache;
     assert_eq!(g.dir, std::path::PathBuf::from("/flag"));
@@ -222,6 +223,10 @@ fn cache_settings_are_resolved_once_flag_then_environment_then_file() {
             r#"{"expression_cache": {"mode": "rw"}}"#,
             "use \"off\", \"read\" or \"write\"",
         ),
+        (
+            r#"{"compat": "pandas"}"#,
+            "compat \"pandas\": use \"none\" or \"qlib\"",
+        ),
     ] {
         std::fs::write(root.join(CONFIG_FILE), text).unwrap();
         let err = Settings::resolve_with(root, &none, &env(&[]))
@@ -241,4 +246,35 @@ fn cache_settings_are_resolved_once_flag_then_environment_then_file() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("--lease-s"), "{err}");
+}
+
+#[test]
+fn compat_comes_from_the_flag_then_the_environment_then_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let none = Overrides::default();
+    let vars = |v: Option<&str>| {
+        let v = v.map(str::to_string);
+        move |k: &str| (k == "QSTORE_COMPAT").then(|| v.clone()).flatten()
+    };
+    let compat = |flags: &Overrides, var: Option<&str>| {
+        Settings::resolve_with(root, flags, &vars(var))
+            .map(|s| s.compat)
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(compat(&none, None), Ok(Compat::None));
+    std::fs::write(root.join(CONFIG_FILE), r#"{"compat": "qlib"}"#).unwrap();
+    assert_eq!(compat(&none, None), Ok(Compat::Qlib));
+    assert_eq!(compat(&none, Some("none")), Ok(Compat::None));
+    let flag = Overrides {
+        compat: Some(Compat::Qlib),
+        ..Default::default()
+    };
+    std::fs::write(root.join(CONFIG_FILE), r#"{"compat": "none"}"#).unwrap();
+    assert_eq!(compat(&flag, Some("none")), Ok(Compat::Qlib));
+    let err = compat(&none, Some("qlib0.9")).unwrap_err();
+    assert!(
+        err.contains("QSTORE_COMPAT") && err.contains("\"qlib\""),
+        "{err}"
+    );
 }

@@ -127,6 +127,124 @@ fn index_union_of_two_fields_is_nan_where_one_is_missing() {
 }
 
 #[test]
+fn operands_are_nan_past_their_own_series() {
+    // $x at rows 0..3, $y at rows 0..6: pandas aligns Mean($x,3) (indexed 0..3) with $y, so the sum is NaN from
+    // row 3, where a window over the sum's rows would still hold $x's last values (and an EMA its last value).
+    let m = mem(&[
+        ("x", 0, &[1.0, 2.0, 3.0]),
+        ("y", 0, &[10.0, 10.0, 10.0, 10.0, 10.0, 10.0]),
+    ]);
+    for (expr, want) in [
+        ("Mean($x,3) + $y", [11.0, 11.5, 12.0, NAN, NAN, NAN]),
+        ("EMA($x,2) - $y", [-9.0, -8.25, -7.384615, NAN, NAN, NAN]),
+        ("Ref($x,1) * $y", [NAN, 10.0, 20.0, NAN, NAN, NAN]),
+        (
+            "If($y > 5, Count($x,2), $y)",
+            [1.0, 2.0, 2.0, NAN, NAN, NAN],
+        ),
+    ] {
+        let got = evaluate(&m, "X", &[parse(expr).unwrap()], 0..6).unwrap();
+        close(&got[0], &want);
+    }
+    // A series that starts later is cut at its start too: Count over $z's rows only.
+    let m = mem(&[("x", 0, &[1.0, 2.0, 3.0, 4.0]), ("z", 2, &[5.0, 6.0])]);
+    let got = evaluate(&m, "X", &[parse("Count($z,3) + $x").unwrap()], 0..4).unwrap();
+    close(&got[0], &[NAN, NAN, 4.0, 6.0]);
+}
+
+/// `expr` over rows `rows` of `m`'s instrument X in qlib's compatible mode, for a query starting at
+/// `rows.start`.
+fn eval_qlib(m: &Mem, expr: &str, rows: std::ops::Range<usize>) -> Vec<f32> {
+    qstore::expr::Query::new(vec![parse(expr).unwrap()])
+        .qlib_compatible(rows.start)
+        .evaluate(m, "X", rows)
+        .unwrap()
+        .remove(0)
+}
+
+#[test]
+fn qlib_compatible_mode_reproduces_qlib_formulas() {
+    let one = |x: &[f64]| mem(&[("x", 0, x)]);
+    // WMA: np.nanmean(w * x) with w = (1..L) / sum(1..L): a constant 5 gives [5, 2.5, 1.67, 1.25, 1].
+    let m = one(&[5.0; 5]);
+    close(
+        &eval_qlib(&m, "WMA($x,5)", 0..5),
+        &[5.0, 2.5, 5.0 / 3.0, 1.25, 1.0],
+    );
+    // With a NaN: [2, 4, NaN] -> (2/6 + 8/6 + 0) / 2 valid values.
+    let m = one(&[1.0, 2.0, 4.0, NAN]);
+    close(
+        &eval_qlib(&m, "WMA($x,3)", 0..4),
+        &[1.0, 5.0 / 6.0, 17.0 / 18.0, 10.0 / 12.0],
+    );
+    // IdxMax/IdxMin: numpy's argmax gives the first NaN's position; a window without a value stays NaN.
+    let m = one(&[3.0, NAN, 5.0, 1.0, 5.0]);
+    close(
+        &eval_qlib(&m, "IdxMax($x,3)", 0..5),
+        &[1.0, 2.0, 2.0, 1.0, 1.0],
+    );
+    close(
+        &eval_qlib(&m, "IdxMin($x,3)", 0..5),
+        &[1.0, 2.0, 2.0, 1.0, 2.0],
+    );
+    close(
+        &eval_qlib(&m, "IdxMax($x,0)", 0..5),
+        &[1.0, 2.0, 2.0, 2.0, 2.0],
+    );
+    let m = one(&[NAN, NAN, 1.0]);
+    close(&eval_qlib(&m, "IdxMax($x,3)", 0..3), &[NAN, NAN, 1.0]);
+    // Slope after an infinity: qlib's running sums hold inf - inf from there on.
+    let m = one(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+    let exact = eval("Slope($x/($x-3),3)", &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+    let qlib = eval_qlib(&m, "Slope($x/($x-3),3)", 0..7);
+    assert!(
+        exact[5].is_finite(),
+        "qstore's mode skips the infinity: {exact:?}"
+    );
+    assert_eq!(&bits(&qlib[..2]), &bits(&exact[..2]), "before the infinity");
+    assert!(qlib[2..].iter().all(|v| v.is_nan()), "{qlib:?}");
+}
+
+#[test]
+fn qlib_compatible_mode_measures_from_the_query_start() {
+    let x: Vec<f64> = (0..60)
+        .map(|i| ((i * 37 % 11) as f64).sin() + 10.0)
+        .collect();
+    let m = mem(&[("x", 5, &x)]);
+    // Evaluated on the stored values from row `from` only: what qlib computes when it loads from there.
+    let from_row = |expr: &str, from: usize, rows: std::ops::Range<usize>| {
+        let cut = mem(&[("x", from, &x[from - 5..])]);
+        evaluate(&cut, "X", &[parse(expr).unwrap()], rows)
+            .unwrap()
+            .remove(0)
+    };
+    let start = 30;
+    // (expression, qlib's extended window before the start)
+    for (expr, left) in [
+        ("EMA($x,5)", 4),
+        ("Mean($x,0)", 0),
+        ("Ref($x,0)", 0),
+        ("Mean(EMA($x,4),3)", 5),
+        ("EMA($x,3)/Ref($x,10)", 10),
+        ("EMA($x,0.5)", 18),
+    ] {
+        let got = eval_qlib(&m, expr, start..50);
+        let want = from_row(expr, start - left, start..50);
+        assert_eq!(bits(&got), bits(&want), "{expr}");
+        let exact = evaluate(&m, "X", &[parse(expr).unwrap()], start..50).unwrap();
+        assert_ne!(bits(&got), bits(&exact[0]), "{expr}: qstore's mode differs");
+    }
+    // Delta(x, 4) loads 3 rows: NaN on the first row, the full-history value after it.
+    let got = eval_qlib(&m, "Delta($x,4)", start..40);
+    assert!(got[0].is_nan());
+    let exact = evaluate(&m, "X", &[parse("Delta($x,4)").unwrap()], start..40).unwrap();
+    assert_eq!(bits(&got[1..]), bits(&exact[0][1..]));
+    // Before the series starts, the extended window is cut at its first row, as qlib's file read is.
+    let got = eval_qlib(&m, "EMA($x,5)", 7..20);
+    assert_eq!(bits(&got), bits(&from_row("EMA($x,5)", 5, 7..20)));
+}
+
+#[test]
 fn fixed_qlib_bugs() {
     // WMA: qlib divides twice (issue #1993) and gives [5, 2.5, 1.67, 1.25, 1] for a constant 5.
     close(&eval("WMA($x,5)", &[5.0; 5]), &[5.0; 5]);

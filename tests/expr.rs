@@ -160,6 +160,47 @@ fn extended_windows_of_reference_11_3_made_exact() {
 }
 
 #[test]
+fn qlib_extended_windows_are_qlibs() {
+    // qlib's get_extended_window_size, which the compatible mode measures from the query's start.
+    let q = |e: &str| parse(e).unwrap().qlib_ext_window();
+    assert_eq!(q("$close"), (Some(0), 0));
+    assert_eq!(q("EMA($close,10)"), (Some(9), 0));
+    assert_eq!(
+        q("EMA($close,0.5)"),
+        (Some(18), 0),
+        "int(log(1e-6)/log(0.5)) - 1"
+    );
+    assert_eq!(q("Mean($close,0.1)"), (Some(130), 0));
+    assert_eq!(q("Mean($close,0)"), (Some(0), 0));
+    assert_eq!(q("Ref($close,0)"), (Some(0), 0));
+    assert_eq!(
+        q("Delta($close,2)"),
+        (Some(1), 0),
+        "one short of the 2 rows it reads"
+    );
+    assert_eq!(q("Mean(EMA($close,5),10)"), (Some(13), 0));
+    assert_eq!(q("Corr($close,Ref($volume,1),10)"), (Some(10), 0));
+    assert_eq!(q("Ref(Mean($close,5),-3)"), (Some(4), 3));
+    assert_eq!(q("EMA($close,3)/Ref($close,10)"), (Some(10), 0));
+    // Which expressions the mode changes at all.
+    for (e, differs) in [
+        ("Mean($close,5)/Ref($close,1)", false),
+        ("Corr($close,Log($volume+1),5)", false),
+        ("WMA($close,5)", true),
+        ("1 - IdxMax($high,5)", true),
+        ("Rsquare($close,10)", true),
+        ("Mean($close,0)", true),
+        ("Quantile($close,0,0.5)", true),
+        ("Mean($close,0.5)", true),
+        ("Ref(Mean($close,5),0)", true),
+        ("Delta($close,1)", true),
+        ("Ref($close,1)", false),
+    ] {
+        assert_eq!(parse(e).unwrap().differs_in_qlib(), differs, "{e}");
+    }
+}
+
+#[test]
 fn fields_read_by_an_expression() {
     assert_eq!(
         parse("Corr($close, Ref($Volume,1), 10) / $close")

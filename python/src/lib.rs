@@ -24,7 +24,7 @@ use qstore::import::{ImportOptions, Origin, ReplaceOptions, SourceSpec};
 use qstore::loader::{CacheParts, KlineLoader};
 use qstore::query::Engine;
 use qstore::store::bin::FeatureSlice;
-use qstore::store::settings::{Overrides, Settings};
+use qstore::store::settings::{Compat, Overrides, Settings};
 use qstore::{ColumnFrame, FeatureSet, Frame, Freq, Timestamp, Universe};
 
 /// Turns a library error into the Python exception of its kind (`qstore.errors`), with the library's message.
@@ -218,9 +218,24 @@ struct Store {
 #[pymethods]
 impl Store {
     #[new]
-    #[pyo3(signature = (path, cache = None))]
-    fn new(py: Python<'_>, path: PathBuf, cache: Option<&Bound<'_, PyDict>>) -> PyResult<Store> {
-        let settings = settings_of(py, &path, cache)?;
+    #[pyo3(signature = (path, cache = None, compat = None))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        cache: Option<&Bound<'_, PyDict>>,
+        compat: Option<&str>,
+    ) -> PyResult<Store> {
+        let mut settings = settings_of(py, &path, cache)?;
+        if let Some(c) = compat {
+            settings.compat = c.parse::<Compat>().map_err(|_| {
+                invalid(
+                    py,
+                    &format!(
+                        "compat={c:?}: use \"none\" (qstore's values) or \"qlib\" (qlib 0.9.7's)"
+                    ),
+                )
+            })?;
+        }
         let engine = py
             .detach(|| Engine::open_with(&path, settings))
             .map_err(|e| to_py(py, e))?;
@@ -495,8 +510,23 @@ impl Store {
         self.engine.refresh();
     }
 
+    /// Whose values `features` gives: "none" (qstore's) or "qlib" (qlib 0.9.7's own, docs/expressions.md).
+    #[getter]
+    fn compat(&self) -> &'static str {
+        match self.engine.compat() {
+            Compat::None => "none",
+            Compat::Qlib => "qlib",
+        }
+    }
+
     fn __repr__(&self) -> String {
-        format!("qstore.Store({:?})", self.path.display().to_string())
+        match self.engine.compat() {
+            Compat::None => format!("qstore.Store({:?})", self.path.display().to_string()),
+            Compat::Qlib => format!(
+                "qstore.Store({:?}, compat=\"qlib\")",
+                self.path.display().to_string()
+            ),
+        }
     }
 }
 

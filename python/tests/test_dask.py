@@ -223,3 +223,12 @@ def test_bad_input_is_the_librarys_error_not_a_hang(client, store_path, tmp_path
         frame.compute()
     with pytest.raises(qstore.NotFound):
         qd.warm(tmp_path / "nowhere", ["Mean($close, 5)"])
+
+
+def test_features_in_qlibs_compatible_mode(client, store_path):
+    query = dict(exprs=["WMA($close, 5)", "EMA($close, 10)", "Mean($close, 5)"], start="2023-06-01")
+    expected = qstore.Store(store_path, compat="qlib").features(**query)
+    got = qd.features(store_path, partition_size=3, compat="qlib", **query).compute()
+    assert got.values.tobytes() == expected.values.tobytes()
+    own = qd.features(store_path, partition_size=3, **query).compute()
+    assert not np.array_equal(own.to_numpy(), got.to_numpy(), equal_nan=True)

@@ -326,3 +326,34 @@ def test_instruments_take_patterns_and_files(store_path, tmp_path):
     assert names == [i for i in every if i.startswith("SZ00000")] + ["BJ830806"]
     with pytest.raises(qstore.ConfigError, match="matches no instrument"):
         s.features(["$close"], instruments="XX*")
+
+
+def test_qlibs_compatible_mode(fresh_store):
+    """``Store(path, compat="qlib")``: qlib's own values for the operators qstore fixes (measured from the query's
+    start), the same values elsewhere, and never an expression-cache entry for the former."""
+    exprs = ["Mean($close, 5)", "WMA($close, 5)", "EMA($close, 10)", "IdxMax($high, 10)"]
+    run("qcache", "warm", fresh_store, "--fields", *exprs, "--lock", "file")
+    own, qlib = qstore.Store(fresh_store), qstore.Store(fresh_store, compat="qlib")
+    assert (own.compat, qlib.compat) == ("none", "qlib") and "compat" in repr(qlib)
+    a = own.features(exprs, start="2023-06-01")
+    b = qlib.features(exprs, start="2023-06-01")
+    assert a.index.equals(b.index)
+    np.testing.assert_array_equal(a["Mean($close, 5)"].to_numpy(), b["Mean($close, 5)"].to_numpy())
+    for c in exprs[1:]:
+        assert not np.array_equal(a[c].to_numpy(), b[c].to_numpy(), equal_nan=True), c
+    # qlib's WMA of a full window without NaN is the weighted mean divided by its length (qlib issue #1993).
+    ratio = (a["WMA($close, 5)"] / b["WMA($close, 5)"]).dropna()
+    assert ((ratio - 5).abs() < 1e-4).mean() > 0.9, ratio.describe()
+    # Only Mean was read from the cache; the three others were computed (misses), per instrument.
+    disk = qlib.cache_stats()["expression_cache"]
+    n = len(b.index.get_level_values("instrument").unique())
+    assert disk["hits"] == n and disk["misses"] == 3 * n, disk
+    # EMA depends on the start in qlib's mode, not in qstore's.
+    later_a = own.features(["EMA($close, 10)"], start="2023-09-01")
+    later_b = qlib.features(["EMA($close, 10)"], start="2023-09-01")
+    np.testing.assert_array_equal(later_a.to_numpy(), a.loc[later_a.index, ["EMA($close, 10)"]].to_numpy())
+    assert not np.array_equal(later_b.to_numpy(), b.loc[later_b.index, ["EMA($close, 10)"]].to_numpy())
+    with pytest.raises(qstore.InvalidArgument, match="compat"):
+        qstore.Store(fresh_store, compat="pandas")
+    with pytest.raises(qstore.InvalidArgument, match="compat"):
+        qstore.Store(fresh_store, compat=1)

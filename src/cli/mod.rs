@@ -108,6 +108,7 @@ impl CacheArgs {
                 lock: self.lock,
                 lease_s: self.lease_s,
                 mode,
+                compat: None,
             },
         )
     }

@@ -18,7 +18,7 @@ use crate::cache::expr::{DiskExpressionCache, Outcome};
 use crate::dataset::{DiskCacheMode, DiskDatasetCache};
 use crate::expr::Expr;
 use crate::query::{Engine, output};
-use crate::store::settings::{CacheMode, Settings};
+use crate::store::settings::{CacheMode, Compat, Settings};
 use crate::{FeatureSet, Freq, Store, Timestamp, Universe, parse_timestamp};
 
 #[derive(Parser)]
@@ -181,6 +181,13 @@ struct QueryArgs {
     /// How the store's expression cache is used [default: qstore.json expression_cache.mode, else read].
     #[arg(long, value_enum)]
     expr_cache: Option<CacheMode>,
+    /// Whose values: `qlib` reproduces qlib 0.9.7's own where qstore deliberately differs (WMA,
+    /// IdxMax/IdxMin with NaN in the window, EMA, exponential and expanding windows, Ref(x, 0) and Delta
+    /// measured from --start as qlib does, Slope/Rsquare/Resi after an infinity), for models trained on
+    /// qlib's features; those columns are computed, never read from the caches [default: QSTORE_COMPAT,
+    /// else qstore.json compat, else none].
+    #[arg(long, value_enum)]
+    compat: Option<Compat>,
     /// qlib's `disk_cache`: whether to read the dataset cache (STORE/dataset_cache, HDF5); 0, 1 and 2 are
     /// accepted for skip, use and rebuild.
     #[arg(long, value_enum, default_value = "skip")]
@@ -604,12 +611,14 @@ fn query(a: QueryArgs) -> Result<u8> {
         cache_stats,
         json,
         expr_cache,
+        compat,
         disk_cache,
     } = a;
     let settings = Settings::resolve(
         &store,
         &crate::store::settings::Overrides {
             mode: expr_cache,
+            compat,
             ..Default::default()
         },
     )?;

@@ -32,7 +32,7 @@ use crate::store::Store;
 use crate::store::calendar::Timestamp;
 use crate::store::freq::Freq;
 use crate::store::fsio;
-use crate::store::settings::CacheSettings;
+use crate::store::settings::{CacheSettings, Compat};
 use crate::util::memcache::{Limit, MemCache, Weigh};
 
 /// qlib's `disk_cache` argument.
@@ -267,6 +267,20 @@ impl DiskDatasetCache {
     ) -> Result<Frame> {
         if mode == DiskCacheMode::Skip {
             return engine.features(universe, exprs, start, end, freq);
+        }
+        if engine.compat() == Compat::Qlib {
+            // A dataset holds start-independent values for every row; qlib's differ with the query's start.
+            let mut differs = false;
+            for e in exprs {
+                differs |= expr::parse(e.as_ref())?.differs_in_qlib();
+            }
+            if differs {
+                tracing::info!(
+                    "the dataset cache is not used: in qlib's compatible mode some expressions depend on the \
+                     query's start; computing them"
+                );
+                return engine.features(universe, exprs, start, end, freq);
+            }
         }
         let cal = engine.store().calendar(freq)?;
         let range = cal.locate(start, end);

@@ -161,6 +161,19 @@ impl ExtWindow {
     }
 }
 
+/// The rows qlib adds before a window of `w`: `N - 1` for N rows, `int(log(1e-6) / log(1 - alpha)) - 1` for
+/// an exponential window (where its weights fall below 1e-6), none for an expanding one.
+fn qlib_back(w: Window) -> u32 {
+    match w {
+        Window::Periods(n) => n.saturating_sub(1),
+        Window::Expanding => 0,
+        Window::Ewm(alpha) => {
+            let size = (1e-6f64.ln() / (1.0 - alpha).ln()) as i64;
+            (size - 1).clamp(0, i64::from(u32::MAX)) as u32
+        }
+    }
+}
+
 impl Expr {
     /// The extended window: what input around `[start, end]` the value on every row of it depends on.
     ///
@@ -213,6 +226,75 @@ impl Expr {
             Expr::Rolling(_, x, w) | Expr::Quantile(x, w, _) => x.ext_window().back(*w),
             Expr::Pair(_, a, b, w) => a.ext_window().max(b.ext_window()).back(*w),
         }
+    }
+
+    /// qlib 0.9.7's extended window (`get_extended_window_size`): how many rows before the query's first row
+    /// (and after its last) qlib loads for this expression, in its compatible mode. Where it is short of
+    /// [`ext_window`](Self::ext_window) the value depends on the query's start. `left` is `None` for qlib's
+    /// `-inf` (Corr and Cov with `N = 0`), with which qlib cannot evaluate the expression at all.
+    pub fn qlib_ext_window(&self) -> (Option<u32>, u32) {
+        let max = |(l1, r1): (Option<u32>, u32), (l2, r2): (Option<u32>, u32)| {
+            (l1.zip(l2).map(|(a, b)| a.max(b)), r1.max(r2))
+        };
+        match self {
+            Expr::Field(_) | Expr::Const(_) => (Some(0), 0),
+            Expr::Unary(_, x) | Expr::Instrument(x, _) => x.qlib_ext_window(),
+            Expr::Binary(_, a, b) => max(a.qlib_ext_window(), b.qlib_ext_window()),
+            Expr::Chain(first, rest) => rest.iter().fold(first.qlib_ext_window(), |w, (_, x)| {
+                max(w, x.qlib_ext_window())
+            }),
+            Expr::If(c, a, b) => max(
+                max(c.qlib_ext_window(), a.qlib_ext_window()),
+                b.qlib_ext_window(),
+            ),
+            Expr::Ref(x, n) => {
+                let (l, r) = x.qlib_ext_window();
+                match n.cmp(&0) {
+                    std::cmp::Ordering::Equal => (l, r),
+                    std::cmp::Ordering::Greater => {
+                        (l.map(|l| l.saturating_add(n.unsigned_abs())), r)
+                    }
+                    std::cmp::Ordering::Less => (l, r.saturating_add(n.unsigned_abs())),
+                }
+            }
+            Expr::Rolling(_, x, w) | Expr::Quantile(x, w, _) => {
+                let (l, r) = x.qlib_ext_window();
+                (l.map(|l| l.saturating_add(qlib_back(*w))), r)
+            }
+            Expr::Pair(_, a, b, w) => {
+                let (l, r) = max(a.qlib_ext_window(), b.qlib_ext_window());
+                match w {
+                    Window::Expanding => (None, r),
+                    _ => (l.map(|l| l.saturating_add(qlib_back(*w))), r),
+                }
+            }
+        }
+    }
+
+    /// Whether qlib's compatible mode may give this expression other values than qstore's rules: it holds an
+    /// operator qlib computes differently (WMA, IdxMax, IdxMin; Slope, Rsquare and Resi after an infinity) or
+    /// one whose qlib value depends on where the query starts (EMA, exponential and expanding windows,
+    /// `Ref(x, 0)`, Delta). Other expressions have the same values in both modes.
+    pub fn differs_in_qlib(&self) -> bool {
+        let own = match self {
+            Expr::Ref(_, 0) => true,
+            Expr::Rolling(op, _, w) => {
+                matches!(
+                    op,
+                    Rolling::Wma
+                        | Rolling::IdxMax
+                        | Rolling::IdxMin
+                        | Rolling::Ema
+                        | Rolling::Delta
+                        | Rolling::Slope
+                        | Rolling::Rsquare
+                        | Rolling::Resi
+                ) || !matches!(w, Window::Periods(_))
+            }
+            Expr::Quantile(_, w, _) | Expr::Pair(_, _, _, w) => !matches!(w, Window::Periods(_)),
+            _ => false,
+        };
+        own || self.children().any(Expr::differs_in_qlib)
     }
 
     /// The height of the tree (a leaf is 1), without recursion: trees built by hand may be arbitrarily deep.

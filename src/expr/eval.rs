@@ -108,6 +108,11 @@ pub fn evaluate<F: Fields + ?Sized>(
 pub struct Query {
     exprs: Vec<Expr>,
     plan: Plan,
+    /// qlib's compatible mode ([`Query::qlib_compatible`]): the query's first row, from which qlib's extended
+    /// windows are measured; `None`: qstore's rules.
+    qlib_start: Option<usize>,
+    /// Whether an expression reads another instrument (`Mask`, `ChangeInstrument`).
+    other_instruments: bool,
     /// The first expression deeper than the parser allows, with its depth: evaluating it is an error (every
     /// walk of the tree recurses), and nothing walks it.
     too_deep: Option<(usize, usize)>,
@@ -183,6 +188,8 @@ impl Query {
             return Query {
                 exprs,
                 plan,
+                qlib_start: None,
+                other_instruments: false,
                 too_deep,
             };
         }
@@ -235,11 +242,39 @@ impl Query {
             shared,
             groups,
         };
+        let other_instruments = first.iter().any(|e| matches!(e, Expr::Instrument(..)));
         Query {
             exprs,
             plan,
+            qlib_start: None,
+            other_instruments,
             too_deep: None,
         }
+    }
+
+    /// These expressions with qlib 0.9.7's own values (docs/expressions.md, "qlib-compatible mode") for a
+    /// query whose first row is `start` (qlib's `start_index`; for every instrument the same, whatever its
+    /// listing): each expression is evaluated from its qlib extended window before `start`, so EMA,
+    /// exponential and expanding windows, `Ref(x, 0)` and `Delta` start there as in qlib, and WMA,
+    /// IdxMax/IdxMin and Slope/Rsquare/Resi compute qlib's formulas. Expressions without such operators have
+    /// the same values as in qstore's mode.
+    pub fn qlib_compatible(mut self, start: usize) -> Query {
+        self.qlib_start = Some(start);
+        self
+    }
+
+    /// Other expressions evaluated by the same rules (qlib's compatible mode from the same start, or not).
+    pub fn others(&self, exprs: Vec<Expr>) -> Query {
+        let q = Query::new(exprs);
+        match self.qlib_start {
+            Some(start) => q.qlib_compatible(start),
+            None => q,
+        }
+    }
+
+    /// Whether this query computes qlib's values ([`Query::qlib_compatible`]).
+    pub fn is_qlib_compatible(&self) -> bool {
+        self.qlib_start.is_some()
     }
 
     pub fn exprs(&self) -> &[Expr] {
@@ -295,33 +330,74 @@ impl Query {
         }
         let exprs = &self.exprs;
         let mut ev = Evaluator::new(fields, Some(&self.plan));
+        ev.qlib = self.qlib_start.is_some();
+        // Not remembering domains while each expression's is found (decided below).
+        ev.aligned = true;
         ev.pool = std::mem::take(&mut scratch.pool);
-        // Each expression's own series and the rows its requested rows need.
+        // Each expression's own series, the rows its requested rows need, and whether those rows are its own
+        // (qlib's start-dependent values) rather than any range that holds them.
         let mut plans = Vec::with_capacity(exprs.len());
-        for e in exprs {
-            let plan = ev.domain(e, instrument)?.map(|domain| {
-                let w = e.ext_window();
-                let qs = match w.left {
-                    Extent::All => domain.start,
-                    Extent::Rows(l) => domain.start.max(rows.start.saturating_sub(l as usize)),
-                };
-                let qe = domain.end.min(rows.end.saturating_add(w.right as usize));
-                (domain, qs, qe.max(qs))
-            });
-            plans.push(plan);
-        }
-        // One evaluation range for all: results do not depend on where evaluation starts (as long as it is inside
-        // the series), so shared sub-expressions (`$close`, `Ref($close,1)`, ...) are computed once.
-        let common_qs = plans.iter().flatten().map(|p| p.1).min().unwrap_or(0);
-        let common_qe = plans.iter().flatten().map(|p| p.2).max().unwrap_or(0);
-        for (k, (e, plan)) in exprs.iter().zip(plans).enumerate() {
-            // Rows outside the expression's own series are NaN (absent in qlib's pandas index), even when another
-            // column of the same query has values there.
-            let Some((domain, _, _)) = plan else {
+        for (k, e) in exprs.iter().enumerate() {
+            let Some(domain) = ev.domain(e, instrument)? else {
+                plans.push(None);
                 continue;
             };
-            let qs = common_qs.max(domain.start);
-            let qe = common_qe.min(domain.end).max(qs);
+            let plan = match self.qlib_start {
+                Some(start) if e.differs_in_qlib() => {
+                    // qlib loads [start - lft, end + rght] for each expression on its own.
+                    let (Some(left), right) = e.qlib_ext_window() else {
+                        return Err(crate::error::Error::Expr {
+                            expr: e.to_string(),
+                            pos: 0,
+                            reason: format!(
+                                "expression #{k}: qlib cannot evaluate a Corr or Cov over an expanding window \
+                                 (N = 0: its extended window is -inf); give a window, or use --compat none"
+                            ),
+                        });
+                    };
+                    let qs = domain
+                        .start
+                        .max(start.min(rows.start).saturating_sub(left as usize));
+                    let qe = domain.end.min(rows.end.saturating_add(right as usize));
+                    (domain, qs, qe.max(qs), true)
+                }
+                _ => {
+                    let w = e.ext_window();
+                    let qs = match w.left {
+                        Extent::All => domain.start,
+                        Extent::Rows(l) => domain.start.max(rows.start.saturating_sub(l as usize)),
+                    };
+                    let qe = domain.end.min(rows.end.saturating_add(w.right as usize));
+                    (domain, qs, qe.max(qs), false)
+                }
+            };
+            plans.push(Some(plan));
+        }
+        // Every field this instrument has stored over the same rows, and no other instrument read: then every
+        // operand's series is its node's, and aligning them is a no-op not worth a lookup per node.
+        ev.aligned = !self.other_instruments && {
+            let mut rows = ev.columns.values().flatten().map(Column::rows);
+            let first = rows.next();
+            rows.all(|r| Some(r) == first)
+        };
+        // One evaluation range for all: results do not depend on where evaluation starts (as long as it is inside
+        // the series), so shared sub-expressions (`$close`, `Ref($close,1)`, ...) are computed once. (Not for
+        // qlib's start-dependent values, which keep their own range.)
+        let shared = || plans.iter().flatten().filter(|p| !p.3);
+        let common_qs = shared().map(|p| p.1).min().unwrap_or(0);
+        let common_qe = shared().map(|p| p.2).max().unwrap_or(0);
+        for (k, (e, plan)) in exprs.iter().zip(&plans).enumerate() {
+            // Rows outside the expression's own series are NaN (absent in qlib's pandas index), even when another
+            // column of the same query has values there.
+            let Some((domain, own_qs, own_qe, own)) = plan.clone() else {
+                continue;
+            };
+            let (qs, qe) = if own {
+                (own_qs, own_qe)
+            } else {
+                let qs = common_qs.max(domain.start);
+                (qs, common_qe.min(domain.end).max(qs))
+            };
             let values = ev.eval(e, instrument, qs, qe - qs)?;
             let from = rows.start.max(qs).max(domain.start);
             let to = rows.end.min(qe).min(domain.end);
@@ -419,6 +495,12 @@ struct Evaluator<'a, F: ?Sized> {
     memo: HashMap<MemoKey, Val>,
     /// Free buffers.
     pool: Vec<Vec<f64>>,
+    /// qlib's formulas for WMA, IdxMax/IdxMin and Slope/Rsquare/Resi ([`Query::qlib_compatible`]).
+    qlib: bool,
+    /// [`Evaluator::domain`] of the nodes asked so far, by node address and instrument.
+    domains: HashMap<(usize, usize), Option<Range<usize>>>,
+    /// Every operand's series is known to be its node's ([`Evaluator::operand`] need not look).
+    aligned: bool,
 }
 
 fn truthy(x: f64) -> bool {
@@ -438,6 +520,9 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
             plan,
             memo: HashMap::new(),
             pool: Vec::new(),
+            qlib: false,
+            domains: HashMap::new(),
+            aligned: false,
         }
     }
 
@@ -519,8 +604,9 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                     unreachable!("only window statistics are grouped")
                 };
                 let stats: Vec<Stat> = members.iter().map(|m| m.1).collect();
+                let qlib = self.qlib;
                 let outs = self.with_series(x, inst, base, len, |xs| {
-                    window_pass(&stats, &inf_as_nan(xs), base, *w)
+                    window_stats(&stats, xs, base, *w, qlib)
                 })?;
                 let mut mine = None;
                 for (&(m, _), out) in members.iter().zip(outs) {
@@ -557,11 +643,65 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
         Ok(c)
     }
 
-    /// The rows where the series of `e` for `instrument` exists.
+    /// The rows where the series of `e` for `instrument` exists (remembered per node and instrument: every
+    /// operand of a binary node asks).
     fn domain(&mut self, e: &Expr, instrument: &str) -> Result<Option<Range<usize>>> {
-        stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
+        if self.aligned {
+            // Asked once per expression (the operands need not ask): not worth remembering.
+            return stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
+                self.domain_of(e, instrument)
+            });
+        }
+        // The instrument by its text's address, as in `MemoKey`: the query's instrument, or one named in the
+        // tree, both alive for the whole evaluation.
+        let key = (e as *const Expr as usize, instrument.as_ptr() as usize);
+        if let Some(d) = self.domains.get(&key) {
+            return Ok(d.clone());
+        }
+        let d = stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
             self.domain_of(e, instrument)
-        })
+        })?;
+        self.domains.insert(key, d.clone());
+        Ok(d)
+    }
+
+    /// Whether `e` has no series of its own (a constant, a field the instrument lacks) or one that covers
+    /// rows `base..base + len`.
+    fn covers(&mut self, e: &Expr, inst: &str, base: usize, len: usize) -> Result<bool> {
+        if self.aligned {
+            return Ok(true);
+        }
+        Ok(self
+            .domain(e, inst)?
+            .is_none_or(|d| d.start <= base && base + len <= d.end))
+    }
+
+    /// An operand of a node that aligns two or more series (`+`, `Greater`, `If`, `Corr`, ...) over rows
+    /// `base..base + len`: evaluated over its own series' rows only and NaN elsewhere, as pandas aligns
+    /// qlib's operands on the union of their indexes. (Evaluated over the node's rows, an operand whose series
+    /// ends earlier, such as another instrument's through `ChangeInstrument` or a field stored for fewer days,
+    /// would carry values past its end: an EMA its last value, a window its last rows.)
+    fn operand(&mut self, e: &Expr, inst: &str, base: usize, len: usize) -> Result<Val> {
+        if self.covers(e, inst, base, len)? {
+            return self.eval(e, inst, base, len);
+        }
+        let d = self
+            .domain(e, inst)?
+            .expect("a series that does not cover has one");
+        let (from, to) = (d.start.max(base), d.end.min(base + len));
+        let mut out = self.nans(len);
+        let mut narrow = true;
+        if from < to {
+            match self.eval(e, inst, from, to - from)? {
+                Val::Const(c) => out[from - base..to - base].fill(c),
+                Val::Series { v, narrow: n } => {
+                    out[from - base..to - base].copy_from_slice(&v);
+                    narrow = n;
+                    self.recycle(Val::Series { v, narrow: n });
+                }
+            }
+        }
+        Ok(Val::Series { v: out, narrow })
     }
 
     fn domain_of(&mut self, e: &Expr, instrument: &str) -> Result<Option<Range<usize>>> {
@@ -693,24 +833,24 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
             }
             Expr::Binary(op, a, b) => {
                 let (a, b) = (
-                    self.eval(a, inst, base, len)?,
-                    self.eval(b, inst, base, len)?,
+                    self.operand(a, inst, base, len)?,
+                    self.operand(b, inst, base, len)?,
                 );
                 apply(*op, a, b)
             }
             Expr::Chain(first, rest) => {
-                let mut acc = self.eval(first, inst, base, len)?;
+                let mut acc = self.operand(first, inst, base, len)?;
                 for (op, x) in rest {
-                    let x = self.eval(x, inst, base, len)?;
+                    let x = self.operand(x, inst, base, len)?;
                     acc = apply(*op, acc, x);
                 }
                 acc
             }
             Expr::If(c, a, b) => {
-                let c = self.series(c, inst, base, len)?;
+                let c = self.operand(c, inst, base, len)?.into_vec(len);
                 let (a, b) = (
-                    self.eval(a, inst, base, len)?,
-                    self.eval(b, inst, base, len)?,
+                    self.operand(a, inst, base, len)?,
+                    self.operand(b, inst, base, len)?,
                 );
                 let narrow = [&a, &b]
                     .iter()
@@ -754,12 +894,15 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                     Val::Const(c) => (vec![c; len], false),
                     Val::Series { v, narrow } => (v, narrow),
                 };
-                let mut d = rolling_op(Rolling::Delta, &v, base, *w);
+                let mut d = rolling_op(Rolling::Delta, &v, base, *w, false);
                 d.iter_mut().for_each(|x| *x = round_if(narrow, *x));
                 Val::Series { v: d, narrow }
             }
             Expr::Rolling(op, x, w) => {
-                Val::wide(self.with_series(x, inst, base, len, |v| rolling_op(*op, v, base, *w))?)
+                let qlib = self.qlib;
+                Val::wide(
+                    self.with_series(x, inst, base, len, |v| rolling_op(*op, v, base, *w, qlib))?,
+                )
             }
             Expr::Quantile(x, w, q) => {
                 let stat = Stat::Order(OrderStat::Quantile(*q));
@@ -771,9 +914,16 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                 )
             }
             Expr::Pair(op, a, b, w) => {
-                let a = self.series(a, inst, base, len)?;
-                let out =
-                    self.with_series(b, inst, base, len, |b| pair_op(*op, &a, b, base, *w))?;
+                let a = self.operand(a, inst, base, len)?.into_vec(len);
+                let out = if self.covers(b, inst, base, len)? {
+                    // A kept value of `b` is lent rather than copied.
+                    self.with_series(b, inst, base, len, |b| pair_op(*op, &a, b, base, *w))?
+                } else {
+                    let b = self.operand(b, inst, base, len)?.into_vec(len);
+                    let out = pair_op(*op, &a, &b, base, *w);
+                    self.pool.push(b);
+                    out
+                };
                 self.pool.push(a);
                 Val::wide(out)
             }
@@ -865,7 +1015,18 @@ fn inf_as_nan(xs: &[f64]) -> Cow<'_, [f64]> {
     }
 }
 
-fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
+/// The values of the window operator `op` over `v` (before [`inf_as_nan`]); `qlib`: its compatible mode.
+fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window, qlib: bool) -> Vec<f64> {
+    match op {
+        Rolling::Max | Rolling::Min | Rolling::IdxMax | Rolling::IdxMin => {
+            return window_stats(&[Stat::Extreme(op)], v, base, w, qlib).remove(0);
+        }
+        Rolling::Slope | Rolling::Rsquare | Rolling::Resi => {
+            return window_stats(&[Stat::Trend(op)], v, base, w, qlib).remove(0);
+        }
+        Rolling::Wma if qlib => return kernels::wma_qlib(&inf_as_nan(v), periods(w)),
+        _ => {}
+    }
     let v = &*match op {
         Rolling::Count | Rolling::Delta => Cow::Borrowed(v),
         _ => inf_as_nan(v),
@@ -903,9 +1064,6 @@ fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
         (Rolling::Std, _) => rolling_stepped(len, base, n, values, |a: &Spread| a.var().sqrt()),
         (Rolling::Skew, _) => rolling(len, base, n, moments, |a, _| a.skew()),
         (Rolling::Kurt, _) => rolling(len, base, n, moments, |a, _| a.kurt()),
-        (Rolling::Max | Rolling::Min | Rolling::IdxMax | Rolling::IdxMin, _) => {
-            window_pass(&[Stat::Extreme(op)], v, base, w).remove(0)
-        }
         (Rolling::Wma, _) => rolling(
             len,
             base,
@@ -925,10 +1083,44 @@ fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
                 .map(|x| x - v.first().copied().unwrap_or(f64::NAN))
                 .collect(),
         },
-        (Rolling::Slope | Rolling::Rsquare | Rolling::Resi, _) => {
-            window_pass(&[Stat::Trend(op)], v, base, w).remove(0)
+        (
+            Rolling::Slope
+            | Rolling::Rsquare
+            | Rolling::Resi
+            | Rolling::Max
+            | Rolling::Min
+            | Rolling::IdxMax
+            | Rolling::IdxMin,
+            _,
+        ) => unreachable!("window statistics are computed above"),
+    }
+}
+
+/// [`window_pass`] over `xs` as it comes (infinities included), in qlib's compatible mode when `qlib`:
+/// IdxMax/IdxMin give the position of the window's first NaN, as numpy's argmax does (an infinity is NaN by
+/// then: pandas), and Slope, Rsquare and Resi are NaN from the first infinity on (qlib's Cython running sums
+/// hold `inf - inf` from there).
+fn window_stats(stats: &[Stat], xs: &[f64], base: usize, w: Window, qlib: bool) -> Vec<Vec<f64>> {
+    let clean = inf_as_nan(xs);
+    let mut outs = window_pass(stats, &clean, base, w);
+    if !qlib {
+        return outs;
+    }
+    let first_inf = xs.iter().position(|x| x.is_infinite());
+    for (out, stat) in outs.iter_mut().zip(stats) {
+        match stat {
+            Stat::Extreme(Rolling::IdxMax | Rolling::IdxMin) => {
+                kernels::first_nan_positions(&clean, periods(w), out)
+            }
+            Stat::Trend(_) => {
+                if let Some(j) = first_inf {
+                    out[j..].fill(f64::NAN);
+                }
+            }
+            _ => {}
         }
     }
+    outs
 }
 
 /// One pass over the windows of `xs` for statistics of one kind (see [`Stat::kind`]): one output per

@@ -695,6 +695,86 @@ pub(crate) fn ema_expanding(xs: &[f64]) -> Vec<f64> {
     out
 }
 
+/// qlib's `WMA` in its compatible mode (qlib issue #1993): for the window `x` of the last `n` rows (every row
+/// so far when `None`; fewer at the start), `np.nanmean(w * x)` with `w = (1..=L) / sum(1..=L)` over all L
+/// rows of the window: the weighted sum over the valid values divided by their count. numpy's arithmetic,
+/// step for step (`nanmean` sums with NaN replaced by 0, by [`numpy_sum`]), so the bits are qlib's. NaN
+/// where the window has no valid value (pandas does not call the function there). O(L) per row, as in qlib.
+pub(crate) fn wma_qlib(xs: &[f64], n: Option<usize>) -> Vec<f64> {
+    let mut out = vec![f64::NAN; xs.len()];
+    let mut terms = Vec::new();
+    for (i, o) in out.iter_mut().enumerate() {
+        let start = n.map_or(0, |n| (i + 1).saturating_sub(n.max(1)));
+        let window = &xs[start..=i];
+        let valid = window.iter().filter(|x| !x.is_nan()).count();
+        if valid == 0 {
+            continue;
+        }
+        let len = window.len() as u64;
+        let total = (len * (len + 1) / 2) as f64;
+        terms.clear();
+        terms.extend(window.iter().enumerate().map(|(k, &x)| {
+            let t = ((k + 1) as f64 / total) * x;
+            if t.is_nan() { 0.0 } else { t }
+        }));
+        *o = numpy_sum(&terms) / valid as f64;
+    }
+    out
+}
+
+/// `np.sum` of a contiguous float64 array, bit for bit: `0.0 +` numpy's pairwise sum (sequential below 8
+/// values, eight accumulators up to 128, halves at a multiple of 8 above).
+pub(crate) fn numpy_sum(a: &[f64]) -> f64 {
+    fn pairwise(a: &[f64]) -> f64 {
+        let n = a.len();
+        if n < 8 {
+            a.iter().fold(-0.0, |s, &x| s + x)
+        } else if n <= 128 {
+            let mut r = [0.0; 8];
+            r.copy_from_slice(&a[..8]);
+            let whole = n - n % 8;
+            for chunk in a[8..whole].chunks_exact(8) {
+                for (acc, &x) in r.iter_mut().zip(chunk) {
+                    *acc += x;
+                }
+            }
+            let mut s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+            for &x in &a[whole..] {
+                s += x;
+            }
+            s
+        } else {
+            let half = n / 2;
+            let half = half - half % 8;
+            pairwise(&a[..half]) + pairwise(&a[half..])
+        }
+    }
+    0.0 + pairwise(a)
+}
+
+/// qlib's IdxMax/IdxMin in its compatible mode: numpy's `argmax() + 1` returns the first NaN's position in
+/// a window that holds one. Replaces `out[i]` by that position for every window of the last `n` rows
+/// (every row so far when `None`) that holds a NaN and a value; a window without a value stays as it is
+/// (NaN: pandas does not call the function there).
+pub(crate) fn first_nan_positions(xs: &[f64], n: Option<usize>, out: &mut [f64]) {
+    // The first NaN at or after each row.
+    let mut next = vec![xs.len(); xs.len() + 1];
+    for i in (0..xs.len()).rev() {
+        next[i] = if xs[i].is_nan() { i } else { next[i + 1] };
+    }
+    let mut last_valid = None;
+    for (i, o) in out.iter_mut().enumerate() {
+        if !xs[i].is_nan() {
+            last_valid = Some(i);
+        }
+        let start = n.map_or(0, |n| (i + 1).saturating_sub(n.max(1)));
+        let has_value = last_valid.is_some_and(|v| v >= start);
+        if has_value && next[start] <= i {
+            *o = (next[start] - start + 1) as f64;
+        }
+    }
+}
+
 /// Counts per value rank with O(log n) insert, remove, rank and k-th queries: the order statistics of a
 /// window (Rank, Quantile, Med). Values are ranked once per series; NaN is never inserted.
 pub(crate) struct OrderStats {

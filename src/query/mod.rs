@@ -22,7 +22,7 @@ use crate::query::frame::{ColumnFrame, Frame, Values};
 use crate::store::calendar::Timestamp;
 use crate::store::freq::Freq;
 use crate::store::layout::validate_name;
-use crate::store::settings::{CacheConfig, CacheSettings, Overrides, Settings};
+use crate::store::settings::{CacheConfig, CacheSettings, Compat, Overrides, Settings};
 use crate::store::{self, Store};
 use crate::util::memcache::Limit;
 use crate::util::memcache::{MemCache, Stats};
@@ -289,6 +289,8 @@ pub struct Engine {
     disk: Option<(Arc<DiskExpressionCache>, Mode)>,
     /// The cache settings the engine was opened with.
     cache_settings: CacheSettings,
+    /// Whose rules expressions follow.
+    compat: Compat,
 }
 
 impl std::fmt::Debug for Engine {
@@ -311,7 +313,9 @@ impl Engine {
     /// Opens the store at `root` with these settings (nothing else is read).
     pub fn open_with(root: impl AsRef<Path>, settings: Settings) -> Result<Engine> {
         let store = Store::open_with(root, settings.store.clone())?;
-        Engine::new(store, settings.feature_cache, settings.cache)
+        let mut engine = Engine::new(store, settings.feature_cache, settings.cache)?;
+        engine.set_compat(settings.compat);
+        Ok(engine)
     }
 
     /// An engine over an open store, with a feature cache of these bounds, using the expression cache as
@@ -323,6 +327,7 @@ impl Engine {
             store,
             disk: None,
             cache_settings: cache,
+            compat: Compat::None,
         };
         engine.use_expression_cache(engine.cache_settings.mode)?;
         Ok(engine)
@@ -331,6 +336,19 @@ impl Engine {
     /// The store the engine reads.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Sets whose rules `features()` follows: [`Compat::Qlib`] gives qlib 0.9.7's own values where qstore
+    /// deliberately differs (docs/expressions.md), measured from each query's start as qlib does; the columns
+    /// concerned ([`Expr::differs_in_qlib`]) are then computed on every query, never read from or written to
+    /// the expression cache, whose entries hold qstore's start-independent values.
+    pub fn set_compat(&mut self, compat: Compat) {
+        self.compat = compat;
+    }
+
+    /// Whose rules `features()` follows.
+    pub fn compat(&self) -> Compat {
+        self.compat
     }
 
     /// Sets how `features()` uses the store's own expression cache (as the settings name it): `Off` never,
@@ -529,10 +547,20 @@ impl Engine {
             .iter()
             .map(|e| expr::parse(e.as_ref()))
             .collect::<Result<_>>()?;
-        let canonical: Vec<String> = parsed.iter().map(Expr::to_string).collect();
-        let query = Query::new(parsed.clone());
         let calendar = self.store.calendar(freq)?;
         let range = calendar.locate(start, end);
+        let query = match self.compat {
+            Compat::None => Query::new(parsed.clone()),
+            Compat::Qlib => Query::new(parsed.clone()).qlib_compatible(range.start),
+        };
+        // The feature cache's key of each column: qlib's start-dependent values are those of this start.
+        let canonical: Vec<String> = parsed
+            .iter()
+            .map(|e| match self.compat {
+                Compat::Qlib if e.differs_in_qlib() => format!("qlib@{}:{e}", range.start),
+                _ => e.to_string(),
+            })
+            .collect();
         let columns: Vec<String> = exprs.iter().map(|e| e.as_ref().to_string()).collect();
         let targets = self.targets(universe, &calendar, &range)?;
         match universe {
@@ -911,7 +939,9 @@ impl Engine {
                 query.evaluate(fields, instrument, rows.clone())
             } else {
                 let exprs: Vec<Expr> = which.iter().map(|&i| query.exprs()[i].clone()).collect();
-                expr::evaluate(fields, instrument, &exprs, rows.clone())
+                query
+                    .others(exprs)
+                    .evaluate(fields, instrument, rows.clone())
             }
         };
         let Some((disk, mode)) = &self.disk else {
@@ -931,6 +961,12 @@ impl Engine {
         for (k, &c) in which.iter().enumerate() {
             let e = &query.exprs()[c];
             if matches!(e, Expr::Field(_)) {
+                compute.entry(rows.start).or_default().push(k);
+                continue;
+            }
+            if query.is_qlib_compatible() && e.differs_in_qlib() {
+                // The entries hold qstore's values; qlib's depend on the query's start.
+                disk.count_misses(1);
                 compute.entry(rows.start).or_default().push(k);
                 continue;
             }
@@ -975,7 +1011,9 @@ impl Engine {
                 .iter()
                 .map(|&k| query.exprs()[which[k]].clone())
                 .collect();
-            let cols = expr::evaluate(fields, instrument, &exprs, from..rows.end)?;
+            let cols = query
+                .others(exprs)
+                .evaluate(fields, instrument, from..rows.end)?;
             for (&k, col) in ks.iter().zip(cols) {
                 let head = &mut out[k];
                 head.resize(from - rows.start, f32::NAN);

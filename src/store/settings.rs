@@ -11,13 +11,14 @@
 //!   },
 //!   "handle_cache": 16384,
 //!   "map_threshold": 65536,
-//!   "expression_cache": { "dir": "features_cache", "redis_url": "redis://127.0.0.1:6379/0", "lock": "redis", "lease_s": 30 }
+//!   "expression_cache": { "dir": "features_cache", "redis_url": "redis://127.0.0.1:6379/0", "lock": "redis", "lease_s": 30 },
+//!   "compat": "qlib"
 //! }
 //! ```
 //!
 //! `limit_type` is `length` (entries) or `bytes`; `expire_s` 0 means never. Every key is optional. The
 //! environment overrides the file: `QSTORE_MEMCACHE_{CALENDAR,INSTRUMENTS,FEATURES}_{LIMIT,LIMIT_TYPE,EXPIRE_S}`,
-//! `QSTORE_HANDLE_CACHE`, `QSTORE_MAP_THRESHOLD`, `QSTORE_CACHE_DIR`, `QSTORE_REDIS_URL`. Unknown keys and bad values are errors that name the file or
+//! `QSTORE_HANDLE_CACHE`, `QSTORE_MAP_THRESHOLD`, `QSTORE_CACHE_DIR`, `QSTORE_REDIS_URL`, `QSTORE_COMPAT`. Unknown keys and bad values are errors that name the file or
 //! variable, so a typo cannot silently leave the defaults in force.
 
 use std::num::NonZeroUsize;
@@ -105,6 +106,35 @@ impl std::str::FromStr for CacheMode {
     }
 }
 
+/// Whose rules expressions are evaluated by (qstore.json `compat`, `QSTORE_COMPAT`, `--compat`): the rules
+/// themselves are in `expr` and docs/expressions.md ("qlib-compatible mode").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Compat {
+    /// qstore's: every value independent of where a query starts, qlib's bugs fixed.
+    #[default]
+    None,
+    /// qlib 0.9.7's own values where qstore deliberately differs (WMA, IdxMax/IdxMin with NaN in the
+    /// window, the start-dependent EMA, exponential, expanding, `Ref(x, 0)` and `Delta`, and Slope, Rsquare
+    /// and Resi after an infinity): for models trained on qlib's features.
+    Qlib,
+}
+
+impl std::str::FromStr for Compat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Compat> {
+        match s.trim() {
+            "none" => Ok(Compat::None),
+            "qlib" => Ok(Compat::Qlib),
+            other => Err(bad(
+                "the compatibility mode",
+                format!("{other:?} is not a mode: use \"none\" or \"qlib\""),
+            )),
+        }
+    }
+}
+
 /// The kind of writer lock of the caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -151,6 +181,8 @@ pub struct Settings {
     /// The in-memory cache of evaluated expressions per instrument and row range (qlib's `H["f"]`).
     pub feature_cache: CacheConfig,
     pub cache: CacheSettings,
+    /// Whose rules expressions follow.
+    pub compat: Compat,
 }
 
 /// Command-line values that override the file and the environment (`None`: not given).
@@ -161,6 +193,7 @@ pub struct Overrides {
     pub lock: Option<LockKind>,
     pub lease_s: Option<f64>,
     pub mode: Option<CacheMode>,
+    pub compat: Option<Compat>,
 }
 
 /// The expression cache's directory inside a store when nothing names another.
@@ -179,6 +212,7 @@ struct File {
     map_threshold: Option<u64>,
     #[serde(default)]
     expression_cache: ExpressionCacheFile,
+    compat: Option<String>,
 }
 
 /// The `expression_cache` section of qstore.json as written.
@@ -345,10 +379,24 @@ impl Settings {
             env,
         )?;
         let cache = Self::cache_section(root, &file.expression_cache, &shown, flags, env)?;
+        let compat = match (flags.compat, env("QSTORE_COMPAT"), file.compat.as_deref()) {
+            (Some(c), _, _) => c,
+            (None, Some(c), _) => c.parse().map_err(|_| {
+                bad(
+                    "QSTORE_COMPAT",
+                    format!("{c:?} is not a mode: use \"none\" or \"qlib\""),
+                )
+            })?,
+            (None, None, Some(c)) => c
+                .parse()
+                .map_err(|_| bad(&shown, format!("compat {c:?}: use \"none\" or \"qlib\"")))?,
+            (None, None, None) => Compat::default(),
+        };
         Ok(Settings {
             store,
             feature_cache,
             cache,
+            compat,
         })
     }
 

@@ -199,14 +199,26 @@ def _instruments(instruments):
 class Store:
     """A store opened for reading: ``Store(path)``. Raises :class:`qstore.NotFound` when ``path`` is not a
     store. Configured by the store's ``qstore.json`` and ``QSTORE_*`` variables, as the commands are, and by
-    ``cache=`` (:class:`CacheOptions`) above them."""
+    ``cache=`` (:class:`CacheOptions`) above them.
 
-    def __init__(self, path, cache=None):
-        self._s = _RustStore(str(path), _cache(cache))
+    ``compat="qlib"`` gives qlib 0.9.7's own values where qstore deliberately differs (WMA, IdxMax/IdxMin with
+    NaN in the window, EMA and expanding windows measured from the query's ``start``, ...; docs/expressions.md),
+    for models trained on qlib's features; ``"none"`` qstore's. Default: ``QSTORE_COMPAT``, else the store's
+    ``qstore.json`` ``compat``, else ``"none"``."""
+
+    def __init__(self, path, cache=None, compat=None):
+        if compat is not None and not isinstance(compat, str):
+            raise InvalidArgument(f"compat must be \"none\" or \"qlib\", not {type(compat).__name__}")
+        self._s = _RustStore(str(path), _cache(cache), compat)
 
     @property
     def path(self):
         return self._s.path
+
+    @property
+    def compat(self):
+        """Whose values :meth:`features` gives: ``"none"`` (qstore's) or ``"qlib"``."""
+        return self._s.compat
 
     def __repr__(self):
         return repr(self._s)

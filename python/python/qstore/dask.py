@@ -55,10 +55,10 @@ def _on_cluster(fn, *args):
     return dask.compute(dask.delayed(fn, pure=False)(*args))[0]
 
 
-def _plan(path, cache, exprs, set_name, universe, market, start, end, freq):
+def _plan(path, cache, exprs, set_name, universe, market, start, end, freq, compat):
     """The query checked where the store is (an unknown field or expression fails here), its instruments in
     the frame's order and its column names."""
-    store = Store(path, cache=cache)
+    store = Store(path, cache=cache, compat=compat)
     # An empty part: the whole query's checks and columns, no rows.
     columns = store._s.features(exprs, set_name, universe, market, start, end, freq, False, [])[4]
     if universe is None:
@@ -68,10 +68,10 @@ def _plan(path, cache, exprs, set_name, universe, market, start, end, freq):
     return names, list(columns)
 
 
-def _part_arrays(path, cache, exprs, set_name, universe, market, start, end, freq, part):
+def _part_arrays(path, cache, exprs, set_name, universe, market, start, end, freq, compat, part):
     """One partition of a query as :class:`qstore.FeatureArrays`: the rows of the ``part`` instruments, as the
     whole query gives them."""
-    store = Store(path, cache=cache)
+    store = Store(path, cache=cache, compat=compat)
     return FeatureArrays(
         *store._s.features(exprs, set_name, universe, market, start, end, freq, False, list(part))
     )
@@ -91,10 +91,12 @@ def features(
     market="all",
     partition_size=PARTITION_SIZE,
     cache=None,
+    compat=None,
 ):
     """:meth:`qstore.Store.features` as a ``dask.dataframe``: the same frame (MultiIndex ``instrument``,
     ``datetime``; one float32 column per expression or feature name), computed ``partition_size`` instruments
-    per partition by the workers. ``.compute()`` equals ``qstore.Store(store_path).features(...)``.
+    per partition by the workers. ``.compute()`` equals ``qstore.Store(store_path, compat=compat).features(...)``
+    (``compat="qlib"``: qlib's own values, see :class:`qstore.Store`).
 
     The query is checked and its instruments listed now, by one task on the cluster (the client need not
     mount the store); values are computed when the frame is.
@@ -104,7 +106,7 @@ def features(
     exprs, set_name, universe = _query(exprs, instruments)
     query = dict(
         path=path, cache=cache, exprs=exprs, set_name=set_name, universe=universe, market=market,
-        start=s, end=e, freq=freq,
+        start=s, end=e, freq=freq, compat=compat,
     )
     names, columns = _on_cluster(_plan, *query.values())
     parts = _groups(names, partition_size) or [[]]
@@ -243,17 +245,19 @@ def samples(
     market="all",
     partition_size=PARTITION_SIZE,
     cache=None,
+    compat=None,
 ):
     """:class:`qstore.WindowSampler` over a cluster: :class:`Samples` whose partitions are groups of
     ``partition_size`` instruments, each sampler holding the values of its own instruments only. Sample ``i``
-    of a partition is what ``WindowSampler(Store(store_path), ...)`` gives for the same (instrument, day)."""
+    of a partition is what ``WindowSampler(Store(store_path, compat=compat), ...)`` gives for the same
+    (instrument, day)."""
     n_features, query_exprs, window = _sampler_query(features, label, window)
     path, cache = str(store_path), _cache(cache)
     s, e = _range(start, end)
     _, _, universe = _query(query_exprs, instruments)
     query = dict(
         path=path, cache=cache, exprs=query_exprs, set_name=None, universe=universe, market=market,
-        start=s, end=e, freq=freq,
+        start=s, end=e, freq=freq, compat=compat,
     )
     names, _ = _on_cluster(_plan, *query.values())
     return Samples(_groups(names, partition_size), n_features, label is not None, window, query)

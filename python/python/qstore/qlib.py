@@ -9,7 +9,9 @@ their processors) gets its features from qstore's engine.
 or, in an existing ``qlib.init``: ``dataset_provider={"class": "QstoreDatasetProvider", "module_path":
 "qstore.qlib"}`` (and ``expression_provider`` likewise). qlib itself still reads the calendar and the instrument
 lists (the formats are the same); every feature is computed by qstore, with qlib's numbers except the
-documented fixes of qlib's bugs (docs/expressions.md). pyqlib is needed only by this module.
+documented fixes of qlib's bugs (docs/expressions.md), or with those too: ``init(..., compat="qlib")`` (or
+``"compat": "qlib"`` in the store's qstore.json) for models trained on qlib's own features. pyqlib is needed
+only by this module.
 """
 
 import numpy as np
@@ -30,16 +32,22 @@ _PROVIDERS = {
 }
 
 
-def init(provider_uri, region="cn", **kwargs):
-    """``qlib.init`` with qstore's providers (other keyword arguments go to ``qlib.init`` unchanged)."""
+def init(provider_uri, region="cn", compat=None, **kwargs):
+    """``qlib.init`` with qstore's providers (other keyword arguments go to ``qlib.init`` unchanged).
+    ``compat="qlib"``: qlib's own values where qstore fixes them (:class:`qstore.Store`'s ``compat``)."""
     import qlib
 
+    global _compat
     for k, v in _PROVIDERS.items():
         kwargs.setdefault(k, v)
+    _compat = compat
+    _stores.clear()
     qlib.init(provider_uri=str(provider_uri), region=region, **kwargs)
 
 
 _stores = {}
+# ``compat`` of the last ``init`` (None: the store's own setting).
+_compat = None
 
 
 def _store(freq):
@@ -47,7 +55,7 @@ def _store(freq):
     uri = str(C.dpm.get_data_uri(freq))
     s = _stores.get(uri)
     if s is None:
-        s = _stores[uri] = Store(uri)
+        s = _stores[uri] = Store(uri, compat=_compat)
     return s
 
 
