@@ -685,19 +685,23 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
         if self.covers(e, inst, base, len)? {
             return self.eval(e, inst, base, len);
         }
-        let d = self
-            .domain(e, inst)?
-            .expect("a series that does not cover has one");
-        let (from, to) = (d.start.max(base), d.end.min(base + len));
+        self.within_series(e, inst, base, len)
+    }
+
+    /// `e` for `inst` evaluated over the rows of its own series inside `base..base + len`, NaN elsewhere.
+    fn within_series(&mut self, e: &Expr, inst: &str, base: usize, len: usize) -> Result<Val> {
         let mut out = self.nans(len);
         let mut narrow = true;
-        if from < to {
-            match self.eval(e, inst, from, to - from)? {
-                Val::Const(c) => out[from - base..to - base].fill(c),
-                Val::Series { v, narrow: n } => {
-                    out[from - base..to - base].copy_from_slice(&v);
-                    narrow = n;
-                    self.recycle(Val::Series { v, narrow: n });
+        if let Some(d) = self.domain(e, inst)? {
+            let (from, to) = (d.start.max(base), d.end.min(base + len));
+            if from < to {
+                match self.eval(e, inst, from, to - from)? {
+                    Val::Const(c) => out[from - base..to - base].fill(c),
+                    Val::Series { v, narrow: n } => {
+                        out[from - base..to - base].copy_from_slice(&v);
+                        narrow = n;
+                        self.recycle(Val::Series { v, narrow: n });
+                    }
                 }
             }
         }
@@ -794,24 +798,7 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                 }
                 Val::narrow(out)
             }
-            Expr::Instrument(x, other) => {
-                let mut out = self.nans(len);
-                let mut narrow = true;
-                if let Some(d) = self.domain(x, other)? {
-                    let from = d.start.max(base);
-                    let to = d.end.min(base + len);
-                    if from < to {
-                        match self.eval(x, other, from, to - from)? {
-                            Val::Const(c) => out[from - base..to - base].fill(c),
-                            Val::Series { v, narrow: n } => {
-                                out[from - base..to - base].copy_from_slice(&v);
-                                narrow = n;
-                            }
-                        }
-                    }
-                }
-                Val::Series { v: out, narrow }
-            }
+            Expr::Instrument(x, other) => self.within_series(x, other, base, len)?,
             Expr::Unary(op, x) => {
                 let v = self.eval(x, inst, base, len)?;
                 // qlib's Sign casts to float32 first; Not gives booleans.
