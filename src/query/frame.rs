@@ -1,7 +1,7 @@
 //! The result of a features query: rows indexed by (instrument, datetime), one f32 column per expression.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use rayon::prelude::*;
 
@@ -25,7 +25,56 @@ pub struct Frame {
 #[derive(Debug)]
 pub(crate) enum Values {
     Heap(Vec<f32>),
-    Mapped(memmap2::MmapMut),
+    Mapped(Mapping),
+}
+
+/// A frame's anonymous mapping, given back to the [`Spares`] of the query that made it (if that query is
+/// still running) when the frame is dropped.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    /// Present until dropped.
+    map: Option<memmap2::MmapMut>,
+    /// The values are its first `len` f32s (a reused mapping may be longer).
+    len: usize,
+    home: Weak<Spares>,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if let (Some(map), Some(home)) = (self.map.take(), self.home.upgrade()) {
+            home.put(map);
+        }
+    }
+}
+
+/// Mappings of a query's parts that its consumer has finished with, for its next parts
+/// (`Engine::features_in_parts`): a fresh 128 MB part is 128 MB of pages the kernel zeroes on first touch, 18%
+/// of the CPU time of a whole-universe Alpha158 query (perf), where a reused one is only refilled with NaN.
+/// Dropped with the query, so nothing is kept after it.
+#[derive(Debug, Default)]
+pub(crate) struct Spares {
+    maps: Mutex<Vec<memmap2::MmapMut>>,
+}
+
+impl Spares {
+    /// At most this many are kept: the writer holds one part while the next is computed.
+    const KEEP: usize = 2;
+
+    fn put(&self, map: memmap2::MmapMut) {
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        if maps.len() < Self::KEEP {
+            maps.push(map);
+        }
+    }
+
+    /// The smallest kept mapping of at least `bytes` (parts differ by a few instruments' rows).
+    fn take(&self, bytes: usize) -> Option<memmap2::MmapMut> {
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let at = (0..maps.len())
+            .filter(|&i| maps[i].len() >= bytes)
+            .min_by_key(|&i| maps[i].len())?;
+        Some(maps.swap_remove(at))
+    }
 }
 
 /// Frames at least this large are mapped.
@@ -34,15 +83,30 @@ const MAP_BYTES: usize = 4 << 20;
 impl Values {
     /// `len` NaNs, filled on every core.
     pub(crate) fn nan(len: usize) -> Values {
+        Values::nan_reusing(len, None)
+    }
+
+    /// [`nan`](Self::nan), in a mapping from `spares` when it holds one large enough; the mapping goes back to
+    /// `spares` when the values are dropped while it lives.
+    pub(crate) fn nan_reusing(len: usize, spares: Option<&Arc<Spares>>) -> Values {
         let bytes = len * std::mem::size_of::<f32>();
-        let mut v = if bytes >= MAP_BYTES
-            && let Ok(map) = memmap2::MmapOptions::new().len(bytes).map_anon()
-        {
-            // Only a hint: without huge pages the mapping works the same.
-            let _ = map.advise(memmap2::Advice::HugePage);
-            Values::Mapped(map)
-        } else {
-            Values::Heap(vec![0.0; len])
+        let kept = spares.and_then(|s| s.take(bytes));
+        let mapped = kept.or_else(|| {
+            (bytes >= MAP_BYTES)
+                .then(|| memmap2::MmapOptions::new().len(bytes).map_anon().ok())
+                .flatten()
+                .inspect(|map| {
+                    // Only a hint: without huge pages the mapping works the same.
+                    let _ = map.advise(memmap2::Advice::HugePage);
+                })
+        });
+        let mut v = match mapped {
+            Some(map) => Values::Mapped(Mapping {
+                map: Some(map),
+                len,
+                home: spares.map_or_else(Weak::new, Arc::downgrade),
+            }),
+            None => Values::Heap(vec![0.0; len]),
         };
         v.as_mut_slice()
             .par_chunks_mut(1 << 16)
@@ -54,14 +118,20 @@ impl Values {
         match self {
             Values::Heap(v) => v,
             // A page-aligned mapping of whole f32s.
-            Values::Mapped(m) => bytemuck::cast_slice(&m[..]),
+            Values::Mapped(m) => {
+                let map = m.map.as_ref().expect("present until dropped");
+                &bytemuck::cast_slice(&map[..])[..m.len]
+            }
         }
     }
 
     pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
         match self {
             Values::Heap(v) => v,
-            Values::Mapped(m) => bytemuck::cast_slice_mut(&mut m[..]),
+            Values::Mapped(m) => {
+                let map = m.map.as_mut().expect("present until dropped");
+                &mut bytemuck::cast_slice_mut(&mut map[..])[..m.len]
+            }
         }
     }
 }
@@ -328,5 +398,34 @@ mod tests {
             assert_eq!(copy.as_slice()[len - 1], 7.0);
             assert!(copy.as_slice()[len - 2].is_nan());
         }
+    }
+
+    #[test]
+    fn a_dropped_mapping_is_reused_while_its_spares_live() {
+        let len = MAP_BYTES / 4 * 2;
+        let spares = Arc::new(Spares::default());
+        let mut a = Values::nan_reusing(len, Some(&spares));
+        a.as_mut_slice()[5] = 1.0;
+        let at = a.as_slice().as_ptr();
+        drop(a);
+        // The same pages, all NaN again.
+        let b = Values::nan_reusing(len, Some(&spares));
+        assert_eq!(b.as_slice().as_ptr(), at);
+        assert!(b.as_slice().iter().all(|x| x.is_nan()));
+        // A larger size is a mapping of its own; a smaller one reuses a larger mapping; at most two are kept.
+        let c = Values::nan_reusing(len + 1024, Some(&spares));
+        assert_ne!(c.as_slice().as_ptr(), at);
+        let d = Values::nan_reusing(len, Some(&spares));
+        drop((b, c, d));
+        assert_eq!(spares.maps.lock().unwrap().len(), Spares::KEEP);
+        let small = Values::nan_reusing(len - 4096, Some(&spares));
+        assert_eq!(small.as_slice().len(), len - 4096);
+        assert_eq!(small.as_slice().as_ptr(), at, "the smallest that fits");
+        assert!(small.as_slice().iter().all(|x| x.is_nan()));
+        drop(small);
+        // Once the query's spares are gone, a frame that outlives it unmaps as usual.
+        let e = Values::nan_reusing(len, Some(&spares));
+        drop(spares);
+        drop(e);
     }
 }

@@ -18,7 +18,7 @@ use crate::error::{Error, NameKind, Result};
 use crate::expr::StoreFields;
 use crate::expr::{self, Expr, Query, Scratch};
 use crate::query::featureset::FeatureSet;
-use crate::query::frame::{ColumnFrame, Frame, Values};
+use crate::query::frame::{ColumnFrame, Frame, Spares, Values};
 use crate::store::calendar::Timestamp;
 use crate::store::freq::Freq;
 use crate::store::layout::validate_name;
@@ -444,7 +444,7 @@ impl Engine {
         freq: Freq,
     ) -> Result<Frame> {
         let (columns, index, calendar, values) =
-            self.evaluate(universe, exprs, start, end, freq, Layout::Rows, false)?;
+            self.evaluate(universe, exprs, start, end, freq, Layout::Rows, None)?;
         Ok(Frame::from_parts(columns, index, calendar, values))
     }
 
@@ -460,7 +460,7 @@ impl Engine {
         freq: Freq,
     ) -> Result<ColumnFrame> {
         let (columns, index, calendar, values) =
-            self.evaluate(universe, exprs, start, end, freq, Layout::Columns, false)?;
+            self.evaluate(universe, exprs, start, end, freq, Layout::Columns, None)?;
         Ok(ColumnFrame::from_parts(columns, index, calendar, values))
     }
 
@@ -484,10 +484,19 @@ impl Engine {
         if names.len() <= part_size.max(1) {
             return each(self.features_by_column(universe, exprs, start, end, freq)?);
         }
+        // Parts the consumer has dropped lend their memory to the next ones.
+        let spares = Arc::new(Spares::default());
         for part in names.chunks(part_size.max(1)) {
             let part = Universe::Part(&universe, part);
-            let (columns, index, calendar, values) =
-                self.evaluate(part, exprs, start, end, freq, Layout::Columns, true)?;
+            let (columns, index, calendar, values) = self.evaluate(
+                part,
+                exprs,
+                start,
+                end,
+                freq,
+                Layout::Columns,
+                Some(&spares),
+            )?;
             each(ColumnFrame::from_parts(columns, index, calendar, values))?;
         }
         Ok(())
@@ -524,8 +533,8 @@ impl Engine {
         Ok((PART_VALUES / (columns.max(1) * rows.max(1))).max(1))
     }
 
-    /// The rows, column names and values of a query, in `layout`. `scan`: bypass the in-memory feature
-    /// cache (one part of a larger query).
+    /// The rows, column names and values of a query, in `layout`. `part`: one part of a larger query, which
+    /// bypasses the in-memory feature cache and takes its values' memory from the query's spares.
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn evaluate<S: AsRef<str>>(
         &self,
@@ -535,7 +544,7 @@ impl Engine {
         end: Option<Timestamp>,
         freq: Freq,
         layout: Layout,
-        scan: bool,
+        part: Option<&Arc<Spares>>,
     ) -> Result<(
         Vec<String>,
         Vec<(String, Vec<usize>)>,
@@ -595,7 +604,7 @@ impl Engine {
             .map(|s| s.iter().map(|r| r.len()).sum())
             .collect();
         let total: usize = counts.iter().sum();
-        let mut values = Values::nan(total * ncol);
+        let mut values = Values::nan_reusing(total * ncol, part);
         // Where each instrument's rows go: its own block of a row-major frame, or a range of rows of every
         // column of a column-major one (written through `sink`; the ranges are disjoint).
         let (dests, sink): (Vec<Dest<'_>>, Option<ColumnSink>) = match layout {
@@ -629,7 +638,7 @@ impl Engine {
         // A query whose results cannot all fit in the feature cache would only evict everything, itself
         // included, before anyone asks again: such scans bypass it (as in scan-resistant buffer pools).
         let cells = counts.iter().filter(|&&c| c > 0).count() * ncol;
-        let use_cache = !scan
+        let use_cache = part.is_none()
             && match self.features.limit() {
                 Limit::Entries(n) => cells <= n,
                 Limit::Bytes(b) => {
