@@ -667,9 +667,11 @@ fn qcache_query_errors_have_codes_and_positions() {
     let out = qcache(&["query", s, "--fields", "Mean($close, 5"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("^ at byte 14"), "{}", text(&out));
-    let out = qcache(&["query", s, "--fields", "$vol"]);
+    assert!(out.stdout.is_empty(), "nothing written before the error");
+    let out = qcache(&["query", s, "--fields", "$close", "$vol"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("unknown field $vol"), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "no header before the error");
     let out = qcache(&["query", s, "--feature-set", "nope"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -680,6 +680,8 @@ fn query(a: QueryArgs) -> Result<u8> {
         }
         // Everything else is computed and written part by part: one part is held at a time.
         None => {
+            // The query's checks (expressions, fields) before anything is written: an empty part of it.
+            engine.features_by_column(Universe::Part(&universe, &[]), &exprs, start, end, freq)?;
             let part_size = match part_size {
                 Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
                 None => engine.part_size(columns.len(), start, end, freq)?,
