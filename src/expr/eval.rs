@@ -331,8 +331,8 @@ impl Query {
         let exprs = &self.exprs;
         let mut ev = Evaluator::new(fields, Some(&self.plan));
         ev.qlib = self.qlib_start.is_some();
-        // Not remembering domains while each expression's is found (decided below).
-        ev.aligned = true;
+        // Each expression's domain is asked once here: not worth remembering (decided again below).
+        ev.remember_domains = false;
         ev.pool = std::mem::take(&mut scratch.pool);
         // Each expression's own series, the rows its requested rows need, and whether those rows are its own
         // (qlib's start-dependent values) rather than any range that holds them.
@@ -380,6 +380,7 @@ impl Query {
             let first = rows.next();
             rows.all(|r| Some(r) == first)
         };
+        ev.remember_domains = !ev.aligned;
         // One evaluation range for all: results do not depend on where evaluation starts (as long as it is inside
         // the series), so shared sub-expressions (`$close`, `Ref($close,1)`, ...) are computed once. (Not for
         // qlib's start-dependent values, which keep their own range.)
@@ -501,6 +502,8 @@ struct Evaluator<'a, F: ?Sized> {
     domains: HashMap<(usize, usize), Option<Range<usize>>>,
     /// Every operand's series is known to be its node's ([`Evaluator::operand`] need not look).
     aligned: bool,
+    /// Whether [`Evaluator::domain`] keeps what it finds in `domains`: only when operands will ask again.
+    remember_domains: bool,
 }
 
 fn truthy(x: f64) -> bool {
@@ -523,6 +526,7 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
             qlib: false,
             domains: HashMap::new(),
             aligned: false,
+            remember_domains: true,
         }
     }
 
@@ -646,8 +650,7 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
     /// The rows where the series of `e` for `instrument` exists (remembered per node and instrument: every
     /// operand of a binary node asks).
     fn domain(&mut self, e: &Expr, instrument: &str) -> Result<Option<Range<usize>>> {
-        if self.aligned {
-            // Asked once per expression (the operands need not ask): not worth remembering.
+        if !self.remember_domains {
             return stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
                 self.domain_of(e, instrument)
             });
