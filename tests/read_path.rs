@@ -222,10 +222,153 @@ fn a_damaged_entry_is_a_miss_never_wrong_values() {
         }
     }
     assert!(damaged > 10);
+    // The instrument's pack still holds every entry whole: all of them are read from it.
+    let (read, stats) = query(&to, &[]);
+    assert_eq!(read, computed, "a damaged entry was served");
+    assert_eq!(stats["expression_cache"]["misses"], 0, "{stats}");
+    // Damage the pack too: a byte of every packed entry.
+    let values: Vec<_> = std::fs::read_dir(&inst)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "values"))
+        .collect();
+    assert_eq!(values.len(), 1, "one pack per instrument: {values:?}");
+    let mut b = std::fs::read(&values[0]).unwrap();
+    for i in (4..b.len()).step_by(256) {
+        b[i] ^= 0x40;
+    }
+    std::fs::write(&values[0], b).unwrap();
     let (read, stats) = query(&to, &[]);
     assert_eq!(read, computed, "a damaged entry was served");
     assert!(
         stats["expression_cache"]["misses"].as_u64().unwrap() >= damaged,
         "{stats}"
     );
+    // verify names both kinds of damage.
+    let out = qcache(&["verify", s(&to)]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains(".values: checksum mismatch"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Reads of a packed instrument open its pack, not its entries: with every entry's files made unreadable the
+/// query still reads every column from the disk; the packs follow `qdump update` + `qcache update`, and `clear`
+/// removes them with the entries.
+#[test]
+fn packs_serve_reads_follow_updates_and_go_with_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = store(dir.path(), Some("2023-09-29"));
+    let warm = qcache(&[
+        "warm",
+        s(&to),
+        "--feature-set",
+        "technical",
+        "--lock",
+        "file",
+    ]);
+    assert!(warm.status.success(), "{}", text(&warm));
+    let cache = to.join("features_cache");
+    let files_with = |ext: &str| -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for d in std::fs::read_dir(&cache).unwrap() {
+            let d = d.unwrap().path();
+            if d.is_dir() {
+                for f in std::fs::read_dir(&d).unwrap() {
+                    let f = f.unwrap().path();
+                    if f.extension().is_some_and(|x| x == ext) {
+                        out.push(f);
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let instruments = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter(|d| d.as_ref().unwrap().path().is_dir())
+        .count();
+    assert_eq!(files_with("pack").len(), instruments);
+    assert_eq!(files_with("values").len(), instruments);
+    // Warming again finds every pack current and writes none.
+    let before: Vec<_> = files_with("values");
+    let again = qcache(&[
+        "warm",
+        s(&to),
+        "--feature-set",
+        "technical",
+        "--lock",
+        "file",
+    ]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(files_with("values"), before);
+    let (computed, _) = query(&to, &["--expr-cache", "off"]);
+    // Hide every entry's meta: only the packs can answer.
+    let metas = files_with("meta");
+    for m in &metas {
+        std::fs::rename(m, m.with_extension("hidden")).unwrap();
+    }
+    let (read, stats) = query(&to, &[]);
+    assert_eq!(read, computed);
+    let d = &stats["expression_cache"];
+    assert_eq!(
+        (d["misses"].as_u64(), d["partial"].as_u64()),
+        (Some(0), Some(0)),
+        "{stats}"
+    );
+    assert!(d["hits"].as_u64().unwrap() >= metas.len() as u64, "{stats}");
+    for m in &metas {
+        std::fs::rename(m.with_extension("hidden"), m).unwrap();
+    }
+    // New days: the packs are behind and serve the rows they have; `qcache update` brings them forward.
+    let out = qdump(&["update", "--csv", SAMPLE, "--to", s(&to)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (computed, _) = query(&to, &["--expr-cache", "off"]);
+    let (read, stats) = query(&to, &[]);
+    assert_eq!(read, computed);
+    assert!(
+        stats["expression_cache"]["partial"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    let out = qcache(&["update", s(&to), "--lock", "file"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(files_with("pack").len(), instruments);
+    assert_eq!(
+        files_with("values").len(),
+        instruments,
+        "old generations deleted"
+    );
+    for m in &metas {
+        std::fs::rename(m, m.with_extension("hidden")).unwrap();
+    }
+    let (read, stats) = query(&to, &[]);
+    assert_eq!(read, computed);
+    let d = &stats["expression_cache"];
+    assert_eq!(
+        (d["misses"].as_u64(), d["partial"].as_u64()),
+        (Some(0), Some(0)),
+        "{stats}"
+    );
+    for m in &metas {
+        std::fs::rename(m.with_extension("hidden"), m).unwrap();
+    }
+    let out = qcache(&["verify", s(&to)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // An orphan values file is reported; clear takes the packs with the entries.
+    let orphan = before[0].with_file_name(format!("{}.values", "0".repeat(32) + ".7"));
+    std::fs::write(&orphan, b"\0\0\0\0").unwrap();
+    let out = qcache(&["verify", s(&to)]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains("no pack index (an orphan)"),
+        "{}",
+        text(&out)
+    );
+    std::fs::remove_file(&orphan).unwrap();
+    let out = qcache(&["clear", s(&to), "--all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(files_with("pack").is_empty() && files_with("values").is_empty());
 }

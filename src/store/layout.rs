@@ -181,8 +181,8 @@ pub fn owner(rel: &Path, kind: std::fs::FileType) -> Owner {
 }
 
 /// Whether `name` is one of a cache's own files (so `qcache clear` and a replace may delete it): a 32-digit
-/// key (dataset locks: `dataset-<key>`), then `.meta`, `.lock`, or a generation with `.bin`, `.data` or
-/// `.index`.
+/// key (dataset locks: `dataset-<key>`), then `.meta`, `.lock`, `.pack` (an expression-cache pack's index), or
+/// a generation with `.bin`, `.data`, `.index` or `.values` (a pack's values).
 pub fn is_cache_file(name: &str) -> bool {
     let name = name.strip_prefix("dataset-").unwrap_or(name);
     let Some((key, rest)) = name.split_at_checked(32) else {
@@ -192,14 +192,14 @@ pub fn is_cache_file(name: &str) -> bool {
         return false;
     }
     match rest {
-        ".meta" | ".lock" => true,
+        ".meta" | ".lock" | ".pack" => true,
         _ => rest
             .strip_prefix('.')
             .and_then(|r| r.split_once('.'))
             .is_some_and(|(generation, ext)| {
                 !generation.is_empty()
                     && generation.bytes().all(|b| b.is_ascii_digit())
-                    && matches!(ext, "bin" | "data" | "index")
+                    && matches!(ext, "bin" | "data" | "index" | "values")
             }),
     }
 }

@@ -12,6 +12,9 @@
 //! stored values over what the entry covered: a corrected file is noticed, an appended one is not stale until
 //! the calendar moves) and the data's checksum, then serves the range. Anything that does not match is a miss;
 //! nothing on the read path writes or locks.
+//!
+//! An instrument's current entries are also copied into one pack ([`pack`]) by `warm` and `update`, so a read
+//! of many columns opens two files per instrument rather than two per column.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
@@ -35,6 +38,9 @@ use crate::store::fsio;
 use crate::store::layout;
 use crate::store::settings::CacheSettings;
 use crate::store::writer;
+
+mod pack;
+pub use pack::{PACK_FORMAT, PackEntry, PackIndex, pack_key};
 
 /// The version of the `.meta` format.
 pub const META_FORMAT: u32 = 1;
@@ -114,8 +120,47 @@ pub struct Meta {
     pub checksum: String,
 }
 
-/// A validated entry: its meta and its open data file.
-type Entry = (Arc<Meta>, Arc<FeatureFile>);
+/// What a reader needs of a validated entry's meta: where its values lie and what calendar they were built on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    /// Calendar row of the first value.
+    start: usize,
+    /// Published values.
+    len: usize,
+    calendar_len: usize,
+    right: u32,
+}
+
+impl Span {
+    fn of(m: &Meta) -> Span {
+        Span {
+            start: m.start,
+            len: m.len,
+            calendar_len: m.calendar_len,
+            right: m.right,
+        }
+    }
+}
+
+/// Where a validated entry's values are: its own data file, or its place in its instrument's pack.
+#[derive(Clone)]
+enum Data {
+    File(Arc<FeatureFile>),
+    Pack(Arc<pack::Pack>, usize),
+}
+
+impl Data {
+    /// The entry's `len` published values (checked when it was validated).
+    fn values(&self, len: usize) -> &[f32] {
+        match self {
+            Data::File(f) => &f.values()[..len],
+            Data::Pack(p, offset) => &p.values()[*offset..*offset + len],
+        }
+    }
+}
+
+/// A validated entry: where its values lie and its open data file.
+type Entry = (Span, Arc<FeatureFile>);
 
 /// How many validated entries a cache keeps (as many as the store keeps feature files open by default).
 const VALIDATED_ENTRIES: std::num::NonZeroUsize =
@@ -133,6 +178,9 @@ pub struct DiskExpressionCache {
     valid: Mutex<LruCache<u128, Entry>>,
     /// Source fingerprints readers computed: (instrument, field, freq, calendar length) -> fingerprint.
     seen_sources: Mutex<HashMap<(String, String, Freq, usize), SourceFingerprint>>,
+    /// Packs validated in this process: (INSTRUMENT, freq) -> (the calendar length they were validated
+    /// against, the pack if there is a usable one). Bounded like `valid`.
+    packs: Mutex<LruCache<(String, Freq), (usize, Option<Arc<pack::Pack>>)>>,
     counters: Counters,
 }
 
@@ -161,18 +209,18 @@ struct Counters {
 
 /// An entry as [`DiskExpressionCache::find`] found it.
 enum Found {
-    Current(Arc<Meta>, Arc<FeatureFile>),
-    Behind(Arc<Meta>, Arc<FeatureFile>),
+    Current(Span, Data),
+    Behind(Span, Data),
     Missing,
 }
 
-/// An entry's values over `rows`, NaN outside `[meta.start, end)`.
-fn values_over(meta: &Meta, file: &FeatureFile, end: usize, rows: Range<usize>) -> Vec<f32> {
+/// An entry's values over `rows`, NaN outside `[span.start, end)`.
+fn values_over(span: &Span, data: &Data, end: usize, rows: Range<usize>) -> Vec<f32> {
     let mut out = vec![f32::NAN; rows.len()];
-    let (from, to) = (rows.start.max(meta.start), rows.end.min(end));
+    let (from, to) = (rows.start.max(span.start), rows.end.min(end));
     if from < to {
         out[from - rows.start..to - rows.start]
-            .copy_from_slice(&file.values()[from - meta.start..to - meta.start]);
+            .copy_from_slice(&data.values(span.len)[from - span.start..to - span.start]);
     }
     out
 }
@@ -224,6 +272,10 @@ pub enum Outcome {
     DoneByOther,
 }
 
+/// How many validated packs a cache keeps (one per instrument and frequency).
+const VALIDATED_PACKS: std::num::NonZeroUsize =
+    std::num::NonZeroUsize::new(4_096).expect("non-zero");
+
 fn hex64(bytes: &[u8]) -> String {
     format!("{:016x}", xxh3_64(bytes))
 }
@@ -240,6 +292,7 @@ impl DiskExpressionCache {
             wait: Duration::from_secs(600),
             valid: Mutex::new(LruCache::new(VALIDATED_ENTRIES)),
             seen_sources: Mutex::new(HashMap::new()),
+            packs: Mutex::new(LruCache::new(VALIDATED_PACKS)),
             counters: Counters::default(),
         }
     }
@@ -291,7 +344,7 @@ impl DiskExpressionCache {
     ) -> Result<Lookup> {
         use std::sync::atomic::Ordering::Relaxed;
         let id = key128(canonical, instrument, freq);
-        let (counter, found) = match self.find(store, id, canonical, e, instrument, freq)? {
+        let (counter, found) = match self.find(store, id, canonical, e, instrument, freq, true)? {
             Found::Current(meta, file) => {
                 let end = meta.start + meta.len;
                 (
@@ -346,6 +399,7 @@ impl DiskExpressionCache {
     pub fn refresh(&self) {
         self.valid.lock().clear();
         self.seen_sources.lock().clear();
+        self.packs.lock().clear();
     }
 
     fn paths(&self, instrument: &str, key: &str) -> Result<(PathBuf, PathBuf)> {
@@ -481,36 +535,31 @@ impl DiskExpressionCache {
     ) -> Result<Option<Vec<f32>>> {
         let id = key128(canonical, instrument, freq);
         Ok(
-            match self.find(store, id, canonical, e, instrument, freq)? {
-                Found::Current(meta, file) => {
-                    Some(values_over(&meta, &file, meta.start + meta.len, rows))
+            match self.find(store, id, canonical, e, instrument, freq, true)? {
+                Found::Current(span, data) => {
+                    Some(values_over(&span, &data, span.start + span.len, rows))
                 }
                 Found::Behind(..) | Found::Missing => None,
             },
         )
     }
 
-    /// The validated meta and data of a current entry.
-    fn current(
-        &self,
-        store: &Store,
-        e: &Expr,
-        instrument: &str,
-        freq: Freq,
-    ) -> Result<Option<(Arc<Meta>, Arc<FeatureFile>)>> {
+    /// Whether the entry of `e` itself (not a pack's copy: writers keep the entries whole) is current.
+    fn is_current(&self, store: &Store, e: &Expr, instrument: &str, freq: Freq) -> Result<bool> {
         let canonical = e.to_string();
         let id = key128(&canonical, instrument, freq);
-        Ok(
-            match self.find(store, id, &canonical, e, instrument, freq)? {
-                Found::Current(meta, file) => Some((meta, file)),
-                Found::Behind(..) | Found::Missing => None,
-            },
-        )
+        Ok(matches!(
+            self.find(store, id, &canonical, e, instrument, freq, false)?,
+            Found::Current(..)
+        ))
     }
 
     /// The entry `id` as readers may use it: current for the calendar now, behind it (built over a shorter
     /// calendar, its sources unchanged over the rows it covers, so its values there are still exact), or
     /// nothing usable (absent, another expression, a corrected source, damaged data). Its meta is read once.
+    /// With `packs`, the instrument's pack is looked at first: a current copy there is as good as the entry
+    /// (the same checks passed), and a behind one serves only when the entry has nothing better.
+    #[allow(clippy::too_many_arguments)]
     fn find(
         &self,
         store: &Store,
@@ -519,13 +568,42 @@ impl DiskExpressionCache {
         e: &Expr,
         instrument: &str,
         freq: Freq,
+        packs: bool,
     ) -> Result<Found> {
         let cal_len = store.calendar(freq)?.len();
         if let Some((m, f)) = self.valid.lock().get(&id)
             && m.calendar_len == cal_len
         {
-            return Ok(Found::Current(m.clone(), f.clone()));
+            return Ok(Found::Current(*m, Data::File(f.clone())));
         }
+        let packed = if packs {
+            self.find_packed(store, id, canonical, instrument, freq, cal_len)?
+        } else {
+            None
+        };
+        if let Some(found @ Found::Current(..)) = packed {
+            return Ok(found);
+        }
+        Ok(
+            match self.find_entry(store, id, canonical, e, instrument, freq, cal_len)? {
+                Found::Missing => packed.unwrap_or(Found::Missing),
+                found => found,
+            },
+        )
+    }
+
+    /// [`find`](Self::find) in the entry's own files.
+    #[allow(clippy::too_many_arguments)]
+    fn find_entry(
+        &self,
+        store: &Store,
+        id: u128,
+        canonical: &str,
+        e: &Expr,
+        instrument: &str,
+        freq: Freq,
+        cal_len: usize,
+    ) -> Result<Found> {
         let k = format!("{id:032x}");
         let (meta_path, dir) = self.paths(instrument, &k)?;
         let Some(meta) = Self::read_meta(&meta_path) else {
@@ -541,12 +619,12 @@ impl DiskExpressionCache {
         let Some(file) = Self::open_checked(&dir, &k, &meta) else {
             return Ok(Found::Missing);
         };
+        let (span, file) = (Span::of(&meta), Arc::new(file));
         if meta.calendar_len < cal_len {
-            return Ok(Found::Behind(Arc::new(meta), Arc::new(file)));
+            return Ok(Found::Behind(span, Data::File(file)));
         }
-        let (meta, file) = (Arc::new(meta), Arc::new(file));
-        self.valid.lock().put(id, (meta.clone(), file.clone()));
-        Ok(Found::Current(meta, file))
+        self.valid.lock().put(id, (span, file.clone()));
+        Ok(Found::Current(span, Data::File(file)))
     }
 
     /// Computes (or brings forward) the entry of `e` for `instrument` under its writer lock.
@@ -568,7 +646,7 @@ impl DiskExpressionCache {
         freq: Freq,
         durable: bool,
     ) -> Result<Prepared> {
-        if self.current(store, e, instrument, freq)?.is_some() {
+        if self.is_current(store, e, instrument, freq)? {
             return Ok(Prepared::Done(Outcome::Fresh));
         }
         let k = key(e, instrument, freq);
@@ -591,7 +669,7 @@ impl DiskExpressionCache {
         // Someone may have built it while this process waited.
         let id = key128(&e.to_string(), instrument, freq);
         self.valid.lock().pop(&id);
-        if self.current(store, e, instrument, freq)?.is_some() {
+        if self.is_current(store, e, instrument, freq)? {
             return Ok(Prepared::Done(Outcome::DoneByOther));
         }
         let cal = store.calendar(freq)?;
@@ -897,6 +975,14 @@ impl DiskExpressionCache {
                 progress();
                 Ok(())
             })?;
+        // Every entry of these instruments is current now: copy them into their packs.
+        let mut targets: Vec<(String, Freq)> = pairs
+            .iter()
+            .map(|(s, _, f)| (s.to_uppercase(), *f))
+            .collect();
+        targets.sort();
+        targets.dedup();
+        self.repack(store, &targets)?;
         Ok(counts.into_inner())
     }
 
@@ -1019,7 +1105,8 @@ impl DiskExpressionCache {
     }
 
     /// Checks every entry: a readable meta, its `.bin` generation present with the published length and
-    /// checksum; and no orphan `.bin` files or temp files. Returns one line per problem.
+    /// checksum; every pack: a readable index, its values file holding each entry with its checksum; and no
+    /// orphan `.bin` or `.values` files or temp files. Returns one line per problem.
     pub fn verify(&self) -> Result<Vec<String>> {
         let mut problems = Vec::new();
         let Ok(dirs) = std::fs::read_dir(&self.dir) else {
@@ -1032,6 +1119,8 @@ impl DiskExpressionCache {
             }
             let mut metas: HashMap<String, Option<Meta>> = HashMap::new();
             let mut bins: Vec<(String, u64, PathBuf)> = Vec::new();
+            let mut packs: Vec<String> = Vec::new();
+            let mut values: Vec<(String, u64, PathBuf)> = Vec::new();
             for f in std::fs::read_dir(&dir)
                 .map_err(|e| Error::io("listing", &dir, e))?
                 .flatten()
@@ -1050,6 +1139,14 @@ impl DiskExpressionCache {
                     // Not the cache's: neither checked nor removed.
                 } else if let Some(k) = name.strip_suffix(".meta") {
                     metas.insert(k.to_string(), Self::read_meta(&p));
+                } else if let Some(k) = name.strip_suffix(".pack") {
+                    packs.push(k.to_string());
+                } else if let Some((k, g)) = name
+                    .strip_suffix(".values")
+                    .and_then(|r| r.rsplit_once('.'))
+                    .and_then(|(k, g)| g.parse::<u64>().ok().map(|g| (k.to_string(), g)))
+                {
+                    values.push((k, g, p));
                 } else if let Some((k, g)) = name
                     .strip_suffix(".bin")
                     .and_then(|r| r.rsplit_once('.'))
@@ -1098,6 +1195,22 @@ impl DiskExpressionCache {
                     _ => problems.push(format!("{}: no meta (an orphan)", p.display())),
                 }
             }
+            let mut named: HashMap<String, Option<u64>> = HashMap::new();
+            for pk in packs {
+                let (generation, problem) = Self::verify_pack(&dir, &pk);
+                problems.extend(problem);
+                named.insert(pk, generation);
+            }
+            for (pk, g, p) in values {
+                match named.get(&pk) {
+                    Some(Some(n)) if *n == g => {}
+                    Some(Some(_)) => {
+                        problems.push(format!("{}: an old generation nothing names", p.display()))
+                    }
+                    Some(None) => {}
+                    None => problems.push(format!("{}: no pack index (an orphan)", p.display())),
+                }
+            }
         }
         problems.sort();
         Ok(problems)
@@ -1117,10 +1230,12 @@ impl DiskExpressionCache {
         Ok(n)
     }
 
-    /// Removes the entries whose meta matches `pred` (under each entry's lock), with their data files.
+    /// Removes the entries whose meta matches `pred` (under each entry's lock), with their data files, and the
+    /// packs of the instruments it removed entries of (the next `warm` or `update` repacks what is left).
     pub fn clear(&self, pred: impl Fn(&Meta) -> bool) -> Result<usize> {
         self.remove_abandoned_temps()?;
         let mut n = 0;
+        let mut touched: Vec<PathBuf> = Vec::new();
         for (meta_path, meta) in self.entries()? {
             let remove = meta.as_ref().is_none_or(&pred);
             if !remove {
@@ -1155,7 +1270,13 @@ impl DiskExpressionCache {
                 }
             }
             fsio::fsync_dir(&dir)?;
+            if touched.last() != Some(&dir) {
+                touched.push(dir);
+            }
             n += 1;
+        }
+        for dir in touched {
+            self.remove_packs(&dir)?;
         }
         self.refresh();
         Ok(n)
