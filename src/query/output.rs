@@ -357,11 +357,73 @@ struct Stats<W: Write> {
     out: W,
     header: Header,
     rows: usize,
-    nan: Vec<u64>,
-    sum: Vec<[f64; LANES]>,
+    columns: Vec<Lanes>,
+}
+
+/// One column's statistics so far, lane by lane.
+#[derive(Clone, Copy)]
+struct Lanes {
+    nan: [u64; LANES],
+    sum: [f64; LANES],
     /// The extremes in f32: exact, with no conversion per value.
-    lo: Vec<f32>,
-    hi: Vec<f32>,
+    lo: [f32; LANES],
+    hi: [f32; LANES],
+}
+
+impl Lanes {
+    const EMPTY: Lanes = Lanes {
+        nan: [0; LANES],
+        sum: [0.0; LANES],
+        lo: [f32::INFINITY; LANES],
+        hi: [f32::NEG_INFINITY; LANES],
+    };
+
+    /// Adds `v` into lane `l`.
+    #[inline(always)]
+    fn add(&mut self, l: usize, v: f32) {
+        let valid = !v.is_nan();
+        self.nan[l] += u64::from(!valid);
+        self.sum[l] += if valid { f64::from(v) } else { 0.0 };
+        // `min`/`max` skip NaN.
+        self.lo[l] = self.lo[l].min(v);
+        self.hi[l] = self.hi[l].max(v);
+    }
+
+    /// Adds `values`, the first of which is query row `first`: one lane per row modulo [`LANES`], whole
+    /// groups of lanes at a time in registers (a copy of `self`) once the rows are aligned.
+    fn add_all(&mut self, first: usize, values: &[f32]) {
+        let head = ((LANES - first % LANES) % LANES).min(values.len());
+        for (k, &v) in values[..head].iter().enumerate() {
+            self.add((first + k) % LANES, v);
+        }
+        let mut acc = *self;
+        let mut groups = values[head..].chunks_exact(LANES);
+        for g in &mut groups {
+            for (l, &v) in g.iter().enumerate() {
+                acc.add(l, v);
+            }
+        }
+        for (l, &v) in groups.remainder().iter().enumerate() {
+            acc.add(l, v);
+        }
+        *self = acc;
+    }
+
+    fn nan(&self) -> u64 {
+        self.nan.iter().sum()
+    }
+
+    fn sum(&self) -> f64 {
+        self.sum.iter().sum()
+    }
+
+    fn lo(&self) -> f32 {
+        self.lo.iter().fold(f32::INFINITY, |a, &b| a.min(b))
+    }
+
+    fn hi(&self) -> f32 {
+        self.hi.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+    }
 }
 
 impl<W: Write> Stats<W> {
@@ -371,10 +433,7 @@ impl<W: Write> Stats<W> {
             out,
             header,
             rows: 0,
-            nan: vec![0; n],
-            sum: vec![[0.0; LANES]; n],
-            lo: vec![f32::INFINITY; n],
-            hi: vec![f32::NEG_INFINITY; n],
+            columns: vec![Lanes::EMPTY; n],
         }
     }
 }
@@ -382,21 +441,11 @@ impl<W: Write> Stats<W> {
 impl<W: Write + Send> Sink for Stats<W> {
     fn write(&mut self, part: &ColumnFrame) -> Result<()> {
         use rayon::prelude::*;
-        let offset = self.rows % LANES;
-        (self.nan.par_iter_mut(), self.sum.par_iter_mut())
-            .into_par_iter()
-            .zip((self.lo.par_iter_mut(), self.hi.par_iter_mut()).into_par_iter())
+        let first = self.rows;
+        self.columns
+            .par_iter_mut()
             .enumerate()
-            .for_each(|(c, ((nan, sum), (lo, hi)))| {
-                for (r, &v) in part.column(c).iter().enumerate() {
-                    let valid = !v.is_nan();
-                    *nan += u64::from(!valid);
-                    sum[(offset + r) % LANES] += if valid { f64::from(v) } else { 0.0 };
-                    // `min`/`max` skip NaN.
-                    *lo = lo.min(v);
-                    *hi = hi.max(v);
-                }
-            });
+            .for_each(|(c, lanes)| lanes.add_all(first, part.column(c)));
         self.rows += part.len();
         Ok(())
     }
@@ -404,8 +453,9 @@ impl<W: Write + Send> Sink for Stats<W> {
     fn finish(mut self: Box<Self>) -> Result<()> {
         let mut text = String::from("column\trows\tnan\tmean\tmin\tmax\n");
         for (c, name) in self.header.columns.iter().enumerate() {
-            let valid = self.rows - self.nan[c] as usize;
-            let sum: f64 = self.sum[c].iter().sum();
+            let lanes = &self.columns[c];
+            let valid = self.rows - lanes.nan() as usize;
+            let sum = lanes.sum();
             let mean = if valid == 0 {
                 f64::NAN
             } else {
@@ -413,7 +463,10 @@ impl<W: Write + Send> Sink for Stats<W> {
             };
             text.push_str(&format!(
                 "{name}\t{}\t{}\t{mean}\t{}\t{}\n",
-                self.rows, self.nan[c], self.lo[c], self.hi[c]
+                self.rows,
+                lanes.nan(),
+                lanes.lo(),
+                lanes.hi()
             ));
         }
         self.out
