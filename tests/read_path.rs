@@ -372,3 +372,63 @@ fn packs_serve_reads_follow_updates_and_go_with_clear() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(files_with("pack").is_empty() && files_with("values").is_empty());
 }
+
+/// A writer killed between a pack's values and its index leaves an orphan that `verify` names and readers never
+/// open (the entries answer); the next warm deletes it and publishes the pack.
+#[test]
+fn a_writer_killed_before_the_pack_index_strands_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = store(dir.path(), None);
+    let (computed, _) = query(&to, &["--expr-cache", "off"]);
+    let killed = Command::new(env!("CARGO_BIN_EXE_qcache"))
+        .args([
+            "warm",
+            s(&to),
+            "--feature-set",
+            "technical",
+            "--lock",
+            "file",
+        ])
+        .env_remove("QSTORE_REDIS_URL")
+        .env("QSTORE_FAILPOINT", "cache:before-pack")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "{}", text(&killed));
+    assert!(
+        text(&killed).contains("failpoint cache:before-pack"),
+        "{}",
+        text(&killed)
+    );
+    let out = qcache(&["verify", s(&to)]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains("no pack index (an orphan)"),
+        "{}",
+        text(&out)
+    );
+    let (read, stats) = query(&to, &[]);
+    assert_eq!(read, computed);
+    assert_eq!(stats["expression_cache"]["misses"], 0, "{stats}");
+    let out = qcache(&[
+        "warm",
+        s(&to),
+        "--feature-set",
+        "technical",
+        "--lock",
+        "file",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = qcache(&["verify", s(&to)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let packs = std::fs::read_dir(to.join("features_cache/sh600000"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "pack")
+        })
+        .count();
+    assert_eq!(packs, 1);
+}

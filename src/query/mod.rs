@@ -665,7 +665,11 @@ impl Engine {
                         Dest::Rows(out) => (out, None),
                         Dest::Columns(r0) => {
                             block.clear();
-                            block.resize(n * ncol, f32::NAN);
+                            // Needed only where columns cannot go straight into place (gaps, or the
+                            // memory cache's path): elsewhere it would be 4 bytes per value set for nothing.
+                            if spans.len() > 1 || use_cache {
+                                block.resize(n * ncol, f32::NAN);
+                            }
                             (&mut block[..], Some(r0))
                         }
                     };
@@ -693,6 +697,16 @@ impl Engine {
                         let all: Vec<usize> = (0..ncol).collect();
                         let cols =
                             self.columns(&fields, inst, &query, &canonical, hull.clone(), &all)?;
+                        if let (Some(r0), Some(sink), None) = (col_r0, sink, at.slot) {
+                            // Column by column straight into place, as computed columns go below.
+                            for (c, col) in cols.iter().enumerate() {
+                                // SAFETY: rows r0..r0 + n of every column belong to this instrument
+                                // alone (the destinations are disjoint row ranges), and each column
+                                // holds the hull's n rows (one span: no gaps).
+                                unsafe { sink.put_column(c, r0, col) };
+                            }
+                            return Ok(());
+                        }
                         for (c, col) in cols.iter().enumerate() {
                             at.put(out, c, hull.start, col, |v| v);
                         }

@@ -5,7 +5,8 @@
 //! Points: `import:after-calendar`, `import:symbol` (after each symbol's files), `import:before-publish`,
 //! `import:after-exchange` (the new store is in place, the old one not yet removed); `update:file` (after each
 //! file an update writes), `update:before-instruments`, `update:before-calendar`, `update:after-calendar`;
-//! `cache:before-meta` (a cache entry's data written, its meta not yet); `dataset:after-data` (a dataset's new
+//! `cache:before-meta` (a cache entry's data written, its meta not yet), `cache:before-pack` (a pack's values
+//! written, its index not yet); `dataset:after-data` (a dataset's new
 //! `.data` in place, its `.index` not yet), `dataset:before-meta` (both files in place, the meta not yet).
 
 #[cfg(debug_assertions)]

@@ -25,6 +25,10 @@ use crate::store::{fsio, layout};
 /// The version of the pack index format.
 pub const PACK_FORMAT: u32 = 1;
 
+/// Entries of more values stay out of packs: their files are mapped (`bin::DEFAULT_MAP_THRESHOLD`), where the
+/// cost of a file is small beside its bytes, and an intraday pack would be rewritten whole on every update.
+pub const PACK_MAX_VALUES: usize = (bin::DEFAULT_MAP_THRESHOLD as usize - 4) / 4;
+
 /// A pack's name: 32 hex digits of xxh3-128 over `pack\0<INSTRUMENT>\0<freq>` (so it never equals an entry's).
 pub fn pack_key(instrument: &str, freq: Freq) -> String {
     let text = format!("pack\0{}\0{freq}", instrument.to_uppercase());
@@ -123,6 +127,16 @@ fn check_values(dir: &Path, pk: &str, index: &PackIndex) -> Option<String> {
         }
     }
     None
+}
+
+/// An instrument whose pack a writer brings up to date: the entries it just made current (`keys`), and whether
+/// it changed any of them. A pack that is current and holds every key of an unchanged instrument is left as it
+/// is without listing the entries again.
+pub(super) struct Target {
+    pub instrument: String,
+    pub freq: Freq,
+    pub keys: Vec<u128>,
+    pub changed: bool,
 }
 
 /// A pack whose values file is written and whose index waits to be published, with its lock.
@@ -256,19 +270,17 @@ impl DiskExpressionCache {
     /// Copies the current entries of each (INSTRUMENT, freq) into its pack, in batches like entries: values
     /// files written without fsync, one `syncfs`, the indexes, one more `syncfs`, then old generations deleted.
     /// A pack another process is writing is left to it. Returns how many packs were written or removed.
-    pub(super) fn repack(&self, store: &Store, targets: &[(String, Freq)]) -> Result<usize> {
+    pub(super) fn repack(&self, store: &Store, targets: &[Target]) -> Result<usize> {
         use rayon::prelude::*;
         let mut written = 0;
         for batch in targets.chunks(super::BATCH) {
             let pending = Mutex::new(Vec::new());
-            batch
-                .par_iter()
-                .try_for_each(|(inst, freq)| -> Result<()> {
-                    if let Prepared::Pending(p) = self.prepare_pack(store, inst, *freq)? {
-                        pending.lock().push(*p);
-                    }
-                    Ok(())
-                })?;
+            batch.par_iter().try_for_each(|t| -> Result<()> {
+                if let Prepared::Pending(p) = self.prepare_pack(store, t)? {
+                    pending.lock().push(*p);
+                }
+                Ok(())
+            })?;
             let pending = pending.into_inner();
             if pending.is_empty() {
                 continue;
@@ -299,7 +311,8 @@ impl DiskExpressionCache {
 
     /// Writes the values file of one pack (under the pack's lock, which the result holds), or nothing when the
     /// published pack already holds exactly the current entries, or another process holds the lock.
-    fn prepare_pack(&self, store: &Store, instrument: &str, freq: Freq) -> Result<Prepared> {
+    fn prepare_pack(&self, store: &Store, target: &Target) -> Result<Prepared> {
+        let (instrument, freq) = (target.instrument.as_str(), target.freq);
         let dir = self
             .dir
             .join(layout::code_to_fname(instrument).to_lowercase());
@@ -317,6 +330,18 @@ impl DiskExpressionCache {
         let cal = store.calendar(freq)?;
         let cal_len = cal.len();
         let fields = StoreFields { store, freq };
+        let old_path = index_path(&dir, &pk);
+        let old = read_index(&old_path);
+        if !target.changed
+            && let Some(o) = &old
+            && o.calendar_len == cal_len
+            && self.pack_holds(&fields, o, &target.keys)
+            && check_values(&dir, &pk, o).is_none()
+        {
+            // Nothing of this instrument changed and its pack is current with every entry: as it is.
+            remove_values(&dir, &pk, Some(o.generation));
+            return Ok(Prepared::Done);
+        }
         // The current entries, in key order, with their values.
         let mut metas: Vec<(String, Meta)> = Vec::new();
         for f in std::fs::read_dir(&dir)
@@ -334,6 +359,7 @@ impl DiskExpressionCache {
             if let Some(m) = Self::read_meta(&f.path())
                 && m.freq == freq.to_string()
                 && m.calendar_len == cal_len
+                && m.len <= PACK_MAX_VALUES
             {
                 metas.push((k.to_string(), m));
             }
@@ -378,8 +404,6 @@ impl DiskExpressionCache {
             });
             values.extend_from_slice(&file.values()[..m.len]);
         }
-        let old_path = index_path(&dir, &pk);
-        let old = read_index(&old_path);
         if entries.is_empty() {
             // Nothing current to pack: a pack left from before goes (index first, as `clear` does).
             if old.is_some() || old_path.exists() {
@@ -396,7 +420,9 @@ impl DiskExpressionCache {
                 })
                 && check_values(&dir, &pk, o).is_none()
         });
-        if unchanged {
+        if let Some(o) = old.as_ref().filter(|_| unchanged) {
+            // A killed writer's values file that no index names goes now (this process holds the lock).
+            remove_values(&dir, &pk, Some(o.generation));
             return Ok(Prepared::Done);
         }
         let token = guard.token();
@@ -426,9 +452,29 @@ impl DiskExpressionCache {
         })))
     }
 
+    /// Whether `index`'s sources are the store's now and it lists every one of `keys`.
+    fn pack_holds(&self, fields: &StoreFields<'_>, index: &PackIndex, keys: &[u128]) -> bool {
+        let listed: std::collections::HashSet<u128> = index
+            .entries
+            .iter()
+            .filter_map(|e| u128::from_str_radix(&e.key, 16).ok())
+            .collect();
+        keys.iter().all(|k| listed.contains(k))
+            && index.sources.iter().all(|s| {
+                self.seen_fingerprint(
+                    fields,
+                    s.instrument.clone(),
+                    s.field.clone(),
+                    index.calendar_len,
+                )
+                .is_ok_and(|now| now == *s)
+            })
+    }
+
     /// Publishes a pack's index if its writer may (fencing as for entries).
     fn publish_pack(&self, p: &Pending) -> Result<()> {
         let path = index_path(&p.dir, &p.pk);
+        crate::util::failpoint::hit("cache:before-pack");
         crate::cache::lock::may_publish(
             p.guard.as_ref(),
             read_index(&path).map(|i| i.token),
@@ -513,6 +559,79 @@ fn remove_values(dir: &Path, pk: &str, keep: Option<u64>) {
         };
         if Some(g) != keep {
             let _ = std::fs::remove_file(f.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr;
+    use crate::store::calendar::{Calendar, parse_timestamp};
+
+    /// Series of up to `PACK_MAX_VALUES` values are packed; longer ones are read from their own (mapped) files.
+    #[test]
+    fn only_short_series_are_packed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let days = PACK_MAX_VALUES + 10;
+        let first = parse_timestamp("1950-01-01").unwrap();
+        let cal = (0..days as u64)
+            .map(|k| first + chrono::Days::new(k))
+            .collect();
+        store
+            .save_calendar(&Calendar::new(Freq::DAY, cal).unwrap())
+            .unwrap();
+        let values: Vec<f32> = (0..days).map(|k| k as f32).collect();
+        store
+            .write_feature("LONG", "close", Freq::DAY, Some(0), &values)
+            .unwrap();
+        let short_from = days - 100;
+        store
+            .write_feature(
+                "SHORT",
+                "close",
+                Freq::DAY,
+                Some(short_from),
+                &values[..100],
+            )
+            .unwrap();
+        let cache_dir = dir.path().join(super::super::CACHE_DIR);
+        let cache = DiskExpressionCache::new(
+            &cache_dir,
+            Box::new(crate::cache::lock::FileLock::new(&cache_dir)),
+        );
+        let e = expr::parse("Mean($close, 2)").unwrap();
+        let insts = ["LONG".to_string(), "SHORT".to_string()];
+        cache
+            .warm_all(&store, &insts, std::slice::from_ref(&e), Freq::DAY, &|| {})
+            .unwrap();
+        let pack_of = |inst: &str| {
+            let d = cache_dir.join(inst.to_lowercase());
+            read_index(&index_path(&d, &pack_key(inst, Freq::DAY)))
+        };
+        assert!(pack_of("LONG").is_none(), "a long series is not packed");
+        let short = pack_of("SHORT").expect("a short series is packed");
+        assert_eq!(short.entries.len(), 1);
+        assert_eq!(short.entries[0].len, 100);
+        // Both read back equal to computing them.
+        let fields = StoreFields {
+            store: &store,
+            freq: Freq::DAY,
+        };
+        for inst in insts {
+            let got = cache
+                .read(&store, &e, &inst, Freq::DAY, 0..days)
+                .unwrap()
+                .expect("a current entry");
+            let want = expr::evaluate(&fields, &inst, std::slice::from_ref(&e), 0..days)
+                .unwrap()
+                .remove(0);
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{inst}"
+            );
         }
     }
 }
