@@ -63,21 +63,26 @@ fn store(dir: &Path, end: Option<&str>) -> std::path::PathBuf {
     to
 }
 
-#[test]
-fn a_warm_cache_is_read_and_equals_computing() {
-    let dir = tempfile::tempdir().unwrap();
-    let to = store(dir.path(), None);
-    let (computed, stats) = query(&to, &["--expr-cache", "off"]);
-    assert!(stats["expression_cache"].is_null(), "{stats}");
+/// `qcache warm` of the technical set under file locks.
+fn warm(store: &Path) {
     let out = qcache(&[
         "warm",
-        s(&to),
+        s(store),
         "--feature-set",
         "technical",
         "--lock",
         "file",
     ]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_warm_cache_is_read_and_equals_computing() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = store(dir.path(), None);
+    let (computed, stats) = query(&to, &["--expr-cache", "off"]);
+    assert!(stats["expression_cache"].is_null(), "{stats}");
+    warm(&to);
     // Read is the default once the cache exists.
     let (read, stats) = query(&to, &[]);
     assert_eq!(
@@ -104,15 +109,7 @@ fn a_warm_cache_is_read_and_equals_computing() {
 fn after_an_update_behind_entries_serve_their_rows_and_the_new_ones_are_computed() {
     let dir = tempfile::tempdir().unwrap();
     let to = store(dir.path(), Some("2023-09-29"));
-    let out = qcache(&[
-        "warm",
-        s(&to),
-        "--feature-set",
-        "technical",
-        "--lock",
-        "file",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    warm(&to);
     let out = qdump(&["update", "--csv", SAMPLE, "--to", s(&to)]);
     assert!(out.status.success(), "{}", text(&out));
     let (computed, _) = query(&to, &["--expr-cache", "off"]);
@@ -197,15 +194,7 @@ fn write_mode_in_four_processes_builds_each_entry_once() {
 fn a_damaged_entry_is_a_miss_never_wrong_values() {
     let dir = tempfile::tempdir().unwrap();
     let to = store(dir.path(), None);
-    let out = qcache(&[
-        "warm",
-        s(&to),
-        "--feature-set",
-        "technical",
-        "--lock",
-        "file",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    warm(&to);
     let (computed, _) = query(&to, &["--expr-cache", "off"]);
     // Flip a value in every data file of one instrument.
     let inst = to.join("features_cache/sh600000");
@@ -261,15 +250,7 @@ fn a_damaged_entry_is_a_miss_never_wrong_values() {
 fn packs_serve_reads_follow_updates_and_go_with_clear() {
     let dir = tempfile::tempdir().unwrap();
     let to = store(dir.path(), Some("2023-09-29"));
-    let warm = qcache(&[
-        "warm",
-        s(&to),
-        "--feature-set",
-        "technical",
-        "--lock",
-        "file",
-    ]);
-    assert!(warm.status.success(), "{}", text(&warm));
+    warm(&to);
     let cache = to.join("features_cache");
     let files_with = |ext: &str| -> Vec<std::path::PathBuf> {
         let mut out = Vec::new();
@@ -295,15 +276,7 @@ fn packs_serve_reads_follow_updates_and_go_with_clear() {
     assert_eq!(files_with("values").len(), instruments);
     // Warming again finds every pack current and writes none.
     let before: Vec<_> = files_with("values");
-    let again = qcache(&[
-        "warm",
-        s(&to),
-        "--feature-set",
-        "technical",
-        "--lock",
-        "file",
-    ]);
-    assert!(again.status.success(), "{}", text(&again));
+    warm(&to);
     assert_eq!(files_with("values"), before);
     let (computed, _) = query(&to, &["--expr-cache", "off"]);
     // Hide every entry's meta: only the packs can answer.
@@ -409,15 +382,7 @@ fn a_writer_killed_before_the_pack_index_strands_nothing() {
     let (read, stats) = query(&to, &[]);
     assert_eq!(read, computed);
     assert_eq!(stats["expression_cache"]["misses"], 0, "{stats}");
-    let out = qcache(&[
-        "warm",
-        s(&to),
-        "--feature-set",
-        "technical",
-        "--lock",
-        "file",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    warm(&to);
     let out = qcache(&["verify", s(&to)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let packs = std::fs::read_dir(to.join("features_cache/sh600000"))
