@@ -188,6 +188,30 @@ fn write_mode_in_four_processes_builds_each_entry_once() {
         "each entry built exactly once"
     );
     assert!(outputs.windows(2).all(|w| w[0] == w[1]));
+    // The read-through packed what it built, as `warm` does (a pack another process held may lack some
+    // entries: those are read from their own files).
+    let cache = to.join("features_cache");
+    for d in std::fs::read_dir(&cache).unwrap() {
+        let d = d.unwrap().path();
+        if d.is_dir() {
+            let packs = std::fs::read_dir(&d)
+                .unwrap()
+                .filter(|f| {
+                    f.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "pack")
+                })
+                .count();
+            assert_eq!(packs, 1, "{}", d.display());
+        }
+    }
+    let out = qcache(&["verify", s(&to)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (read, stats) = query(&to, &["--expr-cache", "read"]);
+    assert_eq!(read, outputs[0]);
+    assert_eq!(stats["expression_cache"]["misses"], 0, "{stats}");
 }
 
 #[test]

@@ -757,6 +757,10 @@ impl Engine {
                     Ok(())
                 },
             )?;
+        if let Some((disk, Mode::Write)) = &self.disk {
+            // The entries this query built go into their instruments' packs, as `warm` would put them.
+            disk.repack_written(&self.store)?;
+        }
         let index = targets
             .into_iter()
             .zip(spans)
@@ -1008,7 +1012,7 @@ impl Engine {
                 // qlib's read-through: build or bring the entry forward under its lock, then read it.
                 let outcome = disk.warm(&self.store, e, instrument, fields.freq)?;
                 if matches!(outcome, Outcome::Built | Outcome::Appended) {
-                    disk.count_write();
+                    disk.count_write(instrument, fields.freq);
                 }
                 found = look()?;
             }

@@ -184,6 +184,8 @@ pub struct DiskExpressionCache {
     /// Packs validated in this process: (INSTRUMENT, freq) -> (the calendar length they were validated
     /// against, the pack if there is a usable one). Bounded like `valid`.
     packs: Mutex<LruCache<(String, Freq), ValidatedPack>>,
+    /// Instruments whose entries write-mode reads built since the last `repack_written`.
+    written: Mutex<std::collections::BTreeSet<(String, Freq)>>,
     counters: Counters,
 }
 
@@ -296,6 +298,7 @@ impl DiskExpressionCache {
             valid: Mutex::new(LruCache::new(VALIDATED_ENTRIES)),
             seen_sources: Mutex::new(HashMap::new()),
             packs: Mutex::new(LruCache::new(VALIDATED_PACKS)),
+            written: Mutex::new(std::collections::BTreeSet::new()),
             counters: Counters::default(),
         }
     }
@@ -325,11 +328,32 @@ impl DiskExpressionCache {
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Counts an entry written by a write-mode read.
-    pub(crate) fn count_write(&self) {
+    /// Counts an entry of `instrument` written by a write-mode read, and remembers the instrument for
+    /// [`repack_written`](Self::repack_written).
+    pub(crate) fn count_write(&self, instrument: &str, freq: Freq) {
         self.counters
             .writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.written
+            .lock()
+            .insert((instrument.to_uppercase(), freq));
+    }
+
+    /// Packs the instruments whose entries write-mode reads built since the last call (qlib's read-through
+    /// builds entries one by one; a query in write mode calls this once it has its values). Returns how many
+    /// packs were written.
+    pub(crate) fn repack_written(&self, store: &Store) -> Result<usize> {
+        let written = std::mem::take(&mut *self.written.lock());
+        let targets: Vec<pack::Target> = written
+            .into_iter()
+            .map(|(instrument, freq)| pack::Target {
+                instrument,
+                freq,
+                keys: Vec::new(),
+                changed: true,
+            })
+            .collect();
+        self.repack(store, &targets)
     }
 
     /// The values of `e` for `instrument` over `rows` as far as the cache has them: a current entry gives
