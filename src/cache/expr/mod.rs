@@ -519,6 +519,19 @@ impl DiskExpressionCache {
             .collect()
     }
 
+    /// Whether the store's values of recorded source `s` are still the ones it was fingerprinted from, over
+    /// calendar rows `..calendar_len` (the check of entries, packs and `stale`).
+    fn source_unchanged(
+        &self,
+        fields: &StoreFields<'_>,
+        s: &SourceFingerprint,
+        calendar_len: usize,
+    ) -> Result<bool> {
+        let now =
+            self.seen_fingerprint(fields, s.instrument.clone(), s.field.clone(), calendar_len)?;
+        Ok(now == *s)
+    }
+
     /// One source's fingerprint, hashed once per process (see [`read_fingerprints`](Self::read_fingerprints)).
     fn seen_fingerprint(
         &self,
@@ -604,7 +617,7 @@ impl DiskExpressionCache {
             return Ok(Found::Current(*m, Data::File(f.clone())));
         }
         let packed = if packs {
-            self.find_packed(store, id, canonical, instrument, freq, cal_len)?
+            self.find_packed(store, id, canonical, instrument, freq, cal_len)
         } else {
             None
         };
@@ -1073,13 +1086,7 @@ impl DiskExpressionCache {
             let fields = StoreFields { store, freq };
             let mut corrected = false;
             for s in &m.sources {
-                let now = self.seen_fingerprint(
-                    &fields,
-                    s.instrument.clone(),
-                    s.field.clone(),
-                    m.calendar_len,
-                )?;
-                if now != *s {
+                if !self.source_unchanged(&fields, s, m.calendar_len)? {
                     corrected = true;
                     break;
                 }

@@ -180,6 +180,8 @@ impl DiskExpressionCache {
         freq: Freq,
         cal_len: usize,
     ) -> Option<Pack> {
+        // A name that is no instrument has no pack (the entry's lookup reports it).
+        layout::validate_name(crate::error::NameKind::Instrument, instrument).ok()?;
         let dir = self
             .dir
             .join(layout::code_to_fname(instrument).to_lowercase());
@@ -198,13 +200,8 @@ impl DiskExpressionCache {
             .sources
             .iter()
             .map(|s| {
-                self.seen_fingerprint(
-                    &fields,
-                    s.instrument.clone(),
-                    s.field.clone(),
-                    index.calendar_len,
-                )
-                .is_ok_and(|now| now == *s)
+                self.source_unchanged(&fields, s, index.calendar_len)
+                    .unwrap_or(false)
             })
             .collect();
         let mut items = HashMap::with_capacity(index.entries.len());
@@ -247,24 +244,19 @@ impl DiskExpressionCache {
         instrument: &str,
         freq: Freq,
         cal_len: usize,
-    ) -> Result<Option<Found>> {
-        layout::validate_name(crate::error::NameKind::Instrument, instrument)?;
-        let Some(pack) = self.pack_of(store, instrument, freq, cal_len) else {
-            return Ok(None);
-        };
-        let Some((expr, span, offset)) = pack.items.get(&id) else {
-            return Ok(None);
-        };
+    ) -> Option<Found> {
+        let pack = self.pack_of(store, instrument, freq, cal_len)?;
+        let (expr, span, offset) = pack.items.get(&id)?;
         if &**expr != canonical {
-            return Ok(None);
+            return None;
         }
         let (span, offset) = (*span, *offset);
         let data = super::Data::Pack(pack.clone(), offset);
-        Ok(Some(if pack.calendar_len == cal_len {
+        Some(if pack.calendar_len == cal_len {
             Found::Current(span, data)
         } else {
             Found::Behind(span, data)
-        }))
+        })
     }
 
     /// Copies the current entries of each (INSTRUMENT, freq) into its pack, in batches like entries: values
@@ -371,9 +363,7 @@ impl DiskExpressionCache {
         for (k, m) in metas {
             let mut current = true;
             for s in &m.sources {
-                let now =
-                    self.seen_fingerprint(&fields, s.instrument.clone(), s.field.clone(), cal_len)?;
-                current &= now == *s;
+                current &= self.source_unchanged(&fields, s, cal_len)?;
             }
             if !current {
                 continue;
@@ -461,13 +451,8 @@ impl DiskExpressionCache {
             .collect();
         keys.iter().all(|k| listed.contains(k))
             && index.sources.iter().all(|s| {
-                self.seen_fingerprint(
-                    fields,
-                    s.instrument.clone(),
-                    s.field.clone(),
-                    index.calendar_len,
-                )
-                .is_ok_and(|now| now == *s)
+                self.source_unchanged(fields, s, index.calendar_len)
+                    .unwrap_or(false)
             })
     }
 
