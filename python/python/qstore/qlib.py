@@ -12,16 +12,23 @@ lists (the formats are the same); every feature is computed by qstore, with qlib
 documented fixes of qlib's bugs (docs/expressions.md), or with those too: ``init(..., compat="qlib")`` (or
 ``"compat": "qlib"`` in the store's qstore.json) for models trained on qlib's own features. pyqlib is needed
 only by this module.
+
+``init`` also swaps qlib's processors that run a Python function once per trading day (``CSZScoreNorm``, both
+methods, and ``CSZFillna``) for the same arithmetic done for every day at once: the handlers' configs name them
+as before and get qlib's numbers within float32 rounding (a day's mean is summed in float64 here, in float32 by
+qlib), except that a day whose values are all equal gets NaN z-scores where qlib's float32 mean can be an ulp off
+and give +-inf. ``init(..., fast_processors=False)`` keeps qlib's own.
 """
 
 import numpy as np
 import pandas as pd
 from qlib.config import C
 from qlib.data.data import Cal, DatasetProvider, ExpressionProvider
+from qlib.data.dataset import processor as _processors
 
 from . import Store
 
-__all__ = ["init", "QstoreDatasetProvider", "QstoreExpressionProvider"]
+__all__ = ["init", "QstoreDatasetProvider", "QstoreExpressionProvider", "CSZScoreNorm", "CSZFillna"]
 
 _PROVIDERS = {
     "dataset_provider": {"class": "QstoreDatasetProvider", "module_path": "qstore.qlib"},
@@ -32,9 +39,11 @@ _PROVIDERS = {
 }
 
 
-def init(provider_uri, region="cn", compat=None, **kwargs):
+def init(provider_uri, region="cn", compat=None, fast_processors=True, **kwargs):
     """``qlib.init`` with qstore's providers (other keyword arguments go to ``qlib.init`` unchanged).
-    ``compat="qlib"``: qlib's own values where qstore fixes them (:class:`qstore.Store`'s ``compat``)."""
+    ``compat="qlib"``: qlib's own values where qstore fixes them (:class:`qstore.Store`'s ``compat``).
+    ``fast_processors``: handlers that name ``CSZScoreNorm`` or ``CSZFillna`` get this module's column-wise
+    versions (the same numbers); False restores qlib's."""
     import qlib
 
     global _compat
@@ -42,6 +51,8 @@ def init(provider_uri, region="cn", compat=None, **kwargs):
         kwargs.setdefault(k, v)
     _compat = compat
     _stores.clear()
+    for name, fast in _FAST.items():
+        setattr(_processors, name, fast if fast_processors else _STOCK[name])
     qlib.init(provider_uri=str(provider_uri), region=region, **kwargs)
 
 
@@ -147,3 +158,51 @@ class QstoreExpressionProvider(ExpressionProvider):
         )
         positions = np.searchsorted(cal.values.astype("datetime64[s]"), arrays.datetime)
         return pd.Series(arrays.values[:, 0], index=positions, dtype=np.float32)
+
+
+def _by_day(frame):
+    return frame.groupby(level="datetime", sort=False, group_keys=False)
+
+
+class CSZScoreNorm(_processors.CSZScoreNorm):
+    """qlib's cross-sectional z-score (``method="zscore"``: mean and sample standard deviation of each day;
+    ``"robust"``: median and 1.4826 x the median absolute deviation, clipped to [-3, 3]) computed for all days
+    at once by grouped transforms, where qlib applies a Python function to each day's rows. Same arithmetic in
+    the same order, so the same values up to the rounding of pandas' grouped reductions."""
+
+    def __call__(self, df):
+        if not isinstance(self.fields_group, list):
+            self.fields_group = [self.fields_group]
+        robust = self.zscore_func is not _processors.zscore
+        for g in self.fields_group:
+            cols = _processors.get_group_columns(df, g)
+            x = df[cols]
+            # pandas' grouped std and median come back as float64 even for float32 columns; qlib's per-day
+            # statistics keep the column's type, and so the arithmetic after them.
+            dtypes = x.dtypes
+            if robust:
+                x = x - _by_day(x).transform("median").astype(dtypes)
+                mad = _by_day(x.abs()).transform("median").astype(dtypes)
+                x = (x / mad / 1.4826).clip(-3, 3)
+            else:
+                days = _by_day(x)
+                x = (x - days.transform("mean").astype(dtypes)).div(days.transform("std").astype(dtypes))
+            df[cols] = x
+        return df
+
+
+class CSZFillna(_processors.CSZFillna):
+    """qlib's cross-sectional fill: each missing value becomes the mean of its day's values of that column,
+    for all days at once (qlib applies ``fillna(mean)`` to each day)."""
+
+    def __call__(self, df):
+        cols = _processors.get_group_columns(df, self.fields_group)
+        x = df[cols]
+        df[cols] = x.fillna(_by_day(x).transform("mean"))
+        return df
+
+
+# qlib resolves a handler's processors by name in its processor module, so replacing the names there is what
+# makes existing configs use these.
+_STOCK = {name: getattr(_processors, name) for name in ("CSZScoreNorm", "CSZFillna")}
+_FAST = {"CSZScoreNorm": CSZScoreNorm, "CSZFillna": CSZFillna}
