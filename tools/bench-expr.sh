@@ -8,7 +8,12 @@
 #       (median of 3 runs) then qlib 0.9.7's D.features on the first QLIB_N instruments (default 500) for (a)
 #       and (b), so the ratio compares equal work under the same machine state; qlib runs with kernels=2 and
 #       no caches. Prints each round's ratios and their medians.
-# Usage: tools/bench-expr.sh [SYMBOLS] [DAYS]   (default 5000 x 750)
+#   (d) unless KUNQUANT=0, KunQuant 0.1.12 (issue 21; installed with pip into target/venv-kunquant on first use)
+#       against qstore per factor group of Alpha158 without VWAP0 (tools/golden/bench_kunquant.py defines the
+#       groups): for each group, alternating, qstore's whole `qcache query --format stats` process (median of
+#       3) and KunQuant's compute-only time (float32, 2 threads, median of 3 repeat calls on loaded inputs,
+#       compiled once into $work/kunquant).
+# Usage: tools/bench-expr.sh [SYMBOLS] [DAYS]   (default 5000 x 750); PARTS="kunquant" runs (d) alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 symbols=${1:-5000}
@@ -30,13 +35,18 @@ timed() { # label, command...
   local label=$1; shift
   /usr/bin/time -f "$label %e s wall %U s user %M KB" "$@" >/dev/null
 }
+parts=${PARTS:-"own qlib kunquant"}
+if [[ " $parts " == *" own "* ]]; then
 for run in 1 2 3; do
   timed "qstore ten      all  run$run" target/release/qcache query "$store" --fields "${ten[@]}" --format stats
 done
 for run in 1 2; do
   timed "qstore alpha158 all  run$run" target/release/qcache query "$store" --feature-set alpha158 --format stats
 done
-if [ -x "$venv/bin/python" ]; then
+fi
+if [[ " $parts " != *" qlib "* ]]; then
+  :
+elif [ -x "$venv/bin/python" ]; then
   # Rounds of: qstore on the first QLIB_N instruments (median of 3 runs per work), then qlib on the same ones.
   # Alternating keeps both under the same machine state; each round prints its ratios, the last lines the
   # medians over rounds.
@@ -64,4 +74,26 @@ if [ -x "$venv/bin/python" ]; then
   rm -f "$log"
 else
   echo "no qlib virtualenv at $venv (tools/golden.sh creates it): skipping the qlib comparison"
+fi
+if [[ " $parts " == *" kunquant "* && "${KUNQUANT:-1}" != 0 ]]; then
+  kvenv=target/venv-kunquant
+  if [ ! -x "$kvenv/bin/python" ]; then
+    python3 -m venv "$kvenv"
+    "$kvenv/bin/python" -m pip install -q --disable-pip-version-check kunquant==0.1.12 numpy
+  fi
+  median() { sort -n | sed -n 2p; }
+  printf "%-28s %7s %16s %16s %8s\n" group factors "qstore (s)" "kunquant (s)" "q / k"
+  for group in all kbar price roc-ma std-vstd beta-rsqr-resi max-min-rsv-imax-imin-imxd qtlu-qtld-rank \
+      corr-cord cnt-sum-vma-wvma-vsum; do
+    mapfile -t exprs < <(python3 tools/golden/bench_kunquant.py exprs "$group")
+    # Compiles on first use (minutes for the whole set); the figures are the repeat calls.
+    k=$("$kvenv/bin/python" tools/golden/bench_kunquant.py "$store" "$work/kunquant" "$group" 3 2)
+    [ "$(cut -d' ' -f3 <<<"$k")" = "${#exprs[@]}" ] || { echo "bench-expr.sh: $group: $k against ${#exprs[@]} factors" >&2; exit 1; }
+    q=$(for _ in 1 2 3; do /usr/bin/time -f "%e" target/release/qcache query "$store" --fields "${exprs[@]}" \
+          --format stats --expr-cache off 2>&1 >/dev/null | tail -1; done | median)
+    kq=$(cut -d' ' -f7- <<<"$k" | tr ' ' '\n' | median)
+    awk -v g="$group" -v n="${#exprs[@]}" -v q="$q" -v k="$kq" -v f="$(cut -d' ' -f5 <<<"$k")" \
+      'BEGIN { printf "%-28s %7d %16.2f %9.3f (%.2f) %7.2fx\n", g, n, q, k, f, q / k }'
+  done
+  echo "(kunquant: median repeat call, first call in brackets; q / k above 1: qstore slower)"
 fi
