@@ -1,6 +1,7 @@
 """`import qstore` against real stores built by `qdump`: zero-copy reads, features equal to `qcache query`,
 errors, threads, forked processes, training windows."""
 
+import datetime
 import gc
 import io
 import multiprocessing
@@ -202,8 +203,12 @@ def test_bad_arguments_raise_and_write_nothing(store_path):
         qstore.Store(store_path / "nope")
     with pytest.raises(qstore.NotFound):
         s.instruments("nosuchmarket")
-    with pytest.raises(qstore.InvalidArgument, match="swap"):
+    with pytest.raises(qstore.InvalidArgument, match="start 2023-03-01 is after end 2023-01-01; swap them"):
         s.read("SH600000", "close", "2023-03-01", "2023-01-01")
+    with pytest.raises(qstore.InvalidArgument, match="swap"):
+        s.read("SH600000", "close", np.datetime64("2023-03-01"), datetime.date(2023, 1, 1))
+    # A start later in the end's own day is an empty range, not an error (as qlib's).
+    assert len(s.read("SH600000", "close", "2023-03-01 10:00:00", "2023-03-01")) == 0
     with pytest.raises(qstore.InvalidArgument):
         s.read("../etc", "close")
     with pytest.raises(qstore.InvalidArgument):
