@@ -208,6 +208,24 @@ impl ColumnSink {
         };
     }
 
+    /// [`put_column`](Self::put_column) of the engine's f64 values, rounded to f32 as they are written.
+    ///
+    /// # Safety
+    /// As for [`put_column`](Self::put_column).
+    unsafe fn put_column_f64(&self, c: usize, r0: usize, values: &[f64]) {
+        assert!(
+            c < self.ncol && r0 + values.len() <= self.rows,
+            "inside the buffer"
+        );
+        // SAFETY: in bounds (asserted); exclusive per the caller's contract.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.add(c * self.rows + r0), values.len())
+        };
+        for (o, &x) in dst.iter_mut().zip(values) {
+            *o = x as f32;
+        }
+    }
+
     /// Writes a row-major block of `ncol` columns into rows `r0..` of every column.
     ///
     /// # Safety
@@ -710,8 +728,28 @@ impl Engine {
                         for (c, col) in cols.iter().enumerate() {
                             at.put(out, c, hull.start, col, |v| v);
                         }
+                    } else if let (None, Some(r0), Some(sink)) = (at.slot, col_r0, sink) {
+                        // Computed columns straight into place, rounded as they are written: no block of
+                        // this instrument's columns to fill with NaN and copy again (the part is NaN already).
+                        let n = hull.len();
+                        query.evaluate_into(
+                            &fields,
+                            inst,
+                            hull.clone(),
+                            scratch,
+                            |c, from, v| {
+                                let off = from - hull.start;
+                                assert!(off + v.len() <= n, "inside the instrument's rows");
+                                // SAFETY: rows r0..r0 + n of every column belong to this instrument
+                                // alone (the destinations are disjoint row ranges), and the values stay
+                                // inside them (asserted).
+                                unsafe { sink.put_column_f64(c, r0 + off, v) };
+                            },
+                        )?;
+                        return Ok(());
                     } else if at.slot.is_none() {
-                        // Columns first (contiguous writes), then one pass into the frame's rows.
+                        // A row-major destination: columns first (contiguous writes), then one pass into
+                        // the frame's rows.
                         let len = hull.len();
                         columns.clear();
                         columns.resize(ncol * len, f32::NAN);
@@ -728,19 +766,7 @@ impl Engine {
                                     .for_each(|(o, &x)| *o = x as f32);
                             },
                         )?;
-                        match (col_r0, sink) {
-                            (Some(r0), Some(sink)) => {
-                                // Already column by column: each column's rows straight into place.
-                                for (c, col) in columns.chunks_exact(len).enumerate() {
-                                    // SAFETY: rows r0..r0 + n of every column belong to this instrument
-                                    // alone (the destinations are disjoint row ranges), and len == n here
-                                    // (one span: no gaps).
-                                    unsafe { sink.put_column(c, r0, col) };
-                                }
-                                return Ok(());
-                            }
-                            _ => transpose(columns, len, out),
-                        }
+                        transpose(columns, len, out);
                     } else {
                         query.evaluate_into(
                             &fields,
