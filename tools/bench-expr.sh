@@ -8,12 +8,13 @@
 #       (median of 3 runs) then qlib 0.9.7's D.features on the first QLIB_N instruments (default 500) for (a)
 #       and (b), so the ratio compares equal work under the same machine state; qlib runs with kernels=2 and
 #       no caches. Prints each round's ratios and their medians.
-#   (d) unless KUNQUANT=0, KunQuant 0.1.12 (issue 21; installed with pip into target/venv-kunquant on first use)
+#   (d) KunQuant 0.1.12 (issue 21; installed with pip into target/venv-kunquant on first use)
 #       against qstore per factor group of Alpha158 without VWAP0 (tools/golden/bench_kunquant.py defines the
 #       groups): for each group, alternating, qstore's whole `qcache query --format stats` process (median of
 #       3) and KunQuant's compute-only time (float32, 2 threads, median of 3 repeat calls on loaded inputs,
 #       compiled once into $work/kunquant).
-# Usage: tools/bench-expr.sh [SYMBOLS] [DAYS]   (default 5000 x 750); PARTS="kunquant" runs (d) alone
+# Usage: tools/bench-expr.sh [SYMBOLS] [DAYS]   (default 5000 x 750); PARTS (default "own qlib kunquant") picks
+#   the parts: "own" is (a) and (b), "qlib" (c), "kunquant" (d)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 symbols=${1:-5000}
@@ -75,7 +76,7 @@ elif [ -x "$venv/bin/python" ]; then
 else
   echo "no qlib virtualenv at $venv (tools/golden.sh creates it): skipping the qlib comparison"
 fi
-if [[ " $parts " == *" kunquant "* && "${KUNQUANT:-1}" != 0 ]]; then
+if [[ " $parts " == *" kunquant "* ]]; then
   kvenv=target/venv-kunquant
   if [ ! -x "$kvenv/bin/python" ]; then
     python3 -m venv "$kvenv"
