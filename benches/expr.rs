@@ -2,14 +2,14 @@
 //! baseline of the same series through `$x + 0` (load, one element-wise pass, output): the cost of a kernel
 //! should not grow with its window where the algorithm allows (Mad is O(window) on purpose; see
 //! docs/expressions.md). Also the repeated-query case of the feature cache: a `features()` call answered from
-//! memory vs the same call evaluated from disk. Figures and conditions in benches/README.md.
+//! memory vs the same call evaluated from disk, and eight instruments evaluated one at a time vs in lanes. Figures and conditions in benches/README.md.
 
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use qstore::expr::{Query, parse};
+use qstore::expr::{Query, Scratch, parse};
 use qstore::store::settings::Settings;
 use qstore::{Calendar, Engine, Freq, Store, Universe, parse_timestamp};
 
@@ -54,6 +54,57 @@ fn kernels(c: &mut Criterion) {
                 b.iter(|| black_box(run(q)))
             });
         }
+    }
+    g.finish();
+}
+
+/// Eight instruments of 750 rows evaluated one at a time (`evaluate_into`) and together in lanes
+/// (`evaluate_lanes_into`), for the kernels that have lane versions and one that goes lane by lane (Max).
+fn lanes(c: &mut Criterion) {
+    const DAYS: usize = 750;
+    let names: Vec<String> = (0..Query::LANES).map(|l| format!("I{l}")).collect();
+    let group: Vec<&str> = names.iter().map(String::as_str).collect();
+    let all = series();
+    let mut fields: HashMap<(String, String), (usize, Vec<f32>)> = HashMap::new();
+    for (l, name) in names.iter().enumerate() {
+        let x = all[l * 500..l * 500 + DAYS].to_vec();
+        let y = x.iter().rev().copied().collect();
+        fields.insert((name.clone(), "x".into()), (0, x));
+        fields.insert((name.clone(), "y".into()), (0, y));
+    }
+    let mut g = c.benchmark_group("lanes 8x750");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(20);
+    let mut scratch = Scratch::default();
+    for text in [
+        "Mean($x,20)",
+        "Std($x,20)",
+        "Corr($x,$y,20)",
+        "Slope($x,20)",
+        "Max($x,20)",
+    ] {
+        let q = Query::new(vec![parse(text).unwrap()]);
+        let mut sum = 0.0;
+        g.bench_function(BenchmarkId::new("one at a time", text), |b| {
+            b.iter(|| {
+                for name in &names {
+                    q.evaluate_into(&fields, name, 0..DAYS, &mut scratch, |_, _, v| sum += v[0])
+                        .unwrap();
+                }
+            })
+        });
+        g.bench_function(BenchmarkId::new("in lanes", text), |b| {
+            b.iter(|| {
+                let done = q
+                    .evaluate_lanes_into(&fields, &group, 0..DAYS, &mut scratch, |_, _, _, v| {
+                        sum += v[0]
+                    })
+                    .unwrap();
+                assert!(done);
+            })
+        });
+        black_box(sum);
     }
     g.finish();
 }
@@ -113,5 +164,5 @@ fn repeated_features(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels, repeated_features);
+criterion_group!(benches, kernels, lanes, repeated_features);
 criterion_main!(benches);

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use qstore::expr::{evaluate, parse};
+use qstore::expr::{Query, Scratch, evaluate, parse};
 
 const NAN: f64 = f64::NAN;
 /// The reference's 0.707107: the sample std of {1, 2}.
@@ -773,4 +773,141 @@ fn log_is_correctly_rounded() {
         let want = (arg as f64).ln() as f32;
         assert_eq!(g.to_bits(), want.to_bits(), "Log({arg})");
     }
+}
+
+/// `LANES` instruments' `$x` and `$y`, all stored over rows `start..start + len`, from one long draw: lane
+/// `l` takes values `l * len..` (with an infinity now and then, which windows treat as missing).
+fn lanes_of(start: usize, len: usize, xs: &[f64], ys: &[f64]) -> (Mem, Vec<String>) {
+    let names: Vec<String> = (0..Query::LANES).map(|l| format!("I{l}")).collect();
+    let mut m = Mem::new();
+    for (l, name) in names.iter().enumerate() {
+        for (field, draw) in [("x", xs), ("y", ys)] {
+            let v = (0..len)
+                .map(|i| draw[(l * len + i) % draw.len()] as f32)
+                .collect();
+            m.insert((name.clone(), field.to_string()), (start, v));
+        }
+    }
+    (m, names)
+}
+
+/// Each lane's values as [`Query::evaluate_into`] hands them out, as bits: (expression, first row, values).
+type Handed = Vec<(usize, usize, Vec<u64>)>;
+
+fn one_at_a_time(
+    q: &Query,
+    m: &Mem,
+    names: &[String],
+    rows: std::ops::Range<usize>,
+) -> Vec<Handed> {
+    let mut scratch = Scratch::default();
+    names
+        .iter()
+        .map(|name| {
+            let mut got = Vec::new();
+            q.evaluate_into(m, name, rows.clone(), &mut scratch, |k, from, v| {
+                got.push((k, from, v.iter().map(|x| x.to_bits()).collect()))
+            })
+            .unwrap();
+            got
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Instruments evaluated together in lanes get exactly what each gets alone: the same values, bit for bit,
+    /// handed out in the same pieces, for nested expressions over every operator (the lane kernels of sums,
+    /// spreads, co-moments and regressions, and the others one lane at a time), windows across blocks, gaps
+    /// and infinities, and any requested rows.
+    #[test]
+    fn lanes_equal_one_instrument_at_a_time(
+        xs in series(),
+        ys in series(),
+        exprs in prop::collection::vec(expression(), 1..4),
+        start in 0usize..30,
+        len in 1usize..90,
+        from in 0usize..60,
+        count in 1usize..140,
+    ) {
+        let mut xs = xs;
+        if xs.len() > 5 {
+            xs[5] = f64::INFINITY;
+        }
+        let (m, names) = lanes_of(start, len, &xs, &ys);
+        let mut texts = exprs;
+        texts.extend(
+            [
+                "Cov($x,$y,5)", "Corr($x,$y,7)", "Corr($x,Ref($x,1),3)", "Var($x,4)", "Count($x,3)",
+                "Sum($y,0)", "Slope($x,6)", "Rsquare($x,6)", "Resi($x,0)", "Ref($x,0)", "Delta($y,0)",
+                "Max($x,3)-Min($y,9)", "Quantile($x,5,0.8)+Rank($x,5)",
+            ]
+            .map(String::from),
+        );
+        let q = Query::new(texts.iter().map(|t| parse(t).unwrap()).collect());
+        let rows = from..from + count;
+        let want = one_at_a_time(&q, &m, &names, rows.clone());
+        let mut got: Vec<Handed> = vec![Vec::new(); names.len()];
+        let group: Vec<&str> = names.iter().map(String::as_str).collect();
+        let done = q
+            .evaluate_lanes_into(&m, &group, rows, &mut Scratch::default(), |l, k, from, v| {
+                got[l].push((k, from, v.iter().map(|x| x.to_bits()).collect()))
+            })
+            .unwrap();
+        prop_assert!(done);
+        for (l, (got, want)) in got.iter().zip(&want).enumerate() {
+            prop_assert!(got == want, "lane {} of {:?}", l, texts);
+        }
+    }
+}
+
+/// A group whose fields are not stored over the same rows, or a query that reads another instrument, is left
+/// to the caller (nothing handed out), and one instrument at a time gives its values.
+#[test]
+fn lanes_refuse_groups_that_do_not_line_up() {
+    let xs: Vec<f64> = (0..40).map(|i| 100.0 + (i % 7) as f64).collect();
+    let (mut m, names) = lanes_of(0, 30, &xs, &xs);
+    let group: Vec<&str> = names.iter().map(String::as_str).collect();
+    let q = Query::new(vec![parse("Mean($x,5)").unwrap()]);
+    let mut handed = 0;
+    let mut count = |_: usize, _: usize, _: usize, _: &[f64]| handed += 1;
+    assert!(
+        q.evaluate_lanes_into(&m, &group, 0..30, &mut Scratch::default(), &mut count)
+            .unwrap()
+    );
+    assert_eq!(handed, Query::LANES);
+    // One instrument's `$y` starts a row later: its series would not line up.
+    m.get_mut(&("I3".to_string(), "y".to_string())).unwrap().0 = 1;
+    let q2 = Query::new(vec![parse("Corr($x,$y,5)").unwrap()]);
+    let mut handed = 0;
+    let refused = !q2
+        .evaluate_lanes_into(&m, &group, 0..30, &mut Scratch::default(), |_, _, _, _| {
+            handed += 1
+        })
+        .unwrap();
+    assert!(refused && handed == 0);
+    // Another instrument read, qlib's compatible mode, or a group of another size: refused as well.
+    let other = Query::new(vec![parse("ChangeInstrument('I0',$x)").unwrap()]);
+    assert!(
+        !other
+            .evaluate_lanes_into(&m, &group, 0..30, &mut Scratch::default(), |_, _, _, _| {})
+            .unwrap()
+    );
+    let qlib = Query::new(vec![parse("Mean($x,5)").unwrap()]).qlib_compatible(0);
+    assert!(
+        !qlib
+            .evaluate_lanes_into(&m, &group, 0..30, &mut Scratch::default(), |_, _, _, _| {})
+            .unwrap()
+    );
+    assert!(
+        !q.evaluate_lanes_into(
+            &m,
+            &group[..3],
+            0..30,
+            &mut Scratch::default(),
+            |_, _, _, _| {}
+        )
+        .unwrap()
+    );
 }

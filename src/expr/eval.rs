@@ -18,8 +18,10 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::ast::{Binary, Expr, Extent, Pair, Rolling, Unary, Window};
+use super::kernels::lanes::{Interleaved, LANES, rolling_lanes_best, stat, windows_best};
 use super::kernels::{
-    self, CoMoments, Extreme, Moments, OrderStat, Spread, Sum, Weighted, rolling, rolling_stepped,
+    self, CoMoments, Extreme, Moments, OrderStat, Spread, Sum, Weighted, flat, rolling,
+    rolling_stepped,
 };
 use crate::error::Result;
 use crate::store::bin::FeatureFile;
@@ -117,6 +119,8 @@ pub struct Query {
     qlib_start: Option<usize>,
     /// Whether an expression reads another instrument (`Mask`, `ChangeInstrument`).
     other_instruments: bool,
+    /// The fields the expressions read.
+    fields: Vec<String>,
     /// The first expression deeper than the parser allows, with its depth: evaluating it is an error (every
     /// walk of the tree recurses), and nothing walks it.
     too_deep: Option<(usize, usize)>,
@@ -194,6 +198,7 @@ impl Query {
                 plan,
                 qlib_start: None,
                 other_instruments: false,
+                fields: Vec::new(),
                 too_deep,
             };
         }
@@ -247,11 +252,21 @@ impl Query {
             groups,
         };
         let other_instruments = first.iter().any(|e| matches!(e, Expr::Instrument(..)));
+        let mut fields: Vec<String> = first
+            .iter()
+            .filter_map(|e| match e {
+                Expr::Field(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect();
+        fields.sort();
+        fields.dedup();
         Query {
             exprs,
             plan,
             qlib_start: None,
             other_instruments,
+            fields,
             too_deep: None,
         }
     }
@@ -322,6 +337,50 @@ impl Query {
         scratch: &mut Scratch,
         mut sink: impl FnMut(usize, usize, &[f64]),
     ) -> Result<()> {
+        self.evaluate_group(fields, &[instrument], rows, scratch, |_, k, from, v| {
+            sink(k, from, v)
+        })?;
+        Ok(())
+    }
+
+    /// How many instruments [`Query::evaluate_lanes_into`] evaluates together.
+    pub const LANES: usize = LANES;
+
+    /// [`Query::evaluate_into`] for [`Query::LANES`] instruments at once, in lockstep: their series side by
+    /// side, so the window kernels add, merge and finish the windows of all of them with vector instructions.
+    /// Every value is the one [`Query::evaluate_into`] gives (the same operations in the same order per
+    /// instrument). `sink(lane, expression index, first calendar row, values)`.
+    ///
+    /// Returns `false`, having called `sink` for nothing, when the group cannot share lanes: qlib's compatible
+    /// mode, an expression that reads another instrument, or fields not stored over the same rows for every
+    /// instrument of the group. The caller then evaluates them one at a time.
+    pub fn evaluate_lanes_into<F: Fields + ?Sized>(
+        &self,
+        fields: &F,
+        group: &[&str],
+        rows: Range<usize>,
+        scratch: &mut Scratch,
+        sink: impl FnMut(usize, usize, usize, &[f64]),
+    ) -> Result<bool> {
+        if group.len() != LANES
+            || self.qlib_start.is_some()
+            || self.other_instruments
+            || self.too_deep.is_some()
+        {
+            return Ok(false);
+        }
+        self.evaluate_group(fields, group, rows, scratch, sink)
+    }
+
+    /// Evaluates `group` (one instrument, or [`LANES`] in lanes); `false` when lanes do not apply.
+    fn evaluate_group<F: Fields + ?Sized>(
+        &self,
+        fields: &F,
+        group: &[&str],
+        rows: Range<usize>,
+        scratch: &mut Scratch,
+        mut sink: impl FnMut(usize, usize, usize, &[f64]),
+    ) -> Result<bool> {
         if let Some((k, depth)) = self.too_deep {
             return Err(crate::error::Error::Expr {
                 expr: format!("expression #{k}"),
@@ -333,7 +392,12 @@ impl Query {
             });
         }
         let exprs = &self.exprs;
-        let mut ev = Evaluator::new(fields, Some(&self.plan));
+        let instrument = group[0];
+        let mut ev = Evaluator::new(fields, Some(&self.plan), group);
+        if group.len() > 1 && !same_rows(&mut ev, group, &self.fields)? {
+            return Ok(false);
+        }
+        let width = ev.width;
         ev.qlib = self.qlib_start.is_some();
         // Each expression's domain is asked once here: not worth remembering (decided again below).
         ev.remember_domains = false;
@@ -389,6 +453,8 @@ impl Query {
         // the series), so shared sub-expressions (`$close`, `Ref($close,1)`, ...) are computed once. (Not for
         // qlib's start-dependent values, which keep their own range.)
         let shared = || plans.iter().flatten().filter(|p| !p.3);
+        // A column's values lane by lane (they are interleaved).
+        let mut lanes = Vec::new();
         let common_qs = shared().map(|p| p.1).min().unwrap_or(0);
         let common_qe = shared().map(|p| p.2).max().unwrap_or(0);
         for (k, (e, plan)) in exprs.iter().zip(&plans).enumerate() {
@@ -408,15 +474,54 @@ impl Query {
             let to = rows.end.min(qe).min(domain.end);
             if from < to {
                 match &values {
-                    Val::Const(c) => sink(k, from, &vec![*c; to - from]),
-                    Val::Series { v, .. } => sink(k, from, &v[from - qs..to - qs]),
+                    Val::Const(c) => {
+                        let v = vec![*c; to - from];
+                        (0..width).for_each(|l| sink(l, k, from, &v));
+                    }
+                    Val::Series { v, .. } if width == 1 => sink(0, k, from, &v[from - qs..to - qs]),
+                    Val::Series { v, .. } => {
+                        deinterleave(
+                            &v[(from - qs) * width..(to - qs) * width],
+                            width,
+                            &mut lanes,
+                        );
+                        for (l, lane) in lanes.chunks_exact(to - from).enumerate() {
+                            sink(l, k, from, lane);
+                        }
+                    }
                 }
             }
             ev.recycle(values);
         }
         scratch.pool = ev.finish();
-        Ok(())
+        Ok(true)
     }
+}
+
+/// Whether every field the query reads is stored over one and the same range of rows (or not at all) for
+/// every instrument of `group`: then their series line up row for row, and every node's series is the same
+/// range for all of them.
+fn same_rows<F: Fields + ?Sized>(
+    ev: &mut Evaluator<'_, F>,
+    group: &[&str],
+    fields: &[String],
+) -> Result<bool> {
+    let mut span: Option<Range<usize>> = None;
+    for f in fields {
+        let mut stored = None;
+        for &inst in group {
+            let rows = ev.column(inst, f)?.map(|c| c.rows());
+            if *stored.get_or_insert(rows.is_some()) != rows.is_some() {
+                return Ok(false);
+            }
+            if let Some(rows) = rows
+                && *span.get_or_insert(rows.clone()) != rows
+            {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// The rows where the series of `exprs` for `instrument` exist: the hull of the stored ranges of the fields
@@ -426,7 +531,8 @@ pub fn domain<F: Fields + ?Sized>(
     instrument: &str,
     exprs: &[Expr],
 ) -> Result<Option<Range<usize>>> {
-    let mut ev = Evaluator::new(fields, None);
+    let group = [instrument];
+    let mut ev = Evaluator::new(fields, None, &group);
     let mut d = None;
     for e in exprs {
         d = hull(d, ev.domain(e, instrument)?);
@@ -493,6 +599,10 @@ type MemoKey = (u32, usize, usize, usize);
 
 struct Evaluator<'a, F: ?Sized> {
     fields: &'a F,
+    /// The instruments evaluated together, one lane each ([`Query::evaluate_lanes_into`]); a series holds
+    /// `width` values per row, lane `l`'s at `row * width + l`. One instrument: the plain layout.
+    group: &'a [&'a str],
+    width: usize,
     columns: FxHashMap<(String, String), Option<Column>>,
     /// What may be shared ([`Query`]); without it nothing is memoised.
     plan: Option<&'a Plan>,
@@ -520,9 +630,11 @@ fn bool_f(b: bool) -> f64 {
 }
 
 impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
-    fn new(fields: &'a F, plan: Option<&'a Plan>) -> Self {
+    fn new(fields: &'a F, plan: Option<&'a Plan>, group: &'a [&'a str]) -> Self {
         Evaluator {
             fields,
+            group,
+            width: group.len().max(1),
             columns: FxHashMap::default(),
             plan,
             memo: FxHashMap::default(),
@@ -612,9 +724,13 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                     unreachable!("only window statistics are grouped")
                 };
                 let stats: Vec<Stat> = members.iter().map(|m| m.1).collect();
-                let qlib = self.qlib;
+                let (qlib, width) = (self.qlib, self.width);
                 let outs = self.with_series(x, inst, base, len, |xs| {
-                    window_stats(&stats, xs, base, *w, qlib)
+                    if width == 1 {
+                        window_stats(&stats, xs, base, *w, qlib)
+                    } else {
+                        window_stats_lanes(&stats, xs, base, *w)
+                    }
                 })?;
                 let mut mine = None;
                 for (&(m, _), out) in members.iter().zip(outs) {
@@ -697,6 +813,10 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
 
     /// `e` for `inst` evaluated over the rows of its own series inside `base..base + len`, NaN elsewhere.
     fn within_series(&mut self, e: &Expr, inst: &str, base: usize, len: usize) -> Result<Val> {
+        debug_assert_eq!(
+            self.width, 1,
+            "lanes are aligned and read no other instrument"
+        );
         let mut out = self.nans(len);
         let mut narrow = true;
         if let Some(d) = self.domain(e, inst)? {
@@ -745,7 +865,8 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
     }
 
     fn series(&mut self, e: &Expr, instrument: &str, base: usize, len: usize) -> Result<Vec<f64>> {
-        Ok(self.eval(e, instrument, base, len)?.into_vec(len))
+        let cells = len * self.width;
+        Ok(self.eval(e, instrument, base, len)?.into_vec(cells))
     }
 
     /// The memo key of node `e` over these rows, and whether its value is kept for other uses (`None`: the
@@ -788,8 +909,29 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
     }
 
     fn compute(&mut self, e: &Expr, inst: &str, base: usize, len: usize) -> Result<Val> {
+        // Values of a series over these rows: one per lane.
+        let (width, cells) = (self.width, len * self.width);
         Ok(match e {
             Expr::Const(c) => Val::Const(*c),
+            Expr::Field(f) if width > 1 => {
+                let mut out = self.nans(cells);
+                for (l, &inst) in self.group.iter().enumerate() {
+                    if let Some(c) = self.column(inst, f)? {
+                        let (values, start) = (c.values(), c.start());
+                        let from = start.max(base);
+                        let to = (start + values.len()).min(base + len);
+                        if from < to {
+                            out[(from - base) * width..(to - base) * width]
+                                .iter_mut()
+                                .skip(l)
+                                .step_by(width)
+                                .zip(&values[from - start..to - start])
+                                .for_each(|(o, &x)| *o = f64::from(x));
+                        }
+                    }
+                }
+                Val::narrow(out)
+            }
             Expr::Field(f) => {
                 let mut out = self.nans(len);
                 if let Some(c) = self.column(inst, f)? {
@@ -841,7 +983,7 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                 acc
             }
             Expr::If(c, a, b) => {
-                let c = self.operand(c, inst, base, len)?.into_vec(len);
+                let c = self.operand(c, inst, base, len)?.into_vec(cells);
                 let (a, b) = (
                     self.operand(a, inst, base, len)?,
                     self.operand(b, inst, base, len)?,
@@ -849,7 +991,7 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                 let narrow = [&a, &b]
                     .iter()
                     .all(|v| matches!(v, Val::Const(_) | Val::Series { narrow: true, .. }));
-                let (a, b) = (a.into_vec(len), b.into_vec(len));
+                let (a, b) = (a.into_vec(cells), b.into_vec(cells));
                 Val::Series {
                     v: c.iter()
                         .zip(a.iter().zip(&b))
@@ -860,23 +1002,28 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
             }
             Expr::Ref(x, n) => {
                 let (v, narrow) = match self.eval(x, inst, base, len)? {
-                    Val::Const(c) => (vec![c; len], false),
+                    Val::Const(c) => (vec![c; cells], false),
                     Val::Series { v, narrow } => (v, narrow),
                 };
-                let mut out = vec![f64::NAN; len];
+                let mut out = vec![f64::NAN; cells];
                 match (*n).cmp(&0) {
                     // The series' first value on every row (evaluation starts there: the extent is All).
-                    std::cmp::Ordering::Equal => out.fill(v.first().copied().unwrap_or(f64::NAN)),
+                    std::cmp::Ordering::Equal => {
+                        if len > 0 {
+                            out.chunks_exact_mut(width)
+                                .for_each(|row| row.copy_from_slice(&v[..width]));
+                        }
+                    }
                     std::cmp::Ordering::Greater => {
                         let n = *n as usize;
                         if n < len {
-                            out[n..].copy_from_slice(&v[..len - n]);
+                            out[n * width..].copy_from_slice(&v[..(len - n) * width]);
                         }
                     }
                     std::cmp::Ordering::Less => {
                         let n = n.unsigned_abs() as usize;
                         if n < len {
-                            out[..len - n].copy_from_slice(&v[n..]);
+                            out[..(len - n) * width].copy_from_slice(&v[n * width..]);
                         }
                     }
                 }
@@ -885,36 +1032,42 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
             Expr::Rolling(Rolling::Delta, x, w) => {
                 // x - x.shift(n): element-wise in pandas, so float32 stays float32.
                 let (v, narrow) = match self.eval(x, inst, base, len)? {
-                    Val::Const(c) => (vec![c; len], false),
+                    Val::Const(c) => (vec![c; cells], false),
                     Val::Series { v, narrow } => (v, narrow),
                 };
-                let mut d = rolling_op(Rolling::Delta, &v, base, *w, false);
+                let mut d = delta(&v, periods(*w), width);
                 d.iter_mut().for_each(|x| *x = round_if(narrow, *x));
                 Val::Series { v: d, narrow }
             }
             Expr::Rolling(op, x, w) => {
                 let qlib = self.qlib;
-                Val::wide(
-                    self.with_series(x, inst, base, len, |v| rolling_op(*op, v, base, *w, qlib))?,
-                )
+                Val::wide(self.with_series(x, inst, base, len, |v| {
+                    if width == 1 {
+                        rolling_op(*op, v, base, *w, qlib)
+                    } else {
+                        rolling_lanes(*op, v, base, *w)
+                    }
+                })?)
             }
             Expr::Quantile(x, w, q) => {
                 let stat = Stat::Order(OrderStat::Quantile(*q));
                 Val::wide(
                     self.with_series(x, inst, base, len, |v| {
-                        window_pass(&[stat], &inf_as_nan(v), base, *w)
+                        per_lane(v, width, |v| window_pass(&[stat], &inf_as_nan(v), base, *w))
                     })?
                     .remove(0),
                 )
             }
             Expr::Pair(op, a, b, w) => {
-                let a = self.operand(a, inst, base, len)?.into_vec(len);
+                let a = self.operand(a, inst, base, len)?.into_vec(cells);
                 let out = if self.covers(b, inst, base, len)? {
                     // A kept value of `b` is lent rather than copied.
-                    self.with_series(b, inst, base, len, |b| pair_op(*op, &a, b, base, *w))?
+                    self.with_series(b, inst, base, len, |b| {
+                        pair_any(*op, &a, b, base, *w, width)
+                    })?
                 } else {
-                    let b = self.operand(b, inst, base, len)?.into_vec(len);
-                    let out = pair_op(*op, &a, &b, base, *w);
+                    let b = self.operand(b, inst, base, len)?.into_vec(cells);
+                    let out = pair_any(*op, &a, &b, base, *w, width);
                     self.pool.push(b);
                     out
                 };
@@ -985,19 +1138,6 @@ fn periods(w: Window) -> Option<usize> {
         Window::Expanding | Window::Ewm(_) => None,
     }
 }
-
-/// |std| <= 2e-5: qlib's `np.isclose(rolling std, 0, atol=2e-05)`, under which Corr and Rsquare are NaN.
-///
-/// Decided on the variance, without its square root (two per row of Corr): `sqrt` is correctly rounded and
-/// monotonic, so `var.sqrt() <= 2e-5` holds exactly for `0 <= var <= FLAT_VAR` (a test checks the values on
-/// both sides of the bound, the signed zeros, NaN and infinities).
-#[inline(always)]
-fn flat(var: f64) -> bool {
-    (0.0..=FLAT_VAR).contains(&var)
-}
-
-/// The largest double whose square root rounds to at most 2e-5 (one ulp above `2e-5 * 2e-5`).
-const FLAT_VAR: f64 = f64::from_bits(0x3DFB_7CDF_D9D7_BDBD);
 
 /// `xs` with ±inf as NaN, copied only when it holds one. pandas does this to the input of every rolling,
 /// expanding and ewm computation, so qlib's window operators treat an infinite value (`$x/0`, `Log(0)`) as
@@ -1076,15 +1216,7 @@ fn rolling_op(op: Rolling, v: &[f64], base: usize, w: Window, qlib: bool) -> Vec
         (Rolling::Med, _) => window_pass(&[Stat::Order(OrderStat::Median)], v, base, w).remove(0),
         (Rolling::Rank, _) => window_pass(&[Stat::Order(OrderStat::Rank)], v, base, w).remove(0),
         (Rolling::Mad, _) => kernels::mad(v, n),
-        (Rolling::Delta, _) => match n {
-            Some(n) => (0..len)
-                .map(|i| if i >= n { v[i] - v[i - n] } else { f64::NAN })
-                .collect(),
-            None => v
-                .iter()
-                .map(|x| x - v.first().copied().unwrap_or(f64::NAN))
-                .collect(),
-        },
+        (Rolling::Delta, _) => delta(v, n, 1),
         (
             Rolling::Slope
             | Rolling::Rsquare
@@ -1227,41 +1359,225 @@ fn pair_op(op: Pair, a: &[f64], b: &[f64], base: usize, w: Window) -> Vec<f64> {
     let n = periods(w);
     let pairs = |i: usize| (a[i], b[i]);
     match op {
-        Pair::Cov => rolling_stepped(len, base, n, pairs, |m: &CoMoments| {
-            let m = m.centered();
-            if m.n < 2.0 {
-                f64::NAN
-            } else {
-                m.sxy / (m.n - 1.0)
-            }
-        }),
+        Pair::Cov => rolling_stepped(len, base, n, pairs, cov),
         // qlib: NaN where either side on its own is (nearly) constant over the window. When the sides have
         // the same gaps, each side's spread is the pairs' own (same rows, same arithmetic): one pass.
         Pair::Corr if a.iter().zip(b).all(|(x, y)| x.is_nan() == y.is_nan()) => {
-            rolling_stepped(len, base, n, pairs, |m: &CoMoments| {
-                let m = m.centered();
-                if m.n < 2.0 || flat(m.var_x()) || flat(m.var_y()) {
-                    f64::NAN
-                } else {
-                    m.corr()
-                }
-            })
+            rolling_stepped(len, base, n, pairs, corr_same_gaps)
         }
         Pair::Corr => {
-            let r = rolling_stepped(len, base, n, pairs, |m: &CoMoments| {
-                let m = m.centered();
-                if m.n < 2.0 { f64::NAN } else { m.corr() }
-            });
+            let r = rolling_stepped(len, base, n, pairs, corr_any_gaps);
             let side = |s: &[f64]| {
                 rolling_stepped(len, base, n, |i| s[i], |m: &Spread| bool_f(flat(m.var())))
             };
             let (fa, fb) = (side(a), side(b));
-            r.iter()
-                .zip(fa.iter().zip(&fb))
-                .map(|(&r, (&x, &y))| if x == 1.0 || y == 1.0 { f64::NAN } else { r })
-                .collect()
+            corr_unflat(r, &fa, &fb)
         }
     }
+}
+
+/// `x - x.shift(n)` (`n`: `None` for the expanding form, `x` minus the series' first value) over `width`
+/// interleaved series.
+fn delta(v: &[f64], n: Option<usize>, width: usize) -> Vec<f64> {
+    match n {
+        Some(n) => {
+            let lag = n * width;
+            (0..v.len())
+                .map(|j| {
+                    if j >= lag {
+                        v[j] - v[j - lag]
+                    } else {
+                        f64::NAN
+                    }
+                })
+                .collect()
+        }
+        None => v
+            .iter()
+            .enumerate()
+            .map(|(j, x)| x - v.get(j % width).copied().unwrap_or(f64::NAN))
+            .collect(),
+    }
+}
+
+/// `f`'s outputs for each of `width` interleaved series, interleaved the same way: the scalar kernels serve
+/// a group of instruments one lane at a time. One series is passed straight through.
+fn per_lane(xs: &[f64], width: usize, mut f: impl FnMut(&[f64]) -> Vec<Vec<f64>>) -> Vec<Vec<f64>> {
+    if width == 1 || xs.is_empty() {
+        return f(xs);
+    }
+    let len = xs.len() / width;
+    let mut lanes = Vec::new();
+    deinterleave(xs, width, &mut lanes);
+    let mut results: Vec<Vec<Vec<f64>>> = lanes.chunks_exact(len.max(1)).map(&mut f).collect();
+    let outs = results.first().map_or(0, Vec::len);
+    (0..outs)
+        .map(|k| {
+            let mut out = vec![f64::NAN; len * width];
+            for (l, r) in results.iter_mut().enumerate() {
+                let lane = std::mem::take(&mut r[k]);
+                for (row, x) in out.chunks_exact_mut(width).zip(lane) {
+                    row[l] = x;
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// `xs`, `width` series interleaved row by row, lane by lane into `out` (`out[l * len + i]`): one pass over the
+/// rows, writing `width` streams (a strided pass per lane read every row `width` times).
+fn deinterleave(xs: &[f64], width: usize, out: &mut Vec<f64>) {
+    let len = xs.len() / width;
+    out.clear();
+    out.resize(xs.len(), 0.0);
+    let mut lanes: Vec<&mut [f64]> = out.chunks_exact_mut(len.max(1)).collect();
+    for (i, row) in xs.chunks_exact(width).enumerate() {
+        for (lane, &x) in lanes.iter_mut().zip(row) {
+            lane[i] = x;
+        }
+    }
+}
+
+/// [`rolling_op`] over [`LANES`] interleaved series (qstore's rules): sums, means, counts and spreads with the
+/// lane kernels, the rest one lane at a time.
+fn rolling_lanes(op: Rolling, v: &[f64], base: usize, w: Window) -> Vec<f64> {
+    let n = periods(w);
+    let len = v.len() / LANES;
+    fn lanes(xs: &[f64]) -> Interleaved<'_, LANES> {
+        Interleaved { x: xs, y: xs }
+    }
+    match (op, w) {
+        (Rolling::Mean, Window::Periods(_) | Window::Expanding) => {
+            rolling_lanes_best::<stat::Mean>(len, base, n, lanes(&inf_as_nan(v)))
+        }
+        (Rolling::Sum, _) => rolling_lanes_best::<stat::Sum>(len, base, n, lanes(&inf_as_nan(v))),
+        (Rolling::Count, _) => rolling_lanes_best::<stat::Count>(len, base, n, lanes(v)),
+        (Rolling::Var, _) => rolling_lanes_best::<stat::Var>(len, base, n, lanes(&inf_as_nan(v))),
+        (Rolling::Std, _) => rolling_lanes_best::<stat::Std>(len, base, n, lanes(&inf_as_nan(v))),
+        (Rolling::Slope | Rolling::Rsquare | Rolling::Resi, _) => {
+            window_stats_lanes(&[Stat::Trend(op)], v, base, w).remove(0)
+        }
+        (Rolling::Max | Rolling::Min | Rolling::IdxMax | Rolling::IdxMin, _) => {
+            window_stats_lanes(&[Stat::Extreme(op)], v, base, w).remove(0)
+        }
+        _ => per_lane(v, LANES, |v| vec![rolling_op(op, v, base, w, false)]).remove(0),
+    }
+}
+
+/// [`window_stats`] over [`LANES`] interleaved series (qstore's rules): regressions and extremes with the lane
+/// kernels, order statistics one lane at a time.
+fn window_stats_lanes(stats: &[Stat], xs: &[f64], base: usize, w: Window) -> Vec<Vec<f64>> {
+    let len = xs.len() / LANES;
+    let n = periods(w);
+    // Each row's calendar row, in every lane: the regressions' x and the extremes' positions.
+    let rows = || -> Vec<f64> { (0..len).flat_map(|i| [(base + i) as f64; LANES]).collect() };
+    let clean = inf_as_nan(xs);
+    /// Which of the lane kernel's outputs a statistic is.
+    type Pick = fn(&Stat) -> usize;
+    let (all, pick): (Vec<Vec<f64>>, Pick) = match stats.first() {
+        Some(Stat::Trend(_)) => {
+            let rows = rows();
+            let pairs = Interleaved {
+                x: &rows,
+                y: &clean,
+            };
+            let all = if n.is_some() {
+                windows_best::<stat::Trend<true>>(len, base, n, pairs)
+            } else {
+                windows_best::<stat::Trend<false>>(len, base, n, pairs)
+            };
+            // Slope, Rsquare and Resi, in that order.
+            (all, |s| match s {
+                Stat::Trend(Rolling::Slope) => 0,
+                Stat::Trend(Rolling::Rsquare) => 1,
+                _ => 2,
+            })
+        }
+        Some(Stat::Extreme(op)) => {
+            let rows = rows();
+            let values = Interleaved {
+                x: &clean,
+                y: &rows,
+            };
+            let all = if matches!(op, Rolling::Max | Rolling::IdxMax) {
+                windows_best::<stat::Extremes<true>>(len, base, n, values)
+            } else {
+                windows_best::<stat::Extremes<false>>(len, base, n, values)
+            };
+            // The extreme, then its position.
+            (all, |s| match s {
+                Stat::Extreme(Rolling::Max | Rolling::Min) => 0,
+                _ => 1,
+            })
+        }
+        _ => return per_lane(xs, LANES, |xs| window_stats(stats, xs, base, w, false)),
+    };
+    stats.iter().map(|s| all[pick(s)].clone()).collect()
+}
+
+/// [`pair_op`] over `width` interleaved pairs of series.
+fn pair_any(op: Pair, a: &[f64], b: &[f64], base: usize, w: Window, width: usize) -> Vec<f64> {
+    if width == 1 {
+        return pair_op(op, a, b, base, w);
+    }
+    debug_assert_eq!(width, LANES);
+    let (a, b) = (&*inf_as_nan(a), &*inf_as_nan(b));
+    let len = a.len() / LANES;
+    let n = periods(w);
+    let pairs = Interleaved::<LANES> { x: a, y: b };
+    match op {
+        Pair::Cov => rolling_lanes_best::<stat::Cov>(len, base, n, pairs),
+        // As `pair_op`, whose one-pass form gives the bits of its three-pass one wherever a lane's sides have
+        // the same gaps: one test over all lanes picks the form.
+        Pair::Corr if a.iter().zip(b).all(|(x, y)| x.is_nan() == y.is_nan()) => {
+            rolling_lanes_best::<stat::CorrUnlessFlat>(len, base, n, pairs)
+        }
+        Pair::Corr => {
+            let r = rolling_lanes_best::<stat::Corr>(len, base, n, pairs);
+            let side = |s: &[f64]| {
+                rolling_lanes_best::<stat::Flat>(len, base, n, Interleaved { x: s, y: s })
+            };
+            corr_unflat(r, &side(a), &side(b))
+        }
+    }
+}
+
+/// Cov of a window's pairs (ddof 1); NaN below two.
+#[inline(always)]
+fn cov(m: &CoMoments) -> f64 {
+    let m = m.centered();
+    if m.n < 2.0 {
+        f64::NAN
+    } else {
+        m.sxy / (m.n - 1.0)
+    }
+}
+
+/// Corr of a window's pairs where both sides have the same gaps: NaN where either side is flat.
+#[inline(always)]
+fn corr_same_gaps(m: &CoMoments) -> f64 {
+    let m = m.centered();
+    if m.n < 2.0 || flat(m.var_x()) || flat(m.var_y()) {
+        f64::NAN
+    } else {
+        m.corr()
+    }
+}
+
+/// Corr of a window's pairs, before the flat sides are blanked ([`corr_unflat`]).
+#[inline(always)]
+fn corr_any_gaps(m: &CoMoments) -> f64 {
+    let m = m.centered();
+    if m.n < 2.0 { f64::NAN } else { m.corr() }
+}
+
+/// `r` blanked where either side's own spread is flat (`fa`, `fb`: 1 where flat).
+fn corr_unflat(r: Vec<f64>, fa: &[f64], fb: &[f64]) -> Vec<f64> {
+    r.iter()
+        .zip(fa.iter().zip(fb))
+        .map(|(&r, (&x, &y))| if x == 1.0 || y == 1.0 { f64::NAN } else { r })
+        .collect()
 }
 
 /// One element-wise binary operation (a binary node, or one step of a chain).
@@ -1296,50 +1612,5 @@ fn apply(op: Binary, a: Val, b: Val) -> Val {
         Binary::Ne => binary(a, b, true, |a, b| bool_f(a != b)),
         Binary::And => binary(a, b, true, |a, b| bool_f(truthy(a) && truthy(b))),
         Binary::Or => binary(a, b, true, |a, b| bool_f(truthy(a) || truthy(b))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// The definition `flat` stands for.
-    fn flat_by_sqrt(var: f64) -> bool {
-        var.sqrt() <= 2e-5
-    }
-
-    #[test]
-    fn flat_bound_is_the_last_variance_whose_std_is_within_tolerance() {
-        assert!(flat_by_sqrt(FLAT_VAR));
-        assert!(!flat_by_sqrt(FLAT_VAR.next_up()));
-        let mut below = FLAT_VAR;
-        let mut above = FLAT_VAR;
-        for _ in 0..10_000 {
-            assert_eq!(flat(below), flat_by_sqrt(below), "{below:e}");
-            assert_eq!(flat(above), flat_by_sqrt(above), "{above:e}");
-            below = below.next_down();
-            above = above.next_up();
-        }
-        for v in [
-            0.0,
-            -0.0,
-            -1e-300,
-            -1.0,
-            f64::NAN,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            4e-10,
-        ] {
-            assert_eq!(flat(v), flat_by_sqrt(v), "{v:e}");
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn flat_agrees_with_its_definition(var in proptest::num::f64::ANY, small in 0.0f64..1e-9) {
-            prop_assert_eq!(flat(var), flat_by_sqrt(var));
-            prop_assert_eq!(flat(small), flat_by_sqrt(small));
-        }
     }
 }

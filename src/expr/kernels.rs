@@ -20,6 +20,8 @@
 
 use std::ops::Range;
 
+pub(crate) mod lanes;
+
 /// A windowed reduction whose accumulators merge (the left one precedes the right one in time).
 pub(crate) trait Acc: Copy {
     const EMPTY: Self;
@@ -293,6 +295,19 @@ impl Spread {
         sample_var(self.n, self.m2())
     }
 }
+
+/// |std| <= 2e-5: qlib's `np.isclose(rolling std, 0, atol=2e-05)`, under which Corr and Rsquare are NaN.
+///
+/// Decided on the variance, without its square root (two per row of Corr): `sqrt` is correctly rounded and
+/// monotonic, so `var.sqrt() <= 2e-5` holds exactly for `0 <= var <= FLAT_VAR` (a test checks the values on
+/// both sides of the bound, the signed zeros, NaN and infinities).
+#[inline(always)]
+pub(crate) fn flat(var: f64) -> bool {
+    (0.0..=FLAT_VAR).contains(&var)
+}
+
+/// The largest double whose square root rounds to at most 2e-5 (one ulp above `2e-5 * 2e-5`).
+pub(crate) const FLAT_VAR: f64 = f64::from_bits(0x3DFB_7CDF_D9D7_BDBD);
 
 /// Sample variance (ddof 1) of `n` values with sum of squared deviations `m2`; NaN below two values.
 fn sample_var(n: f64, m2: f64) -> f64 {
@@ -1083,4 +1098,49 @@ pub(crate) fn mad(xs: &[f64], n: Option<usize>) -> Vec<f64> {
         out[i] = dev / cnt as f64;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The definition `flat` stands for.
+    fn flat_by_sqrt(var: f64) -> bool {
+        var.sqrt() <= 2e-5
+    }
+
+    #[test]
+    fn flat_bound_is_the_last_variance_whose_std_is_within_tolerance() {
+        assert!(flat_by_sqrt(FLAT_VAR));
+        assert!(!flat_by_sqrt(FLAT_VAR.next_up()));
+        let mut below = FLAT_VAR;
+        let mut above = FLAT_VAR;
+        for _ in 0..10_000 {
+            assert_eq!(flat(below), flat_by_sqrt(below), "{below:e}");
+            assert_eq!(flat(above), flat_by_sqrt(above), "{above:e}");
+            below = below.next_down();
+            above = above.next_up();
+        }
+        for v in [
+            0.0,
+            -0.0,
+            -1e-300,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            4e-10,
+        ] {
+            assert_eq!(flat(v), flat_by_sqrt(v), "{v:e}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn flat_agrees_with_its_definition(var in proptest::num::f64::ANY, small in 0.0f64..1e-9) {
+            prop_assert_eq!(flat(var), flat_by_sqrt(var));
+            prop_assert_eq!(flat(small), flat_by_sqrt(small));
+        }
+    }
 }

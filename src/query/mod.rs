@@ -667,122 +667,170 @@ impl Engine {
                     rows * ncol * 4 <= b
                 }
             };
-        targets
-            .par_iter()
-            .zip(spans.par_iter())
-            .zip(dests.into_par_iter())
-            .try_for_each_init(
-                || (Scratch::default(), Vec::new(), Vec::new()),
-                |(scratch, columns, block), (((inst, _), spans), dest)| -> Result<()> {
-                    let (Some(first), Some(last)) = (spans.first(), spans.last()) else {
-                        return Ok(());
-                    };
-                    let n: usize = spans.iter().map(|r| r.len()).sum();
-                    // A column-major destination gets the instrument's rows as a row-major block first.
-                    let (out, col_r0): (&mut [f32], Option<usize>) = match dest {
-                        Dest::Rows(out) => (out, None),
-                        Dest::Columns(r0) => {
-                            block.clear();
-                            // Needed only where columns cannot go straight into place (gaps, or the
-                            // memory cache's path): elsewhere it would be 4 bytes per value set for nothing.
-                            if spans.len() > 1 || use_cache {
-                                block.resize(n * ncol, f32::NAN);
-                            }
-                            (&mut block[..], Some(r0))
-                        }
-                    };
-                    let hull = first.start..last.end;
-                    // Output row of each calendar row of the hull, when spans leave gaps in it.
-                    let slot = (spans.len() > 1).then(|| {
-                        let mut slot = vec![usize::MAX; hull.len()];
-                        for (i, r) in spans.iter().flat_map(|r| r.clone()).enumerate() {
-                            slot[r - hull.start] = i;
-                        }
-                        slot
-                    });
-                    let at = Placement {
-                        ncol,
-                        first: hull.start,
-                        slot: slot.as_deref(),
-                    };
-                    if use_cache {
-                        let cols =
-                            self.evaluate_cached(&fields, inst, &query, &canonical, hull.clone())?;
-                        for (c, col) in cols.iter().enumerate() {
-                            at.put(out, c, hull.start, col, |v| v);
-                        }
-                    } else if self.disk.is_some() {
-                        let all: Vec<usize> = (0..ncol).collect();
-                        let cols =
-                            self.columns(&fields, inst, &query, &canonical, hull.clone(), &all)?;
-                        if let (Some(r0), Some(sink), None) = (col_r0, sink, at.slot) {
-                            // Column by column straight into place, as computed columns go below.
-                            for (c, col) in cols.iter().enumerate() {
-                                // SAFETY: rows r0..r0 + n of every column belong to this instrument
-                                // alone (the destinations are disjoint row ranges), and each column
-                                // holds the hull's n rows (one span: no gaps).
-                                unsafe { sink.put_column(c, r0, col) };
-                            }
-                            return Ok(());
-                        }
-                        for (c, col) in cols.iter().enumerate() {
-                            at.put(out, c, hull.start, col, |v| v);
-                        }
-                    } else if let (None, Some(r0), Some(sink)) = (at.slot, col_r0, sink) {
-                        // Computed columns straight into place, rounded as they are written: no block of
-                        // this instrument's columns to fill with NaN and copy again (the part is NaN already).
-                        let n = hull.len();
-                        query.evaluate_into(
-                            &fields,
-                            inst,
-                            hull.clone(),
-                            scratch,
-                            |c, from, v| {
-                                let off = from - hull.start;
-                                assert!(off + v.len() <= n, "inside the instrument's rows");
-                                // SAFETY: rows r0..r0 + n of every column belong to this instrument
-                                // alone (the destinations are disjoint row ranges), and the values stay
-                                // inside them (asserted).
-                                unsafe { sink.put_column_f64(c, r0 + off, v) };
-                            },
-                        )?;
-                        return Ok(());
-                    } else if at.slot.is_none() {
-                        // A row-major destination: columns first (contiguous writes), then one pass into
-                        // the frame's rows.
-                        let len = hull.len();
-                        columns.clear();
-                        columns.resize(ncol * len, f32::NAN);
-                        query.evaluate_into(
-                            &fields,
-                            inst,
-                            hull.clone(),
-                            scratch,
-                            |c, from, v| {
-                                let at = c * len + from - hull.start;
-                                columns[at..at + v.len()]
-                                    .iter_mut()
-                                    .zip(v)
-                                    .for_each(|(o, &x)| *o = x as f32);
-                            },
-                        )?;
-                        transpose(columns, len, out);
-                    } else {
-                        query.evaluate_into(
-                            &fields,
-                            inst,
-                            hull.clone(),
-                            scratch,
-                            |c, from, v| at.put(out, c, from, v, |x| x as f32),
-                        )?;
+        type Scratches = (Scratch, Vec<f32>, Vec<f32>);
+        // One instrument into its destination.
+        let one = |(scratch, columns, block): &mut Scratches,
+                   inst: &str,
+                   spans: &[Range<usize>],
+                   dest: Dest<'_>|
+         -> Result<()> {
+            let (Some(first), Some(last)) = (spans.first(), spans.last()) else {
+                return Ok(());
+            };
+            let n: usize = spans.iter().map(|r| r.len()).sum();
+            // A column-major destination gets the instrument's rows as a row-major block first.
+            let (out, col_r0): (&mut [f32], Option<usize>) = match dest {
+                Dest::Rows(out) => (out, None),
+                Dest::Columns(r0) => {
+                    block.clear();
+                    // Needed only where columns cannot go straight into place (gaps, or the
+                    // memory cache's path): elsewhere it would be 4 bytes per value set for nothing.
+                    if spans.len() > 1 || use_cache {
+                        block.resize(n * ncol, f32::NAN);
                     }
-                    if let (Some(r0), Some(sink)) = (col_r0, sink) {
-                        // SAFETY: as above, rows r0..r0 + n of every column are this instrument's alone.
-                        unsafe { sink.put_rows(r0, block) };
+                    (&mut block[..], Some(r0))
+                }
+            };
+            let hull = first.start..last.end;
+            // Output row of each calendar row of the hull, when spans leave gaps in it.
+            let slot = (spans.len() > 1).then(|| {
+                let mut slot = vec![usize::MAX; hull.len()];
+                for (i, r) in spans.iter().flat_map(|r| r.clone()).enumerate() {
+                    slot[r - hull.start] = i;
+                }
+                slot
+            });
+            let at = Placement {
+                ncol,
+                first: hull.start,
+                slot: slot.as_deref(),
+            };
+            if use_cache {
+                let cols = self.evaluate_cached(&fields, inst, &query, &canonical, hull.clone())?;
+                for (c, col) in cols.iter().enumerate() {
+                    at.put(out, c, hull.start, col, |v| v);
+                }
+            } else if self.disk.is_some() {
+                let all: Vec<usize> = (0..ncol).collect();
+                let cols = self.columns(&fields, inst, &query, &canonical, hull.clone(), &all)?;
+                if let (Some(r0), Some(sink), None) = (col_r0, sink, at.slot) {
+                    // Column by column straight into place, as computed columns go below.
+                    for (c, col) in cols.iter().enumerate() {
+                        // SAFETY: rows r0..r0 + n of every column belong to this instrument
+                        // alone (the destinations are disjoint row ranges), and each column
+                        // holds the hull's n rows (one span: no gaps).
+                        unsafe { sink.put_column(c, r0, col) };
                     }
-                    Ok(())
-                },
-            )?;
+                    return Ok(());
+                }
+                for (c, col) in cols.iter().enumerate() {
+                    at.put(out, c, hull.start, col, |v| v);
+                }
+            } else if let (None, Some(r0), Some(sink)) = (at.slot, col_r0, sink) {
+                // Computed columns straight into place, rounded as they are written: no block of
+                // this instrument's columns to fill with NaN and copy again (the part is NaN already).
+                let n = hull.len();
+                query.evaluate_into(&fields, inst, hull.clone(), scratch, |c, from, v| {
+                    let off = from - hull.start;
+                    assert!(off + v.len() <= n, "inside the instrument's rows");
+                    // SAFETY: rows r0..r0 + n of every column belong to this instrument
+                    // alone (the destinations are disjoint row ranges), and the values stay
+                    // inside them (asserted).
+                    unsafe { sink.put_column_f64(c, r0 + off, v) };
+                })?;
+                return Ok(());
+            } else if at.slot.is_none() {
+                // A row-major destination: columns first (contiguous writes), then one pass into
+                // the frame's rows.
+                let len = hull.len();
+                columns.clear();
+                columns.resize(ncol * len, f32::NAN);
+                query.evaluate_into(&fields, inst, hull.clone(), scratch, |c, from, v| {
+                    let at = c * len + from - hull.start;
+                    columns[at..at + v.len()]
+                        .iter_mut()
+                        .zip(v)
+                        .for_each(|(o, &x)| *o = x as f32);
+                })?;
+                transpose(columns, len, out);
+            } else {
+                query.evaluate_into(&fields, inst, hull.clone(), scratch, |c, from, v| {
+                    at.put(out, c, from, v, |x| x as f32)
+                })?;
+            }
+            if let (Some(r0), Some(sink)) = (col_r0, sink) {
+                // SAFETY: as above, rows r0..r0 + n of every column are this instrument's alone.
+                unsafe { sink.put_rows(r0, block) };
+            }
+            Ok(())
+        };
+        // Groups of `Query::LANES` instruments with the same rows go through the engine together, where they can
+        // share its lanes (the computed columns of a column-major frame, each instrument one span); the engine
+        // says when their fields do not line up, and then they go one at a time, as the rest do.
+        let mut by_rows: BTreeMap<Option<(usize, usize)>, Vec<_>> = BTreeMap::new();
+        for ((target, spans), dest) in targets.iter().zip(&spans).zip(dests) {
+            let key = match (&dest, spans.as_slice()) {
+                (Dest::Columns(_), [one]) => Some((one.start, one.end)),
+                _ => None,
+            };
+            by_rows
+                .entry(key)
+                .or_default()
+                .push(((target, spans), dest));
+        }
+        let mut groups = Vec::new();
+        for (key, mut items) in by_rows {
+            while !items.is_empty() {
+                let size = if key.is_some() { Query::LANES } else { 1 };
+                let rest = items.split_off(items.len().saturating_sub(size));
+                groups.push(rest);
+            }
+        }
+        groups.into_par_iter().try_for_each_init(
+            || (Scratch::default(), Vec::new(), Vec::new()),
+            |scratches, group| -> Result<()> {
+                let hull = group.first().and_then(|((_, s), _)| s.first()).cloned();
+                let r0s: Option<Vec<usize>> = group
+                    .iter()
+                    .map(|((_, s), dest)| match dest {
+                        Dest::Columns(r0) if s.len() == 1 && Some(&s[0]) == hull.as_ref() => {
+                            Some(*r0)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if let (Some(sink), Some(hull), Some(r0s)) = (sink, hull, r0s)
+                    && group.len() == Query::LANES
+                    && !use_cache
+                    && self.disk.is_none()
+                {
+                    let names: Vec<&str> =
+                        group.iter().map(|(((i, _), _), _)| i.as_str()).collect();
+                    let n = hull.len();
+                    let done = query.evaluate_lanes_into(
+                        &fields,
+                        &names,
+                        hull.clone(),
+                        &mut scratches.0,
+                        |lane, c, from, v| {
+                            let off = from - hull.start;
+                            assert!(off + v.len() <= n, "inside the instrument's rows");
+                            // SAFETY: rows r0..r0 + n of every column belong to this lane's instrument
+                            // alone (the destinations are disjoint row ranges), and the values stay
+                            // inside them (asserted).
+                            unsafe { sink.put_column_f64(c, r0s[lane] + off, v) };
+                        },
+                    )?;
+                    if done {
+                        return Ok(());
+                    }
+                }
+                for (((inst, _), spans), dest) in group {
+                    one(scratches, inst, spans, dest)?;
+                }
+                Ok(())
+            },
+        )?;
         if let Some((disk, Mode::Write)) = &self.disk {
             // The entries this query built go into their instruments' packs, as `warm` would put them.
             disk.repack_written(&self.store)?;
