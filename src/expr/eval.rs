@@ -915,18 +915,27 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
             Expr::Const(c) => Val::Const(*c),
             Expr::Field(f) if width > 1 => {
                 let mut out = self.nans(cells);
-                for (l, &inst) in self.group.iter().enumerate() {
-                    if let Some(c) = self.column(inst, f)? {
-                        let (values, start) = (c.values(), c.start());
-                        let from = start.max(base);
-                        let to = (start + values.len()).min(base + len);
-                        if from < to {
-                            out[(from - base) * width..(to - base) * width]
-                                .iter_mut()
-                                .skip(l)
-                                .step_by(width)
-                                .zip(&values[from - start..to - start])
-                                .for_each(|(o, &x)| *o = f64::from(x));
+                // Every lane's column spans the same rows (`same_rows`), or none has one: interleaved in one
+                // pass over the rows.
+                let mut columns = Vec::with_capacity(width);
+                for &inst in self.group {
+                    columns.extend(self.column(inst, f)?);
+                }
+                if let Some(c) = columns.first().filter(|_| columns.len() == width) {
+                    let (start, end) = (c.start(), c.start() + c.values().len());
+                    let (from, to) = (start.max(base), end.min(base + len));
+                    if from < to {
+                        let lanes: Vec<&[f32]> = columns
+                            .iter()
+                            .map(|c| &c.values()[from - start..to - start])
+                            .collect();
+                        for (i, row) in out[(from - base) * width..(to - base) * width]
+                            .chunks_exact_mut(width)
+                            .enumerate()
+                        {
+                            for (o, lane) in row.iter_mut().zip(&lanes) {
+                                *o = f64::from(lane[i]);
+                            }
                         }
                     }
                 }

@@ -92,8 +92,12 @@ impl Values {
         let bytes = len * std::mem::size_of::<f32>();
         let kept = spares.and_then(|s| s.take(bytes));
         let mapped = kept.or_else(|| {
+            // Room for a slightly larger part later: parts differ by a few instruments' rows, and one a few
+            // kilobytes larger than every spare took a fresh mapping (three of Alpha158's 18 parts over 5,000
+            // instruments instead of two). Pages past `len` are never touched, so the room costs no memory.
+            let room = (bytes + bytes / 16).next_multiple_of(4096);
             (bytes >= MAP_BYTES)
-                .then(|| memmap2::MmapOptions::new().len(bytes).map_anon().ok())
+                .then(|| memmap2::MmapOptions::new().len(room).map_anon().ok())
                 .flatten()
                 .inspect(|map| {
                     // Only a hint: without huge pages the mapping works the same.
