@@ -138,6 +138,21 @@ fn mask(ok: bool) -> u64 {
     u64::from(ok).wrapping_neg()
 }
 
+/// Where the rows of block `b` (of [`blocks`] with window `n`) find their windows, as `(reach, merged)`: rows
+/// before `merged` merge the previous block's tail with this block's head, the rest are the head alone (every
+/// row of the first block, and the last row of a full block, whose window is the block); of the merged rows,
+/// those before `reach` have windows that would start before row 0, so their tail is all of the first block.
+pub(crate) fn merge_bounds(b: &Range<usize>, n: usize) -> (usize, usize) {
+    let merged = if b.start == 0 {
+        0
+    } else if b.end - b.start < n {
+        b.end
+    } else {
+        b.end - 1
+    };
+    (merged.min(n).max(b.start), merged)
+}
+
 /// Calls `emit(i, acc, start)` for every row as [`sliding`] does, for a [`Step`] reduction of `row(i)`.
 pub(crate) fn stepped<S: Step>(
     len: usize,
@@ -168,17 +183,7 @@ pub(crate) fn stepped<S: Step>(
     }
     for b in blocks(len, base, n) {
         let mut acc = open(&mut b.clone());
-        // Rows before `merged` see the previous block's tail and this block's head; the rest the head alone:
-        // every row of the first block, and the last row of a full block (its window is the block).
-        let merged = if b.start == 0 {
-            0
-        } else if b.end - b.start < n {
-            b.end
-        } else {
-            b.end - 1
-        };
-        // Rows before `reach` have windows that would start before row 0: the tail is all of the first block.
-        let reach = merged.min(n).max(b.start);
+        let (reach, merged) = merge_bounds(&b, n);
         for i in b.start..reach {
             acc.add(row(i));
             emit(i, &S::merge(&suffix[0], &acc), 0);

@@ -11,7 +11,7 @@
 // turns into one instruction per step.
 #![allow(clippy::needless_range_loop)]
 
-use super::{CoMoments, Step, blocks, flat, mask, or_neg_zero};
+use super::{CoMoments, Step, blocks, flat, mask, merge_bounds, or_neg_zero};
 
 /// `L` lanes of a [`Step`] reduction.
 pub(crate) trait LaneStep<const L: usize>: Copy {
@@ -600,14 +600,7 @@ fn stepped_lanes<T: LaneStat<L>, const L: usize>(
         // Row of the calendar-aligned block before this one at `tails[0]` (0 for the first block).
         let first = b.start.saturating_sub(tails.len());
         let mut acc = T::Acc::open(&xs, b.clone());
-        let merged = if b.start == 0 {
-            0
-        } else if b.end - b.start < n {
-            b.end
-        } else {
-            b.end - 1
-        };
-        let reach = merged.min(n).max(b.start);
+        let (reach, merged) = merge_bounds(&b, n);
         for i in b.start..reach {
             acc.add(&xs, i);
             T::put(&T::Acc::merge(&tails[0], &acc), &xs, i, 0, outs);
