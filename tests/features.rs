@@ -566,3 +566,49 @@ fn parts_of_a_query_are_the_whole_query_cut_by_instrument() {
     assert!(whole.columns().contains(&"AMOUNT_MA5".to_string()));
     assert_eq!(part.columns(), whole.columns());
 }
+
+/// Eight of the sample's instruments span the same days, so a column-major query evaluates them together in
+/// the engine's lanes (`Query::evaluate_lanes_into`) and the other four one at a time, while a row-major one
+/// evaluates every instrument alone: Alpha158 and the technical set, every column, bit for bit the same.
+#[test]
+fn instruments_in_lanes_get_the_values_they_get_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = sample_store(dir.path()).store().root().to_path_buf();
+    // Without the feature cache, which would answer the second query from the first.
+    let mut settings = Settings::resolve(&root, &Default::default()).unwrap();
+    settings.feature_cache = qstore::store::CacheConfig {
+        limit: qstore::Limit::Entries(0),
+        expiry: None,
+    };
+    let s = Engine::open_with(&root, settings).unwrap();
+    let spans = s.store().instruments("all").unwrap();
+    let full = spans
+        .iter()
+        .filter(|(_, sp)| {
+            sp.len() == 1 && sp[0].end == ts("2024-01-11") && sp[0].start == ts("2023-01-03")
+        })
+        .count();
+    assert_eq!(
+        full,
+        qstore::expr::Query::LANES,
+        "the sample has one group of lanes"
+    );
+    for name in ["alpha158", "technical"] {
+        let set = FeatureSet::resolve(name).unwrap();
+        let rows = s
+            .feature_set(Universe::Market("all"), &set, None, None, Freq::DAY)
+            .unwrap();
+        let cols = s
+            .feature_set_by_column(Universe::Market("all"), &set, None, None, Freq::DAY)
+            .unwrap();
+        assert_eq!(cols.index(), rows.index());
+        for c in 0..cols.columns().len() {
+            let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(cols.column(c).to_vec()) == bits(rows.column(c)),
+                "{name} column {}",
+                cols.columns()[c]
+            );
+        }
+    }
+}
