@@ -397,7 +397,7 @@ impl Query {
         if group.len() > 1 && !same_rows(&mut ev, group, &self.fields)? {
             return Ok(false);
         }
-        let width = ev.width;
+        let width = ev.width();
         ev.qlib = self.qlib_start.is_some();
         // Each expression's domain is asked once here: not worth remembering (decided again below).
         ev.remember_domains = false;
@@ -600,9 +600,8 @@ type MemoKey = (u32, usize, usize, usize);
 struct Evaluator<'a, F: ?Sized> {
     fields: &'a F,
     /// The instruments evaluated together, one lane each ([`Query::evaluate_lanes_into`]); a series holds
-    /// `width` values per row, lane `l`'s at `row * width + l`. One instrument: the plain layout.
+    /// [`Evaluator::width`] values per row, lane `l`'s at `row * width + l`. One instrument: the plain layout.
     group: &'a [&'a str],
-    width: usize,
     columns: FxHashMap<(String, String), Option<Column>>,
     /// What may be shared ([`Query`]); without it nothing is memoised.
     plan: Option<&'a Plan>,
@@ -634,7 +633,6 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
         Evaluator {
             fields,
             group,
-            width: group.len().max(1),
             columns: FxHashMap::default(),
             plan,
             memo: FxHashMap::default(),
@@ -644,6 +642,11 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
             aligned: false,
             remember_domains: true,
         }
+    }
+
+    /// Values per row of a series: one per instrument of the group.
+    fn width(&self) -> usize {
+        self.group.len()
     }
 
     /// A buffer of `len` NaNs, from the pool when it has one.
@@ -724,7 +727,7 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
                     unreachable!("only window statistics are grouped")
                 };
                 let stats: Vec<Stat> = members.iter().map(|m| m.1).collect();
-                let (qlib, width) = (self.qlib, self.width);
+                let (qlib, width) = (self.qlib, self.width());
                 let outs = self.with_series(x, inst, base, len, |xs| {
                     if width == 1 {
                         window_stats(&stats, xs, base, *w, qlib)
@@ -814,7 +817,8 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
     /// `e` for `inst` evaluated over the rows of its own series inside `base..base + len`, NaN elsewhere.
     fn within_series(&mut self, e: &Expr, inst: &str, base: usize, len: usize) -> Result<Val> {
         debug_assert_eq!(
-            self.width, 1,
+            self.width(),
+            1,
             "lanes are aligned and read no other instrument"
         );
         let mut out = self.nans(len);
@@ -865,7 +869,7 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
     }
 
     fn series(&mut self, e: &Expr, instrument: &str, base: usize, len: usize) -> Result<Vec<f64>> {
-        let cells = len * self.width;
+        let cells = len * self.width();
         Ok(self.eval(e, instrument, base, len)?.into_vec(cells))
     }
 
@@ -910,7 +914,8 @@ impl<'a, F: Fields + ?Sized> Evaluator<'a, F> {
 
     fn compute(&mut self, e: &Expr, inst: &str, base: usize, len: usize) -> Result<Val> {
         // Values of a series over these rows: one per lane.
-        let (width, cells) = (self.width, len * self.width);
+        let width = self.width();
+        let cells = len * width;
         Ok(match e {
             Expr::Const(c) => Val::Const(*c),
             Expr::Field(f) if width > 1 => {

@@ -767,45 +767,41 @@ impl Engine {
         // Groups of `Query::LANES` instruments with the same rows go through the engine together, where they can
         // share its lanes (the computed columns of a column-major frame, each instrument one span); the engine
         // says when their fields do not line up, and then they go one at a time, as the rest do.
+        let lanes = sink.is_some() && !use_cache && self.disk.is_none();
         let mut by_rows: BTreeMap<Option<(usize, usize)>, Vec<_>> = BTreeMap::new();
         for ((target, spans), dest) in targets.iter().zip(&spans).zip(dests) {
-            let key = match (&dest, spans.as_slice()) {
-                (Dest::Columns(_), [one]) => Some((one.start, one.end)),
+            let key = match spans.as_slice() {
+                [one] if lanes => Some((one.start, one.end)),
                 _ => None,
             };
-            by_rows
-                .entry(key)
-                .or_default()
-                .push(((target, spans), dest));
+            by_rows.entry(key).or_default().push((target, spans, dest));
         }
         let mut groups = Vec::new();
-        for (key, mut items) in by_rows {
-            while !items.is_empty() {
-                let size = if key.is_some() { Query::LANES } else { 1 };
-                let rest = items.split_off(items.len().saturating_sub(size));
-                groups.push(rest);
+        for (hull, items) in by_rows {
+            let size = if hull.is_some() { Query::LANES } else { 1 };
+            let mut items = items.into_iter();
+            loop {
+                let group: Vec<_> = items.by_ref().take(size).collect();
+                if group.is_empty() {
+                    break;
+                }
+                groups.push((hull.map(|(start, end)| start..end), group));
             }
         }
         groups.into_par_iter().try_for_each_init(
             || (Scratch::default(), Vec::new(), Vec::new()),
-            |scratches, group| -> Result<()> {
-                let hull = group.first().and_then(|((_, s), _)| s.first()).cloned();
-                let r0s: Option<Vec<usize>> = group
-                    .iter()
-                    .map(|((_, s), dest)| match dest {
-                        Dest::Columns(r0) if s.len() == 1 && Some(&s[0]) == hull.as_ref() => {
-                            Some(*r0)
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                if let (Some(sink), Some(hull), Some(r0s)) = (sink, hull, r0s)
+            |scratches, (hull, group)| -> Result<()> {
+                if let (Some(hull), Some(sink)) = (hull, sink)
                     && group.len() == Query::LANES
-                    && !use_cache
-                    && self.disk.is_none()
                 {
-                    let names: Vec<&str> =
-                        group.iter().map(|(((i, _), _), _)| i.as_str()).collect();
+                    let names: Vec<&str> = group.iter().map(|(t, _, _)| t.0.as_str()).collect();
+                    let r0s: Vec<usize> = group
+                        .iter()
+                        .map(|(_, _, dest)| match dest {
+                            Dest::Columns(r0) => *r0,
+                            Dest::Rows(_) => unreachable!("lanes fill a column-major frame"),
+                        })
+                        .collect();
                     let n = hull.len();
                     let done = query.evaluate_lanes_into(
                         &fields,
@@ -825,7 +821,7 @@ impl Engine {
                         return Ok(());
                     }
                 }
-                for (((inst, _), spans), dest) in group {
+                for ((inst, _), spans, dest) in group {
                     one(scratches, inst, spans, dest)?;
                 }
                 Ok(())

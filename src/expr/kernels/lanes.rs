@@ -1,6 +1,7 @@
-//! [`Step`] reductions over `L` series at once: the series of `L` instruments interleaved row by row
-//! (`xs[i * L + l]` is lane `l`'s row `i`), so one accumulator holds `L` lanes' sums side by side and the
-//! per-row work (adds, merges, the statistic) is vector arithmetic across instruments.
+//! Window reductions over `L` series at once (sums, spreads, co-moments and extremes): the series of `L`
+//! instruments interleaved row by row (`xs[i * L + l]` is lane `l`'s row `i`), so one accumulator holds `L`
+//! lanes' sums side by side and the per-row work (adds, merges, the statistic) is vector arithmetic across
+//! instruments.
 //!
 //! Every lane does exactly what [`stepped`](super::stepped) does for its series, in the same order: the blocks,
 //! and so every addition and merge, depend only on the length, the first calendar row and the window, which
@@ -11,9 +12,9 @@
 // turns into one instruction per step.
 #![allow(clippy::needless_range_loop)]
 
-use super::{CoMoments, Step, blocks, flat, mask, merge_bounds, or_neg_zero};
+use super::{CoMoments, Step, blocks, flat, mask, merge_bounds, or_neg_zero, sample_var};
 
-/// `L` lanes of a [`Step`] reduction.
+/// `L` lanes of a window reduction that [`stepped_lanes`] runs: a [`Step`] one, or an extreme.
 pub(crate) trait LaneStep<const L: usize>: Copy {
     /// The empty accumulator of a run that adds the rows `rows` of `xs` in this order: each lane's shift is
     /// its first valid row among them (as [`Step::open`]).
@@ -39,6 +40,19 @@ fn each<const L: usize>(f: impl Fn(usize) -> f64) -> [f64; L] {
 #[inline(always)]
 fn nan_if(nan: bool, x: f64) -> f64 {
     if nan { f64::NAN } else { x }
+}
+
+/// One lane of a merge of `a` (count `a_n`) and `b` (count `b_n`): the other side as it is where one side is
+/// empty, as the scalar merges return it, else `merged`.
+#[inline(always)]
+fn unless_empty(a_n: f64, b_n: f64, a: f64, b: f64, merged: f64) -> f64 {
+    if a_n == 0.0 {
+        b
+    } else if b_n == 0.0 {
+        a
+    } else {
+        merged
+    }
 }
 
 /// The input of a lane reduction: one interleaved series, or two (pairs).
@@ -114,12 +128,6 @@ impl<const L: usize> Sums<L> {
     }
 }
 
-/// [`sample_var`](super::sample_var): `m2 / (n - 1)`, NaN below two values.
-#[inline(always)]
-fn sample_var(n: f64, m2: f64) -> f64 {
-    nan_if(n < 2.0, m2 / (n - 1.0))
-}
-
 /// The first valid value of each lane among `rows` (0 where none: [`Spread::open`](super::Spread)'s default).
 #[inline(always)]
 fn first_valid<const L: usize>(
@@ -173,36 +181,17 @@ impl<const L: usize> LaneStep<L> for Spreads<L> {
     fn merge(a: &Self, b: &Self) -> Self {
         let mut m = *a;
         for l in 0..L {
-            let d = b.c[l] - a.c[l];
-            let (n, s, q) = (
-                a.n[l] + b.n[l],
-                a.s[l] + b.s[l] + b.n[l] * d,
-                a.q[l] + b.q[l] + d * (2.0 * b.s[l] + b.n[l] * d),
+            // Spread::merge, lane by lane.
+            let (d, bn) = (b.c[l] - a.c[l], b.n[l]);
+            let pick = |av: f64, bv: f64, merged: f64| unless_empty(a.n[l], bn, av, bv, merged);
+            m.n[l] = pick(a.n[l], bn, a.n[l] + bn);
+            m.c[l] = pick(a.c[l], b.c[l], a.c[l]);
+            m.s[l] = pick(a.s[l], b.s[l], a.s[l] + b.s[l] + bn * d);
+            m.q[l] = pick(
+                a.q[l],
+                b.q[l],
+                a.q[l] + b.q[l] + d * (2.0 * b.s[l] + bn * d),
             );
-            // Spread::merge: an empty side leaves the other as it is.
-            let (a_empty, b_empty) = (a.n[l] == 0.0, b.n[l] == 0.0);
-            m.n[l] = if a_empty {
-                b.n[l]
-            } else if b_empty {
-                a.n[l]
-            } else {
-                n
-            };
-            m.c[l] = if a_empty { b.c[l] } else { a.c[l] };
-            m.s[l] = if a_empty {
-                b.s[l]
-            } else if b_empty {
-                a.s[l]
-            } else {
-                s
-            };
-            m.q[l] = if a_empty {
-                b.q[l]
-            } else if b_empty {
-                a.q[l]
-            } else {
-                q
-            };
         }
         m
     }
@@ -283,34 +272,29 @@ impl<const L: usize> LaneStep<L> for CoMomentLanes<L> {
     fn merge(a: &Self, b: &Self) -> Self {
         let mut m = *a;
         for l in 0..L {
-            let (dx, dy) = (b.cx[l] - a.cx[l], b.cy[l] - a.cy[l]);
-            let bn = b.n[l];
-            let merged = [
-                a.n[l] + bn,
-                a.sx[l] + b.sx[l] + bn * dx,
-                a.sy[l] + b.sy[l] + bn * dy,
+            // CoMoments::merge, lane by lane.
+            let (dx, dy, bn) = (b.cx[l] - a.cx[l], b.cy[l] - a.cy[l], b.n[l]);
+            let pick = |av: f64, bv: f64, merged: f64| unless_empty(a.n[l], bn, av, bv, merged);
+            m.n[l] = pick(a.n[l], bn, a.n[l] + bn);
+            m.cx[l] = pick(a.cx[l], b.cx[l], a.cx[l]);
+            m.cy[l] = pick(a.cy[l], b.cy[l], a.cy[l]);
+            m.sx[l] = pick(a.sx[l], b.sx[l], a.sx[l] + b.sx[l] + bn * dx);
+            m.sy[l] = pick(a.sy[l], b.sy[l], a.sy[l] + b.sy[l] + bn * dy);
+            m.sxx[l] = pick(
+                a.sxx[l],
+                b.sxx[l],
                 a.sxx[l] + b.sxx[l] + dx * (2.0 * b.sx[l] + bn * dx),
+            );
+            m.syy[l] = pick(
+                a.syy[l],
+                b.syy[l],
                 a.syy[l] + b.syy[l] + dy * (2.0 * b.sy[l] + bn * dy),
+            );
+            m.sxy[l] = pick(
+                a.sxy[l],
+                b.sxy[l],
                 a.sxy[l] + b.sxy[l] + dx * b.sy[l] + dy * b.sx[l] + bn * dx * dy,
-            ];
-            let (a_empty, b_empty) = (a.n[l] == 0.0, b.n[l] == 0.0);
-            let pick = |k: usize, av: f64, bv: f64| {
-                if a_empty {
-                    bv
-                } else if b_empty {
-                    av
-                } else {
-                    merged[k]
-                }
-            };
-            m.n[l] = pick(0, a.n[l], b.n[l]);
-            m.cx[l] = if a_empty { b.cx[l] } else { a.cx[l] };
-            m.cy[l] = if a_empty { b.cy[l] } else { a.cy[l] };
-            m.sx[l] = pick(1, a.sx[l], b.sx[l]);
-            m.sy[l] = pick(2, a.sy[l], b.sy[l]);
-            m.sxx[l] = pick(3, a.sxx[l], b.sxx[l]);
-            m.syy[l] = pick(4, a.syy[l], b.syy[l]);
-            m.sxy[l] = pick(5, a.sxy[l], b.sxy[l]);
+            );
         }
         m
     }
@@ -489,13 +473,12 @@ impl<const L: usize> CoMomentLanes<L> {
             sxy: each(|l| self.sxy[l] - self.sx[l] * uy[l]),
         }
     }
-}
 
-impl<const L: usize> CoMomentLanes<L> {
     /// Cov (ddof 1), NaN below two pairs.
     #[inline(always)]
     pub fn cov(&self) -> [f64; L] {
-        self.centered().cov()
+        let m = self.centered();
+        each(|l| nan_if(m.n[l] < 2.0, m.sxy[l] / (m.n[l] - 1.0)))
     }
 
     /// Corr, NaN below two pairs or where either side is [`flat`]: the form for sides with the same gaps.
@@ -513,9 +496,7 @@ impl<const L: usize> CoMomentLanes<L> {
         let r = m.corr();
         each(|l| nan_if(m.n[l] < 2.0, r[l]))
     }
-}
 
-impl<const L: usize> CoMomentLanes<L> {
     /// Slope, Rsquare and Resi at row `i` of the values `xs.y` on their calendar rows `xs.x`, as
     /// `eval::trend_many` computes each ([`super::Centered::slope`], its Rsquare and Resi).
     #[inline(always)]
@@ -539,12 +520,6 @@ impl<const L: usize> CoMomentLanes<L> {
 }
 
 impl<const L: usize> CenteredLanes<L> {
-    /// Cov (ddof 1), NaN below two pairs.
-    #[inline(always)]
-    pub fn cov(&self) -> [f64; L] {
-        each(|l| nan_if(self.n[l] < 2.0, self.sxy[l] / (self.n[l] - 1.0)))
-    }
-
     /// [`super::Centered::corr`] (no test of the count).
     #[inline(always)]
     pub fn corr(&self) -> [f64; L] {
@@ -564,7 +539,7 @@ impl<const L: usize> CenteredLanes<L> {
 }
 
 /// [`stepped`](super::stepped) over `L` interleaved series of `len` rows each, with the same blocks, additions
-/// and merges as the scalar kernel makes for each lane: `out[i * L + l]` is `f` of lane `l`'s window at row `i`.
+/// and merges as the scalar kernel makes for each lane: `T::put` writes each row's values from its window.
 #[inline(always)]
 fn stepped_lanes<T: LaneStat<L>, const L: usize>(
     len: usize,
